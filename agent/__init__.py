@@ -1,0 +1,1 @@
+"""The agent core: events, encoding, backends, the loop, sessions. Never imports app/."""

@@ -1,0 +1,1 @@
+"""Command-line and terminal faces of v4coder."""

@@ -1,0 +1,13 @@
+from intervals import merge_intervals, total_length
+
+
+def test_disjoint():
+    assert merge_intervals([(5, 6), (1, 2)]) == [(1, 2), (5, 6)]
+
+
+def test_overlapping():
+    assert merge_intervals([(1, 4), (2, 6), (8, 9)]) == [(1, 6), (8, 9)]
+
+
+def test_total_length():
+    assert total_length([(1, 4), (2, 6)]) == 5

@@ -1,0 +1,1 @@
+"""The DeepSeek-V4-Flash runtime. Never imports agent/."""
