@@ -1,0 +1,1 @@
+"""Compute kernels. The model calls ``model.kernels.ops`` only; each op has a pure-torch reference."""

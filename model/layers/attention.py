@@ -1,0 +1,88 @@
+"""Attention for all layer kinds (fact sheet §2.3): shared-KV MQA over a sliding window plus,
+on CSA layers, indexer-picked compressed rows and, on HCA layers, every closed compressed block;
+per-head attention sink; inverse RoPE on the output; grouped low-rank output projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.cache import LayerCache
+from model.config import ModelConfig
+from model.kernels import ops
+from model.layers.compressor import Compressor
+from model.layers.indexer import Indexer
+from model.layers.linear import Linear, Numerics
+from model.layers.norm import RMSNorm
+from model.layers.rope import RotaryEmbedding, apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, ratio: int) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.rope_head_dim = cfg.n_heads, cfg.head_dim, cfg.rope_head_dim
+        self.nope_head_dim = cfg.nope_head_dim
+        self.window, self.ratio, self.eps = cfg.window_size, ratio, cfg.norm_eps
+        self.n_groups, self.o_lora_rank = cfg.o_groups, cfg.o_lora_rank
+        self.register_buffer("attn_sink", torch.empty(cfg.n_heads, dtype=torch.float32, device="meta"))
+        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank)
+        self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim)
+        self.wkv = Linear(cfg.dim, cfg.head_dim)
+        self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank)
+        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim)
+        self.compressor = Compressor(cfg, ratio, cfg.head_dim) if ratio else None
+        self.indexer = Indexer(cfg, ratio) if ratio == 4 else None
+        self.rope = RotaryEmbedding(cfg, compressed=bool(ratio))
+        self.scale = cfg.head_dim**-0.5
+        self.numerics = Numerics()
+
+    def _kv_quant(self, kv: torch.Tensor) -> torch.Tensor:
+        if not self.numerics.native:
+            return kv
+        nope = self.nope_head_dim
+        return torch.cat([ops.fp8_fake_quant(kv[..., :nope], 64), kv[..., nope:]], dim=-1)
+
+    def _window_indices(self, start_pos: int, s: int, n_past: int, device: torch.device
+                        ) -> torch.Tensor:
+        """[s, window] indices into cat(past window, new kv); −1 where the position is < 0."""
+        t = torch.arange(start_pos, start_pos + s, device=device).view(-1, 1)
+        pos = t - self.window + 1 + torch.arange(self.window, device=device).view(1, -1)
+        return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
+
+    def forward(self, x: torch.Tensor, start_pos: int, cache: LayerCache) -> torch.Tensor:
+        b, s, _ = x.shape
+        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+        angles = self.rope.angles(positions)
+        qr = self.q_norm(self.wq_a(x))
+        q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
+        q = ops.rms_norm(q, None, self.eps)
+        q = apply_rope(q, angles)
+        kv = apply_rope(self.kv_norm(self.wkv(x)), angles)
+        kv = self._kv_quant(kv)
+
+        past = cache.window
+        n_past = 0 if past is None else past.shape[1]
+        keys = kv if past is None else torch.cat([past, kv], dim=1)
+        cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
+        indices = self._window_indices(start_pos, s, n_past, x.device).unsqueeze(0).expand(b, -1, -1)
+        if self.compressor is not None:
+            rows = self.compressor(x, start_pos, cache.compressor)
+            if self.indexer is not None:
+                picked = self.indexer(x, qr, start_pos, cache)
+            else:
+                n = rows.shape[1]
+                visible = (positions + 1) // self.ratio
+                cols = torch.arange(n, device=x.device).view(1, -1)
+                picked = torch.where(cols < visible.view(-1, 1), cols, -1).unsqueeze(0).expand(b, -1, -1)
+            picked = torch.where(picked >= 0, picked + keys.shape[1], -1)
+            keys = torch.cat([keys, rows.to(keys.dtype)], dim=1)
+            indices = torch.cat([indices, picked], dim=-1)
+        o = ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
+        o = apply_rope(o, angles, inverse=True)
+        # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
+        o = o.reshape(b, s, self.n_groups, -1)
+        wo_a = self.wo_a.dense_weight().view(self.n_groups, self.o_lora_rank, -1)
+        z = torch.einsum("bsgd,grd->bsgr", o.to(wo_a.dtype), wo_a).to(x.dtype)
+        return self.wo_b(z.flatten(2))

@@ -1,0 +1,71 @@
+"""Gated-pooling KV compressor (fact sheet §2.4): CSA (ratio 4, overlapping halves) and HCA
+(ratio m', no overlap). Also used, at index_head_dim with a Hadamard rotation, by the indexer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.cache import CompressorState
+from model.config import ModelConfig
+from model.kernels import ops
+from model.layers.linear import Linear, Numerics
+from model.layers.norm import RMSNorm
+from model.layers.rope import RotaryEmbedding, apply_rope
+
+
+class Compressor(nn.Module):
+    def __init__(self, cfg: ModelConfig, ratio: int, head_dim: int, rotate: bool = False) -> None:
+        super().__init__()
+        self.ratio, self.head_dim, self.rotate = ratio, head_dim, rotate
+        self.rope_head_dim = cfg.rope_head_dim
+        self.overlap = ratio == 4
+        coff = 2 if self.overlap else 1
+        self.register_buffer("ape", torch.empty(ratio, coff * head_dim, dtype=torch.float32,
+                                                device="meta"))
+        self.wkv = Linear(cfg.dim, coff * head_dim, fmt="bf16", fp32_compute=True)
+        self.wgate = Linear(cfg.dim, coff * head_dim, fmt="bf16", fp32_compute=True)
+        self.norm = RMSNorm(head_dim, cfg.norm_eps)
+        self.rope = RotaryEmbedding(cfg, compressed=True)
+        self.numerics = Numerics()
+
+    def forward(self, x: torch.Tensor, start_pos: int, state: CompressorState) -> torch.Tensor:
+        """Consume tokens [start_pos, start_pos+s); return all compressed rows [b, n, head_dim]."""
+        b, s, _ = x.shape
+        ratio, d = self.ratio, self.head_dim
+        kv = self.wkv(x)                                   # fp32 [b, s, coff·d]
+        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+        score = self.wgate(x) + self.ape.float()[positions % ratio]
+        if state.pending_kv is not None:
+            kv = torch.cat([state.pending_kv, kv], dim=1)
+            score = torch.cat([state.pending_score, score], dim=1)
+        first_block = (start_pos + s - kv.shape[1]) // ratio
+        n_blocks = kv.shape[1] // ratio
+        cutoff = n_blocks * ratio
+        state.pending_kv, state.pending_score = kv[:, cutoff:], score[:, cutoff:]
+        if n_blocks == 0:
+            return state.rows if state.rows is not None else x.new_zeros(b, 0, d)
+        kv = kv[:, :cutoff].unflatten(1, (n_blocks, ratio))
+        score = score[:, :cutoff].unflatten(1, (n_blocks, ratio))
+        if self.overlap:
+            prev_kv = state.prev_kv if state.prev_kv is not None else kv.new_zeros(b, ratio, 2 * d)
+            prev_score = (state.prev_score if state.prev_score is not None
+                          else score.new_full((b, ratio, 2 * d), float("-inf")))
+            state.prev_kv, state.prev_score = kv[:, -1], score[:, -1]
+            before_kv = torch.cat([prev_kv.unsqueeze(1), kv[:, :-1]], dim=1)[..., :d]
+            before_score = torch.cat([prev_score.unsqueeze(1), score[:, :-1]], dim=1)[..., :d]
+            kv = torch.cat([before_kv, kv[..., d:]], dim=2)          # [b, n, 2·ratio, d]
+            score = torch.cat([before_score, score[..., d:]], dim=2)
+        pooled = (kv * score.softmax(dim=2)).sum(dim=2)              # fp32 [b, n, d]
+        entries = self.norm(pooled.to(self.numerics.dtype))
+        block_pos = (first_block + torch.arange(n_blocks, device=x.device)) * ratio
+        entries = apply_rope(entries, self.rope.angles(block_pos))
+        if self.numerics.native:
+            if self.rotate:
+                entries = ops.fp4_fake_quant(ops.hadamard(entries), 32)
+            else:
+                nope = self.head_dim - self.rope_head_dim
+                entries = torch.cat([ops.fp8_fake_quant(entries[..., :nope], 64),
+                                     entries[..., nope:]], dim=-1)
+        state.rows = entries if state.rows is None else torch.cat([state.rows, entries], dim=1)
+        return state.rows

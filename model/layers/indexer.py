@@ -1,0 +1,65 @@
+"""Lightning indexer (CSA layers only, fact sheet §2.5): scores every compressed block for every
+query and keeps the top-k."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.cache import LayerCache
+from model.config import ModelConfig
+from model.kernels import ops
+from model.layers.compressor import Compressor
+from model.layers.linear import Linear, Numerics
+from model.layers.rope import RotaryEmbedding, apply_rope
+
+
+def topk_margin(scores: torch.Tensor, k: int) -> float:
+    """Smallest gap between the k-th and (k+1)-th finite score, relative to the largest |score|
+    (inf when no row has more than k finite candidates). Ties make top-k ill-defined."""
+    finite = torch.isfinite(scores)
+    rows = finite.sum(-1) > k
+    if k >= scores.shape[-1] or not rows.any():
+        return float("inf")
+    top = scores[rows].topk(k + 1, dim=-1).values
+    scale = scores[finite].abs().max().clamp_min(1e-30)
+    return float(((top[:, k - 1] - top[:, k]) / scale).min())
+
+
+class Indexer(nn.Module):
+    def __init__(self, cfg: ModelConfig, ratio: int = 4) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
+        self.ratio = ratio
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, fmt="fp8")
+        self.weights_proj = Linear(cfg.dim, self.n_heads, fmt="bf16")
+        self.compressor = Compressor(cfg, ratio, self.head_dim, rotate=True)
+        self.rope = RotaryEmbedding(cfg, compressed=True)
+        self.weight_scale = self.head_dim**-0.5 * self.n_heads**-0.5
+        self.numerics = Numerics()
+        self.margins: list[float] | None = None  # diagnostics: top-k boundary gaps when a list
+
+    def forward(self, x: torch.Tensor, qr: torch.Tensor, start_pos: int, cache: LayerCache
+                ) -> torch.Tensor:
+        """Top-k compressed-row indices [b, s, k] per query (−1 = no pick)."""
+        b, s, _ = x.shape
+        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+        q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
+        q = apply_rope(q, self.rope.angles(positions))
+        if self.numerics.native:
+            q = ops.fp4_fake_quant(ops.hadamard(q), 32)
+        keys = self.compressor(x, start_pos, cache.indexer)          # [b, n, dI]
+        n = keys.shape[1]
+        visible = (positions + 1) // self.ratio                      # rows j < visible[t]
+        k = min(self.topk, n)
+        if k == 0:
+            return torch.full((b, s, 0), -1, dtype=torch.long, device=x.device)
+        weights = self.weights_proj(x).float() * self.weight_scale   # [b, s, H]
+        scores = torch.einsum("bshd,btd->bsht", q.float(), keys.float()).relu_()
+        scores = (scores * weights.unsqueeze(-1)).sum(dim=2)         # [b, s, n]
+        future = torch.arange(n, device=x.device).view(1, -1) >= visible.view(-1, 1)
+        scores = scores.masked_fill(future.unsqueeze(0), float("-inf"))
+        picks = scores.topk(k, dim=-1).indices
+        if self.margins is not None:
+            self.margins.append(topk_margin(scores, k))
+        return torch.where(picks >= visible.view(1, -1, 1), -1, picks)

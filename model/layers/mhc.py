@@ -1,0 +1,63 @@
+"""Manifold-constrained hyper-connections (mHC): the 4-stream residual (fact sheet §2.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.kernels import ops
+
+
+def _fp32(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, dtype=torch.float32, device="meta")
+
+
+class HyperConnection(nn.Module):
+    """One mHC site (around attention or around the FFN). Tensors live on the Block under the
+    official names ``hc_{site}_fn/base/scale``; this module holds them by reference."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hc, self.iters, self.eps, self.norm_eps = (
+            cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps)
+
+    def pre(self, x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
+        dtype = x.dtype
+        flat = x.flatten(2).float()
+        rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
+        mixes = torch.nn.functional.linear(flat, fn.float()) * rsqrt
+        pre, post, comb = ops.hc_split_sinkhorn(mixes, scale.float(), base.float(), self.hc,
+                                                self.iters, self.eps)
+        y = (pre.unsqueeze(-1) * x.float()).sum(dim=2)
+        return y.to(dtype), post, comb
+
+    @staticmethod
+    def post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
+             ) -> torch.Tensor:
+        """new X_j = post_j · y + Σ_i comb[i, j] · X_i."""
+        mixed = torch.einsum("bsij,bsid->bsjd", comb, residual.float())
+        out = post.unsqueeze(-1) * y.float().unsqueeze(-2) + mixed
+        return out.to(y.dtype)
+
+
+class HyperHead(nn.Module):
+    """Final collapse of the streams before the output norm (no post / comb, no Sinkhorn)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.eps, self.norm_eps = cfg.hc_eps, cfg.norm_eps
+
+    def forward(self, x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor,
+                base: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        flat = x.flatten(2).float()
+        rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
+        mixes = torch.nn.functional.linear(flat, fn.float()) * rsqrt
+        pre = torch.sigmoid(mixes * scale.float() + base.float()) + self.eps
+        return (pre.unsqueeze(-1) * x.float()).sum(dim=2).to(dtype)
+
+
+__all__ = ["HyperConnection", "HyperHead", "_fp32"]

@@ -1,0 +1,139 @@
+"""The whole DeepSeek-V4 network, written like DeepSeek's reference model.py: one class per
+sub-module, module paths equal to the official checkpoint tensor names."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.cache import LayerCache, SequenceCache
+from model.config import ModelConfig
+from model.layers.attention import Attention
+from model.layers.linear import Linear, Numerics
+from model.layers.mhc import HyperConnection, HyperHead
+from model.layers.moe import MoE
+from model.layers.norm import RMSNorm
+
+
+def _fp32_meta(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, dtype=torch.float32, device="meta")
+
+
+class Embedding(nn.Module):
+    def __init__(self, vocab_size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.empty(vocab_size, dim, dtype=torch.bfloat16,
+                                                   device="meta"))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class Block(nn.Module):
+    """X → hc_pre(attn) → attn_norm → attention → hc_post → hc_pre(ffn) → ffn_norm → MoE → hc_post."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int, ratio: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.attn = Attention(cfg, ratio)
+        self.ffn = MoE(cfg, layer_id)
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        mix = (2 + cfg.hc_mult) * cfg.hc_mult
+        for site in ("attn", "ffn"):
+            self.register_buffer(f"hc_{site}_fn", _fp32_meta(mix, cfg.hc_dim))
+            self.register_buffer(f"hc_{site}_base", _fp32_meta(mix))
+            self.register_buffer(f"hc_{site}_scale", _fp32_meta(3))
+        self.hc = HyperConnection(cfg)
+
+    def forward(self, x: torch.Tensor, start_pos: int, input_ids: torch.Tensor,
+                cache: LayerCache) -> torch.Tensor:
+        residual = x
+        h, post, comb = self.hc.pre(x, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
+        h = self.attn(self.attn_norm(h), start_pos, cache)
+        x = self.hc.post(h, residual, post, comb)
+        residual = x
+        h, post, comb = self.hc.pre(x, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base)
+        h = self.ffn(self.ffn_norm(h), input_ids)
+        return self.hc.post(h, residual, post, comb)
+
+
+class MTPBlock(Block):
+    """Multi-token-prediction block (depth 1). Weights are loaded; the engine issue runs it."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int, ratio: int) -> None:
+        super().__init__(cfg, layer_id, ratio)
+        self.e_proj = Linear(cfg.dim, cfg.dim)
+        self.h_proj = Linear(cfg.dim, cfg.dim)
+        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.register_buffer("hc_head_fn", _fp32_meta(cfg.hc_mult, cfg.hc_dim))
+        self.register_buffer("hc_head_base", _fp32_meta(cfg.hc_mult))
+        self.register_buffer("hc_head_scale", _fp32_meta(1))
+
+
+class Transformer(nn.Module):
+    """embed → 4 identical mHC streams → blocks → hc_head collapse → norm → head (fp32 logits)."""
+
+    def __init__(self, cfg: ModelConfig, with_mtp: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(
+            Block(cfg, i, cfg.compress_ratios[i]) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = Linear(cfg.dim, cfg.vocab_size, fmt="bf16", fp32_compute=True)
+        self.register_buffer("hc_head_fn", _fp32_meta(cfg.hc_mult, cfg.hc_dim))
+        self.register_buffer("hc_head_base", _fp32_meta(cfg.hc_mult))
+        self.register_buffer("hc_head_scale", _fp32_meta(1))
+        self.hc_head = HyperHead(cfg)
+        ratios = cfg.mtp_ratios if with_mtp else ()
+        self.mtp = nn.ModuleList(
+            MTPBlock(cfg, cfg.n_layers + i, r) for i, r in enumerate(ratios))
+        self.numerics = Numerics()
+
+    def prepare(self, numerics: Numerics) -> None:
+        """Called once after the weights are loaded: set numerics, dequantise FP8 linears."""
+        self.numerics = numerics
+        for module in self.modules():
+            if hasattr(module, "numerics"):
+                module.numerics = numerics
+            if isinstance(module, Linear):
+                module.prepare(numerics)
+            elif isinstance(module, RMSNorm):
+                module.weight = module.weight.float()
+        self.embed.weight = self.embed.weight.to(numerics.dtype)
+
+    def probe_margins(self, enabled: bool = True) -> list[list[float]]:
+        """Start (or stop) recording top-k decision margins of every indexer and router;
+        returns the lists being filled (for screening test weights against near-ties)."""
+        lists = []
+        for module in self.modules():
+            if hasattr(module, "margins"):
+                module.margins = [] if enabled else None
+                if enabled:
+                    lists.append(module.margins)
+        return lists
+
+    def new_cache(self) -> SequenceCache:
+        return SequenceCache.empty(self.cfg.n_layers)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, cache: SequenceCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """input_ids [b, s] continuing ``cache`` (a fresh sequence when None) → fp32 logits
+        [b, s, vocab] (or [b, vocab] with ``last_only``)."""
+        cache = cache if cache is not None else self.new_cache()
+        start_pos = cache.length
+        h = self.embed(input_ids).to(self.numerics.dtype)
+        h = h.unsqueeze(2).repeat(1, 1, self.cfg.hc_mult, 1)
+        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+            h = layer(h, start_pos, input_ids, layer_cache)
+        cache.length = start_pos + input_ids.shape[1]
+        if last_only:
+            h = h[:, -1:]
+        h = self.norm(self.hc_head(h, self.hc_head_fn, self.hc_head_scale, self.hc_head_base))
+        logits = self.head(h.float())
+        return logits[:, -1] if last_only else logits

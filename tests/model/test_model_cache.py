@@ -1,0 +1,50 @@
+"""The per-sequence cache: any split of a sequence into chunks gives the full-prefill logits."""
+
+import pytest
+import torch
+from model_helpers import token_ids
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    ids = token_ids(150, seed=7)
+    return ids, tiny_model.logits(ids)
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_token_by_token_decode_equals_prefill(tiny_model, reference):
+    ids, full = reference
+    cache = tiny_model.new_cache()
+    out = torch.cat([tiny_model.logits([t], cache) for t in ids])
+    assert rel(out, full) < 1e-5 and cache.length == len(ids)
+
+
+@pytest.mark.parametrize("splits", [(1, 3, 4, 17, 33), (64,), (5, 6, 7, 8, 9, 10, 11, 12)])
+def test_chunked_prefill_equals_prefill(tiny_model, reference, splits):
+    ids, full = reference
+    cache, parts, start = tiny_model.new_cache(), [], 0
+    for size in list(splits) + [len(ids)]:
+        chunk = ids[start:start + size]
+        if chunk:
+            parts.append(tiny_model.logits(chunk, cache))
+        start += size
+    assert rel(torch.cat(parts), full) < 1e-5
+
+
+def test_cache_state_is_bounded(tiny_model, reference):
+    ids, _ = reference
+    cfg = tiny_model.config
+    cache = tiny_model.new_cache()
+    tiny_model.logits(ids, cache)
+    for i, layer in enumerate(cache.layers):
+        assert layer.window.shape[1] == cfg.window_size - 1
+        ratio = cfg.compress_ratios[i]
+        if ratio:
+            assert layer.compressor.num_rows() == len(ids) // ratio
+            assert layer.compressor.pending_kv.shape[1] == len(ids) % ratio
+        if cfg.layer_kind(i) == "csa":
+            assert layer.indexer.num_rows() == len(ids) // 4
+            assert layer.compressor.prev_kv.shape[1] == 4
