@@ -65,6 +65,19 @@ class ErrorEvent(Event):
 
 
 @dataclass(slots=True)
+class CompactionEvent(Event):
+    """Old tool outputs were archived (agent.context.compaction): ``ids`` can be passed to
+    ``recall(id)``; token counts of the transcript before and after; ``manual`` for /compact."""
+
+    type: ClassVar[str] = "compaction"
+    ids: list[str]
+    tokens_before: int
+    tokens_after: int
+    manual: bool = False
+    archive: str = ""
+
+
+@dataclass(slots=True)
 class StepEvent(Event):
     """Marks the start of model step ``step`` (1-based)."""
 
@@ -75,7 +88,7 @@ class StepEvent(Event):
 @dataclass(slots=True)
 class DoneEvent(Event):
     """The run ended. ``reason`` is one of: finished, step_limit, time_limit, repeated_calls,
-    format_errors, cancelled, backend_error, no_tool_call. ``summary`` is finish()'s text."""
+    format_errors, cancelled, backend_error, no_tool_call, answered. ``summary`` is finish()'s text."""
 
     type: ClassVar[str] = "done"
     reason: str
@@ -87,7 +100,8 @@ class DoneEvent(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (TextDelta, ToolCallEvent, ToolResultEvent, UsageEvent, ErrorEvent, StepEvent, DoneEvent)
+    for cls in (TextDelta, ToolCallEvent, ToolResultEvent, UsageEvent, ErrorEvent, StepEvent, DoneEvent,
+                CompactionEvent)
 }
 
 

@@ -57,6 +57,11 @@ class Agent:
     approver: Approver | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     steps: int = 0
+    # Hooks for whole-repository context (agent.context): the messages of one request, built
+    # from the stored transcript (e.g. + a trailing delta of the repository, never stored);
+    # and compaction of the stored transcript before each request (an event when it acted).
+    prepare_messages: Callable[[list[dict]], list[dict]] | None = None
+    compactor: Callable[[Session], Event | None] | None = None
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tools}
@@ -79,8 +84,13 @@ class Agent:
             yield StepEvent(step=self.steps)
             completion = None
             t0 = time.monotonic()
+            if self.compactor is not None and (compacted := self.compactor(self.session)) is not None:
+                yield compacted
+            messages = self.session.messages
+            if self.prepare_messages is not None:
+                messages = self.prepare_messages(messages)
             try:
-                request = CompletionRequest(self.session.messages, self._schemas, self.sampling, self.thinking)
+                request = CompletionRequest(messages, self._schemas, self.sampling, self.thinking)
                 for piece in self.backend.stream(request):
                     if self.cancel.is_set():
                         break

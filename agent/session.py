@@ -3,7 +3,9 @@
 Line 1 is a header ``{"kind": "header", ...}`` (session id, repo, backend, task, start
 commit). Every other line is ``{"kind": "message", "message": {...}}`` (an OpenAI-style
 message, exactly what the model is sent) or ``{"kind": "note", ...}`` (a marker such as
-``{"note": "done", "reason": ...}``). A line cut short by a crash is ignored on load, and
+``{"note": "done", "reason": ...}``) or ``{"kind": "compaction", "replaced": [[index, text],
+...], ...}`` (agent.context.compaction replaced those messages' content by archive stubs;
+applied in order on load, so a resumed session has the compacted transcript). A line cut short by a crash is ignored on load, and
 tool calls left without results are answered with an "interrupted" result, so a session
 killed mid-step resumes into a well-formed conversation.
 """
@@ -33,6 +35,7 @@ class Session:
     header: dict[str, Any]
     messages: list[dict[str, Any]] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    compactions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -43,7 +46,7 @@ class Session:
         directory.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         sid = f"{stamp}-{uuid.uuid4().hex[:6]}"
-        head = {"kind": "header", "id": sid, "created": time.time(), **header}
+        head = {**header, "kind": "header", "id": sid, "created": time.time()}
         session = cls(path=directory / f"{sid}.jsonl", header=head)
         session._append(head)
         return session
@@ -65,6 +68,8 @@ class Session:
                 session.messages.append(rec["message"])
             elif rec.get("kind") == "note":
                 session.notes.append(rec)
+            elif rec.get("kind") == "compaction":
+                session._apply_replacements(rec)
         session._close_dangling_calls()
         return session
 
@@ -88,6 +93,19 @@ class Session:
         record = {"kind": "note", "time": time.time(), **fields}
         self.notes.append(record)
         self._append(record)
+
+    def replace_contents(self, replaced: list[tuple[int, str]], **fields: Any) -> None:
+        """Replace the content of messages by index (compaction), recorded durably."""
+        record = {"kind": "compaction", "time": time.time(),
+                  "replaced": [[i, text] for i, text in replaced], **fields}
+        self._apply_replacements(record)
+        self._append(record)
+
+    def _apply_replacements(self, record: dict[str, Any]) -> None:
+        for i, text in record.get("replaced", []):
+            if 0 <= i < len(self.messages):
+                self.messages[i] = {**self.messages[i], "content": text}
+        self.compactions.append(record)
 
     def _close_dangling_calls(self) -> None:
         answered = {m.get("tool_call_id") for m in self.messages if m.get("role") == "tool"}

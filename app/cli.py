@@ -11,6 +11,7 @@ from pathlib import Path
 from agent.backends.base import BackendError
 
 APPROVAL_MODES = ("read-only", "ask", "auto-edit", "full-auto")
+DELEGATED = ("model", "pack", "ask", "bench", "serve")  # subcommands with their own parsers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("--issue", help="issue file or text")
     src.add_argument("--instance", type=Path, help="SWE-bench instance JSON (repo already checked out)")
+    src.add_argument("--resume", type=Path, dest="run_resume", metavar="SESSION",
+                     help="continue a session file (.git/v4coder/sessions/*.jsonl), or 'latest'")
     run.add_argument("--backend", required=True, dest="run_backend")
     run.add_argument("--model", default=None, dest="run_model")
     run.add_argument("--events", type=Path, help="write the event stream as JSONL")
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--branch", default=None, help="branch to work on (default v4coder/run-<time>)")
     run.add_argument("--mode", choices=APPROVAL_MODES, default="full-auto", dest="run_mode")
     run.add_argument("--thinking", action="store_true", help="thinking mode (reasoning before answers)")
+    run.add_argument("--context-budget", type=int, default=900_000, metavar="N",
+                     help="tokens of packed repository in the prompt (default 900000; 0 = none)")
     run.add_argument("--quiet", action="store_true")
 
     undo = sub.add_parser("undo", help="restore the working tree to the previous checkpoint")
@@ -58,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("name", nargs="?", default=None)
     demo.add_argument("--keep", action="store_true", help="keep the temp repository")
 
-    for name in ("model", "pack", "ask", "bench", "serve"):
+    for name in DELEGATED:
         p = sub.add_parser(name, add_help=False, help=f"{name} (see `v4coder {name} --help`)")
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -85,27 +90,39 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.backends.factory import make_backend
-    from app.headless import RunOptions, read_instance, read_issue, run_headless
+    from app.headless import RunOptions, UsageError, read_instance, read_issue, run_headless
 
     repo = args.run_repo or args.repo or Path.cwd().resolve()
     if args.max_steps < 1:
         raise SystemExit("v4coder: --max-steps must be at least 1")
+    if args.context_budget < 0:
+        raise SystemExit("v4coder: --context-budget must be 0 (no packing) or a number of tokens")
     instance = read_instance(args.instance) if args.instance else None
+    resume = args.run_resume
+    if resume is not None and str(resume) == "latest":
+        from agent.session import sessions_dir
+        files = sorted(sessions_dir(repo).glob("*.jsonl"))
+        if not files:
+            raise UsageError(f"no sessions to resume in {repo}")
+        resume = files[-1]
+    issue = instance["problem_statement"] if instance else (read_issue(args.issue) if args.issue else "")
     opts = RunOptions(
-        repo=repo,
-        issue=instance["problem_statement"] if instance else read_issue(args.issue),
+        repo=repo, resume=resume,
+        issue=issue,
         instance_id=instance["instance_id"] if instance else None,
         base_commit=instance["base_commit"] if instance else None,
         branch=args.branch, events=args.events, patch=args.patch, predictions=args.predictions,
         max_steps=args.max_steps, wall_seconds=args.max_seconds, mode=args.run_mode,
-        thinking=args.thinking, quiet=args.quiet)
+        thinking=args.thinking, quiet=args.quiet, context_budget=args.context_budget)
     backend = make_backend(args.run_backend, model=args.run_model)
     return run_headless(opts, backend, model_name=getattr(backend, "model", args.run_backend))
 
 
 def dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in DELEGATED:  # argparse's REMAINDER would reject a leading --option
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command in ("model", "pack", "ask", "bench", "serve"):
+    if args.command in DELEGATED:
         return _delegate(args.command, args.rest)
     if args.command == "run":
         return _run(args)

@@ -11,7 +11,20 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.backends.base import Backend
-from agent.events import DoneEvent, ErrorEvent, Event, StepEvent, TextDelta, ToolCallEvent, ToolResultEvent
+from agent.context.archive import Archive, recall_tool
+from agent.context.compaction import Compactor, describe
+from agent.context.live import LiveContext
+from agent.context.pack import DEFAULT_BUDGET
+from agent.events import (
+    CompactionEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    StepEvent,
+    TextDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+)
 from agent.limits import LoopLimits
 from agent.loop import Agent
 from agent.prompts import system_prompt, task_message
@@ -40,6 +53,8 @@ class RunOptions:
     mode: str = "full-auto"
     thinking: bool = False
     quiet: bool = False
+    resume: Path | None = None       # continue this session file instead of starting anew
+    context_budget: int = DEFAULT_BUDGET  # tokens of packed repository in the prompt; 0 = none
 
 
 def read_issue(value: str) -> str:
@@ -113,26 +128,58 @@ class ProgressPrinter:
             w(f"  {'ok' if event.ok else 'FAILED'}: {first}\n")
         elif isinstance(event, ErrorEvent):
             w(f"error: {event.message}\n")
+        elif isinstance(event, CompactionEvent):
+            w(f"── {describe(event)}\n")
         elif isinstance(event, DoneEvent):
             w(f"── done: {event.reason} after {event.steps} steps\n")
         self.out.flush()
 
 
+def _open_session(opts: RunOptions, backend: Backend,
+                  model_name: str) -> tuple[Session, str, LiveContext | None]:
+    if opts.resume is not None:
+        try:
+            session = Session.load(opts.resume)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot resume {opts.resume}: {exc}") from None
+        base = session.header.get("base_commit")
+        if not base:
+            raise UsageError(f"{opts.resume} records no starting commit")
+        session.note(note="resumed", backend=backend.name)
+        return session, base, LiveContext.load(session.path, opts.repo)
+    base = prepare_repo(opts)
+    live = None
+    if opts.context_budget > 0:
+        try:
+            live = LiveContext.pack(opts.repo, opts.context_budget, opts.issue)
+        except OSError as exc:
+            raise UsageError(f"cannot pack {opts.repo}: {exc}") from None
+    session = Session.create(sessions_dir(opts.repo), repo=str(opts.repo), backend=backend.name,
+                             model=model_name, task=opts.issue, base_commit=base, purpose="run",
+                             instance_id=opts.instance_id, context=live.stats() if live else None)
+    if live is not None:
+        live.save(session.path)
+    session.add({"role": "system",
+                 "content": system_prompt(opts.repo, opts.mode, live.text if live else "")})
+    return session, base, live
+
+
 def run_headless(opts: RunOptions, backend: Backend, model_name: str) -> int:
     repo = opts.repo
-    base = prepare_repo(opts)
+    session, base, live = _open_session(opts, backend, model_name)
     ctx = ToolContext(repo=repo.resolve(), mode=opts.mode, headless=True)
-    session = Session.create(sessions_dir(repo), repo=str(repo), backend=backend.name,
-                             model=model_name, task=opts.issue, base_commit=base, kind="run")
-    session.add({"role": "system", "content": system_prompt(repo, opts.mode)})
-    agent = Agent(backend=backend, tools=default_tools(), ctx=ctx, session=session,
+    archive = Archive.for_session(session.path)
+    agent = Agent(backend=backend, tools=[*default_tools(), recall_tool(archive)], ctx=ctx,
+                  session=session,
                   limits=LoopLimits(max_steps=opts.max_steps, wall_seconds=opts.wall_seconds),
-                  thinking=opts.thinking)
+                  thinking=opts.thinking, compactor=Compactor(archive=archive),
+                  prepare_messages=live.prepare_messages if live else None)
+    first_message = None if opts.resume is not None else task_message(opts.issue)
     printer = None if opts.quiet else ProgressPrinter(sys.stderr)
     events_file = open(opts.events, "w", encoding="utf-8") if opts.events else None
     done: DoneEvent | None = None
     try:
-        for event in agent.run(task_message(opts.issue)):
+        for event in agent.run(first_message):
             if events_file:
                 events_file.write(event.to_json() + "\n")
                 events_file.flush()

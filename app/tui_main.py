@@ -1,12 +1,24 @@
-"""``v4coder`` with no subcommand: the interactive terminal UI (issue: Textual TUI)."""
+"""``v4coder`` with no subcommand: the interactive terminal UI (app/tui/)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+from pathlib import Path
 
 
 def tui_main(args: argparse.Namespace) -> int:
-    print("v4coder: the interactive TUI is not built yet; use `v4coder run`, `v4coder demo` "
-          "or `v4coder --help`", file=sys.stderr)
-    return 2
+    from agent.backends.factory import make_backend
+
+    repo = (args.repo or Path.cwd()).resolve()
+    spec = args.backend or os.environ.get("V4CODER_BACKEND") or "openai"
+    backend = None
+    if not spec.startswith("embedded"):
+        # Cheap to build and a bad spec should fail before the screen opens (BackendError ->
+        # one line from the CLI). The embedded model loads inside the app, with a progress bar.
+        backend = make_backend(spec, model=args.model)
+    from app.tui.app import CoderApp
+    app = CoderApp(repo=repo, backend_spec=spec, backend=backend, mode=args.mode,
+                   resume=args.resume, model=args.model)
+    app.run()
+    return 0

@@ -36,10 +36,21 @@ def load_instructions(repo: str | Path, max_bytes: int = MAX_INSTRUCTION_BYTES) 
     return None
 
 
+INSTRUCTIONS_BLOCK = """\
+The repository's own instructions ({name}) follow. Respect them where they do not conflict with the above.
+<repository-instructions>
+{text}
+</repository-instructions>
+"""
+
+
 def instructions_prompt(repo: str | Path) -> str:
-    """The system-prompt section for the repository's instructions ("" when none)."""
+    """The system-prompt section for the repository's instructions ("" when none).
+
+    The one rendering used everywhere (agent.prompts.system_prompt, ask): the text is
+    wrapped in delimiters, as data that never widens what the agent may do."""
     inst = load_instructions(repo)
     if inst is None:
         return ""
     note = "\n[truncated]" if inst.truncated else ""
-    return f"# Project instructions ({inst.path})\n{inst.text.rstrip()}{note}\n"
+    return INSTRUCTIONS_BLOCK.format(name=inst.path, text=inst.text.strip() + note)

@@ -120,7 +120,9 @@ def test_instructions_agents_then_claude(make_repo) -> None:  # noqa: ANN001
     assert inst is not None and inst.path == "CLAUDE.md" and inst.text == "Use tabs.\n"
     (repo / "AGENTS.md").write_text("Run make test.\n")
     assert load_instructions(repo).path == "AGENTS.md"
-    assert instructions_prompt(repo) == "# Project instructions (AGENTS.md)\nRun make test.\n"
+    assert instructions_prompt(repo).endswith(
+        "(AGENTS.md) follow. Respect them where they do not conflict with the above.\n"
+        "<repository-instructions>\nRun make test.\n</repository-instructions>\n")
     assert load_instructions(repo / "a.py") is None
 
 

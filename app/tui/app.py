@@ -1,0 +1,313 @@
+"""``CoderApp``: transcript, prompt, status bar; the agent runs in a thread worker and posts
+its events to the UI thread. Approvals block the worker on a threading.Event until the
+modal is answered."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import ProgressBar
+
+from agent.backends.base import Backend, BackendError, ToolCall
+from agent.events import (
+    DoneEvent,
+    ErrorEvent,
+    StepEvent,
+    TextDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+    UsageEvent,
+)
+from app.tui.approval import ApprovalScreen
+from app.tui.commands import run_command
+from app.tui.diffs import DIFF_TOOLS, call_diff
+from app.tui.file_picker import FilePicker
+from app.tui.fuzzy import repo_file_list
+from app.tui.host import AgentHost, backend_label
+from app.tui.messages import AgentEvent, ApprovalAnswer, ApprovalRequest, LoadProgress, TurnFinished
+from app.tui.prompt import PromptArea
+from app.tui.session_view import render_messages
+from app.tui.sessions_screen import SessionPicker
+from app.tui.status import StatusBar
+from app.tui.tool_card import ToolCard
+from app.tui.transcript import Transcript
+
+DONE_TEXT = {
+    "answered": "", "finished": "finished", "cancelled": "cancelled by the user",
+    "step_limit": "stopped: step limit", "time_limit": "stopped: time limit",
+    "repeated_calls": "stopped: the same call repeated", "format_errors": "stopped: malformed replies",
+    "backend_error": "stopped: backend error",
+}
+
+
+class CoderApp(App):
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))
+    TITLE = "v4coder"
+    BINDINGS = [
+        Binding("escape", "cancel_turn", "cancel turn", show=False),
+        Binding("ctrl+q", "quit", "quit", priority=True),
+    ]
+
+    def __init__(self, repo: Path, backend_spec: str, backend: Backend | None = None,
+                 mode: str = "ask", resume: bool = False, model: str | None = None,
+                 max_widgets: int = 300, tools_factory=None) -> None:
+        super().__init__()
+        self.host = AgentHost(repo=repo, backend_spec=backend_spec, mode=mode, backend=backend,
+                              tools_factory=tools_factory)
+        self.host.approver = self._approve
+        self.model_name = model
+        self.resume = resume
+        self.max_widgets = max_widgets
+        self.running = False
+        self.pending_notice = ""
+        self.turns = 0
+        self.painted_at: float | None = None
+        self._stream_t0 = 0.0
+        self._stream_chars = 0
+        self._last_rate_update = 0.0
+
+    # -- layout --------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        self.transcript = Transcript(max_widgets=self.max_widgets, id="transcript")
+        self.picker = FilePicker(id="file-picker")
+        self.prompt = PromptArea(picker=self.picker, id="prompt")
+        self.status = StatusBar(id="status")
+        self.load_bar = ProgressBar(total=1.0, show_eta=False, id="load-bar")
+        yield self.transcript
+        with Vertical(id="bottom"):
+            yield self.picker
+            yield self.load_bar
+            yield self.prompt
+            yield self.status
+
+    async def on_mount(self) -> None:
+        self.load_bar.display = False
+        self.prompt.focus()
+        self.reset_status()
+        self.call_after_refresh(self._first_paint)
+        self.load_files()
+        await self.transcript.add_notice(
+            f"v4coder on {self.host.repo.name} · enter sends, ctrl+j new line, @ picks a file, "
+            "esc cancels a turn, /help lists commands", "dim")
+        if self.resume:
+            session = self.host.resume_latest()
+            if session is None:
+                await self.transcript.add_notice("--resume: no saved session for this repository; "
+                                                 "starting a new one", "yellow")
+            else:
+                await self.show_session()
+        if self.host.backend is None:
+            self.load_backend(self.host.backend_spec)
+
+    def _first_paint(self) -> None:
+        self.painted_at = time.perf_counter()
+
+    def reset_status(self) -> None:
+        name, model = backend_label(self.host.backend, self.host.backend_spec)
+        self.status.refresh_state(backend=name, model=self.model_name or model, mode=self.host.mode,
+                                  prompt_tokens=0, cached_tokens=0, tokens_per_second=0.0,
+                                  step=0, running=self.running)
+
+    async def show_session(self) -> None:
+        await self.transcript.clear()
+        session = self.host.session
+        assert session is not None
+        self.turns = await render_messages(self.transcript, session.messages)
+        await self.transcript.add_notice(f"Resumed session {session.id} "
+                                         f"({len(session.messages)} messages).", "dim")
+
+    # -- background work -----------------------------------------------------------------
+
+    @work(thread=True, group="files", exit_on_error=False)
+    def load_files(self) -> None:
+        files = repo_file_list(self.host.repo)
+        self.call_from_thread(setattr, self.picker, "files", files)
+
+    @work(thread=True, exclusive=True, group="backend", exit_on_error=False)
+    def load_backend(self, spec: str) -> None:
+        """Build the backend off the UI thread; a backend with ``load(progress=...)`` reports
+        loading progress through ``progress(fraction, label)`` (the embedded model's hook)."""
+        from agent.backends.factory import make_backend
+        self.post_message(LoadProgress(0.0, f"loading {spec}"))
+        try:
+            backend = make_backend(spec, model=self.model_name)
+            loader = getattr(backend, "load", None)
+            if callable(loader):
+                loader(progress=self.report_load_progress)
+        except BackendError as exc:
+            self.post_message(LoadProgress(1.0, f"cannot load {spec}: {exc}", done=True))
+            return
+        self.call_from_thread(self._backend_ready, spec, backend)
+
+    def report_load_progress(self, fraction: float, label: str = "") -> None:
+        """Thread-safe progress hook for a backend that loads a model."""
+        self.post_message(LoadProgress(fraction, label))
+
+    def _backend_ready(self, spec: str, backend: Backend) -> None:
+        self.host.backend = backend
+        self.host.backend_spec = spec
+        self.host.agent = None
+        self.load_bar.display = False
+        name, model = backend_label(backend, spec)
+        self.status.refresh_state(backend=name, model=self.model_name or model)
+
+    async def on_load_progress(self, message: LoadProgress) -> None:
+        if message.done:
+            self.load_bar.display = False
+            if message.label:
+                await self.transcript.add_notice(message.label, "red")
+            return
+        self.load_bar.display = True
+        self.load_bar.update(progress=message.fraction)
+
+    # -- turns ---------------------------------------------------------------------------
+
+    async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
+        text = message.text
+        if text.startswith("/"):
+            await run_command(self, text)
+            return
+        if self.running:
+            self.notify("A turn is running; esc cancels it.", severity="warning")
+            return
+        if self.host.backend is None:
+            self.notify("The model is still loading.", severity="warning")
+            return
+        await self.transcript.add_user(text)
+        self.transcript.anchor()
+        self.turns += 1
+        self.running = True
+        self.status.refresh_state(running=True)
+        user_text = self.pending_notice + text
+        self.pending_notice = ""
+        self.run_turn(user_text, self.turns)
+
+    @work(thread=True, exclusive=True, group="agent", exit_on_error=False)
+    def run_turn(self, text: str, turn: int) -> None:
+        error = ""
+        try:
+            agent = self.host.ensure_agent()
+            repo = self.host.repo
+            for event in agent.run(text):
+                diff = ""
+                if isinstance(event, ToolCallEvent) and event.tool in DIFF_TOOLS:
+                    diff = call_diff(repo, event.tool, event.arguments)   # before it runs
+                self.post_message(AgentEvent(event, diff, turn))
+        except Exception as exc:  # one failed turn must not take the app down
+            error = f"{type(exc).__name__}: {exc}"
+            if os.environ.get("V4CODER_DEBUG"):
+                error += "\n" + traceback.format_exc()
+        self.post_message(TurnFinished(error))
+
+    def _approve(self, call: ToolCall, reason: str) -> bool:
+        """Called by the agent loop in the worker thread; blocks until the user answers."""
+        destructive = reason.startswith("destructive")
+        if call.name in self.host.always and not destructive:
+            return True
+        diff = call_diff(self.host.repo, call.name, call.arguments) if call.name in DIFF_TOOLS else ""
+        answer = ApprovalAnswer()
+        self.post_message(ApprovalRequest(call, reason, diff, answer))
+        while not answer.ready.wait(0.05):
+            if self.host.cancel.is_set():
+                return False
+        if answer.choice == "a" and not destructive:
+            self.host.always.add(call.name)
+        return answer.choice in ("y", "a")
+
+    def on_approval_request(self, message: ApprovalRequest) -> None:
+        answer = message.answer
+
+        def done(choice: str | None) -> None:
+            answer.choice = choice or "n"
+            answer.ready.set()
+
+        self.push_screen(ApprovalScreen(message.call, message.reason, message.diff), done)
+
+    async def on_agent_event(self, message: AgentEvent) -> None:
+        event = message.event
+        t = self.transcript
+        if isinstance(event, TextDelta):
+            if event.channel == "text":
+                await t.append_text(event.text)
+            else:
+                await t.append_reasoning(event.text)
+            self._count_stream(len(event.text))
+        elif isinstance(event, StepEvent):
+            self._stream_t0 = time.perf_counter()
+            self._stream_chars = 0
+            self.status.refresh_state(step=event.step)
+        elif isinstance(event, ToolCallEvent):
+            await t.add_card(ToolCard(event.id, event.tool, event.arguments, message.diff))
+        elif isinstance(event, ToolResultEvent):
+            card = t.cards.get(event.id) if event.id else None
+            if card is not None:
+                card.set_result(event.ok, event.output)
+            else:
+                await t.add_notice(event.output, "red" if not event.ok else "")
+        elif isinstance(event, UsageEvent):
+            self.status.refresh_state(prompt_tokens=event.prompt_tokens,
+                                      cached_tokens=event.cached_tokens)
+            if event.seconds > 0:
+                self.status.refresh_state(
+                    tokens_per_second=event.completion_tokens / event.seconds)
+        elif isinstance(event, ErrorEvent):
+            await t.add_notice(f"error: {event.message}", "bold red")
+        elif isinstance(event, DoneEvent):
+            await t.end_reply()
+            text = DONE_TEXT.get(event.reason, event.reason)
+            if event.reason == "finished" and event.summary:
+                text = f"finished: {event.summary}"
+            if text:
+                style = "yellow" if event.reason == "cancelled" else "dim"
+                await t.add_notice(f"— {text}", style)
+
+    def _count_stream(self, chars: int) -> None:
+        self._stream_chars += chars
+        now = time.perf_counter()
+        if now - self._last_rate_update > 0.25 and now > self._stream_t0:
+            self._last_rate_update = now
+            rate = self._stream_chars / 4 / (now - self._stream_t0)
+            self.status.refresh_state(tokens_per_second=rate)
+
+    async def on_turn_finished(self, message: TurnFinished) -> None:
+        self.running = False
+        self.status.refresh_state(running=False)
+        await self.transcript.end_reply()
+        if message.error:
+            await self.transcript.add_notice(f"the turn failed: {message.error}", "bold red")
+
+    def action_cancel_turn(self) -> None:
+        if self.picker.display:
+            self.picker.hide()
+            return
+        if self.running:
+            self.host.cancel.set()
+            self.notify("Cancelling the turn…", timeout=2)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def open_session_picker(self, sessions: list[Path]) -> None:
+        async def picked(path: Path | None) -> None:
+            if path is None:
+                return
+            try:
+                self.host.load_session(path)
+            except (OSError, ValueError, KeyError) as exc:
+                await self.transcript.add_notice(f"/sessions: cannot load {path.name}: {exc}", "red")
+                return
+            await self.show_session()
+            self.reset_status()
+
+        self.push_screen(SessionPicker(sessions), picked)
+
+    def status_text(self) -> Text:
+        return self.status.render()  # type: ignore[return-value]

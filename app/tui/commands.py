@@ -1,0 +1,163 @@
+"""Slash commands. Each takes the app and the rest of the line and writes to the transcript."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.widgets import Static
+
+from app.tui.diffs import diff_stats, working_tree_diff
+from app.tui.host import MODES, list_sessions
+from app.tui.status import human
+from app.tui.tool_card import diff_renderable
+
+if TYPE_CHECKING:
+    from app.tui.app import CoderApp
+
+HELP = """\
+Enter sends · ctrl+j (or shift+enter) new line · up/down at the edges: history
+@ opens the file picker (tab/enter inserts) · esc cancels the running turn · ctrl+q quits
+Approvals: y yes · a always (this tool, this session) · n no
+
+/undo           restore the files to the checkpoint before the last change
+/diff           show the working-tree diff (untracked files included)
+/commit [msg]   commit all changes (git add -A; git commit)
+/clear          start a new session (the old one stays saved)
+/compact        compact the context (not available yet)
+/context        what the context holds
+/model [spec]   show the backend, or switch: replay:FILE | openai[:URL] | embedded:DIR
+/mode [m]       show or set the approval mode: read-only | ask | auto-edit | full-auto
+/sessions       pick a saved session to resume
+/help           this help"""
+
+COMPACT_UNAVAILABLE = ("/compact: context compaction is not available in this build yet; the "
+                       "session keeps its full transcript. Use /clear to start a fresh session.")
+
+Command = Callable[["CoderApp", str], Awaitable[None]]
+BUSY_OK = {"help", "context", "diff", "mode", "model"}
+
+
+async def cmd_help(app: CoderApp, rest: str) -> None:
+    await app.transcript.add_notice(HELP)
+
+
+async def cmd_undo(app: CoderApp, rest: str) -> None:
+    from tools.checkpoint import undo_last
+    sha = undo_last(app.host.repo)
+    if sha is None:
+        await app.transcript.add_notice("/undo: nothing to undo (no checkpoints yet)", "yellow")
+        return
+    if app.host.session is not None:
+        app.host.session.note(note="undo", checkpoint=sha)
+    app.pending_notice = (f"[The user ran /undo: the working tree was restored to checkpoint "
+                          f"{sha[:12]}, taken before the last change.]\n")
+    await app.transcript.add_notice(f"/undo: restored the working tree to checkpoint {sha[:12]}",
+                                    "green")
+
+
+async def cmd_diff(app: CoderApp, rest: str) -> None:
+    diff = working_tree_diff(app.host.repo)
+    if not diff.strip():
+        await app.transcript.add_notice("/diff: no changes")
+        return
+    added, removed = diff_stats(diff)
+    await app.transcript.add_notice(f"/diff: +{added} -{removed}")
+    await app.transcript.add_widget(Static(diff_renderable(diff), classes="diff-view"))
+
+
+async def cmd_commit(app: CoderApp, rest: str) -> None:
+    from tools.base import ToolError
+    from tools.git_tools import git_commit
+    sid = app.host.session.id if app.host.session else "?"
+    message = rest.strip() or f"v4coder: changes from session {sid}"
+    try:
+        result = git_commit(app.host.ctx, message)
+    except ToolError as exc:
+        await app.transcript.add_notice(f"/commit: {exc}", "red")
+        return
+    await app.transcript.add_notice(f"/commit: {result}", "green")
+
+
+async def cmd_clear(app: CoderApp, rest: str) -> None:
+    await app.transcript.clear()
+    app.host.new_session()
+    app.reset_status()
+    await app.transcript.add_notice("New session (the previous one is saved; /sessions).")
+
+
+async def cmd_compact(app: CoderApp, rest: str) -> None:
+    await app.transcript.add_notice(COMPACT_UNAVAILABLE, "yellow")
+
+
+async def cmd_context(app: CoderApp, rest: str) -> None:
+    s = app.status.state
+    session = app.host.session
+    messages = session.messages if session else []
+    chars = sum(len(str(m.get("content") or "")) for m in messages)
+    lines = [
+        f"/context: {len(messages)} messages, about {human(chars // 4)} tokens of text",
+        f"last prompt {human(s.prompt_tokens)} of 1M tokens: cached prefix "
+        f"{human(s.cached_tokens)}, new {human(max(0, s.prompt_tokens - s.cached_tokens))}",
+        f"session {session.path if session else '(none yet)'}",
+    ]
+    await app.transcript.add_notice("\n".join(lines))
+
+
+async def cmd_model(app: CoderApp, rest: str) -> None:
+    spec = rest.strip()
+    if not spec:
+        s = app.status.state
+        await app.transcript.add_notice(f"/model: {s.backend} · {s.model} ({app.host.backend_spec})")
+        return
+    if app.running:
+        await app.transcript.add_notice("/model: wait for the turn to end (esc cancels it)", "yellow")
+        return
+    app.load_backend(spec)
+
+
+async def cmd_mode(app: CoderApp, rest: str) -> None:
+    mode = rest.strip()
+    if not mode:
+        await app.transcript.add_notice(f"/mode: {app.host.mode} (one of {', '.join(MODES)})")
+        return
+    try:
+        app.host.set_mode(mode)
+    except ValueError as exc:
+        await app.transcript.add_notice(f"/mode: {exc}", "red")
+        return
+    app.status.refresh_state(mode=mode)
+    await app.transcript.add_notice(f"/mode: approval mode is now {mode}")
+
+
+async def cmd_sessions(app: CoderApp, rest: str) -> None:
+    sessions = list_sessions(app.host.repo)
+    if not sessions:
+        await app.transcript.add_notice("/sessions: no saved sessions")
+        return
+    app.open_session_picker(sessions)
+
+
+COMMANDS: dict[str, Command] = {
+    "help": cmd_help, "undo": cmd_undo, "diff": cmd_diff, "commit": cmd_commit,
+    "clear": cmd_clear, "compact": cmd_compact, "context": cmd_context, "model": cmd_model,
+    "mode": cmd_mode, "sessions": cmd_sessions,
+}
+
+
+async def run_command(app: CoderApp, line: str) -> None:
+    name, _, rest = line[1:].partition(" ")
+    command = COMMANDS.get(name.lower())
+    if command is None:
+        await app.transcript.add_notice(Text(f"unknown command /{name}; /help lists them").plain,
+                                        "red")
+        return
+    if app.running and name.lower() not in BUSY_OK:
+        await app.transcript.add_notice(f"/{name}: a turn is running; esc cancels it first",
+                                        "yellow")
+        return
+    try:
+        await command(app, rest)
+    except Exception as exc:  # a failing command must not take the session down
+        await app.transcript.add_notice(f"/{name} failed: {type(exc).__name__}: {exc}", "red")
