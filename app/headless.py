@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.backends.base import Backend
-from agent.context.archive import Archive, recall_tool
-from agent.context.compaction import Compactor, describe
-from agent.context.live import LiveContext
+from agent.context.compaction import describe
 from agent.context.pack import DEFAULT_BUDGET
+from agent.context.session_context import (
+    SessionContext,
+    attach_context,
+    pack_for_session,
+    resume_context,
+)
 from agent.events import (
     CompactionEvent,
     DoneEvent,
@@ -136,7 +140,7 @@ class ProgressPrinter:
 
 
 def _open_session(opts: RunOptions, backend: Backend,
-                  model_name: str) -> tuple[Session, str, LiveContext | None]:
+                  model_name: str) -> tuple[Session, str, SessionContext]:
     if opts.resume is not None:
         try:
             session = Session.load(opts.resume)
@@ -146,34 +150,28 @@ def _open_session(opts: RunOptions, backend: Backend,
         if not base:
             raise UsageError(f"{opts.resume} records no starting commit")
         session.note(note="resumed", backend=backend.name)
-        return session, base, LiveContext.load(session.path, opts.repo)
+        return session, base, resume_context(session, opts.repo)
     base = prepare_repo(opts)
-    live = None
-    if opts.context_budget > 0:
-        try:
-            live = LiveContext.pack(opts.repo, opts.context_budget, opts.issue)
-        except OSError as exc:
-            raise UsageError(f"cannot pack {opts.repo}: {exc}") from None
+    try:
+        live = pack_for_session(opts.repo, opts.context_budget, opts.issue)
+    except OSError as exc:
+        raise UsageError(f"cannot pack {opts.repo}: {exc}") from None
     session = Session.create(sessions_dir(opts.repo), repo=str(opts.repo), backend=backend.name,
                              model=model_name, task=opts.issue, base_commit=base, purpose="run",
                              instance_id=opts.instance_id, context=live.stats() if live else None)
-    if live is not None:
-        live.save(session.path)
     session.add({"role": "system",
                  "content": system_prompt(opts.repo, opts.mode, live.text if live else "")})
-    return session, base, live
+    return session, base, attach_context(session, live)
 
 
 def run_headless(opts: RunOptions, backend: Backend, model_name: str) -> int:
     repo = opts.repo
-    session, base, live = _open_session(opts, backend, model_name)
+    session, base, context = _open_session(opts, backend, model_name)
     ctx = ToolContext(repo=repo.resolve(), mode=opts.mode, headless=True)
-    archive = Archive.for_session(session.path)
-    agent = Agent(backend=backend, tools=[*default_tools(), recall_tool(archive)], ctx=ctx,
-                  session=session,
+    agent = Agent(backend=backend, tools=[*default_tools(), *context.tools], ctx=ctx, session=session,
                   limits=LoopLimits(max_steps=opts.max_steps, wall_seconds=opts.wall_seconds),
-                  thinking=opts.thinking, compactor=Compactor(archive=archive),
-                  prepare_messages=live.prepare_messages if live else None)
+                  thinking=opts.thinking, compactor=context.compactor,
+                  prepare_messages=context.prepare_messages)
     first_message = None if opts.resume is not None else task_message(opts.issue)
     printer = None if opts.quiet else ProgressPrinter(sys.stderr)
     events_file = open(opts.events, "w", encoding="utf-8") if opts.events else None

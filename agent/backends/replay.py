@@ -63,10 +63,15 @@ class ReplayBackend:
         raw = self.completions[self.position]
         self.position += 1
         streamer = DsmlTextStreamer(request.thinking)
-        delay = self.chunk_chars / 4 / self.tokens_per_second if self.tokens_per_second else 0.0
-        for i in range(0, len(raw), self.chunk_chars):
-            if delay:
-                time.sleep(delay)
+        # Paced against a deadline (not a fixed sleep per chunk), so a slow consumer does not
+        # lower the rate: chunk i is due at start + i * seconds_per_chunk.
+        per_chunk = self.chunk_chars / 4 / self.tokens_per_second if self.tokens_per_second else 0.0
+        start = time.monotonic()
+        for n, i in enumerate(range(0, len(raw), self.chunk_chars)):
+            if per_chunk:
+                wait = start + (n + 1) * per_chunk - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
             yield from streamer.feed(raw[i:i + self.chunk_chars])
         yield from streamer.flush()
         completion = parse_completion(raw, request.tools, thinking=request.thinking)
