@@ -28,8 +28,9 @@ from agent.events import (
 )
 from agent.limits import LoopLimits, cut_output
 from agent.session import Session
-from tools.base import Tool, ToolContext, ToolResult
+from tools.base import Tool, ToolContext, ToolError, ToolResult
 from tools.checkpoint import create_checkpoint
+from tools.gitutil import is_git_repo
 from tools.policy import decide
 from tools.registry import run_tool
 
@@ -228,7 +229,11 @@ class Agent:
             if not self.approver(call, decision.reason):
                 return ToolResult(ok=False, output="refused: the user declined this call")
         if tool.mutating:
-            create_checkpoint(self.ctx.repo, f"before {call.name}")
+            if is_git_repo(self.ctx.repo):  # outside git there is nowhere to checkpoint to
+                try:
+                    create_checkpoint(self.ctx.repo, f"before {call.name}")
+                except ToolError as exc:  # no undo point: do not mutate
+                    return ToolResult(ok=False, output=f"refused: could not checkpoint first ({exc})")
         return run_tool(tool, self.ctx, call.arguments)
 
     def _done(self, reason: str, summary: str = "") -> Iterator[Event]:

@@ -128,8 +128,9 @@ class ProgressPrinter:
             args = json.dumps(event.arguments, ensure_ascii=False)
             w(f"→ {event.tool}({args[:160]}{'…' if len(args) > 160 else ''})\n")
         elif isinstance(event, ToolResultEvent):
-            first = (event.output.strip().splitlines() or [""])[0][:160]
-            w(f"  {'ok' if event.ok else 'FAILED'}: {first}\n")
+            lines = [ln for ln in event.output.strip().splitlines() if ln.strip()] or [""]
+            shown = lines[0][:120] + (f" … {lines[-1].strip()[:100]}" if len(lines) > 1 else "")
+            w(f"  {'ok' if event.ok else 'FAILED'}: {shown}\n")
         elif isinstance(event, ErrorEvent):
             w(f"error: {event.message}\n")
         elif isinstance(event, CompactionEvent):

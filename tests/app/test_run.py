@@ -143,3 +143,35 @@ def test_resume_after_the_process_was_killed(make_repo, make_replay, tmp_path):
     assert "+X = 2" in (tmp_path / "p.diff").read_text()
     roles = [m["role"] for m in Session.load(session_file).messages]
     assert roles.count("user") == 1 and roles[-2:] == ["assistant", "tool"]
+
+
+def tree_snapshot(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(repo).parts}
+
+
+def test_undo_walks_back_every_mutating_step_exactly(make_repo, make_replay):
+    repo = make_repo({"a.py": "A = 1\n", "b.txt": "bee\n", "keep/c.txt": "sea\n"})
+    (repo / "untracked.txt").write_text("mine, not committed\n")
+    start = tree_snapshot(repo)
+    replay = make_replay([
+        ("Edit.", [("edit_file", {"path": "a.py", "old_string": "A = 1", "new_string": "A = 2"})]),
+        ("New file.", [("write_file", {"path": "new/d.txt", "content": "dee\n"})]),
+        ("Delete.", [("bash", {"command": "rm b.txt untracked.txt && echo x >> keep/c.txt"})]),
+        ("Done.", [("finish", {"summary": "s"})])])
+    proc = v4coder("run", "--repo", repo, "--issue", "i", "--backend", f"replay:{replay}", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    after = tree_snapshot(repo)
+    assert after != start and "b.txt" not in after and "new/d.txt" in after
+    steps = []
+    while True:
+        proc = v4coder("undo", "--repo", repo)
+        if proc.returncode != 0:
+            assert "nothing to undo" in proc.stderr
+            break
+        steps.append(tree_snapshot(repo))
+    assert len(steps) == 3
+    assert steps[0]["keep/c.txt"] == b"sea\n" and "b.txt" in steps[0] and "new/d.txt" in steps[0]
+    assert steps[-1] == start  # untracked file included
+    status = subprocess.run(["git", "-C", repo, "status", "--porcelain"], capture_output=True, text=True).stdout
+    assert status.strip() == "?? untracked.txt"  # index and HEAD untouched by undo
