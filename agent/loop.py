@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from agent.backends.base import Backend, BackendError, Completion, CompletionRequest, Sampling, ToolCall
+from agent.backends.base import (
+    Backend,
+    BackendError,
+    Completion,
+    CompletionRequest,
+    Sampling,
+    ToolCall,
+)
 from agent.events import (
     DoneEvent,
     ErrorEvent,
