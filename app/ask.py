@@ -89,7 +89,7 @@ def ask(repo: Path, question: str, backend: Backend, packed: PackedContext,
     with tempfile.TemporaryDirectory(prefix="v4coder-ask-") as tmp:
         directory = sessions_dir(repo) if (repo / ".git").is_dir() else Path(tmp)
         session = Session.create(directory, repo=str(repo), backend=backend.name,
-                                 model=str(getattr(backend, "model", "")), task=question, kind="ask",
+                                 model=str(getattr(backend, "model", "")), task=question, purpose="ask",
                                  context={"tokens": packed.tokens, "files": len(packed.files)})
         session.add({"role": "system", "content": ask_system_prompt(repo, packed)})
         tools = [t for t in default_tools() if t.name in ASK_TOOLS]

@@ -112,7 +112,9 @@ def temporary_index(repo: Path, seed_from_real: bool = True) -> Iterator[dict[st
     with tempfile.TemporaryDirectory(prefix="v4coder-index-") as tmp:
         index = Path(tmp) / "index"
         if seed_from_real and real_index.is_file():
-            shutil.copyfile(real_index, index)
+            # copy2 keeps the index's mtime: git's "racily clean" check compares entries
+            # against it, so a same-size edit made right after staging is still rehashed.
+            shutil.copy2(real_index, index)
         yield {"GIT_INDEX_FILE": str(index)}
 
 

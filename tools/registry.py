@@ -30,10 +30,10 @@ def _coerce(tool: str, name: str, kind: str, value: Any) -> Any:
         return int(value)
     if kind == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    if kind == "integer" and isinstance(value, bool):
-        raise ToolError(f"{tool}: {name} must be an integer")
-    if not isinstance(value, _TYPES[kind]):
-        raise ToolError(f"{tool}: {name} must be a {kind}, got {type(value).__name__}")
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, _TYPES[kind]) or (kind == "integer" and isinstance(value, bool)):
+        raise ToolError(f"{tool}: {name} must be of type {kind}, got {type(value).__name__}")
     return value
 
 

@@ -41,7 +41,10 @@ STUB_PREFIX = "[archived tool output "
 
 def message_text(msg: dict[str, Any]) -> str:
     """The text of one message that the model is sent (what the token count measures)."""
-    parts = [str(msg.get("content") or ""), str(msg.get("reasoning_content") or "")]
+    content = msg.get("content") or ""
+    if not msg.get("reasoning_content") and not msg.get("tool_calls") and isinstance(content, str):
+        return content  # the same object: its hash is cached, so the lookup stays cheap
+    parts = [str(content), str(msg.get("reasoning_content") or "")]
     for call in msg.get("tool_calls") or ():
         fn = call.get("function", {})
         parts.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
@@ -63,6 +66,10 @@ class TokenCounter:
             keep = set(texts)
             self.cache = {t: n for t, n in self.cache.items() if t in keep}
         return [self.cache[t] + MESSAGE_OVERHEAD for t in texts]
+
+    def seed(self, text: str, tokens: int) -> None:
+        """Record a count known already (the packed system message: no second tokenization)."""
+        self.cache[text] = tokens
 
     def total(self, messages: list[dict[str, Any]]) -> int:
         return sum(self.counts(messages))

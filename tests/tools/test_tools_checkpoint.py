@@ -67,6 +67,21 @@ def test_undo_restores_the_exact_tree_and_leaves_git_state_alone(busy_repo):
     assert git(repo, "branch", "--list") == "  feature\n* main\n"
 
 
+def test_a_same_size_edit_in_the_second_of_staging_is_not_missed(new_repo):
+    """Git's racy-clean check must see the real index's mtime, not the copy's."""
+    repo = new_repo({"f.txt": "aaaa\n"})
+    git(repo, "config", "core.checkStat", "minimal")  # compare only mtime seconds + size
+    git(repo, "config", "core.trustctime", "false")
+    past = (1_600_000_000, 1_600_000_000)
+    os.utime(repo / "f.txt", past)
+    git(repo, "add", "f.txt")
+    os.utime(repo / ".git" / "index", past)  # the index was written in that same second
+    (repo / "f.txt").write_text("bbbb\n")    # same size, and ...
+    os.utime(repo / "f.txt", past)             # ... same mtime as the staged entry
+    sha = create_checkpoint(repo, "after the edit")
+    assert git(repo, "show", f"{sha}:f.txt") == "bbbb\n"
+
+
 def test_checkpoints_form_a_chain_and_undo_walks_back(busy_repo):
     repo = busy_repo
     first = create_checkpoint(repo, "one")

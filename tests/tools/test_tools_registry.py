@@ -55,7 +55,9 @@ def test_arguments_are_checked_and_coerced(ctx, repo):
     unknown = run_tool(tools["read_file"], ctx, {"path": "f.txt", "lines": 3})
     assert not unknown.ok and "unknown argument 'lines'" in unknown.output
     wrong = run_tool(tools["read_file"], ctx, {"path": 12})
-    assert not wrong.ok and "must be a string" in wrong.output
+    assert not wrong.ok and "must be of type string" in wrong.output
+    flag = run_tool(tools["read_file"], ctx, {"path": "f.txt", "start_line": True})
+    assert not flag.ok and "must be of type integer" in flag.output
     not_object = run_tool(tools["read_file"], ctx, ["f.txt"])
     assert not not_object.ok
 
