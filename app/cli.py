@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--thinking", action="store_true", help="thinking mode (reasoning before answers)")
     run.add_argument("--context-budget", type=int, default=900_000, metavar="N",
                      help="tokens of packed repository in the prompt (default 900000; 0 = none)")
+    run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    run.add_argument("--seed", type=int, default=None, help="sampling seed")
+    run.add_argument("--max-tokens", type=int, default=8192, help="most tokens per model reply")
+    run.add_argument("--test-command", default=None, help="what run_tests runs when the model names none")
+    run.add_argument("--allow-secrets", action="store_true",
+                     help="let the model read .env files, private keys and other secrets")
     run.add_argument("--quiet", action="store_true")
 
     undo = sub.add_parser("undo", help="restore the working tree to the previous checkpoint")
@@ -89,12 +95,16 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.backends.base import Sampling
     from agent.backends.factory import make_backend
     from app.headless import RunOptions, UsageError, read_instance, read_issue, run_headless
 
     repo = args.run_repo or args.repo or Path.cwd().resolve()
-    if args.max_steps < 1:
-        raise SystemExit("v4coder: --max-steps must be at least 1")
+    for flag, value in (("--max-steps", args.max_steps), ("--max-tokens", args.max_tokens)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    if args.temperature < 0:
+        raise UsageError("--temperature must be 0 or more")
     if args.context_budget < 0:
         raise SystemExit("v4coder: --context-budget must be 0 (no packing) or a number of tokens")
     instance = read_instance(args.instance) if args.instance else None
@@ -113,7 +123,9 @@ def _run(args: argparse.Namespace) -> int:
         base_commit=instance["base_commit"] if instance else None,
         branch=args.branch, events=args.events, patch=args.patch, predictions=args.predictions,
         max_steps=args.max_steps, wall_seconds=args.max_seconds, mode=args.run_mode,
-        thinking=args.thinking, quiet=args.quiet, context_budget=args.context_budget)
+        thinking=args.thinking, quiet=args.quiet, context_budget=args.context_budget,
+        sampling=Sampling(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens),
+        test_command=args.test_command, allow_secrets=args.allow_secrets)
     backend = make_backend(args.run_backend, model=args.run_model)
     return run_headless(opts, backend, model_name=getattr(backend, "model", args.run_backend))
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from agent.backends.base import Backend
+from agent.backends.base import Backend, Sampling
 from agent.context.compaction import describe
 from agent.context.pack import DEFAULT_BUDGET
 from agent.context.session_context import (
@@ -59,6 +59,9 @@ class RunOptions:
     quiet: bool = False
     resume: Path | None = None       # continue this session file instead of starting anew
     context_budget: int = DEFAULT_BUDGET  # tokens of packed repository in the prompt; 0 = none
+    sampling: Sampling = field(default_factory=Sampling)
+    test_command: str | None = None
+    allow_secrets: bool = False
 
 
 def read_issue(value: str) -> str:
@@ -168,10 +171,11 @@ def _open_session(opts: RunOptions, backend: Backend,
 def run_headless(opts: RunOptions, backend: Backend, model_name: str) -> int:
     repo = opts.repo
     session, base, context = _open_session(opts, backend, model_name)
-    ctx = ToolContext(repo=repo.resolve(), mode=opts.mode, headless=True)
+    ctx = ToolContext(repo=repo.resolve(), mode=opts.mode, headless=True,
+                      allow_secrets=opts.allow_secrets, test_command=opts.test_command)
     agent = Agent(backend=backend, tools=[*default_tools(), *context.tools], ctx=ctx, session=session,
                   limits=LoopLimits(max_steps=opts.max_steps, wall_seconds=opts.wall_seconds),
-                  thinking=opts.thinking, compactor=context.compactor,
+                  thinking=opts.thinking, sampling=opts.sampling, compactor=context.compactor,
                   prepare_messages=context.prepare_messages)
     first_message = None if opts.resume is not None else task_message(opts.issue)
     printer = None if opts.quiet else ProgressPrinter(sys.stderr)

@@ -175,3 +175,18 @@ def test_undo_walks_back_every_mutating_step_exactly(make_repo, make_replay):
     assert steps[-1] == start  # untracked file included
     status = subprocess.run(["git", "-C", repo, "status", "--porcelain"], capture_output=True, text=True).stdout
     assert status.strip() == "?? untracked.txt"  # index and HEAD untouched by undo
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_secrets_stay_out_of_context_unless_allowed(allow, make_repo, make_replay, tmp_path):
+    repo = make_repo({"app.py": "import os\n", ".gitignore": ".env\n"})
+    (repo / ".env").write_text("API_TOKEN=s3cr3t-value\n")
+    replay = make_replay([("Peek.", [("read_file", {"path": ".env"})]),
+                          ("Shell.", [("bash", {"command": "cat .env"})]),
+                          ("Done.", [("finish", {"summary": "s"})])])
+    args = ["run", "--repo", repo, "--issue", "i", "--backend", f"replay:{replay}", "--quiet",
+            "--events", tmp_path / "ev.jsonl", "--context-budget", "0"]
+    proc = v4coder(*args, *(["--allow-secrets"] if allow else []))
+    assert proc.returncode == 0, proc.stderr
+    events = (tmp_path / "ev.jsonl").read_text()
+    assert ("s3cr3t-value" in events) == allow
