@@ -84,53 +84,22 @@ class Agent:
         format_errors = repeats = 0
         last_signature = None
         while True:
-            reason = self._limit_reached(started)
-            if reason:
+            if reason := self._limit_reached(started):
                 yield from self._done(reason)
                 return
             self.steps += 1
             yield StepEvent(step=self.steps)
-            completion = None
-            t0 = time.monotonic()
-            if self.compactor is not None and (compacted := self.compactor(self.session)) is not None:
-                yield compacted
-            messages = self.session.messages
-            if self.prepare_messages is not None:
-                messages = self.prepare_messages(messages)
-            try:
-                request = CompletionRequest(messages, self._schemas, self.sampling, self.thinking)
-                for piece in self.backend.stream(request):
-                    if self.cancel.is_set():
-                        break
-                    if isinstance(piece, TextDelta):
-                        yield piece
-                    else:
-                        completion = piece
-            except BackendError as exc:
-                yield ErrorEvent(message=str(exc), fatal=True)
-                yield from self._done("backend_error")
+            completion, reason = yield from self._query()
+            if completion is None:
+                yield from self._done(reason)
                 return
-            if self.cancel.is_set() or completion is None:
-                yield from self._done("cancelled")
-                return
-            u = completion.usage
-            yield UsageEvent(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                             cached_tokens=u.cached_tokens, seconds=round(time.monotonic() - t0, 3))
-            if completion.has_errors:
-                format_errors += 1
-                yield from self._reject(completion)
-                if format_errors >= self.limits.max_format_errors:
-                    yield from self._done("format_errors")
-                    return
-                continue
-            if not completion.tool_calls:
-                self._record_assistant(completion)
-                if self.interactive:
+            if completion.has_errors or not completion.tool_calls:
+                if not completion.has_errors and self.interactive:
+                    self._record_assistant(completion)  # a plain answer ends the turn
                     yield from self._done("answered")
                     return
                 format_errors += 1
-                self.session.add({"role": "user", "content": NO_TOOL_CALL})
-                yield ToolResultEvent(id="", tool="", ok=False, output=NO_TOOL_CALL)
+                yield from (self._reject(completion) if completion.has_errors else self._nudge(completion))
                 if format_errors >= self.limits.max_format_errors:
                     yield from self._done("format_errors")
                     return
@@ -155,6 +124,40 @@ class Agent:
                 return
 
     # -- steps ---------------------------------------------------------------------------
+
+    def _query(self) -> Iterator[Event]:
+        """Ask the model once, streaming its text. Returns (completion, None) or (None, reason)."""
+        t0 = time.monotonic()
+        if self.compactor is not None and (compacted := self.compactor(self.session)) is not None:
+            yield compacted
+        messages = self.session.messages
+        if self.prepare_messages is not None:
+            messages = self.prepare_messages(messages)
+        completion = None
+        try:
+            request = CompletionRequest(messages, self._schemas, self.sampling, self.thinking)
+            for piece in self.backend.stream(request):
+                if self.cancel.is_set():
+                    break
+                if isinstance(piece, TextDelta):
+                    yield piece
+                else:
+                    completion = piece
+        except BackendError as exc:
+            yield ErrorEvent(message=str(exc), fatal=True)
+            return None, "backend_error"
+        if self.cancel.is_set() or completion is None:
+            return None, "cancelled"
+        u = completion.usage
+        yield UsageEvent(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                         cached_tokens=u.cached_tokens, seconds=round(time.monotonic() - t0, 3))
+        return completion, None
+
+    def _nudge(self, completion: Completion) -> Iterator[Event]:
+        """A headless reply without a tool call: record it and ask for tool calls."""
+        self._record_assistant(completion)
+        self.session.add({"role": "user", "content": NO_TOOL_CALL})
+        yield ToolResultEvent(id="", tool="", ok=False, output=NO_TOOL_CALL)
 
     def _limit_reached(self, started: float) -> str | None:
         if self.cancel.is_set():
