@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model name for the openai backend")
     parser.add_argument("--resume", action="store_true", help="resume the latest session (TUI)")
     parser.add_argument("--mode", choices=APPROVAL_MODES, default="ask", help="approval mode (TUI)")
+    parser.add_argument("--context-budget", type=int, default=None, metavar="N",
+                        help="tokens of packed repository in a new TUI session (default 900000; 0 = none)")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     run = sub.add_parser("run", help="headless issue-to-patch")

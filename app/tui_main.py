@@ -18,7 +18,10 @@ def tui_main(args: argparse.Namespace) -> int:
         # one line from the CLI). The embedded model loads inside the app, with a progress bar.
         backend = make_backend(spec, model=args.model)
     from app.tui.app import CoderApp
+    from app.tui.host import DEFAULT_CONTEXT_BUDGET
+    budget = getattr(args, "context_budget", None)   # top-level --context-budget, when present
     app = CoderApp(repo=repo, backend_spec=spec, backend=backend, mode=args.mode,
-                   resume=args.resume, model=args.model)
+                   resume=args.resume, model=args.model,
+                   context_budget=DEFAULT_CONTEXT_BUDGET if budget is None else max(0, budget))
     app.run()
     return 0

@@ -9,9 +9,10 @@ calls until the engine (chunked prefill, prefix reuse, batching) replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -59,17 +60,31 @@ class LoadedModel:
         return generate(self, token_ids, max_new_tokens, stop_ids, temperature, seed, cache)
 
 
+class ModelTransform(Protocol):
+    """A load-time rewrite of the module tree (expert parallelism, tensor parallelism, offload)."""
+
+    def before_load(self, model: Transformer, ckpt: Checkpoint) -> None: ...
+
+    def after_prepare(self, model: Transformer, ckpt: Checkpoint) -> None: ...
+
+
 def load_model(checkpoint_dir: str | Path, dtype: str | torch.dtype = "float32",
                device: str | torch.device = "cpu", numerics: str = "dequant",
-               progress: bool = True, with_mtp: bool = False) -> LoadedModel:
-    """Load an official-format checkpoint. Raises CheckpointError (clear message) on bad input."""
+               progress: bool = True, with_mtp: bool = False,
+               transforms: Sequence[ModelTransform] = ()) -> LoadedModel:
+    """Load an official-format checkpoint. Raises CheckpointError (clear message) on bad input.
+    ``transforms`` rewrite the model before the weights are read and after they are prepared."""
     if numerics not in ("dequant", "native"):
         raise ValueError(f"numerics must be 'dequant' or 'native', not {numerics!r}")
     compute = parse_dtype(dtype)
     ckpt = Checkpoint.open(checkpoint_dir)
     model = Transformer(ckpt.config, with_mtp=with_mtp)
+    for transform in transforms:
+        transform.before_load(model, ckpt)
     load_weights(model, ckpt, device=device, progress=progress)
     model.prepare(Numerics(numerics, compute))
+    for transform in transforms:
+        transform.after_prepare(model, ckpt)
     model.eval()
     return LoadedModel(model, ckpt.config, Path(checkpoint_dir), torch.device(device))
 

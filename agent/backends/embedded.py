@@ -12,7 +12,7 @@ starts with exactly the tokens already in the cache, only the new tokens are com
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -29,21 +29,57 @@ def _default_dtype() -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
+ProgressCallback = Callable[[float, str], None]
+
+
+class _ReportLoad:
+    """A load transform (model.generate.ModelTransform) that reports ``callback(fraction,
+    label)`` per tensor read. load_weights resolves each tensor's owner module through
+    ``model.get_submodule``, so counting those calls counts tensors; a top-level buffer is
+    not counted (the bar then ends a little short of 1.0 until the final report)."""
+
+    def __init__(self, callback: ProgressCallback) -> None:
+        self.callback = callback
+
+    def before_load(self, model: torch.nn.Module, ckpt: object) -> None:
+        total = max(1, sum(1 for b in model.buffers() if b.is_meta))
+        inner, done, label = model.get_submodule, [0], f"loading {ckpt.root.name}"
+        step = max(1, total // 200)  # at most ~200 reports
+
+        def counting(target: str) -> torch.nn.Module:
+            done[0] += 1
+            if done[0] % step == 0 or done[0] == total:
+                self.callback(0.95 * min(done[0], total) / total,
+                              f"{label}: {min(done[0], total)}/{total} tensors")
+            return inner(target)
+
+        self.callback(0.0, f"{label}: 0/{total} tensors")
+        model.get_submodule = counting  # an instance attribute; removed after loading
+
+    def after_prepare(self, model: torch.nn.Module, ckpt: object) -> None:
+        model.__dict__.pop("get_submodule", None)
+        self.callback(0.97, "preparing the model")
+
+
 class EmbeddedBackend:
     name = "embedded"
 
     def __init__(self, checkpoint_dir: str | Path, dtype: str | None = None, device: str | None = None,
-                 numerics: str = "dequant", progress: bool = True) -> None:
+                 numerics: str = "dequant", progress: bool = True,
+                 progress_callback: ProgressCallback | None = None) -> None:
+        """``progress`` prints a bar on stderr; ``progress_callback(fraction, label)``, if
+        given, is called (from this thread) as the weights load, and with 1.0 when ready."""
         from model.generate import CheckpointError, load_model, sample
         self._sample = sample
 
         path = Path(checkpoint_dir).expanduser()
         if not path.is_dir():
             raise BackendError(f"checkpoint directory {path} does not exist")
+        extra = {"transforms": [_ReportLoad(progress_callback)]} if progress_callback else {}
         try:
             self.lm = load_model(path, dtype=dtype or _default_dtype(),
                                  device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                                 numerics=numerics, progress=progress)
+                                 numerics=numerics, progress=progress, **extra)
         except (CheckpointError, ValueError, OSError) as exc:
             raise BackendError(f"cannot load {path}: {exc}") from None
         tok_file = path / "tokenizer.json"
@@ -54,6 +90,8 @@ class EmbeddedBackend:
             self.tokenizer = load_tokenizer()
         self.eos_id = self.tokenizer.token_to_id(EOS)
         self.model = path.name
+        if progress_callback is not None:
+            progress_callback(1.0, f"loaded {path.name}")
         self._cache = None
         self._cached_ids: list[int] = []
 

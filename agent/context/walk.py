@@ -20,6 +20,7 @@ from agent.context.ignore import IgnoreRules
 
 MAX_FILE_BYTES = 1_000_000
 V4CODERIGNORE = ".v4coderignore"
+V4CODER_DIR = ".v4coder"  # sessions of a non-git repository (agent.session.sessions_dir)
 
 LOCK_FILES = frozenset(
     "package-lock.json yarn.lock pnpm-lock.yaml npm-shrinkwrap.json Cargo.lock poetry.lock "
@@ -142,7 +143,7 @@ def plain_list(root: Path, pruned: list[Skipped] | None = None) -> list[str]:
             rules.add_file(Path(dirpath) / ".gitignore", base)
         keep = []
         for d in sorted(dirnames):
-            if d == ".git" or rules.is_ignored(base + d, is_dir=True):
+            if d in (".git", V4CODER_DIR) or rules.is_ignored(base + d, is_dir=True):
                 continue
             if d in VENDORED_DIRS or d in GENERATED_DIRS:
                 if pruned is not None:
@@ -169,6 +170,8 @@ def walk_repository(root: str | Path, max_file_bytes: int = MAX_FILE_BYTES) -> W
     files: list[WalkedFile] = []
     collapsed: dict[tuple[str, str], int] = {}
     for rel in names:
+        if rel.startswith(V4CODER_DIR + "/") or f"/{V4CODER_DIR}/" in rel:
+            continue  # our own session files: never context, not even a skip entry
         if extra.rules and extra.is_ignored(rel):
             skipped.append(Skipped(rel, "v4coderignore"))
             continue

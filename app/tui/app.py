@@ -1,6 +1,8 @@
 """``CoderApp``: transcript, prompt, status bar; the agent runs in a thread worker and posts
 its events to the UI thread. Approvals block the worker on a threading.Event until the
-modal is answered."""
+modal is answered. The repository is packed (or a resumed session's snapshot loaded) in
+another worker started after the first paint; an embedded model loads in a third, with a
+progress bar."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from textual.widgets import ProgressBar
 
 from agent.backends.base import Backend, BackendError, ToolCall
 from agent.events import (
+    CompactionEvent,
     DoneEvent,
     ErrorEvent,
     StepEvent,
@@ -31,8 +34,15 @@ from app.tui.commands import run_command
 from app.tui.diffs import DIFF_TOOLS, call_diff
 from app.tui.file_picker import FilePicker
 from app.tui.fuzzy import repo_file_list
-from app.tui.host import AgentHost, backend_label
-from app.tui.messages import AgentEvent, ApprovalAnswer, ApprovalRequest, LoadProgress, TurnFinished
+from app.tui.host import DEFAULT_CONTEXT_BUDGET, AgentHost, backend_label
+from app.tui.messages import (
+    AgentEvent,
+    ApprovalAnswer,
+    ApprovalRequest,
+    ContextReady,
+    LoadProgress,
+    TurnFinished,
+)
 from app.tui.prompt import PromptArea
 from app.tui.session_view import render_messages
 from app.tui.sessions_screen import SessionPicker
@@ -58,10 +68,11 @@ class CoderApp(App):
 
     def __init__(self, repo: Path, backend_spec: str, backend: Backend | None = None,
                  mode: str = "ask", resume: bool = False, model: str | None = None,
-                 max_widgets: int = 300, tools_factory=None) -> None:
+                 max_widgets: int = 300, tools_factory=None,
+                 context_budget: int = DEFAULT_CONTEXT_BUDGET) -> None:
         super().__init__()
         self.host = AgentHost(repo=repo, backend_spec=backend_spec, mode=mode, backend=backend,
-                              tools_factory=tools_factory)
+                              tools_factory=tools_factory, context_budget=context_budget)
         self.host.approver = self._approve
         self.model_name = model
         self.resume = resume
@@ -70,6 +81,9 @@ class CoderApp(App):
         self.pending_notice = ""
         self.turns = 0
         self.painted_at: float | None = None
+        self.context_busy = False          # the context worker is packing / resuming
+        self.context_ready = False         # it finished (for tests and /context)
+        self.activities: dict[str, str] = {}   # status-bar notes of background work
         self._stream_t0 = 0.0
         self._stream_chars = 0
         self._last_rate_update = 0.0
@@ -110,6 +124,7 @@ class CoderApp(App):
 
     def _first_paint(self) -> None:
         self.painted_at = time.perf_counter()
+        self.call_later(self.start_context)   # after the paint: packing is never in its way
 
     def reset_status(self) -> None:
         name, model = backend_label(self.host.backend, self.host.backend_spec)
@@ -127,6 +142,56 @@ class CoderApp(App):
 
     # -- background work -----------------------------------------------------------------
 
+    def set_activity(self, key: str, label: str | None) -> None:
+        """Show (or, with None, clear) a note about background work in the status bar."""
+        if label:
+            self.activities[key] = label
+        else:
+            self.activities.pop(key, None)
+        self.status.refresh_state(activity=" · ".join(self.activities.values()))
+
+    def start_context(self) -> None:
+        """Pack the repository for the next session, or load a resumed session's snapshot,
+        off the UI thread. A turn submitted meanwhile waits for it (AgentHost.lock)."""
+        if self.context_busy:
+            return
+        resumed = self.host.session is not None
+        if self.host.context is not None if resumed else self.host.prepacked is not None:
+            return
+        self.context_busy = True
+        self.context_ready = False
+        self.set_activity("context", "loading the repository snapshot…" if resumed
+                          else f"packing {self.host.repo.name}…")
+        self.prepare_context(resumed)
+
+    @work(thread=True, group="context", exit_on_error=False)
+    def prepare_context(self, resumed: bool) -> None:
+        error = ""
+        try:
+            if resumed:
+                self.host.ensure_context()
+            else:
+                self.host.prepack()
+        except Exception as exc:  # the session goes on without packed context
+            error = f"{type(exc).__name__}: {exc}"
+        self.post_message(ContextReady(resumed, error or self.host.pack_error))
+
+    async def on_context_ready(self, message: ContextReady) -> None:
+        self.context_busy = False
+        self.context_ready = True
+        self.set_activity("context", None)
+        if message.error:
+            await self.transcript.add_notice(
+                f"could not pack the repository ({message.error}); the session runs without it",
+                "yellow")
+            return
+        stats = self.host.context_stats() or {}
+        if not message.resumed and (stats.get("outlined") or stats.get("omitted")):
+            await self.transcript.add_notice(
+                f"{self.host.repo.name} is over the context budget: {stats.get('files', 0)} files "
+                f"whole, {stats.get('outlined', 0)} outlined, {stats.get('omitted', 0)} omitted "
+                "(/context has the details)", "dim")
+
     @work(thread=True, group="files", exit_on_error=False)
     def load_files(self) -> None:
         files = repo_file_list(self.host.repo)
@@ -134,19 +199,34 @@ class CoderApp(App):
 
     @work(thread=True, exclusive=True, group="backend", exit_on_error=False)
     def load_backend(self, spec: str) -> None:
-        """Build the backend off the UI thread; a backend with ``load(progress=...)`` reports
-        loading progress through ``progress(fraction, label)`` (the embedded model's hook)."""
+        """Build the backend off the UI thread. The embedded model reports its loading
+        through ``EmbeddedBackend(progress_callback=...)``; another backend with
+        ``load(progress=...)`` through that: both call ``progress(fraction, label)``."""
         from agent.backends.factory import make_backend
         self.post_message(LoadProgress(0.0, f"loading {spec}"))
         try:
-            backend = make_backend(spec, model=self.model_name)
+            kind, _, rest = spec.partition(":")
+            if kind == "embedded" and rest:
+                backend = self._load_embedded(rest)
+            else:
+                backend = make_backend(spec, model=self.model_name)
             loader = getattr(backend, "load", None)
             if callable(loader):
                 loader(progress=self.report_load_progress)
-        except BackendError as exc:
-            self.post_message(LoadProgress(1.0, f"cannot load {spec}: {exc}", done=True))
+        except Exception as exc:  # BackendError, or a runtime that failed while loading
+            text = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            self.post_message(LoadProgress(1.0, f"cannot load {spec}: {text}", done=True))
             return
         self.call_from_thread(self._backend_ready, spec, backend)
+
+    def _load_embedded(self, checkpoint_dir: str) -> Backend:
+        """make_backend's embedded case, with the progress hook (and no stderr bar)."""
+        try:
+            from agent.backends.embedded import EmbeddedBackend
+        except ImportError:
+            raise BackendError("the embedded backend is not available in this build") from None
+        return EmbeddedBackend(checkpoint_dir, progress=False,
+                               progress_callback=self.report_load_progress)
 
     def report_load_progress(self, fraction: float, label: str = "") -> None:
         """Thread-safe progress hook for a backend that loads a model."""
@@ -157,17 +237,25 @@ class CoderApp(App):
         self.host.backend_spec = spec
         self.host.agent = None
         self.load_bar.display = False
+        self.set_activity("load", None)
         name, model = backend_label(backend, spec)
         self.status.refresh_state(backend=name, model=self.model_name or model)
 
     async def on_load_progress(self, message: LoadProgress) -> None:
         if message.done:
             self.load_bar.display = False
+            self.set_activity("load", None)
             if message.label:
                 await self.transcript.add_notice(message.label, "red")
             return
+        if message.fraction >= 1.0:  # loaded (may arrive after _backend_ready: hide, not show)
+            self.load_bar.display = False
+            self.set_activity("load", None)
+            return
         self.load_bar.display = True
         self.load_bar.update(progress=message.fraction)
+        if message.label:
+            self.set_activity("load", message.label)
 
     # -- turns ---------------------------------------------------------------------------
 
@@ -259,6 +347,8 @@ class CoderApp(App):
             if event.seconds > 0:
                 self.status.refresh_state(
                     tokens_per_second=event.completion_tokens / event.seconds)
+        elif isinstance(event, CompactionEvent):
+            await t.add_compaction(event)
         elif isinstance(event, ErrorEvent):
             await t.add_notice(f"error: {event.message}", "bold red")
         elif isinstance(event, DoneEvent):
@@ -306,6 +396,7 @@ class CoderApp(App):
                 return
             await self.show_session()
             self.reset_status()
+            self.start_context()
 
         self.push_screen(SessionPicker(sessions), picked)
 

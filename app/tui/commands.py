@@ -10,8 +10,9 @@ from textual.widgets import Static
 
 from app.tui.diffs import diff_stats, working_tree_diff
 from app.tui.host import MODES, list_sessions
-from app.tui.status import human
+from app.tui.status import CONTEXT_WINDOW, human, meter
 from app.tui.tool_card import diff_renderable
+from app.tui.transcript import Notice
 
 if TYPE_CHECKING:
     from app.tui.app import CoderApp
@@ -25,18 +26,16 @@ Approvals: y yes · a always (this tool, this session) · n no
 /diff           show the working-tree diff (untracked files included)
 /commit [msg]   commit all changes (git add -A; git commit)
 /clear          start a new session (the old one stays saved)
-/compact        compact the context (not available yet)
-/context        what the context holds
+/compact        archive old tool outputs now (recall(id) brings one back)
+/context        what the context holds: the packed repository, the transcript, the meter
 /model [spec]   show the backend, or switch: replay:FILE | openai[:URL] | embedded:DIR
 /mode [m]       show or set the approval mode: read-only | ask | auto-edit | full-auto
 /sessions       pick a saved session to resume
 /help           this help"""
 
-COMPACT_UNAVAILABLE = ("/compact: context compaction is not available in this build yet; the "
-                       "session keeps its full transcript. Use /clear to start a fresh session.")
-
 Command = Callable[["CoderApp", str], Awaitable[None]]
 BUSY_OK = {"help", "context", "diff", "mode", "model"}
+NEEDS_CONTEXT = {"clear", "compact", "sessions"}   # wait while the repository is being packed
 
 
 async def cmd_help(app: CoderApp, rest: str) -> None:
@@ -82,27 +81,74 @@ async def cmd_commit(app: CoderApp, rest: str) -> None:
 
 async def cmd_clear(app: CoderApp, rest: str) -> None:
     await app.transcript.clear()
-    app.host.new_session()
+    app.host.forget_session()
     app.reset_status()
     await app.transcript.add_notice("New session (the previous one is saved; /sessions).")
+    app.start_context()     # packs the repository for the new session in a worker
 
 
 async def cmd_compact(app: CoderApp, rest: str) -> None:
-    await app.transcript.add_notice(COMPACT_UNAVAILABLE, "yellow")
+    host = app.host
+    if host.session is None or host.context is None:
+        await app.transcript.add_notice("/compact: nothing to compact yet", "yellow")
+        return
+    event = host.context.compact_now(host.session)
+    if event is None:
+        from agent.context.compaction import KEEP_RECENT, MIN_ARCHIVE_CHARS
+        await app.transcript.add_notice(
+            f"/compact: nothing to archive (the {KEEP_RECENT} newest tool outputs stay, and so "
+            f"do outputs under {MIN_ARCHIVE_CHARS} characters)")
+        return
+    await app.transcript.add_compaction(event)
+    s = app.status.state
+    app.status.refresh_state(prompt_tokens=event.tokens_after,
+                             cached_tokens=min(s.cached_tokens, event.tokens_after))
+
+
+def _pack_lines(app: CoderApp) -> list[str]:
+    host = app.host
+    if app.context_busy:
+        return ["packed repository: packing…"]
+    stats = host.context_stats()
+    if host.pack_error:
+        return [f"packed repository: none (packing failed: {host.pack_error})"]
+    if not stats:
+        why = "context budget 0" if host.context_budget <= 0 else "none saved with this session"
+        return [f"packed repository: none ({why})"]
+    took = f" (packed in {stats['seconds']:.2f} s)" if "seconds" in stats else ""
+    lines = [f"packed repository: {stats.get('files', 0)} files whole, "
+             f"{stats.get('outlined', 0)} outlined, {stats.get('omitted', 0)} omitted · "
+             f"{human(stats.get('tokens', 0))} tokens of a {human(stats.get('budget', 0))} "
+             f"budget{took}"]
+    skipped = stats.get("skipped")
+    if isinstance(skipped, dict):
+        total = sum(skipped.values())
+        reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.items())
+        lines.append(f"skipped: {total} files" + (f" ({reasons})" if reasons else ""))
+    return lines
 
 
 async def cmd_context(app: CoderApp, rest: str) -> None:
     s = app.status.state
-    session = app.host.session
+    host = app.host
+    session = host.session
     messages = session.messages if session else []
-    chars = sum(len(str(m.get("content") or "")) for m in messages)
-    lines = [
-        f"/context: {len(messages)} messages, about {human(chars // 4)} tokens of text",
-        f"last prompt {human(s.prompt_tokens)} of 1M tokens: cached prefix "
-        f"{human(s.cached_tokens)}, new {human(max(0, s.prompt_tokens - s.cached_tokens))}",
-        f"session {session.path if session else '(none yet)'}",
-    ]
-    await app.transcript.add_notice("\n".join(lines))
+    lines = [f"/context: {len(messages)} messages", *_pack_lines(app)]
+    context = host.context
+    if context is not None and session is not None and not app.context_busy:
+        tokens = context.compactor.counter.total(messages)
+        lines.append(f"transcript: {human(tokens)} tokens (automatic compaction above "
+                     f"{human(context.compactor.limit)}) · {len(context.archive.entries)} "
+                     "archived tool outputs (recall)")
+    else:
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        lines.append(f"transcript: about {human(chars // 4)} tokens of text")
+    text = Text("\n".join(lines) + "\nlast prompt ")
+    text.append(meter(s.prompt_tokens, s.cached_tokens))
+    text.append(f" {human(s.prompt_tokens)} of {CONTEXT_WINDOW // 1_000_000}M tokens: cached prefix "
+                f"{human(s.cached_tokens)}, new {human(max(0, s.prompt_tokens - s.cached_tokens))}"
+                f"\nsession {session.path if session else '(none yet)'}")
+    await app.transcript.add_widget(Notice(text))
 
 
 async def cmd_model(app: CoderApp, rest: str) -> None:
@@ -156,6 +202,10 @@ async def run_command(app: CoderApp, line: str) -> None:
     if app.running and name.lower() not in BUSY_OK:
         await app.transcript.add_notice(f"/{name}: a turn is running; esc cancels it first",
                                         "yellow")
+        return
+    if app.context_busy and name.lower() in NEEDS_CONTEXT:
+        await app.transcript.add_notice(f"/{name}: the repository is still being packed; "
+                                        "try again in a moment", "yellow")
         return
     try:
         await command(app, rest)

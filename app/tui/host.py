@@ -1,6 +1,14 @@
 """The agent side of the TUI, free of widgets: backend, session, tool context and Agent.
 
 The app owns one ``AgentHost``; /clear, /sessions, /model and /mode go through it.
+
+Whole-repository context (agent.context.session_context), as in ``v4coder run``: a new
+session packs the repository into its system message, a loaded one resumes its pack
+snapshot; the Agent gets the ``recall`` tool and the compactor / prepare_messages hooks.
+Packing takes seconds on a big repository, so the app calls ``prepack`` (or, for a loaded
+session, ``ensure_context``) in a worker thread right after the first paint; the session
+file itself is still created by the first turn (no empty sessions). ``lock`` makes a turn
+that starts meanwhile wait for the pack instead of packing twice.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.backends.base import Backend, ToolCall
 from agent.loop import Agent
@@ -17,6 +26,7 @@ from agent.session import Session, sessions_dir
 from tools.base import ToolContext
 
 MODES = ("read-only", "ask", "auto-edit", "full-auto")
+DEFAULT_CONTEXT_BUDGET = 900_000  # agent.context.pack.DEFAULT_BUDGET (not imported: first paint)
 
 
 def backend_label(backend: Backend | None, spec: str) -> tuple[str, str]:
@@ -50,6 +60,14 @@ def session_title(path: Path, limit: int = 60) -> str:
     return "(empty)"
 
 
+def pack_stats(live: Any) -> dict[str, Any] | None:
+    """A LiveContext's statistics for the session header and /context (skips by reason)."""
+    if live is None:
+        return None
+    return {**live.stats(), "skipped": live.packed.stats()["skipped"]["by_reason"],
+            "seconds": round(live.packed.seconds, 3)}
+
+
 @dataclass
 class AgentHost:
     repo: Path
@@ -61,38 +79,102 @@ class AgentHost:
     always: set[str] = field(default_factory=set)      # tools approved for the whole session
     approver: Callable[[ToolCall, str], bool] | None = None
     tools_factory: Callable[[], list] | None = None
+    context_budget: int = DEFAULT_CONTEXT_BUDGET  # tokens of packed repository; 0 = none
+    context: Any = None         # agent.context.session_context.SessionContext of ``session``
+    pack_error: str = ""        # why the last pack failed (the session then runs without one)
+    prepacked: Any = None       # LiveContext packed ahead of the next new session
+    compact_limit: int | None = None  # transcript tokens that trigger compaction (None: default)
 
     def __post_init__(self) -> None:
         self.ctx = ToolContext(repo=self.repo, mode=self.mode, headless=False)
         self.cancel = threading.Event()
+        self.lock = threading.RLock()
 
     # -- sessions ----------------------------------------------------------------------
 
+    def prepack(self) -> Any:
+        """Pack the repository for the next new session (slow: call from a worker). None
+        when the budget is 0, packing failed (``pack_error`` says why), or a session is
+        already open (a turn that started first packed for it)."""
+        with self.lock:
+            return self._pack() if self.session is None else None
+
+    def _pack(self) -> Any:
+        from agent.context.session_context import pack_for_session
+        with self.lock:
+            if self.prepacked is None and not self.pack_error:
+                try:
+                    self.prepacked = pack_for_session(self.repo, self.context_budget)
+                except Exception as exc:  # an unreadable tree must not stop the session
+                    self.pack_error = f"{type(exc).__name__}: {exc}"
+            return self.prepacked
+
     def new_session(self) -> Session:
-        name, model = backend_label(self.backend, self.backend_spec)
-        self.session = Session.create(sessions_dir(self.repo), repo=str(self.repo), backend=name,
-                                      model=model, face="tui")
-        self.session.add({"role": "system", "content": system_prompt(self.repo, self.ctx.mode)})
-        self.always.clear()
-        self.agent = None
-        return self.session
+        """Start a session around the packed repository (packing now if not done yet)."""
+        from agent.context.session_context import attach_context
+        with self.lock:
+            live = self._pack()
+            self.prepacked = None
+            stats = pack_stats(live)
+            name, model = backend_label(self.backend, self.backend_spec)
+            session = Session.create(sessions_dir(self.repo), repo=str(self.repo), backend=name,
+                                     model=model, face="tui", context=stats)
+            session.add({"role": "system", "content": system_prompt(
+                self.repo, self.ctx.mode, live.text if live is not None else "")})
+            self.context = attach_context(session, live, **self._limit())
+            self.session = session
+            self.always.clear()
+            self.agent = None
+            return session
 
     def load_session(self, path: Path) -> Session:
-        self.session = Session.load(path)
-        self.always.clear()
-        self.agent = None
-        return self.session
+        """Load a saved session; its context is resumed by ``ensure_context`` (a worker)."""
+        with self.lock:
+            self.session = Session.load(path)
+            self.context = None
+            self.always.clear()
+            self.agent = None
+            return self.session
+
+    def forget_session(self) -> None:
+        """/clear: the next turn starts a new session (on a fresh pack)."""
+        with self.lock:
+            self.session = self.context = self.agent = self.prepacked = None
+            self.pack_error = ""
+            self.always.clear()
+
+    def ensure_context(self) -> Any:
+        """The SessionContext of the current session: pack a new session or resume the
+        loaded one's snapshot, whichever is missing (slow: call from a worker)."""
+        with self.lock:
+            if self.session is None:
+                self.new_session()
+            elif self.context is None:
+                from agent.context.session_context import resume_context
+                self.context = resume_context(self.session, self.repo, **self._limit())
+            return self.context
+
+    def _limit(self) -> dict[str, int]:
+        return {} if self.compact_limit is None else {"limit": self.compact_limit}
+
+    def context_stats(self) -> dict[str, Any] | None:
+        """Pack statistics of the current (or next) session; from its header when resumed."""
+        session = self.session
+        if session is None:
+            return pack_stats(self.prepacked)
+        stats = dict(session.header.get("context") or {})
+        live = getattr(self.context, "live", None)
+        if live is not None and not stats:
+            stats = live.stats()
+        return stats or None
 
     def resume_latest(self) -> Session | None:
         """The newest session that loads (a damaged or foreign file is skipped)."""
         for path in list_sessions(self.repo):
             try:
-                self.session = Session.load(path)
+                return self.load_session(path)
             except (OSError, ValueError, KeyError):
                 continue
-            self.always.clear()
-            self.agent = None
-            return self.session
         return None
 
     # -- the agent ---------------------------------------------------------------------
@@ -105,15 +187,17 @@ class AgentHost:
     def ensure_agent(self) -> Agent:
         if self.backend is None:
             raise RuntimeError("the model is still loading")
-        if self.session is None:
-            self.new_session()
-        if self.agent is None or self.agent.backend is not self.backend:
-            if self.tools_factory is None:
-                from tools.registry import default_tools
-                self.tools_factory = default_tools
-            steps = self.agent.steps if self.agent else 0
-            self.agent = Agent(backend=self.backend, tools=self.tools_factory(), ctx=self.ctx,
-                               session=self.session, interactive=True, approver=self.approver,
-                               cancel=self.cancel)
-            self.agent.steps = steps
-        return self.agent
+        with self.lock:
+            context = self.ensure_context()
+            if self.agent is None or self.agent.backend is not self.backend:
+                if self.tools_factory is None:
+                    from tools.registry import default_tools
+                    self.tools_factory = default_tools
+                steps = self.agent.steps if self.agent else 0
+                self.agent = Agent(backend=self.backend, tools=[*self.tools_factory(), *context.tools],
+                                   ctx=self.ctx, session=self.session, interactive=True,
+                                   approver=self.approver, cancel=self.cancel,
+                                   compactor=context.compactor,
+                                   prepare_messages=context.prepare_messages)
+                self.agent.steps = steps
+            return self.agent

@@ -46,6 +46,16 @@ class TurnFinished(Message):
         self.error = error
 
 
+class ContextReady(Message):
+    """The context worker finished: the repository is packed (or a resumed session's
+    snapshot loaded) and the session's hooks are in place; ``error`` if packing failed."""
+
+    def __init__(self, resumed: bool, error: str = "") -> None:
+        super().__init__()
+        self.resumed = resumed
+        self.error = error
+
+
 class LoadProgress(Message):
     """Model loading progress: ``fraction`` in [0, 1]; ``done`` hides the bar."""
 

@@ -1,5 +1,6 @@
 """The status bar: backend and model, a context meter (prompt tokens of 1M, cached prefix
-vs new), tokens/s, step count, approval mode and whether a turn is running."""
+vs new), tokens/s, step count, approval mode, whether a turn is running, and a note while
+background work (packing the repository, loading the model) goes on."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class StatusState:
     tokens_per_second: float = 0.0
     step: int = 0
     running: bool = False
+    activity: str = ""          # background work in progress ("" when none)
 
 
 def meter(used: int, cached: int, window: int = CONTEXT_WINDOW, cells: int = METER_CELLS) -> Text:
@@ -58,6 +60,8 @@ def render_status(s: StatusState) -> Text:
     text.append(s.mode, style="bold cyan")
     text.append("  ● running, esc cancels" if s.running else "  ○ idle",
                 style="bold yellow" if s.running else "dim")
+    if s.activity:
+        text.append(f"  ◌ {s.activity}", style="italic yellow")
     return text
 
 

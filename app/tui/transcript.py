@@ -10,6 +10,8 @@ from textual.widget import Widget
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from agent.events import CompactionEvent
+from app.tui.status import human
 from app.tui.tool_card import ToolCard
 
 
@@ -21,6 +23,28 @@ class Notice(Static):
     """A line from the app itself (slash-command output, errors, turn ends)."""
 
     DEFAULT_CLASSES = "notice"
+
+
+class CompactionCard(Static):
+    """Old tool outputs were archived (automatic compaction or /compact)."""
+
+    DEFAULT_CLASSES = "compaction-card"
+
+    def __init__(self, event: CompactionEvent) -> None:
+        self.event = event
+        super().__init__(compaction_text(event))
+
+
+def compaction_text(event: CompactionEvent, shown: int = 8) -> Text:
+    ids = ", ".join(event.ids[:shown]) + (f" … (+{len(event.ids) - shown})"
+                                          if len(event.ids) > shown else "")
+    text = Text("⇣ ", style="bold cyan")
+    text.append("/compact" if event.manual else "compacted", style="bold")
+    text.append(f": archived {len(event.ids)} tool output{'s' if len(event.ids) != 1 else ''} ")
+    text.append(ids, style="cyan")
+    text.append(f" · {human(event.tokens_before)} → {human(event.tokens_after)} tokens")
+    text.append(" · recall(id) brings one back", style="dim")
+    return text
 
 
 class AssistantReply(Markdown):
@@ -99,6 +123,11 @@ class Transcript(VerticalScroll):
         self._stream = None
         self._reply = None
         self._reasoning = None
+
+    async def add_compaction(self, event: CompactionEvent) -> CompactionCard:
+        card = CompactionCard(event)
+        await self.add_widget(card)
+        return card
 
     async def add_card(self, card: ToolCard) -> None:
         await self.end_reply()

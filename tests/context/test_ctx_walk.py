@@ -134,3 +134,15 @@ def test_symlink_out_of_repository_is_not_followed(make_repo, tmp_path: Path) ->
     result = walk_repository(repo)
     assert _paths(result) == {"a.py", "inner.py"}
     assert _reasons(result)["link.txt"] == "symlink outside repository"
+
+
+def test_v4coder_session_directory_is_never_walked(make_repo) -> None:  # noqa: ANN001
+    files = {"main.py": "x = 1\n", ".v4coderignore": "*.snap\n",
+             ".v4coder/sessions/20240101-000000-abc123.jsonl": '{"kind": "header"}\n',
+             ".v4coder/sessions/20240101-000000-abc123.pack.json": "{}\n",
+             "sub/.v4coder/sessions/s.jsonl": "{}\n"}
+    plain = walk_repository(make_repo(files, use_git=False))
+    tracked = walk_repository(make_repo(files))  # even when git lists it (not gitignored)
+    for result in (plain, tracked):
+        assert _paths(result) == {"main.py", ".v4coderignore"}
+        assert not [s for s in result.skipped if ".v4coder/" in s.path]

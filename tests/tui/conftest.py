@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tui_support import HELLO, SIZE, wait_until  # noqa: F401  (re-exported for old imports)
 
 from agent.backends.replay import ReplayBackend
 from app.tui.app import CoderApp
-
-SIZE = (120, 35)
-HELLO = "def greet(name):\n    return 'hi ' + name\n\n\nprint(greet('world'))\n"
 
 
 @pytest.fixture
@@ -42,11 +39,3 @@ def make_app() -> Callable[..., CoderApp]:
         spec = f"replay:{replay}" if replay else "replay:none.jsonl"
         return CoderApp(repo=repo, backend_spec=spec, backend=backend, mode=mode, resume=resume)
     return make
-
-
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import HELLO, SIZE, wait_until
+from tui_support import HELLO, SIZE, wait_until
 
-from app.tui.commands import COMPACT_UNAVAILABLE
 from app.tui.sessions_screen import SessionPicker
 from app.tui.transcript import Notice, UserMessage
 
@@ -27,8 +26,9 @@ async def test_info_commands(repo, edit_turn, make_app):
     async with app.run_test(size=SIZE) as pilot:
         await _command(pilot, "/help")
         assert "/undo" in _last_notice(app) and "ctrl+j" in _last_notice(app)
+        await wait_until(pilot, lambda: app.context_ready)
         await _command(pilot, "/compact")
-        assert _last_notice(app) == COMPACT_UNAVAILABLE
+        assert _last_notice(app) == "/compact: nothing to compact yet"
         await _command(pilot, "/mode full-auto")
         assert app.host.ctx.mode == "full-auto" and app.status.state.mode == "full-auto"
         await _command(pilot, "/mode sideways")
@@ -61,12 +61,12 @@ async def test_diff_commit_clear_and_sessions(repo, edit_turn, make_app):
         assert log == "greet warmly"
         await _command(pilot, "/clear")
         assert len(app.transcript.query(UserMessage)) == 0
-        assert app.host.session.id != first_id
+        assert app.host.session is None     # the next turn starts it: no empty session files
+        await wait_until(pilot, lambda: app.context_ready)      # packed again for it
         await _command(pilot, "/sessions")
         assert isinstance(app.screen, SessionPicker)
-        assert len(app.screen.sessions) == 2
-        # Newest first: the cleared (empty) session, then the first one.
-        await pilot.press("down", "enter")
+        assert len(app.screen.sessions) == 1
+        await pilot.press("enter")
         await wait_until(pilot, lambda: app.host.session.id == first_id)
         await wait_until(pilot, lambda: len(app.transcript.query(UserMessage)) == 1)
 

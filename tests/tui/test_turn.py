@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import HELLO, SIZE, wait_until
+from tui_support import HELLO, SIZE, wait_until
 
 from agent.session import Session, sessions_dir
 from app.tui.approval import ApprovalScreen
