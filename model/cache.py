@@ -20,6 +20,9 @@ class CompressorState:
     prev_kv: torch.Tensor | None = None        # [b, ratio, coff·d] last closed block (CSA overlap)
     prev_score: torch.Tensor | None = None
     rows: torch.Tensor | None = None           # [b, n_entries, d] compressed entries so far
+    # when a list, forward appends (kv, score, first position) of the open + new tokens
+    # (the prefix cache reads block-boundary state from it); None = off
+    tap: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
 
     def num_rows(self) -> int:
         return 0 if self.rows is None else self.rows.shape[1]
@@ -30,6 +33,8 @@ class LayerCache:
     window: torch.Tensor | None = None  # [b, ≤ window-1, head_dim] most recent raw KV rows
     compressor: CompressorState = field(default_factory=CompressorState)
     indexer: CompressorState = field(default_factory=CompressorState)
+    # when a list, attention appends (past window + new raw KV rows, first position); None = off
+    tap: list[tuple[torch.Tensor, int]] | None = None
 
 
 @dataclass(slots=True)

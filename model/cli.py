@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--mode", choices=("prefill", "decode"), default="prefill")
     score.add_argument("--numerics", choices=("dequant", "native"), default="dequant")
     score.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    score.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per TP rank")
+    score.add_argument("--tp", type=int, default=1, help="attention tensor-parallel ranks")
+    score.add_argument("--offload", type=int, default=0, metavar="BYTES",
+                       help="device bytes for routed experts; the rest stay in host memory")
     gen = sub.add_parser("generate", help="stream a continuation of a text prompt")
     gen.add_argument("--checkpoint", required=True, type=Path)
     gen.add_argument("--prompt", required=True)
@@ -80,6 +85,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from model.generate import load_model
 
+    if args.ep * args.tp > 1 or args.offload:
+        return _score_distributed(args)
     lm = load_model(args.checkpoint, dtype=args.dtype, numerics=args.numerics)
     ids = _read_ids(args.ids_file, lm.config.vocab_size)
     if args.mode == "prefill":
@@ -91,6 +98,24 @@ def cmd_score(args: argparse.Namespace) -> int:
     save_file({"logits": logits.float().contiguous()}, str(args.out),
               metadata={"mode": args.mode, "numerics": args.numerics})
     print(f"wrote logits [{logits.shape[0]}, {logits.shape[1]}] to {args.out}")
+    return 0
+
+
+def _score_distributed(args: argparse.Namespace) -> int:
+    from model.checkpoint import Checkpoint
+    from model.launch import ScoreJob, run_score
+    from model.parallel import ParallelLayout
+
+    cfg = Checkpoint.open(args.checkpoint).config
+    ids = _read_ids(args.ids_file, cfg.vocab_size)
+    layout = ParallelLayout(tp=args.tp, ep=args.ep)
+    layout.check(cfg.n_heads, cfg.o_groups, cfg.n_routed_experts)
+    job = ScoreJob(args.checkpoint, tuple(ids), args.out, args.mode, args.dtype, args.numerics,
+                   args.offload)
+    run_score(job, layout)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank runs this command
+            print(f"wrote logits [{len(ids)}, {cfg.vocab_size}] to {args.out} "
+              f"(tp={args.tp} ep={args.ep} offload={args.offload})")
     return 0
 
 
@@ -128,7 +153,7 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, ConfigError, ValueError, FileExistsError) as exc:
+    except (CheckpointError, ConfigError, ValueError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

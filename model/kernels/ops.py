@@ -1,15 +1,52 @@
-"""The single dispatch point for compute kernels. Today every op is its pure-torch reference;
-the kernels issue adds Triton implementations behind the same signatures."""
+"""The single dispatch point for compute kernels: the model calls ops.*, never a kernel directly.
+
+Each op has a pure-torch reference and, for the hot paths, a Triton kernel beside it (one file per
+kernel family in model/kernels/). Which one runs (``backend``):
+
+- ``V4CODER_KERNELS=reference``: always the torch reference.
+- ``V4CODER_KERNELS=triton``: always Triton — CUDA tensors, or CPU tensors under
+  ``TRITON_INTERPRET=1`` (the interpreter; set it before model.kernels is imported).
+- unset / ``auto``: Triton when the tensors are on CUDA, the reference elsewhere.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
+from model.kernels import compressor as _compressor
+from model.kernels import gemm as _gemm
+from model.kernels import indexer as _indexer
+from model.kernels import mhc as _mhc
+from model.kernels import moe as _moe
 from model.kernels import quant
+from model.kernels import sparse_attn as _sparse_attn
+from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
+
+BACKEND_ENV = "V4CODER_KERNELS"
+
+
+class KernelBackendError(RuntimeError):
+    """The requested kernel backend cannot run here (one clear line for the CLI)."""
+
+
+def backend(x: torch.Tensor) -> str:
+    """"triton" or "reference" for an op whose main input is ``x`` (see the module docstring)."""
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced in ("", "auto"):
+        return "triton" if x.is_cuda else "reference"
+    if forced in ("reference", "torch"):
+        return "reference"
+    if forced == "triton":
+        if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+            return "triton"
+        raise KernelBackendError(
+            f"{BACKEND_ENV}=triton needs CUDA tensors or TRITON_INTERPRET=1 (got {x.device})")
+    raise KernelBackendError(f"{BACKEND_ENV}={forced!r}: expected triton, reference or auto")
 
 act_quant_scales = quant.act_quant_scales
 fp8_fake_quant = quant.fp8_fake_quant
@@ -39,6 +76,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, quantize_input: bool = False) 
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
 
 
+def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+               quantize_input: bool = False) -> torch.Tensor:
+    """y = x · W4ᵀ for an FP4 expert weight (int8 [N, K/2], ue8m0 [N, K/32]). Triton decodes the
+    e2m1 codes in registers (W4A16); the reference dequantises the weight to ``dtype`` first."""
+    if backend(x) == "triton":
+        if quantize_input:
+            x = fp8_fake_quant(x, 128)
+        return _gemm.fp4_gemm_triton(x, packed, scale)
+    return linear(x, dequant_fp4(packed, scale).to(dtype), quantize_input=quantize_input)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """FP8 block-scaled GEMM: x quantised per 1×128 (pow2 scales) × e4m3 weight with 128×128
+    ue8m0 scales, fp32 accumulation (= ``linear(x, dequant, quantize_input=True)``)."""
+    if backend(x) == "triton":
+        return _gemm.fp8_gemm_triton(x, weight, scale)
+    return _gemm.fp8_gemm_reference(x, weight, scale)
+
+
 @functools.lru_cache(maxsize=8)
 def _hadamard_matrix(n: int) -> torch.Tensor:
     h = torch.ones(1, 1)
@@ -53,40 +109,85 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
     return (x.float() @ h).to(x.dtype)
 
 
-def hc_split_sinkhorn(
-    mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, hc: int, iters: int, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mixes [..., (2+hc)·hc] → pre [..., hc], post [..., hc], comb [..., hc, hc] (kernel order)."""
-    pre, post, comb = mixes.split([hc, hc, hc * hc], dim=-1)
-    pre = torch.sigmoid(pre * scale[0] + base[:hc]) + eps
-    post = 2 * torch.sigmoid(post * scale[1] + base[hc : 2 * hc])
-    comb = comb.unflatten(-1, (hc, hc)) * scale[2] + base[2 * hc :].view(hc, hc)
-    comb = torch.softmax(comb, dim=-1) + eps
-    comb = comb / (comb.sum(-2, keepdim=True) + eps)
-    for _ in range(iters - 1):
-        comb = comb / (comb.sum(-1, keepdim=True) + eps)
-        comb = comb / (comb.sum(-2, keepdim=True) + eps)
-    return pre, post, comb
+hc_split_sinkhorn = _mhc.hc_split_sinkhorn_reference
+
+
+def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
+           iters: int, eps: float, norm_eps: float
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC pre: x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
+    if backend(x) == "triton":
+        return _mhc.hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps)
+    return _mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps)
+
+
+def hc_post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
+            ) -> torch.Tensor:
+    """mHC post: new X_j = post_j · y + Σ_i comb[i, j] · X_i → [b, s, hc, d] in y.dtype."""
+    if backend(y) == "triton":
+        return _mhc.hc_post_triton(y, residual, post, comb)
+    return _mhc.hc_post_reference(y, residual, post, comb)
+
+
+def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse MQA with attention sink → (o [b, s, h, d] in q.dtype, lse [b, s, h] fp32).
+
+    q [b, s, h, d]; kv [b, n, d] (K = V); sink [h] fp32; indices [b, s, k] int (−1 = none).
+    o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪ {sink_h}, sink dropped;
+    lse is the log of the whole denominator (sink included).
+    """
+    if backend(q) == "triton":
+        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale)
+    return _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale)
 
 
 def sparse_attn(
     q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """Sparse MQA with attention sink.
+    """Sparse MQA with attention sink (``sparse_attn_lse`` without the lse)."""
+    return sparse_attn_lse(q, kv, sink, indices, scale)[0]
 
-    q [b, s, h, d]; kv [b, n, d] (K = V); sink [h] fp32; indices [b, s, k] int (−1 = none).
-    o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪ {sink_h}, sink dropped.
-    """
-    b, s, h, d = q.shape
-    valid = indices >= 0
-    safe = indices.clamp(min=0).long()
-    gathered = torch.gather(
-        kv.unsqueeze(1).expand(b, s, kv.shape[1], d), 2, safe.unsqueeze(-1).expand(-1, -1, -1, d)
-    )  # [b, s, k, d]
-    logits = torch.einsum("bshd,bskd->bshk", q.float(), gathered.float()) * scale
-    logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
-    sink_col = sink.float().view(1, 1, h, 1).expand(b, s, h, 1)
-    full = torch.cat([logits, sink_col], dim=-1)
-    probs = torch.softmax(full, dim=-1)[..., :-1]
-    out = torch.einsum("bshk,bskd->bshd", probs, gathered.float())
-    return out.to(q.dtype)
+
+def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
+                    indices: torch.Tensor, scale: float, layout: KVLayout = V4_KV_LAYOUT
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly."""
+    if backend(q) == "triton":
+        return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout)
+    return _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout)
+
+
+def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
+                 visible: torch.Tensor, k: int) -> torch.Tensor:
+    """Lightning-indexer picks: q [b, s, H, D], weights [b, s, H] (scaled), keys [b, n, D],
+    visible [s] → int64 [b, s, k], best first, −1 = none (score = Σ_h w_h·ReLU(q_h·key))."""
+    if backend(q) == "triton":
+        return _indexer.indexer_topk_triton(q, weights, keys, visible, k)
+    return _indexer.indexer_topk_reference(q, weights, keys, visible, k)
+
+
+indexer_scores = _indexer.indexer_scores_reference
+
+
+def compress_pool(kv: torch.Tensor, score: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                  angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Compressor core: kv, score [b, n, w, d] fp32 → rope(rmsnorm(Σ_w softmax_w(score)·kv))
+    [b, n, d] in ``dtype``; angles [n, rope/2] at each entry's first token position."""
+    if backend(kv) == "triton":
+        return _compressor.compress_pool_triton(kv, score, norm_weight, eps, angles, dtype)
+    return _compressor.compress_pool_reference(kv, score, norm_weight, eps, angles, dtype)
+
+
+def moe_fp4(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+            w1: torch.Tensor, s1: torch.Tensor, w3: torch.Tensor, s3: torch.Tensor,
+            w2: torch.Tensor, s2: torch.Tensor, limit: float, quantize_input: bool = False
+            ) -> torch.Tensor:
+    """Routed FP4 experts, stacked weights [E, ...]: x [T, dim], routing weights / indices [T, k]
+    (−1 = none) → fp32 [T, dim] = Σ_slot w · expert(x) (clamped SwiGLU; shared expert not
+    included). Triton: align by expert → grouped W4A16 gate/up + SwiGLU → grouped down → combine."""
+    if backend(x) == "triton":
+        return _moe.moe_fp4_triton(x, weights, indices, w1, s1, w3, s3, w2, s2, limit,
+                                   quantize_input)
+    return _moe.moe_fp4_reference(x, weights, indices, w1, s1, w3, s3, w2, s2, limit,
+                                  quantize_input)

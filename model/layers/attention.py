@@ -65,6 +65,8 @@ class Attention(nn.Module):
         past = cache.window
         n_past = 0 if past is None else past.shape[1]
         keys = kv if past is None else torch.cat([past, kv], dim=1)
+        if cache.tap is not None:
+            cache.tap.append((keys, start_pos - n_past))
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
         indices = self._window_indices(start_pos, s, n_past, x.device).unsqueeze(0).expand(b, -1, -1)
         if self.compressor is not None:

@@ -11,7 +11,7 @@ from model.config import ModelConfig
 from model.kernels import ops
 from model.layers.linear import Linear, Numerics
 from model.layers.norm import RMSNorm
-from model.layers.rope import RotaryEmbedding, apply_rope
+from model.layers.rope import RotaryEmbedding
 
 
 class Compressor(nn.Module):
@@ -39,6 +39,8 @@ class Compressor(nn.Module):
         if state.pending_kv is not None:
             kv = torch.cat([state.pending_kv, kv], dim=1)
             score = torch.cat([state.pending_score, score], dim=1)
+        if state.tap is not None:
+            state.tap.append((kv, score, start_pos + s - kv.shape[1]))
         first_block = (start_pos + s - kv.shape[1]) // ratio
         n_blocks = kv.shape[1] // ratio
         cutoff = n_blocks * ratio
@@ -56,10 +58,10 @@ class Compressor(nn.Module):
             before_score = torch.cat([prev_score.unsqueeze(1), score[:, :-1]], dim=1)[..., :d]
             kv = torch.cat([before_kv, kv[..., d:]], dim=2)          # [b, n, 2·ratio, d]
             score = torch.cat([before_score, score[..., d:]], dim=2)
-        pooled = (kv * score.softmax(dim=2)).sum(dim=2)              # fp32 [b, n, d]
-        entries = self.norm(pooled.to(self.numerics.dtype))
         block_pos = (first_block + torch.arange(n_blocks, device=x.device)) * ratio
-        entries = apply_rope(entries, self.rope.angles(block_pos))
+        # softmax-gated pooling → RMSNorm → RoPE at the block's first position, one fused op
+        entries = ops.compress_pool(kv, score, self.norm.weight, self.norm.eps,
+                                    self.rope.angles(block_pos), self.numerics.dtype)
         if self.numerics.native:
             if self.rotate:
                 entries = ops.fp4_fake_quant(ops.hadamard(entries), 32)

@@ -55,11 +55,9 @@ class Indexer(nn.Module):
         if k == 0:
             return torch.full((b, s, 0), -1, dtype=torch.long, device=x.device)
         weights = self.weights_proj(x).float() * self.weight_scale   # [b, s, H]
-        scores = torch.einsum("bshd,btd->bsht", q.float(), keys.float()).relu_()
-        scores = (scores * weights.unsqueeze(-1)).sum(dim=2)         # [b, s, n]
-        future = torch.arange(n, device=x.device).view(1, -1) >= visible.view(-1, 1)
-        scores = scores.masked_fill(future.unsqueeze(0), float("-inf"))
+        if self.margins is None:  # fused scores + top-k (never builds the [s, n] scores)
+            return ops.indexer_topk(q, weights, keys, visible, k)
+        scores = ops.indexer_scores(q, weights, keys, visible)      # [b, s, n], −inf = future
         picks = scores.topk(k, dim=-1).indices
-        if self.margins is not None:
-            self.margins.append(topk_margin(scores, k))
+        self.margins.append(topk_margin(scores, k))
         return torch.where(picks >= visible.view(1, -1, 1), -1, picks)

@@ -76,4 +76,7 @@ class Linear(nn.Module):
         quantized = self.numerics.native and self.fmt in ("fp8", "fp4")
         if self.fp32_compute:
             x = x.float()
+        if self.fmt == "fp4" and self.dense is None:  # stays packed: W4A16 kernel on Triton
+            dtype = torch.float32 if self.fp32_compute else self.numerics.dtype
+            return ops.fp4_linear(x, self.weight, self.scale, dtype, quantize_input=quantized)
         return ops.linear(x, self.dense_weight(), quantize_input=quantized)

@@ -25,22 +25,13 @@ class HyperConnection(nn.Module):
     def pre(self, x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
-        dtype = x.dtype
-        flat = x.flatten(2).float()
-        rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
-        mixes = torch.nn.functional.linear(flat, fn.float()) * rsqrt
-        pre, post, comb = ops.hc_split_sinkhorn(mixes, scale.float(), base.float(), self.hc,
-                                                self.iters, self.eps)
-        y = (pre.unsqueeze(-1) * x.float()).sum(dim=2)
-        return y.to(dtype), post, comb
+        return ops.hc_pre(x, fn, scale, base, self.iters, self.eps, self.norm_eps)
 
     @staticmethod
     def post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
              ) -> torch.Tensor:
         """new X_j = post_j · y + Σ_i comb[i, j] · X_i."""
-        mixed = torch.einsum("bsij,bsid->bsjd", comb, residual.float())
-        out = post.unsqueeze(-1) * y.float().unsqueeze(-2) + mixed
-        return out.to(y.dtype)
+        return ops.hc_post(y, residual, post, comb)
 
 
 class HyperHead(nn.Module):

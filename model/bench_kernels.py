@@ -1,0 +1,266 @@
+"""`v4coder bench kernels [--full-size]`: every Triton kernel against its torch reference at
+V4-Flash shapes, one JSON object per kernel (time, bytes moved, GB/s, FLOP/s, max error, and on a
+GPU the fraction of the device's peak). Method and targets: docs/PERF.md.
+
+On a GPU both paths run at V4-Flash shapes (batch-1 decode at 128K context for attention and the
+indexer, expert shapes for the FP4 GEMM); the whole run takes well under 5 minutes. Without a GPU
+only the reference path runs (the Triton interpreter is a correctness tool, not a timer), on
+reduced shapes unless ``--full-size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from model.kernels import compressor, gemm, indexer, kv_fp8, mhc, moe, quant, sparse_attn
+
+# H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
+PEAKS = {"H200": (4.8e12, 989.5e12), "H100": (3.35e12, 989.5e12)}
+CONTEXT = 131072       # tokens of context for the decode cases
+HEADS, HEAD_DIM, WINDOW, TOPK = 64, 512, 128, 512
+IDX_HEADS, IDX_DIM = 64, 128
+
+
+@dataclass(slots=True)
+class Case:
+    name: str
+    shape: dict
+    bytes: float
+    flops: float
+    reference: Callable[[], object]
+    triton: Callable[[], object]
+    target: str
+
+
+def _rand(*shape: int, dtype: torch.dtype, device: str, std: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, device=device) * std).to(dtype)
+
+
+def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
+               dtype: torch.dtype, target: str) -> Case:
+    """Window ∪ k_comp compressed rows per query over a cache of WINDOW + n_comp rows."""
+    n = WINDOW + n_comp
+    q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
+    kv = _rand(1, n, HEAD_DIM, dtype=dtype, device=dev)
+    sink = torch.randn(HEADS, device=dev)
+    win = torch.arange(WINDOW, device=dev).expand(s, WINDOW)
+    comp = WINDOW + torch.randperm(n_comp, device=dev)[:k_comp].expand(s, k_comp)
+    idx = torch.cat([win, comp], -1).unsqueeze(0).to(torch.int32).contiguous()
+    k = idx.shape[-1]
+    scale = HEAD_DIM**-0.5
+    row_bytes = kv_fp8.V4_KV_LAYOUT.row_bytes if fp8 else HEAD_DIM * kv.element_size()
+    qo_bytes = 2 * s * HEADS * HEAD_DIM * q.element_size()
+    shape = {"tokens": s, "heads": HEADS, "head_dim": HEAD_DIM, "rows_per_query": k,
+             "cache_rows": n, "kv": "fp8-584B" if fp8 else str(dtype).removeprefix("torch.")}
+    if fp8:
+        cache = kv_fp8.pack_kv_fp8(kv)
+        return Case(name, shape, s * k * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
+                    lambda: sparse_attn.sparse_attn_fp8_reference(q, cache, sink, idx, scale,
+                                                                  kv_fp8.V4_KV_LAYOUT),
+                    lambda: sparse_attn.sparse_attn_triton(q, cache, sink, idx, scale,
+                                                           layout=kv_fp8.V4_KV_LAYOUT), target)
+    # prefill tokens share most rows (reads are cached); count each distinct row once
+    distinct = k if s == 1 else min(n, k + s)
+    return Case(name, shape, distinct * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
+                lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale),
+                lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale), target)
+
+
+def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype) -> Case:
+    q = _rand(1, s, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
+    w = torch.randn(1, s, IDX_HEADS, device=dev) * IDX_HEADS**-0.5
+    keys = _rand(1, n, IDX_DIM, dtype=dtype, device=dev)
+    visible = torch.full((s,), n, dtype=torch.int32, device=dev)
+    shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK}
+    nbytes = n * IDX_DIM * keys.element_size() + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4)
+    return Case(name, shape, nbytes, 2.0 * s * IDX_HEADS * IDX_DIM * n,
+                lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
+                lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK),
+                "with sparse_attn_decode_csa: >= 60% of HBM bandwidth")
+
+
+def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype) -> Case:
+    packed, scale = quant.quant_fp4(torch.randn(n, k, device=dev) * k**-0.5)
+    x = _rand(m, k, dtype=dtype, device=dev)
+    nbytes = n * k // 2 + n * k // 32 + (m * k + m * n) * x.element_size()
+    return Case(name, {"m": m, "n": n, "k": k}, nbytes, 2.0 * m * n * k,
+                lambda: gemm.fp4_gemm_reference(x, packed, scale),
+                lambda: gemm.fp4_gemm_triton(x, packed, scale), ">= 60% of HBM bandwidth")
+
+
+def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype) -> Case:
+    w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
+    x = _rand(m, k, dtype=dtype, device=dev)
+    nbytes = n * k + ws.numel() + (m * k + m * n) * x.element_size()
+    return Case(name, {"m": m, "n": n, "k": k}, nbytes, 2.0 * m * n * k,
+                lambda: gemm.fp8_gemm_reference(x, w, ws),
+                lambda: gemm.fp8_gemm_triton(x, w, ws), "none set (report only)")
+
+
+def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
+              topk: int = 6, dim: int = 4096, inter: int = 2048) -> Case:
+    """Routed experts of one layer; only the experts actually hit are stored (weights read once)."""
+    used = min(n_exp, t * topk)
+    stacks = []
+    for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
+        packed, scale = quant.quant_fp4(torch.randn(out_f, in_f, device=dev) * in_f**-0.5)
+        stacks += [packed.unsqueeze(0).repeat(used, 1, 1), scale.unsqueeze(0).repeat(used, 1, 1)]
+    x = _rand(t, dim, dtype=dtype, device=dev)
+    idx = torch.stack([torch.randperm(used, device=dev)[:topk] for _ in range(t)])
+    w = torch.rand(t, topk, device=dev)
+    nbytes = used * 3 * dim * inter * (0.5 + 1 / 32) + 2 * t * dim * x.element_size()
+    return Case(name, {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim,
+                       "inter": inter}, nbytes, 6.0 * t * topk * dim * inter,
+                lambda: moe.moe_fp4_reference(x, w, idx, *stacks, 10.0),
+                lambda: moe.moe_fp4_triton(x, w, idx, *stacks, 10.0), ">= 60% of HBM bandwidth")
+
+
+def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
+              dim: int = 4096) -> Case:
+    x = _rand(1, t, hc, dim, dtype=dtype, device=dev)
+    fn = torch.randn((2 + hc) * hc, hc * dim, device=dev) * 0.01
+    scale, base = torch.rand(3, device=dev), torch.randn((2 + hc) * hc, device=dev)
+    nbytes = 2 * t * hc * dim * x.element_size() + fn.numel() * 4 + t * dim * x.element_size()
+    return Case(name, {"tokens": t, "hc": hc, "dim": dim}, nbytes,
+                2.0 * t * fn.numel() + 3.0 * t * hc * dim,
+                lambda: mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6),
+                lambda: mhc.hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6),
+                "none set (latency-bound)")
+
+
+def _compressor_case(name: str, n: int, w: int, dev: str, d: int = 512) -> Case:
+    kv = torch.randn(1, n, w, d, device=dev)
+    score = torch.randn(1, n, w, d, device=dev)
+    weight = torch.rand(d, device=dev)
+    angles = torch.rand(n, 32, device=dev)
+    return Case(name, {"entries": n, "rows_per_entry": w, "dim": d}, 2 * kv.numel() * 4 + n * d * 4,
+                5.0 * kv.numel(),
+                lambda: compressor.compress_pool_reference(kv, score, weight, 1e-6, angles,
+                                                           torch.float32),
+                lambda: compressor.compress_pool_triton(kv, score, weight, 1e-6, angles,
+                                                        torch.float32), "none set (report only)")
+
+
+def cases(full: bool, dev: str) -> list[partial[Case]]:
+    """Case builders (inputs are made just before each case runs and freed after it)."""
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    ctx = CONTEXT if full else 8192
+    prefill = 1024 if dev == "cuda" else 16
+    hbm = ">= 60% of HBM bandwidth (with the indexer)"
+    moe_dims = {} if full else {"n_exp": 16, "dim": 1024, "inter": 512}
+    gpu = dev == "cuda"
+    none = "none set (report only)"
+    p = partial
+    return [
+        p(_attn_case, "sparse_attn_decode_csa", 1, ctx // 4, TOPK, False, dev, dtype, hbm),
+        p(_attn_case, "sparse_attn_decode_csa_fp8", 1, ctx // 4, TOPK, True, dev, dtype, hbm),
+        p(_attn_case, "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, dev, dtype,
+          none),
+        p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
+          ">= 40% of dense bf16 peak"),
+        p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
+        p(_indexer_case, "indexer_topk_prefill", 64 if gpu else 4, ctx // 4, dev, dtype),
+        p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
+        p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
+        p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
+        p(_fp8_case, "fp8_gemm_wq_b_decode", 1, 32768 if full else 4096, 1024, dev, dtype),
+        p(_fp8_case, "fp8_gemm_wo_b_prefill", 512 if gpu else 16, 4096, 8192, dev, dtype),
+        p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
+        p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
+        p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
+        p(_compressor_case, "compressor_csa_prefill", 1024 if gpu else 64, 8, dev),
+        p(_compressor_case, "compressor_hca_prefill", 32 if gpu else 4, 128, dev),
+    ]
+
+
+def _time(fn: Callable[[], object], dev: str, budget_s: float = 0.3) -> float:
+    """Median seconds per call (CUDA events on a GPU), after one warm-up call."""
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    least = 3 if dev == "cuda" else 2
+    while len(times) < least or (time.perf_counter() < deadline and len(times) < 200):
+        if dev == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _first(x: object) -> torch.Tensor:
+    return x[0] if isinstance(x, tuple) else x  # type: ignore[index,return-value]
+
+
+def _error(got: torch.Tensor, want: torch.Tensor) -> dict:
+    if got.dtype in (torch.int32, torch.int64):  # top-k picks: fraction of the same rows chosen
+        same = sum(len(set(a) & set(b)) for a, b in zip(got.flatten(0, -2).tolist(),
+                                                        want.flatten(0, -2).tolist(), strict=True))
+        return {"topk_recall": same / max(1, want.numel())}
+    diff = (got.float() - want.float()).abs().max().item()
+    return {"max_abs_err": diff, "max_rel_err": diff / max(want.float().abs().max().item(), 1e-30)}
+
+
+def run_case(case: Case, dev: str, peaks: tuple[float, float] | None) -> dict:
+    ref_s = _time(case.reference, dev)
+    row: dict = {"kernel": case.name, "device": dev, "shape": case.shape, "bytes": case.bytes,
+                 "flops": case.flops, "reference_ms": ref_s * 1e3, "target": case.target}
+    if dev != "cuda":
+        row.update(backend="reference", note="CPU: no GPU here, reference path only; "
+                   "Triton kernels are checked under TRITON_INTERPRET=1 by tests/kernels",
+                   achieved_gbps=case.bytes / ref_s / 1e9, achieved_tflops=case.flops / ref_s / 1e12)
+        return row
+    tri_s = _time(case.triton, dev)
+    row.update(backend="triton", time_ms=tri_s * 1e3, speedup_vs_reference=ref_s / tri_s,
+               achieved_gbps=case.bytes / tri_s / 1e9, achieved_tflops=case.flops / tri_s / 1e12)
+    row.update(_error(_first(case.triton()), _first(case.reference())))
+    if peaks is not None:
+        row.update(hbm_fraction=case.bytes / tri_s / peaks[0],
+                   bf16_peak_fraction=case.flops / tri_s / peaks[1])
+    return row
+
+
+def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """One dict per kernel (also passed to ``on_row`` as soon as it is measured)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    peaks = next((p for key, p in PEAKS.items() if key in name), None)
+    torch.manual_seed(0)
+    rows = []
+    for build in cases(full_size or dev == "cuda", dev):
+        row = run_case(build(), dev, peaks)
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        row["device_name"] = name
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="v4coder bench kernels", description=__doc__)
+    parser.add_argument("--full-size", action="store_true",
+                        help="V4-Flash shapes (128K context) even without a GPU (slow on CPU)")
+    args = parser.parse_args(argv)
+    bench_kernels(args.full_size, on_row=lambda row: print(json.dumps(row), flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

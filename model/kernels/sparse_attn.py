@@ -1,0 +1,218 @@
+"""Sparse MQA with attention sink over gathered KV rows (fact sheet §2.3 step 5).
+
+q [b, s, h, d]; kv [b, n, d] (K = V, one shared head) or the FP8 cache rows uint8 [b, n, row_bytes]
+(kv_fp8.py); sink [h] fp32; indices [b, s, k] (−1 = none; CSA: window ∪ top-k compressed rows, HCA:
+window ∪ all closed compressed rows). o[t, h] = Σ_j p_j · kv[idx_j], p = softmax over
+{q·k_j·scale} ∪ {sink_h} with the sink dropped; lse = log of that whole denominator (sink included),
+in logit units, so partial results can be merged.
+
+Triton: grid (tokens, head blocks, splits). Prefill uses one split (each program streams its
+token's k rows with an online softmax); decode splits the k rows over programs (flash-decoding)
+and a second kernel merges the partial (o, lse) pairs with the sink.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
+
+
+def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
+                          indices: torch.Tensor, scale: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure torch; returns (o in q.dtype, lse fp32 [b, s, h])."""
+    b, s, h, d = q.shape
+    valid = indices >= 0
+    safe = indices.clamp(min=0).long()
+    gathered = torch.gather(
+        kv.unsqueeze(1).expand(b, s, kv.shape[1], d), 2, safe.unsqueeze(-1).expand(-1, -1, -1, d)
+    )  # [b, s, k, d]
+    logits = torch.einsum("bshd,bskd->bshk", q.float(), gathered.float()) * scale
+    logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
+    sink_col = sink.float().view(1, 1, h, 1).expand(b, s, h, 1)
+    full = torch.cat([logits, sink_col], dim=-1)
+    probs = torch.softmax(full, dim=-1)[..., :-1]
+    out = torch.einsum("bshk,bskd->bshd", probs, gathered.float())
+    return out.to(q.dtype), torch.logsumexp(full, dim=-1)
+
+
+def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
+                              indices: torch.Tensor, scale: float, layout: KVLayout
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    kv = unpack_kv_fp8(cache, layout).to(q.dtype if q.dtype != torch.float16 else torch.float32)
+    return sparse_attn_reference(q, kv, sink, indices, scale)
+
+
+@triton.jit
+def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
+                  KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
+                  QB: tl.constexpr, SCALE_OFF: tl.constexpr):
+    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers)."""
+    mask_d = offs_d < D
+    if KV_FP8:
+        base = rows[:, None] * ROW
+        is_nope = offs_d < NOPE
+        m_nope = valid[:, None] & (is_nope & mask_d)[None, :]
+        codes = tl.load(kv_ptr + base + offs_d[None, :], mask=m_nope, other=0)
+        vals = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        sbyte = tl.load(kv_ptr + base + SCALE_OFF + (offs_d // QB)[None, :], mask=m_nope, other=0)
+        sval = (sbyte.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+        m_rope = valid[:, None] & ((~is_nope) & mask_d)[None, :]
+        r16 = tl.load(kv16_ptr + rows[:, None] * (ROW // 2) + (NOPE // 2) + (offs_d - NOPE)[None, :],
+                      mask=m_rope, other=0)
+        rope = (r16.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        kv = tl.where(is_nope[None, :], vals * sval, rope)
+    else:
+        kv = tl.load(kv_ptr + rows[:, None] * D + offs_d[None, :],
+                     mask=valid[:, None] & mask_d[None, :], other=0.0)
+    return kv
+
+
+@triton.jit
+def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
+                     S, H, N, K, D, chunk, scale,
+                     KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
+                     QB: tl.constexpr, SCALE_OFF: tl.constexpr, SPLIT: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     PREC: tl.constexpr):
+    pid_t = tl.program_id(0)  # b·S + s
+    pid_h = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    n_split = tl.num_programs(2)
+    batch = pid_t // S
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_h = offs_h < H
+    mask_d = offs_d < D
+    q_rows = (pid_t * H + offs_h).to(tl.int64)
+    q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
+                mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    cdt = q.dtype
+    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    start = pid_c * chunk
+    end = tl.minimum(start + chunk, K)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + offs_n, mask=offs_n < end, other=-1)
+        valid = (idx >= 0) & (idx < N)
+        rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
+        kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
+                           KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
+        logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * scale
+        logits = tl.where(valid[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(logits - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
+        m_i = m_new
+    if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
+        safe_l = tl.where(l_i > 0, l_i, 1.0)
+        o = acc / safe_l[:, None]
+        lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("-inf"))
+        part = (pid_t * n_split + pid_c).to(tl.int64) * H + offs_h
+        tl.store(lse_ptr + part, lse, mask=mask_h)
+        tl.store(o_ptr + part[:, None] * D + offs_d[None, :], o,
+                 mask=mask_h[:, None] & mask_d[None, :])
+    else:
+        sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
+        m_f = tl.maximum(m_i, sink)
+        alpha = tl.exp(m_i - m_f)
+        l_f = l_i * alpha + tl.exp(sink - m_f)
+        o = acc * (alpha / l_f)[:, None]
+        tl.store(lse_ptr + q_rows, m_f + tl.log(l_f), mask=mask_h)
+        tl.store(o_ptr + q_rows[:, None] * D + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
+                 mask=mask_h[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
+                         BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_h = offs_h < H
+    mask = mask_h[:, None] & (offs_d < D)[None, :]
+    sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
+    m = sink
+    for c in range(0, NS):
+        part = (pid_t * NS + c).to(tl.int64) * H + offs_h
+        m = tl.maximum(m, tl.load(plse_ptr + part, mask=mask_h, other=float("-inf")))
+    denom = tl.exp(sink - m)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    for c in range(0, NS):
+        part = (pid_t * NS + c).to(tl.int64) * H + offs_h
+        w = tl.exp(tl.load(plse_ptr + part, mask=mask_h, other=float("-inf")) - m)
+        denom += w
+        acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + offs_d[None, :], mask=mask,
+                                    other=0.0)
+    rows = (pid_t * H + offs_h).to(tl.int64)
+    tl.store(lse_ptr + rows, m + tl.log(denom), mask=mask_h)
+    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :],
+             (acc / denom[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
+    """Split the k rows over programs when there are too few (token, head-block) programs."""
+    programs = tokens * head_blocks
+    if programs >= 128 or k <= 2 * block_n:
+        return 1
+    return max(1, min(triton.cdiv(k, 2 * block_n), triton.cdiv(256, programs), 64))
+
+
+def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
+                       indices: torch.Tensor, scale: float, layout: KVLayout | None = None,
+                       n_splits: int | None = None, block_h: int = 16, block_n: int = 16
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton path; ``layout`` set ⇒ ``kv`` is the uint8 FP8 cache [b, n, row_bytes]."""
+    b, s, h, d = q.shape
+    k = indices.shape[-1]
+    out_dtype = q.dtype
+    if _interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
+        q = q.float()  # the interpreter mishandles bf16: compute in fp32 on CPU
+    q = q.contiguous()
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    idx = indices.to(torch.int32).contiguous()
+    sink = sink.float().contiguous()
+    if layout is None:
+        kv = kv.to(q.dtype).contiguous()
+        kv16, n = kv, kv.shape[1]
+        row, nope, qb, soff = d, d, 1, 0
+    else:
+        assert layout.head_dim == d and kv.dtype == torch.uint8, (layout, kv.dtype)
+        kv = kv.contiguous()
+        kv16, n = kv.view(torch.int16), kv.shape[1]
+        row, nope, qb, soff = layout.row_bytes, layout.nope, layout.block, layout.scale_offset
+    out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, s, h, dtype=torch.float32, device=q.device)
+    block_h = max(16, min(block_h, triton.next_power_of_2(h)))
+    block_d = max(16, triton.next_power_of_2(d))
+    head_blocks = triton.cdiv(h, block_h)
+    splits = n_splits or default_splits(b * s, head_blocks, k, block_n)
+    splits = max(1, min(splits, triton.cdiv(max(k, 1), block_n)))
+    chunk = triton.cdiv(triton.cdiv(max(k, 1), splits), block_n) * block_n
+    splits = triton.cdiv(max(k, 1), chunk)
+    consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
+                  BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec)
+    if splits == 1:
+        _sparse_attn_fwd[(b * s, head_blocks, 1)](
+            q, kv, kv16, sink, idx, out, lse, s, h, n, k, d, chunk, scale, SPLIT=False, **consts)
+    else:
+        po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
+        plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
+        _sparse_attn_fwd[(b * s, head_blocks, splits)](
+            q, kv, kv16, sink, idx, po, plse, s, h, n, k, d, chunk, scale, SPLIT=True, **consts)
+        _sparse_attn_combine[(b * s, head_blocks)](
+            po, plse, sink, out, lse, h, d, splits, BLOCK_H=block_h, BLOCK_D=block_d)
+    return out.to(out_dtype), lse
