@@ -1,42 +1,63 @@
-"""``v4coder bench WHAT``: measurements printed as one JSON object per line.
+"""``v4coder bench WHAT [options]``: measurements printed as JSON, one object per line.
 
-Comparisons are ratios measured in the same run; absolute times mean something only on
-the machine they were measured on (quote GPU numbers from a GPU machine)."""
+Comparisons are ratios measured in the same run; absolute times mean something only on the
+machine they were measured on (quote GPU numbers from a GPU machine, see docs/PERF.md).
+
+    pack [PATH ...]          pack time vs raw tokenizer time, cached re-pack, prefix stability
+    tui                      first paint, lag of a replayed 200 tokens/s stream
+    kernels [--full-size]    each Triton kernel vs its torch reference
+    engine                   chunked prefill scaling, time to first token with a cached prefix
+    offload                  expert-cache hit rate and bytes moved per token
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Callable
 
 
-def _pack(args: argparse.Namespace) -> list[dict]:
-    from agent.context.bench import bench_pack
-    from agent.context.cli import default_bench_paths
-    return [bench_pack(args.paths or default_bench_paths())]
-
-
-def _tui(args: argparse.Namespace) -> list[dict]:
+def _tui(argv: list[str]) -> int:
     from app.tui.bench import bench_tui
-    return [bench_tui()]
+    if argv:
+        print("v4coder bench tui: takes no options", file=sys.stderr)
+        return 2
+    print(json.dumps(bench_tui()))
+    return 0
 
 
-BENCHES = {"pack": _pack, "tui": _tui}
+def _entry(name: str) -> Callable[[list[str]], int]:
+    if name == "pack":
+        from agent.context.cli import bench_pack_main
+        return bench_pack_main
+    if name == "tui":
+        return _tui
+    if name == "kernels":
+        from model.bench_kernels import main
+        return main
+    if name == "engine":
+        from model.bench_engine import main
+        return main
+    if name == "offload":
+        from model.bench_offload import main
+        return main
+    raise KeyError(name)
+
+
+BENCHES = ("pack", "tui", "kernels", "engine", "offload")
 
 
 def bench_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="v4coder bench", description=__doc__)
-    parser.add_argument("what", choices=sorted(BENCHES))
-    parser.add_argument("paths", nargs="*", help="(pack) directories to pack")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        results = BENCHES[args.what](args)
-    except ImportError as exc:
-        print(f"v4coder bench {args.what}: not available in this build ({exc.name})", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    what, rest = argv[0], argv[1:]
+    if what not in BENCHES:
+        print(f"v4coder bench: unknown benchmark {what!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
         return 2
-    for result in results:
-        print(json.dumps(result))
-    return 0
+    try:
+        entry = _entry(what)
+    except ImportError as exc:
+        print(f"v4coder bench {what}: not available in this build ({exc.name})", file=sys.stderr)
+        return 2
+    return entry(rest)

@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.backends.base import BackendError
 
 APPROVAL_MODES = ("read-only", "ask", "auto-edit", "full-auto")
-DELEGATED = ("model", "pack", "ask", "bench", "serve")  # subcommands with their own parsers
+DELEGATED = ("model", "pack", "ask", "bench", "serve", "plan")  # subcommands with their own parsers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +90,9 @@ def _delegate(command: str, rest: list[str]) -> int:
     if command == "bench":
         from app.bench import bench_main
         return bench_main(rest)
+    if command == "plan":
+        from model.planner import main as plan_main
+        return plan_main(rest)
     if command == "serve":
         from app.serve import serve_main
         return serve_main(rest)

@@ -6,11 +6,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tools.base import ToolError
 from tools.checkpoint import undo_last
 
 
 def undo_main(repo: Path) -> int:
-    sha = undo_last(repo)
+    try:
+        sha = undo_last(repo)
+    except ToolError as exc:
+        print(f"v4coder: cannot undo: {exc}", file=sys.stderr)
+        return 2
     if sha is None:
         print("v4coder: nothing to undo (no checkpoints in this repository)", file=sys.stderr)
         return 1
