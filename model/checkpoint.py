@@ -13,6 +13,7 @@ import json
 import mmap
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,13 +160,17 @@ class Checkpoint:
 
 
 class Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr; ``callback(done, total)`` (optional) hears every step."""
 
-    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+    def __init__(self, total: int, label: str, enabled: bool = True,
+                 callback: Callable[[int, int], None] | None = None) -> None:
         self.total, self.label, self.enabled, self.done, self._shown = total, label, enabled, 0, -1
+        self.callback = callback
 
     def step(self, n: int = 1) -> None:
         self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
         if not self.enabled:
             return
         if not sys.stderr.isatty():  # logs: one line at the end
@@ -183,10 +188,11 @@ class Progress:
 
 
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint, device: torch.device | str = "cpu",
-                 progress: bool = True) -> None:
-    """Fill every (meta) buffer of ``model`` from the checkpoint, by its official name."""
+                 progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Fill every (meta) buffer of ``model`` from the checkpoint, by its official name.
+    ``progress`` draws a bar on stderr; ``on_progress(done, total)`` hears each tensor."""
     names = [(n, b) for n, b in model.named_buffers() if b.is_meta]
-    bar = Progress(len(names), f"loading {ckpt.root.name}", enabled=progress)
+    bar = Progress(len(names), f"loading {ckpt.root.name}", enabled=progress, callback=on_progress)
     for name, buf in names:
         tensor = ckpt.get(name, tuple(buf.shape), buf.dtype)
         if torch.device(device).type != "cpu":

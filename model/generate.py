@@ -9,7 +9,7 @@ calls until the engine (chunked prefill, prefix reuse, batching) replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,9 +71,11 @@ class ModelTransform(Protocol):
 def load_model(checkpoint_dir: str | Path, dtype: str | torch.dtype = "float32",
                device: str | torch.device = "cpu", numerics: str = "dequant",
                progress: bool = True, with_mtp: bool = False,
-               transforms: Sequence[ModelTransform] = ()) -> LoadedModel:
+               transforms: Sequence[ModelTransform] = (),
+               on_progress: Callable[[int, int], None] | None = None) -> LoadedModel:
     """Load an official-format checkpoint. Raises CheckpointError (clear message) on bad input.
-    ``transforms`` rewrite the model before the weights are read and after they are prepared."""
+    ``transforms`` rewrite the model before the weights are read and after they are prepared;
+    ``on_progress(done, total)`` hears each tensor as it loads."""
     if numerics not in ("dequant", "native"):
         raise ValueError(f"numerics must be 'dequant' or 'native', not {numerics!r}")
     compute = parse_dtype(dtype)
@@ -81,7 +83,7 @@ def load_model(checkpoint_dir: str | Path, dtype: str | torch.dtype = "float32",
     model = Transformer(ckpt.config, with_mtp=with_mtp)
     for transform in transforms:
         transform.before_load(model, ckpt)
-    load_weights(model, ckpt, device=device, progress=progress)
+    load_weights(model, ckpt, device=device, progress=progress, on_progress=on_progress)
     model.prepare(Numerics(numerics, compute))
     for transform in transforms:
         transform.after_prepare(model, ckpt)

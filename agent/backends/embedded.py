@@ -32,35 +32,6 @@ def _default_dtype() -> str:
 ProgressCallback = Callable[[float, str], None]
 
 
-class _ReportLoad:
-    """A load transform (model.generate.ModelTransform) that reports ``callback(fraction,
-    label)`` per tensor read. load_weights resolves each tensor's owner module through
-    ``model.get_submodule``, so counting those calls counts tensors; a top-level buffer is
-    not counted (the bar then ends a little short of 1.0 until the final report)."""
-
-    def __init__(self, callback: ProgressCallback) -> None:
-        self.callback = callback
-
-    def before_load(self, model: torch.nn.Module, ckpt: object) -> None:
-        total = max(1, sum(1 for b in model.buffers() if b.is_meta))
-        inner, done, label = model.get_submodule, [0], f"loading {ckpt.root.name}"
-        step = max(1, total // 200)  # at most ~200 reports
-
-        def counting(target: str) -> torch.nn.Module:
-            done[0] += 1
-            if done[0] % step == 0 or done[0] == total:
-                self.callback(0.95 * min(done[0], total) / total,
-                              f"{label}: {min(done[0], total)}/{total} tensors")
-            return inner(target)
-
-        self.callback(0.0, f"{label}: 0/{total} tensors")
-        model.get_submodule = counting  # an instance attribute; removed after loading
-
-    def after_prepare(self, model: torch.nn.Module, ckpt: object) -> None:
-        model.__dict__.pop("get_submodule", None)
-        self.callback(0.97, "preparing the model")
-
-
 class EmbeddedBackend:
     name = "embedded"
 
@@ -75,11 +46,15 @@ class EmbeddedBackend:
         path = Path(checkpoint_dir).expanduser()
         if not path.is_dir():
             raise BackendError(f"checkpoint directory {path} does not exist")
-        extra = {"transforms": [_ReportLoad(progress_callback)]} if progress_callback else {}
+        label = f"loading {path.name}"
+
+        def on_progress(done: int, total: int) -> None:
+            if progress_callback is not None and (done == total or done % max(1, total // 200) == 0):
+                progress_callback(0.97 * done / max(total, 1), f"{label}: {done}/{total} tensors")
         try:
             self.lm = load_model(path, dtype=dtype or _default_dtype(),
                                  device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                                 numerics=numerics, progress=progress, **extra)
+                                 numerics=numerics, progress=progress, on_progress=on_progress)
         except (CheckpointError, ValueError, OSError) as exc:
             raise BackendError(f"cannot load {path}: {exc}") from None
         tok_file = path / "tokenizer.json"
