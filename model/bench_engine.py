@@ -1,0 +1,114 @@
+"""``v4coder bench engine``: prefill scaling and prefix-cache time-to-first-token, one run.
+
+    bench_engine() -> dict   # one JSON-able object
+
+* ``prefill_ratio`` = cold prefill time of ``long_tokens`` / of ``short_tokens`` (issue 5
+  target ≤ 5 for 32K/8K; linear is 4, dense attention 16);
+* ``ttft_ratio`` = time to first token of a second agent turn (the first turn's prompt + its
+  reply + ``new_tokens`` new ones, prefix cached) / the cold first turn's (target ≤ 0.10);
+* the engine's counters for the second turn (computed vs reused prompt tokens).
+
+On the toy checkpoint (fp32, CPU unless ``device`` says otherwise) absolute times mean little;
+the ratios are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from model.engine import Engine, EngineConfig, load_tokenizer
+from model.generate import load_model
+from model.sampling import SamplingParams, generation_defaults
+
+
+def _ids(n: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 128000, (n,), generator=gen).tolist()
+
+
+def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
+                 short_tokens: int = 8192, new_tokens: int = 64, reply_tokens: int = 8,
+                 chunk_tokens: int = 2048, preset: str = "tiny", device: str = "cpu") -> dict:
+    with tempfile.TemporaryDirectory(prefix="v4coder-bench-") as tmp:
+        if checkpoint is None:
+            from model.toy import write_toy_checkpoint
+            checkpoint = write_toy_checkpoint(Path(tmp) / "toy", seed=0, preset=preset)
+        lm = load_model(checkpoint, dtype="float32", device=device, progress=False)
+        engine = Engine(lm, EngineConfig(chunk_tokens=chunk_tokens, cache_bytes=8 << 30),
+                        load_tokenizer(checkpoint), generation_defaults(checkpoint))
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=reply_tokens, stop_ids=())
+
+        engine.prefill(_ids(min(short_tokens, 512), seed=0))  # warm-up (allocator, first calls)
+        t0 = time.perf_counter()
+        engine.prefill(_ids(short_tokens, seed=1))
+        short_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine.prefill(_ids(long_tokens, seed=2))
+        long_s = time.perf_counter() - t0
+
+        turn1_prompt = _ids(long_tokens, seed=3)
+        turn1 = engine.generate(turn1_prompt, greedy)
+        reply = [e.token_id for e in turn1]
+        turn2_prompt = turn1_prompt + reply + _ids(new_tokens, seed=4)
+        turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
+        list(turn2)
+        s1, s2 = turn1.stats, turn2.stats
+    return {
+        "bench": "engine", "device": str(lm.device), "checkpoint": str(checkpoint),
+        "threads": torch.get_num_threads(), "chunk_tokens": chunk_tokens,
+        "short_tokens": short_tokens, "long_tokens": long_tokens,
+        "prefill_short_s": round(short_s, 3), "prefill_long_s": round(long_s, 3),
+        "prefill_ratio": round(long_s / short_s, 3), "prefill_ratio_target": 5.0,
+        "turn1_ttft_s": round(s1.ttft_s, 3), "turn2_ttft_s": round(s2.ttft_s, 3),
+        "ttft_ratio": round(s2.ttft_s / s1.ttft_s, 4), "ttft_ratio_target": 0.10,
+        "turn2_prompt_tokens": s2.prompt_tokens, "turn2_reused_tokens": s2.reused_tokens,
+        "turn2_computed_tokens": s2.computed_tokens,
+        "prefix_cache_blocks": len(engine.prefix.blocks) if engine.prefix else 0,
+        "prefix_cache_bytes": engine.prefix.used_bytes if engine.prefix else 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``v4coder bench engine [--long N] [--short N] [--checkpoint DIR] ...`` → one JSON line."""
+    import argparse
+    import json
+    import sys
+
+    from model.checkpoint import CheckpointError
+    from model.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="v4coder bench engine", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
+    p.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--long", type=int, default=32768, dest="long_tokens")
+    p.add_argument("--short", type=int, default=8192, dest="short_tokens")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--chunk-tokens", type=int, default=2048)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not 0 < args.short_tokens < args.long_tokens:
+        print("v4coder bench engine: need 0 < --short < --long", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = bench_engine(args.checkpoint, args.long_tokens, args.short_tokens,
+                              args.new_tokens, chunk_tokens=args.chunk_tokens,
+                              preset=args.preset, device=args.device)
+    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+        print(f"v4coder bench engine: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""The inference engine: chunked prefill from any start position, prefix reuse, decode,
+sampling, stop conditions and streaming, for one sequence at a time (callers serialise).
+
+    engine = Engine.from_checkpoint("/ckpt", cache_dir="~/.cache/v4coder/kv")
+    gen = engine.generate(prompt_ids, SamplingParams(temperature=0.0, max_new_tokens=64))
+    for event in gen:                       # TokenEvent(token_id, text, finish_reason)
+        print(event.text, end="")
+    gen.stats.reused_tokens, gen.stats.computed_tokens   # prefix reuse counters
+
+Every forward runs with the prefix cache's capture on, so each 128-token block the sequence
+completes (prompt or generated) is stored; the next request sharing the prefix restores it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from model import prefix_cache as pcache
+from model.cache import SequenceCache
+from model.generate import LoadedModel, load_model
+from model.memory import MemoryPlan, plan_memory
+from model.sampling import SamplingParams, generation_defaults, sample_token
+
+
+class EngineError(RuntimeError):
+    """A request the engine cannot run (bad prompt, does not fit)."""
+
+
+class TokenConstraint(Protocol):
+    """Grammar-constrained decoding hook (model/grammar.py)."""
+
+    def allowed(self) -> torch.Tensor | None: ...  # bool [vocab] mask, or None = unconstrained
+
+    def advance(self, token_id: int) -> None: ...
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    chunk_tokens: int = 2048
+    prefix_cache: bool = True
+    cache_bytes: int = 1 << 30           # in-memory prefix-cache budget
+    cache_dir: Path | None = None        # on-disk prefix cache (survives restarts)
+    state_every: int = 1                 # keep window state on every n-th block (1 = all)
+    memory_bytes: int | None = None      # override the measured free memory (tests)
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    token_id: int
+    text: str                            # new text this token completes ("" while held back)
+    finish_reason: str | None = None     # "stop" | "length" | "tool_calls" on the last event
+
+
+@dataclass(slots=True)
+class RequestStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0               # prompt tokens restored from the prefix cache
+    computed_tokens: int = 0             # prompt tokens run through the model
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    ttft_s: float = 0.0
+    decode_s: float = 0.0
+    finish_reason: str = ""
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    requests: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    computed_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Sequence_:
+    tokens: list[int]
+    cache: SequenceCache
+    block_keys: list[str] = field(default_factory=list)  # prefix-cache key of each full block
+
+
+class Detokenizer:
+    """Incremental decode (constant work per token): text pieces, holding back an incomplete
+    UTF-8 character; ``tail`` keeps the last characters for stop-string checks."""
+
+    def __init__(self, tokenizer: object | None, tail_chars: int = 64) -> None:
+        self.tokenizer, self.ids = tokenizer, []
+        self.prefix_at = self.read_at = 0
+        self.tail, self.tail_chars = "", tail_chars
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        if self.tokenizer is None:
+            return ""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_at:self.read_at], skip_special_tokens=False)
+        after = decode(self.ids[self.prefix_at:], skip_special_tokens=False)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        piece = after[len(before):]
+        self.prefix_at, self.read_at = self.read_at, len(self.ids)
+        self.tail = (self.tail + piece)[-self.tail_chars:]
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        if self.tokenizer is None or self.read_at == len(self.ids):
+            return ""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_at:self.read_at], skip_special_tokens=False)
+        after = decode(self.ids[self.prefix_at:], skip_special_tokens=False)
+        self.prefix_at = self.read_at = len(self.ids)
+        return after[len(before):]
+
+
+class Generation:
+    """An iterator of TokenEvent; ``stats`` fills in as it runs, ``tokens`` are the new ids."""
+
+    def __init__(self, events: Iterator[TokenEvent], stats: RequestStats) -> None:
+        self._events, self.stats, self.tokens = events, stats, []
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        for event in self._events:
+            self.tokens.append(event.token_id)
+            yield event
+
+    def text(self) -> str:
+        return "".join(e.text for e in self)
+
+
+def load_tokenizer(checkpoint_dir: str | Path) -> object | None:
+    path = Path(checkpoint_dir) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(path))
+
+
+@dataclass(slots=True)
+class Engine:
+    lm: LoadedModel
+    config: EngineConfig = field(default_factory=EngineConfig)
+    tokenizer: object | None = None
+    defaults: SamplingParams = field(default_factory=SamplingParams)
+    prefix: pcache.PrefixCache | None = None
+    plan: MemoryPlan | None = None
+    counters: EngineCounters = field(default_factory=EngineCounters)
+    speculator: object | None = None     # model.mtp.MTPSpeculator when MTP is on
+
+    def __post_init__(self) -> None:
+        cfg = self.lm.config
+        if self.config.prefix_cache and self.prefix is None:
+            extra = f"{self.lm.model.numerics.mode}:{self.lm.model.numerics.dtype}"
+            root = pcache.checkpoint_fingerprint(self.lm.checkpoint_dir, extra)
+            self.prefix = pcache.PrefixCache(
+                root, pcache.block_size(cfg.compress_ratios[:cfg.n_layers]),
+                self.config.cache_bytes, self.config.cache_dir, self.config.state_every)
+        if self.plan is None:
+            self.plan = plan_memory(
+                cfg, self.lm.model.numerics.dtype, self.lm.device, self.config.chunk_tokens,
+                self.config.cache_bytes if self.config.prefix_cache else 0,
+                available=self.config.memory_bytes)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path, dtype: str = "float32",
+                        device: str = "cpu", mtp: bool = False, **config: object) -> Engine:
+        lm = load_model(checkpoint_dir, dtype=dtype, device=device, progress=False, with_mtp=mtp)
+        engine = cls(lm, EngineConfig(**config), load_tokenizer(checkpoint_dir),  # type: ignore[arg-type]
+                     generation_defaults(checkpoint_dir))
+        if mtp:
+            from model.mtp import MTPSpeculator
+            engine.speculator = MTPSpeculator(engine)
+        return engine
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, seq: Sequence_, new_ids: Sequence[int],
+                run: Callable[[list[int], SequenceCache], Any] | None = None) -> Any:
+        """Run ``new_ids`` after ``seq`` (one chunk); store completed blocks. → last logits,
+        or whatever ``run(ids, cache)`` returns (the MTP speculator asks for hidden states)."""
+        start = seq.cache.length
+        seq.tokens.extend(new_ids)
+        if self.prefix is not None:
+            pcache.start_capture(seq.cache)
+        try:
+            if run is not None:
+                logits = run(list(new_ids), seq.cache)
+            else:
+                logits = self.lm.logits(list(new_ids), seq.cache, last_only=True)
+            if self.prefix is not None:
+                cfg = self.lm.config
+                for block in pcache.collect_blocks(self.prefix, seq.cache, seq.tokens, start,
+                                                   cfg.compress_ratios, cfg.window_size,
+                                                   seq.block_keys):
+                    self.prefix.put(block)
+        finally:
+            pcache.stop_capture(seq.cache)
+        return logits
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[int], stats: RequestStats | None = None
+                ) -> tuple[Sequence_, torch.Tensor]:
+        """Restore the longest cached prefix, then run the rest in chunks. → (seq, logits)."""
+        stats = stats if stats is not None else RequestStats()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        vocab = self.lm.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise EngineError(f"prompt holds a token id outside the vocabulary (0..{vocab - 1})")
+        seq = Sequence_([], self.lm.new_cache())
+        if self.prefix is not None:
+            blocks = self.prefix.match(prompt, len(prompt) - 1)
+            if blocks:
+                seq = Sequence_(prompt[:len(blocks) * self.prefix.block_tokens],
+                                pcache.restore(blocks, self.lm.config.n_layers, self.lm.device),
+                                [b.key for b in blocks])
+        stats.prompt_tokens, stats.reused_tokens = len(prompt), len(seq.tokens)
+        stats.computed_tokens = len(prompt) - len(seq.tokens)
+        self._count(stats)
+        logits = None
+        while len(seq.tokens) < len(prompt):
+            pos = len(seq.tokens)
+            chunk = self.plan.chunk_for(pos) if self.plan else self.config.chunk_tokens
+            logits = self.forward(seq, prompt[pos:pos + chunk])
+        if self.prefix is not None:
+            self.prefix.touch(seq.block_keys)
+        return seq, logits
+
+    # -- generation ----------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
+                 constraint: TokenConstraint | None = None) -> Generation:
+        """Stream the completion of ``prompt_ids`` (checked against the memory plan first)."""
+        params = (params or self.defaults).validated()
+        if self.plan is not None:
+            self.plan.check(len(prompt_ids), params.max_new_tokens)
+        stats = RequestStats()
+        return Generation(self._run(list(prompt_ids), params, constraint, stats), stats)
+
+    def _run(self, prompt: list[int], params: SamplingParams,
+             constraint: TokenConstraint | None, stats: RequestStats) -> Iterator[TokenEvent]:
+        t0 = time.perf_counter()
+        seq, logits = self.prefill(prompt, stats)
+        stats.prefill_s = time.perf_counter() - t0
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None
+                                            else int(torch.randint(0, 2**62, ()).item()))
+        detok = Detokenizer(self.tokenizer)
+        stops = set(params.stop_ids)
+        step = self._step_fn(seq, constraint)
+        finish = "length"
+        for i in range(params.max_new_tokens):
+            allowed = constraint.allowed() if constraint is not None else None
+            token = sample_token(logits, params.temperature, params.top_p, gen, allowed)
+            if constraint is not None:
+                constraint.advance(token)
+            stats.completion_tokens = i + 1
+            piece = detok.push(token)
+            if i == 0:
+                stats.ttft_s = time.perf_counter() - t0
+            if token in stops:
+                finish = "stop"
+            elif any(detok.tail.endswith(s) for s in params.stop_strings):
+                finish = "tool_calls"
+            elif i + 1 < params.max_new_tokens:
+                yield TokenEvent(token, piece)   # stream first, then compute the next step
+                with torch.inference_mode():
+                    logits = step(token)
+                continue
+            stats.finish_reason = finish
+            stats.decode_s = time.perf_counter() - t0 - stats.prefill_s
+            self.counters.completion_tokens += stats.completion_tokens
+            yield TokenEvent(token, piece + detok.flush(), finish)
+            return
+        stats.finish_reason = finish
+
+    def _step_fn(self, seq: Sequence_, constraint: TokenConstraint | None):  # noqa: ANN202
+        """token → logits of the next position: speculative (MTP) when on and unconstrained."""
+        if self.speculator is not None and constraint is None:
+            return self.speculator.stepper(seq)
+        return lambda token: self.forward(seq, [token])
+
+    def _count(self, stats: RequestStats) -> None:
+        c = self.counters
+        c.requests += 1
+        c.prompt_tokens += stats.prompt_tokens
+        c.reused_tokens += stats.reused_tokens
+        c.computed_tokens += stats.computed_tokens
+
+    def tool_grammar(self, tools: list[dict[str, Any]], force_open: bool = False,
+                     **limits: int) -> TokenConstraint:
+        """A grammar constraint for DSML tool calls naming only ``tools`` (OpenAI format)."""
+        from model.grammar import ToolCallGrammar
+        if self.tokenizer is None:
+            raise EngineError("constrained tool calls need the checkpoint's tokenizer.json")
+        return ToolCallGrammar.for_tools(self.tokenizer, self.lm.config.vocab_size, tools,
+                                         force_open=force_open, **limits)
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise EngineError("this checkpoint ships no tokenizer.json")
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "" if self.tokenizer is None else self.tokenizer.decode(
+            list(ids), skip_special_tokens=False)

@@ -1,0 +1,106 @@
+"""v4coder serve on 127.0.0.1 with the tiny toy model: the agent's OpenAI backend streams
+through it (usage, cached_tokens), tool calls are grammar-constrained, bad requests get 400,
+concurrent clients all get well-formed replies."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from agent.backends.base import Completion, CompletionRequest, Sampling
+from agent.backends.openai import OpenAIBackend
+from agent.backends.sse import ChunkAccumulator, iter_chunks
+from agent.events import TextDelta
+from app.serve import start_server
+
+SYSTEM = "You are a careful coding assistant. " * 30   # > 128 tokens: a reusable prefix
+TOOLS = [{"type": "function", "function": {
+    "name": "read_file", "description": "Read a file",
+    "parameters": {"type": "object", "required": ["path"],
+                   "properties": {"path": {"type": "string"}}}}}]
+
+
+@pytest.fixture
+def server(make_engine):
+    srv = start_server(make_engine(), port=0, model_name="toy", default_max_tokens=4,
+                       max_value_tokens=3, max_invokes=1)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    host, port = srv.server_address[:2]
+    yield f"http://{host}:{port}/v1"
+    srv.shutdown()
+    thread.join(timeout=30)
+    srv.server_close()
+
+
+def test_agent_openai_backend_streams_with_usage_and_cache(server):
+    backend = OpenAIBackend(server, max_retries=0)
+    assert backend.model == "toy"
+    request = CompletionRequest(
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}],
+        tools=[], sampling=Sampling(temperature=0.0, max_tokens=3, seed=1))
+    events = list(backend.stream(request))
+    done = events[-1]
+    assert isinstance(done, Completion) and all(isinstance(e, TextDelta) for e in events[:-1])
+    assert done.usage.prompt_tokens > 128 and done.usage.completion_tokens <= 3
+    assert done.usage.cached_tokens == 0
+    again = list(backend.stream(request))[-1]
+    assert again.content == done.content                     # greedy, same prompt
+    assert again.usage.cached_tokens >= 128                  # the prefix was reused
+    assert again.usage.cached_tokens % 128 == 0
+    backend.close()
+
+
+def test_forced_tool_call_is_well_formed(server):
+    body = {"model": "toy", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "read setup.py"}], "tools": TOOLS,
+            "tool_choice": "required", "temperature": 1.0, "seed": 3, "max_tokens": 200}
+    acc = ChunkAccumulator()
+    with httpx.stream("POST", f"{server}/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for chunk in iter_chunks(r.iter_lines()):
+            if chunk is None:
+                acc.done = True
+                break
+            acc.feed(chunk)
+    completion = acc.completion(TOOLS)
+    assert acc.done and completion.finish_reason == "tool_calls"
+    assert len(completion.tool_calls) == 1
+    call = completion.tool_calls[0]
+    assert call.name == "read_file" and call.error is None and "path" in call.arguments
+
+
+def test_bad_requests_get_400(server):
+    post = f"{server}/chat/completions"
+    r = httpx.post(post, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(post, json={"messages": [{"role": "user", "content": "x"}], "temperature": 9})
+    assert r.status_code == 400 and "temperature" in r.json()["error"]["message"]
+    r = httpx.post(post, json={"messages": []})
+    assert r.status_code == 400
+    r = httpx.post(post, json={"messages": [{"role": "user", "content": "x"}],
+                               "max_tokens": 10**9})
+    assert r.status_code == 400 and "tokens" in r.json()["error"]["message"]
+    assert httpx.get(f"{server}/nope").status_code == 404
+
+
+def test_concurrent_clients_are_queued(server):
+    def one(i: int) -> dict:
+        r = httpx.post(f"{server}/completions", timeout=300,
+                       json={"prompt": f"client {i}", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(one, range(20)))
+    for reply in replies:
+        assert reply["object"] == "text_completion"
+        assert reply["usage"]["completion_tokens"] == 2
+        json.dumps(reply)
+    solo = one(0)
+    assert solo["choices"][0]["text"] == replies[0]["choices"][0]["text"]
