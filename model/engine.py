@@ -169,8 +169,12 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, dtype: str = "float32",
-                        device: str = "cpu", mtp: bool = False, **config: object) -> Engine:
-        lm = load_model(checkpoint_dir, dtype=dtype, device=device, progress=False, with_mtp=mtp)
+                        device: str = "cpu", mtp: bool = False, numerics: str = "dequant",
+                        progress: bool = False,
+                        on_progress: Callable[[int, int], None] | None = None,
+                        **config: object) -> Engine:
+        lm = load_model(checkpoint_dir, dtype=dtype, device=device, numerics=numerics,
+                        progress=progress, with_mtp=mtp, on_progress=on_progress)
         engine = cls(lm, EngineConfig(**config), load_tokenizer(checkpoint_dir),  # type: ignore[arg-type]
                      generation_defaults(checkpoint_dir))
         if mtp:

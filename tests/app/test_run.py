@@ -190,3 +190,19 @@ def test_secrets_stay_out_of_context_unless_allowed(allow, make_repo, make_repla
     assert proc.returncode == 0, proc.stderr
     events = (tmp_path / "ev.jsonl").read_text()
     assert ("s3cr3t-value" in events) == allow
+
+
+def test_run_on_the_embedded_runtime_ends_cleanly(make_repo, tmp_path):
+    """A random toy model cannot solve anything, but the whole path — official-format
+    checkpoint, engine, grammar, DSML parser, loop — runs and ends with a clear reason."""
+    toy = tmp_path / "toy"
+    assert v4coder("model", "init-toy", "--out", toy, "--preset", "tiny").returncode == 0
+    repo = make_repo({"a.py": "x = 1\n"})
+    proc = v4coder("run", "--repo", repo, "--issue", "fix", "--backend", f"embedded:{toy}",
+                   "--max-tokens", "8", "--max-steps", "4", "--context-budget", "0",
+                   "--events", tmp_path / "ev.jsonl", "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert events[-1]["type"] == "done" and events[-1]["reason"] in ("format_errors", "step_limit")
+    assert any(e["type"] == "usage" and e["prompt_tokens"] > 100 for e in events)
