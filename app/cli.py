@@ -71,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("name", nargs="?", default=None)
     demo.add_argument("--keep", action="store_true", help="keep the temp repository")
 
+    helps = {"model": "the runtime: init-toy, score, generate", "pack": "pack a repository, print stats",
+             "ask": "repository-wide Q&A with checked path:line citations",
+             "bench": "measurements as JSON: pack, tui, kernels, engine, offload",
+             "serve": "OpenAI-compatible server on the embedded engine",
+             "plan": "placement plan (TP/EP/offload) for a machine"}
     for name in DELEGATED:
-        p = sub.add_parser(name, add_help=False, help=f"{name} (see `v4coder {name} --help`)")
+        p = sub.add_parser(name, add_help=False, help=helps.get(name, name))
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
