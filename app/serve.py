@@ -1,6 +1,12 @@
 """``v4coder serve``: an OpenAI-compatible server over the embedded engine (model/engine.py).
 
     v4coder serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--cache-dir DIR]
+                  [--ep N] [--tp M] [--offload BYTES]
+
+``--ep N --tp M`` runs N·M ranks (spawned here, or one per process under torchrun): rank 0 serves
+HTTP and runs the engine, the others follow its forwards step by step (model/serve_ranks.py);
+the prefix cache and MTP are off in that mode. ``--offload BYTES`` (e.g. 2GB) keeps at most that
+many bytes of routed experts on the device, the rest in host memory (model/offload.py).
 
 /v1/chat/completions (V4 chat encoding, tools → DSML with grammar-constrained tool calls,
 streaming SSE, usage with prompt_tokens_details.cached_tokens), /v1/completions, /v1/models.
@@ -270,17 +276,32 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--no-prefix-cache", action="store_true")
     parser.add_argument("--chunk-tokens", type=int, default=2048)
     parser.add_argument("--mtp", action="store_true", help="MTP speculative decoding (off)")
+    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per TP rank")
+    parser.add_argument("--tp", type=int, default=1, help="attention tensor-parallel ranks")
+    parser.add_argument("--offload", default="0", metavar="BYTES",
+                        help="device bytes for routed experts (e.g. 2GB); the rest stay in host memory")
+    parser.add_argument("--rank-timeout", type=float, default=7 * 24 * 3600.0,
+                        help=argparse.SUPPRESS)  # collective timeout; followers idle between requests
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     from model.checkpoint import CheckpointError
     from model.config import ConfigError
+    from model.serve_ranks import parse_bytes
+    try:
+        offload = parse_bytes(args.offload)
+    except ValueError as exc:
+        print(f"v4coder serve: --offload: {exc}", file=sys.stderr)
+        return 2
+    if args.ep * args.tp > 1:
+        return _serve_ranks(args, offload)
     try:
         engine = Engine.from_checkpoint(
             args.checkpoint, dtype=args.dtype, device=args.device, mtp=args.mtp,
             chunk_tokens=args.chunk_tokens, prefix_cache=not args.no_prefix_cache,
-            cache_dir=None if args.no_prefix_cache else args.cache_dir.expanduser())
+            cache_dir=None if args.no_prefix_cache else args.cache_dir.expanduser(),
+            transforms=_offload_transforms(offload))
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         server = start_server(engine, args.host, args.port,
@@ -289,3 +310,76 @@ def serve_main(argv: list[str]) -> int:
         print(f"v4coder serve: {exc}", file=sys.stderr)
         return 1
     return run_until_signal(server)
+
+
+def _offload_transforms(offload: int) -> list[Any]:
+    from model.serve_ranks import rank_transforms
+    return rank_transforms(None, offload)
+
+
+def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
+    """``--ep/--tp`` > 1: rank 0 (this process) serves; ranks 1.. follow its forwards."""
+    import os
+
+    import torch
+
+    from model.checkpoint import Checkpoint, CheckpointError
+    from model.config import ConfigError
+    from model.launch import rank_device, under_torchrun
+    from model.parallel import ParallelLayout, init_parallel, teardown
+    from model.serve_ranks import Followers, StepLeader, follower_main, rank_transforms
+
+    layout = ParallelLayout(tp=args.tp, ep=args.ep)
+    load = {"checkpoint": args.checkpoint, "dtype": args.dtype, "numerics": "dequant"}
+    try:
+        if args.mtp:
+            raise ValueError("--mtp is not supported with --ep/--tp > 1 yet")
+        if offload:
+            raise ValueError("--offload cannot be combined with --ep/--tp yet")
+        cfg = Checkpoint.open(args.checkpoint).config
+        layout.check(cfg.n_heads, cfg.o_groups, cfg.n_routed_experts)
+    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+        print(f"v4coder serve: {exc}", file=sys.stderr)
+        return 1
+    world, followers, init_method = layout.world, None, None
+    if under_torchrun():
+        rank = int(os.environ["RANK"])
+        if rank != 0:
+            follower_main(rank, world, None, layout, load, offload, args.rank_timeout)
+            return 0
+    else:
+        followers = Followers(follower_main, world,
+                              (layout, load, offload, args.rank_timeout))
+        init_method = followers.init_method
+        torch.set_num_threads(followers.threads)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    hook, code = None, 1
+    try:
+        ctx = init_parallel(layout, 0, init_method=init_method, timeout_s=args.rank_timeout)
+        engine = Engine.from_checkpoint(
+            args.checkpoint, dtype=args.dtype, device=rank_device(world),
+            chunk_tokens=args.chunk_tokens, prefix_cache=False,
+            transforms=rank_transforms(ctx, offload))
+        if engine.tokenizer is None:
+            raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
+        engine.step_hook = hook = StepLeader(engine.lm.device)
+        server = start_server(engine, args.host, args.port,
+                              args.model_name or args.checkpoint.resolve().name)
+        print(f"v4coder serve: {world} ranks (tp={args.tp} ep={args.ep} offload={offload})",
+              file=sys.stderr, flush=True)
+        code = run_until_signal(server)  # returns once in-flight requests are done
+    except (CheckpointError, ConfigError, EngineError, ValueError, OSError, RuntimeError) as exc:
+        print(f"v4coder serve: {exc}", file=sys.stderr)
+    finally:
+        if hook is not None:
+            try:
+                hook.stop()
+            except Exception as exc:  # noqa: BLE001 - a follower already gone
+                print(f"v4coder serve: stopping ranks: {exc}", file=sys.stderr)
+                hook = None
+        teardown()
+        if followers is not None:
+            clean = followers.join(30.0 if hook is not None else 0.0)
+            if not clean:
+                code = code or 1
+    return code

@@ -152,6 +152,7 @@ class Engine:
     plan: MemoryPlan | None = None
     counters: EngineCounters = field(default_factory=EngineCounters)
     speculator: object | None = None     # model.mtp.MTPSpeculator when MTP is on
+    step_hook: Any = None                # model.serve_ranks.StepLeader under --ep/--tp > 1
 
     def __post_init__(self) -> None:
         cfg = self.lm.config
@@ -172,9 +173,11 @@ class Engine:
                         device: str = "cpu", mtp: bool = False, numerics: str = "dequant",
                         progress: bool = False,
                         on_progress: Callable[[int, int], None] | None = None,
-                        **config: object) -> Engine:
+                        transforms: Sequence[Any] = (), **config: object) -> Engine:
+        """``transforms`` go to ``load_model`` (OffloadTransform, ParallelTransform)."""
         lm = load_model(checkpoint_dir, dtype=dtype, device=device, numerics=numerics,
-                        progress=progress, with_mtp=mtp, on_progress=on_progress)
+                        progress=progress, with_mtp=mtp, on_progress=on_progress,
+                        transforms=transforms)
         engine = cls(lm, EngineConfig(**config), load_tokenizer(checkpoint_dir),  # type: ignore[arg-type]
                      generation_defaults(checkpoint_dir))
         if mtp:
@@ -195,6 +198,8 @@ class Engine:
             if run is not None:
                 logits = run(list(new_ids), seq.cache)
             else:
+                if self.step_hook is not None:   # other ranks run this same forward in step
+                    self.step_hook.before_forward(seq.cache, new_ids)
                 logits = self.lm.logits(list(new_ids), seq.cache, last_only=True)
             if self.prefix is not None:
                 cfg = self.lm.config

@@ -10,6 +10,8 @@ through the same streamer and DSML parser as every DSML backend. Generation stop
 end-of-sentence or when the tool-call block closes.
 
 ``$V4CODER_PREFIX_CACHE_DIR`` (optional) keeps the prefix cache on disk across restarts.
+``offload_bytes`` (spec ``embedded:DIR?offload=2GB``) keeps at most that many bytes of routed
+experts on the device and streams the rest from host memory (model/offload.py); same tokens.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class EmbeddedBackend:
     def __init__(self, checkpoint_dir: str | Path, dtype: str | None = None, device: str | None = None,
                  numerics: str = "dequant", progress: bool = True,
                  progress_callback: ProgressCallback | None = None,
-                 constrain_tool_calls: bool = True, cache_dir: str | Path | None = None) -> None:
+                 constrain_tool_calls: bool = True, cache_dir: str | Path | None = None,
+                 offload_bytes: int = 0) -> None:
         """``progress`` prints a bar on stderr; ``progress_callback(fraction, label)``, if
         given, is called (from this thread) as the weights load, and with 1.0 when ready."""
         from model.checkpoint import CheckpointError
@@ -53,12 +56,16 @@ class EmbeddedBackend:
 
         cuda = torch.cuda.is_available()
         cache_dir = cache_dir or os.environ.get("V4CODER_PREFIX_CACHE_DIR") or None
+        transforms = []
+        if offload_bytes:
+            from model.offload import OffloadTransform
+            transforms.append(OffloadTransform(budget_bytes=offload_bytes))
         try:
             self.engine = Engine.from_checkpoint(
                 path, dtype=dtype or ("bfloat16" if cuda else "float32"),
                 device=device or ("cuda" if cuda else "cpu"), numerics=numerics,
                 progress=progress, on_progress=on_progress,
-                cache_dir=Path(cache_dir) if cache_dir else None)
+                cache_dir=Path(cache_dir) if cache_dir else None, transforms=transforms)
         except (CheckpointError, ConfigError, EngineError, ValueError, OSError) as exc:
             raise BackendError(f"cannot load {path}: {exc}") from None
         if self.engine.tokenizer is None:

@@ -4,6 +4,9 @@
     openai[:URL]                any OpenAI-compatible server (vLLM, SGLang, ...); URL like
                                 http://127.0.0.1:8000/v1, else $V4CODER_BASE_URL
     embedded:CHECKPOINT_DIR     our own runtime (model/) on an official-format checkpoint
+    embedded:DIR?offload=2GB    ... with options after '?', '&'-separated key=value:
+                                offload=BYTES  device bytes for routed experts (5000, 512MB, 2GB);
+                                the other experts stay in host memory (model/offload.py)
 """
 
 from __future__ import annotations
@@ -29,11 +32,28 @@ def make_backend(spec: str, model: str | None = None) -> Backend:
             raise BackendError(f"--backend openai:URL needs an http(s) URL, got {url!r}")
         return OpenAIBackend(base_url=url, model=model)
     if kind == "embedded":
-        if not rest:
+        path, _, query = rest.partition("?")
+        if not path:
             raise BackendError("--backend embedded needs a checkpoint directory: embedded:DIR")
+        options = _embedded_options(query)
         try:
             from agent.backends.embedded import EmbeddedBackend
         except ImportError:
             raise BackendError("the embedded backend is not available in this build") from None
-        return EmbeddedBackend(rest)
+        return EmbeddedBackend(path, **options)
     raise BackendError(f"unknown backend {spec!r}; use replay:FILE, openai[:URL] or embedded:DIR")
+
+
+def _embedded_options(query: str) -> dict[str, object]:
+    """'offload=2GB' → {'offload_bytes': 2147483648}; unknown keys or bad values → BackendError."""
+    options: dict[str, object] = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "offload":
+            raise BackendError(f"unknown embedded backend option {key!r} (known: offload)")
+        try:
+            from model.serve_ranks import parse_bytes
+            options["offload_bytes"] = parse_bytes(value)
+        except ValueError as exc:
+            raise BackendError(f"embedded:...?offload=: {exc}") from None
+    return options

@@ -45,8 +45,3 @@ def make_engine(toy_lm: LoadedModel, toy_ckpt: Path, toy_tokenizer: object):
         return Engine(toy_lm, EngineConfig(**config), toy_tokenizer,  # type: ignore[arg-type]
                       generation_defaults(toy_ckpt))
     return make
-
-
-def token_ids(n: int, seed: int = 0) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(2, 128000, (n,), generator=gen).tolist()

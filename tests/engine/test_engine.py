@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import token_ids
+from engine_support import token_ids
 
 from model.sampling import SamplingParams, generation_defaults, sample_token
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import token_ids
+from engine_support import token_ids
 
 from agent.dsml import parse_completion
 from model.grammar import DSML, ToolCallGrammar, check_tools

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import token_ids
+from engine_support import token_ids
 
 from model.engine import Engine, EngineConfig
 from model.generate import load_model

@@ -4,7 +4,7 @@ agent turns reuse the previous turn (prompt + reply); the disk cache survives a 
 from __future__ import annotations
 
 import torch
-from conftest import token_ids
+from engine_support import token_ids
 
 from model.sampling import SamplingParams
 

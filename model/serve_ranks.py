@@ -1,0 +1,168 @@
+"""The step protocol of a multi-rank engine (``v4coder serve --ep N [--tp M]``).
+
+Every rank holds its shard of the model (model/parallel.py) and must call ``forward`` the same
+number of times, with the same tokens, in the same order. Rank 0 owns the engine (HTTP server,
+sampling, stop conditions); before each forward its ``StepLeader`` broadcasts the step
+(start position, token ids), and ranks 1..N-1 run ``follow``: receive a step, run the same
+forward through their own copy of the sequence's cache, repeat, until rank 0 broadcasts STOP.
+
+    header  int64[4]  = (op, start position, number of ids, last_only)   op: FORWARD=1, STOP=0
+    payload int64[n]  = token ids (FORWARD only)
+
+Start position 0 begins a new sequence: the follower starts a fresh cache (the engine runs one
+sequence at a time); any other start must equal the follower's cache length, else it stops with
+an out-of-sync error rather than compute garbage. Not carried by the protocol, so the leader's engine runs without them:
+prefix-cache restores (``prefix_cache=False``) and MTP speculation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+FORWARD, STOP = 1, 0
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'5000' → 5000, '2GB' / '2G' / '2GiB' → 2·2³⁰, '1.5m' → 1.5·2²⁰. ValueError otherwise."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"{text!r} is not a byte count (like 5000, 512MB or 2GB)")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 0:
+        raise ValueError(f"a byte count must be ≥ 0, not {value}")
+    return value
+
+
+class StepLeader:
+    """Rank 0's engine hook: ``before_forward`` broadcasts each step; ``stop`` ends followers."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.steps = 0
+        self.stopped = False
+
+    def before_forward(self, cache: Any, ids: Sequence[int], last_only: bool = True) -> None:
+        if self.stopped:
+            raise RuntimeError("the follower ranks were stopped")
+        header = torch.tensor([FORWARD, int(cache.length), len(ids), int(last_only)],
+                              dtype=torch.long, device=self.device)
+        dist.broadcast(header, src=0)
+        dist.broadcast(torch.tensor(list(ids), dtype=torch.long, device=self.device), src=0)
+        self.steps += 1
+
+    def stop(self) -> None:
+        """Tell every follower to leave its loop (once; the caller serialises with forwards)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        dist.broadcast(torch.tensor([STOP, 0, 0, 0], dtype=torch.long, device=self.device), src=0)
+
+
+def follow(lm: Any) -> int:
+    """Ranks 1..N-1: run rank 0's forwards in step until STOP. → number of forwards run."""
+    device = lm.device
+    cache, steps = None, 0
+    header = torch.empty(4, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        while True:
+            dist.broadcast(header, src=0)
+            op, start, n, last_only = header.tolist()
+            if op == STOP:
+                return steps
+            ids = torch.empty(n, dtype=torch.long, device=device)
+            dist.broadcast(ids, src=0)
+            if start == 0:
+                cache = lm.new_cache()
+            elif cache is None or cache.length != start:
+                have = None if cache is None else cache.length
+                raise RuntimeError(f"out of step with rank 0: a step at {start}, cache at {have}")
+            lm.logits(ids.tolist(), cache, last_only=bool(last_only))
+            steps += 1
+
+
+# -- launching ---------------------------------------------------------------------------------
+def _follower_entry(index: int, fn: Callable[..., Any], world: int, init_method: str,
+                    threads: int, args: tuple[Any, ...]) -> None:
+    from model.launch import _entry
+    _entry(index + 1, fn, world, init_method, threads, args)
+
+
+class Followers:
+    """Ranks 1..world-1 spawned next to this process (rank 0): ``fn(rank, world, init_method,
+    *args)`` each; ``join`` waits for them, then kills any still alive."""
+
+    def __init__(self, fn: Callable[..., Any], world: int, args: tuple[Any, ...] = ()) -> None:
+        import torch.multiprocessing as mp
+
+        from model.launch import free_port
+        self.world = world
+        self.init_method = f"tcp://127.0.0.1:{free_port()}"
+        self.threads = max(1, (os.cpu_count() or 1) // world)
+        self.ctx = mp.start_processes(
+            _follower_entry, args=(fn, world, self.init_method, self.threads, args),
+            nprocs=world - 1, join=False, start_method="spawn")
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self.ctx.processes)
+
+    def join(self, timeout_s: float = 30.0) -> bool:
+        """True when every follower exited with code 0 within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        for proc in self.ctx.processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        clean = all(not p.is_alive() and p.exitcode == 0 for p in self.ctx.processes)
+        for proc in self.ctx.processes:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        return clean
+
+
+def follower_main(rank: int, world: int, init_method: str | None, layout: Any,
+                  load: dict[str, Any], offload_bytes: int, timeout_s: float) -> None:
+    """A follower rank: join the group, load its shard (same transforms as rank 0), follow."""
+    from model.generate import load_model
+    from model.launch import rank_device
+    from model.parallel import init_parallel, teardown
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: rank 0 stops us
+    ctx = init_parallel(layout, rank, init_method=init_method, timeout_s=timeout_s)
+    try:
+        lm = load_model(load["checkpoint"], dtype=load["dtype"], device=rank_device(world),
+                        numerics=load.get("numerics", "dequant"), progress=False,
+                        transforms=rank_transforms(ctx, offload_bytes))
+        follow(lm)
+    except Exception as exc:
+        print(f"v4coder serve: rank {rank}: {exc}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        teardown()
+
+
+def rank_transforms(ctx: Any, offload_bytes: int) -> list[Any]:
+    from model.offload import OffloadTransform
+    from model.parallel import ParallelTransform
+
+    out: list[Any] = [ParallelTransform(ctx)] if ctx is not None and ctx.world > 1 else []
+    if offload_bytes:
+        out.append(OffloadTransform(budget_bytes=offload_bytes))
+    return out
+
+
+__all__ = ["StepLeader", "follow", "Followers", "follower_main", "rank_transforms",
+           "parse_bytes", "FORWARD", "STOP"]
