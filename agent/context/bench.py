@@ -4,7 +4,8 @@ For each path: copy its packable files into a temporary directory (the source is
 touched), then in one run measure
 
 - ``raw_tokenize_s``: the V4 tokenizer alone on the same file texts (best of 2),
-- ``pack_s``: a cold pack (empty cache) and ``pack_over_raw`` = pack_s / raw_tokenize_s
+- ``pack_s``: a cold pack (empty cache; best of 2, like the raw time: the second is the
+  determinism check's uncached pack) and ``pack_over_raw`` = pack_s / raw_tokenize_s
   (target ≤ 1.5),
 - ``repack_s``: packing the unchanged copy again and ``repack_over_pack`` (target ≤ 0.05),
 - after appending one line to one packed file: the prefix is byte-identical, the delta
@@ -80,6 +81,7 @@ def bench_one(path: str | Path, budget: int = DEFAULT_BUDGET, glob: str | None =
                 fpath.write_bytes(original)
             unchanged = hashlib.sha1(first.text.encode()).hexdigest() == prefix_hash
             third = pack_repository(repo, budget, use_cache=False)
+            pack_s = min(first.seconds, third.seconds)
             return {
                 "path": str(src) + (f"/{glob}" if glob else ""),
                 "files_walked": len(texts),
@@ -91,16 +93,16 @@ def bench_one(path: str | Path, budget: int = DEFAULT_BUDGET, glob: str | None =
                 "files_outlined": len(first.outlined),
                 "files_skipped": sum(s.files for s in first.skipped),
                 "raw_tokenize_s": round(raw_s, 4),
-                "pack_s": round(first.seconds, 4),
-                "pack_over_raw": round(first.seconds / raw_s, 3),
+                "pack_s": round(pack_s, 4),
+                "pack_over_raw": round(pack_s / raw_s, 3),
                 "repack_s": round(second.seconds, 4),
                 "repack_cache_hit": second.cache_hit,
-                "repack_over_pack": round(second.seconds / first.seconds, 4),
+                "repack_over_pack": round(second.seconds / pack_s, 4),
                 "prefix_identical_after_edit": unchanged,
                 "delta_only_the_edit": delta_ok,
                 "delta_tokens": delta_tokens,
                 "deterministic": third.text == first.text,
-                "ok": first.seconds <= 1.5 * raw_s and second.seconds <= 0.05 * first.seconds
+                "ok": pack_s <= 1.5 * raw_s and second.seconds <= 0.05 * pack_s
                 and unchanged and delta_ok and third.text == first.text,
             }
         finally:

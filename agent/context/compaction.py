@@ -23,6 +23,7 @@ are cached per string, so the (large) system message is tokenized once per sessi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,10 +149,14 @@ class Compactor:
     min_chars: int = MIN_ARCHIVE_CHARS
     counter: TokenCounter = field(default_factory=TokenCounter)
     archive: Archive | None = None  # share it with recall_tool(); default: the session's
+    after: Callable[[Session], None] | None = None  # run after each compaction (re-pack)
 
     def __call__(self, session: Session) -> CompactionEvent | None:
-        return compact(session, limit=self.limit, keep_recent=self.keep_recent,
-                       min_chars=self.min_chars, counter=self.counter, archive=self.archive)
+        event = compact(session, limit=self.limit, keep_recent=self.keep_recent,
+                        min_chars=self.min_chars, counter=self.counter, archive=self.archive)
+        if event is not None and self.after is not None:
+            self.after(session)
+        return event
 
 
 def describe(event: CompactionEvent) -> str:

@@ -10,7 +10,10 @@ valid; each delta is cumulative against the snapshot, so only the latest is ever
 
 The snapshot (content key and text of every walked file at pack time) is saved beside the
 session as ``<session id>.pack.json``, so a resumed session computes its deltas against
-the same snapshot its system message shows.
+the same snapshot its system message shows. When the session is compacted the
+repository is packed again (agent.context.session_context): the new snapshot goes to
+``<session id>.pack-<n>.json`` and the compaction record names it, so a resume loads the
+snapshot its (re-packed) system message shows and the delta starts empty again.
 """
 
 from __future__ import annotations
@@ -31,20 +34,21 @@ DELTA_INTRO = (
 )
 
 
-def pack_path(session_path: Path) -> Path:
-    """``<dir>/<id>.jsonl`` -> ``<dir>/<id>.pack.json``."""
-    return session_path.with_suffix(PACK_SUFFIX)
+def pack_path(session_path: Path, name: str | None = None) -> Path:
+    """``<dir>/<id>.jsonl`` -> ``<dir>/<id>.pack.json`` (or ``<dir>/<name>`` for a re-pack)."""
+    return session_path.with_name(name) if name else session_path.with_suffix(PACK_SUFFIX)
 
 
 @dataclass(slots=True)
 class LiveContext:
     repo: Path
     packed: PackedContext
+    question: str | None = None  # ranking input, kept so a re-pack ranks the same way
 
     @classmethod
     def pack(cls, repo: Path, budget: int = DEFAULT_BUDGET, question: str | None = None) -> LiveContext:
         """Pack ``repo`` now (ranked by ``question`` when over ``budget``)."""
-        return cls(Path(repo), pack_repository(repo, budget, question))
+        return cls(Path(repo), pack_repository(repo, budget, question), question)
 
     @property
     def text(self) -> str:
@@ -71,11 +75,12 @@ class LiveContext:
 
     # -- persistence beside the session --------------------------------------------------
 
-    def save(self, session_path: Path) -> Path:
+    def save(self, session_path: Path, name: str | None = None) -> Path:
         p = self.packed
         data = {"repo": p.repo, "files": p.files, "outlined": p.outlined, "omitted": p.omitted,
-                "tokens": p.tokens, "budget": p.budget, "keys": p.keys, "contents": p.contents}
-        path = pack_path(session_path)
+                "tokens": p.tokens, "budget": p.budget, "keys": p.keys, "contents": p.contents,
+                "question": self.question}
+        path = pack_path(session_path, name)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, ensure_ascii=False)
@@ -85,14 +90,16 @@ class LiveContext:
         return path
 
     @classmethod
-    def load(cls, session_path: Path, repo: Path, text: str = "") -> LiveContext | None:
+    def load(cls, session_path: Path, repo: Path, text: str = "",
+             name: str | None = None) -> LiveContext | None:
         """The snapshot saved for a session, or None (packing was off, or the file is gone).
-        ``text`` is the packed prefix as the system message holds it (for completeness)."""
+        ``text`` is the packed prefix as the system message holds it (for completeness);
+        ``name`` the file of a re-pack (as recorded by the compaction that made it)."""
         try:
-            data = json.loads(pack_path(session_path).read_text(encoding="utf-8"))
+            data = json.loads(pack_path(session_path, name).read_text(encoding="utf-8"))
             packed = PackedContext(data["repo"], text, data["files"], data["outlined"],
                                    data["omitted"], [], data["tokens"], data["budget"],
                                    keys=data["keys"], contents=data["contents"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return cls(Path(repo), packed)
+        return cls(Path(repo), packed, data.get("question"))

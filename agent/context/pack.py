@@ -11,6 +11,7 @@ after packing go in :func:`delta_for_edits` (agent.context.delta), never into th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from agent.context.walk import MAX_FILE_BYTES, Skipped, WalkedFile, walk_reposit
 CONTEXT_WINDOW = 1_000_000
 DEFAULT_RESERVE = 100_000
 DEFAULT_BUDGET = CONTEXT_WINDOW - DEFAULT_RESERVE
+OUTLINE_CHUNK = 16  # outlines per tokenizer batch while parsing goes on
+FIT_SLACK = 1.5  # count a body exactly only if its estimate is within this factor of the room
 
 
 @dataclass(slots=True)
@@ -73,19 +76,47 @@ def _count_bodies(files: list[WalkedFile], keys: dict[str, str], facts: dict[str
         facts[keys[f.path]].body_tokens = n
 
 
-def _ensure_outlines(files: list[WalkedFile], keys: dict[str, str],
-                     facts: dict[str, FileFacts]) -> None:
-    todo: list[WalkedFile] = []
-    for f in files:
-        ff = facts.setdefault(keys[f.path], FileFacts())
-        if ff.symbols is None or ff.outline_tokens is None:
+def _parse(todo: list[tuple[WalkedFile, FileFacts]], done: list[BaseException | None]) -> None:
+    try:
+        for f, ff in todo:
             ff.symbols = extract_symbols(f.path, f.data)
             ff.idents = frozenset(identifiers(f.text))
             ff.outline_body = render_outline(outline_entries(f.path, split_lines(f.text), ff.symbols))
-            todo.append(f)
-    counts = count_tokens([facts[keys[f.path]].outline_body or "" for f in todo])
-    for f, n in zip(todo, counts, strict=True):
-        facts[keys[f.path]].outline_tokens = n
+            done.append(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        done.append(exc)
+
+
+def _ensure_outlines(files: list[WalkedFile], keys: dict[str, str],
+                     facts: dict[str, FileFacts]) -> None:
+    """Symbols, identifiers and outline (with its token count) of every file.
+
+    Parsing runs in a thread (tree-sitter holds the GIL) while this one counts the outlines
+    parsed so far (the tokenizer releases the GIL), so the two overlap; counts depend only
+    on content, so the result is the same as doing one after the other."""
+    todo: list[tuple[WalkedFile, FileFacts]] = []
+    for f in files:
+        ff = facts.setdefault(keys[f.path], FileFacts())
+        if ff.symbols is None or ff.outline_tokens is None:
+            todo.append((f, ff))
+    done: list[BaseException | None] = []
+    worker = threading.Thread(target=_parse, args=(todo, done), daemon=True)
+    worker.start()
+    counted = 0
+    while counted < len(todo):
+        alive = worker.is_alive()
+        ready = len(done)
+        if ready - counted >= OUTLINE_CHUNK or (not alive and ready > counted):
+            chunk = todo[counted:ready]
+            for (_, ff), n in zip(chunk, count_tokens([ff.outline_body or "" for _, ff in chunk]),
+                                  strict=True):
+                ff.outline_tokens = n
+            counted = ready
+        else:
+            time.sleep(0.001)
+        if done and done[-1] is not None:
+            raise done[-1]  # the parser failed: the same error as without the thread
+    worker.join()
 
 
 def _bytes_per_token(files: list[WalkedFile], keys: dict[str, str],
@@ -99,7 +130,13 @@ def _bytes_per_token(files: list[WalkedFile], keys: dict[str, str],
 def _plan(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFacts],
           budget: int, question: str | None, preamble_tokens: int,
           rendered: dict[str, str]) -> tuple[set[str], set[str], int]:
-    """(whole, outlined, tokens) for an over-budget repository."""
+    """(whole, outlined, tokens) for an over-budget repository.
+
+    The fill upgrades outlines to whole files in rank order while they fit. A body is
+    tokenized only when its estimated *extra* cost (bytes / observed bytes-per-token, less
+    the outline already paid for) is within FIT_SLACK of the room left, so files that
+    cannot fit are not tokenized; the estimate uses only file contents and exact counts of
+    earlier batches, so the result does not depend on what the cache held."""
     by_path = {f.path: f for f in files}
     _ensure_outlines(files, keys, facts)
     order = rank_files([RankInput(f.path, frozenset(s.name for s in facts[keys[f.path]].symbols or ()),
@@ -129,11 +166,11 @@ def _plan(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFa
     while i < len(queue) and used < budget:
         room = budget - used
         batch, estimate = [], 0.0
-        while i < len(queue) and (estimate < room * 1.05 or len(batch) < 64):
+        while i < len(queue) and (estimate < room * 1.05 or not batch):
             p = queue[i]
             i += 1
             size = len(by_path[p].data)
-            if size / 16 <= room:  # could fit: worth counting exactly
+            if size / ratio - out_cost[p] <= room * FIT_SLACK:  # could fit: count it exactly
                 batch.append(p)
                 estimate += size / ratio - out_cost[p]
         _count_bodies([by_path[p] for p in batch], keys, facts, rendered)

@@ -9,6 +9,11 @@ New session::
 Resumed session: ``sc = resume_context(session, repo)``. Then build the agent with
 ``tools=[*default_tools(), *sc.tools]``, ``compactor=sc.compactor`` and
 ``prepare_messages=sc.prepare_messages``; the TUI's /compact calls ``sc.compact_now(session)``.
+
+Every compaction (automatic or /compact) also re-packs the repository (:meth:`SessionContext.repack`):
+the system message's packed part is replaced by a fresh pack of the current tree, recorded
+as a compaction record naming the new snapshot file, so the delta starts empty again and a
+resumed session shows the same system message and computes deltas against the same snapshot.
 """
 
 from __future__ import annotations
@@ -45,8 +50,33 @@ class SessionContext:
 
     def compact_now(self, session: Session, keep_recent: int = KEEP_RECENT) -> CompactionEvent | None:
         """/compact: archive every old tool output now, whatever the budget."""
-        return compact(session, limit=None, keep_recent=keep_recent,
-                       counter=self.compactor.counter, archive=self.archive)
+        event = compact(session, limit=None, keep_recent=keep_recent,
+                        counter=self.compactor.counter, archive=self.archive)
+        if event is not None:
+            self.repack(session)
+        return event
+
+    def repack(self, session: Session) -> bool:
+        """Pack the repository again into the system message (after a compaction, when the
+        prefix cache is lost anyway); False when there is nothing to re-pack or no change."""
+        live = self.live
+        idx = next((i for i, m in enumerate(session.messages) if m.get("role") == "system"), None)
+        content = session.messages[idx].get("content") if idx is not None else None
+        if live is None or not isinstance(content, str) or not live.delta():
+            return False
+        at = content.find(PREAMBLE)
+        if at < 0:
+            return False
+        fresh = LiveContext.pack(live.repo, live.packed.budget, live.question)
+        n = 1 + sum(1 for c in session.compactions if c.get("pack"))
+        name = f"{session.path.stem}.pack-{n}.json"
+        fresh.save(session.path, name)  # the snapshot first: the record below points at it
+        new_content = content[:at] + fresh.text
+        session.replace_contents([(idx, new_content)], pack=name, files=len(fresh.packed.files),
+                                 tokens=fresh.packed.tokens)
+        self.live = fresh
+        self.compactor.counter.seed(new_content, count_tokens([content[:at]])[0] + fresh.packed.tokens)
+        return True
 
 
 def pack_for_session(repo: Path, budget: int, question: str | None = None) -> LiveContext | None:
@@ -74,13 +104,17 @@ def attach_context(session: Session, live: LiveContext | None, limit: int = DEFA
     archive = Archive.for_session(session.path)
     compactor = Compactor(limit=limit, archive=archive)
     _seed_system_count(session, live, compactor)
-    return SessionContext(archive, compactor, live)
+    sc = SessionContext(archive, compactor, live)
+    compactor.after = sc.repack
+    return sc
 
 
 def resume_context(session: Session, repo: Path, limit: int = DEFAULT_LIMIT) -> SessionContext:
-    """Hooks for a resumed session: deltas against the snapshot saved when it started."""
+    """Hooks for a resumed session: deltas against the snapshot its system message shows
+    (the one saved when it started, or the latest re-pack a compaction recorded)."""
     system = next((m for m in session.messages if m.get("role") == "system"), {})
     content = system.get("content") if isinstance(system.get("content"), str) else ""
     at = content.find(PREAMBLE)
-    live = LiveContext.load(session.path, repo, content[at:] if at >= 0 else "")
+    name = next((c["pack"] for c in reversed(session.compactions) if c.get("pack")), None)
+    live = LiveContext.load(session.path, repo, content[at:] if at >= 0 else "", name)
     return attach_context(session, live, limit)

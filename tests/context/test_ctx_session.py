@@ -178,3 +178,60 @@ def test_manual_compact_keeps_pinned_messages_and_resumes(make_repo):
     missing = tool.run(None, {"id": "out-99"})
     assert not missing.ok and "out-3" in missing.output
     assert Session.load(session.path).messages == session.messages
+
+
+def test_compaction_repacks_the_repository_and_resets_the_delta(make_repo):
+    from agent.context.session_context import attach_context, pack_for_session
+
+    repo = make_repo(FILES)
+    live = pack_for_session(repo, 100_000, "shop/cart.py")
+    assert live is not None
+    session = Session.create(sessions_dir(repo), repo=str(repo))
+    session.add({"role": "system", "content": "Rules.\n" + live.text})
+    session.add({"role": "user", "content": "count quantities"})
+    sc = attach_context(session, live)
+    for k in range(3):
+        session.add({"role": "assistant", "content": "", "tool_calls": [
+            {"id": f"c{k}", "type": "function", "function": {"name": "bash", "arguments": "{}"}}]})
+        session.add({"role": "tool", "tool_call_id": f"c{k}", "content": _big(f"o{k}", 60)})
+    old_system = session.messages[0]["content"]
+    (repo / "shop/cart.py").write_text("def total(items):\n    return sum(i.price * i.qty for i in items)\n")
+    (repo / "shop/tax.py").write_text("RATE = 20\n")
+    assert "i.qty" in sc.live.delta()
+    assert sc.prepare_messages(session.messages)[-1]["content"].startswith(DELTA_INTRO)
+    # Under the limit: no compaction, so no re-pack; the prefix stays as it was.
+    assert sc.compactor(session) is None and session.messages[0]["content"] == old_system
+    sc.compactor.limit = 500
+    event = sc.compactor(session)
+    assert event is not None and event.ids
+    system = session.messages[0]["content"]
+    assert system != old_system and system.startswith("Rules.\n# Repository snapshot")
+    assert "### shop/cart.py\n1 def total(items):\n2     return sum(i.price * i.qty for i in items)\n" in system
+    assert "### shop/tax.py\n1 RATE = 20\n" in system
+    assert sc.live.delta() == "" and sc.prepare_messages(session.messages) is session.messages
+    record = session.compactions[-1]
+    assert record["pack"] == f"{session.path.stem}.pack-1.json"
+    assert pack_path(session.path, record["pack"]).is_file() and pack_path(session.path).is_file()
+    # A second compaction with no edits since re-packs nothing.
+    n = len(session.compactions)
+    assert sc.compact_now(session) is None and len(session.compactions) == n
+    # Resume: same system message, same (empty) delta; later edits show against the re-pack.
+    loaded = Session.load(session.path)
+    assert loaded.messages == session.messages
+    resumed = resume_context(loaded, repo)
+    assert resumed.live is not None and resumed.live.delta() == ""
+    assert system.endswith(resumed.live.packed.text) and resumed.live.question == "shop/cart.py"
+    (repo / "shop/money.py").write_text("def fmt(cents):\n    return str(cents)\n")
+    delta = resumed.live.delta()
+    assert delta.startswith("### shop/money.py (edited since packing)") and "cart.py" not in delta
+    # /compact re-packs too, as a second snapshot.
+    resumed_session = loaded
+    resumed_session.add({"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c9", "type": "function", "function": {"name": "bash", "arguments": "{}"}}]})
+    resumed_session.add({"role": "tool", "tool_call_id": "c9", "content": _big("o9", 60)})
+    assert resumed.compact_now(resumed_session, keep_recent=0) is not None
+    assert resumed_session.compactions[-1]["pack"].endswith(".pack-2.json")
+    assert "2     return str(cents)\n" in resumed_session.messages[0]["content"]
+    assert resumed.live.delta() == ""
+    again = resume_context(Session.load(session.path), repo)
+    assert again.live is not None and again.live.delta() == ""
