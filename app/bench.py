@@ -8,6 +8,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     kernels [--full-size]    each Triton kernel vs its torch reference
     engine                   chunked prefill scaling, time to first token with a cached prefix
     offload                  expert-cache hit rate and bytes moved per token
+    model                    load time, resident bytes / checkpoint bytes, decode tokens/s
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ def _entry(name: str) -> Callable[[list[str]], int]:
     if name == "offload":
         from model.bench_offload import main
         return main
+    if name == "model":
+        from model.bench_model import main
+        return main
     raise KeyError(name)
 
 
-BENCHES = ("pack", "tui", "kernels", "engine", "offload")
+BENCHES = ("pack", "tui", "kernels", "engine", "offload", "model")
 
 
 def bench_main(argv: list[str]) -> int:

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     helps = {"model": "the runtime: init-toy, score, generate", "pack": "pack a repository, print stats",
              "ask": "repository-wide Q&A with checked path:line citations",
-             "bench": "measurements as JSON: pack, tui, kernels, engine, offload",
+             "bench": "measurements as JSON: pack, tui, kernels, engine, offload, model",
              "serve": "OpenAI-compatible server on the embedded engine",
              "plan": "placement plan (TP/EP/offload) for a machine"}
     for name in DELEGATED:

@@ -72,10 +72,13 @@ def load_model(checkpoint_dir: str | Path, dtype: str | torch.dtype = "float32",
                device: str | torch.device = "cpu", numerics: str = "dequant",
                progress: bool = True, with_mtp: bool = False,
                transforms: Sequence[ModelTransform] = (),
-               on_progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+               on_progress: Callable[[int, int], None] | None = None,
+               fp8_resident: bool = True) -> LoadedModel:
     """Load an official-format checkpoint. Raises CheckpointError (clear message) on bad input.
     ``transforms`` rewrite the model before the weights are read and after they are prepared;
-    ``on_progress(done, total)`` hears each tensor as it loads."""
+    ``on_progress(done, total)`` hears each tensor as it loads. ``fp8_resident`` (default) keeps
+    FP8 and BF16 weights as mapped from the checkpoint and dequantises them per use (same
+    logits, memory ≈ file size); False dequantises them once at load (model/layers/linear.py)."""
     if numerics not in ("dequant", "native"):
         raise ValueError(f"numerics must be 'dequant' or 'native', not {numerics!r}")
     compute = parse_dtype(dtype)
@@ -84,7 +87,7 @@ def load_model(checkpoint_dir: str | Path, dtype: str | torch.dtype = "float32",
     for transform in transforms:
         transform.before_load(model, ckpt)
     load_weights(model, ckpt, device=device, progress=progress, on_progress=on_progress)
-    model.prepare(Numerics(numerics, compute))
+    model.prepare(Numerics(numerics, compute), resident=fp8_resident)
     for transform in transforms:
         transform.after_prepare(model, ckpt)
     model.eval()

@@ -226,11 +226,13 @@ def shard_attention(attn: nn.Module, tp: int, tp_rank: int, group: Any) -> None:
     """Keep this rank's heads and output groups of a prepared ``Attention`` (dense weights)."""
     heads, groups = attn.n_heads // tp, attn.n_groups // tp
     rows = slice(tp_rank * heads * attn.head_dim, (tp_rank + 1) * heads * attn.head_dim)
-    attn.wq_b.dense = attn.wq_b.dense[rows].contiguous()
+    # FP8-resident weights are dequantised here: TP slices need not fall on 128×128 blocks
+    attn.wq_b.dense = attn.wq_b.dense_weight()[rows].contiguous()
     attn.attn_sink = attn.attn_sink[tp_rank * heads : (tp_rank + 1) * heads].contiguous()
     width = groups * attn.o_lora_rank
-    attn.wo_a.dense = attn.wo_a.dense[tp_rank * width : (tp_rank + 1) * width].contiguous()
-    attn.wo_b.dense = attn.wo_b.dense[:, tp_rank * width : (tp_rank + 1) * width].contiguous()
+    attn.wo_a.dense = attn.wo_a.dense_weight()[tp_rank * width : (tp_rank + 1) * width].contiguous()
+    attn.wo_b.dense = attn.wo_b.dense_weight()[:, tp_rank * width : (tp_rank + 1) * width
+                                               ].contiguous()
     attn.n_heads, attn.n_groups = heads, groups
     attn.wo_b = _TensorParallelOutput(attn.wo_b, group)
 

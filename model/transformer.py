@@ -94,17 +94,20 @@ class Transformer(nn.Module):
             MTPBlock(cfg, cfg.n_layers + i, r) for i, r in enumerate(ratios))
         self.numerics = Numerics()
 
-    def prepare(self, numerics: Numerics) -> None:
-        """Called once after the weights are loaded: set numerics, dequantise FP8 linears."""
+    def prepare(self, numerics: Numerics, resident: bool = True) -> None:
+        """Called once after the weights are loaded: set numerics. ``resident`` keeps FP8/BF16
+        linears and the BF16 embedding as mapped (dequantised / cast per use); otherwise they
+        are converted once to the compute dtype (see model/layers/linear.py)."""
         self.numerics = numerics
         for module in self.modules():
             if hasattr(module, "numerics"):
                 module.numerics = numerics
             if isinstance(module, Linear):
-                module.prepare(numerics)
+                module.prepare(numerics, resident=resident)
             elif isinstance(module, RMSNorm):
                 module.weight = module.weight.float()
-        self.embed.weight = self.embed.weight.to(numerics.dtype)
+        if not resident:
+            self.embed.weight = self.embed.weight.to(numerics.dtype)
 
     def probe_margins(self, enabled: bool = True) -> list[list[float]]:
         """Start (or stop) recording top-k decision margins of every indexer and router;

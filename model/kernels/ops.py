@@ -52,6 +52,7 @@ act_quant_scales = quant.act_quant_scales
 fp8_fake_quant = quant.fp8_fake_quant
 fp4_fake_quant = quant.fp4_fake_quant
 dequant_fp8_block = quant.dequant_fp8_block
+bf16_to = quant.bf16_to
 dequant_fp4 = quant.dequant_fp4
 
 
@@ -74,6 +75,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, quantize_input: bool = False) 
     if x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
         return F.linear(x, weight)
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
+
+
+DEQUANT_ROWS = 8192  # output rows dequantised at a time on CPU (a multiple of the 128 block)
+
+
+def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                   dtype: torch.dtype, quantize_input: bool = False) -> torch.Tensor:
+    """y = x · Wᵀ for a weight kept as mapped from the checkpoint — FP8 e4m3 with 128×128 ue8m0
+    ``scale``, or BF16 / F32 (``scale`` None) — dequantised / cast to ``dtype`` per use. Equal to
+    ``linear(x, W in dtype, quantize_input)``: the conversion is exact. On CPU the weight is
+    converted ``DEQUANT_ROWS`` output rows at a time, so the slice stays in cache and no
+    weight-sized buffer is allocated per call."""
+    if quantize_input:
+        x = fp8_fake_quant(x, 128)
+    rows = weight.shape[0] if x.is_cuda else DEQUANT_ROWS
+    parts = []
+    for r in range(0, weight.shape[0], rows):
+        w = weight[r : r + rows]
+        if scale is not None:
+            w = dequant_fp8_block(w, scale[r // 128 : (r + rows) // 128], dtype=dtype)
+        else:
+            w = quant.bf16_to(w, dtype)
+        parts.append(linear(x, w))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,

@@ -35,13 +35,38 @@ def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(x, dtype=torch.float32), exponent)
 
 
+def e4m3_to(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """e4m3 codes → their values × 2^-8 in ``dtype`` (a new tensor), through float16 bit moves
+    (vectorised; torch's own fp8 cast is scalar on CPU): sign to bit 15, exponent + mantissa to
+    bits 13..7 make a float16 equal to the value × 2^-8 exactly, subnormals included. The NaN
+    codes (0x7F / 0xFF) come out as ±480 × 2^-8 instead of NaN."""
+    b = weight.contiguous().view(torch.uint8).to(torch.int16)
+    bits = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
+    return bits.view(torch.float16).to(dtype)
+
+
+def bf16_to(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """BF16 → ``dtype``; to float32 by moving the bits up 16 (exact, vectorised on CPU)."""
+    if weight.dtype != torch.bfloat16 or dtype != torch.float32:
+        return weight.to(dtype)
+    wide = weight.contiguous().view(torch.int16).to(torch.int32)
+    return wide.bitwise_left_shift_(16).view(torch.float32)
+
+
 # ---- weights --------------------------------------------------------------------------------
-def dequant_fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """FP8 e4m3 [out, in] with ue8m0 scale [ceil(out/b), ceil(in/b)] → float32 (partial blocks ok)."""
+def dequant_fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: int = 128,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """FP8 e4m3 [out, in] with ue8m0 scale [ceil(out/b), ceil(in/b)] → ``dtype`` (partial blocks
+    ok). Exact in float32 (e4m3 × a power of two); other dtypes are the float32 result cast."""
     out_f, in_f = weight.shape
-    s = e8m0_to_float(scale)
-    s = s.repeat_interleave(block, 0)[:out_f].repeat_interleave(block, 1)[:, :in_f]
-    return weight.float() * s
+    s = e8m0_to_float(scale) * 256.0
+    rb, cb = s.shape
+    w = e4m3_to(weight, torch.float32)  # the e4m3 values × 2^-8; the 2^8 is folded into s
+    if out_f == rb * block and in_f == cb * block:  # whole blocks: broadcast, no expanded scales
+        w.view(rb, block, cb, block).mul_(s.view(rb, 1, cb, 1))
+    else:
+        w.mul_(s.repeat_interleave(block, 0)[:out_f].repeat_interleave(block, 1)[:, :in_f])
+    return w if dtype == torch.float32 else w.to(dtype)
 
 
 def quant_fp8_block(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
