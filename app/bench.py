@@ -13,6 +13,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -27,28 +28,21 @@ def _tui(argv: list[str]) -> int:
     return 0
 
 
+# name -> (module, function taking argv and returning an exit status)
+ENTRY_POINTS = {
+    "pack": ("agent.context.cli", "bench_pack_main"),
+    "tui": ("app.bench", "_tui"),
+    "kernels": ("model.bench_kernels", "main"),
+    "engine": ("model.bench_engine", "main"),
+    "offload": ("model.bench_offload", "main"),
+    "model": ("model.bench_model", "main"),
+}
+BENCHES = tuple(ENTRY_POINTS)
+
+
 def _entry(name: str) -> Callable[[list[str]], int]:
-    if name == "pack":
-        from agent.context.cli import bench_pack_main
-        return bench_pack_main
-    if name == "tui":
-        return _tui
-    if name == "kernels":
-        from model.bench_kernels import main
-        return main
-    if name == "engine":
-        from model.bench_engine import main
-        return main
-    if name == "offload":
-        from model.bench_offload import main
-        return main
-    if name == "model":
-        from model.bench_model import main
-        return main
-    raise KeyError(name)
-
-
-BENCHES = ("pack", "tui", "kernels", "engine", "offload", "model")
+    module, function = ENTRY_POINTS[name]
+    return getattr(importlib.import_module(module), function)
 
 
 def bench_main(argv: list[str]) -> int:
