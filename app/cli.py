@@ -107,7 +107,14 @@ def _delegate(command: str, rest: list[str]) -> int:
 def _run(args: argparse.Namespace) -> int:
     from agent.backends.base import Sampling
     from agent.backends.factory import make_backend
-    from app.headless import RunOptions, UsageError, read_instance, read_issue, run_headless
+    from app.headless import (
+        RunOptions,
+        UsageError,
+        check_outputs,
+        read_instance,
+        read_issue,
+        run_headless,
+    )
 
     repo = args.run_repo or args.repo or Path.cwd().resolve()
     for flag, value in (("--max-steps", args.max_steps), ("--max-tokens", args.max_tokens)):
@@ -136,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         thinking=args.thinking, quiet=args.quiet, context_budget=args.context_budget,
         sampling=Sampling(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens),
         test_command=args.test_command, allow_secrets=args.allow_secrets)
+    check_outputs(opts)
     backend = make_backend(args.run_backend, model=args.run_model)
     return run_headless(opts, backend, model_name=getattr(backend, "model", args.run_backend))
 

@@ -168,6 +168,13 @@ def _open_session(opts: RunOptions, backend: Backend,
     return session, base, attach_context(session, live)
 
 
+def check_outputs(opts: RunOptions) -> None:
+    """Fail before any work starts if an output file cannot be written."""
+    for flag, path in (("--events", opts.events), ("--patch", opts.patch), ("--predictions", opts.predictions)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UsageError(f"{flag} {path}: directory {path.resolve().parent} does not exist")
+
+
 def run_headless(opts: RunOptions, backend: Backend, model_name: str) -> int:
     repo = opts.repo
     session, base, context = _open_session(opts, backend, model_name)
@@ -198,7 +205,8 @@ def run_headless(opts: RunOptions, backend: Backend, model_name: str) -> int:
     if opts.patch:
         opts.patch.write_text(patch, encoding="utf-8")
     if opts.predictions:
-        line = {"instance_id": opts.instance_id or repo.name, "model_name_or_path": model_name,
+        instance = opts.instance_id or session.header.get("instance_id") or repo.name
+        line = {"instance_id": instance, "model_name_or_path": model_name,
                 "model_patch": patch}
         with open(opts.predictions, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")

@@ -98,6 +98,7 @@ def test_unfinished_run_exits_non_zero_but_still_writes_the_patch(make_repo, mak
     (["run", "--issue", "i", "--backend", "openai:ftp://x"], "http(s) URL"),
     (["run", "--issue", "i", "--backend", "replay:r", "--max-steps", "zero"], "invalid int"),
     (["frobnicate"], "invalid choice"),
+    (["run", "--issue", "i", "--backend", "replay:r", "--patch", "/nonexistent/dir/p.diff"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     proc = v4coder(*args, cwd=tmp_path)
