@@ -2,11 +2,15 @@
 config, choose tensor parallelism (attention heads), expert parallelism (routed experts over all
 GPUs) or expert offload, print the plan before loading, and refuse plans that cannot fit.
 
-Bytes are what the embedded runtime holds (``Linear.prepare``): FP8 linears dequantised to the
-compute dtype (bf16, 2 B/param), FP4 experts packed (0.5 B + one 1-B scale per 32), the head and
-compressor projections in fp32. Expected tokens/s is bandwidth arithmetic for batch-1 decode:
-bytes each GPU reads per token / its memory bandwidth, plus expert bytes moved over the host link
-when offloading; an upper bound, not a measurement. docs/DEPLOY.md repeats the arithmetic by hand.
+Bytes are what the embedded runtime holds (``Linear.prepare(resident=True)``, the default): FP8
+linears as in the checkpoint (1 B/param + one ue8m0 byte per 128×128 block), FP4 experts packed
+(0.5 B + one 1-B scale per 32), BF16 tensors (head, embedding, compressors, router) at 2 B, norms
+(widened at load) and mHC at 4 B. Under tp > 1 ``parallel.shard_attention`` dequantises each
+rank's wq_b / wo_a / wo_b shard to bf16 (2 B/param / tp) and the FP8 tensors stay loaded beside
+it, so a rank holds both and reads only its bf16 shard. Expected tokens/s is bandwidth arithmetic
+for batch-1 decode: bytes each GPU reads per token / its memory bandwidth, plus expert bytes moved
+over the host link when offloading; an upper bound, not a measurement. docs/DEPLOY.md repeats the
+arithmetic by hand.
 
     v4coder plan --machine 1xH200+128G       # or --gpus 2 --gpu-mem 141 --gpu-bw 4.8 ...
 """
@@ -65,11 +69,12 @@ class Census:
 
     experts: float          # all routed experts
     expert_active: float    # routed experts read per token (top-k in every layer)
-    attn_split: float       # wq_b, wo_a, wo_b, attn_sink
+    attn_split: float       # wq_b, wo_a, wo_b (FP8), attn_sink: held at every tp, read at tp=1
+    attn_split_bf16: float  # the same dequantised to bf16: under tp > 1, / tp held and read
     attn_rest: float        # wq_a, wkv, norms, compressors, indexers (replicated under TP)
     shared: float           # shared experts
     router: float           # gate weights / biases / hash tables
-    head: float             # output head (read every token)
+    head: float             # output head, bf16 (read every token)
     embed: float            # embedding (one row read per token)
     mhc: float              # hyper-connection mixers and norms
     kv_bytes_per_token: float
@@ -81,36 +86,50 @@ def flash_config() -> ModelConfig:
     return ModelConfig.from_hf({**preset_config("tiny"), **FLASH})
 
 
-def _module_bytes(module: torch.nn.Module, split: tuple[str, ...] = ()) -> tuple[int, int]:
-    """(bytes of buffers under names in ``split``, all other bytes) as the runtime holds them."""
-    parts = [0, 0]
+def _linear_bytes(lin: Linear) -> int:
+    """Bytes of one Linear as held resident (checkpoint format)."""
+    n = lin.out_features * lin.in_features
+    if lin.fmt == "fp4":
+        return n // 2 + n // 32
+    if lin.fmt == "fp8":  # e4m3 + one ue8m0 byte per 128×128 block
+        return n + -(-lin.out_features // 128) * -(-lin.in_features // 128)
+    return n * (2 if lin.fmt == "bf16" else 4)
+
+
+def _module_bytes(module: torch.nn.Module, split: tuple[str, ...] = ()) -> tuple[int, int, int]:
+    """(bytes under names in ``split``, all other bytes, bytes of ``split`` with its linears
+    dequantised to bf16) as the runtime holds them."""
+    parts = [0, 0, 0]
     for name, sub in module.named_modules():
         top = name.split(".")[0]
         target = 0 if top in split else 1
         if isinstance(sub, Linear):
-            if sub.fmt == "fp4":
-                n = sub.out_features * sub.in_features
-                parts[target] += n // 2 + n // 32
-            else:
-                parts[target] += sub.out_features * sub.in_features * (
-                    4 if sub.fp32_compute else 2)
+            parts[target] += _linear_bytes(sub)
+            if target == 0:
+                parts[2] += sub.out_features * sub.in_features * 2
             continue
         for leaf, buf in sub.named_buffers(recurse=False):
             size = 4 if isinstance(sub, RMSNorm) else buf.element_size()
-            parts[0 if leaf in split and name == "" else target] += buf.numel() * size
-    return parts[0], parts[1]
+            t = 0 if leaf in split and name == "" else target
+            parts[t] += buf.numel() * size
+            if t == 0:
+                parts[2] += buf.numel() * size
+    return parts[0], parts[1], parts[2]
 
 
 def census(cfg: ModelConfig) -> Census:
     split = ("wq_b", "wo_a", "wo_b", "attn_sink")
-    attn_split = attn_rest = 0
-    kinds: dict[int, tuple[int, int]] = {}
+    attn_split = attn_rest = attn_split_bf16 = 0
+    kinds: dict[int, tuple[int, int, int]] = {}
     for ratio in cfg.compress_ratios[: cfg.n_layers]:
         if ratio not in kinds:
             kinds[ratio] = _module_bytes(Attention(cfg, ratio), split)
         attn_split += kinds[ratio][0]
         attn_rest += kinds[ratio][1] + 2 * 4 * cfg.dim  # + attn_norm, ffn_norm (fp32)
+        attn_split_bf16 += kinds[ratio][2]
     per_expert = 3 * cfg.dim * cfg.moe_inter_dim * (0.5 + 1 / 32)
+    shared_w = (2 * _linear_bytes(Linear(cfg.dim, cfg.moe_inter_dim))  # FP8 w1, w3, w2
+                + _linear_bytes(Linear(cfg.moe_inter_dim, cfg.dim)))
     mix = (2 + cfg.hc_mult) * cfg.hc_mult
     hc = cfg.n_layers * 2 * (mix * cfg.hc_dim + mix + 3) * 4 + (cfg.hc_mult * cfg.hc_dim + 5) * 4
     hash_layers = min(cfg.n_hash_layers, cfg.n_layers)
@@ -124,9 +143,10 @@ def census(cfg: ModelConfig) -> Census:
     return Census(
         experts=per_expert * cfg.n_routed_experts * cfg.n_layers / GB,
         expert_active=per_expert * cfg.n_activated_experts * cfg.n_layers / GB,
-        attn_split=attn_split / GB, attn_rest=attn_rest / GB,
-        shared=cfg.n_layers * cfg.n_shared_experts * 3 * cfg.dim * cfg.moe_inter_dim * 2 / GB,
-        router=router / GB, head=cfg.vocab_size * cfg.dim * 4 / GB,
+        attn_split=attn_split / GB, attn_split_bf16=attn_split_bf16 / GB,
+        attn_rest=attn_rest / GB,
+        shared=cfg.n_layers * cfg.n_shared_experts * shared_w / GB,
+        router=router / GB, head=cfg.vocab_size * cfg.dim * 2 / GB,
         embed=cfg.vocab_size * cfg.dim * 2 / GB, mhc=(hc + 4 * cfg.dim) / GB,
         kv_bytes_per_token=kv)
 
@@ -181,10 +201,13 @@ def plan(m: Machine, cfg: ModelConfig | None = None, context_tokens: int = 262_1
     fitting: list[Plan] = []
     if cfg.n_routed_experts % m.gpus == 0:
         for tp in _tp_options(m, cfg):
-            base = c.attn_split / tp + c.attn_rest + c.shared + c.router + c.head + c.embed + c.mhc
+            # tp > 1: the FP8 attention stays loaded beside this rank's bf16 shard
+            held, attn_read = ((c.attn_split, c.attn_split) if tp == 1 else
+                               (c.attn_split + c.attn_split_bf16 / tp, c.attn_split_bf16 / tp))
+            base = held + c.attn_rest + c.shared + c.router + c.head + c.embed + c.mhc
             experts = c.experts / m.gpus
             if base + kv + experts <= usable:
-                read = c.attn_split / tp + dense_read + c.expert_active / m.gpus
+                read = attn_read + dense_read + c.expert_active / m.gpus
                 fitting.append(Plan(m.name, tp, m.gpus // tp, "none",
                                     round(base + kv + experts + GPU_RESERVE_GB, 1), m.gpu_mem_gb,
                                     round(experts, 1), 1.0, 0.0, round(read, 2), 0.0,

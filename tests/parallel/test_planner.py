@@ -26,7 +26,8 @@ def _doc_rows() -> dict[str, list[str]]:
 def test_census_matches_the_reference_counts():
     c = census(flash_config())
     assert round(c.experts, 2) == 147.17 and round(c.expert_active, 3) == 3.449
-    assert round(c.attn_split, 3) == 8.657 and c.kv_bytes_per_token == 6880
+    assert round(c.attn_split, 3) == 4.329 and round(c.attn_split_bf16, 3) == 8.657
+    assert round(c.head, 3) == 1.059 and c.kv_bytes_per_token == 6880
 
 
 def test_census_counts_every_buffer_of_a_real_model():
@@ -60,7 +61,7 @@ def test_plans_match_docs_deploy(key):
 
 def test_cli_prints_the_plan_and_refuses_clearly(capsys):
     assert main(["--machine", "2xH200"]) == 0
-    assert "tp=2 ep=1 offload=none" in capsys.readouterr().out
+    assert "tp=1 ep=2 offload=none" in capsys.readouterr().out
     assert main(["--gpus", "2", "--gpu-mem", "40"]) == 1
     err = capsys.readouterr().err.strip()
     assert "needs" in err and "use more or larger GPUs" in err and len(err.splitlines()) == 1
