@@ -168,9 +168,10 @@ def dispatch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from app.headless import UsageError
+    from tools.base import ToolError
     try:
         return dispatch(sys.argv[1:] if argv is None else argv)
-    except (UsageError, BackendError) as exc:
+    except (UsageError, BackendError, ToolError) as exc:  # bad input, server or repository
         print(f"v4coder: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,8 +33,9 @@ from agent.limits import LoopLimits
 from agent.loop import Agent
 from agent.prompts import system_prompt, task_message
 from agent.session import Session, sessions_dir
-from app.patch import GitError, check_applies, git, head_commit, working_tree_patch
+from app.patch import check_applies, working_tree_patch
 from tools.base import ToolContext
+from tools.gitutil import git_out, head_commit, run_git
 from tools.registry import default_tools
 
 
@@ -91,20 +92,19 @@ def prepare_repo(opts: RunOptions) -> str:
     repo = opts.repo
     if not (repo / ".git").exists():
         raise UsageError(f"{repo} is not a git repository (v4coder run works on a branch of one)")
-    try:
-        base = head_commit(repo)
-    except GitError:
-        raise UsageError(f"{repo} has no commits yet; commit something first") from None
+    base = head_commit(repo)
+    if base is None:
+        raise UsageError(f"{repo} has no commits yet; commit something first")
     if opts.base_commit and not base.startswith(opts.base_commit) and base != opts.base_commit:
         raise UsageError(f"{repo} is at {base[:12]}, but the instance wants base_commit "
                          f"{opts.base_commit[:12]}; check it out first")
     branch = opts.branch or f"v4coder/run-{time.strftime('%Y%m%d-%H%M%S')}"
-    current = git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    current = git_out(repo, "rev-parse", "--abbrev-ref", "HEAD").strip()
     if current != branch:
-        exists = git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip()
-        if exists:
+        exists = run_git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False)
+        if exists.returncode == 0:
             raise UsageError(f"branch {branch} already exists; pass another --branch")
-        git(repo, "checkout", "-q", "-b", branch)
+        run_git(repo, "checkout", "-q", "-b", branch)
     return base
 
 
@@ -203,7 +203,7 @@ def run_headless(opts: RunOptions, backend: Backend, model_name: str) -> int:
     patch = working_tree_patch(repo, base)
     ok, message = check_applies(repo, base, patch)
     if opts.patch:
-        opts.patch.write_text(patch, encoding="utf-8")
+        opts.patch.write_text(patch, encoding="utf-8", errors="surrogateescape")
     if opts.predictions:
         instance = opts.instance_id or session.header.get("instance_id") or repo.name
         line = {"instance_id": instance, "model_name_or_path": model_name,
