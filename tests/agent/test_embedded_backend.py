@@ -11,10 +11,12 @@ from model.toy import write_toy_checkpoint
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
+    before = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model decodes faster on one thread
     out = tmp_path_factory.mktemp("toy")
     write_toy_checkpoint(out, seed=0, preset="tiny")
-    return out
+    yield out
+    torch.set_num_threads(before)  # leave the rest of the session as it was
 
 
 def collect(backend, messages, max_tokens=6):
