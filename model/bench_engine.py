@@ -6,7 +6,16 @@
   target ≤ 5 for 32K/8K; linear is 4, dense attention 16);
 * ``ttft_ratio`` = time to first token of a second agent turn (the first turn's prompt + its
   reply + ``new_tokens`` new ones, prefix cached) / the cold first turn's (target ≤ 0.10);
-* the engine's counters for the second turn (computed vs reused prompt tokens).
+* the engine's counters for the second turn (computed vs reused prompt tokens);
+* ``predicted_ratio``: the same ratio from the FLOPs the checkpoint's widths imply
+  (model/prefill_cost.py), its cost split at ``long_tokens``, and V4-Flash's prediction.
+
+The prefill ratio is a property of the model's proportions as much as of the engine: the indexer
+(t/4 keys per query) and HCA (t/128 rows) grow with the context, the linears do not. The default
+toy is the ``proportional`` preset, which keeps V4-Flash's per-token cost split (predicted 4.20
+vs Flash 4.21); ``tiny`` has a 4096-wide indexer on a 64-wide model, so its prefill is 91%
+indexer at 32K and its predicted ratio is 14.5. A measured ratio near the prediction means the
+engine adds no super-linear work of its own.
 
 On the toy checkpoint (fp32, CPU unless ``device`` says otherwise) absolute times mean little;
 the ratios are measured in the same run.
@@ -22,7 +31,10 @@ import torch
 
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
+from model.planner import flash_config
+from model.prefill_cost import prefill_flops, predicted_ratio
 from model.sampling import SamplingParams, generation_defaults
+from model.toy import PRESETS
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -32,7 +44,8 @@ def _ids(n: int, seed: int) -> list[int]:
 
 def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
                  short_tokens: int = 8192, new_tokens: int = 64, reply_tokens: int = 8,
-                 chunk_tokens: int = 2048, preset: str = "tiny", device: str = "cpu") -> dict:
+                 chunk_tokens: int = 2048, preset: str = "proportional", device: str = "cpu"
+                 ) -> dict:
     with tempfile.TemporaryDirectory(prefix="v4coder-bench-") as tmp:
         if checkpoint is None:
             from model.toy import write_toy_checkpoint
@@ -57,12 +70,18 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
         list(turn2)
         s1, s2 = turn1.stats, turn2.stats
+    cfg = lm.config
+    split = prefill_flops(cfg, long_tokens)
     return {
         "bench": "engine", "device": str(lm.device), "checkpoint": str(checkpoint),
         "threads": torch.get_num_threads(), "chunk_tokens": chunk_tokens,
         "short_tokens": short_tokens, "long_tokens": long_tokens,
         "prefill_short_s": round(short_s, 3), "prefill_long_s": round(long_s, 3),
         "prefill_ratio": round(long_s / short_s, 3), "prefill_ratio_target": 5.0,
+        "predicted_ratio": round(predicted_ratio(cfg, long_tokens, short_tokens), 3),
+        "flash_predicted_ratio": round(predicted_ratio(flash_config(), long_tokens, short_tokens), 3),
+        "long_flops_split": {k: round(getattr(split, k) / split.total, 3)
+                             for k in ("linear", "attention", "indexer")},
         "turn1_ttft_s": round(s1.ttft_s, 3), "turn2_ttft_s": round(s2.ttft_s, 3),
         "ttft_ratio": round(s2.ttft_s / s1.ttft_s, 4), "ttft_ratio_target": 0.10,
         "turn2_prompt_tokens": s2.prompt_tokens, "turn2_reused_tokens": s2.reused_tokens,
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="v4coder bench engine", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
-    p.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="proportional")
     p.add_argument("--long", type=int, default=32768, dest="long_tokens")
     p.add_argument("--short", type=int, default=8192, dest="short_tokens")
     p.add_argument("--new-tokens", type=int, default=64)

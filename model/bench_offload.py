@@ -20,6 +20,7 @@ import torch
 
 from model.generate import load_model
 from model.offload import OffloadTransform
+from model.toy import PRESETS
 
 
 def _ids(n: int, seed: int, vocab: int) -> list[int]:
@@ -84,7 +85,7 @@ def bench_offload(checkpoint: str | Path | None = None, preset: str = "tiny",
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="v4coder bench offload", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None)
-    p.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="tiny")
     p.add_argument("--budget-fraction", type=float, default=0.25)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--decode-tokens", type=int, default=32)

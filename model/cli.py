@@ -11,6 +11,7 @@ from pathlib import Path
 
 from model.checkpoint import CheckpointError
 from model.config import ConfigError
+from model.toy import PRESETS
 
 
 class UsageError(Exception):
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("init-toy", help="write a random checkpoint in the official format")
     toy.add_argument("--out", required=True, type=Path)
     toy.add_argument("--seed", type=int, default=0)
-    toy.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    toy.add_argument("--preset", choices=tuple(PRESETS), default="tiny")
     score = sub.add_parser("score", help="write logits for every position of a token list")
     score.add_argument("--checkpoint", required=True, type=Path)
     score.add_argument("--ids-file", required=True, type=Path)

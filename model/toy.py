@@ -55,6 +55,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_experts_per_tok": 4, "moe_intermediate_size": 128, "num_hash_layers": 3,
         "index_n_heads": 32, "index_head_dim": 128, "index_topk": 32,
     },
+    # V4-Flash's per-token cost proportions at 1/8 of its width: at 32K context linear :
+    # sparse attention : indexer FLOPs = 0.865 : 0.088 : 0.047 (Flash 0.869 : 0.083 : 0.048,
+    # model/prefill_cost.py), real window 128, top-512, ratios 4/128; for prefill-scaling benches
+    "proportional": {
+        "hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 4, "head_dim": 128,
+        "q_lora_rank": 256, "o_groups": 2, "o_lora_rank": 128, "sliding_window": 128,
+        "compress_ratios": [0, 4, 128, 4, 128, 4, 128, 0, 0], "n_routed_experts": 16,
+        "num_experts_per_tok": 6, "moe_intermediate_size": 256, "num_hash_layers": 3,
+        "index_n_heads": 1, "index_head_dim": 128, "index_topk": 512,
+    },
 }
 
 

@@ -15,29 +15,61 @@ import torch
 import triton
 import triton.language as tl
 
+# Scratch cap of the references, in fp32 elements per query block (64 MiB): queries are taken in
+# blocks so a long prefill chunk never allocates a [queries × heads × keys] tensor.
+REFERENCE_BLOCK_ELEMENTS = 1 << 24
+
+
+def _query_blocks(s: int, per_query: int):
+    step = max(1, REFERENCE_BLOCK_ELEMENTS // max(1, per_query))
+    return ((i, min(s, i + step)) for i in range(0, s, step))
+
 
 def indexer_scores_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                              visible: torch.Tensor) -> torch.Tensor:
-    """fp32 scores [b, s, n], −inf at invisible rows (the matrix the kernel never builds)."""
+    """fp32 scores [b, s, n], −inf at invisible rows (the matrix the kernel never builds).
+
+    Per block of queries: one matmul of every head's query with the visible keys, ReLU, then the
+    head-weighted sum as a batched [1 × H] · [H × n] product (keys past the block's last visible
+    row are never touched)."""
+    b, s, h, d = q.shape
     n = keys.shape[1]
-    scores = torch.einsum("bshd,btd->bsht", q.float(), keys.float()).relu_()
-    scores = (scores * weights.float().unsqueeze(-1)).sum(dim=2)
-    future = torch.arange(n, device=q.device).view(1, -1) >= visible.view(-1, 1)
-    return scores.masked_fill(future.unsqueeze(0), float("-inf"))
+    out = torch.full((b, s, n), float("-inf"), device=q.device)
+    keys_t = keys.float().transpose(1, 2)                               # [b, D, n]
+    for lo, hi in _query_blocks(s, h * n):
+        m = min(n, int(visible[lo:hi].max()))
+        if m <= 0:
+            continue
+        sb = hi - lo
+        dots = torch.matmul(q[:, lo:hi].float().reshape(b, sb * h, d), keys_t[..., :m]).relu_()
+        w = weights[:, lo:hi].float().reshape(b * sb, 1, h)
+        block = torch.bmm(w, dots.view(b * sb, h, m)).view(b, sb, m)
+        future = torch.arange(m, device=q.device).view(1, -1) >= visible[lo:hi].view(-1, 1)
+        out[:, lo:hi, :m] = block.masked_fill(future.unsqueeze(0), float("-inf"))
+    return out
 
 
 def indexer_topk_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                            visible: torch.Tensor, k: int) -> torch.Tensor:
     """q [b, s, H, D], weights [b, s, H] (already scaled), keys [b, n, D], visible [s] (rows
-    j < visible[t] exist for query t) → int64 [b, s, k] in descending score order, −1 = none."""
+    j < visible[t] exist for query t) → int64 [b, s, k] in descending score order, −1 = none.
+    Scores are built a block of queries at a time (``REFERENCE_BLOCK_ELEMENTS``)."""
     b, s = q.shape[:2]
     n = keys.shape[1]
     out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     kk = min(k, n)
     if kk == 0:
         return out
-    picks = indexer_scores_reference(q, weights, keys, visible).topk(kk, dim=-1).indices
-    out[..., :kk] = torch.where(picks >= visible.view(1, -1, 1), -1, picks)
+    h = q.shape[2]
+    for lo, hi in _query_blocks(s, h * n):
+        vis = visible[lo:hi]
+        m = min(n, int(vis.max()))
+        if m <= 0:
+            continue
+        scores = indexer_scores_reference(q[:, lo:hi], weights[:, lo:hi], keys[:, :m], vis)
+        km = min(kk, m)
+        picks = scores.topk(km, dim=-1).indices
+        out[:, lo:hi, :km] = torch.where(picks >= vis.view(1, -1, 1), -1, picks)
     return out
 
 

@@ -19,24 +19,37 @@ import triton.language as tl
 
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
 
+REFERENCE_BLOCK_ELEMENTS = 1 << 24  # fp32 elements of gathered rows per query block (64 MiB)
+
 
 def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                           indices: torch.Tensor, scale: float
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure torch; returns (o in q.dtype, lse fp32 [b, s, h])."""
+    """Pure torch; returns (o in q.dtype, lse fp32 [b, s, h]). Queries are taken in blocks so
+    the gathered rows [block, k, d] stay under ``REFERENCE_BLOCK_ELEMENTS`` however long the
+    prefill chunk (an HCA layer at 32K context gathers thousands of rows per query)."""
     b, s, h, d = q.shape
-    valid = indices >= 0
-    safe = indices.clamp(min=0).long()
-    gathered = torch.gather(
-        kv.unsqueeze(1).expand(b, s, kv.shape[1], d), 2, safe.unsqueeze(-1).expand(-1, -1, -1, d)
-    )  # [b, s, k, d]
-    logits = torch.einsum("bshd,bskd->bshk", q.float(), gathered.float()) * scale
-    logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
-    sink_col = sink.float().view(1, 1, h, 1).expand(b, s, h, 1)
-    full = torch.cat([logits, sink_col], dim=-1)
-    probs = torch.softmax(full, dim=-1)[..., :-1]
-    out = torch.einsum("bshk,bskd->bshd", probs, gathered.float())
-    return out.to(q.dtype), torch.logsumexp(full, dim=-1)
+    k = indices.shape[-1]
+    out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, s, h, dtype=torch.float32, device=q.device)
+    kv32 = kv.float()
+    step = max(1, REFERENCE_BLOCK_ELEMENTS // max(1, k * d))
+    sink_col = sink.float().view(1, 1, h, 1)
+    batch = torch.arange(b, device=q.device).view(b, 1, 1)
+    for lo in range(0, s, step):
+        hi = min(s, lo + step)
+        idx = indices[:, lo:hi]
+        valid = idx >= 0
+        rows = idx.clamp(min=0).long()                                   # [b, sb, k]
+        gathered = kv32[batch, rows]                                     # [b, sb, k, d]
+        qb = q[:, lo:hi].float()
+        logits = torch.matmul(qb, gathered.transpose(-1, -2)) * scale    # [b, sb, h, k]
+        logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
+        full = torch.cat([logits, sink_col.expand(b, hi - lo, h, 1)], dim=-1)
+        probs = torch.softmax(full, dim=-1)[..., :-1]
+        out[:, lo:hi] = torch.matmul(probs, gathered).to(q.dtype)        # [b, sb, h, d]
+        lse[:, lo:hi] = torch.logsumexp(full, dim=-1)
+    return out, lse
 
 
 def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,

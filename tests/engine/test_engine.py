@@ -97,9 +97,11 @@ def test_tool_grammar_helper(make_engine):
 def test_bench_engine_small_run(capsys):
     from model.bench_engine import main
     assert main(["--long", "512", "--short", "256", "--new-tokens", "8", "--chunk-tokens",
-                 "256"]) == 0
+                 "256", "--preset", "tiny"]) == 0
     import json
     result = json.loads(capsys.readouterr().out)
     assert result["turn2_reused_tokens"] == 512 and result["turn2_computed_tokens"] == 16
     assert result["ttft_ratio"] < 1.0 and result["prefill_ratio"] > 0
+    assert 2.0 < result["predicted_ratio"] < 4.0  # 512/256: quadratic parts still small
+    assert abs(sum(result["long_flops_split"].values()) - 1.0) < 0.01
     assert main(["--long", "10", "--short", "20"]) == 2
