@@ -10,8 +10,10 @@ forces the block open), every token must keep the text a prefix of a well-formed
 
 TOOL is one of the offered tools; P one of its parameters, each at most once, all required
 ones before the invoke closes; ``string`` follows the schema type. Values: strings are free text
-(closed by ``</｜DSML｜parameter>``, forced after ``max_value_tokens``), integers/numbers digits,
-booleans and enums one of their literals; other JSON types are free text.
+(closed by ``</｜DSML｜parameter>``, forced after ``max_value_tokens``); booleans and enums one
+of their literals; arrays, objects, numbers and integers strict JSON of that kind
+(model/json_grammar.py), closable only once the value is whole and completed by the shortest
+valid text after ``4 × max_value_tokens`` (8 for numbers).
 The token strings are written here (model/ never imports agent/); tools are OpenAI-format dicts.
 """
 
@@ -24,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from model import json_grammar
+from model.json_grammar import JsonMasks
 
 DSML = "｜DSML｜"
 BLOCK_OPEN = f"<{DSML}tool_calls>"
@@ -40,8 +45,13 @@ class VocabIndex:
     texts: list[str]                 # decoded text of every token id
     by_text: dict[str, list[int]]    # text → ids usable inside literals
     plain: torch.Tensor              # bool [V]: ordinary text tokens (values)
-    digits: torch.Tensor             # bool [V]: tokens made of ASCII digits only
     dsml_id: int
+    json: JsonMasks | None = None    # built on the first JSON-typed value, then shared
+
+    def json_masks(self) -> JsonMasks:
+        if self.json is None:
+            self.json = JsonMasks(self.texts, self.plain)
+        return self.json
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,18 +60,15 @@ def vocab_index(tokenizer: Any, vocab_size: int) -> VocabIndex:
     special = set(tokenizer.get_added_tokens_decoder())
     dsml_id = next(i for i in special if texts[i] == DSML)
     plain = torch.zeros(vocab_size, dtype=torch.bool)
-    digits = torch.zeros(vocab_size, dtype=torch.bool)
     by_text: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         if i in special or not text or "｜" in text:
             continue
         plain[i] = True
-        if text.isascii() and text.isdigit():
-            digits[i] = True
         if "\ufffd" not in text:
             by_text.setdefault(text, []).append(i)
     by_text[DSML] = [dsml_id]
-    return VocabIndex(texts, by_text, plain, digits, dsml_id)
+    return VocabIndex(texts, by_text, plain, dsml_id)
 
 
 Action = Callable[[], None]
@@ -76,12 +83,14 @@ class ToolCallGrammar:
     max_value_tokens: int = 48
     max_invokes: int = 8
     invokes: int = 0
-    mode: str = "free"                     # free | literal | value | digits | eos | done
+    mode: str = "free"                     # free | literal | value | json | eos | done
     text: str = ""                         # everything generated so far
     choices: list[tuple[str, Action]] = field(default_factory=list)
     tool: str = ""
     used: set[str] = field(default_factory=set)
     value_tokens: int = 0
+    json_state: tuple | None = None        # JSON automaton state of the value being written
+    json_budget: int = 0
 
     @classmethod
     def for_tools(cls, tokenizer: Any, vocab_size: int, tools: list[dict[str, Any]],
@@ -114,10 +123,9 @@ class ToolCallGrammar:
             mask |= self.index.plain
             if self.text.endswith("</"):
                 mask[self.index.dsml_id] = True
-        elif self.mode == "digits":
-            if self.value_tokens < 4:
-                mask |= self.index.digits
-            if self.value_tokens:
+        elif self.mode == "json":
+            mask |= self.index.json_masks().allowed(self.json_state)
+            if json_grammar.complete(self.json_state):
                 self._literal_mask(mask, [PARAM_CLOSE + "\n"])
         else:
             self._literal_mask(mask, [c for c, _ in self.choices])
@@ -135,11 +143,8 @@ class ToolCallGrammar:
                 self._literal([("parameter>\n", self._params)])
             elif self.value_tokens >= self.max_value_tokens:
                 self._literal([(PARAM_CLOSE + "\n", self._params)])
-        elif self.mode == "digits":
-            self.value_tokens += 1
-            if not piece.isdigit():
-                self._literal([(PARAM_CLOSE + "\n", self._params)])
-                self._consume(piece)
+        elif self.mode == "json":
+            self._json_advance(piece)
         elif self.mode == "literal":
             self._consume(piece)
         elif self.mode == "eos":
@@ -200,10 +205,25 @@ class ToolCallGrammar:
             self._literal([(w + closer, self._params) for w in words])
         elif kind == "boolean":
             self._literal([("true" + closer, self._params), ("false" + closer, self._params)])
-        elif kind in ("integer", "number"):
-            self.mode = "digits"
+        elif kind in ("integer", "number", "array", "object"):
+            self.mode, self.json_state = "json", json_grammar.start(kind)
+            self.json_budget = 8 if kind in ("integer", "number") else 4 * self.max_value_tokens
         else:
             self.mode = "value"
+
+    def _json_advance(self, piece: str) -> None:
+        closer = PARAM_CLOSE + "\n"
+        if json_grammar.complete(self.json_state) and piece.startswith("<"):
+            self._literal([(closer, self._params)])
+            self._consume(piece)
+            return
+        self.json_state = json_grammar.feed(self.json_state, piece)
+        if self.json_state is None:  # cannot happen under the mask; fail closed
+            self.mode = "eos"
+            return
+        self.value_tokens += 1
+        if self.value_tokens >= self.json_budget:
+            self._literal([(json_grammar.completion(self.json_state) + closer, self._params)])
 
     def _close(self) -> None:
         self.mode = "eos"

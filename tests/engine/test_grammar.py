@@ -57,3 +57,53 @@ def test_dsml_token_only_opens_a_block(toy_tokenizer, toy_lm):
 def test_bad_tool_names_are_refused():
     with pytest.raises(ValueError, match="DSML"):
         check_tools([{"function": {"name": 'bad"name'}}])
+
+
+JSON_TOOLS = [
+    {"type": "function", "function": {
+        "name": "batch", "parameters": {"type": "object", "required": ["paths", "options"],
+                                        "properties": {
+            "paths": {"type": "array", "items": {"type": "string"}},
+            "options": {"type": "object"},
+            "scale": {"type": "number"}, "offset": {"type": "integer"}}}}},
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_json_typed_values_from_random_model_are_strict_json(make_engine, toy_tokenizer, seed):
+    import json
+
+    engine = make_engine(prefix_cache=False)
+    grammar = ToolCallGrammar.for_tools(toy_tokenizer, engine.lm.config.vocab_size, JSON_TOOLS,
+                                        force_open=True, max_value_tokens=3, max_invokes=1)
+    params = SamplingParams(temperature=1.0, seed=seed, max_new_tokens=300)
+    gen = engine.generate(token_ids(12, seed=seed), params, constraint=grammar)
+    text = "".join(e.text for e in gen)
+    assert gen.stats.finish_reason == "tool_calls", text
+    completion = parse_completion(text, JSON_TOOLS)
+    assert completion.format_error is None, text
+    (call,) = completion.tool_calls
+    assert call.error is None, (call, text)
+    assert isinstance(call.arguments["paths"], list)
+    assert isinstance(call.arguments["options"], dict)
+    if "offset" in call.arguments:
+        assert isinstance(call.arguments["offset"], int)
+    json.dumps(call.arguments)  # every value is plain JSON
+
+
+def test_json_value_closes_only_when_whole(toy_tokenizer, toy_lm):
+    grammar = ToolCallGrammar.for_tools(toy_tokenizer, toy_lm.config.vocab_size, JSON_TOOLS,
+                                        force_open=True)
+    text = '\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="batch">\n<｜DSML｜parameter name="paths" string="false">["a", '
+    ids = toy_tokenizer.encode(text, add_special_tokens=False).ids
+    for tok in ids:
+        assert grammar.allowed()[tok], repr(grammar.index.texts[tok])
+        grammar.advance(tok)
+    mask = grammar.allowed()
+    lt = toy_tokenizer.token_to_id("<")
+    assert not mask[lt]                          # the array is still open
+    for piece in ['"b"', "]"]:
+        for tok in toy_tokenizer.encode(piece, add_special_tokens=False).ids:
+            assert grammar.allowed()[tok]
+            grammar.advance(tok)
+    assert grammar.allowed()[lt]                 # now whole: the parameter may close
