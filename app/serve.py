@@ -273,6 +273,8 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--model-name", default=None)
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/v4coder/prefix"),
                         help="on-disk prefix cache (survives restarts)")
+    parser.add_argument("--cache-dir-size", default="64GB", metavar="BYTES",
+                        help="disk budget of --cache-dir; least recently used blocks go first")
     parser.add_argument("--no-prefix-cache", action="store_true")
     parser.add_argument("--chunk-tokens", type=int, default=2048)
     parser.add_argument("--mtp", action="store_true", help="MTP speculative decoding (off)")
@@ -291,8 +293,9 @@ def serve_main(argv: list[str]) -> int:
     from model.serve_ranks import parse_bytes
     try:
         offload = parse_bytes(args.offload)
+        args.cache_dir_bytes = parse_bytes(args.cache_dir_size)
     except ValueError as exc:
-        print(f"v4coder serve: --offload: {exc}", file=sys.stderr)
+        print(f"v4coder serve: --offload / --cache-dir-size: {exc}", file=sys.stderr)
         return 2
     if args.ep * args.tp > 1:
         return _serve_ranks(args, offload)
@@ -301,7 +304,7 @@ def serve_main(argv: list[str]) -> int:
             args.checkpoint, dtype=args.dtype, device=args.device, mtp=args.mtp,
             chunk_tokens=args.chunk_tokens, prefix_cache=not args.no_prefix_cache,
             cache_dir=None if args.no_prefix_cache else args.cache_dir.expanduser(),
-            transforms=_offload_transforms(offload))
+            cache_dir_bytes=args.cache_dir_bytes, transforms=_offload_transforms(offload))
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         server = start_server(engine, args.host, args.port,

@@ -46,6 +46,7 @@ class EngineConfig:
     prefix_cache: bool = True
     cache_bytes: int = 1 << 30           # in-memory prefix-cache budget
     cache_dir: Path | None = None        # on-disk prefix cache (survives restarts)
+    cache_dir_bytes: int = 64 << 30      # its budget; least recently used blocks go first
     state_every: int = 1                 # keep window state on every n-th block (1 = all)
     memory_bytes: int | None = None      # override the measured free memory (tests)
 
@@ -161,7 +162,8 @@ class Engine:
             root = pcache.checkpoint_fingerprint(self.lm.checkpoint_dir, extra)
             self.prefix = pcache.PrefixCache(
                 root, pcache.block_size(cfg.compress_ratios[:cfg.n_layers]),
-                self.config.cache_bytes, self.config.cache_dir, self.config.state_every)
+                self.config.cache_bytes, self.config.cache_dir, self.config.state_every,
+                disk_budget_bytes=self.config.cache_dir_bytes)
         if self.plan is None:
             self.plan = plan_memory(
                 cfg, self.lm.model.numerics.dtype, self.lm.device, self.config.chunk_tokens,

@@ -10,15 +10,14 @@ every compressor block is closed, so there is no open compressor tail to keep.
 
 A request whose tokens match cached blocks restores a ``SequenceCache`` at the deepest matched
 block that has state and recomputes only the tokens after it (the uncompressed tail). Blocks
-live in memory (LRU under a byte budget) and, with ``disk_dir``, on disk, one file per block,
-so a restarted process reuses them too.
+live in memory (LRU under a byte budget) and, with ``disk_dir``, on disk, one file per block
+(model/prefix_disk.py: LRU under ``disk_budget_bytes``), so a restarted process reuses them too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from model.cache import CompressorState, LayerCache, SequenceCache
+from model.prefix_disk import DEFAULT_DISK_BYTES, DiskBlocks
 
 Tensor = torch.Tensor
 
@@ -101,11 +101,13 @@ class PrefixCache:
     state_every: int = 1           # keep boundary state on every n-th block (and chunk ends)
     blocks: OrderedDict[str, CachedBlock] = field(default_factory=OrderedDict)
     used_bytes: int = 0
+    disk_budget_bytes: int = DEFAULT_DISK_BYTES
+    disk: DiskBlocks | None = None
 
     def __post_init__(self) -> None:
         if self.disk_dir is not None:
             self.disk_dir = Path(self.disk_dir) / self.root[:16]
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            self.disk = DiskBlocks(self.disk_dir, self.disk_budget_bytes)
 
     # -- lookup --------------------------------------------------------------------------
     def get(self, key: str) -> CachedBlock | None:
@@ -113,15 +115,13 @@ class PrefixCache:
         if block is not None:
             self.blocks.move_to_end(key)
             return block
-        if self.disk_dir is None:
-            return None
-        path = self.disk_dir / f"{key}.pt"
-        if not path.is_file():
+        payload = self.disk.load(key) if self.disk is not None else None
+        if payload is None:
             return None
         try:
-            block = _from_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError, KeyError, ValueError, EOFError):
-            return None  # a torn or foreign file is a miss, never an error
+            block = _from_dict(payload)
+        except (RuntimeError, KeyError, ValueError, TypeError):
+            return None  # a foreign file is a miss, never an error
         self._remember(block)
         return block
 
@@ -147,6 +147,8 @@ class PrefixCache:
         for key in reversed(keys):
             if key in self.blocks:
                 self.blocks.move_to_end(key)
+        if self.disk is not None:
+            self.disk.touch(list(reversed(keys)))
 
     # -- insert --------------------------------------------------------------------------
     def put(self, block: CachedBlock) -> None:
@@ -155,11 +157,8 @@ class PrefixCache:
             self.blocks.move_to_end(block.key)
             return
         self._remember(block)
-        if self.disk_dir is not None:
-            path = self.disk_dir / f"{block.key}.pt"
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(_to_dict(block), tmp)
-            os.replace(tmp, path)
+        if self.disk is not None:
+            self.disk.save(block.key, _to_dict(block))
 
     def _remember(self, block: CachedBlock) -> None:
         old = self.blocks.pop(block.key, None)
