@@ -361,8 +361,9 @@ def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
         ctx = init_parallel(layout, 0, init_method=init_method, timeout_s=args.rank_timeout)
         engine = Engine.from_checkpoint(
             args.checkpoint, dtype=args.dtype, device=rank_device(world),
-            chunk_tokens=args.chunk_tokens, prefix_cache=False,
-            transforms=rank_transforms(ctx, offload))
+            chunk_tokens=args.chunk_tokens, prefix_cache=not args.no_prefix_cache,
+            cache_dir=None if args.no_prefix_cache else args.cache_dir.expanduser(),
+            cache_dir_bytes=args.cache_dir_bytes, transforms=rank_transforms(ctx, offload))
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         engine.step_hook = hook = StepLeader(engine.lm.device)

@@ -231,6 +231,8 @@ class Engine:
                 seq = Sequence_(prompt[:len(blocks) * self.prefix.block_tokens],
                                 pcache.restore(blocks, self.lm.config.n_layers, self.lm.device),
                                 [b.key for b in blocks])
+                if self.step_hook is not None:   # other ranks continue from the same cache
+                    self.step_hook.restore(seq.cache)
         stats.prompt_tokens, stats.reused_tokens = len(prompt), len(seq.tokens)
         stats.computed_tokens = len(prompt) - len(seq.tokens)
         self._count(stats)

@@ -6,17 +6,25 @@ sampling, stop conditions); before each forward its ``StepLeader`` broadcasts th
 (start position, token ids), and ranks 1..N-1 run ``follow``: receive a step, run the same
 forward through their own copy of the sequence's cache, repeat, until rank 0 broadcasts STOP.
 
-    header  int64[4]  = (op, start position, number of ids, last_only)   op: FORWARD=1, STOP=0
-    payload int64[n]  = token ids (FORWARD only)
+    header  int64[4]  = (op, start position, payload length, last_only)
+    FORWARD=1  payload int64[n] = token ids
+    RESTORE=2  payload uint8[n] = the sequence cache rank 0 restored from its prefix cache
+    STOP=0
 
 Start position 0 begins a new sequence: the follower starts a fresh cache (the engine runs one
 sequence at a time); any other start must equal the follower's cache length, else it stops with
-an out-of-sync error rather than compute garbage. Not carried by the protocol, so the leader's engine runs without them:
-prefix-cache restores (``prefix_cache=False``) and MTP speculation.
+an out-of-sync error rather than compute garbage. Prefix reuse: only rank 0 keeps a prefix cache
+(memory and disk); when a request matches it, rank 0 sends the restored cache — the sliding
+window, compressor state and compressed rows, which every rank holds identically (experts and
+attention heads are sharded, the shared-KV cache is not) — and every rank continues from it.
+Not carried yet: MTP speculation (``--mtp`` is refused with ranks).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import io
 import os
 import re
 import signal
@@ -28,7 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-FORWARD, STOP = 1, 0
+FORWARD, STOP, RESTORE = 1, 0, 2
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -65,6 +73,17 @@ class StepLeader:
         dist.broadcast(torch.tensor(list(ids), dtype=torch.long, device=self.device), src=0)
         self.steps += 1
 
+    def restore(self, cache: Any) -> None:
+        """Send the cache just restored from the prefix cache; followers continue from it."""
+        if self.stopped:
+            raise RuntimeError("the follower ranks were stopped")
+        blob = torch.frombuffer(bytearray(cache_to_bytes(cache)), dtype=torch.uint8)
+        header = torch.tensor([RESTORE, int(cache.length), blob.numel(), 0],
+                              dtype=torch.long, device=self.device)
+        dist.broadcast(header, src=0)
+        dist.broadcast(blob.to(self.device), src=0)
+        self.steps += 1
+
     def stop(self) -> None:
         """Tell every follower to leave its loop (once; the caller serialises with forwards)."""
         if self.stopped:
@@ -84,6 +103,14 @@ def follow(lm: Any) -> int:
             op, start, n, last_only = header.tolist()
             if op == STOP:
                 return steps
+            if op == RESTORE:
+                blob = torch.empty(n, dtype=torch.uint8, device=device)
+                dist.broadcast(blob, src=0)
+                cache = cache_from_bytes(blob.cpu().numpy().tobytes(), device)
+                if cache.length != start:
+                    raise RuntimeError(f"restored cache has {cache.length} tokens, not {start}")
+                steps += 1
+                continue
             ids = torch.empty(n, dtype=torch.long, device=device)
             dist.broadcast(ids, src=0)
             if start == 0:
@@ -93,6 +120,46 @@ def follow(lm: Any) -> int:
                 raise RuntimeError(f"out of step with rank 0: a step at {start}, cache at {have}")
             lm.logits(ids.tolist(), cache, last_only=bool(last_only))
             steps += 1
+
+
+# -- the sequence cache on the wire ----------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Dataclasses (model.* only) → tagged dicts of tensors / ints / None; ``tap`` dropped."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        fields = {f.name: _plain(getattr(value, f.name))
+                  for f in dataclasses.fields(value) if f.name != "tap"}
+        return {"__class__": f"{cls.__module__}:{cls.__qualname__}", **fields}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return value
+
+
+def _typed(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict) and "__class__" in value:
+        module, _, name = value["__class__"].partition(":")
+        if not module.startswith("model."):
+            raise RuntimeError(f"unexpected class {value['__class__']!r} in a restored cache")
+        cls = getattr(importlib.import_module(module), name)
+        return cls(**{k: _typed(v, device) for k, v in value.items() if k != "__class__"})
+    if isinstance(value, list):
+        return [_typed(v, device) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    return value
+
+
+def cache_to_bytes(cache: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(_plain(cache), buf)
+    return buf.getvalue()
+
+
+def cache_from_bytes(data: bytes, device: torch.device | str = "cpu") -> Any:
+    return _typed(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True),
+                  torch.device(device))
 
 
 # -- launching ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import dataclasses
 
 from model.config import ModelConfig
 from model.planner import flash_config
-from model.prefill_cost import prefill_flops, predicted_ratio
+from model.prefill_cost import predicted_ratio, prefill_flops
 from model.toy import preset_config
 
 

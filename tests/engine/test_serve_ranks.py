@@ -131,3 +131,59 @@ def test_parse_bytes_and_bad_serve_flags(toy_ckpt, capsys):
     assert serve_main(["--checkpoint", str(toy_ckpt), "--ep", "2", "--offload", "1GB"]) == 1
     err = capsys.readouterr().err
     assert "byte count" in err and "--tp 3 must divide" in err and "cannot be combined" in err
+
+
+def test_serve_ep2_reuses_prefixes_and_matches_one_process(toy_ckpt, make_engine, tmp_path):
+    """Rank 0's prefix cache restores a long prompt's prefix and sends the cache to rank 1: the
+    reply is the single-process greedy reply, and usage reports the cached tokens."""
+    from model.serve_ranks import cache_from_bytes, cache_to_bytes
+
+    engine = make_engine(prefix_cache=False)
+    prompt = "def fib(n):\n" + "    # a long comment line for the prefix cache\n" * 40
+    ids = engine.tokenizer.encode(prompt, add_special_tokens=False).ids
+    assert len(ids) > 400
+    srv = start_server(engine, port=0, model_name="toy")
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        host, port = srv.server_address[:2]
+        want = _completion(f"http://{host}:{port}/v1", prompt)["choices"][0]["text"]
+    finally:
+        srv.shutdown()
+        thread.join(timeout=30)
+        srv.server_close()
+    # the wire format round-trips a real cache exactly
+    seq, _ = engine.prefill(ids[:200])
+    back = cache_from_bytes(cache_to_bytes(seq.cache))
+    assert back.length == 200
+    for a, b in zip(seq.cache.layers, back.layers, strict=True):
+        assert (a.window is None and b.window is None) or bool((a.window == b.window).all())
+
+    port = _free_port()
+    cmd = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())",
+           "serve", "--checkpoint", str(toy_ckpt), "--port", str(port), "--dtype", "float32",
+           "--cache-dir", str(tmp_path), "--ep", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{base}/models").raise_for_status()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.3)
+        first = _completion(base, prompt)
+        second = _completion(base, prompt)
+        assert first["choices"][0]["text"] == second["choices"][0]["text"] == want
+        assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert cached >= 256 and cached % 128 == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
