@@ -32,7 +32,7 @@ import torch
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.planner import flash_config
-from model.prefill_cost import prefill_flops, predicted_ratio
+from model.prefill_cost import predicted_ratio, prefill_flops
 from model.sampling import SamplingParams, generation_defaults
 from model.toy import PRESETS
 
