@@ -43,7 +43,7 @@ class ServeApp:
     engine: Engine
     model_name: str
     default_max_tokens: int = 1024
-    max_value_tokens: int = 256          # grammar: force a long parameter value closed
+    max_value_tokens: int | None = None  # grammar: force a long parameter value closed (off)
     max_invokes: int = 8                 # grammar: invokes per tool-call block
     lock: threading.Lock = field(default_factory=threading.Lock)
 

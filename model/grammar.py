@@ -10,10 +10,11 @@ forces the block open), every token must keep the text a prefix of a well-formed
 
 TOOL is one of the offered tools; P one of its parameters, each at most once, all required
 ones before the invoke closes; ``string`` follows the schema type. Values: strings are free text
-(closed by ``</｜DSML｜parameter>``, forced after ``max_value_tokens``); booleans and enums one
-of their literals; arrays, objects, numbers and integers strict JSON of that kind
-(model/json_grammar.py), closable only once the value is whole and completed by the shortest
-valid text after ``4 × max_value_tokens`` (8 for numbers).
+(closed by ``</｜DSML｜parameter>``; forced closed after ``max_value_tokens`` when set — off by
+default, since a file's content is one value and the reply's max_tokens bounds it anyway);
+booleans and enums one of their literals; arrays, objects, numbers and integers strict JSON of
+that kind (model/json_grammar.py), closable only once the value is whole, and completed by the
+shortest valid text after 8 tokens for a number or ``4 × max_value_tokens`` when set.
 The token strings are written here (model/ never imports agent/); tools are OpenAI-format dicts.
 """
 
@@ -80,7 +81,7 @@ class ToolCallGrammar:
 
     index: VocabIndex
     tools: dict[str, dict[str, Any]]       # name → JSON schema of its parameters
-    max_value_tokens: int = 48
+    max_value_tokens: int | None = None    # None: values end when the model closes them
     max_invokes: int = 8
     invokes: int = 0
     mode: str = "free"                     # free | literal | value | json | eos | done
@@ -94,7 +95,7 @@ class ToolCallGrammar:
 
     @classmethod
     def for_tools(cls, tokenizer: Any, vocab_size: int, tools: list[dict[str, Any]],
-                  force_open: bool = False, max_value_tokens: int = 48,
+                  force_open: bool = False, max_value_tokens: int | None = None,
                   max_invokes: int = 8) -> ToolCallGrammar:
         by_name = {}
         for tool in tools:
@@ -141,7 +142,7 @@ class ToolCallGrammar:
             self.value_tokens += 1
             if token_id == self.index.dsml_id:
                 self._literal([("parameter>\n", self._params)])
-            elif self.value_tokens >= self.max_value_tokens:
+            elif self.max_value_tokens and self.value_tokens >= self.max_value_tokens:
                 self._literal([(PARAM_CLOSE + "\n", self._params)])
         elif self.mode == "json":
             self._json_advance(piece)
@@ -207,7 +208,8 @@ class ToolCallGrammar:
             self._literal([("true" + closer, self._params), ("false" + closer, self._params)])
         elif kind in ("integer", "number", "array", "object"):
             self.mode, self.json_state = "json", json_grammar.start(kind)
-            self.json_budget = 8 if kind in ("integer", "number") else 4 * self.max_value_tokens
+            self.json_budget = (8 if kind in ("integer", "number")
+                                else 4 * self.max_value_tokens if self.max_value_tokens else 0)
         else:
             self.mode = "value"
 
@@ -222,7 +224,7 @@ class ToolCallGrammar:
             self.mode = "eos"
             return
         self.value_tokens += 1
-        if self.value_tokens >= self.json_budget:
+        if self.json_budget and self.value_tokens >= self.json_budget:
             self._literal([(json_grammar.completion(self.json_state) + closer, self._params)])
 
     def _close(self) -> None:

@@ -107,3 +107,19 @@ def test_json_value_closes_only_when_whole(toy_tokenizer, toy_lm):
             assert grammar.allowed()[tok]
             grammar.advance(tok)
     assert grammar.allowed()[lt]                 # now whole: the parameter may close
+
+
+def test_long_string_values_are_not_cut_by_default(toy_tokenizer, toy_lm):
+    """A file's content is one parameter value: without an explicit max_value_tokens the
+    grammar never forces it closed (the reply's max_tokens bounds it)."""
+    grammar = ToolCallGrammar.for_tools(toy_tokenizer, toy_lm.config.vocab_size, TOOLS,
+                                        force_open=True)
+    head = ('\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="read_file">\n'
+            '<｜DSML｜parameter name="path" string="true">')
+    body = "line of a long file\n" * 100
+    for tok in toy_tokenizer.encode(head + body, add_special_tokens=False).ids:
+        assert grammar.allowed()[tok]
+        grammar.advance(tok)
+    assert grammar.mode == "value" and grammar.value_tokens > 400
+    word = toy_tokenizer.encode("more", add_special_tokens=False).ids[0]
+    assert grammar.allowed()[word]
