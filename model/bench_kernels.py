@@ -22,6 +22,7 @@ from functools import partial
 import torch
 
 from model.kernels import compressor, gemm, indexer, kv_fp8, mhc, moe, quant, sparse_attn
+from model.kernels.expert_bank import ExpertBank
 
 # H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
 PEAKS = {"H200": (4.8e12, 989.5e12), "H100": (3.35e12, 989.5e12)}
@@ -114,14 +115,15 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
         packed, scale = quant.quant_fp4(torch.randn(out_f, in_f, device=dev) * in_f**-0.5)
         stacks += [packed.unsqueeze(0).repeat(used, 1, 1), scale.unsqueeze(0).repeat(used, 1, 1)]
+    bank = ExpertBank.from_stacked(*stacks)
     x = _rand(t, dim, dtype=dtype, device=dev)
     idx = torch.stack([torch.randperm(used, device=dev)[:topk] for _ in range(t)])
     w = torch.rand(t, topk, device=dev)
     nbytes = used * 3 * dim * inter * (0.5 + 1 / 32) + 2 * t * dim * x.element_size()
     return Case(name, {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim,
                        "inter": inter}, nbytes, 6.0 * t * topk * dim * inter,
-                lambda: moe.moe_fp4_reference(x, w, idx, *stacks, 10.0),
-                lambda: moe.moe_fp4_triton(x, w, idx, *stacks, 10.0), ">= 60% of HBM bandwidth")
+                lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0),
+                lambda: moe.moe_fp4_triton(x, w, idx, bank, 10.0), ">= 60% of HBM bandwidth")
 
 
 def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from model.generate import load_model
-from model.toy import checkpoint_bytes
+from model.toy import PRESETS, checkpoint_bytes
 
 
 def mapped_ranges(checkpoint: str | Path) -> list[tuple[int, int]]:
@@ -71,12 +71,14 @@ def model_bytes(model: torch.nn.Module, checkpoint: str | Path) -> dict[str, int
             continue
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr in seen or storage.nbytes() == 0:
+        if storage.nbytes() == 0:
             continue
         mapped = t.device.type == "cpu" and any(lo <= ptr < hi for lo, hi in ranges)
-        # a view of a mapping: count only the tensor's own bytes, not the whole shard
-        nbytes = t.numel() * t.element_size() if mapped else storage.nbytes()
-        seen[ptr if not mapped else t.data_ptr()] = (nbytes, mapped)
+        # a view of a mapping (one storage per shard): count only the tensor's own bytes
+        key = t.data_ptr() if mapped else ptr
+        if key in seen:
+            continue
+        seen[key] = (t.numel() * t.element_size() if mapped else storage.nbytes(), mapped)
     owned = sum(n for n, m in seen.values() if not m)
     mapped = sum(n for n, m in seen.values() if m)
     return {"owned_bytes": owned, "mapped_bytes": mapped}
@@ -157,7 +159,7 @@ def bench_model(checkpoint: str | Path | None = None, preset: str = "small",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="v4coder bench model", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="checkpoint dir (default: a fresh toy)")
-    parser.add_argument("--preset", default="small", choices=("tiny", "small"))
+    parser.add_argument("--preset", default="small", choices=tuple(PRESETS))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--decode-tokens", type=int, default=32)

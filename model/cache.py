@@ -4,6 +4,17 @@ compressed rows, and for CSA layers the indexer's own compressor state and compr
 
 Feeding a sequence in any split of chunks (one prefill, token by token, or chunked prefill)
 through the same ``SequenceCache`` gives the same logits as one full prefill.
+
+Row format of the attention KV (``LayerCache.window`` and the main ``compressor.rows``):
+
+- ``native`` numerics: packed FP8 rows, uint8 [b, n, layout.row_bytes] in the layout of
+  ``kv_layout(cfg)`` (model/kernels/kv_fp8.py: e4m3 no-RoPE dims + bf16 RoPE dims + ue8m0
+  scales; 584 B at V4's head_dim 512 / rope 64, 200 B at the toy's 128 / 64), read directly by
+  ``ops.sparse_attn_fp8``. Lossless: native numerics already round these rows to exactly what
+  the layout holds (e4m3 × power-of-two per 1×64 block, RoPE dims bf16).
+- ``dequant`` numerics: float rows [b, n, head_dim] in the compute dtype.
+
+Indexer keys (``indexer.rows``) and the compressor tails stay float in both modes.
 """
 
 from __future__ import annotations
@@ -12,6 +23,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.config import ModelConfig
+from model.kernels.kv_fp8 import KVLayout
+
+KV_QUANT_BLOCK = 64  # no-RoPE KV dims share one power-of-two scale per 1×64 block (§2.8)
+
+
+def kv_layout(cfg: ModelConfig) -> KVLayout:
+    """The FP8 row layout of this config's attention KV rows (derived, never hard-coded)."""
+    return KVLayout(cfg.head_dim, cfg.rope_head_dim, KV_QUANT_BLOCK)
+
 
 @dataclass(slots=True)
 class CompressorState:
@@ -19,7 +40,7 @@ class CompressorState:
     pending_score: torch.Tensor | None = None  # same shape, gate logits with ape added
     prev_kv: torch.Tensor | None = None        # [b, ratio, coff·d] last closed block (CSA overlap)
     prev_score: torch.Tensor | None = None
-    rows: torch.Tensor | None = None           # [b, n_entries, d] compressed entries so far
+    rows: torch.Tensor | None = None           # [b, n_entries, d] (or packed) entries so far
     # when a list, forward appends (kv, score, first position) of the open + new tokens
     # (the prefix cache reads block-boundary state from it); None = off
     tap: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
@@ -30,7 +51,8 @@ class CompressorState:
 
 @dataclass(slots=True)
 class LayerCache:
-    window: torch.Tensor | None = None  # [b, ≤ window-1, head_dim] most recent raw KV rows
+    # most recent raw KV rows: [b, ≤ window-1, head_dim] float, or uint8 [.., row_bytes] packed
+    window: torch.Tensor | None = None
     compressor: CompressorState = field(default_factory=CompressorState)
     indexer: CompressorState = field(default_factory=CompressorState)
     # when a list, attention appends (past window + new raw KV rows, first position); None = off

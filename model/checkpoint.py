@@ -49,6 +49,7 @@ class Shard:
     path: Path
     entries: dict[str, TensorEntry]
     _map: mmap.mmap | None = None
+    _bytes: torch.Tensor | None = None  # the whole mapping as one uint8 tensor
 
     @classmethod
     def open(cls, path: Path) -> Shard:
@@ -93,15 +94,23 @@ class Shard:
         return cls(path, entries)
 
     def tensor(self, name: str) -> torch.Tensor:
+        """A view of the mapped file. Tensors of one shard share one storage (the whole mapping)
+        when their offsets are aligned, so the routed experts of a layer can be addressed from
+        one base tensor without copying (model/layers/expert_bank.py)."""
         entry = self.entries[name]
         if self._map is None:
             with self.path.open("rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
         nbytes = entry.end - entry.start
+        dtype = DTYPES[entry.dtype]
         if nbytes == 0:
-            return torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
-        raw = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=entry.start)
-        return raw.view(DTYPES[entry.dtype]).view(entry.shape)
+            return torch.empty(entry.shape, dtype=dtype)
+        if entry.start % dtype.itemsize == 0:
+            raw = self._bytes[entry.start : entry.end]
+        else:  # unaligned for its dtype: a storage of its own
+            raw = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=entry.start)
+        return raw.view(dtype).view(entry.shape)
 
 
 @dataclass(slots=True)

@@ -168,7 +168,7 @@ class Engine:
             self.plan = plan_memory(
                 cfg, self.lm.model.numerics.dtype, self.lm.device, self.config.chunk_tokens,
                 self.config.cache_bytes if self.config.prefix_cache else 0,
-                available=self.config.memory_bytes)
+                available=self.config.memory_bytes, numerics=self.lm.model.numerics.mode)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, dtype: str = "float32",

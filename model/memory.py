@@ -4,12 +4,15 @@ From the free memory of the device (CUDA: ``mem_get_info``; CPU: ``MemAvailable`
 measured after the weights are loaded) and the config, the planner counts
 
 * per token: the compressed rows the live cache keeps (CSA rows + indexer keys every 4 tokens,
-  HCA rows every 128) — in the compute dtype, as ``model/cache.py`` stores them;
+  HCA rows every 128) as ``model/cache.py`` stores them: the attention KV rows packed in the FP8
+  layout under ``native`` numerics (``kv_layout(cfg).row_bytes``: 584 B for V4), head_dim values
+  in the compute dtype under ``dequant``; indexer keys in the compute dtype either way;
 * per sequence: the sliding window and the compressor tails (fixed);
 * the prefix cache's byte budget (reserved up front);
-* per prefill chunk at context n: the transient attention work (gathered KV rows, logits) and
-  the indexer's [chunk, heads, n/4] scores, which grow with n — so long contexts get smaller
-  chunks rather than running out of memory.
+* per prefill chunk at context n: the row indices (window ∪ top-k ∪ n/ratio HCA rows per query),
+  outputs and mHC streams, plus the bounded scratch of the attention / indexer references
+  (they take queries a block at a time) — so long contexts get smaller chunks only when the
+  indices themselves grow large, rather than running out of memory.
 
 A request that does not fit is refused with ``ContextTooLong`` before any work starts.
 """
@@ -21,10 +24,12 @@ from pathlib import Path
 
 import torch
 
+from model.cache import kv_layout
 from model.config import ModelConfig
 
 MAX_CONTEXT = 1_048_576
 MIN_CHUNK = 64
+SCRATCH_ELEMENTS = 3 << 24  # the references' per-block scratch (model/kernels/*.py: 1 << 24 per tensor)
 
 
 class ContextTooLong(ValueError):
@@ -55,13 +60,20 @@ class MemoryPlan:
     work_bytes: int = 1 << 62  # cap on one chunk's transient work (keeps it cache-friendly)
 
     def activation_bytes(self, chunk: int, context: int) -> int:
-        """Transient bytes of one prefill chunk of ``chunk`` queries at context ``context``."""
+        """Transient bytes of one prefill chunk of ``chunk`` queries at context ``context``:
+        what grows with the chunk (row indices, outputs, the mHC streams) plus the scratch of
+        the attention and indexer references, which take queries a block at a time and so stay
+        under ``SCRATCH_ELEMENTS`` (the Triton kernels need none)."""
         c, es = self.cfg, 4  # attention and indexer scores run in fp32
         hca = [r for r in c.compress_ratios[:c.n_layers] if r > 4]
         rows = max([c.index_topk] + [context // r for r in hca])
         keys = c.window_size + rows
-        attn = chunk * keys * (2 * c.head_dim + 3 * c.n_heads) * es
-        index = chunk * c.index_n_heads * (context // 4) * es if 4 in c.compress_ratios else 0
+        attn = chunk * keys * 8 + chunk * c.n_heads * (c.head_dim + 1) * es
+        attn += min(chunk * keys * (c.head_dim + 2 * c.n_heads), SCRATCH_ELEMENTS) * es
+        index = 0
+        if 4 in c.compress_ratios:
+            index = chunk * c.index_topk * 8
+            index += min(chunk * (c.index_n_heads + 2) * (context // 4), SCRATCH_ELEMENTS) * es
         hidden = chunk * c.dim * c.hc_mult * es * 8
         return attn + index + hidden
 
@@ -96,18 +108,26 @@ class MemoryPlan:
                 f"({self.bytes_per_token:.0f} bytes/token); shorten the prompt or lower max_tokens")
 
 
-def cache_bytes_per_token(cfg: ModelConfig, element_size: int) -> float:
+def kv_row_bytes(cfg: ModelConfig, element_size: int, numerics: str = "dequant") -> int:
+    """Bytes of one attention KV row (window or compressed) as the cache holds it."""
+    return kv_layout(cfg).row_bytes if numerics == "native" else cfg.head_dim * element_size
+
+
+def cache_bytes_per_token(cfg: ModelConfig, element_size: int, numerics: str = "dequant"
+                          ) -> float:
+    row = kv_row_bytes(cfg, element_size, numerics)
     total = 0.0
     for ratio in cfg.compress_ratios[:cfg.n_layers]:
         if ratio:
-            total += cfg.head_dim / ratio
+            total += row / ratio
         if ratio == 4:
-            total += cfg.index_head_dim / ratio
-    return total * element_size
+            total += cfg.index_head_dim * element_size / ratio
+    return total
 
 
-def fixed_bytes_per_sequence(cfg: ModelConfig, element_size: int) -> int:
-    window = cfg.n_layers * (cfg.window_size - 1) * cfg.head_dim * element_size
+def fixed_bytes_per_sequence(cfg: ModelConfig, element_size: int, numerics: str = "dequant"
+                             ) -> int:
+    window = cfg.n_layers * (cfg.window_size - 1) * kv_row_bytes(cfg, element_size, numerics)
     tails = 0
     for ratio in cfg.compress_ratios[:cfg.n_layers]:
         if ratio == 4:  # pending + previous block, kv and score, fp32, main and indexer
@@ -120,16 +140,17 @@ def fixed_bytes_per_sequence(cfg: ModelConfig, element_size: int) -> int:
 def plan_memory(cfg: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu",
                 chunk_tokens: int = 2048, prefix_cache_bytes: int = 0,
                 available: int | None = None, reserve: float = 0.1,
-                work_bytes: int | None = None) -> MemoryPlan:
-    """Plan for one sequence on ``device``; ``available`` overrides the measured free bytes.
+                work_bytes: int | None = None, numerics: str = "dequant") -> MemoryPlan:
+    """Plan for one sequence on ``device``; ``available`` overrides the measured free bytes;
+    ``numerics`` ("dequant" / "native") decides the KV row format (float / packed FP8).
     ``work_bytes`` caps a chunk's transient work (default: 1 GiB on CPU, where smaller
     working sets run faster, a quarter of free memory on GPU)."""
     device = torch.device(device)
     es = torch.empty((), dtype=dtype).element_size()
     free = free_bytes(device) if available is None else available
     usable = int(free * (1 - reserve))
-    per_token = cache_bytes_per_token(cfg, es)
-    fixed = fixed_bytes_per_sequence(cfg, es) + prefix_cache_bytes
+    per_token = cache_bytes_per_token(cfg, es, numerics)
+    fixed = fixed_bytes_per_sequence(cfg, es, numerics) + prefix_cache_bytes
     if work_bytes is None:
         work_bytes = usable // 4 if device.type == "cuda" else 1 << 30
     plan = MemoryPlan(usable, per_token, fixed, chunk_tokens, 0, es, cfg, work_bytes)

@@ -7,8 +7,10 @@ device on demand through an ``ExpertCache`` with a byte budget.
 * Prefetch: at the end of layer L's MoE, the next layer's likely experts are loaded — exactly for
   hash-routed layers (token id → expert table), and for score-routed layers by applying the next
   layer's router to the current hidden state. On CUDA the copies run on a side stream.
-* Experts stay FP4 on both tiers (dequantised per use as in the resident model), and are computed
-  in the same order as ``MoE.forward``, so logits equal fully resident inference.
+* Experts stay FP4 on both tiers and run one by one through ``Expert.forward`` (the per-expert
+  path: they arrive one at a time through the cache, so they are not banked for ``ops.moe_fp4``);
+  on the reference backend that is what ``MoE.forward``'s ``ops.moe_fp4`` computes, in the same
+  expert order, so logits equal fully resident inference.
 
 On a CPU the "device" is the CPU too: a device copy is a ``clone`` and the budget is artificial,
 which is how the tests check correctness, hit rate and bytes moved.

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from model.kernels import ops
+from model.kernels.expert_bank import ExpertBank
 from model.layers.moe import MoE
 
 
@@ -135,22 +137,27 @@ class ExpertParallelMoE(nn.Module):
         self.per_rank = len(self.local)
         self.experts = nn.ModuleList(
             moe.experts[e] if e in self.local else _Absent() for e in range(moe.n_experts))
+        self.limit, self.numerics = moe.limit, moe.numerics
+        self.bank: ExpertBank | None = None
         self.mode, self.allreduce_max_tokens = "auto", allreduce_max_tokens
         self.last_path = ""           # diagnostics: the path taken by the last call
         self.last_received_rows = 0   # (token, expert) rows this rank computed in the last call
 
+    def stack_experts(self) -> ExpertBank:
+        """The bank of this rank's experts only (others map to slot −1); see ``MoE``."""
+        if self.bank is None:
+            held = {e: self.experts[e] for e in self.local}
+            self.bank = ExpertBank.from_experts(held, self.n_experts)
+        return self.bank
+
     def _run_local(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor,
                    out: torch.Tensor) -> None:
         """out[i] += Σ local experts e chosen by row i: expert_e(x[i]) · weight (fp32)."""
-        counts = torch.bincount(experts.flatten(), minlength=self.n_experts).tolist()
-        rows_done = 0
-        for e in self.local:
-            if counts[e] == 0:
-                continue
-            rows, slot = torch.where(experts == e)
-            rows_done += rows.numel()
-            out.index_add_(0, rows, self.experts[e](x[rows], weights[rows, slot, None]).float())
-        self.last_received_rows = rows_done
+        bank = self.stack_experts()
+        slots = bank.slots(experts)
+        out += ops.moe_fp4(x, weights, slots, bank, self.limit,
+                           quantize_input=self.numerics.native, dtype=self.numerics.dtype)
+        self.last_received_rows = int((slots >= 0).sum())
 
     def _allreduce_path(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
                         ) -> torch.Tensor:

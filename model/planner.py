@@ -5,7 +5,8 @@ GPUs) or expert offload, print the plan before loading, and refuse plans that ca
 Bytes are what the embedded runtime holds (``Linear.prepare(resident=True)``, the default): FP8
 linears as in the checkpoint (1 B/param + one ue8m0 byte per 128×128 block), FP4 experts packed
 (0.5 B + one 1-B scale per 32), BF16 tensors (head, embedding, compressors, router) at 2 B, norms
-(widened at load) and mHC at 4 B. Under tp > 1 ``parallel.shard_attention`` dequantises each
+(widened at load) and mHC at 4 B; KV rows as ``model.memory.cache_bytes_per_token`` counts them
+at 2 B per value (bf16), or packed FP8 rows (584 B) with ``--numerics native``. Under tp > 1 ``parallel.shard_attention`` dequantises each
 rank's wq_b / wo_a / wo_b shard to bf16 (2 B/param / tp) and the FP8 tensors stay loaded beside
 it, so a rank holds both and reads only its bf16 shard. Expected tokens/s is bandwidth arithmetic
 for batch-1 decode: bytes each GPU reads per token / its memory bandwidth, plus expert bytes moved
@@ -29,6 +30,7 @@ from model.config import ModelConfig
 from model.layers.attention import Attention
 from model.layers.linear import Linear
 from model.layers.norm import RMSNorm
+from model.memory import cache_bytes_per_token
 
 GB = 1e9
 GPU_RESERVE_GB = 4.0    # CUDA context, activations, allocator slack, per GPU
@@ -117,7 +119,7 @@ def _module_bytes(module: torch.nn.Module, split: tuple[str, ...] = ()) -> tuple
     return parts[0], parts[1], parts[2]
 
 
-def census(cfg: ModelConfig) -> Census:
+def census(cfg: ModelConfig, numerics: str = "dequant") -> Census:
     split = ("wq_b", "wo_a", "wo_b", "attn_sink")
     attn_split = attn_rest = attn_split_bf16 = 0
     kinds: dict[int, tuple[int, int, int]] = {}
@@ -136,10 +138,7 @@ def census(cfg: ModelConfig) -> Census:
     router = (cfg.n_layers * cfg.n_routed_experts * cfg.dim * 2
               + (cfg.n_layers - hash_layers) * cfg.n_routed_experts * 4
               + hash_layers * cfg.vocab_size * cfg.n_activated_experts * 8)
-    kv = 0.0
-    for ratio in cfg.compress_ratios[: cfg.n_layers]:
-        if ratio:
-            kv += cfg.head_dim * 2 / ratio + (cfg.index_head_dim * 2 / ratio if ratio == 4 else 0)
+    kv = cache_bytes_per_token(cfg, 2, numerics)  # bf16 compute; native: packed FP8 KV rows
     return Census(
         experts=per_expert * cfg.n_routed_experts * cfg.n_layers / GB,
         expert_active=per_expert * cfg.n_activated_experts * cfg.n_layers / GB,
@@ -191,10 +190,10 @@ def _tp_options(m: Machine, cfg: ModelConfig) -> list[int]:
 
 
 def plan(m: Machine, cfg: ModelConfig | None = None, context_tokens: int = 262_144,
-         allow_nvme: bool = False) -> Plan:
+         allow_nvme: bool = False, numerics: str = "dequant") -> Plan:
     """The fastest placement that fits, or PlanError with the shortfall."""
     cfg = cfg or flash_config()
-    c = census(cfg)
+    c = census(cfg, numerics)
     kv = c.kv_bytes_per_token * context_tokens / GB
     usable = m.gpu_mem_gb - GPU_RESERVE_GB - (HOST_RESERVE_GB if m.unified else 0)
     dense_read = c.attn_rest + c.shared + c.head + c.router + c.mhc  # per token, every GPU
@@ -255,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, help="read config.json from here (default V4-Flash)")
     p.add_argument("--context", type=int, default=262_144, help="tokens of KV cache to reserve")
     p.add_argument("--allow-nvme", action="store_true")
+    p.add_argument("--numerics", choices=("dequant", "native"), default="dequant",
+                   help="native: KV rows held packed in the FP8 layout (584 B per row)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise PlanError("give --machine, or --gpus and --gpu-mem")
         cfg = ModelConfig.from_file(args.checkpoint) if args.checkpoint else None
-        result = plan(m, cfg, args.context, args.allow_nvme)
+        result = plan(m, cfg, args.context, args.allow_nvme, args.numerics)
     except (PlanError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -106,6 +106,8 @@ class Transformer(nn.Module):
                 module.prepare(numerics, resident=resident)
             elif isinstance(module, RMSNorm):
                 module.weight = module.weight.float()
+            if hasattr(module, "stack_experts"):  # routed experts → one ExpertBank per layer
+                module.stack_experts()
         if not resident:
             self.embed.weight = self.embed.weight.to(numerics.dtype)
 

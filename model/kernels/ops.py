@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from model.kernels import compressor as _compressor
 from model.kernels import gemm as _gemm
 from model.kernels import indexer as _indexer
+from model.kernels import kv_fp8, quant
 from model.kernels import mhc as _mhc
 from model.kernels import moe as _moe
-from model.kernels import quant
 from model.kernels import sparse_attn as _sparse_attn
+from model.kernels.expert_bank import ExpertBank
 from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
 
 BACKEND_ENV = "V4CODER_KERNELS"
@@ -54,6 +55,8 @@ fp4_fake_quant = quant.fp4_fake_quant
 dequant_fp8_block = quant.dequant_fp8_block
 bf16_to = quant.bf16_to
 dequant_fp4 = quant.dequant_fp4
+pack_kv_fp8 = kv_fp8.pack_kv_fp8      # KV rows → FP8 cache rows (uint8, KVLayout.row_bytes)
+unpack_kv_fp8 = kv_fp8.unpack_kv_fp8  # and back to float32
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -86,7 +89,13 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
     ``scale``, or BF16 / F32 (``scale`` None) — dequantised / cast to ``dtype`` per use. Equal to
     ``linear(x, W in dtype, quantize_input)``: the conversion is exact. On CPU the weight is
     converted ``DEQUANT_ROWS`` output rows at a time, so the slice stays in cache and no
-    weight-sized buffer is allocated per call."""
+    weight-sized buffer is allocated per call.
+
+    FP8 in native numerics (``quantize_input``) on the Triton backend is exactly ``fp8_linear``:
+    the block-scaled FP8 GEMM reads e4m3 directly, no dequantised weight is made. Dequant
+    numerics keep the dequantised weight (an FP8 GEMM would quantise their activations)."""
+    if quantize_input and scale is not None and backend(x) == "triton":
+        return fp8_linear(x, weight, scale)
     if quantize_input:
         x = fp8_fake_quant(x, 128)
     rows = weight.shape[0] if x.is_cuda else DEQUANT_ROWS
@@ -94,7 +103,7 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
     for r in range(0, weight.shape[0], rows):
         w = weight[r : r + rows]
         if scale is not None:
-            w = dequant_fp8_block(w, scale[r // 128 : (r + rows) // 128], dtype=dtype)
+            w = dequant_fp8_block(w, scale[r // 128 : -(-(r + rows) // 128)], dtype=dtype)
         else:
             w = quant.bf16_to(w, dtype)
         parts.append(linear(x, w))
@@ -204,15 +213,15 @@ def compress_pool(kv: torch.Tensor, score: torch.Tensor, norm_weight: torch.Tens
     return _compressor.compress_pool_reference(kv, score, norm_weight, eps, angles, dtype)
 
 
-def moe_fp4(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-            w1: torch.Tensor, s1: torch.Tensor, w3: torch.Tensor, s3: torch.Tensor,
-            w2: torch.Tensor, s2: torch.Tensor, limit: float, quantize_input: bool = False
+def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
+            limit: float, quantize_input: bool = False, dtype: torch.dtype | None = None
             ) -> torch.Tensor:
-    """Routed FP4 experts, stacked weights [E, ...]: x [T, dim], routing weights / indices [T, k]
-    (−1 = none) → fp32 [T, dim] = Σ_slot w · expert(x) (clamped SwiGLU; shared expert not
-    included). Triton: align by expert → grouped W4A16 gate/up + SwiGLU → grouped down → combine."""
+    """Routed FP4 experts of one layer (``ExpertBank``: the local experts, zero-copy views of the
+    checkpoint or one stacked copy): x [T, dim], routing weights / bank slots [T, k] (−1 = none or
+    another rank's expert: contributes nothing) → fp32 [T, dim] = Σ_slot w · expert(x) (clamped
+    SwiGLU; shared expert not included). Triton: align by expert → grouped W4A16 gate/up + SwiGLU
+    → grouped down → combine. Reference: a loop over the hit experts in the compute ``dtype``
+    (default x.dtype), bit-identical to ``Expert.forward``."""
     if backend(x) == "triton":
-        return _moe.moe_fp4_triton(x, weights, indices, w1, s1, w3, s3, w2, s2, limit,
-                                   quantize_input)
-    return _moe.moe_fp4_reference(x, weights, indices, w1, s1, w3, s3, w2, s2, limit,
-                                  quantize_input)
+        return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input)
+    return _moe.moe_fp4_reference(x, weights, slots, bank, limit, quantize_input, dtype)

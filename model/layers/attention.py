@@ -1,15 +1,24 @@
 """Attention for all layer kinds (fact sheet §2.3): shared-KV MQA over a sliding window plus,
 on CSA layers, indexer-picked compressed rows and, on HCA layers, every closed compressed block;
-per-head attention sink; inverse RoPE on the output; grouped low-rank output projection."""
+per-head attention sink; inverse RoPE on the output; grouped low-rank output projection.
+
+KV rows (fact sheet §2.8, §4): in ``native`` numerics the sliding-window rows and the main
+compressed rows are held in the FP8 cache layout (uint8, ``model.cache.kv_layout(cfg)``: 584 B
+per row for V4, vs 1024 B bf16 / 2048 B fp32) and attention reads them through
+``ops.sparse_attn_fp8``. Native numerics round each KV row to exactly the values the layout
+stores (no-RoPE dims e4m3 × power-of-two 1×64 scales, RoPE dims bf16), so the packed cache gives
+the same logits as float rows of those values (``pack_kv = False``; tests/model/
+test_model_packed_kv.py). ``dequant`` numerics keep float rows in the compute dtype."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from model.cache import LayerCache
+from model.cache import KV_QUANT_BLOCK, LayerCache, kv_layout
 from model.config import ModelConfig
 from model.kernels import ops
+from model.kernels.kv_fp8 import KVLayout
 from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer
 from model.layers.linear import Linear, Numerics
@@ -37,12 +46,22 @@ class Attention(nn.Module):
         self.rope = RotaryEmbedding(cfg, compressed=bool(ratio))
         self.scale = cfg.head_dim**-0.5
         self.numerics = Numerics()
+        self.kv_layout = kv_layout(cfg)
+        self.pack_kv = True  # native numerics: hold KV rows packed (False: float rows, same values)
 
-    def _kv_quant(self, kv: torch.Tensor) -> torch.Tensor:
+    def cache_layout(self) -> KVLayout | None:
+        """The FP8 layout the KV rows are held in, or None for float rows."""
+        return self.kv_layout if self.numerics.native and self.pack_kv else None
+
+    def _kv_rows(self, kv: torch.Tensor, layout: KVLayout | None) -> torch.Tensor:
+        """New raw KV rows as the cache holds them (native: rounded to the FP8 layout's values)."""
         if not self.numerics.native:
             return kv
+        if layout is not None:
+            return ops.pack_kv_fp8(kv, layout)
         nope = self.nope_head_dim
-        return torch.cat([ops.fp8_fake_quant(kv[..., :nope], 64), kv[..., nope:]], dim=-1)
+        rope = kv[..., nope:].to(torch.bfloat16).to(kv.dtype)
+        return torch.cat([ops.fp8_fake_quant(kv[..., :nope], KV_QUANT_BLOCK), rope], dim=-1)
 
     def _window_indices(self, start_pos: int, s: int, n_past: int, device: torch.device
                         ) -> torch.Tensor:
@@ -59,10 +78,12 @@ class Attention(nn.Module):
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
         q = ops.rms_norm(q, None, self.eps)
         q = apply_rope(q, angles)
-        kv = apply_rope(self.kv_norm(self.wkv(x)), angles)
-        kv = self._kv_quant(kv)
+        layout = self.cache_layout()
+        kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), layout)
 
         past = cache.window
+        if past is not None and (past.dtype == torch.uint8) != (layout is not None):
+            raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
         n_past = 0 if past is None else past.shape[1]
         keys = kv if past is None else torch.cat([past, kv], dim=1)
         if cache.tap is not None:
@@ -70,7 +91,7 @@ class Attention(nn.Module):
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
         indices = self._window_indices(start_pos, s, n_past, x.device).unsqueeze(0).expand(b, -1, -1)
         if self.compressor is not None:
-            rows = self.compressor(x, start_pos, cache.compressor)
+            rows = self.compressor(x, start_pos, cache.compressor, layout)
             if self.indexer is not None:
                 picked = self.indexer(x, qr, start_pos, cache)
             else:
@@ -81,7 +102,10 @@ class Attention(nn.Module):
             picked = torch.where(picked >= 0, picked + keys.shape[1], -1)
             keys = torch.cat([keys, rows.to(keys.dtype)], dim=1)
             indices = torch.cat([indices, picked], dim=-1)
-        o = ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
+        if layout is None:
+            o = ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
+        else:
+            o = ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]
         o = apply_rope(o, angles, inverse=True)
         # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
         o = o.reshape(b, s, self.n_groups, -1)

@@ -1,14 +1,19 @@
 """Gated-pooling KV compressor (fact sheet §2.4): CSA (ratio 4, overlapping halves) and HCA
-(ratio m', no overlap). Also used, at index_head_dim with a Hadamard rotation, by the indexer."""
+(ratio m', no overlap). Also used, at index_head_dim with a Hadamard rotation, by the indexer.
+
+Native numerics round the main compressor's entries to what the FP8 cache layout holds (e4m3 per
+1×64 block with power-of-two scales on the no-RoPE dims, RoPE dims bf16); given a ``layout`` the
+entries are kept packed in it (uint8 rows, model/cache.py), else as float rows of those values."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from model.cache import CompressorState
+from model.cache import KV_QUANT_BLOCK, CompressorState
 from model.config import ModelConfig
 from model.kernels import ops
+from model.kernels.kv_fp8 import KVLayout
 from model.layers.linear import Linear, Numerics
 from model.layers.norm import RMSNorm
 from model.layers.rope import RotaryEmbedding
@@ -29,8 +34,10 @@ class Compressor(nn.Module):
         self.rope = RotaryEmbedding(cfg, compressed=True)
         self.numerics = Numerics()
 
-    def forward(self, x: torch.Tensor, start_pos: int, state: CompressorState) -> torch.Tensor:
-        """Consume tokens [start_pos, start_pos+s); return all compressed rows [b, n, head_dim]."""
+    def forward(self, x: torch.Tensor, start_pos: int, state: CompressorState,
+                layout: KVLayout | None = None) -> torch.Tensor:
+        """Consume tokens [start_pos, start_pos+s); return all compressed rows [b, n, head_dim]
+        (uint8 [b, n, layout.row_bytes] when ``layout`` is given: native numerics only)."""
         b, s, _ = x.shape
         ratio, d = self.ratio, self.head_dim
         kv = self.wkv(x)                                   # fp32 [b, s, coff·d]
@@ -46,7 +53,11 @@ class Compressor(nn.Module):
         cutoff = n_blocks * ratio
         state.pending_kv, state.pending_score = kv[:, cutoff:], score[:, cutoff:]
         if n_blocks == 0:
-            return state.rows if state.rows is not None else x.new_zeros(b, 0, d)
+            if state.rows is not None:
+                return state.rows
+            if layout is not None:
+                return x.new_zeros(b, 0, layout.row_bytes, dtype=torch.uint8)
+            return x.new_zeros(b, 0, d)
         kv = kv[:, :cutoff].unflatten(1, (n_blocks, ratio))
         score = score[:, :cutoff].unflatten(1, (n_blocks, ratio))
         if self.overlap:
@@ -65,9 +76,12 @@ class Compressor(nn.Module):
         if self.numerics.native:
             if self.rotate:
                 entries = ops.fp4_fake_quant(ops.hadamard(entries), 32)
+            elif layout is not None:
+                entries = ops.pack_kv_fp8(entries, layout)
             else:
                 nope = self.head_dim - self.rope_head_dim
-                entries = torch.cat([ops.fp8_fake_quant(entries[..., :nope], 64),
-                                     entries[..., nope:]], dim=-1)
+                rope = entries[..., nope:].to(torch.bfloat16).to(entries.dtype)
+                entries = torch.cat([ops.fp8_fake_quant(entries[..., :nope], KV_QUANT_BLOCK),
+                                     rope], dim=-1)
         state.rows = entries if state.rows is None else torch.cat([state.rows, entries], dim=1)
         return state.rows

@@ -22,7 +22,15 @@ Measured on 2 CPU cores (median decode step, both modes interleaved in one proce
 gives the same within noise): toy small fp32 17.2 vs 16.9 tok/s resident vs once (≈ 1.0×),
 small bf16 14.5 vs 15.7 (0.92×), tiny fp32 34 vs 60 (0.56×: at dim 64 the per-op overhead of
 the conversion dominates); load 0.06 s vs 0.2-1 s. On CUDA ``dequant_linear`` converts whole weights per use (cheap at HBM
-bandwidth); an FP8 GEMM that reads e4m3 directly (``ops.fp8_linear``) is the next step there.
+bandwidth).
+
+What runs where (``ops.dequant_linear`` decides, the one dispatch point): a resident FP8 weight
+in ``native`` numerics on the Triton backend runs ``ops.fp8_linear`` — the block-scaled FP8 GEMM
+reads e4m3 directly and quantises the activation per 1×128 in the kernel, which is exactly
+``linear(x, dequant(W), quantize_input=True)``; ``dequant`` numerics and the reference backend
+dequantise per use as above (an FP8 GEMM would quantise dequant-mode activations). FP4 weights
+called through ``Expert.forward`` (expert offload; the MoE layer itself calls ``ops.moe_fp4``
+over its expert bank) run ``ops.fp4_linear``: W4A16 on Triton, dequantised on the reference.
 """
 
 from __future__ import annotations

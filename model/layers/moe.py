@@ -1,5 +1,18 @@
 """Mixture of experts (fact sheet §2.6): hash routing on the first layers, sqrtsoftplus + bias
-top-k elsewhere, FP4 routed experts (dequantised per use), clamped SwiGLU, one shared expert."""
+top-k elsewhere, FP4 routed experts, clamped SwiGLU, one shared expert.
+
+What runs where: the routed experts of a layer are one ``ops.moe_fp4`` call over the layer's
+``ExpertBank`` (built once after loading, sharing the ``Expert`` buffers' memory: zero-copy
+offsets into the mapped checkpoint on CPU, one stacked copy the experts point into on CUDA).
+Triton (CUDA, or ``V4CODER_KERNELS=triton`` under the interpreter): the fused align → grouped
+W4A16 gate/up + SwiGLU → grouped down → combine. Reference (CPU): a loop over the experts that
+received tokens, each dequantised per use, bit-identical to ``Expert.forward`` — measured on the
+toy ``small`` preset (fp32, 2 shared CPU cores, old loop vs bank in one process): see
+docs/PERF.md. The shared expert is an FP8 ``Expert`` (``Linear``: ``ops.fp8_linear`` in native
+numerics on Triton, dequantised per use otherwise). Expert offload (model/offload.py) and the
+expert-parallel MoE (model/parallel.py: a bank of the rank's experts only, others → slot −1)
+reuse these pieces.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
+from model.kernels import ops
+from model.kernels.expert_bank import ExpertBank
 from model.layers.indexer import topk_margin
-from model.layers.linear import Linear
+from model.layers.linear import Linear, Numerics
 
 
 class Gate(nn.Module):
@@ -73,25 +88,43 @@ class Expert(nn.Module):
 
 
 class MoE(nn.Module):
+    """Gate + routed experts (one ``ops.moe_fp4`` call over the layer's ``ExpertBank``) + the
+    shared expert. The ``Expert`` modules keep the checkpoint names and buffers; the bank is
+    built from them once after loading (``stack_experts``) and shares their memory."""
+
     def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
         self.dim, self.n_experts = cfg.dim, cfg.n_routed_experts
+        self.limit = cfg.swiglu_limit
         self.gate = Gate(cfg, hash_routed=layer_id < cfg.n_hash_layers)
         self.experts = nn.ModuleList(
             Expert(cfg.dim, cfg.moe_inter_dim, "fp4", cfg.swiglu_limit)
             for _ in range(cfg.n_routed_experts))
         self.shared_experts = Expert(cfg.dim, cfg.moe_inter_dim, "fp8", cfg.swiglu_limit)
+        self.numerics = Numerics()
+        self.bank: ExpertBank | None = None
+
+    def held_experts(self) -> dict[int, nn.Module]:
+        """{global id: expert} of the routed experts this module holds weights for."""
+        return dict(enumerate(self.experts))
+
+    def stack_experts(self) -> ExpertBank:
+        """Build (once) the bank the fused op reads; called by ``Transformer.prepare``."""
+        if self.bank is None:
+            self.bank = ExpertBank.from_experts(self.held_experts(), self.n_experts)
+        return self.bank
+
+    def routed(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
+               ) -> torch.Tensor:
+        """fp32 [T, dim]: Σ over the chosen experts held here (others contribute nothing)."""
+        bank = self.stack_experts()
+        return ops.moe_fp4(x, weights, bank.slots(indices), bank, self.limit,
+                           quantize_input=self.numerics.native, dtype=self.numerics.dtype)
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.dim)
         weights, indices = self.gate(x, input_ids.reshape(-1))
-        y = torch.zeros_like(x, dtype=torch.float32)
-        counts = torch.bincount(indices.flatten(), minlength=self.n_experts).tolist()
-        for e, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows, slot = torch.where(indices == e)
-            y.index_add_(0, rows, self.experts[e](x[rows], weights[rows, slot, None]).float())
+        y = self.routed(x, weights, indices)
         y = y + self.shared_experts(x).float()
         return y.to(x.dtype).view(shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.cache import kv_layout
 from model.memory import MAX_CONTEXT, ContextTooLong, plan_memory
 from model.sampling import SamplingParams
 
@@ -24,6 +25,22 @@ def test_plan_counts_compressed_rows(toy_lm):
     small.check(small.max_tokens - 10, 10)
     with pytest.raises(ContextTooLong, match="context is 1,048,576"):
         plan.check(MAX_CONTEXT, 1)
+
+
+def test_native_plan_counts_packed_fp8_kv_rows(toy_lm):
+    """Native numerics hold window and compressed KV rows packed: 200 B per row at the toy's
+    head_dim 128 / rope 64 (64 e4m3 + 64 bf16 + 1 scale, padded to 8) instead of 128 × 4 B."""
+    cfg = toy_lm.config
+    assert kv_layout(cfg).row_bytes == 200
+    plan = plan_memory(cfg, torch.float32, "cpu", available=64 << 30, numerics="native")
+    rows_per_token = 2 / 4 + 2 / 16  # 2 CSA layers, 2 HCA layers
+    index_bytes = 2 * (128 / 4) * 4   # indexer keys stay fp32
+    assert plan.bytes_per_token == rows_per_token * 200 + index_bytes
+    dequant = plan_memory(cfg, torch.float32, "cpu", available=64 << 30)
+    window_rows = cfg.n_layers * (cfg.window_size - 1)
+    assert dequant.fixed_bytes - plan.fixed_bytes == window_rows * (128 * 4 - 200)
+    bf16 = plan_memory(cfg, torch.bfloat16, "cpu", available=64 << 30, numerics="native")
+    assert bf16.bytes_per_token == rows_per_token * 200 + index_bytes / 2
 
 
 def test_engine_refuses_what_does_not_fit(make_engine):

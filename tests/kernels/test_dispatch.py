@@ -39,12 +39,10 @@ def test_ops_route_to_triton(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    from model.generate import load_model
+def toy_path(tmp_path_factory):
     from model.toy import write_toy_checkpoint
 
-    path = write_toy_checkpoint(tmp_path_factory.mktemp("kern") / "ckpt", seed=0, preset="tiny")
-    return load_model(path, dtype="float32", progress=False)
+    return write_toy_checkpoint(tmp_path_factory.mktemp("kern") / "ckpt", seed=0, preset="tiny")
 
 
 def _prefill_then_decode(lm, ids: list[int], n_decode: int) -> torch.Tensor:
@@ -54,12 +52,58 @@ def _prefill_then_decode(lm, ids: list[int], n_decode: int) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def test_toy_model_logits_same_through_triton(toy, monkeypatch):
-    """Every routed op (attention, indexer, compressor, mHC, FP4 experts) on the Triton path:
+def _count_calls(monkeypatch, module, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("numerics", ["dequant", "native"])
+def test_toy_model_logits_same_through_triton(toy_path, numerics, monkeypatch):
+    """Every routed op (attention, indexer, compressor, mHC, the fused MoE over the layer's expert
+    bank, and in native numerics the FP8 GEMM for resident FP8 linears) on the Triton path:
     a 12-token prefill (3 CSA rows < top-8, no HCA row yet) then 2 decode steps."""
+    from model.generate import load_model
+
+    toy = load_model(toy_path, dtype="float32", numerics=numerics, progress=False)
+    moe_calls = _count_calls(monkeypatch, ops._moe, "moe_fp4_triton")
+    fp8_calls = _count_calls(monkeypatch, ops._gemm, "fp8_gemm_triton")
     ids = list(range(100, 114))
     monkeypatch.setenv(ops.BACKEND_ENV, "reference")
     ref = _prefill_then_decode(toy, ids, 2)
+    assert not moe_calls and not fp8_calls
     monkeypatch.setenv(ops.BACKEND_ENV, "triton")
     got = _prefill_then_decode(toy, ids, 2)
+    n_moe = toy.config.n_layers * 3  # every layer, every forward (prefill + 2 decode steps)
+    assert len(moe_calls) == n_moe
+    # native: every resident FP8 linear (attention, shared experts, ...) runs the FP8 GEMM;
+    # dequant numerics keep the dequantised weight (the FP8 GEMM would quantise activations)
+    assert (len(fp8_calls) > n_moe) if numerics == "native" else not fp8_calls
+    assert torch.allclose(got, ref, atol=1e-3, rtol=1e-3), (got - ref).abs().max()
+
+
+def test_toy_native_packed_kv_same_through_triton(toy_path, monkeypatch):
+    """Native numerics hold the KV rows packed (200-byte FP8 rows at the toy's head_dim 128) and
+    the Triton attention kernel reads them directly (KV_FP8 path), prefill and decode, past the
+    16-token window and with CSA and HCA rows in the candidate set."""
+    from model.generate import load_model
+
+    toy_native = load_model(toy_path, dtype="float32", numerics="native", progress=False)
+    ids = list(range(100, 120))  # 18-token prefill: past the 16-row window, 1 HCA row
+    monkeypatch.setenv(ops.BACKEND_ENV, "reference")
+    ref = _prefill_then_decode(toy_native, ids, 2)
+    monkeypatch.setenv(ops.BACKEND_ENV, "triton")
+    packed_reads = []
+    real = ops._sparse_attn.sparse_attn_triton
+
+    def counting(*args, **kwargs):
+        if kwargs.get("layout") is not None and args[1].dtype == torch.uint8:
+            packed_reads.append(args[1].shape[-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops._sparse_attn, "sparse_attn_triton", counting)
+    got = _prefill_then_decode(toy_native, ids, 2)
+    n_layers = toy_native.config.n_layers
+    assert packed_reads == [200] * (3 * n_layers)  # every layer, prefill + 2 decode steps
     assert torch.allclose(got, ref, atol=1e-3, rtol=1e-3), (got - ref).abs().max()

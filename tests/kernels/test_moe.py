@@ -1,12 +1,16 @@
-"""Fused MoE over FP4 experts (align → grouped gate/up + SwiGLU → grouped down → combine)."""
+"""Fused MoE over FP4 experts (align → grouped gate/up + SwiGLU → grouped down → combine), and the
+expert bank it reads: zero-copy views of one storage in any byte order, an expert-parallel rank's
+local experts only, a stacked copy that the experts' own buffers are re-pointed into."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.kernels import quant
+from model.kernels import ops, quant
+from model.kernels.expert_bank import ExpertBank
 from model.kernels.moe import moe_align, moe_fp4_reference, moe_fp4_triton
+from model.layers.moe import Expert
 
 
 def _experts(n_exp, dim, inter, g):
@@ -37,6 +41,114 @@ def test_moe_fp4_matches_reference(t, topk, quantize):
         indices[1, -1] = -1  # a padded slot
     weights = torch.rand(t, topk, generator=g)
     limit = 0.3  # small enough that the clamps bite
-    got = moe_fp4_triton(x, weights, indices, *w, limit, quantize_input=quantize)
-    want = moe_fp4_reference(x, weights, indices, *w, limit, quantize_input=quantize)
+    bank = ExpertBank.from_stacked(*w)
+    got = moe_fp4_triton(x, weights, indices, bank, limit, quantize_input=quantize)
+    want = moe_fp4_reference(x, weights, indices, bank, limit, quantize_input=quantize)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+N_EXP, DIM, INTER, LIMIT = 4, 64, 32, 0.3
+PARTS = [(p, leaf) for p in ("w1", "w3", "w2") for leaf in ("weight", "scale")]
+
+
+def _shard_like(w, order):
+    """The six tensors of every expert packed into ONE byte storage, experts in ``order`` (as a
+    safetensors shard lays them out: by name, so expert 10 before expert 2) and each expert's
+    parts interleaved; returns {expert: Expert whose buffers are views of that storage}."""
+    by_part = dict(zip(PARTS, w, strict=True))
+    blobs, spans, at = [], {}, 0
+    for e in order:
+        for key in PARTS:
+            t = by_part[key][e]
+            raw = t.contiguous().view(torch.uint8).flatten()
+            spans[e, key] = (at, t)
+            blobs.append(raw)
+            at += raw.numel()
+    storage = torch.cat(blobs)
+    experts = {}
+    for e in order:
+        ex = Expert(DIM, INTER, "fp4", LIMIT)
+        for (part, leaf) in PARTS:
+            lo, t = spans[e, (part, leaf)]
+            view = storage[lo : lo + t.numel()].view(t.dtype).view(t.shape)
+            setattr(getattr(ex, part), leaf, view)
+        experts[e] = ex
+    return storage, experts
+
+
+def _loop(x, weights, indices, experts):
+    """The per-expert path the layer used before the bank (and expert offload still uses)."""
+    y = torch.zeros(x.shape[0], DIM)
+    for e in sorted(experts):
+        rows, slot = torch.where(indices == e)
+        if rows.numel():
+            y.index_add_(0, rows, experts[e](x[rows], weights[rows, slot, None]).float())
+    return y
+
+
+def _routing(t, pattern, g):
+    if pattern == "one_expert_idle":  # expert 2 receives no token
+        choices = torch.tensor([0, 1, 3])
+        return torch.stack([choices[torch.randperm(3, generator=g)[:2]] for _ in range(t)])
+    # every expert hit
+    return torch.stack([torch.randperm(N_EXP, generator=g)[:2] for _ in range(t)])
+
+
+@pytest.mark.parametrize("pattern", ["one_expert_idle", "all_hit"])
+def test_zero_copy_bank_in_file_order_matches_the_expert_loop(pattern):
+    g = torch.Generator().manual_seed(3)
+    w = _experts(N_EXP, DIM, INTER, g)
+    storage, experts = _shard_like(w, order=[0, 3, 1, 2])
+    bank = ExpertBank.from_experts(experts, N_EXP)
+    assert bank.zero_copy and bank.experts == (0, 1, 2, 3)
+    assert all(p.base.data_ptr() == storage.data_ptr() for p in bank.parts())
+    x, t = torch.randn(6, DIM, generator=g), 6
+    indices = _routing(t, pattern, g)
+    hit = set(indices.flatten().tolist())
+    assert (2 not in hit) if pattern == "one_expert_idle" else hit == {0, 1, 2, 3}
+    weights = torch.rand(t, 2, generator=g)
+    want = _loop(x, weights, indices, experts)
+    got_ref = moe_fp4_reference(x, weights, bank.slots(indices), bank, LIMIT)
+    assert torch.equal(got_ref, want)  # the reference IS the expert loop, bit for bit
+    got = moe_fp4_triton(x, weights, bank.slots(indices), bank, LIMIT)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_expert_parallel_bank_holds_local_experts_only(backend, monkeypatch):
+    monkeypatch.setenv(ops.BACKEND_ENV, backend)
+    g = torch.Generator().manual_seed(4)
+    w = _experts(N_EXP, DIM, INTER, g)
+    _, experts = _shard_like(w, order=[0, 1, 2, 3])
+    local = {e: experts[e] for e in (1, 3)}  # rank 1 of 2 owns experts 1 and 3 (strided view)
+    bank = ExpertBank.from_experts(local, N_EXP)
+    assert bank.slot_of.tolist() == [-1, 0, -1, 1] and bank.n_slots == 2 and bank.zero_copy
+    t = 5
+    x, indices = torch.randn(t, DIM, generator=g), _routing(t, "all_hit", g)
+    weights = torch.rand(t, 2, generator=g)
+    slots = bank.slots(indices)
+    assert ((slots >= 0) == ((indices == 1) | (indices == 3))).all()
+    got = ops.moe_fp4(x, weights, slots, bank, LIMIT)
+    want = _loop(x, weights, indices, local)  # absent experts contribute nothing
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+def test_bank_of_separate_tensors_is_one_copy_the_experts_point_into():
+    g = torch.Generator().manual_seed(5)
+    w = _experts(N_EXP, DIM, INTER, g)
+    experts = {}
+    for e in range(N_EXP):  # separate allocations, as after a per-tensor copy to a GPU
+        ex = Expert(DIM, INTER, "fp4", LIMIT)
+        for part_tensor, (part, leaf) in zip(w, PARTS, strict=True):
+            setattr(getattr(ex, part), leaf, part_tensor[e].clone())
+        experts[e] = ex
+    x = torch.randn(3, DIM, generator=g)
+    indices, weights = _routing(3, "all_hit", g), torch.rand(3, 2, generator=g)
+    want = _loop(x, weights, indices, experts)
+    bank = ExpertBank.from_experts(experts, N_EXP)
+    assert not bank.zero_copy
+    for (part, leaf), pb in zip(PARTS, bank.parts(), strict=True):
+        storages = {getattr(getattr(ex, part), leaf).untyped_storage().data_ptr()
+                    for ex in experts.values()}
+        assert storages == {pb.base.untyped_storage().data_ptr()}  # one copy, shared
+    assert torch.equal(moe_fp4_reference(x, weights, bank.slots(indices), bank, LIMIT), want)

@@ -8,6 +8,7 @@ import torch
 from model.bench_model import model_bytes
 from model.generate import load_model
 from model.layers.linear import FP8, Linear
+from model.layers.moe import MoE
 from model.toy import checkpoint_bytes
 
 IDS = [0, 9, 1234, 77, 128000, 5, 42, 42, 3000, 17, 900, 2, 64, 65, 66, 100000, 8, 31, 7, 500]
@@ -31,6 +32,9 @@ def test_fp8_resident_holds_about_the_file_size(tiny_ckpt):
     assert held["owned_bytes"] <= 0.02 * file_bytes  # only small fp32 copies (norms, rope)
     assert ratio_once > 1.3
     for module in resident.model.modules():
+        if isinstance(module, MoE):  # the fused-MoE bank addresses the mapped experts in place
+            assert module.bank is not None and module.bank.zero_copy
+            assert module.bank.experts == tuple(range(module.n_experts))
         if isinstance(module, Linear) and module.fmt == "fp8":
             assert module.dense is None and module.weight.dtype == FP8
             assert module.scale.dtype == torch.float8_e8m0fnu and module.scale.numel() > 0

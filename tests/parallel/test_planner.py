@@ -30,6 +30,15 @@ def test_census_matches_the_reference_counts():
     assert round(c.head, 3) == 1.059 and c.kv_bytes_per_token == 6880
 
 
+def test_native_census_counts_584_byte_kv_rows():
+    """V4-Flash per token: 21/4 CSA + 20/128 HCA rows of 584 B + 21/4 bf16 indexer keys."""
+    dequant, native = census(flash_config()), census(flash_config(), "native")
+    rows = 21 / 4 + 20 / 128
+    assert dequant.kv_bytes_per_token == rows * 1024 + 21 / 4 * 256
+    assert native.kv_bytes_per_token == rows * 584 + 21 / 4 * 256 == 4501.25
+    assert plan(MACHINES["2xH200"], numerics="native").gpu_used_gb < plan(MACHINES["2xH200"]).gpu_used_gb
+
+
 def test_census_counts_every_buffer_of_a_real_model():
     """Cross-check the analytic census on the tiny config against the module tree."""
     cfg = ModelConfig.from_hf(preset_config("tiny"))
