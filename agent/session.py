@@ -4,8 +4,9 @@ Line 1 is a header ``{"kind": "header", ...}`` (session id, repo, backend, task,
 commit). Every other line is ``{"kind": "message", "message": {...}}`` (an OpenAI-style
 message, exactly what the model is sent) or ``{"kind": "note", ...}`` (a marker such as
 ``{"note": "done", "reason": ...}``) or ``{"kind": "compaction", "replaced": [[index, text],
-...], ...}`` (agent.context.compaction replaced those messages' content by archive stubs;
-applied in order on load, so a resumed session has the compacted transcript). A line cut short by a crash is ignored on load, and
+...], "replaced_arguments": [[index, call index, arguments], ...], ...}``
+(agent.context.compaction replaced those messages' content, or those tool calls' arguments,
+by archive stubs; applied in order on load, so a resumed session has the compacted transcript). A line cut short by a crash is ignored on load, and
 tool calls left without results are answered with an "interrupted" result, so a session
 killed mid-step resumes into a well-formed conversation.
 """
@@ -27,6 +28,19 @@ def sessions_dir(repo: Path) -> Path:
     """Sessions live in the repository's git dir, out of the working tree and its diffs."""
     git = repo / ".git"
     return git / "v4coder" / "sessions" if git.is_dir() else repo / ".v4coder" / "sessions"
+
+
+def apply_replacements(messages: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    """Apply a compaction record to ``messages`` in place (new dicts for changed messages)."""
+    for i, text in record.get("replaced", []):
+        if 0 <= i < len(messages):
+            messages[i] = {**messages[i], "content": text}
+    for i, k, args in record.get("replaced_arguments", []):
+        calls = messages[i].get("tool_calls") if 0 <= i < len(messages) else None
+        if calls and 0 <= k < len(calls):
+            calls = list(calls)
+            calls[k] = {**calls[k], "function": {**calls[k].get("function", {}), "arguments": args}}
+            messages[i] = {**messages[i], "tool_calls": calls}
 
 
 @dataclass(slots=True)
@@ -94,17 +108,19 @@ class Session:
         self.notes.append(record)
         self._append(record)
 
-    def replace_contents(self, replaced: list[tuple[int, str]], **fields: Any) -> None:
-        """Replace the content of messages by index (compaction), recorded durably."""
+    def replace_contents(self, replaced: list[tuple[int, str]],
+                         arguments: list[tuple[int, int, Any]] | None = None, **fields: Any) -> None:
+        """Replace the content of messages by index, and the arguments of tool calls by
+        (message index, call index) (compaction), recorded durably."""
         record = {"kind": "compaction", "time": time.time(),
                   "replaced": [[i, text] for i, text in replaced], **fields}
+        if arguments:
+            record["replaced_arguments"] = [[i, k, args] for i, k, args in arguments]
         self._apply_replacements(record)
         self._append(record)
 
     def _apply_replacements(self, record: dict[str, Any]) -> None:
-        for i, text in record.get("replaced", []):
-            if 0 <= i < len(self.messages):
-                self.messages[i] = {**self.messages[i], "content": text}
+        apply_replacements(self.messages, record)
         self.compactions.append(record)
 
     def _close_dangling_calls(self) -> None:

@@ -120,7 +120,7 @@ def ask(repo: Path, question: str, backend: Backend, packed: PackedContext,
     if out is not None and answer and not answer.endswith("\n"):
         out.write("\n")
     reason = done.reason if done else "no_result"
-    citations = check_citations(repo, answer) if answer else []
+    citations = check_citations(repo, answer, packed.contents.keys()) if answer else []
     return AskResult(answer, reason, citations, usage, "; ".join(errors))
 
 

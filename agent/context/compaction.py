@@ -6,10 +6,13 @@ are replaced by a one-line stub::
     [archived tool output out-3: 120 lines, first line: def main():…; call recall(id="out-3") to see it again]
 
 and their full text goes to the session's archive (agent.context.archive), from which the
-``recall`` tool returns it exactly. Pinned facts are never touched: the system message
-(instructions, AGENTS.md, the packed repository), every user message (the task and the
-user's instructions), and the assistant's own turns. The most recent ``keep_recent`` tool
-outputs stay, and so do outputs too short for a stub to save anything.
+``recall`` tool returns it exactly. Large strings inside old tool calls' *arguments* (a
+write_file's content, an edit's old and new text) are archived the same way, in place
+inside the arguments (agent.context.archive_args), oldest message first together with the
+outputs. Pinned facts are never touched: the system message (instructions, AGENTS.md, the
+packed repository), every user message (the task and the user's instructions), and the
+assistant's own text and reasoning. The most recent ``keep_recent`` tool outputs and tool
+calls stay, and so does text too short for a stub to save anything.
 
 Order of writes: archive first (fsynced), then a ``{"kind": "compaction"}`` record in the
 session file, so ``Session.load`` reproduces the compacted transcript and a crash between
@@ -28,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.context.archive import Archive
+from agent.context.archive_args import ARG_ID_PREFIX, archive_call, has_large_arguments
 from agent.context.pack import CONTEXT_WINDOW
 from agent.context.tokens import count_tokens
 from agent.events import CompactionEvent
-from agent.session import Session
+from agent.session import Session, apply_replacements
 
 MESSAGE_OVERHEAD = 4          # role markers and separators of the chat template
 KEEP_RECENT = 2               # the newest tool outputs are never archived
@@ -99,12 +103,25 @@ def candidates(messages: list[dict[str, Any]], keep_recent: int = KEEP_RECENT,
             and not str(messages[i].get("content") or "").startswith(STUB_PREFIX)]
 
 
+def argument_candidates(messages: list[dict[str, Any]], keep_recent: int = KEEP_RECENT,
+                        min_chars: int = MIN_ARCHIVE_CHARS) -> dict[int, list[int]]:
+    """``{message index: [call indices]}`` of old tool calls with archivable arguments."""
+    calls = [(i, k) for i, m in enumerate(messages) if m.get("role") == "assistant"
+             for k in range(len(m.get("tool_calls") or ()))]
+    out: dict[int, list[int]] = {}
+    for i, k in calls[: max(0, len(calls) - keep_recent)]:
+        if has_large_arguments(messages[i]["tool_calls"][k], min_chars):
+            out.setdefault(i, []).append(k)
+    return out
+
+
 def compact(session: Session, *, limit: int | None = None, keep_recent: int = KEEP_RECENT,
             min_chars: int = MIN_ARCHIVE_CHARS, counter: TokenCounter | None = None,
             archive: Archive | None = None) -> CompactionEvent | None:
-    """Archive old tool outputs of ``session``; None when nothing was archived.
+    """Archive old tool outputs and large tool-call arguments of ``session``; None when
+    nothing was archived.
 
-    ``limit=None`` (the TUI's /compact): archive every eligible output. With a limit: do
+    ``limit=None`` (the TUI's /compact): archive everything eligible. With a limit: do
     nothing while the transcript fits; otherwise archive oldest first until the unpinned
     part uses at most half of the room the pinned part leaves (so compaction is rare).
     """
@@ -117,25 +134,36 @@ def compact(session: Session, *, limit: int | None = None, keep_recent: int = KE
     pinned = sum(n for m, n in zip(messages, counts, strict=True) if is_pinned(m))
     target = -1 if limit is None else pinned + max(0, limit - pinned) // 2
     archive = archive or Archive.for_session(session.path)
+    outputs = candidates(messages, keep_recent, min_chars)
+    arguments = argument_candidates(messages, keep_recent, min_chars)
     replaced: list[tuple[int, str]] = []
+    replaced_args: list[tuple[int, int, Any]] = []
     ids: list[str] = []
     total = before
-    for i in candidates(messages, keep_recent, min_chars):
+    for i in sorted(set(outputs) | set(arguments)):
         if limit is not None and total <= target:
             break
+        if i in arguments:
+            for k in arguments[i]:
+                done = archive_call(archive, i, k, messages[i]["tool_calls"][k], min_chars)
+                if done is not None:
+                    replaced_args.append((i, k, done.arguments))
+                    ids.extend(done.ids)
+                    total -= done.chars_saved // 3  # refined by the recount below
+            continue
         text = str(messages[i].get("content") or "")
         aid = archive.put(text, i, str(messages[i].get("tool_call_id") or ""))
         short = stub(aid, text)
         replaced.append((i, short))
         ids.append(aid)
         total -= counts[i] - (len(short) // 3 + MESSAGE_OVERHEAD)  # refined by the recount below
-    if not replaced:
+    if not ids:
         return None
     preview = list(messages)
-    for i, short in replaced:
-        preview[i] = {**preview[i], "content": short}
+    apply_replacements(preview, {"replaced": replaced, "replaced_arguments": replaced_args})
     after = counter.total(preview)
-    session.replace_contents(replaced, ids=ids, tokens_before=before, tokens_after=after)
+    session.replace_contents(replaced, arguments=replaced_args, ids=ids, tokens_before=before,
+                             tokens_after=after)
     return CompactionEvent(ids=ids, tokens_before=before, tokens_after=after,
                            manual=limit is None, archive=str(archive.path))
 
@@ -161,6 +189,8 @@ class Compactor:
 
 def describe(event: CompactionEvent) -> str:
     """One human-readable line for logs and the TUI."""
-    return (f"compacted: archived {len(event.ids)} tool output(s) {', '.join(event.ids)} "
+    args = sum(1 for i in event.ids if i.startswith(ARG_ID_PREFIX))
+    what = f"{len(event.ids) - args} tool output(s)" + (f" and {args} tool-call argument(s)" if args else "")
+    return (f"compacted: archived {what} {', '.join(event.ids)} "
             f"({event.tokens_before} -> {event.tokens_after} tokens; recall(id) brings one back)")
 

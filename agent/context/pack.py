@@ -11,7 +11,6 @@ after packing go in :func:`delta_for_edits` (agent.context.delta), never into th
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.context.cache import FileFacts, PackCache, cache_dir_for, content_key, pack_key
-from agent.context.outline import extract_symbols, identifiers, outline_entries
+from agent.context.linecount import LineTokenCounter
+from agent.context.parsing import parse_files
 from agent.context.rank import RankInput, named_files, rank_files
 from agent.context.render import (
     PREAMBLE,
@@ -35,7 +35,6 @@ from agent.context.walk import MAX_FILE_BYTES, Skipped, WalkedFile, walk_reposit
 CONTEXT_WINDOW = 1_000_000
 DEFAULT_RESERVE = 100_000
 DEFAULT_BUDGET = CONTEXT_WINDOW - DEFAULT_RESERVE
-OUTLINE_CHUNK = 16  # outlines per tokenizer batch while parsing goes on
 FIT_SLACK = 1.5  # count a body exactly only if its estimate is within this factor of the room
 
 
@@ -69,54 +68,33 @@ class PackedContext:
 
 
 def _count_bodies(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFacts],
-                  rendered: dict[str, str]) -> None:
+                  counter: LineTokenCounter) -> None:
+    """Token count of each file's numbered body (see agent.context.linecount)."""
     todo = [f for f in files if facts.setdefault(keys[f.path], FileFacts()).body_tokens is None]
-    bodies = [rendered.setdefault(f.path, render_body(f.text)) for f in todo]
-    for f, n in zip(todo, count_tokens(bodies), strict=True):
-        facts[keys[f.path]].body_tokens = n
-
-
-def _parse(todo: list[tuple[WalkedFile, FileFacts]], done: list[BaseException | None]) -> None:
-    try:
-        for f, ff in todo:
-            ff.symbols = extract_symbols(f.path, f.data)
-            ff.idents = frozenset(identifiers(f.text))
-            ff.outline_body = render_outline(outline_entries(f.path, split_lines(f.text), ff.symbols))
-            done.append(None)
-    except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-        done.append(exc)
+    lines = [split_lines(f.text) for f in todo]
+    counter.add(lines)
+    for f, ls in zip(todo, lines, strict=True):
+        facts[keys[f.path]].body_tokens = counter.body(ls)
 
 
 def _ensure_outlines(files: list[WalkedFile], keys: dict[str, str],
-                     facts: dict[str, FileFacts]) -> None:
+                     facts: dict[str, FileFacts], counter: LineTokenCounter) -> None:
     """Symbols, identifiers and outline (with its token count) of every file.
 
-    Parsing runs in a thread (tree-sitter holds the GIL) while this one counts the outlines
-    parsed so far (the tokenizer releases the GIL), so the two overlap; counts depend only
-    on content, so the result is the same as doing one after the other."""
+    Parsing runs in worker processes when the repository is large (agent.context.parsing);
+    this process counts the outlines of each batch as it comes back, so the two overlap."""
     todo: list[tuple[WalkedFile, FileFacts]] = []
     for f in files:
         ff = facts.setdefault(keys[f.path], FileFacts())
         if ff.symbols is None or ff.outline_tokens is None:
             todo.append((f, ff))
-    done: list[BaseException | None] = []
-    worker = threading.Thread(target=_parse, args=(todo, done), daemon=True)
-    worker.start()
-    counted = 0
-    while counted < len(todo):
-        alive = worker.is_alive()
-        ready = len(done)
-        if ready - counted >= OUTLINE_CHUNK or (not alive and ready > counted):
-            chunk = todo[counted:ready]
-            for (_, ff), n in zip(chunk, count_tokens([ff.outline_body or "" for _, ff in chunk]),
-                                  strict=True):
-                ff.outline_tokens = n
-            counted = ready
-        else:
-            time.sleep(0.001)
-        if done and done[-1] is not None:
-            raise done[-1]  # the parser failed: the same error as without the thread
-    worker.join()
+    for batch, results in parse_files([(f.path, f.data, f.text) for f, _ in todo]):
+        counter.add([line for _, line in r.outline] for r in results)
+        for i, r in zip(batch, results, strict=True):
+            ff = todo[i][1]
+            ff.symbols, ff.idents = r.symbols, r.idents
+            ff.outline_body = render_outline(r.outline)
+            ff.outline_tokens = counter.entries(r.outline)
 
 
 def _bytes_per_token(files: list[WalkedFile], keys: dict[str, str],
@@ -129,7 +107,7 @@ def _bytes_per_token(files: list[WalkedFile], keys: dict[str, str],
 
 def _plan(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFacts],
           budget: int, question: str | None, preamble_tokens: int,
-          rendered: dict[str, str]) -> tuple[set[str], set[str], int]:
+          counter: LineTokenCounter) -> tuple[set[str], set[str], int]:
     """(whole, outlined, tokens) for an over-budget repository.
 
     The fill upgrades outlines to whole files in rank order while they fit. A body is
@@ -138,7 +116,7 @@ def _plan(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFa
     cannot fit are not tokenized; the estimate uses only file contents and exact counts of
     earlier batches, so the result does not depend on what the cache held."""
     by_path = {f.path: f for f in files}
-    _ensure_outlines(files, keys, facts)
+    _ensure_outlines(files, keys, facts, counter)
     order = rank_files([RankInput(f.path, frozenset(s.name for s in facts[keys[f.path]].symbols or ()),
                                   facts[keys[f.path]].idents or frozenset()) for f in files], question)
     named = named_files(question, [f.path for f in files])
@@ -147,7 +125,7 @@ def _plan(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFa
     whole_head = dict(zip(order, heads[: len(order)], strict=True))
     out_cost = {p: h + (facts[keys[p]].outline_tokens or 0)
                 for p, h in zip(order, heads[len(order):], strict=True)}
-    _count_bodies([by_path[p] for p in named], keys, facts, rendered)
+    _count_bodies([by_path[p] for p in named], keys, facts, counter)
     whole_cost = {p: whole_head[p] + (facts[keys[p]].body_tokens or 0) for p in named}
     whole = set(named)
     outlined = [p for p in order if p not in whole]
@@ -173,7 +151,7 @@ def _plan(files: list[WalkedFile], keys: dict[str, str], facts: dict[str, FileFa
             if size / ratio - out_cost[p] <= room * FIT_SLACK:  # could fit: count it exactly
                 batch.append(p)
                 estimate += size / ratio - out_cost[p]
-        _count_bodies([by_path[p] for p in batch], keys, facts, rendered)
+        _count_bodies([by_path[p] for p in batch], keys, facts, counter)
         for p in batch:
             extra = whole_head[p] + (facts[keys[p]].body_tokens or 0) - out_cost[p]
             if used + extra <= budget:
@@ -210,22 +188,21 @@ def pack_repository(repo: str | Path, budget: int = DEFAULT_BUDGET, question: st
         (facts[keys[f.path]].body_tokens or 0) if keys[f.path] in facts
         and facts[keys[f.path]].body_tokens is not None else len(f.data) // 3 for f in files)
     fits = False
-    rendered: dict[str, str] = {}
+    counter = LineTokenCounter()
     if estimate <= budget * 1.25:
-        _count_bodies(files, keys, facts, rendered)
+        _count_bodies(files, keys, facts, counter)
         heads = count_tokens([file_header(f.path) for f in files])
         total = preamble_tokens + sum(heads) + sum(facts[keys[f.path]].body_tokens or 0 for f in files)
         fits = total <= budget
     if fits:
         whole, outset = {f.path for f in files}, set()
     else:
-        whole, outset, total = _plan(files, keys, facts, budget, question, preamble_tokens, rendered)
+        whole, outset, total = _plan(files, keys, facts, budget, question, preamble_tokens, counter)
     parts = [PREAMBLE]
     wfiles = sorted(whole)
     ofiles = sorted(outset)
     for p in wfiles:
-        body = rendered.get(p)
-        parts.append(file_header(p) + (body if body is not None else render_body(contents[p])))
+        parts.append(file_header(p) + render_body(contents[p]))
     for p in ofiles:
         parts.append(outline_header(p, len(split_lines(contents[p]))) + (facts[keys[p]].outline_body or ""))
     text = "".join(parts)
