@@ -132,3 +132,14 @@ def recall_tool(archive: Archive) -> Tool:
                     "required": ["id"]},
         run=run,
     )
+
+
+def archived_stub(head: str, aid: str, text: str) -> str:
+    """The one line left where archived text was: ``head``, its size and first line, and how
+    to get it back."""
+    lines = text.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    if len(first) > 80:
+        first = first[:80] + "…"
+    return (f"{head}: {len(lines)} lines, first line: {first}; "
+            f'call recall(id="{aid}") to see it again]')

@@ -18,19 +18,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.context.archive import Archive
+from agent.context.archive import Archive, archived_stub
 
 ARG_ID_PREFIX = "arg-"
 ARG_STUB_PREFIX = "[archived tool argument "
 
 
 def arg_stub(aid: str, key: str, text: str) -> str:
-    lines = text.splitlines()
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
-    if len(first) > 80:
-        first = first[:80] + "…"
-    return (f"{ARG_STUB_PREFIX}{aid} ({key}): {len(lines)} lines, first line: {first}; "
-            f'call recall(id="{aid}") to see it again]')
+    return archived_stub(f"{ARG_STUB_PREFIX}{aid} ({key})", aid, text)
 
 
 def parsed_arguments(call: dict[str, Any]) -> Any:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.context.archive import Archive
+from agent.context.archive import Archive, archived_stub
 from agent.context.archive_args import ARG_ID_PREFIX, archive_call, has_large_arguments
 from agent.context.pack import CONTEXT_WINDOW
 from agent.context.tokens import count_tokens
@@ -86,12 +86,7 @@ def is_pinned(msg: dict[str, Any]) -> bool:
 
 
 def stub(aid: str, text: str) -> str:
-    lines = text.splitlines()
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
-    if len(first) > 80:
-        first = first[:80] + "…"
-    return (f"{STUB_PREFIX}{aid}: {len(lines)} lines, first line: {first}; "
-            f'call recall(id="{aid}") to see it again]')
+    return archived_stub(f"{STUB_PREFIX}{aid}", aid, text)
 
 
 def candidates(messages: list[dict[str, Any]], keep_recent: int = KEEP_RECENT,

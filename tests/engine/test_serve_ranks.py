@@ -33,6 +33,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_serve(toy_ckpt, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`v4coder serve` on the toy in a subprocess, once it answers /v1/models."""
+    port = _free_port()
+    cmd = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())",
+           "serve", "--checkpoint", str(toy_ckpt), "--port", str(port), "--dtype", "float32",
+           *flags]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"{base}/models").raise_for_status()
+            return proc, base
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"server did not come up: {proc.stderr.read()}") from None
+            time.sleep(0.3)
+
+
 def _completion(base: str, prompt: str, n: int = 6) -> dict:
     r = httpx.post(f"{base}/completions", timeout=120,
                    json={"prompt": prompt, "max_tokens": n, "temperature": 0})
@@ -68,22 +88,8 @@ def reference(make_engine):
 @pytest.mark.parametrize("flags", [["--ep", "2"], ["--tp", "2"], ["--offload", "6000"]],
                          ids=["ep2", "tp2", "offload"])
 def test_serve_ranks_and_offload_match_one_resident_process(toy_ckpt, reference, flags):
-    port = _free_port()
-    cmd = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())",
-           "serve", "--checkpoint", str(toy_ckpt), "--port", str(port), "--dtype", "float32",
-           "--no-prefix-cache", *flags]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
+    proc, base = _start_serve(toy_ckpt, "--no-prefix-cache", *flags)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{base}/models").raise_for_status()
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.3)
         got = [_completion(base, p) for p in PROMPTS]
         assert [g["choices"][0]["text"] for g in got] == reference["completions"]
         assert all(g["usage"]["completion_tokens"] == 6 for g in got)
@@ -159,22 +165,8 @@ def test_serve_ep2_reuses_prefixes_and_matches_one_process(toy_ckpt, make_engine
     for a, b in zip(seq.cache.layers, back.layers, strict=True):
         assert (a.window is None and b.window is None) or bool((a.window == b.window).all())
 
-    port = _free_port()
-    cmd = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())",
-           "serve", "--checkpoint", str(toy_ckpt), "--port", str(port), "--dtype", "float32",
-           "--cache-dir", str(tmp_path), "--ep", "2"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
+    proc, base = _start_serve(toy_ckpt, "--cache-dir", str(tmp_path), "--ep", "2")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{base}/models").raise_for_status()
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.3)
         first = _completion(base, prompt)
         second = _completion(base, prompt)
         assert first["choices"][0]["text"] == second["choices"][0]["text"] == want
