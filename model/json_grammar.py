@@ -29,6 +29,7 @@ _DIGITS = "0123456789"
 _HEX = set("0123456789abcdefABCDEF")
 _NUM_END = ("zero", "int", "frac", "exp")   # number sub-states where the number may end
 _ROOT_FIRST = {"array": "[", "object": "{"}
+MASK_CACHE_STATES = 256  # cached masks (one bool per vocabulary token: 129 KB each for V4)
 
 
 def start(kind: str = "any") -> State:
@@ -230,7 +231,7 @@ class JsonMasks:
         mask = self.cache.get(state)
         if mask is None:
             mask = self._compute(state)
-            if len(self.cache) < 4096:
+            if len(self.cache) < MASK_CACHE_STATES:
                 self.cache[state] = mask
         return mask
 
