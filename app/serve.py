@@ -255,6 +255,12 @@ def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     return tools, False
 
 
+def _warm_up(engine: Engine, mode: str) -> None:
+    if mode == "on" or (mode == "auto" and engine.lm.device.type == "cuda"):
+        seconds = engine.warm_up()
+        print(f"v4coder serve: warmed up in {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
 def start_server(engine: Engine, host: str = "127.0.0.1", port: int = 0,
                  model_name: str = "v4coder", **options: Any) -> Server:
     """Build the server (port 0 = any free port); the caller runs serve_forever.
@@ -276,6 +282,9 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--cache-dir-size", default="64GB", metavar="BYTES",
                         help="disk budget of --cache-dir; least recently used blocks go first")
     parser.add_argument("--no-prefix-cache", action="store_true")
+    parser.add_argument("--warm-up", choices=("auto", "on", "off"), default="auto",
+                        help="run every kernel once before serving (auto: on a GPU, where "
+                             "Triton compiles on first use)")
     parser.add_argument("--chunk-tokens", type=int, default=2048)
     parser.add_argument("--mtp", action="store_true", help="MTP speculative decoding (off)")
     parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per TP rank")
@@ -307,6 +316,7 @@ def serve_main(argv: list[str]) -> int:
             cache_dir_bytes=args.cache_dir_bytes, transforms=_offload_transforms(offload))
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
+        _warm_up(engine, args.warm_up)
         server = start_server(engine, args.host, args.port,
                               args.model_name or args.checkpoint.resolve().name)
     except (CheckpointError, ConfigError, EngineError, ValueError, OSError) as exc:
@@ -367,6 +377,7 @@ def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         engine.step_hook = hook = StepLeader(engine.lm.device)
+        _warm_up(engine, args.warm_up)
         server = start_server(engine, args.host, args.port,
                               args.model_name or args.checkpoint.resolve().name)
         print(f"v4coder serve: {world} ranks (tp={args.tp} ep={args.ep} offload={offload})",

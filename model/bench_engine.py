@@ -42,17 +42,6 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(2, 128000, (n,), generator=gen).tolist()
 
 
-def _warm_up(engine: Engine, short_tokens: int, greedy: SamplingParams) -> None:
-    """Run every path the timed part runs once, on other tokens: prefill past index_topk
-    compressed rows with a ragged tail (Triton specialises on sizes % 16), decode, and a second
-    turn over a cached prefix — so no JIT compile or first-call cost lands in a timing."""
-    cfg = engine.lm.config
-    n = min(short_tokens, 4 * cfg.index_topk + 2 * engine.config.chunk_tokens) + 37
-    prompt = _ids(n, seed=100)
-    reply = [e.token_id for e in engine.generate(prompt, greedy.with_(max_new_tokens=2))]
-    list(engine.generate(prompt + reply + _ids(41, seed=101), greedy.with_(max_new_tokens=1)))
-
-
 def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
                  short_tokens: int = 8192, new_tokens: int = 64, reply_tokens: int = 8,
                  chunk_tokens: int = 2048, preset: str = "proportional", device: str = "cpu"
@@ -66,7 +55,8 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
                         load_tokenizer(checkpoint), generation_defaults(checkpoint))
         greedy = SamplingParams(temperature=0.0, max_new_tokens=reply_tokens, stop_ids=())
 
-        _warm_up(engine, short_tokens, greedy)
+        cfg = lm.config  # warm up every path first: no JIT compile lands in a timing
+        engine.warm_up(min(short_tokens, 4 * cfg.index_topk + chunk_tokens) + 37)
         sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -85,7 +75,6 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
         list(turn2)
         s1, s2 = turn1.stats, turn2.stats
-    cfg = lm.config
     split = prefill_flops(cfg, long_tokens)
     return {
         "bench": "engine", "device": str(lm.device), "checkpoint": str(checkpoint),

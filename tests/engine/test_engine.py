@@ -105,3 +105,17 @@ def test_bench_engine_small_run(capsys):
     assert 2.0 < result["predicted_ratio"] < 4.0  # 512/256: quadratic parts still small
     assert abs(sum(result["long_flops_split"].values()) - 1.0) < 0.01
     assert main(["--long", "10", "--short", "20"]) == 2
+
+
+def test_warm_up_leaves_prefix_cache_and_counters_alone(make_engine):
+    engine = make_engine(chunk_tokens=128)
+    engine.prefill(token_ids(300, seed=70))
+    blocks, counters = list(engine.prefix.blocks), engine.counters
+    before = (counters.requests, counters.prompt_tokens, counters.computed_tokens)
+    seconds = engine.warm_up(200)                # a full and a ragged chunk, then decode
+    assert seconds > 0
+    assert list(engine.prefix.blocks) == blocks
+    c = engine.counters
+    assert (c.requests, c.prompt_tokens, c.computed_tokens) == before
+    _, logits = engine.prefill(token_ids(300, seed=70) + token_ids(5, seed=71))
+    assert engine.counters is counters and counters.reused_tokens == 256  # cache still serves

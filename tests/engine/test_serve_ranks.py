@@ -165,7 +165,8 @@ def test_serve_ep2_reuses_prefixes_and_matches_one_process(toy_ckpt, make_engine
     for a, b in zip(seq.cache.layers, back.layers, strict=True):
         assert (a.window is None and b.window is None) or bool((a.window == b.window).all())
 
-    proc, base = _start_serve(toy_ckpt, "--cache-dir", str(tmp_path), "--ep", "2")
+    proc, base = _start_serve(toy_ckpt, "--cache-dir", str(tmp_path), "--ep", "2",
+                              "--warm-up", "on")  # followers run the warm-up steps too
     try:
         first = _completion(base, prompt)
         second = _completion(base, prompt)
@@ -175,6 +176,7 @@ def test_serve_ep2_reuses_prefixes_and_matches_one_process(toy_ckpt, make_engine
         assert cached >= 256 and cached % 128 == 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        assert "warmed up in" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
