@@ -73,6 +73,10 @@ class EmbeddedBackend:
         self.eos_id = self.engine.tokenizer.token_to_id(EOS)
         self.model = path.name
         self.constrain_tool_calls = constrain_tool_calls
+        if self.engine.lm.device.type == "cuda":  # Triton compiles on first use: not mid-turn
+            if progress_callback is not None:
+                progress_callback(0.98, f"compiling kernels for {path.name}")
+            self.engine.warm_up()
         if progress_callback is not None:
             progress_callback(1.0, f"loaded {path.name}")
 
