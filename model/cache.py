@@ -40,13 +40,45 @@ class CompressorState:
     pending_score: torch.Tensor | None = None  # same shape, gate logits with ape added
     prev_kv: torch.Tensor | None = None        # [b, ratio, coff·d] last closed block (CSA overlap)
     prev_score: torch.Tensor | None = None
-    rows: torch.Tensor | None = None           # [b, n_entries, d] (or packed) entries so far
+    # the compressed entries so far are store[:, :count] ([b, n, d], or packed uint8 rows); the
+    # store has room to grow (appends are amortised, never a copy of every row per chunk) and
+    # attention writes the current window rows just past ``count`` as scratch
+    store: torch.Tensor | None = None
+    count: int = 0
     # when a list, forward appends (kv, score, first position) of the open + new tokens
     # (the prefix cache reads block-boundary state from it); None = off
     tap: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
 
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """[b, count, d] view of the compressed entries (None before the first)."""
+        return None if self.store is None else self.store[:, : self.count]
+
+    @rows.setter
+    def rows(self, value: torch.Tensor | None) -> None:
+        self.store, self.count = value, 0 if value is None else value.shape[1]
+
     def num_rows(self) -> int:
-        return 0 if self.rows is None else self.rows.shape[1]
+        return self.count
+
+    def reserve(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """The store, grown (×1.25, or to ``rows``) if it holds fewer than ``rows`` rows;
+        ``like`` [b, *, d] gives batch, row shape, dtype and device for a first store."""
+        cap = 0 if self.store is None else self.store.shape[1]
+        if rows > cap:
+            grown = like.new_empty(like.shape[0], max(rows, cap + cap // 4), *like.shape[2:])
+            if self.count:
+                grown[:, : self.count] = self.store[:, : self.count]
+            self.store = grown
+        return self.store
+
+    def append(self, entries: torch.Tensor) -> torch.Tensor:
+        """Add [b, n, d] entries after the current ones. → the rows view."""
+        n = entries.shape[1]
+        store = self.reserve(self.count + n, entries)
+        store[:, self.count : self.count + n] = entries
+        self.count += n
+        return self.rows
 
 
 @dataclass(slots=True)
@@ -69,6 +101,8 @@ class SequenceCache:
         return cls(layers=[LayerCache() for _ in range(n_layers)])
 
     def nbytes(self) -> int:
+        """Bytes of the state itself (the rows held, not the stores' room to grow: at most a
+        quarter more than the rows, plus one chunk + window of attention scratch per layer)."""
         total = 0
         for layer in self.layers:
             tensors = [layer.window]

@@ -6,8 +6,9 @@ residual streams at position p−1 and the embedding of token p, and proposes to
 model verifies both in one forward. The engine samples every token from the main model's
 logits, so a draft is accepted exactly when the sampled token equals it — the output is the
 non-speculative output (greedy: identical tokens), only the number of forwards changes. On a
-miss the cache rolls back to a snapshot (cache tensors are replaced, never written in place,
-so a shallow copy is a snapshot) and the step is redone with the right token and a new draft.
+miss the cache rolls back to a snapshot (cache tensors are replaced, and a compressed-row store
+is only written past its row count, so a shallow copy with the counts is a snapshot) and the
+step is redone with the right token and a new draft.
 
 The MTP block attends over a sliding window only (compress ratio 0), so it is run statelessly
 over the last ``window`` positions whose hidden states this speculator has seen.

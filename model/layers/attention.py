@@ -91,17 +91,20 @@ class Attention(nn.Module):
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
         indices = self._window_indices(start_pos, s, n_past, x.device).unsqueeze(0).expand(b, -1, -1)
         if self.compressor is not None:
-            rows = self.compressor(x, start_pos, cache.compressor, layout)
+            n = self.compressor(x, start_pos, cache.compressor, layout).shape[1]
             if self.indexer is not None:
                 picked = self.indexer(x, qr, start_pos, cache)
             else:
-                n = rows.shape[1]
                 visible = (positions + 1) // self.ratio
                 cols = torch.arange(n, device=x.device).view(1, -1)
                 picked = torch.where(cols < visible.view(-1, 1), cols, -1).unsqueeze(0).expand(b, -1, -1)
-            picked = torch.where(picked >= 0, picked + keys.shape[1], -1)
-            keys = torch.cat([keys, rows.to(keys.dtype)], dim=1)
-            indices = torch.cat([indices, picked], dim=-1)
+            # one KV tensor without copying the compressed rows: they stay at the front of the
+            # cache's store and the window rows are written just after them (scratch)
+            w = keys.shape[1]
+            store = cache.compressor.reserve(n + w, like=keys)
+            store[:, n:n + w] = keys
+            keys = store[:, :n + w]
+            indices = torch.cat([torch.where(indices >= 0, indices + n, -1), picked], dim=-1)
         if layout is None:
             o = ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
         else:

@@ -83,5 +83,4 @@ class Compressor(nn.Module):
                 rope = entries[..., nope:].to(torch.bfloat16).to(entries.dtype)
                 entries = torch.cat([ops.fp8_fake_quant(entries[..., :nope], KV_QUANT_BLOCK),
                                      rope], dim=-1)
-        state.rows = entries if state.rows is None else torch.cat([state.rows, entries], dim=1)
-        return state.rows
+        return state.append(entries)
