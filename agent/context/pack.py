@@ -176,9 +176,12 @@ def pack_repository(repo: str | Path, budget: int = DEFAULT_BUDGET, question: st
     pairs = [(f.path, keys[f.path]) for f in files]
     cache = PackCache(cache_dir_for(root) if use_cache else None)
     fit_key, q_key = pack_key(pairs, budget, None, PREAMBLE), pack_key(pairs, budget, question, PREAMBLE)
-    for key in (fit_key, q_key):
+    # a repository that fits is packed the same for any question (fit_key); one that does not
+    # is ranked by the question (q_key; without a question the two keys are the same, so the
+    # cached pack says whether it fitted)
+    for key, need_fit in ((fit_key, True), (q_key, False)):
         hit = cache.load_pack(key)
-        if hit is not None:
+        if hit is not None and (hit.get("fits") or not need_fit):
             return PackedContext(str(root), hit["text"], hit["files"], hit["outlined"], hit["omitted"],
                                  walked.skipped, hit["tokens"], budget,
                                  time.perf_counter() - start, True, keys, contents)
@@ -210,7 +213,8 @@ def pack_repository(repo: str | Path, budget: int = DEFAULT_BUDGET, question: st
     packed = PackedContext(str(root), text, wfiles, ofiles, omitted, walked.skipped, total, budget,
                            0.0, False, keys, contents)
     cache.save_pack(fit_key if fits else q_key, {"text": text, "files": wfiles, "outlined": ofiles,
-                                                 "omitted": omitted, "tokens": total})
+                                                 "omitted": omitted, "tokens": total,
+                                                 "fits": fits})
     cache.save_facts(set(keys.values()))
     packed.seconds = time.perf_counter() - start
     return packed

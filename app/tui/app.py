@@ -283,7 +283,7 @@ class CoderApp(App):
     def run_turn(self, text: str, turn: int) -> None:
         error = ""
         try:
-            agent = self.host.ensure_agent()
+            agent = self.host.ensure_agent(text)
             repo = self.host.repo
             for event in agent.run(text):
                 diff = ""

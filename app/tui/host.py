@@ -109,11 +109,19 @@ class AgentHost:
                     self.pack_error = f"{type(exc).__name__}: {exc}"
             return self.prepacked
 
-    def new_session(self) -> Session:
-        """Start a session around the packed repository (packing now if not done yet)."""
-        from agent.context.session_context import attach_context
+    def new_session(self, question: str | None = None) -> Session:
+        """Start a session around the packed repository (packing now if not done yet). When
+        the repository did not fit the budget and the session starts with ``question``, it is
+        packed again ranked by that question (files it names come whole; cheap: the per-file
+        facts are cached), as ``v4coder run`` does with the issue."""
+        from agent.context.session_context import attach_context, pack_for_session
         with self.lock:
             live = self._pack()
+            if live is not None and question and (live.packed.outlined or live.packed.omitted):
+                try:
+                    live = pack_for_session(self.repo, self.context_budget, question)
+                except Exception:  # noqa: BLE001 - keep the pack that worked
+                    pass
             self.prepacked = None
             stats = pack_stats(live)
             name, model = backend_label(self.backend, self.backend_spec)
@@ -143,12 +151,13 @@ class AgentHost:
             self.pack_error = ""
             self.always.clear()
 
-    def ensure_context(self) -> Any:
-        """The SessionContext of the current session: pack a new session or resume the
-        loaded one's snapshot, whichever is missing (slow: call from a worker)."""
+    def ensure_context(self, question: str | None = None) -> Any:
+        """The SessionContext of the current session: pack a new session (ranked by its first
+        ``question`` when over budget) or resume the loaded one's snapshot, whichever is
+        missing (slow: call from a worker)."""
         with self.lock:
             if self.session is None:
-                self.new_session()
+                self.new_session(question)
             elif self.context is None:
                 from agent.context.session_context import resume_context
                 self.context = resume_context(self.session, self.repo, **self._limit())
@@ -184,11 +193,11 @@ class AgentHost:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         self.mode = self.ctx.mode = mode
 
-    def ensure_agent(self) -> Agent:
+    def ensure_agent(self, question: str | None = None) -> Agent:
         if self.backend is None:
             raise RuntimeError("the model is still loading")
         with self.lock:
-            context = self.ensure_context()
+            context = self.ensure_context(question)
             if self.agent is None or self.agent.backend is not self.backend:
                 if self.tools_factory is None:
                     from tools.registry import default_tools

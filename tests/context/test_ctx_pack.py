@@ -139,3 +139,19 @@ def test_pack_cli(make_repo, capsys: pytest.CaptureFixture[str]) -> None:  # noq
     assert pack_main(["--repo", str(repo), "--budget", "lots"]) == 2
     assert pack_main(["--budget", "5"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+def test_cached_over_budget_pack_does_not_answer_a_question(make_repo):
+    """An over-budget pack cached without a question must not be served for a question: the
+    question re-ranks (a file it names comes whole), and a repeat of either is a cache hit."""
+    from agent.context.pack import pack_repository
+
+    body = "".join(f"def f{i}(x):\n    return x * {i} + {i}\n\n" for i in range(40))
+    repo = make_repo({f"mod_{c}.py": body for c in "abcdefgh"})
+    plain = pack_repository(repo, 4_000)
+    assert "mod_h.py" in plain.outlined and not plain.cache_hit
+    asked = pack_repository(repo, 4_000, "why does mod_h.py multiply?")
+    assert "mod_h.py" in asked.files and not asked.cache_hit
+    again = pack_repository(repo, 4_000)
+    assert again.cache_hit and again.text == plain.text
+    assert pack_repository(repo, 4_000, "why does mod_h.py multiply?").cache_hit

@@ -136,3 +136,22 @@ async def test_resume_reattaches_the_saved_pack(repo, make_replay, make_app):
         assert app.host.session.id == sid and app.host.context.live is not None
         extra = app.host.context.prepare_messages(app.host.session.messages)[-1]["content"]
         assert "print('changed')" in extra          # a delta against the saved snapshot
+
+
+def test_first_question_ranks_an_over_budget_pack(make_repo):
+    """A repository over the budget is pre-packed before any question (outlines for what does
+    not fit); the session's first question re-ranks it, so a file it names comes whole."""
+    from app.tui.host import AgentHost
+
+    body = "".join(f"def f{i}(x):\n    return x * {i} + {i}\n\n" for i in range(40))
+    repo = make_repo({f"mod_{c}.py": body for c in "abcdefgh"})
+    host = AgentHost(repo=repo, backend_spec="replay:none.jsonl", context_budget=4_000)
+    live = host.prepack()
+    assert live.packed.outlined and "mod_h.py" not in live.packed.files
+    session = host.new_session("why does mod_h.py multiply?")
+    system = session.messages[0]["content"]
+    assert "### mod_h.py\n1 def f0(x):\n" in system          # whole, with line numbers
+    assert session.header["context"]["files"] >= 1
+    host.forget_session()
+    plain = host.new_session()                              # no question: the plain ranking
+    assert "### mod_h.py\n1 def f0(x):\n" not in plain.messages[0]["content"]
