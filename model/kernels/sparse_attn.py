@@ -55,8 +55,22 @@ def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
 def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
                               indices: torch.Tensor, scale: float, layout: KVLayout
                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    kv = unpack_kv_fp8(cache, layout).to(q.dtype if q.dtype != torch.float16 else torch.float32)
-    return sparse_attn_reference(q, kv, sink, indices, scale)
+    """Unpacks only the rows some query picks (each once), not the whole cache: a decode step
+    at long context touches window + top-k rows, not every compressed row."""
+    dtype = q.dtype if q.dtype != torch.float16 else torch.float32
+    outs, lses = [], []
+    for i in range(q.shape[0]):
+        idx = indices[i]
+        valid = idx >= 0
+        used = torch.unique(idx[valid])                                 # sorted row numbers
+        if used.numel() == 0:                                           # nothing picked: any row
+            used = torch.zeros(1, dtype=idx.dtype, device=idx.device)
+        kv = unpack_kv_fp8(cache[i, used], layout).to(dtype)            # [u, d]
+        local = torch.where(valid, torch.searchsorted(used, idx.clamp(min=0)), -1)
+        o, lse = sparse_attn_reference(q[i:i + 1], kv.unsqueeze(0), sink, local.unsqueeze(0), scale)
+        outs.append(o)
+        lses.append(lse)
+    return torch.cat(outs), torch.cat(lses)
 
 
 @triton.jit

@@ -54,3 +54,24 @@ def test_bytes_sit_where_the_layout_says():
     assert row[0].item() == torch.tensor(384.0).to(torch.float8_e4m3fn).view(torch.uint8).item()
     assert row[64:66].tolist() == [0xC0, 0x3F]  # little-endian bf16
     assert row[layout.scale_offset].item() == 127 - 7  # ue8m0 exponent byte
+
+
+def test_fp8_reference_unpacks_only_picked_rows_and_matches_unpacking_all():
+    """The packed-cache reference gathers, then unpacks: equal to unpacking every row first,
+    including -1 padding, repeated picks and a query that picks nothing."""
+    import torch
+
+    from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
+    from model.kernels.sparse_attn import sparse_attn_fp8_reference, sparse_attn_reference
+
+    gen = torch.Generator().manual_seed(3)
+    layout = KVLayout(128, 64, 64)
+    rows = pack_kv_fp8(torch.randn(2, 50, 128, generator=gen), layout)
+    q = torch.randn(2, 3, 4, 128, generator=gen)
+    sink = torch.randn(4, generator=gen)
+    idx = torch.tensor([[[0, 7, 7, -1], [49, 3, -1, -1], [-1, -1, -1, -1]],
+                        [[5, 6, 7, 8], [8, 8, 8, 8], [1, -1, 2, -1]]])
+    got = sparse_attn_fp8_reference(q, rows, sink, idx, 0.1, layout)
+    want = sparse_attn_reference(q, unpack_kv_fp8(rows, layout), sink, idx, 0.1)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-6)
