@@ -343,10 +343,9 @@ def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
     from model.serve_ranks import Followers, StepLeader, follower_main, rank_transforms
 
     layout = ParallelLayout(tp=args.tp, ep=args.ep)
-    load = {"checkpoint": args.checkpoint, "dtype": args.dtype, "numerics": "dequant"}
+    load = {"checkpoint": args.checkpoint, "dtype": args.dtype, "numerics": "dequant",
+            "with_mtp": args.mtp}
     try:
-        if args.mtp:
-            raise ValueError("--mtp is not supported with --ep/--tp > 1 yet")
         if offload:
             raise ValueError("--offload cannot be combined with --ep/--tp yet")
         cfg = Checkpoint.open(args.checkpoint).config
@@ -370,7 +369,7 @@ def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
     try:
         ctx = init_parallel(layout, 0, init_method=init_method, timeout_s=args.rank_timeout)
         engine = Engine.from_checkpoint(
-            args.checkpoint, dtype=args.dtype, device=rank_device(world),
+            args.checkpoint, dtype=args.dtype, device=rank_device(world), mtp=args.mtp,
             chunk_tokens=args.chunk_tokens, prefix_cache=not args.no_prefix_cache,
             cache_dir=None if args.no_prefix_cache else args.cache_dir.expanduser(),
             cache_dir_bytes=args.cache_dir_bytes, transforms=rank_transforms(ctx, offload))

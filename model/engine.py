@@ -197,7 +197,9 @@ class Engine:
         if self.prefix is not None:
             pcache.start_capture(seq.cache)
         try:
-            if run is not None:
+            if run is not None:   # the MTP speculator's forward (other ranks keep hidden states)
+                if self.step_hook is not None:
+                    self.step_hook.before_forward(seq.cache, new_ids, hidden=True)
                 logits = run(list(new_ids), seq.cache)
             else:
                 if self.step_hook is not None:   # other ranks run this same forward in step

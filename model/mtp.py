@@ -87,6 +87,8 @@ class MTPStepper:
             if token == draft:
                 self.accepted += 1
                 return logits
+            if self.engine.step_hook is not None:   # other ranks roll back with us
+                self.engine.step_hook.rollback()
             self.seq.cache = self.snap
             del self.seq.tokens[self.snap_len:]
             toks = self.verify_prefix + [token]
@@ -102,9 +104,14 @@ class MTPStepper:
         while lo - 1 in self.hidden and pos - lo < window:
             lo -= 1
         after = self.seq.tokens + toks
+        hook = self.engine.step_hook                # under --ep/--tp other ranks run in step
+        if hook is not None:
+            hook.draft(lo, after[lo + 1:pos + 1])
         draft = int(mtp_logits(model, torch.stack([self.hidden[i] for i in range(lo, pos)]),
                                after[lo + 1:pos + 1], lo)[-1].argmax())
         self.drafted += 1
+        if hook is not None:
+            hook.snapshot()
         self.snap, self.snap_len = snapshot(self.seq.cache), len(self.seq.tokens)
         logits, _ = self._forward(toks + [draft])
         self.draft, self.draft_logits, self.verify_prefix = draft, logits[-1], toks

@@ -9,6 +9,9 @@ forward through their own copy of the sequence's cache, repeat, until rank 0 bro
     header  int64[4]  = (op, start position, payload length, last_only)
     FORWARD=1  payload int64[n] = token ids
     RESTORE=2  payload uint8[n] = the sequence cache rank 0 restored from its prefix cache
+    HIDDEN=3   payload int64[n] = token ids; a forward that also keeps the residual streams
+    DRAFT=4    payload int64[n] = the tokens after positions start..start+n-1: run the MTP block
+    SNAPSHOT=5 / ROLLBACK=6     = take / return to a snapshot of the sequence cache
     STOP=0
 
 Start position 0 begins a new sequence: the follower starts a fresh cache (the engine runs one
@@ -17,7 +20,9 @@ an out-of-sync error rather than compute garbage. Prefix reuse: only rank 0 keep
 (memory and disk); when a request matches it, rank 0 sends the restored cache — the sliding
 window, compressor state and compressed rows, which every rank holds identically (experts and
 attention heads are sharded, the shared-KV cache is not) — and every rank continues from it.
-Not carried yet: MTP speculation (``--mtp`` is refused with ranks).
+MTP speculation (model/mtp.py) runs in step too: its forwards are HIDDEN steps (every rank keeps
+the residual streams by position), each draft a DRAFT step (the MTP block's experts are sharded
+like the others), and a rejected draft a ROLLBACK to the SNAPSHOT taken before its verify step.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-FORWARD, STOP, RESTORE = 1, 0, 2
+FORWARD, STOP, RESTORE, HIDDEN, DRAFT, SNAPSHOT, ROLLBACK = 1, 0, 2, 3, 4, 5, 6
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -64,13 +69,27 @@ class StepLeader:
         self.steps = 0
         self.stopped = False
 
-    def before_forward(self, cache: Any, ids: Sequence[int], last_only: bool = True) -> None:
+    def before_forward(self, cache: Any, ids: Sequence[int], last_only: bool = True,
+                       hidden: bool = False) -> None:
+        self._send(HIDDEN if hidden else FORWARD, int(cache.length), ids, int(last_only))
+
+    def draft(self, lo: int, next_ids: Sequence[int]) -> None:
+        """Before rank 0 runs the MTP block over positions lo.. (``mtp_logits``)."""
+        self._send(DRAFT, lo, next_ids)
+
+    def snapshot(self) -> None:
+        self._send(SNAPSHOT, 0, ())
+
+    def rollback(self) -> None:
+        self._send(ROLLBACK, 0, ())
+
+    def _send(self, op: int, start: int, ids: Sequence[int], flag: int = 0) -> None:
         if self.stopped:
             raise RuntimeError("the follower ranks were stopped")
-        header = torch.tensor([FORWARD, int(cache.length), len(ids), int(last_only)],
-                              dtype=torch.long, device=self.device)
+        header = torch.tensor([op, start, len(ids), flag], dtype=torch.long, device=self.device)
         dist.broadcast(header, src=0)
-        dist.broadcast(torch.tensor(list(ids), dtype=torch.long, device=self.device), src=0)
+        if op in (FORWARD, HIDDEN, DRAFT):
+            dist.broadcast(torch.tensor(list(ids), dtype=torch.long, device=self.device), src=0)
         self.steps += 1
 
     def restore(self, cache: Any) -> None:
@@ -95,7 +114,8 @@ class StepLeader:
 def follow(lm: Any) -> int:
     """Ranks 1..N-1: run rank 0's forwards in step until STOP. → number of forwards run."""
     device = lm.device
-    cache, steps = None, 0
+    cache, steps, snap = None, 0, None
+    hidden: dict[int, torch.Tensor] = {}   # position → residual streams (HIDDEN steps, for MTP)
     header = torch.empty(4, dtype=torch.long, device=device)
     with torch.inference_mode():
         while True:
@@ -103,22 +123,47 @@ def follow(lm: Any) -> int:
             op, start, n, last_only = header.tolist()
             if op == STOP:
                 return steps
+            if op in (SNAPSHOT, ROLLBACK):
+                if op == SNAPSHOT:
+                    from model.mtp import snapshot
+                    snap = snapshot(cache)
+                else:
+                    cache = snap
+                steps += 1
+                continue
             if op == RESTORE:
                 blob = torch.empty(n, dtype=torch.uint8, device=device)
                 dist.broadcast(blob, src=0)
                 cache = cache_from_bytes(blob.cpu().numpy().tobytes(), device)
+                hidden.clear()
                 if cache.length != start:
                     raise RuntimeError(f"restored cache has {cache.length} tokens, not {start}")
                 steps += 1
                 continue
             ids = torch.empty(n, dtype=torch.long, device=device)
             dist.broadcast(ids, src=0)
+            if op == DRAFT:
+                from model.mtp import mtp_logits
+                mtp_logits(lm.model, torch.stack([hidden[p] for p in range(start, start + n)]),
+                           ids.tolist(), start)
+                steps += 1
+                continue
             if start == 0:
                 cache = lm.new_cache()
+                hidden.clear()
             elif cache is None or cache.length != start:
                 have = None if cache is None else cache.length
                 raise RuntimeError(f"out of step with rank 0: a step at {start}, cache at {have}")
-            lm.logits(ids.tolist(), cache, last_only=bool(last_only))
+            if op == HIDDEN:
+                from model.mtp import main_forward
+                _, h = main_forward(lm.model, ids.tolist(), cache)
+                for i in range(n):
+                    hidden[start + i] = h[i]
+                keep = start + n - 2 * lm.config.window_size   # as the leader's stepper does
+                for stale in [p for p in hidden if p < keep]:
+                    del hidden[stale]
+            else:
+                lm.logits(ids.tolist(), cache, last_only=bool(last_only))
             steps += 1
 
 
@@ -212,6 +257,7 @@ def follower_main(rank: int, world: int, init_method: str | None, layout: Any,
     try:
         lm = load_model(load["checkpoint"], dtype=load["dtype"], device=rank_device(world),
                         numerics=load.get("numerics", "dequant"), progress=False,
+                        with_mtp=load.get("with_mtp", False),
                         transforms=rank_transforms(ctx, offload_bytes))
         follow(lm)
     except Exception as exc:

@@ -85,8 +85,9 @@ def reference(make_engine):
         srv.server_close()
 
 
-@pytest.mark.parametrize("flags", [["--ep", "2"], ["--tp", "2"], ["--offload", "6000"]],
-                         ids=["ep2", "tp2", "offload"])
+@pytest.mark.parametrize("flags", [["--ep", "2"], ["--tp", "2"], ["--offload", "6000"],
+                                   ["--ep", "2", "--mtp"]],
+                         ids=["ep2", "tp2", "offload", "ep2-mtp"])
 def test_serve_ranks_and_offload_match_one_resident_process(toy_ckpt, reference, flags):
     proc, base = _start_serve(toy_ckpt, "--no-prefix-cache", *flags)
     try:
