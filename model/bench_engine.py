@@ -55,8 +55,7 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
                         load_tokenizer(checkpoint), generation_defaults(checkpoint))
         greedy = SamplingParams(temperature=0.0, max_new_tokens=reply_tokens, stop_ids=())
 
-        cfg = lm.config  # warm up every path first: no JIT compile lands in a timing
-        engine.warm_up(min(short_tokens, 4 * cfg.index_topk + chunk_tokens) + 37)
+        engine.warm_up(short_tokens)  # every path first: no JIT compile lands in a timing
         sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -75,6 +74,7 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
         list(turn2)
         s1, s2 = turn1.stats, turn2.stats
+    cfg = lm.config
     split = prefill_flops(cfg, long_tokens)
     return {
         "bench": "engine", "device": str(lm.device), "checkpoint": str(checkpoint),

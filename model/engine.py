@@ -248,13 +248,15 @@ class Engine:
         return seq, logits
 
     @torch.inference_mode()
-    def warm_up(self, tokens: int | None = None) -> float:
+    def warm_up(self, limit: int | None = None) -> float:
         """Run every compute path once on throwaway tokens — full and ragged prefill chunks past
         ``index_topk`` compressed rows, decode — so JIT compiles (Triton specialises kernels on
-        sizes mod 16) and first-call costs do not land on the first request. The prefix cache
-        and the counters are left as they were. → seconds taken."""
+        sizes mod 16) and first-call costs do not land on the first request. ``limit`` caps the
+        prompt before its ragged tail (a short bench needs no more). The prefix cache and the
+        counters are left as they were. → seconds taken."""
         cfg = self.lm.config
-        n = tokens or 4 * cfg.index_topk + self.config.chunk_tokens + 37
+        n = 4 * cfg.index_topk + self.config.chunk_tokens
+        n = (n if limit is None else min(n, limit)) + 37
         ids = [(7919 * i) % (cfg.vocab_size - 2) + 2 for i in range(n)]
         prefix, counters = self.prefix, self.counters
         t0 = time.perf_counter()

@@ -26,10 +26,11 @@ import torch
 
 from model.cache import kv_layout
 from model.config import ModelConfig
+from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
 
 MAX_CONTEXT = 1_048_576
 MIN_CHUNK = 64
-SCRATCH_ELEMENTS = 3 << 24  # the references' per-block scratch (model/kernels/*.py: 1 << 24 per tensor)
+SCRATCH_ELEMENTS = 3 * REFERENCE_BLOCK_ELEMENTS  # the references' per-block scratch tensors
 
 
 class ContextTooLong(ValueError):

@@ -128,6 +128,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _rows_and_output(x: torch.Tensor, n: int, half_or_fp32: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] as contiguous rows [M, K] in the dtype the kernel reads — fp32 under the
+    interpreter; with ``half_or_fp32`` any dtype but bf16/fp16 becomes fp32 — and the empty
+    [M, N] output in that dtype."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if _interpreting() or (half_or_fp32 and x2.dtype not in (torch.bfloat16, torch.float16)):
+        x2 = x2.float()
+    x2 = x2.contiguous()
+    return x2, torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x.device)
+
+
 def _blocks(m: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N): skinny decode tiles spread N over many programs."""
     return (16, 32) if m <= 16 else (64, 64)
@@ -135,39 +147,29 @@ def _blocks(m: int) -> tuple[int, int]:
 
 def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    n = weight.shape[0]
-    x2 = x.reshape(-1, k)
-    if _interpreting():
-        x2 = x2.float()
-    x2 = x2.contiguous()
+    k, n = x.shape[-1], weight.shape[0]
+    x2, y = _rows_and_output(x, n, half_or_fp32=False)
     m = x2.shape[0]
-    y = torch.empty(m, n, dtype=x2.dtype, device=x.device)
     if m and n:
         bm, bn = _blocks(m)
         _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
             x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
             m, n, k, triton.cdiv(k, 128), BLOCK_M=bm, BLOCK_N=bn,
             EXACT_CAST=_interpreting())
-    return y.to(x.dtype).reshape(*lead, n)
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
                     block_k: int = 64) -> torch.Tensor:
     """x [..., K] · FP4 weight (int8 [N, K/2], ue8m0 [N, K/32])ᵀ → [..., N] in x.dtype."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    n = packed.shape[0]
+    k, n = x.shape[-1], packed.shape[0]
     assert packed.shape[1] * 2 == k and k % 32 == 0, (x.shape, packed.shape)
-    x2 = x.reshape(-1, k)
-    if _interpreting() or x2.dtype not in (torch.bfloat16, torch.float16):
-        x2 = x2.float()
-    x2 = x2.contiguous()
+    x2, y = _rows_and_output(x, n, half_or_fp32=True)
     m = x2.shape[0]
-    y = torch.empty(m, n, dtype=x2.dtype, device=x.device)
     if m and n:
         bm, bn = _blocks(m)
         _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
             x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
             m, n, k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block_k,
             PREC="ieee" if x2.dtype == torch.float32 else "tf32")
-    return y.to(x.dtype).reshape(*lead, n)
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)

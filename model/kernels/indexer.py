@@ -15,14 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-# Scratch cap of the references, in fp32 elements per query block (64 MiB): queries are taken in
-# blocks so a long prefill chunk never allocates a [queries × heads × keys] tensor.
-REFERENCE_BLOCK_ELEMENTS = 1 << 24
-
-
-def _query_blocks(s: int, per_query: int):
-    step = max(1, REFERENCE_BLOCK_ELEMENTS // max(1, per_query))
-    return ((i, min(s, i + step)) for i in range(0, s, step))
+from model.kernels.blocks import query_blocks
 
 
 def indexer_scores_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
@@ -36,7 +29,7 @@ def indexer_scores_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch
     n = keys.shape[1]
     out = torch.full((b, s, n), float("-inf"), device=q.device)
     keys_t = keys.float().transpose(1, 2)                               # [b, D, n]
-    for lo, hi in _query_blocks(s, h * n):
+    for lo, hi in query_blocks(s, h * n):
         m = min(n, int(visible[lo:hi].max()))
         if m <= 0:
             continue
@@ -53,7 +46,7 @@ def indexer_topk_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.T
                            visible: torch.Tensor, k: int) -> torch.Tensor:
     """q [b, s, H, D], weights [b, s, H] (already scaled), keys [b, n, D], visible [s] (rows
     j < visible[t] exist for query t) → int64 [b, s, k] in descending score order, −1 = none.
-    Scores are built a block of queries at a time (``REFERENCE_BLOCK_ELEMENTS``)."""
+    Scores are built a block of queries at a time (``blocks.REFERENCE_BLOCK_ELEMENTS``)."""
     b, s = q.shape[:2]
     n = keys.shape[1]
     out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
@@ -61,7 +54,7 @@ def indexer_topk_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.T
     if kk == 0:
         return out
     h = q.shape[2]
-    for lo, hi in _query_blocks(s, h * n):
+    for lo, hi in query_blocks(s, h * n):
         vis = visible[lo:hi]
         m = min(n, int(vis.max()))
         if m <= 0:

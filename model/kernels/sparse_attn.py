@@ -17,27 +17,24 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels.blocks import query_blocks
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
-
-REFERENCE_BLOCK_ELEMENTS = 1 << 24  # fp32 elements of gathered rows per query block (64 MiB)
 
 
 def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                           indices: torch.Tensor, scale: float
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure torch; returns (o in q.dtype, lse fp32 [b, s, h]). Queries are taken in blocks so
-    the gathered rows [block, k, d] stay under ``REFERENCE_BLOCK_ELEMENTS`` however long the
+    the gathered rows [block, k, d] stay under ``blocks.REFERENCE_BLOCK_ELEMENTS`` however long the
     prefill chunk (an HCA layer at 32K context gathers thousands of rows per query)."""
     b, s, h, d = q.shape
     k = indices.shape[-1]
     out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, s, h, dtype=torch.float32, device=q.device)
     kv32 = kv.float()
-    step = max(1, REFERENCE_BLOCK_ELEMENTS // max(1, k * d))
     sink_col = sink.float().view(1, 1, h, 1)
     batch = torch.arange(b, device=q.device).view(b, 1, 1)
-    for lo in range(0, s, step):
-        hi = min(s, lo + step)
+    for lo, hi in query_blocks(s, k * d):
         idx = indices[:, lo:hi]
         valid = idx >= 0
         rows = idx.clamp(min=0).long()                                   # [b, sb, k]
