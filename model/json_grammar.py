@@ -37,7 +37,7 @@ def start(kind: str = "any") -> State:
     return ("V", (), ("root", kind))
 
 
-def _value_start(state: State, ch: str, stack: tuple[str, ...], kind: str) -> State | None:
+def _value_start(ch: str, stack: tuple[str, ...], kind: str) -> State | None:
     if kind in _ROOT_FIRST and ch != _ROOT_FIRST[kind]:
         return None
     if kind in ("number", "integer") and ch != "-" and ch not in _DIGITS:
@@ -83,7 +83,7 @@ def step(state: State, ch: str) -> State | None:
         if aux == "first" and ch == "]":
             return _close(stack, ch)
         kind = aux[1] if isinstance(aux, tuple) else "any"
-        return _value_start(state, ch, stack, kind)
+        return _value_start(ch, stack, kind)
     if mode == "K":
         if ch in _WS:
             return state
