@@ -1,11 +1,13 @@
 """``v4coder serve``: an OpenAI-compatible server over the embedded engine (model/engine.py).
 
     v4coder serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--cache-dir DIR]
-                  [--ep N] [--tp M] [--offload BYTES]
+                  [--max-batch 16] [--ep N] [--tp M] [--mtp] [--offload BYTES]
 
-``--ep N --tp M`` runs N·M ranks (spawned here, or one per process under torchrun): rank 0 serves
-HTTP and runs the engine, the others follow its forwards step by step (model/serve_ranks.py);
-the prefix cache and MTP are off in that mode. ``--offload BYTES`` (e.g. 2GB) keeps at most that
+Concurrent requests are batched continuously (model/batcher.py): each forward carries a decode
+token of every running request plus the next prefill chunk of a waiting one; requests join and
+leave between forwards. ``--ep N --tp M`` runs N·M ranks (spawned here, or one per process
+under torchrun): rank 0 serves HTTP and runs the engine, the others follow its forwards step by
+step (model/serve_ranks.py), one request at a time (as with ``--mtp``). ``--offload BYTES`` (e.g. 2GB) keeps at most that
 many bytes of routed experts on the device, the rest in host memory (model/offload.py).
 
 /v1/chat/completions (V4 chat encoding, tools → DSML with grammar-constrained tool calls,
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from agent.dsml import parse_completion
 from agent.dsml_stream import DsmlTextStreamer
 from agent.encoding import encode_messages
 from app.serve_http import HttpError, Server, make_handler, make_server, run_until_signal
+from model.batcher import Batcher
 from model.engine import Engine, EngineError, Generation
 from model.grammar import ToolCallGrammar, check_tools
 from model.sampling import SamplingParams
@@ -45,7 +47,11 @@ class ServeApp:
     default_max_tokens: int = 1024
     max_value_tokens: int | None = None  # grammar: force a long parameter value closed (off)
     max_invokes: int = 8                 # grammar: invokes per tool-call block
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    max_batch: int = 16                  # requests sharing one forward (continuous batching)
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.engine, self.max_batch)
 
     def routes(self) -> tuple[dict, dict]:
         return ({"/v1/models": self.models},
@@ -79,14 +85,14 @@ class ServeApp:
 
     def _run(self, ids: list[int], params: SamplingParams, grammar: ToolCallGrammar | None
              ) -> Iterator[tuple[str, Generation]]:
-        """Yield (text piece, generation) under the engine lock; errors become HTTP 400."""
-        with self.lock:
-            try:
-                gen = self.engine.generate(ids, params, constraint=grammar)
-                for event in gen:
-                    yield event.text, gen
-            except (EngineError, ValueError) as exc:
-                raise HttpError(400, str(exc)) from None
+        """Yield (text piece, generation) as the batcher produces them; errors become HTTP 400
+        (a request that fails mid-stream ends with an error event instead)."""
+        try:
+            gen = self.batcher.submit(ids, params, constraint=grammar)
+            for event in gen:
+                yield event.text, gen
+        except (EngineError, ValueError) as exc:
+            raise HttpError(400, str(exc)) from None
 
     # -- chat ----------------------------------------------------------------------------
     def chat(self, body: dict[str, Any]) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -264,9 +270,13 @@ def _warm_up(engine: Engine, mode: str) -> None:
 def start_server(engine: Engine, host: str = "127.0.0.1", port: int = 0,
                  model_name: str = "v4coder", **options: Any) -> Server:
     """Build the server (port 0 = any free port); the caller runs serve_forever.
-    ``options`` are ServeApp fields (default_max_tokens, max_value_tokens, max_invokes)."""
-    gets, posts = ServeApp(engine, model_name, **options).routes()
-    return make_server(host, port, make_handler(gets, posts))
+    ``options`` are ServeApp fields (default_max_tokens, max_value_tokens, max_invokes,
+    max_batch). ``server_close`` also stops the app's batcher."""
+    app = ServeApp(engine, model_name, **options)
+    gets, posts = app.routes()
+    server = make_server(host, port, make_handler(gets, posts))
+    server.on_close = app.batcher.close
+    return server
 
 
 def serve_main(argv: list[str]) -> int:
@@ -286,6 +296,9 @@ def serve_main(argv: list[str]) -> int:
                         help="run every kernel once before serving (auto: on a GPU, where "
                              "Triton compiles on first use)")
     parser.add_argument("--chunk-tokens", type=int, default=2048)
+    parser.add_argument("--max-batch", type=int, default=16,
+                        help="requests decoded together in one forward (continuous batching; "
+                             "1 = one at a time; MTP and --ep/--tp serve one at a time)")
     parser.add_argument("--mtp", action="store_true", help="MTP speculative decoding (off)")
     parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per TP rank")
     parser.add_argument("--tp", type=int, default=1, help="attention tensor-parallel ranks")
@@ -297,6 +310,9 @@ def serve_main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    if args.max_batch < 1:
+        print("v4coder serve: --max-batch must be ≥ 1", file=sys.stderr)
+        return 2
     from model.checkpoint import CheckpointError
     from model.config import ConfigError
     from model.serve_ranks import parse_bytes
@@ -318,7 +334,8 @@ def serve_main(argv: list[str]) -> int:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         _warm_up(engine, args.warm_up)
         server = start_server(engine, args.host, args.port,
-                              args.model_name or args.checkpoint.resolve().name)
+                              args.model_name or args.checkpoint.resolve().name,
+                              max_batch=args.max_batch)
     except (CheckpointError, ConfigError, EngineError, ValueError, OSError) as exc:
         print(f"v4coder serve: {exc}", file=sys.stderr)
         return 1

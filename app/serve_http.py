@@ -1,8 +1,8 @@
 """HTTP machinery of ``v4coder serve``: a threading stdlib server, JSON and SSE replies.
 
-Each connection gets a thread; the engine runs one request at a time behind a lock (requests
-queue on it, so concurrent clients are never interleaved inside the model). SIGINT/SIGTERM
-stop accepting, let in-flight requests finish, then exit.
+Each connection gets a thread; the threads hand their requests to one scheduler
+(model/batcher.py) that owns the engine and batches them, so clients never touch the model
+concurrently. SIGINT/SIGTERM stop accepting, let in-flight requests finish, then exit.
 """
 
 from __future__ import annotations
@@ -130,6 +130,12 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False       # shutdown waits for in-flight requests
     block_on_close = True
     allow_reuse_address = True
+    on_close: Callable[[], None] | None = None   # after the in-flight requests are done
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.on_close is not None:
+            self.on_close()
 
 
 def make_server(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> Server:

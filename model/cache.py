@@ -91,6 +91,16 @@ class LayerCache:
     tap: list[tuple[torch.Tensor, int]] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One sequence's tokens in a (ragged) batch: ``length`` tokens at positions ``start``..,
+    continuing that sequence's ``cache`` of this layer. A batch of sequences runs as one row of
+    concatenated tokens; only attention looks at the spans, everything else is per token."""
+    start: int
+    length: int
+    cache: LayerCache
+
+
 @dataclass(slots=True)
 class SequenceCache:
     layers: list[LayerCache]

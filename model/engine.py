@@ -1,5 +1,7 @@
 """The inference engine: chunked prefill from any start position, prefix reuse, decode,
-sampling, stop conditions and streaming, for one sequence at a time (callers serialise).
+sampling, stop conditions and streaming. ``generate`` runs one sequence (callers serialise);
+``forward_batch`` runs several in one forward, which model/batcher.py schedules (continuous
+batching for ``v4coder serve``).
 
     engine = Engine.from_checkpoint("/ckpt", cache_dir="~/.cache/v4coder/kv")
     gen = engine.generate(prompt_ids, SamplingParams(temperature=0.0, max_new_tokens=64))
@@ -14,7 +16,8 @@ completes (prompt or generated) is stored; the next request sharing the prefix r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,16 +123,63 @@ class Detokenizer:
         return after[len(before):]
 
 
+class Decoding:
+    """One request's side of decoding: sample a token from each step's logits (temperature,
+    top-p, seed, grammar mask), detokenize it, and decide when the request is done (a stop id,
+    a stop string such as the end of a tool-call block, or max_new_tokens)."""
+
+    def __init__(self, params: SamplingParams, constraint: TokenConstraint | None,
+                 tokenizer: object | None, stats: RequestStats, t0: float) -> None:
+        self.params, self.constraint, self.stats, self.t0 = params, constraint, stats, t0
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.detok = Detokenizer(tokenizer)
+        self.stops = set(params.stop_ids)
+        self.done = params.max_new_tokens == 0
+        if self.done:
+            stats.finish_reason = "length"
+
+    def take(self, logits: torch.Tensor) -> TokenEvent:
+        """The next token from ``logits`` [vocab]; its event carries the finish reason when it
+        is the last."""
+        p, stats = self.params, self.stats
+        allowed = self.constraint.allowed() if self.constraint is not None else None
+        token = sample_token(logits, p.temperature, p.top_p, self.gen, allowed)
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        stats.completion_tokens += 1
+        piece = self.detok.push(token)
+        now = time.perf_counter()
+        if stats.completion_tokens == 1:
+            stats.ttft_s = now - self.t0
+        finish = None
+        if token in self.stops:
+            finish = "stop"
+        elif any(self.detok.tail.endswith(s) for s in p.stop_strings):
+            finish = "tool_calls"
+        elif stats.completion_tokens >= p.max_new_tokens:
+            finish = "length"
+        if finish is None:
+            return TokenEvent(token, piece)
+        self.done = True
+        stats.finish_reason = finish
+        stats.decode_s = now - self.t0 - stats.prefill_s
+        return TokenEvent(token, piece + self.detok.flush(), finish)
+
+
 class Generation:
     """An iterator of TokenEvent; ``stats`` fills in as it runs, ``tokens`` are the new ids."""
 
-    def __init__(self, events: Iterator[TokenEvent], stats: RequestStats) -> None:
+    def __init__(self, events: Generator[TokenEvent], stats: RequestStats) -> None:
         self._events, self.stats, self.tokens = events, stats, []
 
     def __iter__(self) -> Iterator[TokenEvent]:
-        for event in self._events:
-            self.tokens.append(event.token_id)
-            yield event
+        try:
+            for event in self._events:
+                self.tokens.append(event.token_id)
+                yield event
+        finally:   # a consumer that stops early ends the request (the batcher drops it)
+            self._events.close()
 
     def text(self) -> str:
         return "".join(e.text for e in self)
@@ -188,38 +238,62 @@ class Engine:
         return engine
 
     # -- forward -------------------------------------------------------------------------
+    @property
+    def can_batch(self) -> bool:
+        """Whether sequences may share a forward (MTP speculation and the rank protocol step
+        one sequence at a time)."""
+        return self.speculator is None and self.step_hook is None
+
     def forward(self, seq: Sequence_, new_ids: Sequence[int],
                 run: Callable[[list[int], SequenceCache], Any] | None = None) -> Any:
         """Run ``new_ids`` after ``seq`` (one chunk); store completed blocks. → last logits,
         or whatever ``run(ids, cache)`` returns (the MTP speculator asks for hidden states)."""
-        start = seq.cache.length
-        seq.tokens.extend(new_ids)
-        if self.prefix is not None:
+        if run is None:
+            return self.forward_batch([seq], [new_ids])[0]
+        with self._capturing([seq]):
+            if self.step_hook is not None:   # other ranks keep hidden states too
+                self.step_hook.before_forward(seq.cache, new_ids, hidden=True)
+            seq.tokens.extend(new_ids)
+            return run(list(new_ids), seq.cache)
+
+    def forward_batch(self, seqs: Sequence[Sequence_], new_ids: Sequence[Sequence[int]]
+                      ) -> torch.Tensor:
+        """One forward for several sequences (``new_ids[i]`` after ``seqs[i]``: decode tokens
+        and prefill chunks alike); store the blocks each completes. → last logits [n, vocab]."""
+        if len(seqs) > 1 and not self.can_batch:
+            raise EngineError("this engine steps one sequence at a time (MTP or ranks)")
+        with self._capturing(seqs):
+            if self.step_hook is not None:   # other ranks run this same forward in step
+                self.step_hook.before_forward(seqs[0].cache, new_ids[0])
+            for seq, ids in zip(seqs, new_ids, strict=True):
+                seq.tokens.extend(ids)
+            return self.lm.model.forward_batch(new_ids, [seq.cache for seq in seqs])
+
+    @contextmanager
+    def _capturing(self, seqs: Sequence[Sequence_]) -> Iterator[None]:
+        """Prefix-cache capture around a forward: afterwards each 128-token block a sequence
+        completed is stored."""
+        if self.prefix is None:
+            yield
+            return
+        starts = [seq.cache.length for seq in seqs]
+        for seq in seqs:
             pcache.start_capture(seq.cache)
         try:
-            if run is not None:   # the MTP speculator's forward (other ranks keep hidden states)
-                if self.step_hook is not None:
-                    self.step_hook.before_forward(seq.cache, new_ids, hidden=True)
-                logits = run(list(new_ids), seq.cache)
-            else:
-                if self.step_hook is not None:   # other ranks run this same forward in step
-                    self.step_hook.before_forward(seq.cache, new_ids)
-                logits = self.lm.logits(list(new_ids), seq.cache, last_only=True)
-            if self.prefix is not None:
-                cfg = self.lm.config
+            yield
+            cfg = self.lm.config
+            for seq, start in zip(seqs, starts, strict=True):
                 for block in pcache.collect_blocks(self.prefix, seq.cache, seq.tokens, start,
                                                    cfg.compress_ratios, cfg.window_size,
                                                    seq.block_keys):
                     self.prefix.put(block)
         finally:
-            pcache.stop_capture(seq.cache)
-        return logits
+            for seq in seqs:
+                pcache.stop_capture(seq.cache)
 
-    @torch.inference_mode()
-    def prefill(self, prompt_ids: Sequence[int], stats: RequestStats | None = None
-                ) -> tuple[Sequence_, torch.Tensor]:
-        """Restore the longest cached prefix, then run the rest in chunks. → (seq, logits)."""
-        stats = stats if stats is not None else RequestStats()
+    def admit(self, prompt_ids: Sequence[int], stats: RequestStats) -> tuple[Sequence_, list[int]]:
+        """Check a prompt and restore its longest cached prefix. → (the sequence so far, the
+        whole prompt); the caller runs the rest in chunks (``next_chunk``), then ``finished``."""
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise EngineError("the prompt is empty")
@@ -238,13 +312,31 @@ class Engine:
         stats.prompt_tokens, stats.reused_tokens = len(prompt), len(seq.tokens)
         stats.computed_tokens = len(prompt) - len(seq.tokens)
         self._count(stats)
-        logits = None
-        while len(seq.tokens) < len(prompt):
-            pos = len(seq.tokens)
-            chunk = self.plan.chunk_for(pos) if self.plan else self.config.chunk_tokens
-            logits = self.forward(seq, prompt[pos:pos + chunk])
+        return seq, prompt
+
+    def next_chunk(self, seq: Sequence_, prompt: list[int], budget: int | None = None
+                   ) -> list[int]:
+        """The next prefill chunk of ``prompt`` after ``seq`` (the memory plan's size at this
+        context, at most ``budget`` tokens)."""
+        pos = len(seq.tokens)
+        chunk = self.plan.chunk_for(pos) if self.plan else self.config.chunk_tokens
+        return prompt[pos:pos + min(chunk, budget or chunk)]
+
+    def prefilled(self, seq: Sequence_) -> None:
+        """A prompt is in: its cached blocks become the most recently used."""
         if self.prefix is not None:
             self.prefix.touch(seq.block_keys)
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[int], stats: RequestStats | None = None
+                ) -> tuple[Sequence_, torch.Tensor]:
+        """Restore the longest cached prefix, then run the rest in chunks. → (seq, logits)."""
+        stats = stats if stats is not None else RequestStats()
+        seq, prompt = self.admit(prompt_ids, stats)
+        logits = None
+        while len(seq.tokens) < len(prompt):
+            logits = self.forward(seq, self.next_chunk(seq, prompt))
+        self.prefilled(seq)
         return seq, logits
 
     @torch.inference_mode()
@@ -272,12 +364,14 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
-                 constraint: TokenConstraint | None = None) -> Generation:
-        """Stream the completion of ``prompt_ids`` (checked against the memory plan first)."""
+                 constraint: TokenConstraint | None = None,
+                 stats: RequestStats | None = None) -> Generation:
+        """Stream the completion of ``prompt_ids`` (checked against the memory plan first);
+        ``stats`` (else a new one) fills in as it runs."""
         params = (params or self.defaults).validated()
         if self.plan is not None:
             self.plan.check(len(prompt_ids), params.max_new_tokens)
-        stats = RequestStats()
+        stats = stats if stats is not None else RequestStats()
         return Generation(self._run(list(prompt_ids), params, constraint, stats), stats)
 
     def _run(self, prompt: list[int], params: SamplingParams,
@@ -285,36 +379,20 @@ class Engine:
         t0 = time.perf_counter()
         seq, logits = self.prefill(prompt, stats)
         stats.prefill_s = time.perf_counter() - t0
-        gen = torch.Generator().manual_seed(params.seed if params.seed is not None
-                                            else int(torch.randint(0, 2**62, ()).item()))
-        detok = Detokenizer(self.tokenizer)
-        stops = set(params.stop_ids)
+        decoding = Decoding(params, constraint, self.tokenizer, stats, t0)
         step = self._step_fn(seq, constraint)
-        finish = "length"
-        for i in range(params.max_new_tokens):
-            allowed = constraint.allowed() if constraint is not None else None
-            token = sample_token(logits, params.temperature, params.top_p, gen, allowed)
-            if constraint is not None:
-                constraint.advance(token)
-            stats.completion_tokens = i + 1
-            piece = detok.push(token)
-            if i == 0:
-                stats.ttft_s = time.perf_counter() - t0
-            if token in stops:
-                finish = "stop"
-            elif any(detok.tail.endswith(s) for s in params.stop_strings):
-                finish = "tool_calls"
-            elif i + 1 < params.max_new_tokens:
-                yield TokenEvent(token, piece)   # stream first, then compute the next step
-                with torch.inference_mode():
-                    logits = step(token)
-                continue
-            stats.finish_reason = finish
-            stats.decode_s = time.perf_counter() - t0 - stats.prefill_s
-            self.counters.completion_tokens += stats.completion_tokens
-            yield TokenEvent(token, piece + detok.flush(), finish)
-            return
-        stats.finish_reason = finish
+        while not decoding.done:
+            event = decoding.take(logits)
+            if decoding.done:
+                self.finished(stats)
+                yield event
+                return
+            yield event                  # stream first, then compute the next step
+            with torch.inference_mode():
+                logits = step(event.token_id)
+
+    def finished(self, stats: RequestStats) -> None:
+        self.counters.completion_tokens += stats.completion_tokens
 
     def _step_fn(self, seq: Sequence_, constraint: TokenConstraint | None):  # noqa: ANN202
         """token → logits of the next position: speculative (MTP) when on and unconstrained."""

@@ -59,6 +59,7 @@ class MemoryPlan:
     element_size: int
     cfg: ModelConfig
     work_bytes: int = 1 << 62  # cap on one chunk's transient work (keeps it cache-friendly)
+    sequence_bytes: int = 0    # the part of fixed_bytes each further sequence needs again
 
     def activation_bytes(self, chunk: int, context: int) -> int:
         """Transient bytes of one prefill chunk of ``chunk`` queries at context ``context``:
@@ -93,6 +94,15 @@ class MemoryPlan:
             return False
         need = self.fixed_bytes + self.bytes_per_token * n_tokens
         return need + self.activation_bytes(MIN_CHUNK, n_tokens) <= self.available_bytes
+
+    def fits_batch(self, totals: list[int]) -> bool:
+        """Whether sequences of these token counts (prompt + completion each) fit side by side:
+        each holds its own window and tails and its rows; one prefill chunk runs at a time."""
+        if not totals:
+            return True
+        need = (self.fixed_bytes + (len(totals) - 1) * self.sequence_bytes
+                + self.bytes_per_token * sum(totals))
+        return need + self.activation_bytes(MIN_CHUNK, max(totals)) <= self.available_bytes
 
     def check(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise ContextTooLong (a one-line reason) unless prompt + completion fit."""
@@ -151,12 +161,13 @@ def plan_memory(cfg: ModelConfig, dtype: torch.dtype, device: torch.device | str
     free = free_bytes(device) if available is None else available
     usable = int(free * (1 - reserve))
     per_token = cache_bytes_per_token(cfg, es, numerics)
-    fixed = fixed_bytes_per_sequence(cfg, es, numerics) + prefix_cache_bytes
+    sequence = fixed_bytes_per_sequence(cfg, es, numerics)
+    fixed = sequence + prefix_cache_bytes
     if work_bytes is None:
         work_bytes = usable // 4 if device.type == "cuda" else 1 << 30
-    plan = MemoryPlan(usable, per_token, fixed, chunk_tokens, 0, es, cfg, work_bytes)
+    plan = MemoryPlan(usable, per_token, fixed, chunk_tokens, 0, es, cfg, work_bytes, sequence)
     lo, hi = 0, MAX_CONTEXT
     while lo < hi:  # largest n with plan.fits(n)
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if plan.fits(mid) else (lo, mid - 1)
-    return MemoryPlan(usable, per_token, fixed, chunk_tokens, lo, es, cfg, work_bytes)
+    return MemoryPlan(usable, per_token, fixed, chunk_tokens, lo, es, cfg, work_bytes, sequence)

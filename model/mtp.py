@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from model.cache import LayerCache, SequenceCache
+from model.cache import LayerCache, SequenceCache, Span
 from model.transformer import Block, Transformer
 
 if TYPE_CHECKING:
@@ -42,13 +42,8 @@ def main_forward(model: Transformer, ids: list[int], cache: SequenceCache
     """Transformer.forward that also returns the residual streams: (logits [s, V] fp32,
     hidden [s, hc, dim]) for the tokens ``ids`` continuing ``cache``."""
     x = torch.tensor([ids], dtype=torch.long, device=model.head.weight.device)
-    start = cache.length
-    h = model.embed(x).to(model.numerics.dtype).unsqueeze(2).repeat(1, 1, model.cfg.hc_mult, 1)
-    for layer, layer_cache in zip(model.layers, cache.layers, strict=True):
-        h = layer(h, start, x, layer_cache)
-    cache.length = start + len(ids)
-    y = model.norm(model.hc_head(h, model.hc_head_fn, model.hc_head_scale, model.hc_head_base))
-    return model.head(y.float())[0], h[0]
+    h = model.residual_streams(x, [cache], [len(ids)])
+    return model.logits(h)[0], h[0]
 
 
 def mtp_logits(model: Transformer, hidden: torch.Tensor, next_ids: list[int], start_pos: int
@@ -59,7 +54,7 @@ def mtp_logits(model: Transformer, hidden: torch.Tensor, next_ids: list[int], st
     ids = torch.tensor([next_ids], dtype=torch.long, device=hidden.device)
     e = blk.enorm(model.embed(ids).to(model.numerics.dtype))
     x = blk.e_proj(e).unsqueeze(2) + blk.h_proj(blk.hnorm(hidden.unsqueeze(0)))
-    x = Block.forward(blk, x, start_pos, ids, LayerCache())
+    x = Block.forward(blk, x, ids, [Span(start_pos, len(next_ids), LayerCache())])
     y = blk.norm(model.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base))
     return model.head(y.float())[0]
 

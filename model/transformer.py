@@ -3,11 +3,13 @@ sub-module, module paths equal to the official checkpoint tensor names."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.cache import LayerCache, SequenceCache
+from model.cache import SequenceCache, Span
 from model.config import ModelConfig
 from model.layers.attention import Attention
 from model.layers.linear import Linear, Numerics
@@ -47,11 +49,13 @@ class Block(nn.Module):
             self.register_buffer(f"hc_{site}_scale", _fp32_meta(3))
         self.hc = HyperConnection(cfg)
 
-    def forward(self, x: torch.Tensor, start_pos: int, input_ids: torch.Tensor,
-                cache: LayerCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[Span]
+                ) -> torch.Tensor:
+        """x [b, T, hc, dim] over the tokens of ``spans`` (one sequence, or a ragged batch
+        of several with b = 1); input_ids [b, T]."""
         residual = x
         h, post, comb = self.hc.pre(x, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
-        h = self.attn(self.attn_norm(h), start_pos, cache)
+        h = self.attn(self.attn_norm(h), spans)
         x = self.hc.post(h, residual, post, comb)
         residual = x
         h, post, comb = self.hc.pre(x, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base)
@@ -131,14 +135,44 @@ class Transformer(nn.Module):
         """input_ids [b, s] continuing ``cache`` (a fresh sequence when None) → fp32 logits
         [b, s, vocab] (or [b, vocab] with ``last_only``)."""
         cache = cache if cache is not None else self.new_cache()
-        start_pos = cache.length
-        h = self.embed(input_ids).to(self.numerics.dtype)
-        h = h.unsqueeze(2).repeat(1, 1, self.cfg.hc_mult, 1)
-        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
-            h = layer(h, start_pos, input_ids, layer_cache)
-        cache.length = start_pos + input_ids.shape[1]
+        h = self.residual_streams(input_ids, [cache], [input_ids.shape[1]])
         if last_only:
             h = h[:, -1:]
-        h = self.norm(self.hc_head(h, self.hc_head_fn, self.hc_head_scale, self.hc_head_base))
-        logits = self.head(h.float())
+        logits = self.logits(h)
         return logits[:, -1] if last_only else logits
+
+    @torch.inference_mode()
+    def forward_batch(self, token_ids: Sequence[Sequence[int]], caches: Sequence[SequenceCache]
+                      ) -> torch.Tensor:
+        """A ragged batch: sequence i's ``token_ids[i]`` (any number ≥ 1: a decode token or a
+        prefill chunk) continuing ``caches[i]``, all in one forward — every weight is read once
+        for the whole batch; attention runs per sequence. → fp32 logits [n_seqs, vocab] of each
+        sequence's last token (the same values as one forward per sequence)."""
+        lengths = [len(ids) for ids in token_ids]
+        if not lengths or min(lengths) < 1:
+            raise ValueError("every sequence of a batch needs at least one token")
+        flat = [int(t) for ids in token_ids for t in ids]
+        ids = torch.tensor([flat], dtype=torch.long, device=self.embed.weight.device)
+        h = self.residual_streams(ids, caches, lengths)
+        last = torch.tensor(lengths, device=h.device).cumsum(0) - 1
+        return self.logits(h[:, last])[0]
+
+    def residual_streams(self, input_ids: torch.Tensor, caches: Sequence[SequenceCache],
+                         lengths: Sequence[int]) -> torch.Tensor:
+        """embed → 4 streams → every block over the spans (sequence i: ``lengths[i]`` tokens
+        continuing ``caches[i]``) → the residual streams [b, T, hc, dim]; caches advance."""
+        h = self.embed(input_ids).to(self.numerics.dtype)
+        h = h.unsqueeze(2).repeat(1, 1, self.cfg.hc_mult, 1)
+        starts = [c.length for c in caches]
+        for i, layer in enumerate(self.layers):
+            spans = [Span(start, n, c.layers[i])
+                     for start, n, c in zip(starts, lengths, caches, strict=True)]
+            h = layer(h, input_ids, spans)
+        for start, n, c in zip(starts, lengths, caches, strict=True):
+            c.length = start + n
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Residual streams [b, s, hc, dim] → fp32 logits [b, s, vocab]."""
+        h = self.norm(self.hc_head(h, self.hc_head_fn, self.hc_head_scale, self.hc_head_base))
+        return self.head(h.float())

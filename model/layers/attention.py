@@ -12,10 +12,12 @@ test_model_packed_kv.py). ``dequant`` numerics keep float rows in the compute dt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from model.cache import KV_QUANT_BLOCK, LayerCache, kv_layout
+from model.cache import KV_QUANT_BLOCK, LayerCache, Span, kv_layout
 from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.kv_fp8 import KVLayout
@@ -70,9 +72,12 @@ class Attention(nn.Module):
         pos = t - self.window + 1 + torch.arange(self.window, device=device).view(1, -1)
         return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
 
-    def forward(self, x: torch.Tensor, start_pos: int, cache: LayerCache) -> torch.Tensor:
-        b, s, _ = x.shape
-        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+    def forward(self, x: torch.Tensor, spans: Sequence[Span]) -> torch.Tensor:
+        """x [b, T, dim] holding the spans' tokens one after another (a ragged batch has b = 1).
+        The projections run once over all T tokens; each span attends over its own cache."""
+        b, t, _ = x.shape
+        positions = torch.cat([torch.arange(sp.start, sp.start + sp.length, device=x.device)
+                               for sp in spans])
         angles = self.rope.angles(positions)
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
@@ -80,7 +85,26 @@ class Attention(nn.Module):
         q = apply_rope(q, angles)
         layout = self.cache_layout()
         kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), layout)
+        outs, lo = [], 0
+        for sp in spans:
+            hi = lo + sp.length
+            outs.append(self._attend(x[:, lo:hi], qr[:, lo:hi], q[:, lo:hi], kv[:, lo:hi],
+                                     sp.start, positions[lo:hi], sp.cache, layout))
+            lo = hi
+        o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        o = apply_rope(o, angles, inverse=True)
+        # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
+        o = o.reshape(b, t, self.n_groups, -1)
+        wo_a = self.wo_a.dense_weight().view(self.n_groups, self.o_lora_rank, -1)
+        z = torch.einsum("bsgd,grd->bsgr", o.to(wo_a.dtype), wo_a).to(x.dtype)
+        return self.wo_b(z.flatten(2))
 
+    def _attend(self, x: torch.Tensor, qr: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
+                start_pos: int, positions: torch.Tensor, cache: LayerCache,
+                layout: KVLayout | None) -> torch.Tensor:
+        """One sequence's s new tokens (their projections) over its window, compressed and
+        picked rows; updates its cache. → attention output [b, s, heads, head_dim] (RoPE'd)."""
+        b, s, _ = x.shape
         past = cache.window
         if past is not None and (past.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
@@ -106,12 +130,5 @@ class Attention(nn.Module):
             keys = store[:, :n + w]
             indices = torch.cat([torch.where(indices >= 0, indices + n, -1), picked], dim=-1)
         if layout is None:
-            o = ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
-        else:
-            o = ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]
-        o = apply_rope(o, angles, inverse=True)
-        # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
-        o = o.reshape(b, s, self.n_groups, -1)
-        wo_a = self.wo_a.dense_weight().view(self.n_groups, self.o_lora_rank, -1)
-        z = torch.einsum("bsgd,grd->bsgr", o.to(wo_a.dtype), wo_a).to(x.dtype)
-        return self.wo_b(z.flatten(2))
+            return ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
+        return ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]

@@ -1,6 +1,6 @@
 """v4coder serve on 127.0.0.1 with the tiny toy model: the agent's OpenAI backend streams
 through it (usage, cached_tokens), tool calls are grammar-constrained, bad requests get 400,
-concurrent clients all get well-formed replies."""
+concurrent clients all get well-formed replies (batched together)."""
 
 from __future__ import annotations
 
@@ -25,16 +25,22 @@ TOOLS = [{"type": "function", "function": {
 
 
 @pytest.fixture
-def server(make_engine):
+def served(make_engine):
+    """(base URL, the Server) of a running server over the toy engine."""
     srv = start_server(make_engine(), port=0, model_name="toy", default_max_tokens=4,
                        max_value_tokens=3, max_invokes=1)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     host, port = srv.server_address[:2]
-    yield f"http://{host}:{port}/v1"
+    yield f"http://{host}:{port}/v1", srv
     srv.shutdown()
     thread.join(timeout=30)
     srv.server_close()
+
+
+@pytest.fixture
+def server(served):
+    return served[0]
 
 
 def test_agent_openai_backend_streams_with_usage_and_cache(server):
@@ -89,7 +95,9 @@ def test_bad_requests_get_400(server):
     assert httpx.get(f"{server}/nope").status_code == 404
 
 
-def test_concurrent_clients_are_queued(server):
+def test_concurrent_clients_are_batched(served):
+    server, srv = served
+
     def one(i: int) -> dict:
         r = httpx.post(f"{server}/completions", timeout=300,
                        json={"prompt": f"client {i}", "max_tokens": 2, "temperature": 0})
@@ -102,5 +110,7 @@ def test_concurrent_clients_are_queued(server):
         assert reply["object"] == "text_completion"
         assert reply["usage"]["completion_tokens"] == 2
         json.dumps(reply)
-    solo = one(0)
-    assert solo["choices"][0]["text"] == replies[0]["choices"][0]["text"]
+    batcher = srv.on_close.__self__
+    assert batcher.counters.max_batch_seen > 1        # they shared forwards
+    for i in (0, 7, 19):                               # alone, each gets the same greedy text
+        assert one(i)["choices"][0]["text"] == replies[i]["choices"][0]["text"]
