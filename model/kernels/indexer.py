@@ -1,10 +1,27 @@
 """Lightning indexer top-k (fact sheet §2.5): score(t, j) = Σ_h w[t, h] · ReLU(q[t, h] · key[j]) over
 the compressed keys j < visible[t] (causal block visibility), keep the k best, −1 where fewer exist.
 
-Triton: one program per (query, key chunk) streams key tiles, computes the tile's scores with one
-dot over all heads, and merges them into a running top-k held in registers as packed int64
-(order-preserving score bits << 32 | row), so the [queries × keys] score matrix never exists.
-Decode (few queries) splits the keys over programs; a second kernel merges the per-chunk top-k.
+Two Triton paths behind one entry, ``indexer_topk_triton``:
+
+Decode (fewer than ``PREFILL_MIN_QUERIES`` query rows, b·s): one program per (query, key chunk)
+streams key tiles, computes the tile's scores with one dot over all heads, and merges them into a
+running top-k held in registers as packed int64 (order-preserving score bits << 32 | row), so the
+score matrix never exists. The keys are split over programs; a second kernel merges the per-chunk
+top-k. Each query reads every key itself and sorts 2·K_PAD entries per tile: right for a handful
+of queries, wasteful for a prefill chunk.
+
+Prefill (``_indexer_scores_block`` + torch.topk): one program per (BLOCK_T queries, key chunk,
+batch) holds the queries of all H heads as the BLOCK_T·H = 128-row M side of tl.dot, and each key
+tile it loads is used by all of them. Per tile of BLOCK_N keys it reads BLOCK_N·D·2 bytes (bf16)
+and does 2·BLOCK_T·H·D·BLOCK_N FLOPs on tensor cores, 128 FLOPs per key byte (L2-resident keys).
+ReLU, the head weights and the head sum stay in registers; the program writes one fp32 score per
+(query, key) to a scratch of a block of queries × visible keys (≤ ``PREFILL_SCRATCH_BYTES``, never
+the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs of dot, and skips the
+key tiles past the block's last visible row (they are stored as −inf, never computed). torch.topk
+(radix select on the GPU) then reads the scratch once. Estimate for a 2048-query chunk at 8K keys,
+H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
+tensor cores, not by the per-tile sort of the decode path (not measured yet: `v4coder bench
+kernels` has a row for each path).
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.blocks import query_blocks
+from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS, query_blocks
 
 
 def indexer_scores_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
@@ -138,28 +155,83 @@ def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr):
     tl.store(out_ptr + pid_t.to(tl.int64) * k + offs_k, idx, mask=offs_k < k)
 
 
+PREFILL_MIN_QUERIES = 64        # b·s query rows from which the prefill path runs
+# bound of the fp32 score scratch of one block of queries: the references' block bound, which
+# the memory planner counts (model/memory.py SCRATCH_ELEMENTS)
+PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
+PREFILL_DOT_ROWS = 128          # BLOCK_T·BLOCK_H rows of the score dot (the M side)
+PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewer programs
+
+
+@triton.jit
+def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, lo, hi, S, N, H, D, width,
+                          chunk, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
+    out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs."""
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    first = lo + pid_t * BLOCK_T
+    offs_t = first + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < hi
+    vis = tl.load(vis_ptr + offs_t, mask=mask_t, other=0)
+    offs_r = tl.arange(0, BLOCK_T * BLOCK_H)
+    row_t = first + offs_r // BLOCK_H
+    row_h = offs_r % BLOCK_H
+    mask_r = (row_t < hi) & (row_h < H)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q_rows = (batch * S + row_t) * H + row_h
+    q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
+                mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+    w = tl.load(w_ptr + q_rows, mask=mask_r, other=0.0).to(tl.float32)
+    out_rows = (batch * (hi - lo) + offs_t - lo) * width
+    start = pid_c * chunk
+    stop = tl.minimum(start + chunk, width)
+    seen = tl.minimum(stop, tl.maximum(tl.max(vis, 0), start))  # keys past it: seen by no query
+    for n0 in range(start, seen, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        keys = tl.load(k_ptr + (batch * N + offs_n)[:, None] * D + offs_d[None, :],
+                       mask=(offs_n < seen)[:, None] & mask_d[None, :], other=0.0).to(q.dtype)
+        dots = tl.dot(q, tl.trans(keys), input_precision=PREC)      # [BLOCK_T·BLOCK_H, BLOCK_N]
+        weighted = tl.maximum(dots, 0.0) * w[:, None]
+        scores = tl.sum(tl.reshape(weighted, (BLOCK_T, BLOCK_H, BLOCK_N)), 1)
+        scores = tl.where(offs_n[None, :] < vis[:, None], scores, float("-inf"))
+        tl.store(out_ptr + out_rows[:, None] + offs_n[None, :], scores,
+                 mask=mask_t[:, None] & (offs_n < stop)[None, :])
+    invisible = tl.full([BLOCK_T, BLOCK_N], float("-inf"), tl.float32)
+    for n0 in range(start + tl.cdiv(seen - start, BLOCK_N) * BLOCK_N, stop, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        tl.store(out_ptr + out_rows[:, None] + offs_n[None, :], invisible,
+                 mask=mask_t[:, None] & (offs_n < stop)[None, :])
+
+
 def default_chunks(tokens: int, n: int, block_n: int) -> int:
     if tokens >= 128:
         return 1
     return max(1, min(triton.cdiv(n, 8 * block_n), triton.cdiv(256, tokens)))
 
 
-def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
-                        visible: torch.Tensor, k: int, n_chunks: int | None = None,
-                        block_n: int = 64) -> torch.Tensor:
-    b, s, h, d = q.shape
-    n = keys.shape[1]
-    out = torch.full((b, s, k), -1, dtype=torch.int32, device=q.device)
-    if k == 0 or n == 0 or b * s == 0:
-        return out.long()
+def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
+                   visible: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Contiguous q and keys in the compute dtype (fp32 under the interpreter, which mishandles
+    bf16), fp32 weights, int32 visible on q's device, and the tl.dot precision."""
     if os.environ.get("TRITON_INTERPRET") == "1" or q.dtype not in (torch.bfloat16,
                                                                      torch.float16):
-        q = q.float()  # the interpreter mishandles bf16: compute in fp32 on CPU
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        q = q.float()
     q = q.contiguous()
     keys = keys.to(q.dtype).contiguous()
     weights = weights.float().contiguous()
     vis = visible.to(device=q.device, dtype=torch.int32).contiguous()
+    return q, weights, keys, vis, "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _topk_decode(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tensor:
+    """Per-query streaming top-k (``_indexer_partial`` + ``_indexer_finish``) → int32 [b, s, k]."""
+    b, s, h, d = q.shape
+    n = keys.shape[1]
+    out = torch.full((b, s, k), -1, dtype=torch.int32, device=q.device)
     k_pad = max(16, triton.next_power_of_2(k))
     block_n = max(16, min(block_n, k_pad))
     chunks = n_chunks or default_chunks(b * s, n, block_n)
@@ -171,4 +243,82 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
         BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=block_n, K_PAD=k_pad, PREC=prec)
     _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad)
-    return out.long()
+    return out
+
+
+def _prefill_block_t(h: int, block_t: int | None) -> int:
+    """Queries per score program: a power of two with BLOCK_T·BLOCK_H ≥ 16 (tl.dot's minimum)."""
+    block_h = triton.next_power_of_2(h)
+    want = block_t or max(1, PREFILL_DOT_ROWS // block_h)
+    return max(triton.next_power_of_2(want), triton.cdiv(16, block_h))
+
+
+def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
+    """Queries per host block so that the scratch [b, rows, n] fp32 fits the bound."""
+    rows = PREFILL_SCRATCH_BYTES // (4 * b * max(1, n))
+    return min(s, max(block_t, rows // block_t * block_t))
+
+
+def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n) -> None:
+    """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``)."""
+    b, s, h, d = q.shape
+    width = scores.shape[-1]
+    query_programs = triton.cdiv(hi - lo, block_t)
+    chunks = max(1, min(triton.cdiv(width, block_n),
+                        triton.cdiv(PREFILL_TARGET_PROGRAMS, b * query_programs)))
+    chunk = triton.cdiv(triton.cdiv(width, chunks), block_n) * block_n
+    block_h = triton.next_power_of_2(h)
+    _indexer_scores_block[(query_programs, triton.cdiv(width, chunk), b)](
+        q, weights, keys, vis, scores, lo, hi, s, keys.shape[1], h, d, width, chunk,
+        BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_N=block_n, PREC=prec, num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
+
+
+def _topk_prefill(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tensor:
+    """Block scores (Triton) then torch.topk, a block of queries at a time → int64 [b, s, k]."""
+    b, s, h, _ = q.shape
+    n = keys.shape[1]
+    out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
+    block_t = _prefill_block_t(h, block_t)
+    block_n = max(16, triton.next_power_of_2(block_n))
+    rows = _prefill_query_rows(b, s, n, block_t)
+    vis_host = vis.cpu()  # one sync: each block's widest visible prefix sizes its scratch
+    scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
+    for lo in range(0, s, rows):
+        hi = min(s, lo + rows)
+        width = min(n, int(vis_host[lo:hi].max()))
+        if width <= 0:
+            continue
+        scores = scratch[: b * (hi - lo) * width].view(b, hi - lo, width)
+        _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
+        picks = scores.topk(min(k, width), dim=-1).indices
+        out[:, lo:hi, : picks.shape[-1]] = torch.where(picks >= vis[lo:hi].view(1, -1, 1), -1,
+                                                       picks)
+    return out
+
+
+def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
+                        visible: torch.Tensor, k: int, n_chunks: int | None = None,
+                        block_n: int | None = None, path: str = "auto",
+                        block_t: int | None = None) -> torch.Tensor:
+    """Same contract as ``indexer_topk_reference``. ``path``: "auto" runs the prefill path from
+    ``PREFILL_MIN_QUERIES`` query rows (b·s) on, the decode path below; "prefill" / "decode"
+    force one. Why 64: below it the decode grid still splits each query's keys over ≥ 4
+    programs and batch decode (b ≤ 4, a few MTP tokens each) stays there; from 64 rows on every
+    decode program re-reads n/4 keys or more and sorts per tile alone, while the prefill path's
+    fixed costs (one host sync, the scratch, a topk launch per block) are shared by enough
+    queries. A constant to retune with the H200 bench rows of both paths. ``n_chunks`` applies
+    to the decode path, ``block_t`` to the prefill path; ``block_n`` to both (64 decode,
+    128 prefill when None)."""
+    b, s, h, d = q.shape
+    n = keys.shape[1]
+    if k == 0 or n == 0 or b * s == 0:
+        return torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
+    if path not in ("auto", "prefill", "decode"):
+        raise ValueError(f"indexer path must be auto, prefill or decode, not {path!r}")
+    if path == "auto":
+        path = "prefill" if b * s >= PREFILL_MIN_QUERIES else "decode"
+    q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
+    if path == "prefill":
+        return _topk_prefill(q, weights, keys, vis, k, prec, block_t, block_n or 128)
+    return _topk_decode(q, weights, keys, vis, k, prec, n_chunks, block_n or 64).long()
