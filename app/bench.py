@@ -7,6 +7,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     tui                      first paint, lag of a replayed 200 tokens/s stream
     kernels [--full-size]    each Triton kernel vs its torch reference
     engine                   chunked prefill scaling, time to first token with a cached prefix
+    batch                    continuous batching: throughput and decode-step time vs one at a time
     offload                  expert-cache hit rate and bytes moved per token
     model                    load time, resident bytes / checkpoint bytes, decode tokens/s
 """
@@ -34,6 +35,7 @@ ENTRY_POINTS = {
     "tui": ("app.bench", "_tui"),
     "kernels": ("model.bench_kernels", "main"),
     "engine": ("model.bench_engine", "main"),
+    "batch": ("model.bench_batch", "main"),
     "offload": ("model.bench_offload", "main"),
     "model": ("model.bench_model", "main"),
 }

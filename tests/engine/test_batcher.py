@@ -177,3 +177,12 @@ def test_grammar_constrained_requests_batch_together(make_engine):
     for text in got:   # every one is a well-formed call of the offered tool
         calls = parse_completion(text, tools).tool_calls
         assert calls and all(c.name == "read_file" for c in calls), text
+
+
+def test_bench_batch_small_run():
+    from model.bench_batch import bench_batch
+    result = bench_batch(requests=3, prompt_tokens=24, new_tokens=3, preset="tiny")
+    assert result["same_tokens"] is True                 # batched = one at a time, greedy
+    assert result["max_batch_seen"] == 3
+    assert result["throughput_ratio"] > 0 and result["step_ratio"] > 0
+    assert set(result) >= {"decode_step_1_s", "decode_step_3_s", "batched_tokens_per_s"}

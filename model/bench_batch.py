@@ -1,0 +1,150 @@
+"""``v4coder bench batch``: what continuous batching buys, measured in one run.
+
+    bench_batch() -> dict   # one JSON-able object
+
+The same ``requests`` requests (``prompt_tokens`` each, distinct prompts, greedy,
+``new_tokens`` each) go through the Batcher twice: ``max_batch = 1`` (one at a time, what serve
+did before) and ``max_batch = requests``. Reported:
+
+* ``throughput_ratio`` = generated tokens/s batched / one at a time;
+* ``step_ratio`` = time of one decode step with every request in it / with one request (ideal
+  1.0 where a step is bound by reading the weights — a GPU at batch-1 decode; > 1 where the
+  per-token compute dominates — a CPU running fp32 toys);
+* that the batched run produced exactly the one-at-a-time tokens (greedy): ``same_tokens``.
+
+On the toy checkpoint on a CPU absolute times mean little; the ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from model.batcher import Batcher
+from model.engine import Engine, EngineConfig, load_tokenizer
+from model.generate import load_model
+from model.sampling import SamplingParams, generation_defaults
+from model.toy import PRESETS
+
+
+def _ids(n: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 128000, (n,), generator=gen).tolist()
+
+
+def _serve_all(engine: Engine, max_batch: int, prompts: list[list[int]],
+               params: SamplingParams) -> tuple[float, list[list[int]], Batcher]:
+    """All prompts submitted at once, read by one thread each. → (seconds, tokens, batcher)."""
+    batcher = Batcher(engine, max_batch)
+    out: list[list[int]] = [[] for _ in prompts]
+    sync = torch.cuda.synchronize if engine.lm.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    gens = [batcher.submit(p, params) for p in prompts]
+
+    def read(i: int) -> None:
+        out[i] = [e.token_id for e in gens[i]]
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(gens))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sync()
+    seconds = time.perf_counter() - t0
+    batcher.close()
+    return seconds, out, batcher
+
+
+def _decode_step_s(engine: Engine, prompts: list[list[int]], steps: int) -> float:
+    """Median seconds of a decode step (one token each) over these sequences, after prefill."""
+    seqs = [engine.prefill(p)[0] for p in prompts]
+    sync = torch.cuda.synchronize if engine.lm.device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(steps):
+            sync()
+            t0 = time.perf_counter()
+            engine.forward_batch(seqs, [[3 + i]] * len(seqs))
+            sync()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
+                prompt_tokens: int = 256, new_tokens: int = 32, preset: str = "small",
+                device: str = "cpu") -> dict:
+    with tempfile.TemporaryDirectory(prefix="v4coder-bench-") as tmp:
+        if checkpoint is None:
+            from model.toy import write_toy_checkpoint
+            checkpoint = write_toy_checkpoint(Path(tmp) / "toy", seed=0, preset=preset)
+        lm = load_model(checkpoint, dtype="float32", device=device, progress=False)
+        engine = Engine(lm, EngineConfig(prefix_cache=False), load_tokenizer(checkpoint),
+                        generation_defaults(checkpoint))
+        engine.warm_up(prompt_tokens)
+        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, stop_ids=())
+        prompts = [_ids(prompt_tokens, seed=100 + i) for i in range(requests)]
+        one_s, one_tokens, _ = _serve_all(engine, 1, prompts, params)
+        all_s, all_tokens, batched = _serve_all(engine, requests, prompts, params)
+        step_one = _decode_step_s(engine, prompts[:1], 9)
+        step_all = _decode_step_s(engine, prompts, 9)
+    generated = sum(map(len, all_tokens))
+    c = batched.counters
+    return {
+        "bench": "batch", "device": str(lm.device), "checkpoint": str(checkpoint),
+        "threads": torch.get_num_threads(), "requests": requests,
+        "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+        "one_at_a_time_s": round(one_s, 3), "batched_s": round(all_s, 3),
+        "one_at_a_time_tokens_per_s": round(generated / one_s, 2),
+        "batched_tokens_per_s": round(generated / all_s, 2),
+        "throughput_ratio": round(one_s / all_s, 3),
+        "decode_step_1_s": round(step_one, 5), f"decode_step_{requests}_s": round(step_all, 5),
+        "step_ratio": round(step_all / step_one, 3),
+        "batched_steps": c.steps, "max_batch_seen": c.max_batch_seen,
+        "same_tokens": one_tokens == all_tokens,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``v4coder bench batch [--requests N] [--prompt N] [--new-tokens N] ...`` → one JSON line."""
+    import argparse
+    import json
+    import sys
+
+    from model.checkpoint import CheckpointError
+    from model.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="v4coder bench batch", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="small")
+    p.add_argument("--requests", type=int, default=8)
+    p.add_argument("--prompt", type=int, default=256, dest="prompt_tokens")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if min(args.requests, args.prompt_tokens, args.new_tokens) < 1:
+        print("v4coder bench batch: --requests, --prompt and --new-tokens must be ≥ 1",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = bench_batch(args.checkpoint, args.requests, args.prompt_tokens,
+                             args.new_tokens, preset=args.preset, device=args.device)
+    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+        print(f"v4coder bench batch: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
