@@ -5,6 +5,10 @@
 - ``fp4_gemm``: W4A16. e2m1 weight packed two per int8 [N, K/2] (low nibble = even k), one ue8m0
   scale per 1×32; decoded in registers, the activation stays in its own dtype. The packed
   columns are split into even / odd k so no interleave is needed: y = x_even·W_evenᵀ + x_odd·W_oddᵀ.
+  At decode the K axis is split over programs (``plan_split_k``) and the fp32 partials summed.
+
+``decode_fp4_tile`` is the one register decoder of FP4 tiles (e2m1 nibbles × ue8m0 scales),
+used here and by the MoE kernels (moe.py).
 """
 
 from __future__ import annotations
@@ -92,36 +96,54 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB,
 
 
 @triton.jit
-def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,
+def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K):
+    """THE register decoder of FP4 weight tiles (used by every W4A16 kernel: ``fp4_gemm`` here and
+    the MoE kernels in moe.py). Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes
+    (int8 [N, K/2], low nibble = even k) start at ``w_base`` and ue8m0 scales (one per 1×32,
+    [N, K/32]) at ``s_base``; byte columns ``col`` [BLOCK_K/2] → (even k, odd k) float32 halves
+    [BLOCK_N, BLOCK_K/2], zero where masked. One byte load per two weights, one scale byte per 16."""
+    row = offs_n[:, None].to(tl.int64)
+    mw = mask_n[:, None] & mask_j[None, :]
+    byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
+    sc = _e8m0(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
+    return _e2m1(byte & 0xF) * sc, _e2m1(byte >> 4) * sc
+
+
+@triton.jit
+def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      PREC: tl.constexpr):
+    """Program (m tile, n tile, k split) → out[split] tile = x[:, k slice] · W[:, k slice]ᵀ in
+    fp32. With one split ``out`` is y itself; with several it holds fp32 partials [S, M, N]."""
     HALF: tl.constexpr = BLOCK_K // 2
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_j = tl.arange(0, HALF)  # byte column within the tile
     mask_m = offs_m < M
     mask_n = offs_n < N
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * K
-    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * (K // 2)
-    s_rows = s_ptr + offs_n[:, None].to(tl.int64) * (K // 32)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         col = k0 // 2 + offs_j
-        mask_j = col < K // 2
+        mask_j = col < k_hi // 2
         mx = mask_m[:, None] & mask_j[None, :]
         x_even = tl.load(x_rows + 2 * col[None, :], mask=mx, other=0.0)
         x_odd = tl.load(x_rows + 2 * col[None, :] + 1, mask=mx, other=0.0)
-        mw = mask_n[:, None] & mask_j[None, :]
-        byte = tl.load(w_rows + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
-        sc = _e8m0(tl.load(s_rows + (col // 16)[None, :], mask=mw, other=0))
-        w_even = (_e2m1(byte & 0xF) * sc).to(x_even.dtype)
-        w_odd = (_e2m1(byte >> 4) * sc).to(x_even.dtype)
-        acc += tl.dot(x_even, tl.trans(w_even), input_precision=PREC)
-        acc += tl.dot(x_odd, tl.trans(w_odd), input_precision=PREC)
-    tl.store(y_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
-             acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        w_even, w_odd = decode_fp4_tile(w_ptr, s_ptr, offs_n, mask_n, col, mask_j, K)
+        acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)), input_precision=PREC)
+        acc += tl.dot(x_odd, tl.trans(w_odd.to(x_even.dtype)), input_precision=PREC)
+    out = out_ptr + pid_k.to(tl.int64) * M * N
+    tl.store(out + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+TARGET_PROGRAMS = 1024   # ≈ 8 per SM of a 132-SM H200: enough weight loads in flight for HBM
+PARTIAL_TRAFFIC_K = 128  # split-K cap: fp32 partial bytes ≤ 1/8 of the FP4 weight bytes
 
 
 def _interpreting() -> bool:
@@ -159,17 +181,63 @@ def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) 
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
+def plan_split_k(tiles: int, rows: int, k: int, block_k: int, splits: int | None = None
+                 ) -> tuple[int, int]:
+    """(splits, k_per_split) for a W4A16 GEMM with ``tiles`` output programs and ``rows``
+    activation rows per weight read: host ints only, no device value is read (no sync).
+
+    Split-K multiplies the programs until about ``TARGET_PROGRAMS`` stream the weight, but not
+    so far that the fp32 partials (S·rows·N·4 bytes written and read back) exceed 1/8 of the
+    weight bytes (N·K/2): S ≤ K / (128·rows). ``splits`` forces a count (tests); either way
+    every split gets a whole number of BLOCK_K tiles and no split is empty (the last may be
+    shorter, K need not divide evenly)."""
+    k_blocks = triton.cdiv(k, block_k)
+    if splits is None:
+        by_occupancy = TARGET_PROGRAMS // max(tiles, 1)
+        by_traffic = k // (PARTIAL_TRAFFIC_K * max(rows, 1))
+        splits = min(by_occupancy, by_traffic)
+    blocks_per_split = triton.cdiv(k_blocks, max(1, min(splits, k_blocks)))
+    return triton.cdiv(k_blocks, blocks_per_split), blocks_per_split * block_k
+
+
+def _fp4_blocks(m: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K): at decode (m ≤ 16) one M tile, narrow N tiles and long K
+    tiles (128 contiguous weight bytes per row and step), the K axis split over programs."""
+    return (16, 32, 256) if m <= 16 else (64, 64, 64)
+
+
+def fp4_gemm_plan(m: int, n: int, k: int, block_k: int | None = None,
+                  split_k: int | None = None) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, splits, k_per_split) of ``fp4_gemm_triton`` for x [m, k] ·
+    W [n, k]ᵀ: from the shapes alone (pure; also reported by the kernel bench)."""
+    bm, bn, bk = _fp4_blocks(m)
+    bk = block_k or bk
+    splits, k_per_split = plan_split_k(triton.cdiv(m, bm) * triton.cdiv(n, bn), m, k, bk, split_k)
+    return bm, bn, bk, splits, k_per_split
+
+
 def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                    block_k: int = 64) -> torch.Tensor:
-    """x [..., K] · FP4 weight (int8 [N, K/2], ue8m0 [N, K/32])ᵀ → [..., N] in x.dtype."""
+                    block_k: int | None = None, split_k: int | None = None) -> torch.Tensor:
+    """x [..., K] · FP4 weight (int8 [N, K/2], ue8m0 [N, K/32])ᵀ → [..., N] in x.dtype.
+
+    Grid (M tiles, N tiles, K splits) from ``fp4_gemm_plan`` (``split_k`` forces the splits).
+    At decode (m = 1, V4-Flash w1/w3 2048×4096) the N axis alone gives 64 programs, each
+    streaming 32 weight rows × 2 KB — far too few to keep HBM busy; split-K gives each program
+    32 rows × one K slice, so ~1024 programs load the 4 MB weight in parallel. Split partials
+    are fp32 [S, M, N], summed in a fixed order by one torch reduction (deterministic, no
+    atomics)."""
     k, n = x.shape[-1], packed.shape[0]
     assert packed.shape[1] * 2 == k and k % 32 == 0, (x.shape, packed.shape)
     x2, y = _rows_and_output(x, n, half_or_fp32=True)
     m = x2.shape[0]
     if m and n:
-        bm, bn = _blocks(m)
-        _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-            x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
-            m, n, k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block_k,
+        bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, split_k)
+        out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32,
+                                                device=x.device)
+        _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](
+            x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), out,
+            m, n, k, k_per_split, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
             PREC="ieee" if x2.dtype == torch.float32 else "tf32")
+        if splits > 1:
+            y = out.sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

@@ -1,12 +1,23 @@
-"""Routed experts (fact sheet §2.6) as one fused-MoE pipeline over FP4 experts (W4A16):
+"""Routed experts (fact sheet §2.6) over FP4 experts (W4A16), two Triton paths, no host sync on
+either (every grid is sized from host ints: T, k, the bank's shapes):
 
-1. align: sort the (token, slot) pairs by expert and pad every expert's group to BLOCK_M rows, so
-   each M tile belongs to one expert (torch, on the device, no host sync: sized by an upper bound);
-2. grouped gate/up GEMM: gathers the tile's token rows, w1 and w3 of the tile's expert decoded in
-   registers, epilogue = clamped SwiGLU × routing weight → h [pairs, inter];
-3. grouped down GEMM: h · w2ᵀ → per-pair outputs;
-4. combine: y[t] = Σ_slot out[pair(t, slot)] in fp32.
+- decode (few pairs, ``T·k ≤ DECODE_MAX_PAIRS``): no sorting at all — every (token, slot) pair is
+  its own row. Grid (pair, N tile, K split) GEMV programs (``_moe_gemv_kernel``); a dropped pair
+  (slot −1) exits at once. One token at V4-Flash shapes (k = 6, w1/w3 2048×4096, w2 4096×2048):
+  gate/up has 6·64 N tiles of 32 rows, split-K (``decode_plan`` → ``gemm.plan_split_k``) halves
+  each K = 4096 row → 768 programs, each streaming 32 rows × 1 KB of w1 and of w3; down has
+  6·128 N tiles, 768 programs with no split. So the ≈ 80 MB of the 6 experts is read by
+  hundreds of programs at once, with no sort, no padded empty tiles and no host sync before the
+  first launch. fp32 partials [S, pairs, N] are reduced in a fixed order by the
+  epilogues: gate/up → ``_moe_swiglu_kernel`` (sum splits, clamped SwiGLU × routing weight → h),
+  down → ``_moe_combine_kernel`` (sum splits and the token's slots → y). A pair re-reads its
+  expert even when another pair of the batch chose it too (rare at small T·k; L2 absorbs it).
+- grouped (prefill): align the pairs by expert on the device (``moe_align``: padded per expert to
+  BLOCK_M rows, sized by the host bound T·k + n_experts·(BLOCK_M − 1)), so each M tile belongs to
+  one expert; grouped gate/up tl.dot GEMM with the SwiGLU fused, grouped down GEMM, combine.
+  Tiles past the last expert's group are marked −1 and exit at once.
 
+FP4 tiles are decoded in registers by ``gemm.decode_fp4_tile`` (the one decoder of the runtime).
 Expert weights come as an ``ExpertBank`` (model/kernels/expert_bank.py): per part a base byte
 tensor and each slot's byte offset in it — views of the mapped checkpoint, or one stacked copy —
 so the kernels read w1, w3 int8 [inter, dim/2] + ue8m0 [inter, dim/32] and w2 int8
@@ -24,7 +35,12 @@ import triton.language as tl
 
 from model.kernels import quant
 from model.kernels.expert_bank import ExpertBank, PartBank
-from model.kernels.gemm import _e2m1, _e8m0
+from model.kernels.gemm import decode_fp4_tile, plan_split_k
+
+DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
+DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
+DECODE_BLOCK_K = 128
+EPILOGUE_BLOCK = 128
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, quantize_input: bool) -> torch.Tensor:
@@ -70,26 +86,33 @@ def moe_fp4_reference(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tenso
 def moe_align(indices: torch.Tensor, n_experts: int, block_m: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """→ (sorted_pairs [P_pad] pair ids t·k+slot, −1 = padding; tile_expert [P_pad/block_m],
-    −1 = unused tile; pair_pos [T·k] position of each pair in sorted order, −1 = dropped)."""
+    −1 = unused tile; pair_pos [T·k] position of each pair in sorted order, −1 = dropped).
+
+    Device-only torch (no .item / bincount / boolean indexing: no host sync): P_pad is the host
+    bound T·k + n_experts·(block_m − 1) rounded up to block_m; dropped pairs are scattered into a
+    spare last slot that is cut off."""
     flat = indices.reshape(-1).long()
     p = flat.numel()
+    dev = flat.device
     valid = (flat >= 0) & (flat < n_experts)
     expert = torch.where(valid, flat, n_experts)            # invalid pairs sort last, dropped
     order = torch.argsort(expert, stable=True)
-    counts = torch.bincount(expert, minlength=n_experts + 1)[:n_experts]
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=dev).scatter_add_(
+        0, expert, torch.ones_like(expert))[:n_experts]
     padded = (counts + block_m - 1) // block_m * block_m
     starts = torch.cumsum(padded, 0) - padded                # padded group start per expert
     first = torch.cumsum(counts, 0) - counts                 # unpadded group start
     cap = (p + n_experts * (block_m - 1) + block_m - 1) // block_m * block_m
-    e_sorted = expert[order]
+    e_sorted = expert.gather(0, order)
     ok = e_sorted < n_experts
-    rank = torch.arange(p, device=flat.device) - first[e_sorted.clamp(max=n_experts - 1)]
-    pos = torch.where(ok, starts[e_sorted.clamp(max=n_experts - 1)] + rank, -1)
-    sorted_pairs = torch.full((cap,), -1, dtype=torch.int32, device=flat.device)
-    sorted_pairs[pos[ok]] = order[ok].to(torch.int32)
-    pair_pos = torch.full((p,), -1, dtype=torch.int32, device=flat.device)
-    pair_pos[order] = pos.to(torch.int32)
-    tile_start = torch.arange(0, cap, block_m, device=flat.device)
+    e_clamped = e_sorted.clamp(max=n_experts - 1)
+    rank = torch.arange(p, device=dev) - first.gather(0, e_clamped)
+    pos = torch.where(ok, starts.gather(0, e_clamped) + rank, -1)
+    sorted_pairs = torch.full((cap + 1,), -1, dtype=torch.int32, device=dev)
+    sorted_pairs.scatter_(0, torch.where(ok, pos, cap), order.to(torch.int32))
+    sorted_pairs = sorted_pairs[:cap]
+    pair_pos = torch.empty(p, dtype=torch.int32, device=dev).scatter_(0, order, pos.to(torch.int32))
+    tile_start = torch.arange(0, cap, block_m, device=dev)
     ends = torch.cumsum(padded, 0)
     tile_expert = torch.searchsorted(ends, tile_start, right=True)
     tile_expert = torch.where(tile_expert < n_experts, tile_expert, -1).to(torch.int32)
@@ -97,23 +120,97 @@ def moe_align(indices: torch.Tensor, n_experts: int, block_m: int
 
 
 @triton.jit
-def _w4_tile(w_ptr, w_off_ptr, s_ptr, s_off_ptr, e, offs_n, mask_n, col, mask_j, N, K):
-    """Decoded (even k, odd k) halves [BLOCK_N, BLOCK_K/2] of slot e's rows offs_n; the slot's
-    weight / scale bytes start at byte offsets w_off[e] / s_off[e] of w / s."""
-    row = offs_n[:, None].to(tl.int64)
-    w_base = w_ptr + tl.load(w_off_ptr + e)
-    s_base = s_ptr + tl.load(s_off_ptr + e)
-    mw = mask_n[:, None] & mask_j[None, :]
-    byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
-    sc = _e8m0(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
-    return _e2m1(byte & 0xF) * sc, _e2m1(byte >> 4) * sc
+def _slot_base(ptr, off_ptr, e):
+    """Where slot e's bytes of one bank part start."""
+    return ptr + tl.load(off_ptr + e)
+
+
+@triton.jit
+def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Σ_{k_lo ≤ k < k_hi} a[k]·W[n, k] for the rows ``offs_n`` of one FP4 weight → float32
+    [BLOCK_N]: a GEMV slice for one activation row (``a_row`` points at a[0]). No tl.dot (it
+    needs M ≥ 16): the decoded tile is multiplied by the broadcast row and summed over k.
+    ``k_lo`` is a multiple of BLOCK_K; ``k_hi`` a multiple of 32 (or K)."""
+    offs_j = tl.arange(0, BLOCK_K // 2)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        col = k0 // 2 + offs_j
+        mask_j = col < k_hi // 2
+        a_even = tl.load(a_row + 2 * col, mask=mask_j, other=0.0).to(tl.float32)
+        a_odd = tl.load(a_row + 2 * col + 1, mask=mask_j, other=0.0).to(tl.float32)
+        w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K)
+        acc += tl.sum(w_even * a_even[None, :] + w_odd * a_odd[None, :], axis=1)
+    return acc
+
+
+@triton.jit
+def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_ptr, w3_off_ptr,
+                     s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
+                     UP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
+    UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
+    Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N]."""
+    pair = tl.program_id(0)
+    pid_k = tl.program_id(2)
+    splits = tl.num_programs(2)
+    e = tl.load(slots_ptr + pair)
+    if (e >= 0) & (e < N_SLOTS):
+        if UP:
+            a_row = a_ptr + (pair // TOPK).to(tl.int64) * K
+        else:
+            a_row = a_ptr + pair.to(tl.int64) * K
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        k_lo = pid_k * K_PER_SPLIT
+        k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+        out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
+        acc = _fp4_row_dot(a_row, _slot_base(w_ptr, w_off_ptr, e), _slot_base(s_ptr, s_off_ptr, e),
+                           offs_n, mask_n, k_lo, k_hi, K, BLOCK_N, BLOCK_K)
+        tl.store(out, acc, mask=mask_n)
+        if UP:
+            acc3 = _fp4_row_dot(a_row, _slot_base(w3_ptr, w3_off_ptr, e),
+                                _slot_base(s3_ptr, s3_off_ptr, e), offs_n, mask_n, k_lo, k_hi, K,
+                                BLOCK_N, BLOCK_K)
+            tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
+
+
+@triton.jit
+def _clamped_swiglu(gate, up, rw, limit):
+    if limit > 0:
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        gate = tl.minimum(gate, limit)
+    return rw * (gate * tl.sigmoid(gate) * up)
+
+
+@triton.jit
+def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS, limit,
+                       BLOCK: tl.constexpr):
+    """Decode gate/up epilogue: h[pair] = clamped SwiGLU(Σ_split gate, Σ_split up) × rw[pair],
+    splits summed in order (deterministic); 0 for a dropped pair. part: fp32 [2, S, P, N]."""
+    pair = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    e = tl.load(slots_ptr + pair)
+    h = tl.zeros([BLOCK], dtype=tl.float32)
+    if (e >= 0) & (e < N_SLOTS):
+        gate = tl.zeros([BLOCK], dtype=tl.float32)
+        up = tl.zeros([BLOCK], dtype=tl.float32)
+        for s in range(0, SPLITS):
+            row = part_ptr + (s * P + pair).to(tl.int64) * N + cols
+            gate += tl.load(row, mask=mask, other=0.0)
+            up += tl.load(row + (SPLITS * P).to(tl.int64) * N, mask=mask, other=0.0)
+        h = _clamped_swiglu(gate, up, tl.load(rw_ptr + pair), limit)
+    tl.store(h_ptr + pair.to(tl.int64) * N + cols, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr,
-                     w3_ptr, w3_off_ptr, s3_ptr, s3_off_ptr, out_ptr, TOPK, N, K, limit, UP: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
-    """UP: out[pos] = swiglu(a[tok]·w1ᵀ, a[tok]·w3ᵀ)·rw; else out[pos] = a[pos]·wᵀ."""
+                     w3_ptr, w3_off_ptr, s3_ptr, s3_off_ptr, out_ptr, TOPK, N, K, limit,
+                     UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """Grouped (prefill) tile of one expert. UP: out[pos] = swiglu(a[tok]·w1ᵀ, a[tok]·w3ᵀ)·rw;
+    else out[pos] = a[pos]·wᵀ."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(tile_e_ptr + pid_m)
@@ -129,6 +226,10 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
         mask_n = offs_n < N
         offs_j = tl.arange(0, BLOCK_K // 2)
         a_base = a_ptr + a_rows[:, None].to(tl.int64) * K
+        w_base = _slot_base(w_ptr, w_off_ptr, e)
+        s_base = _slot_base(s_ptr, s_off_ptr, e)
+        w3_base = _slot_base(w3_ptr, w3_off_ptr, e)
+        s3_base = _slot_base(s3_ptr, s3_off_ptr, e)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -137,69 +238,130 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
             ma = valid[:, None] & mask_j[None, :]
             a_even = tl.load(a_base + 2 * col[None, :], mask=ma, other=0.0)
             a_odd = tl.load(a_base + 2 * col[None, :] + 1, mask=ma, other=0.0)
-            w_even, w_odd = _w4_tile(w_ptr, w_off_ptr, s_ptr, s_off_ptr, e, offs_n, mask_n,
-                                     col, mask_j, N, K)
+            w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K)
             acc += tl.dot(a_even, tl.trans(w_even.to(a_even.dtype)), input_precision=PREC)
             acc += tl.dot(a_odd, tl.trans(w_odd.to(a_even.dtype)), input_precision=PREC)
             if UP:
-                u_even, u_odd = _w4_tile(w3_ptr, w3_off_ptr, s3_ptr, s3_off_ptr, e, offs_n,
-                                         mask_n, col, mask_j, N, K)
+                u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col, mask_j, K)
                 acc3 += tl.dot(a_even, tl.trans(u_even.to(a_even.dtype)), input_precision=PREC)
                 acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)), input_precision=PREC)
         if UP:
-            gate, up = acc, acc3
-            if limit > 0:
-                up = tl.minimum(tl.maximum(up, -limit), limit)
-                gate = tl.minimum(gate, limit)
             rw = tl.load(rw_ptr + tl.where(valid, pairs, 0), mask=valid, other=0.0)
-            acc = rw[:, None] * (gate * tl.sigmoid(gate) * up)
+            acc = _clamped_swiglu(acc, acc3, rw[:, None], limit)
         tl.store(out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & mask_n[None, :])
 
 
 @triton.jit
-def _moe_combine_kernel(out_ptr, pos_ptr, y_ptr, TOPK, N, BLOCK: tl.constexpr):
+def _moe_combine_kernel(part_ptr, key_ptr, y_ptr, TOPK, N, ROWS, SPLITS, N_SLOTS,
+                        BY_SLOT: tl.constexpr, BLOCK: tl.constexpr):
+    """y[t] = Σ_slot Σ_split part[split, row(t·k + slot)] in fp32, in a fixed order. part: fp32
+    [S, ROWS, N]. BY_SLOT (decode): key = slots, row = the pair itself unless its slot is −1;
+    else (grouped): key = pair_pos, the pair's sorted row, −1 = dropped."""
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j in range(0, TOPK):
-        pos = tl.load(pos_ptr + t * TOPK + j)
-        if pos >= 0:
-            acc += tl.load(out_ptr + pos.to(tl.int64) * N + cols, mask=mask, other=0.0)
+        pair = t * TOPK + j
+        key = tl.load(key_ptr + pair)
+        if BY_SLOT:
+            row = tl.where((key >= 0) & (key < N_SLOTS), pair, -1)
+        else:
+            row = key
+        if row >= 0:
+            for s in range(0, SPLITS):
+                acc += tl.load(part_ptr + (s * ROWS + row).to(tl.int64) * N + cols, mask=mask,
+                               other=0.0)
     tl.store(y_ptr + t.to(tl.int64) * N + cols, acc, mask=mask)
+
+
+def _bank_args(*parts: PartBank) -> tuple[torch.Tensor, ...]:
+    """(base, offsets) of each part, flattened, as the kernels take them."""
+    return tuple(t for p in parts for t in (p.base, p.offsets))
+
+
+def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
+                split_k: int | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((splits, k_per_split) of gate/up, (splits, k_per_split) of down) of the decode path for
+    ``pairs`` = T·k (token, slot) pairs: from the shapes alone — nothing on the device is read,
+    so the launch needs no host sync (each pair reads its own expert: rows = 1)."""
+    bn = DECODE_BLOCK_N
+    up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k)
+    down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k)
+    return up, down
+
+
+def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
+                limit: float, quantize_input: bool, split_k: int | None, block_k: int
+                ) -> torch.Tensor:
+    """The per-pair split-K path (see the module docstring): 4 launches, no host sync."""
+    t, dim = xin.shape
+    topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
+    flat = slots.reshape(-1).contiguous()
+    p, bn, dev = flat.numel(), DECODE_BLOCK_N, xin.device
+    (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k)
+    part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
+    _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
+        xin, flat, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), part, topk, p, inter, dim,
+        k_per, n_exp, UP=True, BLOCK_N=bn, BLOCK_K=block_k)
+    h = torch.empty(p, inter, dtype=torch.float32 if quantize_input else xin.dtype, device=dev)
+    _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
+        part, flat, rw, h, p, inter, n_exp, splits, float(limit), BLOCK=EPILOGUE_BLOCK)
+    if quantize_input:
+        h = quant.fp8_fake_quant(h, 128).to(xin.dtype).contiguous()
+    part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
+    down = _bank_args(bank.w2, bank.s2)
+    _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
+        h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False, BLOCK_N=bn,
+        BLOCK_K=block_k)
+    y = torch.empty(t, dim, dtype=torch.float32, device=dev)
+    _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
+        part, flat, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True, BLOCK=EPILOGUE_BLOCK)
+    return y
+
+
+def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
+                 limit: float, quantize_input: bool, block_m: int) -> torch.Tensor:
+    """The expert-aligned tl.dot path (see the module docstring)."""
+    t, dim = xin.shape
+    topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
+    prec = "ieee" if xin.dtype == torch.float32 else "tf32"
+    pairs, tile_e, pos = moe_align(slots, n_exp, block_m)
+    h = torch.zeros(pairs.numel(), inter, dtype=torch.float32 if quantize_input else xin.dtype,
+                    device=xin.device)
+    _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(inter, 32))](
+        xin, pairs, tile_e, rw, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), h, topk, inter,
+        dim, float(limit), UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
+    if quantize_input:
+        h = quant.fp8_fake_quant(h, 128).to(xin.dtype).contiguous()  # (a slice when inter < 128)
+    out = torch.empty(pairs.numel(), dim, dtype=torch.float32, device=xin.device)
+    down = _bank_args(bank.w2, bank.s2)
+    _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(dim, 32))](
+        h, pairs, tile_e, rw, *down, *down, out, topk, dim, inter, 0.0, UP=False,
+        BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
+    y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
+    _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
+        out, pos, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False, BLOCK=EPILOGUE_BLOCK)
+    return y
 
 
 def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    bank: ExpertBank, limit: float, quantize_input: bool = False,
-                   block_m: int = 16) -> torch.Tensor:
+                   block_m: int = 16, decode: bool | None = None, split_k: int | None = None,
+                   block_k: int = DECODE_BLOCK_K) -> torch.Tensor:
+    """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts).
+    ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
+    grouped); ``split_k`` forces the decode K splits and ``block_k`` its K tile (tests)."""
     t, dim = x.shape
-    topk = slots.shape[1]
-    n_exp, inter = bank.n_slots, bank.w1.shape[0]
+    if t == 0 or slots.shape[1] == 0:
+        return torch.zeros(t, dim, dtype=torch.float32, device=x.device)
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     act = torch.float32 if interp or x.dtype not in (torch.bfloat16, torch.float16) else x.dtype
-    prec = "ieee" if act == torch.float32 else "tf32"
     xin = (quant.fp8_fake_quant(x.float(), 128) if quantize_input else x).to(act).contiguous()
-    pairs, tile_e, pos = moe_align(slots, n_exp, block_m)
     rw = weights.float().reshape(-1).contiguous()
-    h = torch.zeros(pairs.numel(), inter, dtype=torch.float32 if quantize_input else act,
-                    device=x.device)
-
-    def args(p: PartBank) -> tuple[torch.Tensor, torch.Tensor]:
-        return p.base, p.offsets
-
-    grid = (tile_e.numel(), triton.cdiv(inter, 32))
-    _moe_gemm_kernel[grid](xin, pairs, tile_e, rw, *args(bank.w1), *args(bank.s1),
-                           *args(bank.w3), *args(bank.s3), h, topk, inter, dim, float(limit),
-                           UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
-    if quantize_input:
-        h = quant.fp8_fake_quant(h, 128).to(act).contiguous()  # (a slice when inter < 128)
-    out = torch.empty(pairs.numel(), dim, dtype=torch.float32, device=x.device)
-    grid = (tile_e.numel(), triton.cdiv(dim, 32))
-    _moe_gemm_kernel[grid](h, pairs, tile_e, rw, *args(bank.w2), *args(bank.s2), *args(bank.w2),
-                           *args(bank.s2), out, topk, dim, inter, 0.0, UP=False,
-                           BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
-    y = torch.empty(t, dim, dtype=torch.float32, device=x.device)
-    if t:
-        _moe_combine_kernel[(t, triton.cdiv(dim, 128))](out, pos, y, topk, dim, BLOCK=128)
-    return y
+    if decode is None:
+        decode = t * slots.shape[1] <= DECODE_MAX_PAIRS
+    if decode:
+        return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k)
+    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m)

@@ -11,6 +11,7 @@ from model.kernels.gemm import (
     fp4_gemm_triton,
     fp8_gemm_reference,
     fp8_gemm_triton,
+    plan_split_k,
 )
 
 
@@ -62,3 +63,56 @@ def test_fp4_decode_covers_every_code():
     x = torch.eye(64)  # y[i] = dequantised weight[0, i]
     got = fp4_gemm_triton(x, packed, scale)[:, 0]
     assert torch.equal(got, quant.dequant_fp4(packed, scale)[0])
+
+
+@pytest.mark.parametrize(
+    "m,n,k,block_k,split_k",
+    [
+        (1, 40, 256, 64, 1),     # decode row, split-K off
+        (1, 40, 256, 64, 4),     # decode row, 4 splits of one K tile each
+        (1, 48, 96, 32, 2),      # K = 3 tiles over 2 splits: 64 + 32 (K not a multiple)
+        (3, 33, 160, 32, 4),     # a few tokens, 5 tiles over 4 wanted → 3 splits: 64+64+32
+        (17, 64, 128, 32, 3),    # more than one M tile, 4 tiles over 3 wanted → 2 splits
+    ],
+)
+def test_fp4_gemm_split_k_matches_reference(m, n, k, block_k, split_k):
+    g = torch.Generator().manual_seed(7 * m + k)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-3, 2, k)
+    packed, scale = quant.quant_fp4(w)
+    x = torch.randn(m, k, generator=g)
+    want = fp4_gemm_reference(x, packed, scale)
+    got = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k)
+    assert got.shape == (m, n)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), (got - want).abs().max()
+    unsplit = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=1)
+    assert torch.allclose(got, unsplit, rtol=1e-5, atol=1e-4)
+
+
+def test_fp4_gemm_split_k_in_default_plan_matches_reference():
+    """The default plan splits a decode row (tiny N → few tiles, so splits up to K/128)."""
+    assert plan_split_k(2, 1, 512, 256) == (2, 256)
+    g = torch.Generator().manual_seed(11)
+    packed, scale = quant.quant_fp4(torch.randn(40, 512, generator=g))
+    x = torch.randn(1, 512, generator=g)
+    got = fp4_gemm_triton(x, packed, scale)
+    assert torch.allclose(got, fp4_gemm_reference(x, packed, scale), rtol=1e-5, atol=1e-4)
+
+
+def test_plan_split_k_decode_shapes_and_caps():
+    # V4-Flash w1/w3 decode (m = 1, N = 2048 → 64 tiles of 32, K = 4096 in tiles of 256)
+    assert plan_split_k(64, 1, 4096, 256) == (16, 256)
+    # 16 rows: fp32 partials would outweigh the weight — capped at K / (128·16) = 2 splits
+    assert plan_split_k(64, 16, 4096, 256) == (2, 2048)
+    # prefill: enough tiles already, no split
+    assert plan_split_k(4 * 32, 256, 4096, 64) == (1, 4096)
+    # forced: more splits than K tiles → one tile each
+    assert plan_split_k(1, 1, 64, 32, splits=8) == (2, 32)
+
+
+def test_plan_split_k_covers_k_with_no_empty_split():
+    for k_blocks in range(1, 20):
+        k = 32 * k_blocks
+        for want in range(1, 24):
+            splits, k_per = plan_split_k(1, 1, k, 32, splits=want)
+            assert 1 <= splits <= min(want, k_blocks) and k_per % 32 == 0
+            assert (splits - 1) * k_per < k <= splits * k_per  # covers K, last split non-empty

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from model.kernels import ops, quant
 from model.kernels.expert_bank import ExpertBank
@@ -152,3 +153,120 @@ def test_bank_of_separate_tensors_is_one_copy_the_experts_point_into():
                     for ex in experts.values()}
         assert storages == {pb.base.untyped_storage().data_ptr()}  # one copy, shared
     assert torch.equal(moe_fp4_reference(x, weights, bank.slots(indices), bank, LIMIT), want)
+
+
+# ---- decode (per-pair split-K) and grouped paths; no host sync ---------------------------------
+def _bank_and_input(t, dim, inter, seed):
+    g = torch.Generator().manual_seed(seed)
+    bank = ExpertBank.from_stacked(*_experts(N_EXP, dim, inter, g))
+    return bank, torch.randn(t, dim, generator=g), g
+
+
+RAGGED = torch.tensor([[0, 3, -1], [0, 1, 3], [3, 0, -1], [0, -1, -1], [-1, -1, -1]])
+# expert 0: 4 tokens, 1: 1, 2: none, 3: 3; a token with every slot −1 (its output row is 0)
+
+
+@pytest.mark.parametrize("decode", [True, False])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_moe_fp4_ragged_loads_idle_expert_and_empty_slots(decode, quantize):
+    bank, x, g = _bank_and_input(5, DIM, INTER, seed=21)
+    weights = torch.rand(5, 3, generator=g)
+    got = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize, decode=decode)
+    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize)
+    assert torch.count_nonzero(got[4]) == 0 and torch.count_nonzero(want[0]) > 0
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize(
+    "t,topk,split_k",
+    [
+        (1, 2, 1),   # one decode token, k experts, split-K off
+        (1, 2, 2),   # gate/up K = 3 tiles over 2 splits (64 + 32), down K = 2 tiles over 2
+        (3, 2, 3),   # a few tokens; 3 splits wanted: gate/up 3, down 2 (one tile each)
+    ],
+)
+def test_moe_fp4_decode_split_k_matches_reference(t, topk, split_k):
+    dim, inter = 96, 64  # K not a multiple of the split
+    bank, x, g = _bank_and_input(t, dim, inter, seed=t + 7 * split_k)
+    indices = torch.stack([torch.randperm(N_EXP, generator=g)[:topk] for _ in range(t)])
+    if t > 1:
+        indices[1, 0] = -1
+    weights = torch.rand(t, topk, generator=g)
+    want = moe_fp4_reference(x, weights, indices, bank, LIMIT)
+    got = moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=True, split_k=split_k,
+                         block_k=32)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+    grouped = moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=False)
+    assert torch.allclose(got, grouped, atol=1e-5, rtol=1e-4)
+
+
+def test_moe_fp4_no_limit_and_default_path_choice():
+    bank, x, g = _bank_and_input(2, DIM, INTER, seed=5)
+    indices, weights = _routing(2, "all_hit", g), torch.rand(2, 2, generator=g)
+    got = moe_fp4_triton(x, weights, indices, bank, 0.0)  # T·k = 4: the decode path
+    want = moe_fp4_reference(x, weights, indices, bank, 0.0)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+SYNCING_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
+               "aten::bincount", "aten::_unique", "aten::_unique2", "aten::unique_dim",
+               "aten::unique_consecutive", "aten::repeat_interleave", "aten::item"}
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records every op that makes the host wait for the device on CUDA: .item() / int() /
+    bool() of a tensor (_local_scalar_dense), nonzero / boolean-mask indexing / masked_select /
+    bincount / unique (output size read back); and, by patching (dispatch does not see them),
+    .tolist() / .cpu() / .numpy() of a tensor."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.seen: list[str] = []
+        for name in ("tolist", "cpu", "numpy"):
+            monkeypatch.setattr(torch.Tensor, name, self._forbid(name))
+
+    def _forbid(self, name):
+        def call(tensor, *args, **kwargs):
+            self.seen.append(f"Tensor.{name}")
+            raise RuntimeError(f"host sync: Tensor.{name}")
+        return call
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        bool_index = name.startswith("aten::index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for a in args[1:2] for i in (a if isinstance(a, (list, tuple)) else [a]))
+        if name in SYNCING_OPS or bool_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _sync_ops(monkeypatch, fn) -> list[str]:
+    with monkeypatch.context() as patch, _HostSyncs(patch) as rec:
+        try:
+            fn()
+        except RuntimeError:
+            pass  # a forbidden Tensor method raised; it is recorded
+    return rec.seen
+
+
+def test_host_sync_detector_sees_every_kind_of_sync(monkeypatch):
+    x = torch.arange(6)
+    for sync in (lambda: x[2].item(), lambda: bool(x[1] > 0), lambda: x[x > 2],
+                 lambda: torch.bincount(x), lambda: x.nonzero(), lambda: x.tolist(),
+                 lambda: x.cpu(), lambda: torch.where(x > 2)):
+        assert _sync_ops(monkeypatch, sync), sync
+    assert _sync_ops(monkeypatch, lambda: torch.cumsum(x, 0).gather(0, x.flip(0))) == []
+
+
+@pytest.mark.parametrize("t,decode", [(1, None), (4, True), (6, False)])
+def test_moe_fp4_triton_makes_no_host_sync(monkeypatch, t, decode):
+    """Decode (default for one token) and the grouped path (device-side align) alike."""
+    bank, x, g = _bank_and_input(t, DIM, INTER, seed=9)
+    indices, weights = _routing(t, "one_expert_idle", g), torch.rand(t, 2, generator=g)
+    indices[0, 1] = -1
+    out = []
+    assert _sync_ops(monkeypatch, lambda: out.append(
+        moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=decode))) == []
+    want = moe_fp4_reference(x, weights, indices, bank, LIMIT)
+    assert torch.allclose(out[0], want, atol=1e-5, rtol=1e-4)
