@@ -7,11 +7,14 @@ Concurrent requests are batched continuously (model/batcher.py): each forward ca
 token of every running request plus the next prefill chunk of a waiting one; requests join and
 leave between forwards. ``--ep N --tp M`` runs N·M ranks (spawned here, or one per process
 under torchrun): rank 0 serves HTTP and runs the engine, the others follow its forwards step by
-step (model/serve_ranks.py), one request at a time (as with ``--mtp``). ``--offload BYTES`` (e.g. 2GB) keeps at most that
-many bytes of routed experts on the device, the rest in host memory (model/offload.py).
+step (model/serve_ranks.py), batched the same way (with ``--mtp``, one request at a time).
+``--offload BYTES`` (e.g. 2GB) keeps at most that many bytes of routed experts on the device,
+the rest in host memory (model/offload.py).
 
 /v1/chat/completions (V4 chat encoding, tools → DSML with grammar-constrained tool calls,
-streaming SSE, usage with prompt_tokens_details.cached_tokens), /v1/completions, /v1/models.
+streaming SSE, usage with prompt_tokens_details.cached_tokens), /v1/completions, /v1/models;
+GET /stats: the engine's counters (prompt tokens reused vs computed, completion tokens) and
+the batcher's (forwards, decode and prefill tokens, largest batch).
 The engine stays in model/; rendering and DSML parsing come from agent/, which is why the
 server lives in app/.
 """
@@ -19,6 +22,7 @@ server lives in app/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -54,8 +58,14 @@ class ServeApp:
         self.batcher = Batcher(self.engine, self.max_batch)
 
     def routes(self) -> tuple[dict, dict]:
-        return ({"/v1/models": self.models},
+        return ({"/v1/models": self.models, "/stats": self.stats},
                 {"/v1/chat/completions": self.chat, "/v1/completions": self.completions})
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's and the batcher's counters since start (GET /stats)."""
+        return {"engine": dataclasses.asdict(self.engine.counters),
+                "batching": {"max_batch": self.batcher.max_batch,
+                             **dataclasses.asdict(self.batcher.counters)}}
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model",
@@ -298,7 +308,7 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--chunk-tokens", type=int, default=2048)
     parser.add_argument("--max-batch", type=int, default=16,
                         help="requests decoded together in one forward (continuous batching; "
-                             "1 = one at a time; MTP and --ep/--tp serve one at a time)")
+                             "1 = one at a time; --mtp serves one at a time)")
     parser.add_argument("--mtp", action="store_true", help="MTP speculative decoding (off)")
     parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per TP rank")
     parser.add_argument("--tp", type=int, default=1, help="attention tensor-parallel ranks")
@@ -395,7 +405,8 @@ def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
         engine.step_hook = hook = StepLeader(engine.lm.device)
         _warm_up(engine, args.warm_up)
         server = start_server(engine, args.host, args.port,
-                              args.model_name or args.checkpoint.resolve().name)
+                              args.model_name or args.checkpoint.resolve().name,
+                              max_batch=args.max_batch)
         print(f"v4coder serve: {world} ranks (tp={args.tp} ep={args.ep} offload={offload})",
               file=sys.stderr, flush=True)
         code = run_until_signal(server)  # returns once in-flight requests are done

@@ -15,8 +15,9 @@ whole batch instead of once per request.
 Admission: a request is checked against the memory plan alone when submitted (too long → an
 error at once); it then waits until its prompt + max_tokens fit beside the running requests'
 reservations (``MemoryPlan.fits_batch``) and a batch slot is free. A consumer that stops
-reading (a client gone) is dropped at the next step. An engine that cannot batch (MTP
-speculation, ranks) serves requests one at a time through ``Engine.generate``, in order.
+reading (a client gone) is dropped at the next step. Under ``--ep/--tp`` each forward is one
+BATCH step of the rank protocol (model/serve_ranks.py). An engine that cannot batch (MTP
+speculation) serves requests one at a time through ``Engine.generate``, in order.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class Batcher:
             if not self.engine.can_batch:
                 self._one_at_a_time(waiting.popleft())
                 continue
-            running = [r for r in running if not r.cancelled]
+            for gone in [r for r in running if r.cancelled]:
+                running.remove(gone)
+                self.engine.release(gone.seq)
             self._admit(waiting, prefilling, running)
             try:
                 with torch.inference_mode():
@@ -179,7 +182,7 @@ class Batcher:
         while prefilling and head is None:
             head = prefilling[0]
             if head.cancelled:
-                prefilling.popleft()
+                self.engine.release(prefilling.popleft().seq)
                 head = None
         if head is not None:
             chunk = self.engine.next_chunk(head.seq, head.prompt)
@@ -220,6 +223,8 @@ class Batcher:
         return False
 
     def _finish(self, req: _Request, error: BaseException | None) -> None:
+        if req.seq is not None:
+            self.engine.release(req.seq)
         if error is None:
             self.engine.finished(req.stats)
         req.events.put(error if error is not None else _END)
@@ -229,7 +234,7 @@ class Batcher:
                      else EngineError(f"the engine failed: {exc}"))
 
     def _one_at_a_time(self, req: _Request) -> None:
-        """MTP / ranks: the whole request through Engine.generate, then the next."""
+        """MTP: the whole request through Engine.generate, then the next."""
         if req.cancelled:
             return
         try:

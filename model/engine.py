@@ -15,6 +15,7 @@ completes (prompt or generated) is stored; the next request sharing the prefix r
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +88,7 @@ class Sequence_:
     tokens: list[int]
     cache: SequenceCache
     block_keys: list[str] = field(default_factory=list)  # prefix-cache key of each full block
+    slot: int = 0                # the engine's name for it (other ranks key their copies by it)
 
 
 class Detokenizer:
@@ -204,6 +206,7 @@ class Engine:
     counters: EngineCounters = field(default_factory=EngineCounters)
     speculator: object | None = None     # model.mtp.MTPSpeculator when MTP is on
     step_hook: Any = None                # model.serve_ranks.StepLeader under --ep/--tp > 1
+    slot_numbers: Iterator[int] = field(default_factory=itertools.count)  # for Sequence_.slot
 
     def __post_init__(self) -> None:
         cfg = self.lm.config
@@ -240,9 +243,8 @@ class Engine:
     # -- forward -------------------------------------------------------------------------
     @property
     def can_batch(self) -> bool:
-        """Whether sequences may share a forward (MTP speculation and the rank protocol step
-        one sequence at a time)."""
-        return self.speculator is None and self.step_hook is None
+        """Whether sequences may share a forward (MTP speculation steps one at a time)."""
+        return self.speculator is None
 
     def forward(self, seq: Sequence_, new_ids: Sequence[int],
                 run: Callable[[list[int], SequenceCache], Any] | None = None) -> Any:
@@ -252,7 +254,7 @@ class Engine:
             return self.forward_batch([seq], [new_ids])[0]
         with self._capturing([seq]):
             if self.step_hook is not None:   # other ranks keep hidden states too
-                self.step_hook.before_forward(seq.cache, new_ids, hidden=True)
+                self.step_hook.before_forward(seq.slot, seq.cache, new_ids, hidden=True)
             seq.tokens.extend(new_ids)
             return run(list(new_ids), seq.cache)
 
@@ -261,10 +263,13 @@ class Engine:
         """One forward for several sequences (``new_ids[i]`` after ``seqs[i]``: decode tokens
         and prefill chunks alike); store the blocks each completes. → last logits [n, vocab]."""
         if len(seqs) > 1 and not self.can_batch:
-            raise EngineError("this engine steps one sequence at a time (MTP or ranks)")
+            raise EngineError("this engine steps one sequence at a time (MTP)")
         with self._capturing(seqs):
-            if self.step_hook is not None:   # other ranks run this same forward in step
-                self.step_hook.before_forward(seqs[0].cache, new_ids[0])
+            hook = self.step_hook            # other ranks run this same forward in step
+            if hook is not None and len(seqs) == 1:
+                hook.before_forward(seqs[0].slot, seqs[0].cache, new_ids[0])
+            elif hook is not None:
+                hook.batch([s.slot for s in seqs], [s.cache for s in seqs], new_ids)
             for seq, ids in zip(seqs, new_ids, strict=True):
                 seq.tokens.extend(ids)
             return self.lm.model.forward_batch(new_ids, [seq.cache for seq in seqs])
@@ -300,15 +305,15 @@ class Engine:
         vocab = self.lm.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
             raise EngineError(f"prompt holds a token id outside the vocabulary (0..{vocab - 1})")
-        seq = Sequence_([], self.lm.new_cache())
+        seq = Sequence_([], self.lm.new_cache(), slot=next(self.slot_numbers))
         if self.prefix is not None:
             blocks = self.prefix.match(prompt, len(prompt) - 1)
             if blocks:
-                seq = Sequence_(prompt[:len(blocks) * self.prefix.block_tokens],
-                                pcache.restore(blocks, self.lm.config.n_layers, self.lm.device),
-                                [b.key for b in blocks])
+                seq.tokens = prompt[:len(blocks) * self.prefix.block_tokens]
+                seq.cache = pcache.restore(blocks, self.lm.config.n_layers, self.lm.device)
+                seq.block_keys = [b.key for b in blocks]
                 if self.step_hook is not None:   # other ranks continue from the same cache
-                    self.step_hook.restore(seq.cache)
+                    self.step_hook.restore(seq.slot, seq.cache)
         stats.prompt_tokens, stats.reused_tokens = len(prompt), len(seq.tokens)
         stats.computed_tokens = len(prompt) - len(seq.tokens)
         self._count(stats)
@@ -322,6 +327,11 @@ class Engine:
         chunk = self.plan.chunk_for(pos) if self.plan else self.config.chunk_tokens
         return prompt[pos:pos + min(chunk, budget or chunk)]
 
+    def release(self, seq: Sequence_) -> None:
+        """A sequence is done (finished, failed or abandoned): other ranks drop their copy."""
+        if self.step_hook is not None and not self.step_hook.stopped:
+            self.step_hook.release(seq.slot)
+
     def prefilled(self, seq: Sequence_) -> None:
         """A prompt is in: its cached blocks become the most recently used."""
         if self.prefix is not None:
@@ -334,8 +344,12 @@ class Engine:
         stats = stats if stats is not None else RequestStats()
         seq, prompt = self.admit(prompt_ids, stats)
         logits = None
-        while len(seq.tokens) < len(prompt):
-            logits = self.forward(seq, self.next_chunk(seq, prompt))
+        try:
+            while len(seq.tokens) < len(prompt):
+                logits = self.forward(seq, self.next_chunk(seq, prompt))
+        except BaseException:
+            self.release(seq)
+            raise
         self.prefilled(seq)
         return seq, logits
 
@@ -381,15 +395,18 @@ class Engine:
         stats.prefill_s = time.perf_counter() - t0
         decoding = Decoding(params, constraint, self.tokenizer, stats, t0)
         step = self._step_fn(seq, constraint)
-        while not decoding.done:
-            event = decoding.take(logits)
-            if decoding.done:
-                self.finished(stats)
-                yield event
-                return
-            yield event                  # stream first, then compute the next step
-            with torch.inference_mode():
-                logits = step(event.token_id)
+        try:
+            while not decoding.done:
+                event = decoding.take(logits)
+                if decoding.done:
+                    self.finished(stats)
+                    yield event
+                    return
+                yield event              # stream first, then compute the next step
+                with torch.inference_mode():
+                    logits = step(event.token_id)
+        finally:
+            self.release(seq)
 
     def finished(self, stats: RequestStats) -> None:
         self.counters.completion_tokens += stats.completion_tokens

@@ -83,7 +83,7 @@ class MTPStepper:
                 self.accepted += 1
                 return logits
             if self.engine.step_hook is not None:   # other ranks roll back with us
-                self.engine.step_hook.rollback()
+                self.engine.step_hook.rollback(self.seq.slot)
             self.seq.cache = self.snap
             del self.seq.tokens[self.snap_len:]
             toks = self.verify_prefix + [token]
@@ -101,12 +101,12 @@ class MTPStepper:
         after = self.seq.tokens + toks
         hook = self.engine.step_hook                # under --ep/--tp other ranks run in step
         if hook is not None:
-            hook.draft(lo, after[lo + 1:pos + 1])
+            hook.draft(self.seq.slot, lo, after[lo + 1:pos + 1])
         draft = int(mtp_logits(model, torch.stack([self.hidden[i] for i in range(lo, pos)]),
                                after[lo + 1:pos + 1], lo)[-1].argmax())
         self.drafted += 1
         if hook is not None:
-            hook.snapshot()
+            hook.snapshot(self.seq.slot)
         self.snap, self.snap_len = snapshot(self.seq.cache), len(self.seq.tokens)
         logits, _ = self._forward(toks + [draft])
         self.draft, self.draft_logits, self.verify_prefix = draft, logits[-1], toks

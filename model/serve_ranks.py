@@ -2,27 +2,32 @@
 
 Every rank holds its shard of the model (model/parallel.py) and must call ``forward`` the same
 number of times, with the same tokens, in the same order. Rank 0 owns the engine (HTTP server,
-sampling, stop conditions); before each forward its ``StepLeader`` broadcasts the step
-(start position, token ids), and ranks 1..N-1 run ``follow``: receive a step, run the same
-forward through their own copy of the sequence's cache, repeat, until rank 0 broadcasts STOP.
+batching, sampling, stop conditions); before each forward its ``StepLeader`` broadcasts the
+step, and ranks 1..N-1 run ``follow``: receive a step, run the same forward through their own
+copies of the sequences' caches, repeat, until rank 0 broadcasts STOP.
 
-    header  int64[4]  = (op, start position, payload length, last_only)
-    FORWARD=1  payload int64[n] = token ids
-    RESTORE=2  payload uint8[n] = the sequence cache rank 0 restored from its prefix cache
+    header  int64[5]  = (op, slot, start position, payload length, flag)
+    FORWARD=1  payload int64[n] = token ids of sequence ``slot``; flag = last_only
+    RESTORE=2  payload uint8[n] = the cache rank 0 restored from its prefix cache for ``slot``
     HIDDEN=3   payload int64[n] = token ids; a forward that also keeps the residual streams
     DRAFT=4    payload int64[n] = the tokens after positions start..start+n-1: run the MTP block
-    SNAPSHOT=5 / ROLLBACK=6     = take / return to a snapshot of the sequence cache
+    SNAPSHOT=5 / ROLLBACK=6     = take / return to a snapshot of ``slot``'s cache
+    BATCH=7    payload int64[3k + Σ lengths] = (slot, start, length) of each of the flag = k
+               sequences, then their token ids one after another: one ragged forward
+    RELEASE=8                   = sequence ``slot`` is done: drop its cache
     STOP=0
 
-Start position 0 begins a new sequence: the follower starts a fresh cache (the engine runs one
-sequence at a time); any other start must equal the follower's cache length, else it stops with
-an out-of-sync error rather than compute garbage. Prefix reuse: only rank 0 keeps a prefix cache
-(memory and disk); when a request matches it, rank 0 sends the restored cache — the sliding
-window, compressor state and compressed rows, which every rank holds identically (experts and
-attention heads are sharded, the shared-KV cache is not) — and every rank continues from it.
-MTP speculation (model/mtp.py) runs in step too: its forwards are HIDDEN steps (every rank keeps
-the residual streams by position), each draft a DRAFT step (the MTP block's experts are sharded
-like the others), and a rejected draft a ROLLBACK to the SNAPSHOT taken before its verify step.
+A slot names one sequence of rank 0's engine (``Sequence_.slot``, never reused). Start position
+0 begins a new cache for the slot; any other start must equal the follower's cache length for
+it, else the follower stops with an out-of-sync error rather than compute garbage. Prefix reuse:
+only rank 0 keeps a prefix cache (memory and disk); when a request matches it, rank 0 sends the
+restored cache — the sliding window, compressor state and compressed rows, which every rank
+holds identically (experts and attention heads are sharded, the shared-KV cache is not) — and
+every rank continues from it. Continuous batching sends one BATCH step per forward (decode
+tokens of the running requests + a prefill chunk). MTP speculation (model/mtp.py) runs in step
+too: its forwards are HIDDEN steps (every rank keeps the residual streams by position), each
+draft a DRAFT step (the MTP block's experts are sharded like the others), and a rejected draft
+a ROLLBACK to the SNAPSHOT taken before its verify step.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-FORWARD, STOP, RESTORE, HIDDEN, DRAFT, SNAPSHOT, ROLLBACK = 1, 0, 2, 3, 4, 5, 6
+FORWARD, STOP, RESTORE, HIDDEN, DRAFT, SNAPSHOT, ROLLBACK, BATCH, RELEASE = 1, 0, 2, 3, 4, 5, 6, 7, 8
+_WITH_IDS = (FORWARD, HIDDEN, DRAFT, BATCH)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -62,42 +68,55 @@ def parse_bytes(text: str | int) -> int:
 
 
 class StepLeader:
-    """Rank 0's engine hook: ``before_forward`` broadcasts each step; ``stop`` ends followers."""
+    """Rank 0's engine hook: each method broadcasts one step; ``stop`` ends the followers."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.steps = 0
         self.stopped = False
 
-    def before_forward(self, cache: Any, ids: Sequence[int], last_only: bool = True,
+    def before_forward(self, slot: int, cache: Any, ids: Sequence[int], last_only: bool = True,
                        hidden: bool = False) -> None:
-        self._send(HIDDEN if hidden else FORWARD, int(cache.length), ids, int(last_only))
+        self._send(HIDDEN if hidden else FORWARD, slot, int(cache.length), ids, int(last_only))
 
-    def draft(self, lo: int, next_ids: Sequence[int]) -> None:
+    def batch(self, slots: Sequence[int], caches: Sequence[Any], ids: Sequence[Sequence[int]]
+              ) -> None:
+        """Before a ragged forward of several sequences (``Transformer.forward_batch``)."""
+        spans = [v for slot, cache, chunk in zip(slots, caches, ids, strict=True)
+                 for v in (slot, int(cache.length), len(chunk))]
+        self._send(BATCH, 0, 0, spans + [int(t) for chunk in ids for t in chunk], len(slots))
+
+    def draft(self, slot: int, lo: int, next_ids: Sequence[int]) -> None:
         """Before rank 0 runs the MTP block over positions lo.. (``mtp_logits``)."""
-        self._send(DRAFT, lo, next_ids)
+        self._send(DRAFT, slot, lo, next_ids)
 
-    def snapshot(self) -> None:
-        self._send(SNAPSHOT, 0, ())
+    def snapshot(self, slot: int) -> None:
+        self._send(SNAPSHOT, slot, 0, ())
 
-    def rollback(self) -> None:
-        self._send(ROLLBACK, 0, ())
+    def rollback(self, slot: int) -> None:
+        self._send(ROLLBACK, slot, 0, ())
 
-    def _send(self, op: int, start: int, ids: Sequence[int], flag: int = 0) -> None:
+    def release(self, slot: int) -> None:
+        self._send(RELEASE, slot, 0, ())
+
+    def _send(self, op: int, slot: int, start: int, payload: Sequence[int], flag: int = 0
+              ) -> None:
         if self.stopped:
             raise RuntimeError("the follower ranks were stopped")
-        header = torch.tensor([op, start, len(ids), flag], dtype=torch.long, device=self.device)
+        header = torch.tensor([op, slot, start, len(payload), flag], dtype=torch.long,
+                              device=self.device)
         dist.broadcast(header, src=0)
-        if op in (FORWARD, HIDDEN, DRAFT):
-            dist.broadcast(torch.tensor(list(ids), dtype=torch.long, device=self.device), src=0)
+        if op in _WITH_IDS:
+            dist.broadcast(torch.tensor(list(payload), dtype=torch.long, device=self.device),
+                           src=0)
         self.steps += 1
 
-    def restore(self, cache: Any) -> None:
+    def restore(self, slot: int, cache: Any) -> None:
         """Send the cache just restored from the prefix cache; followers continue from it."""
         if self.stopped:
             raise RuntimeError("the follower ranks were stopped")
         blob = torch.frombuffer(bytearray(cache_to_bytes(cache)), dtype=torch.uint8)
-        header = torch.tensor([RESTORE, int(cache.length), blob.numel(), 0],
+        header = torch.tensor([RESTORE, slot, int(cache.length), blob.numel(), 0],
                               dtype=torch.long, device=self.device)
         dist.broadcast(header, src=0)
         dist.broadcast(blob.to(self.device), src=0)
@@ -108,63 +127,102 @@ class StepLeader:
         if self.stopped:
             return
         self.stopped = True
-        dist.broadcast(torch.tensor([STOP, 0, 0, 0], dtype=torch.long, device=self.device), src=0)
+        dist.broadcast(torch.tensor([STOP, 0, 0, 0, 0], dtype=torch.long, device=self.device),
+                       src=0)
+
+
+class _FollowerState:
+    """A follower's copies of rank 0's live sequences, by slot."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+        self.caches: dict[int, Any] = {}
+        self.hidden: dict[int, dict[int, torch.Tensor]] = {}  # slot → position → streams
+        self.snaps: dict[int, Any] = {}
+
+    def cache_at(self, slot: int, start: int) -> Any:
+        """``slot``'s cache, which must be at ``start`` (0: a new sequence)."""
+        if start == 0:
+            self.caches[slot] = self.lm.new_cache()
+            self.hidden[slot] = {}
+        cache = self.caches.get(slot)
+        if cache is None or cache.length != start:
+            have = None if cache is None else cache.length
+            raise RuntimeError(f"out of step with rank 0: sequence {slot} steps at {start}, "
+                               f"its cache is at {have}")
+        return cache
+
+    def release(self, slot: int) -> None:
+        for table in (self.caches, self.hidden, self.snaps):
+            table.pop(slot, None)
+
+    def batch(self, k: int, payload: list[int]) -> None:
+        spans, ids = payload[:3 * k], payload[3 * k:]
+        caches, chunks, at = [], [], 0
+        for i in range(k):
+            slot, start, n = spans[3 * i: 3 * i + 3]
+            caches.append(self.cache_at(slot, start))
+            chunks.append(ids[at:at + n])
+            at += n
+        self.lm.model.forward_batch(chunks, caches)
+
+    def forward(self, op: int, slot: int, start: int, ids: list[int], last_only: bool) -> None:
+        cache = self.cache_at(slot, start)
+        if op == HIDDEN:
+            from model.mtp import main_forward
+            _, h = main_forward(self.lm.model, ids, cache)
+            hidden = self.hidden.setdefault(slot, {})
+            for i in range(len(ids)):
+                hidden[start + i] = h[i]
+            keep = start + len(ids) - 2 * self.lm.config.window_size  # as the leader's stepper
+            for stale in [p for p in hidden if p < keep]:
+                del hidden[stale]
+        else:
+            self.lm.logits(ids, cache, last_only=last_only)
+
+    def draft(self, slot: int, start: int, ids: list[int]) -> None:
+        from model.mtp import mtp_logits
+        hidden = self.hidden[slot]
+        mtp_logits(self.lm.model, torch.stack([hidden[p] for p in range(start, start + len(ids))]),
+                   ids, start)
 
 
 def follow(lm: Any) -> int:
-    """Ranks 1..N-1: run rank 0's forwards in step until STOP. → number of forwards run."""
+    """Ranks 1..N-1: run rank 0's steps in step until STOP. → number of steps run."""
     device = lm.device
-    cache, steps, snap = None, 0, None
-    hidden: dict[int, torch.Tensor] = {}   # position → residual streams (HIDDEN steps, for MTP)
-    header = torch.empty(4, dtype=torch.long, device=device)
+    state, steps = _FollowerState(lm), 0
+    header = torch.empty(5, dtype=torch.long, device=device)
     with torch.inference_mode():
         while True:
             dist.broadcast(header, src=0)
-            op, start, n, last_only = header.tolist()
+            op, slot, start, n, flag = header.tolist()
             if op == STOP:
                 return steps
-            if op in (SNAPSHOT, ROLLBACK):
-                if op == SNAPSHOT:
-                    from model.mtp import snapshot
-                    snap = snapshot(cache)
-                else:
-                    cache = snap
-                steps += 1
-                continue
-            if op == RESTORE:
+            steps += 1
+            if op == SNAPSHOT:
+                from model.mtp import snapshot
+                state.snaps[slot] = snapshot(state.caches[slot])
+            elif op == ROLLBACK:
+                state.caches[slot] = state.snaps.pop(slot)
+            elif op == RELEASE:
+                state.release(slot)
+            elif op == RESTORE:
                 blob = torch.empty(n, dtype=torch.uint8, device=device)
                 dist.broadcast(blob, src=0)
                 cache = cache_from_bytes(blob.cpu().numpy().tobytes(), device)
-                hidden.clear()
                 if cache.length != start:
                     raise RuntimeError(f"restored cache has {cache.length} tokens, not {start}")
-                steps += 1
-                continue
-            ids = torch.empty(n, dtype=torch.long, device=device)
-            dist.broadcast(ids, src=0)
-            if op == DRAFT:
-                from model.mtp import mtp_logits
-                mtp_logits(lm.model, torch.stack([hidden[p] for p in range(start, start + n)]),
-                           ids.tolist(), start)
-                steps += 1
-                continue
-            if start == 0:
-                cache = lm.new_cache()
-                hidden.clear()
-            elif cache is None or cache.length != start:
-                have = None if cache is None else cache.length
-                raise RuntimeError(f"out of step with rank 0: a step at {start}, cache at {have}")
-            if op == HIDDEN:
-                from model.mtp import main_forward
-                _, h = main_forward(lm.model, ids.tolist(), cache)
-                for i in range(n):
-                    hidden[start + i] = h[i]
-                keep = start + n - 2 * lm.config.window_size   # as the leader's stepper does
-                for stale in [p for p in hidden if p < keep]:
-                    del hidden[stale]
+                state.caches[slot], state.hidden[slot] = cache, {}
             else:
-                lm.logits(ids.tolist(), cache, last_only=bool(last_only))
-            steps += 1
+                payload = torch.empty(n, dtype=torch.long, device=device)
+                dist.broadcast(payload, src=0)
+                ids = payload.tolist()
+                if op == BATCH:
+                    state.batch(flag, ids)
+                elif op == DRAFT:
+                    state.draft(slot, start, ids)
+                else:
+                    state.forward(op, slot, start, ids, bool(flag))
 
 
 # -- the sequence cache on the wire ----------------------------------------------------------------

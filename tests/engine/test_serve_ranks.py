@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -99,6 +100,26 @@ def test_serve_ranks_and_offload_match_one_resident_process(toy_ckpt, reference,
         assert proc.wait(timeout=60) == 0       # followers stopped and joined cleanly
         err = proc.stderr.read()
         assert "stopped" in err and ("2 ranks" in err or "--offload" in flags)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_serve_ep2_batches_concurrent_clients(toy_ckpt, reference):
+    """Concurrent requests share forwards across ranks (BATCH steps; each finished sequence is
+    released on every rank) and still get one process's greedy text."""
+    proc, base = _start_serve(toy_ckpt, "--no-prefix-cache", "--ep", "2")
+    try:
+        prompts = PROMPTS * 3
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            got = list(pool.map(lambda p: _completion(base, p), prompts))
+        assert [g["choices"][0]["text"] for g in got] == reference["completions"] * 3
+        stats = httpx.get(base.removesuffix("/v1") + "/stats").json()
+        assert stats["batching"]["max_batch_seen"] > 1
+        assert _completion(base, PROMPTS[1])["choices"][0]["text"] == reference["completions"][1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
