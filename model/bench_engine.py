@@ -44,14 +44,16 @@ def _ids(n: int, seed: int) -> list[int]:
 
 def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
                  short_tokens: int = 8192, new_tokens: int = 64, reply_tokens: int = 8,
-                 chunk_tokens: int = 2048, preset: str = "proportional", device: str = "cpu"
-                 ) -> dict:
+                 chunk_tokens: int = 2048, preset: str = "proportional", device: str = "cpu",
+                 prefill_only: bool = False) -> dict:
+    """``prefill_only`` skips the two-turn TTFT part (for very long prefills)."""
     with tempfile.TemporaryDirectory(prefix="v4coder-bench-") as tmp:
         if checkpoint is None:
             from model.toy import write_toy_checkpoint
             checkpoint = write_toy_checkpoint(Path(tmp) / "toy", seed=0, preset=preset)
         lm = load_model(checkpoint, dtype="float32", device=device, progress=False)
-        engine = Engine(lm, EngineConfig(chunk_tokens=chunk_tokens, cache_bytes=8 << 30),
+        engine = Engine(lm, EngineConfig(chunk_tokens=chunk_tokens, cache_bytes=8 << 30,
+                                         prefix_cache=not prefill_only),
                         load_tokenizer(checkpoint), generation_defaults(checkpoint))
         greedy = SamplingParams(temperature=0.0, max_new_tokens=reply_tokens, stop_ids=())
 
@@ -63,17 +65,15 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         sync()
         short_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        engine.prefill(_ids(long_tokens, seed=2))
+        seq, logits = engine.prefill(_ids(long_tokens, seed=2))
         sync()
         long_s = time.perf_counter() - t0
+        next_logits = engine.forward(seq, [int(logits.argmax())])   # and one decode step on
+        finite = bool(torch.isfinite(logits).all() and torch.isfinite(next_logits).all())
+        del seq
 
-        turn1_prompt = _ids(long_tokens, seed=3)
-        turn1 = engine.generate(turn1_prompt, greedy)
-        reply = [e.token_id for e in turn1]
-        turn2_prompt = turn1_prompt + reply + _ids(new_tokens, seed=4)
-        turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
-        list(turn2)
-        s1, s2 = turn1.stats, turn2.stats
+        turns = None if prefill_only else _two_turns(engine, long_tokens, new_tokens, greedy)
+        peak_rss = _peak_rss_bytes()
     cfg = lm.config
     split = prefill_flops(cfg, long_tokens)
     return {
@@ -86,6 +86,22 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         "flash_predicted_ratio": round(predicted_ratio(flash_config(), long_tokens, short_tokens), 3),
         "long_flops_split": {k: round(getattr(split, k) / split.total, 3)
                              for k in ("linear", "attention", "indexer")},
+        "long_logits_finite": finite, "peak_rss_bytes": peak_rss,
+        **(turns or {}),
+    }
+
+
+def _two_turns(engine: Engine, long_tokens: int, new_tokens: int, greedy: SamplingParams
+               ) -> dict:
+    """A cold first turn of ``long_tokens``, then a second turn over the cached prefix."""
+    turn1_prompt = _ids(long_tokens, seed=3)
+    turn1 = engine.generate(turn1_prompt, greedy)
+    reply = [e.token_id for e in turn1]
+    turn2_prompt = turn1_prompt + reply + _ids(new_tokens, seed=4)
+    turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
+    list(turn2)
+    s1, s2 = turn1.stats, turn2.stats
+    return {
         "turn1_ttft_s": round(s1.ttft_s, 3), "turn2_ttft_s": round(s2.ttft_s, 3),
         "ttft_ratio": round(s2.ttft_s / s1.ttft_s, 4), "ttft_ratio_target": 0.10,
         "turn2_prompt_tokens": s2.prompt_tokens, "turn2_reused_tokens": s2.reused_tokens,
@@ -93,6 +109,11 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         "prefix_cache_blocks": len(engine.prefix.blocks) if engine.prefix else 0,
         "prefix_cache_bytes": engine.prefix.used_bytes if engine.prefix else 0,
     }
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--chunk-tokens", type=int, default=2048)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--prefill-only", action="store_true",
+                   help="only the two cold prefills (skip the two-turn TTFT part)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     try:
         args = p.parse_args(argv)
@@ -125,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = bench_engine(args.checkpoint, args.long_tokens, args.short_tokens,
                               args.new_tokens, chunk_tokens=args.chunk_tokens,
-                              preset=args.preset, device=args.device)
+                              preset=args.preset, device=args.device,
+                              prefill_only=args.prefill_only)
     except (CheckpointError, ConfigError, ValueError, OSError) as exc:
         print(f"v4coder bench engine: {exc}", file=sys.stderr)
         return 1

@@ -104,6 +104,10 @@ def test_bench_engine_small_run(capsys):
     assert result["ttft_ratio"] < 1.0 and result["prefill_ratio"] > 0
     assert 2.0 < result["predicted_ratio"] < 4.0  # 512/256: quadratic parts still small
     assert abs(sum(result["long_flops_split"].values()) - 1.0) < 0.01
+    assert result["long_logits_finite"] is True and result["peak_rss_bytes"] > 0
+    assert main(["--long", "300", "--short", "150", "--preset", "tiny", "--prefill-only"]) == 0
+    only = json.loads(capsys.readouterr().out)
+    assert "ttft_ratio" not in only and only["prefill_long_s"] > 0
     assert main(["--long", "10", "--short", "20"]) == 2
 
 
