@@ -27,6 +27,7 @@ from model.kernels.expert_bank import ExpertBank
 # H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
 PEAKS = {"H200": (4.8e12, 989.5e12), "H100": (3.35e12, 989.5e12)}
 CONTEXT = 131072       # tokens of context for the decode cases
+PREFILL_CONTEXT = 32768  # tokens of context at the end of the indexer's prefill chunk
 HEADS, HEAD_DIM, WINDOW, TOPK = 64, 512, 128, 512
 IDX_HEADS, IDX_DIM = 64, 128
 
@@ -76,24 +77,36 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
                 lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale), target)
 
 
-def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype) -> Case:
+def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
+                  causal: bool = False) -> Case:
+    """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
+    ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
+    every query sees all n (decode). Bytes: q, weights, keys and picks, each once (the prefill
+    path's fp32 score scratch, 8 bytes per query·key written and read, is not counted)."""
     q = _rand(1, s, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
     w = torch.randn(1, s, IDX_HEADS, device=dev) * IDX_HEADS**-0.5
     keys = _rand(1, n, IDX_DIM, dtype=dtype, device=dev)
-    visible = torch.full((s,), n, dtype=torch.int32, device=dev)
-    shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK}
-    nbytes = n * IDX_DIM * keys.element_size() + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4)
-    return Case(name, shape, nbytes, 2.0 * s * IDX_HEADS * IDX_DIM * n,
+    pos = torch.arange(4 * n - s, 4 * n, device=dev).clamp(min=0)
+    visible = ((pos + 1) // 4 if causal else torch.full_like(pos, n)).to(torch.int32)
+    path = "prefill" if s >= indexer.PREFILL_MIN_QUERIES else "decode"
+    shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK,
+             "causal": causal, "path": path}
+    nbytes = (n * IDX_DIM * keys.element_size() + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4)
+              + s * TOPK * 8)
+    flops = 2.0 * IDX_HEADS * IDX_DIM * float(visible.sum())
+    return Case(name, shape, nbytes, flops,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
                 lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK),
-                "with sparse_attn_decode_csa: >= 60% of HBM bandwidth")
+                "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if path == "decode"
+                else ">= 40% of dense bf16 peak (tensor-core bound)")
 
 
 def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype) -> Case:
     packed, scale = quant.quant_fp4(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     nbytes = n * k // 2 + n * k // 32 + (m * k + m * n) * x.element_size()
-    return Case(name, {"m": m, "n": n, "k": k}, nbytes, 2.0 * m * n * k,
+    split_k = gemm.fp4_gemm_plan(m, n, k)[3]  # K splits (fp32 partials, not in bytes)
+    return Case(name, {"m": m, "n": n, "k": k, "split_k": split_k}, nbytes, 2.0 * m * n * k,
                 lambda: gemm.fp4_gemm_reference(x, packed, scale),
                 lambda: gemm.fp4_gemm_triton(x, packed, scale), ">= 60% of HBM bandwidth")
 
@@ -120,8 +133,12 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     idx = torch.stack([torch.randperm(used, device=dev)[:topk] for _ in range(t)])
     w = torch.rand(t, topk, device=dev)
     nbytes = used * 3 * dim * inter * (0.5 + 1 / 32) + 2 * t * dim * x.element_size()
-    return Case(name, {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim,
-                       "inter": inter}, nbytes, 6.0 * t * topk * dim * inter,
+    shape = {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim, "inter": inter,
+             "path": "grouped"}
+    if t * topk <= moe.DECODE_MAX_PAIRS:  # per-pair split-K: K splits of gate/up and of down
+        (up, _), (down, _) = moe.decode_plan(t * topk, dim, inter)
+        shape.update(path="decode", split_k=[up, down])
+    return Case(name, shape, nbytes, 6.0 * t * topk * dim * inter,
                 lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0),
                 lambda: moe.moe_fp4_triton(x, w, idx, bank, 10.0), ">= 60% of HBM bandwidth")
 
@@ -152,6 +169,27 @@ def _compressor_case(name: str, n: int, w: int, dev: str, d: int = 512) -> Case:
                                                         torch.float32), "none set (report only)")
 
 
+def _router_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
+                 dim: int = 4096, topk: int = 6) -> Case:
+    """MoE router (score-routed layer): the bf16 gate weight dominates the bytes at decode. On a
+    GPU the expert picks of both paths are compared once here (shape: index_agreement)."""
+    from model.kernels import router
+    x = _rand(t, dim, dtype=dtype, device=dev)
+    weight = _rand(n_exp, dim, dtype=torch.bfloat16, device=dev, std=dim**-0.5)
+    bias = torch.randn(n_exp, device=dev) * 0.1
+    ids = torch.zeros(t, dtype=torch.long, device=dev)
+    args = (x, weight, bias, ids, None, topk, "sqrtsoftplus", 1.5)
+    shape: dict = {"tokens": t, "experts": n_exp, "dim": dim, "topk": topk,
+                   "path": "split" if t < router.SPLIT_BELOW_TOKENS else "fused"}
+    if dev == "cuda":
+        same = router.route_triton(*args)[1] == router.route_reference(*args)[1]
+        shape["index_agreement"] = same.float().mean().item()
+    nbytes = n_exp * dim * 2 + t * dim * x.element_size() + n_exp * 4 + t * topk * 12
+    return Case(name, shape, nbytes, 2.0 * t * n_exp * dim,
+                lambda: router.route_reference(*args), lambda: router.route_triton(*args),
+                "none set (report only)")
+
+
 def cases(full: bool, dev: str) -> list[partial[Case]]:
     """Case builders (inputs are made just before each case runs and freed after it)."""
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
@@ -159,6 +197,7 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
     prefill = 1024 if dev == "cuda" else 16
     hbm = ">= 60% of HBM bandwidth (with the indexer)"
     moe_dims = {} if full else {"n_exp": 16, "dim": 1024, "inter": 512}
+    idx_prefill = (2048, PREFILL_CONTEXT // 4) if full else (64, 2048)  # (queries, keys)
     gpu = dev == "cuda"
     none = "none set (report only)"
     p = partial
@@ -170,7 +209,7 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
           ">= 40% of dense bf16 peak"),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
-        p(_indexer_case, "indexer_topk_prefill", 64 if gpu else 4, ctx // 4, dev, dtype),
+        p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
@@ -181,6 +220,8 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
         p(_compressor_case, "compressor_csa_prefill", 1024 if gpu else 64, 8, dev),
         p(_compressor_case, "compressor_hca_prefill", 32 if gpu else 4, 128, dev),
+        p(_router_case, "router_decode", 1, dev, dtype),
+        p(_router_case, "router_prefill", 2048 if full else 64, dev, dtype),
     ]
 
 

@@ -24,6 +24,7 @@ from model.kernels import indexer as _indexer
 from model.kernels import kv_fp8, quant
 from model.kernels import mhc as _mhc
 from model.kernels import moe as _moe
+from model.kernels import router as _router
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
 from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
@@ -225,3 +226,17 @@ def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: E
     if backend(x) == "triton":
         return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input)
     return _moe.moe_fp4_reference(x, weights, slots, bank, limit, quantize_input, dtype)
+
+
+def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+          input_ids: torch.Tensor, tid2eid: torch.Tensor | None, topk: int, score_func: str,
+          route_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoE router: x [n, dim], gate weight [experts, dim] → (weights fp32 [n, k], indices int64
+    [n, k]). Score routing: top-k of score(x·Wᵀ) + bias; hash routing (``tid2eid`` given):
+    tid2eid[input_ids]. Weights = scores there, renormalised unless softmax, × route_scale.
+    Triton: one fused kernel per token block; reference: the torch math Gate always used."""
+    if backend(x) == "triton":
+        return _router.route_triton(x, weight, bias, input_ids, tid2eid, topk, score_func,
+                                    route_scale)
+    return _router.route_reference(x, weight, bias, input_ids, tid2eid, topk, score_func,
+                                   route_scale)

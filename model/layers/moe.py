@@ -23,6 +23,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.expert_bank import ExpertBank
+from model.kernels.router import gate_scores
 from model.layers.indexer import topk_margin
 from model.layers.linear import Linear, Numerics
 
@@ -45,25 +46,17 @@ class Gate(nn.Module):
         self.margins: list[float] | None = None  # diagnostics: top-k boundary gaps when a list
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [n, dim], input_ids [n] → (weights [n, k] fp32, expert indices [n, k])."""
-        logits = F.linear(x.float(), self.weight.float())
-        if self.score_func == "softmax":
-            scores = logits.softmax(dim=-1)
-        elif self.score_func == "sigmoid":
-            scores = logits.sigmoid()
-        else:
-            scores = F.softplus(logits).sqrt()
-        if self.hash_routed:
-            indices = self.tid2eid[input_ids].long()
-        else:
-            biased = scores + self.bias.float()
-            indices = biased.topk(self.topk, dim=-1).indices
-            if self.margins is not None:
-                self.margins.append(topk_margin(biased, self.topk))
-        weights = scores.gather(1, indices)
-        if self.score_func != "softmax":
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        return weights * self.route_scale, indices
+        """x [n, dim], input_ids [n] → (weights [n, k] fp32, expert indices [n, k]).
+
+        One ``ops.route`` call (fused Triton kernel on CUDA, ``router.route_reference`` — the
+        torch math — elsewhere). With ``margins`` a list, score-routed layers first record the
+        top-k boundary gap of the biased scores (reference math; diagnostics only)."""
+        if self.margins is not None and not self.hash_routed:
+            biased = gate_scores(x, self.weight, self.score_func) + self.bias.float()
+            self.margins.append(topk_margin(biased, self.topk))
+        return ops.route(x, self.weight, self.bias, input_ids,
+                         self.tid2eid if self.hash_routed else None, self.topk,
+                         self.score_func, self.route_scale)
 
 
 class Expert(nn.Module):
