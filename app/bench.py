@@ -8,6 +8,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     kernels [--full-size]    each Triton kernel vs its torch reference
     engine                   chunked prefill scaling, time to first token with a cached prefix
     batch                    continuous batching: throughput and decode-step time vs one at a time
+    mtp                      MTP speculation: acceptance, cost of a draft + verify cycle, break-even
     offload                  expert-cache hit rate and bytes moved per token
     model                    load time, resident bytes / checkpoint bytes, decode tokens/s
 """
@@ -36,6 +37,7 @@ ENTRY_POINTS = {
     "kernels": ("model.bench_kernels", "main"),
     "engine": ("model.bench_engine", "main"),
     "batch": ("model.bench_batch", "main"),
+    "mtp": ("model.bench_mtp", "main"),
     "offload": ("model.bench_offload", "main"),
     "model": ("model.bench_model", "main"),
 }

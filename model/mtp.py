@@ -10,8 +10,10 @@ miss the cache rolls back to a snapshot (cache tensors are replaced, and a compr
 is only written past its row count, so a shallow copy with the counts is a snapshot) and the
 step is redone with the right token and a new draft.
 
-The MTP block attends over a sliding window only (compress ratio 0), so it is run statelessly
-over the last ``window`` positions whose hidden states this speculator has seen.
+The MTP block attends over a sliding window only (compress ratio 0). It keeps its own window
+cache and runs each position once, when that position's hidden state and next token are final
+(accepted), so a draft costs one position of the block, and a rejected draft needs no rollback
+of it.
 """
 
 from __future__ import annotations
@@ -46,15 +48,17 @@ def main_forward(model: Transformer, ids: list[int], cache: SequenceCache
     return model.logits(h)[0], h[0]
 
 
-def mtp_logits(model: Transformer, hidden: torch.Tensor, next_ids: list[int], start_pos: int
-               ) -> torch.Tensor:
+def mtp_logits(model: Transformer, hidden: torch.Tensor, next_ids: list[int], start_pos: int,
+               cache: LayerCache | None = None) -> torch.Tensor:
     """MTP block over consecutive positions start_pos.. (hidden [n, hc, dim] of those positions,
-    next_ids = the token after each) → logits [n, V] for the token two ahead."""
+    next_ids = the token after each) → logits [n, V] for the token two ahead. ``cache`` holds
+    the block's sliding window over earlier positions (None: start from nothing)."""
     blk = model.mtp[0]
     ids = torch.tensor([next_ids], dtype=torch.long, device=hidden.device)
     e = blk.enorm(model.embed(ids).to(model.numerics.dtype))
     x = blk.e_proj(e).unsqueeze(2) + blk.h_proj(blk.hnorm(hidden.unsqueeze(0)))
-    x = Block.forward(blk, x, ids, [Span(start_pos, len(next_ids), LayerCache())])
+    cache = cache if cache is not None else LayerCache()
+    x = Block.forward(blk, x, ids, [Span(start_pos, len(next_ids), cache)])
     y = blk.norm(model.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base))
     return model.head(y.float())[0]
 
@@ -71,6 +75,8 @@ class MTPStepper:
     snap: SequenceCache | None = None
     snap_len: int = 0
     verify_prefix: list[int] = field(default_factory=list)
+    mtp_cache: LayerCache | None = None   # the MTP block's sliding window (positions < mtp_next)
+    mtp_next: int = 0
     drafted: int = 0
     accepted: int = 0
     forwards: int = 0
@@ -94,16 +100,22 @@ class MTPStepper:
         if pos - 1 not in self.hidden:                       # nothing to draft from yet
             logits, hidden = self._forward(toks)
             return logits[-1]
-        window = model.cfg.window_size
-        lo = pos - 1
-        while lo - 1 in self.hidden and pos - lo < window:
-            lo -= 1
+        # the MTP block's own window cache advances over positions whose hidden state and
+        # next token are final (< pos), so it never needs a rollback
+        fresh = self.mtp_cache is None or self.mtp_next not in self.hidden
+        if fresh:
+            lo = pos - 1
+            while lo - 1 in self.hidden and pos - lo < self.window():
+                lo -= 1
+            self.mtp_cache, self.mtp_next = LayerCache(), lo
+        lo = self.mtp_next
         after = self.seq.tokens + toks
         hook = self.engine.step_hook                # under --ep/--tp other ranks run in step
         if hook is not None:
-            hook.draft(self.seq.slot, lo, after[lo + 1:pos + 1])
+            hook.draft(self.seq.slot, lo, after[lo + 1:pos + 1], fresh)
         draft = int(mtp_logits(model, torch.stack([self.hidden[i] for i in range(lo, pos)]),
-                               after[lo + 1:pos + 1], lo)[-1].argmax())
+                               after[lo + 1:pos + 1], lo, self.mtp_cache)[-1].argmax())
+        self.mtp_next = pos
         self.drafted += 1
         if hook is not None:
             hook.snapshot(self.seq.slot)

@@ -11,6 +11,7 @@ copies of the sequences' caches, repeat, until rank 0 broadcasts STOP.
     RESTORE=2  payload uint8[n] = the cache rank 0 restored from its prefix cache for ``slot``
     HIDDEN=3   payload int64[n] = token ids; a forward that also keeps the residual streams
     DRAFT=4    payload int64[n] = the tokens after positions start..start+n-1: run the MTP block
+               over them, continuing its window cache for ``slot`` (flag 1: a new cache)
     SNAPSHOT=5 / ROLLBACK=6     = take / return to a snapshot of ``slot``'s cache
     BATCH=7    payload int64[3k + Σ lengths] = (slot, start, length) of each of the flag = k
                sequences, then their token ids one after another: one ragged forward
@@ -86,9 +87,10 @@ class StepLeader:
                  for v in (slot, int(cache.length), len(chunk))]
         self._send(BATCH, 0, 0, spans + [int(t) for chunk in ids for t in chunk], len(slots))
 
-    def draft(self, slot: int, lo: int, next_ids: Sequence[int]) -> None:
-        """Before rank 0 runs the MTP block over positions lo.. (``mtp_logits``)."""
-        self._send(DRAFT, slot, lo, next_ids)
+    def draft(self, slot: int, lo: int, next_ids: Sequence[int], fresh: bool) -> None:
+        """Before rank 0 runs the MTP block over positions lo.. (``mtp_logits``), continuing
+        the block's window cache of ``slot`` (``fresh``: a new one)."""
+        self._send(DRAFT, slot, lo, next_ids, int(fresh))
 
     def snapshot(self, slot: int) -> None:
         self._send(SNAPSHOT, slot, 0, ())
@@ -139,6 +141,7 @@ class _FollowerState:
         self.caches: dict[int, Any] = {}
         self.hidden: dict[int, dict[int, torch.Tensor]] = {}  # slot → position → streams
         self.snaps: dict[int, Any] = {}
+        self.mtp: dict[int, Any] = {}     # slot → the MTP block's window cache
 
     def cache_at(self, slot: int, start: int) -> Any:
         """``slot``'s cache, which must be at ``start`` (0: a new sequence)."""
@@ -153,7 +156,7 @@ class _FollowerState:
         return cache
 
     def release(self, slot: int) -> None:
-        for table in (self.caches, self.hidden, self.snaps):
+        for table in (self.caches, self.hidden, self.snaps, self.mtp):
             table.pop(slot, None)
 
     def batch(self, k: int, payload: list[int]) -> None:
@@ -180,11 +183,14 @@ class _FollowerState:
         else:
             self.lm.logits(ids, cache, last_only=last_only)
 
-    def draft(self, slot: int, start: int, ids: list[int]) -> None:
+    def draft(self, slot: int, start: int, ids: list[int], fresh: bool) -> None:
+        from model.cache import LayerCache
         from model.mtp import mtp_logits
         hidden = self.hidden[slot]
+        if fresh:
+            self.mtp[slot] = LayerCache()
         mtp_logits(self.lm.model, torch.stack([hidden[p] for p in range(start, start + len(ids))]),
-                   ids, start)
+                   ids, start, self.mtp[slot])
 
 
 def follow(lm: Any) -> int:
@@ -220,7 +226,7 @@ def follow(lm: Any) -> int:
                 if op == BATCH:
                     state.batch(flag, ids)
                 elif op == DRAFT:
-                    state.draft(slot, start, ids)
+                    state.draft(slot, start, ids, bool(flag))
                 else:
                     state.forward(op, slot, start, ids, bool(flag))
 

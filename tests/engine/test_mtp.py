@@ -39,7 +39,7 @@ def test_forced_acceptance_skips_forwards(mtp_engine, monkeypatch):
              .generate(prompt, params)]
     import model.mtp as mtp
 
-    def oracle(model, hidden, next_ids, start):  # noqa: ARG001
+    def oracle(model, hidden, next_ids, start, cache=None):  # noqa: ARG001
         seq = mtp_engine.speculator.last.seq
         cache = mtp.snapshot(seq.cache)
         logits, _ = main_forward(model, [next_ids[-1]], cache)
@@ -59,3 +59,36 @@ def test_mtp_block_runs(mtp_engine):
         logits, hidden = main_forward(model, token_ids(8, seed=62), cache)
         out = mtp_logits(model, hidden, token_ids(8, seed=63), 0)
     assert out.shape == logits.shape and torch.isfinite(out).all()
+
+
+def test_mtp_window_cache_equals_one_pass(mtp_engine):
+    """The speculator runs the MTP block a few positions at a time through its window cache;
+    that equals one pass over all positions (past the window: rows roll out exactly)."""
+    from model.cache import LayerCache
+    model = mtp_engine.lm.model
+    n = model.cfg.window_size * 2 + 5
+    with torch.inference_mode():
+        _, hidden = main_forward(model, token_ids(n, seed=64), model.new_cache())
+        nxt = token_ids(n, seed=65)
+        whole = mtp_logits(model, hidden, nxt, 0)
+        cache, pieces, at = LayerCache(), [], 0
+        for size in (5, 1, 1, model.cfg.window_size, 3, n):
+            size = min(size, n - at)
+            if size:
+                pieces.append(mtp_logits(model, hidden[at:at + size], nxt[at:at + size], at,
+                                         cache))
+                at += size
+    torch.testing.assert_close(torch.cat(pieces), whole, rtol=1e-4, atol=1e-4)
+    assert cache.window.shape[1] == model.cfg.window_size - 1
+
+
+def test_bench_mtp_small_run(capsys):
+    import json
+
+    from model.bench_mtp import main
+    assert main(["--preset", "tiny", "--prompt", "40", "--new-tokens", "6"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["same_tokens"] is True and result["drafted"] >= 3
+    assert result["cycle_cost"] > 0 and result["break_even_acceptance"] == round(
+        result["cycle_cost"] - 1, 3)
+    assert main(["--new-tokens", "1"]) == 2

@@ -1,0 +1,159 @@
+"""``v4coder bench mtp``: what MTP speculative decoding costs and what it would buy, one run.
+
+    bench_mtp() -> dict   # one JSON-able object
+
+Greedy decode of ``new_tokens`` after a ``prompt_tokens`` prompt, plain and with the MTP
+speculator (model/mtp.py), from the same engine. Reported:
+
+* ``same_tokens``: speculation changed nothing (it must not: the main model decides);
+* the measured acceptance rate (a random toy's MTP block guesses ≈ never right);
+* the cost of one speculation cycle — a draft (one position of the MTP block, through its
+  window cache) plus a 2-token verify forward —
+  relative to one plain decode step, ``cycle_cost``, hence ``break_even_acceptance`` =
+  cycle_cost − 1 and the speedup a given acceptance rate would give,
+  ``speedup_at = (1 + a) / cycle_cost``. On a GPU at batch 1 a 2-token forward costs about a
+  1-token one (both read every weight once), so cycle_cost ≈ 1 + draft cost; a CPU running a
+  toy in fp32 is compute-bound and pays for every token.
+
+Speculation stays off by default (``serve --mtp``) until real weights show an acceptance rate
+above the break-even on the machine that serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from model.cache import LayerCache
+from model.engine import Engine, EngineConfig, load_tokenizer
+from model.generate import load_model
+from model.mtp import MTPSpeculator, mtp_logits, snapshot
+from model.sampling import SamplingParams, generation_defaults
+from model.toy import PRESETS
+
+
+def _ids(n: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 128000, (n,), generator=gen).tolist()
+
+
+def _median_s(fn, repeats: int, sync) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
+              new_tokens: int = 32, preset: str = "small", device: str = "cpu") -> dict:
+    with tempfile.TemporaryDirectory(prefix="v4coder-bench-") as tmp:
+        if checkpoint is None:
+            from model.toy import write_toy_checkpoint
+            checkpoint = write_toy_checkpoint(Path(tmp) / "toy", seed=0, preset=preset)
+        lm = load_model(checkpoint, dtype="float32", device=device, progress=False,
+                        with_mtp=True)
+        engine = Engine(lm, EngineConfig(prefix_cache=False), load_tokenizer(checkpoint),
+                        generation_defaults(checkpoint))
+        sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, stop_ids=())
+        prompt = _ids(prompt_tokens, seed=5)
+        engine.warm_up(prompt_tokens)
+
+        def decode() -> tuple[list[int], float]:
+            gen = engine.generate(prompt, params)
+            first = next(iter_ := iter(gen))
+            sync()
+            t0 = time.perf_counter()
+            rest = [e.token_id for e in iter_]
+            sync()
+            return [first.token_id, *rest], (time.perf_counter() - t0) / max(1, len(rest))
+
+        plain_tokens, plain_s = decode()
+        engine.speculator = MTPSpeculator(engine)
+        mtp_tokens, mtp_s = decode()
+        stepper = engine.speculator.last
+        engine.speculator = None
+
+        # the pieces of one cycle, at the end of the prompt
+        seq, _ = engine.prefill(prompt)
+        model, window = lm.model, lm.config.window_size
+
+        def forward(n: int) -> None:
+            snap_tokens, snap_cache = list(seq.tokens), snapshot(seq.cache)
+            engine.forward(seq, [7] * n)
+            seq.tokens[:], seq.cache = snap_tokens, snap_cache
+
+        step_1 = _median_s(lambda: forward(1), 7, sync)
+        step_2 = _median_s(lambda: forward(2), 7, sync)
+        # a draft in steady state: one position through a full window cache
+        hidden = torch.zeros(window, lm.config.hc_mult, lm.config.dim, device=lm.device,
+                             dtype=model.numerics.dtype)
+        window_cache = LayerCache()
+        mtp_logits(model, hidden[:-1], [7] * (window - 1), 0, window_cache)
+
+        def one_draft() -> None:
+            mtp_logits(model, hidden[-1:], [7], window - 1, dataclasses.replace(window_cache))
+
+        draft = _median_s(one_draft, 7, sync)
+    cycle = (step_2 + draft) / step_1
+    return {
+        "bench": "mtp", "device": str(lm.device), "checkpoint": str(checkpoint),
+        "threads": torch.get_num_threads(), "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens, "same_tokens": plain_tokens == mtp_tokens,
+        "plain_s_per_token": round(plain_s, 5), "mtp_s_per_token": round(mtp_s, 5),
+        "measured_speedup": round(plain_s / mtp_s, 3),
+        "drafted": stepper.drafted, "accepted": stepper.accepted,
+        "acceptance": round(stepper.accepted / max(1, stepper.drafted), 3),
+        "forwards": stepper.forwards,
+        "step_1_token_s": round(step_1, 5), "step_2_tokens_s": round(step_2, 5),
+        "draft_s": round(draft, 5),
+        "cycle_cost": round(cycle, 3), "break_even_acceptance": round(cycle - 1, 3),
+        "speedup_at": {str(a): round((1 + a) / cycle, 3) for a in (0.5, 0.8, 0.9)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``v4coder bench mtp [--prompt N] [--new-tokens N] ...`` → one JSON line."""
+    import argparse
+    import json
+    import sys
+
+    from model.checkpoint import CheckpointError
+    from model.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="v4coder bench mtp", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="small")
+    p.add_argument("--prompt", type=int, default=512, dest="prompt_tokens")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.prompt_tokens < 1 or args.new_tokens < 2:
+        print("v4coder bench mtp: need --prompt ≥ 1 and --new-tokens ≥ 2", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = bench_mtp(args.checkpoint, args.prompt_tokens, args.new_tokens,
+                           preset=args.preset, device=args.device)
+    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
+        print(f"v4coder bench mtp: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
