@@ -14,7 +14,9 @@ whole batch instead of once per request.
 
 Admission: a request is checked against the memory plan alone when submitted (too long → an
 error at once); it then waits until its prompt + max_tokens fit beside the running requests'
-reservations (``MemoryPlan.fits_batch``) and a batch slot is free. A consumer that stops
+reservations (``MemoryPlan.fits_batch``) and a batch slot is free. Prompts prefill one after
+another, and each looks up the prefix cache only when its turn comes, so agents that send the
+same packed repository at once compute it once. A consumer that stops
 reading (a client gone) is dropped at the next step. Under ``--ep/--tp`` each forward is one
 BATCH step of the rank protocol (model/serve_ranks.py). An engine that cannot batch (MTP
 speculation) serves requests one at a time through ``Engine.generate``, in order.
@@ -161,29 +163,40 @@ class Batcher:
             held = [r.reserved for r in (*running, *prefilling)]
             if plan is not None and held and not plan.fits_batch([*held, req.reserved]):
                 return   # wait for a running request to finish
-            waiting.popleft()
+            prefilling.append(waiting.popleft())
+
+    def _prefill_head(self, prefilling: deque[_Request]) -> _Request | None:
+        """The oldest prompt still to prefill. Its prefix is matched only now, when it is next:
+        requests sharing a prefix that arrived together reuse the blocks the first computed."""
+        while prefilling:
+            req = prefilling[0]
+            if req.cancelled:
+                prefilling.popleft()
+                if req.seq is not None:
+                    self.engine.release(req.seq)
+                continue
+            if req.seq is not None:
+                return req
             try:
                 req.seq, req.prompt = self.engine.admit(req.prompt, req.stats)
             except (EngineError, ValueError) as exc:
+                prefilling.popleft()
                 self._fail(req, exc)
                 continue
             req.decoding = Decoding(req.params, req.constraint, self.engine.tokenizer,
                                     req.stats, req.submitted)
             if req.decoding.done:   # max_tokens 0: nothing to generate
+                prefilling.popleft()
                 self._finish(req, None)
                 continue
-            prefilling.append(req)
+            return req
+        return None
 
     def _step(self, prefilling: deque[_Request], running: list[_Request]) -> None:
         """One forward: a decode token per running request + the oldest prompt's next chunk."""
         seqs = [r.seq for r in running]
         ids = [[r.next_token] for r in running]
-        head = None
-        while prefilling and head is None:
-            head = prefilling[0]
-            if head.cancelled:
-                self.engine.release(prefilling.popleft().seq)
-                head = None
+        head = self._prefill_head(prefilling)
         if head is not None:
             chunk = self.engine.next_chunk(head.seq, head.prompt)
             seqs.append(head.seq)

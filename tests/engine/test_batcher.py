@@ -89,20 +89,21 @@ def test_batched_requests_match_one_at_a_time(make_engine):
     assert engine.counters.completion_tokens == sum(len(e) for e in expected)
 
 
-def test_prefix_cache_works_under_batching(make_engine):
+def test_requests_sharing_a_prefix_compute_it_once(make_engine):
+    """Sent together, before anything is cached: the first computes the shared prefix, the
+    others reuse its blocks (each matches the prefix cache only when its prefill starts)."""
     engine = make_engine(chunk_tokens=64)
     batcher = Batcher(engine)
     try:
         shared = token_ids(300, seed=30)
-        first = batcher.submit(shared + [5, 6], GREEDY)
-        list(first)
-        gens = [batcher.submit(shared + [7 + i], GREEDY) for i in range(3)]
+        gens = [batcher.submit(shared + [7 + i], GREEDY) for i in range(4)]
         for g in gens:
             list(g)
     finally:
         batcher.close()
-    assert first.stats.reused_tokens == 0
-    assert all(g.stats.reused_tokens >= 256 for g in gens)
+    assert gens[0].stats.reused_tokens == 0
+    assert all(g.stats.reused_tokens >= 256 for g in gens[1:])
+    assert engine.counters.computed_tokens <= 301 + 3 * (301 - 256)
 
 
 def test_a_consumer_that_leaves_does_not_stall_the_rest(make_engine):
