@@ -7,13 +7,17 @@ speculator (model/mtp.py), from the same engine. Reported:
 
 * ``same_tokens``: speculation changed nothing (it must not: the main model decides);
 * the measured acceptance rate (a random toy's MTP block guesses ≈ never right);
-* the cost of one speculation cycle — a draft (one position of the MTP block, through its
-  window cache) plus a 2-token verify forward —
-  relative to one plain decode step, ``cycle_cost``, hence ``break_even_acceptance`` =
-  cycle_cost − 1 and the speedup a given acceptance rate would give,
-  ``speedup_at = (1 + a) / cycle_cost``. On a GPU at batch 1 a 2-token forward costs about a
-  1-token one (both read every weight once), so cycle_cost ≈ 1 + draft cost; a CPU running a
-  toy in fp32 is compute-bound and pays for every token.
+* the pieces of a speculation cycle, each timed: a draft (one position of the MTP block,
+  through its window cache) and the verify forward, 2 tokens after an accepted draft, 3 after
+  a rejected one (the rejected position is redone from the snapshot); relative to one plain
+  decode step t1 a cycle costs c(a) = (draft + a·t2 + (1 − a)·t3) / t1 and yields 1 + a tokens,
+  so ``speedup_at[a] = (1 + a) / c(a)`` and ``break_even_acceptance`` solves it for 1.
+  ``predicted_speedup_at_measured`` checks the model against ``measured_speedup``. On a GPU at
+  batch 1 a 2- or 3-token forward costs about a 1-token one (each reads every weight once), so
+  c ≈ 1 + draft for the attention and dense weights — but not for the routed experts: every
+  token of a verify forward picks its own experts, so a 3-token forward reads up to 3× the
+  expert bytes of a 1-token step (timed here with distinct tokens for that reason). A CPU
+  running a toy in fp32 pays for every token anyway.
 
 Speculation stays off by default (``serve --mtp``) until real weights show an acceptance rate
 above the break-even on the machine that serves.
@@ -31,7 +35,7 @@ import torch
 from model.cache import LayerCache
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
-from model.mtp import MTPSpeculator, mtp_logits, snapshot
+from model.mtp import MTPSpeculator, main_forward, mtp_logits, snapshot
 from model.sampling import SamplingParams, generation_defaults
 from model.toy import PRESETS
 
@@ -86,24 +90,37 @@ def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
         seq, _ = engine.prefill(prompt)
         model, window = lm.model, lm.config.window_size
 
-        def forward(n: int) -> None:
+        def forward(n: int, run=None) -> None:  # noqa: ANN001
             snap_tokens, snap_cache = list(seq.tokens), snapshot(seq.cache)
-            engine.forward(seq, [7] * n)
+            engine.forward(seq, _ids(n, seed=n), run=run)   # distinct tokens: distinct experts
             seq.tokens[:], seq.cache = snap_tokens, snap_cache
 
+        @torch.inference_mode()
+        def verify(n: int) -> None:   # the speculator's forward: logits and residual streams
+            forward(n, run=lambda ids, cache: main_forward(model, ids, cache))
+
         step_1 = _median_s(lambda: forward(1), 7, sync)
-        step_2 = _median_s(lambda: forward(2), 7, sync)
+        step_2 = _median_s(lambda: verify(2), 7, sync)
+        step_3 = _median_s(lambda: verify(3), 7, sync)
         # a draft in steady state: one position through a full window cache
         hidden = torch.zeros(window, lm.config.hc_mult, lm.config.dim, device=lm.device,
                              dtype=model.numerics.dtype)
         window_cache = LayerCache()
-        mtp_logits(model, hidden[:-1], [7] * (window - 1), 0, window_cache)
+        with torch.inference_mode():
+            mtp_logits(model, hidden[:-1], [7] * (window - 1), 0, window_cache)
 
+        @torch.inference_mode()
         def one_draft() -> None:
             mtp_logits(model, hidden[-1:], [7], window - 1, dataclasses.replace(window_cache))
 
         draft = _median_s(one_draft, 7, sync)
-    cycle = (step_2 + draft) / step_1
+    acceptance = stepper.accepted / max(1, stepper.drafted)
+    # a cycle starts with a draft; after an accepted draft its verify forward holds 2 tokens
+    # (the sampled one + the draft), after a rejected one 3 (the redone position too)
+    def cycle_cost(a: float) -> float:
+        return (draft + a * step_2 + (1 - a) * step_3) / step_1
+
+    break_even = (draft + step_3 - step_1) / (step_1 - step_2 + step_3)
     return {
         "bench": "mtp", "device": str(lm.device), "checkpoint": str(checkpoint),
         "threads": torch.get_num_threads(), "prompt_tokens": prompt_tokens,
@@ -111,12 +128,13 @@ def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
         "plain_s_per_token": round(plain_s, 5), "mtp_s_per_token": round(mtp_s, 5),
         "measured_speedup": round(plain_s / mtp_s, 3),
         "drafted": stepper.drafted, "accepted": stepper.accepted,
-        "acceptance": round(stepper.accepted / max(1, stepper.drafted), 3),
+        "acceptance": round(acceptance, 3),
         "forwards": stepper.forwards,
-        "step_1_token_s": round(step_1, 5), "step_2_tokens_s": round(step_2, 5),
-        "draft_s": round(draft, 5),
-        "cycle_cost": round(cycle, 3), "break_even_acceptance": round(cycle - 1, 3),
-        "speedup_at": {str(a): round((1 + a) / cycle, 3) for a in (0.5, 0.8, 0.9)},
+        "step_1_token_s": round(step_1, 5), "verify_2_tokens_s": round(step_2, 5),
+        "verify_3_tokens_s": round(step_3, 5), "draft_s": round(draft, 5),
+        "predicted_speedup_at_measured": round((1 + acceptance) / cycle_cost(acceptance), 3),
+        "break_even_acceptance": round(min(1.0, break_even), 3),
+        "speedup_at": {str(a): round((1 + a) / cycle_cost(a), 3) for a in (0.5, 0.8, 0.9)},
     }
 
 

@@ -89,6 +89,7 @@ def test_bench_mtp_small_run(capsys):
     assert main(["--preset", "tiny", "--prompt", "40", "--new-tokens", "6"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same_tokens"] is True and result["drafted"] >= 3
-    assert result["cycle_cost"] > 0 and result["break_even_acceptance"] == round(
-        result["cycle_cost"] - 1, 3)
+    speed = result["speedup_at"]
+    assert 0 < speed["0.5"] < speed["0.8"] < speed["0.9"]       # more acceptance, more speed
+    assert 0 <= result["break_even_acceptance"] <= 1 and result["measured_speedup"] > 0
     assert main(["--new-tokens", "1"]) == 2
