@@ -204,7 +204,7 @@ class Batcher:
         if not seqs:
             return
         t0 = time.perf_counter()
-        logits = self.engine.forward_batch(seqs, ids)
+        logits = self.engine.forward_batch(seqs, ids).float().cpu()   # one copy for the batch
         c = self.counters
         c.steps += 1
         c.decode_tokens += len(running)
