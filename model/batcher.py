@@ -6,9 +6,10 @@
     batcher.close()
 
 One scheduler thread owns the engine. Each step it runs ONE forward (``Engine.forward_batch``)
-holding a decode token for every running request plus, when a request is waiting, the next
-prefill chunk of the oldest one (chunked prefill rides along with decode, so a long prompt does
-not stall the others' streams). Requests join as soon as their prompt is in and leave the
+holding a decode token for every running request plus, when requests are waiting, the next
+prefill chunks of the oldest ones within one chunk's token budget (chunked prefill rides along
+with decode, so a long prompt does not stall the others' streams, and short prompts that
+arrive together prefill together). Requests join as soon as their prompt is in and leave the
 step they finish; at decode the weights (the experts above all) are read once per step for the
 whole batch instead of once per request.
 
@@ -145,11 +146,12 @@ class Batcher:
                 with torch.inference_mode():
                     self._step(prefilling, running)
             except Exception as exc:  # noqa: BLE001 - every request in the step learns why
-                for req in [*running, *(list(prefilling)[:1])]:
+                started = [r for r in prefilling if r.seq is not None]   # caches touched
+                for req in [*running, *started]:
                     self._fail(req, exc)
                 running.clear()
-                if prefilling:
-                    prefilling.popleft()
+                for req in started:
+                    prefilling.remove(req)
 
     def _admit(self, waiting: deque[_Request], prefilling: deque[_Request],
                running: list[_Request]) -> None:
@@ -165,42 +167,55 @@ class Batcher:
                 return   # wait for a running request to finish
             prefilling.append(waiting.popleft())
 
-    def _prefill_head(self, prefilling: deque[_Request]) -> _Request | None:
-        """The oldest prompt still to prefill. Its prefix is matched only now, when it is next:
-        requests sharing a prefix that arrived together reuse the blocks the first computed."""
-        while prefilling:
-            req = prefilling[0]
+    def _prefill_chunks(self, prefilling: deque[_Request]) -> list[tuple[_Request, list[int]]]:
+        """This step's prefill work: the oldest prompts' next chunks, in order, within one
+        chunk's token budget (short prompts arriving together share a step). Each prompt
+        matches the prefix cache only when its turn comes; a prompt whose first block equals
+        that of one already in this step waits for the next step, so requests that arrive
+        together with the same packed repository compute it once."""
+        picked: list[tuple[_Request, list[int]]] = []
+        budget: int | None = None
+        block = self.engine.prefix.block_tokens if self.engine.prefix is not None else 0
+        for req in list(prefilling):
             if req.cancelled:
-                prefilling.popleft()
+                prefilling.remove(req)
                 if req.seq is not None:
                     self.engine.release(req.seq)
                 continue
-            if req.seq is not None:
-                return req
-            try:
-                req.seq, req.prompt = self.engine.admit(req.prompt, req.stats)
-            except (EngineError, ValueError) as exc:
-                prefilling.popleft()
-                self._fail(req, exc)
+            if budget is not None and (budget <= 0 or block and any(
+                    req.prompt[:block] == r.prompt[:block] for r, _ in picked)):
+                break
+            if req.seq is None and not self._start(req, prefilling):
                 continue
-            req.decoding = Decoding(req.params, req.constraint, self.engine.tokenizer,
-                                    req.stats, req.submitted)
-            if req.decoding.done:   # max_tokens 0: nothing to generate
-                prefilling.popleft()
-                self._finish(req, None)
-                continue
-            return req
-        return None
+            if budget is None:   # the plan's chunk size at the oldest prompt's context
+                budget = self.engine.chunk_size(req.seq)
+            chunk = self.engine.next_chunk(req.seq, req.prompt, budget)
+            budget -= len(chunk)
+            picked.append((req, chunk))
+        return picked
+
+    def _start(self, req: _Request, prefilling: deque[_Request]) -> bool:
+        """Match ``req``'s prompt against the prefix cache and set up its decoding. → False
+        when it ended here (a bad prompt, or nothing to generate)."""
+        try:
+            req.seq, req.prompt = self.engine.admit(req.prompt, req.stats)
+        except (EngineError, ValueError) as exc:
+            prefilling.remove(req)
+            self._fail(req, exc)
+            return False
+        req.decoding = Decoding(req.params, req.constraint, self.engine.tokenizer,
+                                req.stats, req.submitted)
+        if req.decoding.done:   # max_tokens 0: nothing to generate
+            prefilling.remove(req)
+            self._finish(req, None)
+            return False
+        return True
 
     def _step(self, prefilling: deque[_Request], running: list[_Request]) -> None:
-        """One forward: a decode token per running request + the oldest prompt's next chunk."""
-        seqs = [r.seq for r in running]
-        ids = [[r.next_token] for r in running]
-        head = self._prefill_head(prefilling)
-        if head is not None:
-            chunk = self.engine.next_chunk(head.seq, head.prompt)
-            seqs.append(head.seq)
-            ids.append(chunk)
+        """One forward: a decode token per running request + the next prefill chunks."""
+        prefills = self._prefill_chunks(prefilling)
+        seqs = [r.seq for r in running] + [r.seq for r, _ in prefills]
+        ids = [[r.next_token] for r in running] + [chunk for _, chunk in prefills]
         if not seqs:
             return
         t0 = time.perf_counter()
@@ -208,18 +223,20 @@ class Batcher:
         c = self.counters
         c.steps += 1
         c.decode_tokens += len(running)
+        c.prefill_tokens += sum(len(chunk) for _, chunk in prefills)
         c.max_batch_seen = max(c.max_batch_seen, len(seqs))
-        finished = [r for r, row in zip(running, logits, strict=False) if self._emit(r, row)]
+        decoded = len(running)
+        finished = [r for r, row in zip(running, logits[:decoded], strict=True)
+                    if self._emit(r, row)]
         for req in finished:
             running.remove(req)
-        if head is not None:
-            c.prefill_tokens += len(ids[-1])
-            head.stats.prefill_s += time.perf_counter() - t0
-            if len(head.seq.tokens) == len(head.prompt):   # the prompt is in: first token
-                prefilling.popleft()
-                self.engine.prefilled(head.seq)
-                if not self._emit(head, logits[-1]):
-                    running.append(head)
+        for (req, _), row in zip(prefills, logits[decoded:], strict=True):
+            req.stats.prefill_s += time.perf_counter() - t0
+            if len(req.seq.tokens) == len(req.prompt):   # the prompt is in: first token
+                prefilling.remove(req)
+                self.engine.prefilled(req.seq)
+                if not self._emit(req, row):
+                    running.append(req)
 
     def _emit(self, req: _Request, logits: torch.Tensor) -> bool:
         """Sample ``req``'s next token and hand it to its consumer. → True when it finished."""

@@ -319,13 +319,16 @@ class Engine:
         self._count(stats)
         return seq, prompt
 
+    def chunk_size(self, seq: Sequence_) -> int:
+        """The largest prefill chunk at ``seq``'s context (the memory plan's, or the config's)."""
+        return self.plan.chunk_for(len(seq.tokens)) if self.plan else self.config.chunk_tokens
+
     def next_chunk(self, seq: Sequence_, prompt: list[int], budget: int | None = None
                    ) -> list[int]:
-        """The next prefill chunk of ``prompt`` after ``seq`` (the memory plan's size at this
-        context, at most ``budget`` tokens)."""
-        pos = len(seq.tokens)
-        chunk = self.plan.chunk_for(pos) if self.plan else self.config.chunk_tokens
-        return prompt[pos:pos + min(chunk, budget or chunk)]
+        """The next prefill chunk of ``prompt`` after ``seq`` (``chunk_size``, at most
+        ``budget`` tokens)."""
+        pos, size = len(seq.tokens), self.chunk_size(seq)
+        return prompt[pos:pos + (size if budget is None else min(size, budget))]
 
     def release(self, seq: Sequence_) -> None:
         """A sequence is done (finished, failed or abandoned): other ranks drop their copy."""

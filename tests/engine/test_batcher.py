@@ -89,6 +89,23 @@ def test_batched_requests_match_one_at_a_time(make_engine):
     assert engine.counters.completion_tokens == sum(len(e) for e in expected)
 
 
+def test_short_prompts_arriving_together_prefill_together(make_engine):
+    prompts = [token_ids(20, seed=80 + i) for i in range(12)]
+    params = GREEDY.with_(max_new_tokens=3)
+    alone = make_engine(prefix_cache=False, chunk_tokens=64)
+    expected = [[e.token_id for e in alone.generate(p, params)] for p in prompts]
+    engine = make_engine(prefix_cache=False, chunk_tokens=64)
+    batcher = Batcher(engine)
+    try:
+        got, _ = _run_concurrently(batcher, prompts, [params] * 12)
+    finally:
+        batcher.close()
+    assert got == expected
+    # a 64-token budget holds 3 of these prompts: ≈ 4 prefill steps (one more if the scheduler
+    # wakes after the first submission) + 2 decode steps, against 12 + 2 one prompt per step
+    assert batcher.counters.steps <= 8 and batcher.counters.max_batch_seen >= 9
+
+
 def test_requests_sharing_a_prefix_compute_it_once(make_engine):
     """Sent together, before anything is cached: the first computes the shared prefix, the
     others reuse its blocks (each matches the prefix cache only when its prefill starts)."""
