@@ -21,7 +21,7 @@ from functools import partial
 
 import torch
 
-from model.kernels import compressor, gemm, indexer, kv_fp8, mhc, moe, quant, sparse_attn
+from model.kernels import compressor, fp4_keys, gemm, indexer, kv_fp8, mhc, moe, quant, sparse_attn
 from model.kernels.expert_bank import ExpertBank
 
 # H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
@@ -78,21 +78,26 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
-                  causal: bool = False) -> Case:
+                  causal: bool = False, packed: bool = False) -> Case:
     """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
     ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
-    every query sees all n (decode). Bytes: q, weights, keys and picks, each once (the prefill
-    path's fp32 score scratch, 8 bytes per query·key written and read, is not counted)."""
+    every query sees all n (decode). ``packed``: the keys are native numerics' FP4 cache rows
+    (68 B each, fp4_keys.py) instead of ``dtype`` rows. Bytes: q, weights, keys and picks, each
+    once (the prefill path's fp32 score scratch, 8 bytes per query·key written and read, is not
+    counted)."""
     q = _rand(1, s, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
     w = torch.randn(1, s, IDX_HEADS, device=dev) * IDX_HEADS**-0.5
     keys = _rand(1, n, IDX_DIM, dtype=dtype, device=dev)
+    if packed:
+        keys = fp4_keys.pack_index_keys(keys, fp4_keys.IndexKeyLayout(IDX_DIM))
     pos = torch.arange(4 * n - s, 4 * n, device=dev).clamp(min=0)
     visible = ((pos + 1) // 4 if causal else torch.full_like(pos, n)).to(torch.int32)
     path = "prefill" if s >= indexer.PREFILL_MIN_QUERIES else "decode"
     shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK,
-             "causal": causal, "path": path}
-    nbytes = (n * IDX_DIM * keys.element_size() + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4)
-              + s * TOPK * 8)
+             "causal": causal, "path": path,
+             "keys_format": "fp4-68B" if packed else str(dtype).removeprefix("torch.")}
+    key_bytes = keys.shape[-1] * keys.element_size()
+    nbytes = (n * key_bytes + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4) + s * TOPK * 8)
     flops = 2.0 * IDX_HEADS * IDX_DIM * float(visible.sum())
     return Case(name, shape, nbytes, flops,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
@@ -210,6 +215,9 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
           ">= 40% of dense bf16 peak"),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
+        p(_indexer_case, "indexer_topk_decode_fp4", 1, ctx // 4, dev, dtype, packed=True),
+        p(_indexer_case, "indexer_topk_prefill_fp4", *idx_prefill, dev, dtype, causal=True,
+          packed=True),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),

@@ -14,7 +14,15 @@ Row format of the attention KV (``LayerCache.window`` and the main ``compressor.
   the layout holds (e4m3 × power-of-two per 1×64 block, RoPE dims bf16).
 - ``dequant`` numerics: float rows [b, n, head_dim] in the compute dtype.
 
-Indexer keys (``indexer.rows``) and the compressor tails stay float in both modes.
+Row format of the indexer keys (``LayerCache.indexer`` rows, CSA layers):
+
+- ``native`` numerics: packed FP4 rows, uint8 [b, n, layout.row_bytes] in the layout of
+  ``index_key_layout(cfg)`` (model/kernels/fp4_keys.py: e2m1 codes two per byte + one ue8m0
+  exponent per 1×32 block; 68 B at index_head_dim 128), read directly by ``ops.indexer_topk``.
+  Lossless: the native indexer compressor already rounds its keys to those values.
+- ``dequant`` numerics: float rows [b, n, index_head_dim] in the compute dtype.
+
+The compressor tails (pending / previous block, kv and score) stay fp32 in both modes.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import ModelConfig
+from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
 
 KV_QUANT_BLOCK = 64  # no-RoPE KV dims share one power-of-two scale per 1×64 block (§2.8)
@@ -32,6 +41,11 @@ KV_QUANT_BLOCK = 64  # no-RoPE KV dims share one power-of-two scale per 1×64 bl
 def kv_layout(cfg: ModelConfig) -> KVLayout:
     """The FP8 row layout of this config's attention KV rows (derived, never hard-coded)."""
     return KVLayout(cfg.head_dim, cfg.rope_head_dim, KV_QUANT_BLOCK)
+
+
+def index_key_layout(cfg: ModelConfig) -> IndexKeyLayout:
+    """The packed FP4 row layout of this config's indexer keys (from index_head_dim)."""
+    return IndexKeyLayout(cfg.index_head_dim, INDEX_KEY_BLOCK)
 
 
 @dataclass(slots=True)

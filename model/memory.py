@@ -6,7 +6,9 @@ measured after the weights are loaded) and the config, the planner counts
 * per token: the compressed rows the live cache keeps (CSA rows + indexer keys every 4 tokens,
   HCA rows every 128) as ``model/cache.py`` stores them: the attention KV rows packed in the FP8
   layout under ``native`` numerics (``kv_layout(cfg).row_bytes``: 584 B for V4), head_dim values
-  in the compute dtype under ``dequant``; indexer keys in the compute dtype either way;
+  in the compute dtype under ``dequant``; indexer keys packed in the FP4 layout under ``native``
+  (``index_key_layout(cfg).row_bytes``: 68 B for V4), index_head_dim values in the compute
+  dtype under ``dequant``;
 * per sequence: the sliding window and the compressor tails (fixed);
 * the prefix cache's byte budget (reserved up front);
 * per prefill chunk at context n: the row indices (window ∪ top-k ∪ n/ratio HCA rows per query),
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from model.cache import kv_layout
+from model.cache import index_key_layout, kv_layout
 from model.config import ModelConfig
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
 
@@ -124,15 +126,23 @@ def kv_row_bytes(cfg: ModelConfig, element_size: int, numerics: str = "dequant")
     return kv_layout(cfg).row_bytes if numerics == "native" else cfg.head_dim * element_size
 
 
+def index_key_bytes(cfg: ModelConfig, element_size: int, numerics: str = "dequant") -> int:
+    """Bytes of one indexer key (CSA layers) as the cache holds it."""
+    if numerics == "native":
+        return index_key_layout(cfg).row_bytes
+    return cfg.index_head_dim * element_size
+
+
 def cache_bytes_per_token(cfg: ModelConfig, element_size: int, numerics: str = "dequant"
                           ) -> float:
     row = kv_row_bytes(cfg, element_size, numerics)
+    key = index_key_bytes(cfg, element_size, numerics)
     total = 0.0
     for ratio in cfg.compress_ratios[:cfg.n_layers]:
         if ratio:
             total += row / ratio
         if ratio == 4:
-            total += cfg.index_head_dim * element_size / ratio
+            total += key / ratio
     return total
 
 

@@ -6,7 +6,9 @@ hash chained over the checkpoint fingerprint and every token up to its end, so e
 mean equal prefixes. A block holds, per layer, the compressed rows it produced (CSA rows,
 indexer keys, HCA rows) and — when ``state`` is kept — the per-sequence state at its end
 boundary: the sliding-window KV rows and the CSA compressor's overlap half. At a block boundary
-every compressor block is closed, so there is no open compressor tail to keep.
+every compressor block is closed, so there is no open compressor tail to keep. Rows are kept
+in the format the live cache holds them (model/cache.py): under ``native`` numerics the KV rows
+and the indexer keys are packed uint8 rows (FP8 / FP4), sliced, stored and concatenated as is.
 
 A request whose tokens match cached blocks restores a ``SequenceCache`` at the deepest matched
 block that has state and recomputes only the tokens after it (the uncompressed tail). Blocks

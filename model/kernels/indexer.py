@@ -22,6 +22,12 @@ key tiles past the block's last visible row (they are stored as −inf, never co
 H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
 tensor cores, not by the per-tile sort of the decode path (not measured yet: `v4coder bench
 kernels` has a row for each path).
+
+Keys come as float rows [b, n, D] or, in native numerics, as packed FP4 rows uint8 [b, n,
+IndexKeyLayout(D).row_bytes] (68 B at D = 128; model/kernels/fp4_keys.py): both paths then load
+the key bytes (D/2 + D/32 per key instead of 2·D) and decode nibble × 2^scale in registers
+(``fp4_keys.load_key_tile``), so the dot sees exactly the values the float rows would hold.
+The torch reference is in model/kernels/indexer_reference.py.
 """
 
 from __future__ import annotations
@@ -32,55 +38,12 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS, query_blocks
-
-
-def indexer_scores_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
-                             visible: torch.Tensor) -> torch.Tensor:
-    """fp32 scores [b, s, n], −inf at invisible rows (the matrix the kernel never builds).
-
-    Per block of queries: one matmul of every head's query with the visible keys, ReLU, then the
-    head-weighted sum as a batched [1 × H] · [H × n] product (keys past the block's last visible
-    row are never touched)."""
-    b, s, h, d = q.shape
-    n = keys.shape[1]
-    out = torch.full((b, s, n), float("-inf"), device=q.device)
-    keys_t = keys.float().transpose(1, 2)                               # [b, D, n]
-    for lo, hi in query_blocks(s, h * n):
-        m = min(n, int(visible[lo:hi].max()))
-        if m <= 0:
-            continue
-        sb = hi - lo
-        dots = torch.matmul(q[:, lo:hi].float().reshape(b, sb * h, d), keys_t[..., :m]).relu_()
-        w = weights[:, lo:hi].float().reshape(b * sb, 1, h)
-        block = torch.bmm(w, dots.view(b * sb, h, m)).view(b, sb, m)
-        future = torch.arange(m, device=q.device).view(1, -1) >= visible[lo:hi].view(-1, 1)
-        out[:, lo:hi, :m] = block.masked_fill(future.unsqueeze(0), float("-inf"))
-    return out
-
-
-def indexer_topk_reference(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
-                           visible: torch.Tensor, k: int) -> torch.Tensor:
-    """q [b, s, H, D], weights [b, s, H] (already scaled), keys [b, n, D], visible [s] (rows
-    j < visible[t] exist for query t) → int64 [b, s, k] in descending score order, −1 = none.
-    Scores are built a block of queries at a time (``blocks.REFERENCE_BLOCK_ELEMENTS``)."""
-    b, s = q.shape[:2]
-    n = keys.shape[1]
-    out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
-    kk = min(k, n)
-    if kk == 0:
-        return out
-    h = q.shape[2]
-    for lo, hi in query_blocks(s, h * n):
-        vis = visible[lo:hi]
-        m = min(n, int(vis.max()))
-        if m <= 0:
-            continue
-        scores = indexer_scores_reference(q[:, lo:hi], weights[:, lo:hi], keys[:, :m], vis)
-        km = min(kk, m)
-        picks = scores.topk(km, dim=-1).indices
-        out[:, lo:hi, :km] = torch.where(picks >= vis.view(1, -1, 1), -1, picks)
-    return out
+from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
+from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout, load_key_tile
+from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the contract)
+    indexer_scores_reference,
+    indexer_topk_reference,
+)
 
 
 @triton.jit
@@ -109,7 +72,8 @@ def _merge(top, tile, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     K_PAD: tl.constexpr, PREC: tl.constexpr):
+                     K_PAD: tl.constexpr, PREC: tl.constexpr, PACKED: tl.constexpr,
+                     KEY_BLOCK: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = pid_t // S
@@ -129,8 +93,7 @@ def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         rows = batch.to(tl.int64) * N + offs_n
-        keys = tl.load(k_ptr + rows[:, None] * D + offs_d[None, :],
-                       mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(q.dtype)
+        keys = load_key_tile(k_ptr, rows, mask_n, offs_d, D, PACKED, KEY_BLOCK).to(q.dtype)
         dots = tl.dot(q, tl.trans(keys), input_precision=PREC)        # [BLOCK_H, BLOCK_N]
         scores = tl.sum(tl.maximum(dots, 0.0) * w[:, None], 0)
         scores = tl.where(mask_n, scores, float("-inf"))
@@ -166,7 +129,8 @@ PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewe
 @triton.jit
 def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, lo, hi, S, N, H, D, width,
                           chunk, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
-                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                          PACKED: tl.constexpr, KEY_BLOCK: tl.constexpr):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
     out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs."""
     pid_t = tl.program_id(0)
@@ -192,8 +156,8 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, lo, hi, S, N, H
     seen = tl.minimum(stop, tl.maximum(tl.max(vis, 0), start))  # keys past it: seen by no query
     for n0 in range(start, seen, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        keys = tl.load(k_ptr + (batch * N + offs_n)[:, None] * D + offs_d[None, :],
-                       mask=(offs_n < seen)[:, None] & mask_d[None, :], other=0.0).to(q.dtype)
+        keys = load_key_tile(k_ptr, batch * N + offs_n, offs_n < seen, offs_d, D, PACKED,
+                             KEY_BLOCK).to(q.dtype)
         dots = tl.dot(q, tl.trans(keys), input_precision=PREC)      # [BLOCK_T·BLOCK_H, BLOCK_N]
         weighted = tl.maximum(dots, 0.0) * w[:, None]
         scores = tl.sum(tl.reshape(weighted, (BLOCK_T, BLOCK_H, BLOCK_N)), 1)
@@ -216,12 +180,18 @@ def default_chunks(tokens: int, n: int, block_n: int) -> int:
 def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                    visible: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Contiguous q and keys in the compute dtype (fp32 under the interpreter, which mishandles
-    bf16), fp32 weights, int32 visible on q's device, and the tl.dot precision."""
+    bf16; packed FP4 keys stay packed), fp32 weights, int32 visible on q's device, and the
+    tl.dot precision."""
     if os.environ.get("TRITON_INTERPRET") == "1" or q.dtype not in (torch.bfloat16,
                                                                      torch.float16):
         q = q.float()
     q = q.contiguous()
-    keys = keys.to(q.dtype).contiguous()
+    if keys.dtype == torch.uint8:
+        row_bytes = IndexKeyLayout(q.shape[-1], INDEX_KEY_BLOCK).row_bytes
+        assert keys.shape[-1] == row_bytes, (keys.shape, row_bytes)
+        keys = keys.contiguous()
+    else:
+        keys = keys.to(q.dtype).contiguous()
     weights = weights.float().contiguous()
     vis = visible.to(device=q.device, dtype=torch.int32).contiguous()
     return q, weights, keys, vis, "ieee" if q.dtype == torch.float32 else "tf32"
@@ -241,7 +211,8 @@ def _topk_decode(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Ten
     _indexer_partial[(b * s, chunks)](
         q, weights, keys, vis, part, s, n, h, d, chunk,
         BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_N=block_n, K_PAD=k_pad, PREC=prec)
+        BLOCK_N=block_n, K_PAD=k_pad, PREC=prec, PACKED=keys.dtype == torch.uint8,
+        KEY_BLOCK=INDEX_KEY_BLOCK)
     _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad)
     return out
 
@@ -271,7 +242,8 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
     _indexer_scores_block[(query_programs, triton.cdiv(width, chunk), b)](
         q, weights, keys, vis, scores, lo, hi, s, keys.shape[1], h, d, width, chunk,
         BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_N=block_n, PREC=prec, num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
+        BLOCK_N=block_n, PREC=prec, PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK,
+        num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
 
 
 def _topk_prefill(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tensor:
@@ -301,7 +273,8 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "auto",
                         block_t: int | None = None) -> torch.Tensor:
-    """Same contract as ``indexer_topk_reference``. ``path``: "auto" runs the prefill path from
+    """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
+    keys.dtype == torch.uint8). ``path``: "auto" runs the prefill path from
     ``PREFILL_MIN_QUERIES`` query rows (b·s) on, the decode path below; "prefill" / "decode"
     force one. Why 64: below it the decode grid still splits each query's keys over ≥ 4
     programs and batch decode (b ≤ 4, a few MTP tokens each) stays there; from 64 rows on every

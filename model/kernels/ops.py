@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from model.kernels import compressor as _compressor
+from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels import gemm as _gemm
 from model.kernels import indexer as _indexer
-from model.kernels import kv_fp8, quant
 from model.kernels import mhc as _mhc
 from model.kernels import moe as _moe
 from model.kernels import router as _router
@@ -58,6 +58,8 @@ bf16_to = quant.bf16_to
 dequant_fp4 = quant.dequant_fp4
 pack_kv_fp8 = kv_fp8.pack_kv_fp8      # KV rows → FP8 cache rows (uint8, KVLayout.row_bytes)
 unpack_kv_fp8 = kv_fp8.unpack_kv_fp8  # and back to float32
+pack_index_keys = fp4_keys.pack_index_keys      # indexer keys → FP4 rows (IndexKeyLayout)
+unpack_index_keys = fp4_keys.unpack_index_keys  # and back to float32
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -195,14 +197,19 @@ def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                  visible: torch.Tensor, k: int) -> torch.Tensor:
-    """Lightning-indexer picks: q [b, s, H, D], weights [b, s, H] (scaled), keys [b, n, D],
+    """Lightning-indexer picks: q [b, s, H, D], weights [b, s, H] (scaled), keys [b, n, D]
+    float or packed FP4 rows (uint8 [b, n, IndexKeyLayout(D).row_bytes], read as they are),
     visible [s] → int64 [b, s, k], best first, −1 = none (score = Σ_h w_h·ReLU(q_h·key))."""
     if backend(q) == "triton":
         return _indexer.indexer_topk_triton(q, weights, keys, visible, k)
     return _indexer.indexer_topk_reference(q, weights, keys, visible, k)
 
 
-indexer_scores = _indexer.indexer_scores_reference
+def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
+                   visible: torch.Tensor) -> torch.Tensor:
+    """The indexer's fp32 scores [b, s, n] (−inf = invisible), keys float or packed; for
+    diagnostics (the top-k margins), never on the hot path."""
+    return _indexer.indexer_scores_reference(q, weights, keys, visible)
 
 
 def compress_pool(kv: torch.Tensor, score: torch.Tensor, norm_weight: torch.Tensor, eps: float,

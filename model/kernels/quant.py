@@ -159,6 +159,16 @@ def fp8_fake_quant(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     return q.flatten(-2)[..., :n].to(x.dtype)
 
 
+def fp4_quant_scales(x: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP4 quantisation per 1×block: (e2m1 values as float32 [..., n], pow2 scales [...,
+    nblocks]); scale = 2^ceil(log2(amax / 6)), amax floored at 6·2^-126 (scales ≥ 2^-126)."""
+    xb, n = _blocks(x, block)
+    amax = xb.abs().amax(-1, keepdim=True).clamp_min(FP4_MAX * 2.0**-126)
+    s = pow2_ceil(amax * torch.tensor(1.0 / FP4_MAX, dtype=torch.float32))
+    q = round_fp4((xb / s).clamp(-FP4_MAX, FP4_MAX))
+    return q.flatten(-2)[..., :n], s.squeeze(-1)
+
+
 def fp4_fake_quant(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     """Quantise to e2m1 per 1×block with power-of-two scales, dequantise; returns x.dtype."""
     xb, n = _blocks(x, block)

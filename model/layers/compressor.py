@@ -3,7 +3,9 @@
 
 Native numerics round the main compressor's entries to what the FP8 cache layout holds (e4m3 per
 1×64 block with power-of-two scales on the no-RoPE dims, RoPE dims bf16); given a ``layout`` the
-entries are kept packed in it (uint8 rows, model/cache.py), else as float rows of those values."""
+entries are kept packed in it (uint8 rows, model/cache.py), else as float rows of those values.
+The indexer's compressor (``rotate``) rounds its keys to FP4 per 1×32 after a Hadamard rotation
+and, given an ``IndexKeyLayout``, keeps them packed the same way (model/kernels/fp4_keys.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from torch import nn
 from model.cache import KV_QUANT_BLOCK, CompressorState
 from model.config import ModelConfig
 from model.kernels import ops
+from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.linear import Linear, Numerics
 from model.layers.norm import RMSNorm
@@ -35,9 +38,10 @@ class Compressor(nn.Module):
         self.numerics = Numerics()
 
     def forward(self, x: torch.Tensor, start_pos: int, state: CompressorState,
-                layout: KVLayout | None = None) -> torch.Tensor:
+                layout: KVLayout | IndexKeyLayout | None = None) -> torch.Tensor:
         """Consume tokens [start_pos, start_pos+s); return all compressed rows [b, n, head_dim]
-        (uint8 [b, n, layout.row_bytes] when ``layout`` is given: native numerics only)."""
+        (uint8 [b, n, layout.row_bytes] when ``layout`` is given: native numerics only; a
+        ``KVLayout`` for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``)."""
         b, s, _ = x.shape
         ratio, d = self.ratio, self.head_dim
         kv = self.wkv(x)                                   # fp32 [b, s, coff·d]
@@ -74,8 +78,10 @@ class Compressor(nn.Module):
         entries = ops.compress_pool(kv, score, self.norm.weight, self.norm.eps,
                                     self.rope.angles(block_pos), self.numerics.dtype)
         if self.numerics.native:
-            if self.rotate:
-                entries = ops.fp4_fake_quant(ops.hadamard(entries), 32)
+            if self.rotate and layout is not None:
+                entries = ops.pack_index_keys(ops.hadamard(entries), layout)
+            elif self.rotate:
+                entries = ops.fp4_fake_quant(ops.hadamard(entries), INDEX_KEY_BLOCK)
             elif layout is not None:
                 entries = ops.pack_kv_fp8(entries, layout)
             else:

@@ -1,14 +1,20 @@
 """Lightning indexer (CSA layers only, fact sheet §2.5): scores every compressed block for every
-query and keeps the top-k."""
+query and keeps the top-k.
+
+Native numerics hold the compressed keys packed in the FP4 layout (uint8 rows,
+``model.cache.index_key_layout(cfg)``: 68 B at index_head_dim 128) and the top-k reads them as
+they are; the keys already are those FP4 values, so the picks equal those of float rows of the
+same values (``pack_keys = False``; tests/model/test_model_packed_index.py)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from model.cache import LayerCache
+from model.cache import LayerCache, index_key_layout
 from model.config import ModelConfig
 from model.kernels import ops
+from model.kernels.fp4_keys import IndexKeyLayout
 from model.layers.compressor import Compressor
 from model.layers.linear import Linear, Numerics
 from model.layers.rope import RotaryEmbedding, apply_rope
@@ -38,6 +44,12 @@ class Indexer(nn.Module):
         self.weight_scale = self.head_dim**-0.5 * self.n_heads**-0.5
         self.numerics = Numerics()
         self.margins: list[float] | None = None  # diagnostics: top-k boundary gaps when a list
+        self.key_layout = index_key_layout(cfg)
+        self.pack_keys = True  # native numerics: hold keys packed (False: float rows, same values)
+
+    def cache_layout(self) -> IndexKeyLayout | None:
+        """The FP4 layout the keys are held in, or None for float rows."""
+        return self.key_layout if self.numerics.native and self.pack_keys else None
 
     def forward(self, x: torch.Tensor, qr: torch.Tensor, start_pos: int, cache: LayerCache
                 ) -> torch.Tensor:
@@ -48,7 +60,11 @@ class Indexer(nn.Module):
         q = apply_rope(q, self.rope.angles(positions))
         if self.numerics.native:
             q = ops.fp4_fake_quant(ops.hadamard(q), 32)
-        keys = self.compressor(x, start_pos, cache.indexer)          # [b, n, dI]
+        layout = self.cache_layout()
+        held = cache.indexer.rows
+        if held is not None and (held.dtype == torch.uint8) != (layout is not None):
+            raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
+        keys = self.compressor(x, start_pos, cache.indexer, layout)  # [b, n, dI] or packed rows
         n = keys.shape[1]
         visible = (positions + 1) // self.ratio                      # rows j < visible[t]
         k = min(self.topk, n)

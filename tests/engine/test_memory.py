@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.cache import kv_layout
-from model.memory import MAX_CONTEXT, ContextTooLong, plan_memory
+from model.cache import index_key_layout, kv_layout
+from model.memory import (
+    MAX_CONTEXT,
+    ContextTooLong,
+    cache_bytes_per_token,
+    index_key_bytes,
+    plan_memory,
+)
+from model.planner import flash_config
 from model.sampling import SamplingParams
 
 
@@ -34,13 +41,28 @@ def test_native_plan_counts_packed_fp8_kv_rows(toy_lm):
     assert kv_layout(cfg).row_bytes == 200
     plan = plan_memory(cfg, torch.float32, "cpu", available=64 << 30, numerics="native")
     rows_per_token = 2 / 4 + 2 / 16  # 2 CSA layers, 2 HCA layers
-    index_bytes = 2 * (128 / 4) * 4   # indexer keys stay fp32
+    index_bytes = 2 * 68 / 4          # indexer keys packed FP4: 64 B of codes + 4 scale bytes
     assert plan.bytes_per_token == rows_per_token * 200 + index_bytes
     dequant = plan_memory(cfg, torch.float32, "cpu", available=64 << 30)
     window_rows = cfg.n_layers * (cfg.window_size - 1)
     assert dequant.fixed_bytes - plan.fixed_bytes == window_rows * (128 * 4 - 200)
     bf16 = plan_memory(cfg, torch.bfloat16, "cpu", available=64 << 30, numerics="native")
-    assert bf16.bytes_per_token == rows_per_token * 200 + index_bytes / 2
+    assert bf16.bytes_per_token == rows_per_token * 200 + index_bytes  # packed: dtype-free
+
+
+def test_native_plan_counts_68_byte_indexer_keys():
+    """V4-Flash under native numerics: 584 B per KV row, 68 B per indexer key (fact sheet §4:
+    21 CSA layers, 20 HCA layers → ≈3,514 B per token of compressed rows and keys)."""
+    cfg = flash_config()
+    assert index_key_layout(cfg).row_bytes == 68 and index_key_bytes(cfg, 2, "native") == 68
+    assert index_key_bytes(cfg, 2) == 256  # dequant: index_head_dim 128 in bf16
+    ratios = cfg.compress_ratios[:cfg.n_layers]
+    csa, hca = ratios.count(4), sum(1 for r in ratios if r > 4)
+    assert (csa, hca) == (21, 20)
+    want = csa * (584 + 68) / 4 + hca * 584 / 128
+    assert cache_bytes_per_token(cfg, 2, "native") == pytest.approx(want)
+    assert cache_bytes_per_token(cfg, 2) - cache_bytes_per_token(cfg, 2, "native") == \
+        pytest.approx(csa * (1024 - 584 + 256 - 68) / 4 + hca * (1024 - 584) / 128)
 
 
 def test_engine_refuses_what_does_not_fit(make_engine):

@@ -23,3 +23,14 @@ def test_bench_prints_one_json_object_per_kernel(monkeypatch, capsys):
     for r in rows:
         assert r["device"] == "cpu" and r["backend"] == "reference" and "CPU" in r["note"]
         assert r["reference_ms"] > 0 and r["bytes"] > 0 and r["achieved_gbps"] > 0
+
+
+def test_indexer_rows_with_packed_keys_count_68_bytes_per_key():
+    names = {c.args[0] for c in bk.cases(False, "cpu")}
+    assert {"indexer_topk_decode_fp4", "indexer_topk_prefill_fp4"} <= names
+    n = 256
+    plain = bk._indexer_case("idx", 1, n, "cpu", torch.float32)
+    packed = bk._indexer_case("idx_fp4", 1, n, "cpu", torch.float32, packed=True)
+    assert packed.shape["keys_format"] == "fp4-68B" and plain.shape["keys_format"] == "float32"
+    assert plain.bytes - packed.bytes == n * (bk.IDX_DIM * 4 - 68)
+    assert (packed.reference()[0, 0, :n] >= 0).all()  # the reference reads the packed keys

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.kernels import indexer
+from model.kernels import blocks, fp4_keys, indexer, ops
+from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
 from model.kernels.indexer import (
     indexer_scores_reference,
     indexer_topk_reference,
     indexer_topk_triton,
 )
+from model.kernels.quant import fp4_fake_quant
 
 
 def _inputs(b, s, h, d, n, start_pos, ratio=4, seed=0):
@@ -181,3 +183,75 @@ def test_unknown_path_is_rejected():
     q, w, keys, visible = _inputs(1, 2, 4, 16, 8, 40)
     with pytest.raises(ValueError, match="prefill or decode"):
         indexer_topk_triton(q, w, keys, visible, 4, path="dense")
+
+
+# ---- packed FP4 keys (native numerics' cache rows) -------------------------------------------
+
+
+def _packed_inputs(b, s, h, d, n, start_pos, ratio=4, seed=0):
+    """Inputs whose keys are on the FP4 grid (as the native compressor makes them), per-key
+    scales spread over 2^-12..2^12, some keys all zero; → (q, w, float keys, packed keys, vis)."""
+    q, w, keys, visible = _inputs(b, s, h, d, n, start_pos, ratio, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    keys = keys * torch.exp2(torch.randint(-12, 13, (b, n, 1), generator=g).float())
+    keys[:, ::7] = 0.0
+    keys = fp4_fake_quant(keys, 32)
+    return q, w, keys, pack_index_keys(keys, IndexKeyLayout(d)), visible
+
+
+PACKED_CASES = [  # b, s, h, d, n, start, k
+    (1, 1, 8, 64, 100, 399, 8),      # one decode query, 100 keys
+    (2, 3, 4, 32, 50, 190, 16),      # b = 2, partial key tile
+    (1, 37, 4, 32, 150, 560, 16),    # a prefill chunk, causal
+    (2, 21, 6, 64, 90, 300, 24),     # ragged heads
+]
+
+
+@pytest.mark.parametrize("b,s,h,d,n,start,k,path",
+                         [(*case, "prefill") for case in PACKED_CASES]
+                         + [(*case, "decode") for case in PACKED_CASES[:2]])  # interpreter: slow
+def test_packed_keys_pick_what_float_keys_of_the_same_values_pick(b, s, h, d, n, start, k, path):
+    q, w, keys, packed, visible = _packed_inputs(b, s, h, d, n, start)
+    assert packed.dtype == torch.uint8 and packed.shape == (b, n, d // 2 + d // 32)
+    want = indexer_topk_triton(q, w, keys, visible, k, path=path, block_n=16, n_chunks=2)
+    got = indexer_topk_triton(q, w, packed, visible, k, path=path, block_n=16, n_chunks=2)
+    assert torch.equal(got, want)  # bit-identical scores: even tied picks agree
+    _check(got, q, w, keys, visible, k)
+
+
+@pytest.mark.parametrize("b,s,h,d,n,start,k", PACKED_CASES)
+def test_reference_reads_packed_keys(b, s, h, d, n, start, k):
+    q, w, keys, packed, visible = _packed_inputs(b, s, h, d, n, start, seed=3)
+    assert torch.equal(indexer_topk_reference(q, w, packed, visible, k),
+                       indexer_topk_reference(q, w, keys, visible, k))
+    assert torch.equal(indexer_scores_reference(q, w, packed, visible),
+                       indexer_scores_reference(q, w, keys, visible))
+
+
+def test_reference_decodes_only_the_keys_each_query_block_sees(monkeypatch):
+    """Ratio 1 (query t sees t + 1 keys) and a small block bound: every block of queries decodes
+    the keys up to its own last visible row, never the whole store."""
+    q, w, keys, packed, visible = _packed_inputs(1, 40, 4, 32, 48, 0, ratio=1)
+    monkeypatch.setattr(blocks, "REFERENCE_BLOCK_ELEMENTS", 4 * 48 * 8)  # 8 queries a block
+    decoded = []
+    real = fp4_keys.unpack_index_keys
+
+    def recording(rows, layout):
+        decoded.append(rows.shape[1])
+        return real(rows, layout)
+
+    monkeypatch.setattr(fp4_keys, "unpack_index_keys", recording)
+    got = indexer_topk_reference(q, w, packed, visible, 8)
+    assert decoded == [8, 16, 24, 32, 40]
+    monkeypatch.setattr(fp4_keys, "unpack_index_keys", real)
+    assert torch.equal(got, indexer_topk_reference(q, w, keys, visible, 8))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_ops_dispatches_packed_keys_on_both_backends(monkeypatch, backend):
+    monkeypatch.setenv(ops.BACKEND_ENV, backend)
+    q, w, keys, packed, visible = _packed_inputs(1, 5, 4, 32, 30, 100)
+    got = ops.indexer_topk(q, w, packed, visible, 8)
+    assert torch.equal(got, ops.indexer_topk(q, w, keys, visible, 8))
+    assert torch.equal(ops.indexer_scores(q, w, packed, visible),
+                       ops.indexer_scores(q, w, keys, visible))

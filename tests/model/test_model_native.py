@@ -5,8 +5,9 @@ import pytest
 import torch
 from model_helpers import token_ids
 
-from model.cache import kv_layout
+from model.cache import index_key_layout, kv_layout
 from model.generate import load_model
+from model.kernels.fp4_keys import unpack_index_keys
 from model.kernels.kv_fp8 import unpack_kv_fp8
 from model.kernels.quant import FP4_GRID
 
@@ -35,8 +36,10 @@ def test_cached_kv_and_indexer_keys_are_quantised(native):
             rows = unpack_kv_fp8(packed, layout)
             assert on_fp8_grid(rows[..., :nope], 64)
             assert torch.equal(rows[..., nope:], rows[..., nope:].bfloat16().float())
-        if cfg.layer_kind(i) == "csa":
-            keys = layer.indexer.rows.float().unflatten(-1, (-1, 32))
+        if cfg.layer_kind(i) == "csa":  # held packed in the FP4 layout (test_fp4_keys.py)
+            assert layer.indexer.rows.dtype == torch.uint8
+            keys = unpack_index_keys(layer.indexer.rows, index_key_layout(cfg))
+            keys = keys.unflatten(-1, (-1, 32))
             scale = torch.exp2(torch.ceil(torch.log2(keys.abs().amax(-1, keepdim=True) / 6)))
             grid = torch.tensor(FP4_GRID)
             assert torch.isin((keys / scale).abs(), grid).all()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from model_helpers import token_ids
 
-from model.cache import kv_layout
+from model.cache import index_key_layout, kv_layout
 from model.generate import LoadedModel, load_model
 from model.kernels.kv_fp8 import unpack_kv_fp8
 from model.layers.attention import Attention
@@ -50,8 +50,8 @@ def test_cache_holds_packed_rows_of_the_config_layout(native):
             rows = layer.compressor.rows
             assert rows.dtype == torch.uint8
             assert rows.shape == (1, len(IDS) // cfg.compress_ratios[i], layout.row_bytes)
-        if cfg.layer_kind(i) == "csa":
-            assert layer.indexer.rows.dtype == native.model.numerics.dtype  # keys stay float
+        if cfg.layer_kind(i) == "csa":  # FP4 keys: test_model_packed_index.py
+            assert layer.indexer.rows.shape == (1, len(IDS) // 4, index_key_layout(cfg).row_bytes)
 
 
 @pytest.mark.parametrize("sizes", [[150], [1, 3, 17, 33], [120] + [1] * 12])

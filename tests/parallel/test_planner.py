@@ -31,11 +31,12 @@ def test_census_matches_the_reference_counts():
 
 
 def test_native_census_counts_584_byte_kv_rows():
-    """V4-Flash per token: 21/4 CSA + 20/128 HCA rows of 584 B + 21/4 bf16 indexer keys."""
+    """V4-Flash per token: 21/4 CSA + 20/128 HCA rows of 584 B + 21/4 68-byte FP4 indexer keys
+    (the fact sheet's 3,514 B/token)."""
     dequant, native = census(flash_config()), census(flash_config(), "native")
     rows = 21 / 4 + 20 / 128
     assert dequant.kv_bytes_per_token == rows * 1024 + 21 / 4 * 256
-    assert native.kv_bytes_per_token == rows * 584 + 21 / 4 * 256 == 4501.25
+    assert native.kv_bytes_per_token == rows * 584 + 21 / 4 * 68 == 3514.25
     assert plan(MACHINES["2xH200"], numerics="native").gpu_used_gb < plan(MACHINES["2xH200"]).gpu_used_gb
 
 

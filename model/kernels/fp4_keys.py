@@ -1,0 +1,111 @@
+"""The packed indexer-key layout (fact sheet §2.8, §4): FP4 e2m1 codes + ue8m0 block exponents.
+
+One row per compressed indexer key, ``row_bytes`` bytes (68 for V4's index_head_dim 128):
+
+    [0, dim/2)                 e2m1 codes, two per byte: dim 2i in the low nibble of byte i,
+                               dim 2i+1 in the high nibble (the checkpoint's FP4 expert packing,
+                               model/kernels/quant.py ``unpack_fp4``); code = sign·8 + magnitude
+                               index into (0, 0.5, 1, 1.5, 2, 3, 4, 6) (standard e2m1 bits)
+    [dim/2, dim/2 + dim/block) ue8m0 exponents, one per block of ``block`` dims: scale 2^(e−127)
+
+No padding. The native indexer compressor fake-quantises its keys to exactly these values (FP4
+per 1×32 with power-of-two scales after the Hadamard rotation), so holding them packed is
+lossless: ``unpack_index_keys(pack_index_keys(x))`` equals ``quant.fp4_fake_quant(x)`` (in fp32),
+and equals x itself for any x already on that grid.
+
+``load_key_tile`` is the Triton side: the indexer kernels load a tile of key rows through it,
+float rows as they are or packed rows decoded in registers (nibble → e2m1 bits, × 2^scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from model.kernels import quant
+
+INDEX_KEY_BLOCK = 32  # indexer keys share one power-of-two scale per 1×32 block (§2.8)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKeyLayout:
+    dim: int = 128
+    block: int = INDEX_KEY_BLOCK
+
+    def __post_init__(self) -> None:
+        if self.dim % self.block or self.block % 2:
+            raise ValueError(f"indexer key dim {self.dim} is not a multiple of {self.block}")
+
+    @property
+    def code_bytes(self) -> int:
+        return self.dim // 2
+
+    @property
+    def n_scales(self) -> int:
+        return self.dim // self.block
+
+    @property
+    def row_bytes(self) -> int:
+        return self.code_bytes + self.n_scales
+
+
+V4_INDEX_KEY_LAYOUT = IndexKeyLayout()  # 68-byte rows
+
+
+def pack_index_keys(keys: torch.Tensor, layout: IndexKeyLayout = V4_INDEX_KEY_LAYOUT
+                    ) -> torch.Tensor:
+    """keys [..., dim] (any float dtype) → uint8 [..., row_bytes]: the FP4 quantisation of
+    ``quant.fp4_fake_quant`` (exact for keys already on the FP4 grid)."""
+    assert keys.shape[-1] == layout.dim, (keys.shape, layout)
+    values, scales = quant.fp4_quant_scales(keys, layout.block)
+    codes = quant.fp4_codes(values)
+    out = torch.empty(*keys.shape[:-1], layout.row_bytes, dtype=torch.uint8, device=keys.device)
+    out[..., : layout.code_bytes] = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+    out[..., layout.code_bytes :] = quant.float_to_e8m0(scales).view(torch.uint8)
+    return out
+
+
+def unpack_index_keys(packed: torch.Tensor, layout: IndexKeyLayout = V4_INDEX_KEY_LAYOUT
+                      ) -> torch.Tensor:
+    """uint8 [..., row_bytes] → float32 [..., dim] (the keys' values)."""
+    assert packed.shape[-1] == layout.row_bytes, (packed.shape, layout)
+    values = quant.unpack_fp4(packed[..., : layout.code_bytes])
+    scales = quant.e8m0_to_float(packed[..., layout.code_bytes :].contiguous())
+    return (values.unflatten(-1, (layout.n_scales, layout.block)) * scales.unsqueeze(-1)
+            ).flatten(-2)
+
+
+def key_rows(keys: torch.Tensor, m: int, dim: int) -> torch.Tensor:
+    """The first ``m`` keys of keys [b, n, dim] float or [b, n, row_bytes] packed → fp32
+    [b, m, dim] (a packed store is decoded only for those rows)."""
+    if keys.dtype == torch.uint8:
+        return unpack_index_keys(keys[:, :m], IndexKeyLayout(dim))
+    return keys[:, :m].float()
+
+
+@triton.jit
+def load_key_tile(k_ptr, rows, mask_n, offs_d, D, PACKED: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """Key rows ``rows`` [BLOCK_N] (int64, masked by ``mask_n``) × dims ``offs_d`` → tile
+    [BLOCK_N, BLOCK_D], 0 where masked: float rows in their own dtype, or packed rows
+    (``IndexKeyLayout(D, BLOCK)``) decoded to fp32."""
+    mask = mask_n[:, None] & (offs_d < D)[None, :]
+    if PACKED:
+        base = rows[:, None] * (D // 2 + D // BLOCK)
+        byte = tl.load(k_ptr + base + (offs_d // 2)[None, :], mask=mask, other=0).to(tl.int32)
+        code = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
+        exp = tl.load(k_ptr + base + (D // 2 + offs_d // BLOCK)[None, :], mask=mask,
+                      other=127).to(tl.int32)
+        e = (code >> 1) & 3
+        m = code & 1
+        normal = (((e + 126) << 23) | (m << 22)).to(tl.float32, bitcast=True)  # 2^(e−1)·(1+m/2)
+        magnitude = tl.where(e == 0, m.to(tl.float32) * 0.5, normal)
+        scale = tl.where(exp == 0, 0x400000, exp << 23).to(tl.float32, bitcast=True)
+        value = magnitude * scale
+        tile = tl.where((code & 8) != 0, -value, value)
+    else:
+        tile = tl.load(k_ptr + rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+    return tile
