@@ -22,7 +22,7 @@ from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.compressor import Compressor
-from model.layers.indexer import Indexer
+from model.layers.indexer import Indexer, IndexerInputs
 from model.layers.linear import Linear, Numerics
 from model.layers.norm import RMSNorm
 from model.layers.rope import RotaryEmbedding, apply_rope
@@ -85,11 +85,17 @@ class Attention(nn.Module):
         q = apply_rope(q, angles)
         layout = self.cache_layout()
         kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), layout)
+        # the compressor's and the indexer's projections are per token too: once for all spans
+        pooled = self.compressor.project(x, positions) if self.compressor is not None else None
+        index = self.indexer.project(x, qr, positions) if self.indexer is not None else None
         outs, lo = [], 0
         for sp in spans:
             hi = lo + sp.length
-            outs.append(self._attend(x[:, lo:hi], qr[:, lo:hi], q[:, lo:hi], kv[:, lo:hi],
-                                     sp.start, positions[lo:hi], sp.cache, layout))
+            outs.append(self._attend(
+                q[:, lo:hi], kv[:, lo:hi],
+                None if pooled is None else (pooled[0][:, lo:hi], pooled[1][:, lo:hi]),
+                None if index is None else index.span(lo, hi),
+                sp.start, positions[lo:hi], sp.cache, layout))
             lo = hi
         o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         o = apply_rope(o, angles, inverse=True)
@@ -99,12 +105,15 @@ class Attention(nn.Module):
         z = torch.einsum("bsgd,grd->bsgr", o.to(wo_a.dtype), wo_a).to(x.dtype)
         return self.wo_b(z.flatten(2))
 
-    def _attend(self, x: torch.Tensor, qr: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor,
+                pooled: tuple[torch.Tensor, torch.Tensor] | None, index: IndexerInputs | None,
                 start_pos: int, positions: torch.Tensor, cache: LayerCache,
                 layout: KVLayout | None) -> torch.Tensor:
-        """One sequence's s new tokens (their projections) over its window, compressed and
-        picked rows; updates its cache. → attention output [b, s, heads, head_dim] (RoPE'd)."""
-        b, s, _ = x.shape
+        """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
+        and the indexer's inputs) over its window, compressed and picked rows; updates its
+        cache. → attention output [b, s, heads, head_dim] (RoPE'd)."""
+        b, s = q.shape[:2]
+        device = q.device
         past = cache.window
         if past is not None and (past.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
@@ -113,14 +122,14 @@ class Attention(nn.Module):
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
-        indices = self._window_indices(start_pos, s, n_past, x.device).unsqueeze(0).expand(b, -1, -1)
+        indices = self._window_indices(start_pos, s, n_past, device).unsqueeze(0).expand(b, -1, -1)
         if self.compressor is not None:
-            n = self.compressor(x, start_pos, cache.compressor, layout).shape[1]
+            n = self.compressor(*pooled, start_pos, cache.compressor, layout).shape[1]
             if self.indexer is not None:
-                picked = self.indexer(x, qr, start_pos, cache)
+                picked = self.indexer(index, start_pos, positions, cache)
             else:
                 visible = (positions + 1) // self.ratio
-                cols = torch.arange(n, device=x.device).view(1, -1)
+                cols = torch.arange(n, device=device).view(1, -1)
                 picked = torch.where(cols < visible.view(-1, 1), cols, -1).unsqueeze(0).expand(b, -1, -1)
             # one KV tensor without copying the compressed rows: they stay at the front of the
             # cache's store and the window rows are written just after them (scratch)

@@ -37,16 +37,23 @@ class Compressor(nn.Module):
         self.rope = RotaryEmbedding(cfg, compressed=True)
         self.numerics = Numerics()
 
-    def forward(self, x: torch.Tensor, start_pos: int, state: CompressorState,
-                layout: KVLayout | IndexKeyLayout | None = None) -> torch.Tensor:
-        """Consume tokens [start_pos, start_pos+s); return all compressed rows [b, n, head_dim]
-        (uint8 [b, n, layout.row_bytes] when ``layout`` is given: native numerics only; a
-        ``KVLayout`` for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``)."""
-        b, s, _ = x.shape
+    def project(self, x: torch.Tensor, positions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-token inputs of the pooling, for any tokens at once (a ragged batch too):
+        x [b, T, dim], positions [T] → (kv, gate score with the position's ape) fp32
+        [b, T, coff·head_dim]."""
+        return self.wkv(x), self.wgate(x) + self.ape.float()[positions % self.ratio]
+
+    def forward(self, kv: torch.Tensor, score: torch.Tensor, start_pos: int,
+                state: CompressorState, layout: KVLayout | IndexKeyLayout | None = None
+                ) -> torch.Tensor:
+        """Consume one sequence's tokens [start_pos, start_pos+s) (their ``project``ions);
+        return all its compressed rows [b, n, head_dim] (uint8 [b, n, layout.row_bytes] when
+        ``layout`` is given: native numerics only; a ``KVLayout`` for the attention KV rows, an
+        ``IndexKeyLayout`` when ``rotate``)."""
+        b, s, _ = kv.shape
         ratio, d = self.ratio, self.head_dim
-        kv = self.wkv(x)                                   # fp32 [b, s, coff·d]
-        positions = torch.arange(start_pos, start_pos + s, device=x.device)
-        score = self.wgate(x) + self.ape.float()[positions % ratio]
+        device = kv.device
         if state.pending_kv is not None:
             kv = torch.cat([state.pending_kv, kv], dim=1)
             score = torch.cat([state.pending_score, score], dim=1)
@@ -60,8 +67,8 @@ class Compressor(nn.Module):
             if state.rows is not None:
                 return state.rows
             if layout is not None:
-                return x.new_zeros(b, 0, layout.row_bytes, dtype=torch.uint8)
-            return x.new_zeros(b, 0, d)
+                return kv.new_zeros(b, 0, layout.row_bytes, dtype=torch.uint8)
+            return kv.new_zeros(b, 0, d, dtype=self.numerics.dtype)
         kv = kv[:, :cutoff].unflatten(1, (n_blocks, ratio))
         score = score[:, :cutoff].unflatten(1, (n_blocks, ratio))
         if self.overlap:
@@ -73,7 +80,7 @@ class Compressor(nn.Module):
             before_score = torch.cat([prev_score.unsqueeze(1), score[:, :-1]], dim=1)[..., :d]
             kv = torch.cat([before_kv, kv[..., d:]], dim=2)          # [b, n, 2·ratio, d]
             score = torch.cat([before_score, score[..., d:]], dim=2)
-        block_pos = (first_block + torch.arange(n_blocks, device=x.device)) * ratio
+        block_pos = (first_block + torch.arange(n_blocks, device=device)) * ratio
         # softmax-gated pooling → RMSNorm → RoPE at the block's first position, one fused op
         entries = ops.compress_pool(kv, score, self.norm.weight, self.norm.eps,
                                     self.rope.angles(block_pos), self.numerics.dtype)

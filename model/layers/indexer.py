@@ -8,6 +8,8 @@ same values (``pack_keys = False``; tests/model/test_model_packed_index.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -32,6 +34,20 @@ def topk_margin(scores: torch.Tensor, k: int) -> float:
     return float(((top[:, k - 1] - top[:, k]) / scale).min())
 
 
+@dataclass(frozen=True, slots=True)
+class IndexerInputs:
+    """Per-token projections the indexer needs: queries [b, T, H, D] (rotated and FP4-rounded
+    in native numerics), head weights [b, T, H] (scaled), its compressor's kv and gate score."""
+    q: torch.Tensor
+    weights: torch.Tensor
+    key_kv: torch.Tensor
+    key_score: torch.Tensor
+
+    def span(self, lo: int, hi: int) -> IndexerInputs:
+        return IndexerInputs(*(t[:, lo:hi] for t in (self.q, self.weights, self.key_kv,
+                                                       self.key_score)))
+
+
 class Indexer(nn.Module):
     def __init__(self, cfg: ModelConfig, ratio: int = 4) -> None:
         super().__init__()
@@ -51,26 +67,32 @@ class Indexer(nn.Module):
         """The FP4 layout the keys are held in, or None for float rows."""
         return self.key_layout if self.numerics.native and self.pack_keys else None
 
-    def forward(self, x: torch.Tensor, qr: torch.Tensor, start_pos: int, cache: LayerCache
-                ) -> torch.Tensor:
-        """Top-k compressed-row indices [b, s, k] per query (−1 = no pick)."""
-        b, s, _ = x.shape
-        positions = torch.arange(start_pos, start_pos + s, device=x.device)
+    def project(self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor
+                ) -> IndexerInputs:
+        """The per-token inputs of the indexer, for any tokens at once (a ragged batch too)."""
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
         q = apply_rope(q, self.rope.angles(positions))
         if self.numerics.native:
             q = ops.fp4_fake_quant(ops.hadamard(q), 32)
+        weights = self.weights_proj(x).float() * self.weight_scale   # [b, T, H]
+        return IndexerInputs(q, weights, *self.compressor.project(x, positions))
+
+    def forward(self, inputs: IndexerInputs, start_pos: int, positions: torch.Tensor,
+                cache: LayerCache) -> torch.Tensor:
+        """One sequence's new tokens (their ``project``ions; positions [s]) → top-k
+        compressed-row indices [b, s, k] per query (−1 = no pick); its keys join ``cache``."""
         layout = self.cache_layout()
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
-        keys = self.compressor(x, start_pos, cache.indexer, layout)  # [b, n, dI] or packed rows
+        keys = self.compressor(inputs.key_kv, inputs.key_score, start_pos, cache.indexer, layout)
+        q, weights = inputs.q, inputs.weights
+        b, s = q.shape[:2]
         n = keys.shape[1]
         visible = (positions + 1) // self.ratio                      # rows j < visible[t]
         k = min(self.topk, n)
         if k == 0:
-            return torch.full((b, s, 0), -1, dtype=torch.long, device=x.device)
-        weights = self.weights_proj(x).float() * self.weight_scale   # [b, s, H]
+            return torch.full((b, s, 0), -1, dtype=torch.long, device=q.device)
         if self.margins is None:  # fused scores + top-k (never builds the [s, n] scores)
             return ops.indexer_topk(q, weights, keys, visible, k)
         scores = ops.indexer_scores(q, weights, keys, visible)      # [b, s, n], −inf = future
