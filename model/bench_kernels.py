@@ -78,7 +78,7 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
-                  causal: bool = False, packed: bool = False) -> Case:
+                  causal: bool = False, packed: bool = False, path: str = "scores") -> Case:
     """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
     ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
     every query sees all n (decode). ``packed``: the keys are native numerics' FP4 cache rows
@@ -92,7 +92,6 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
         keys = fp4_keys.pack_index_keys(keys, fp4_keys.IndexKeyLayout(IDX_DIM))
     pos = torch.arange(4 * n - s, 4 * n, device=dev).clamp(min=0)
     visible = ((pos + 1) // 4 if causal else torch.full_like(pos, n)).to(torch.int32)
-    path = "prefill" if s >= indexer.PREFILL_MIN_QUERIES else "decode"
     shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK,
              "causal": causal, "path": path,
              "keys_format": "fp4-68B" if packed else str(dtype).removeprefix("torch.")}
@@ -101,8 +100,8 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     flops = 2.0 * IDX_HEADS * IDX_DIM * float(visible.sum())
     return Case(name, shape, nbytes, flops,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
-                lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK),
-                "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if path == "decode"
+                lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK, path=path),
+                "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if not causal
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
 
@@ -214,6 +213,7 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
           ">= 40% of dense bf16 peak"),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
+        p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
         p(_indexer_case, "indexer_topk_decode_fp4", 1, ctx // 4, dev, dtype, packed=True),
         p(_indexer_case, "indexer_topk_prefill_fp4", *idx_prefill, dev, dtype, causal=True,

@@ -1,16 +1,19 @@
 """Lightning indexer top-k (fact sheet §2.5): score(t, j) = Σ_h w[t, h] · ReLU(q[t, h] · key[j]) over
 the compressed keys j < visible[t] (causal block visibility), keep the k best, −1 where fewer exist.
 
-Two Triton paths behind one entry, ``indexer_topk_triton``:
+Two Triton paths behind one entry, ``indexer_topk_triton``; "scores" is the default for every
+query count, "merge" is kept (``path="merge"``) until a GPU run of `v4coder bench kernels`
+compares the two at decode (rows indexer_topk_decode and indexer_topk_decode_merge) — the loser
+goes.
 
-Decode (fewer than ``PREFILL_MIN_QUERIES`` query rows, b·s): one program per (query, key chunk)
-streams key tiles, computes the tile's scores with one dot over all heads, and merges them into a
-running top-k held in registers as packed int64 (order-preserving score bits << 32 | row), so the
-score matrix never exists. The keys are split over programs; a second kernel merges the per-chunk
-top-k. Each query reads every key itself and sorts 2·K_PAD entries per tile: right for a handful
-of queries, wasteful for a prefill chunk.
+Merge: one program per (query, key chunk) streams key tiles, computes the tile's scores with one
+dot over all heads, and merges them into a running top-k held in registers as packed int64
+(order-preserving score bits << 32 | row), so the score matrix never exists. The keys are split
+over programs; a second kernel merges the per-chunk top-k (one program per query: 0.52 ms of
+the 0.79 ms decode call on the H200, 2026-11-28). Each query reads every key itself and sorts
+2·K_PAD entries per tile.
 
-Prefill (``_indexer_scores_block`` + torch.topk): one program per (BLOCK_T queries, key chunk,
+Scores (``_indexer_scores_block`` + torch.topk): one program per (BLOCK_T queries, key chunk,
 batch) holds the queries of all H heads as the BLOCK_T·H = 128-row M side of tl.dot, and each key
 tile it loads is used by all of them. Per tile of BLOCK_N keys it reads BLOCK_N·D·2 bytes (bf16)
 and does 2·BLOCK_T·H·D·BLOCK_N FLOPs on tensor cores, 128 FLOPs per key byte (L2-resident keys).
@@ -20,8 +23,10 @@ the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs o
 key tiles past the block's last visible row (they are stored as −inf, never computed). torch.topk
 (radix select on the GPU) then reads the scratch once. Estimate for a 2048-query chunk at 8K keys,
 H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
-tensor cores, not by the per-tile sort of the decode path (not measured yet: `v4coder bench
-kernels` has a row for each path).
+tensor cores, not by the per-tile sort of the merge path (not measured yet: `v4coder bench
+kernels` has a row for each path). At decode (1 query, 32K keys at 128K context) the same kernel
+spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores for one topk;
+the scratch width is the key count, so the host never reads ``visible`` (no sync).
 
 Keys come as float rows [b, n, D] or, in native numerics, as packed FP4 rows uint8 [b, n,
 IndexKeyLayout(D).row_bytes] (68 B at D = 128; model/kernels/fp4_keys.py): both paths then load
@@ -118,7 +123,6 @@ def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr):
     tl.store(out_ptr + pid_t.to(tl.int64) * k + offs_k, idx, mask=offs_k < k)
 
 
-PREFILL_MIN_QUERIES = 64        # b·s query rows from which the prefill path runs
 # bound of the fp32 score scratch of one block of queries: the references' block bound, which
 # the memory planner counts (model/memory.py SCRATCH_ELEMENTS)
 PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
@@ -197,7 +201,7 @@ def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     return q, weights, keys, vis, "ieee" if q.dtype == torch.float32 else "tf32"
 
 
-def _topk_decode(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tensor:
+def _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tensor:
     """Per-query streaming top-k (``_indexer_partial`` + ``_indexer_finish``) → int32 [b, s, k]."""
     b, s, h, d = q.shape
     n = keys.shape[1]
@@ -246,21 +250,20 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
 
 
-def _topk_prefill(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tensor:
-    """Block scores (Triton) then torch.topk, a block of queries at a time → int64 [b, s, k]."""
+def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tensor:
+    """Block scores (Triton) then torch.topk, a block of queries at a time → int64 [b, s, k].
+    The scratch is as wide as the keys (the kernel writes −inf past each block's visible rows
+    without computing them), so nothing here waits for the device."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
     out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     block_t = _prefill_block_t(h, block_t)
     block_n = max(16, triton.next_power_of_2(block_n))
     rows = _prefill_query_rows(b, s, n, block_t)
-    vis_host = vis.cpu()  # one sync: each block's widest visible prefix sizes its scratch
     scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
+    width = n
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
-        width = min(n, int(vis_host[lo:hi].max()))
-        if width <= 0:
-            continue
         scores = scratch[: b * (hi - lo) * width].view(b, hi - lo, width)
         _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
         picks = scores.topk(min(k, width), dim=-1).indices
@@ -271,27 +274,19 @@ def _topk_prefill(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Ten
 
 def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
-                        block_n: int | None = None, path: str = "auto",
+                        block_n: int | None = None, path: str = "scores",
                         block_t: int | None = None) -> torch.Tensor:
     """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
-    keys.dtype == torch.uint8). ``path``: "auto" runs the prefill path from
-    ``PREFILL_MIN_QUERIES`` query rows (b·s) on, the decode path below; "prefill" / "decode"
-    force one. Why 64: below it the decode grid still splits each query's keys over ≥ 4
-    programs and batch decode (b ≤ 4, a few MTP tokens each) stays there; from 64 rows on every
-    decode program re-reads n/4 keys or more and sorts per tile alone, while the prefill path's
-    fixed costs (one host sync, the scratch, a topk launch per block) are shared by enough
-    queries. A constant to retune with the H200 bench rows of both paths. ``n_chunks`` applies
-    to the decode path, ``block_t`` to the prefill path; ``block_n`` to both (64 decode,
-    128 prefill when None)."""
+    keys.dtype == torch.uint8). ``path``: "scores" (the default) or "merge" (see the module
+    docstring). ``n_chunks`` applies to the merge path, ``block_t`` to the scores path;
+    ``block_n`` to both (64 merge, 128 scores when None)."""
     b, s, h, d = q.shape
     n = keys.shape[1]
     if k == 0 or n == 0 or b * s == 0:
         return torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
-    if path not in ("auto", "prefill", "decode"):
-        raise ValueError(f"indexer path must be auto, prefill or decode, not {path!r}")
-    if path == "auto":
-        path = "prefill" if b * s >= PREFILL_MIN_QUERIES else "decode"
+    if path not in ("scores", "merge"):
+        raise ValueError(f"indexer path must be scores or merge, not {path!r}")
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
-    if path == "prefill":
-        return _topk_prefill(q, weights, keys, vis, k, prec, block_t, block_n or 128)
-    return _topk_decode(q, weights, keys, vis, k, prec, n_chunks, block_n or 64).long()
+    if path == "scores":
+        return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128)
+    return _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n or 64).long()

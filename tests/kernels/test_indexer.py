@@ -1,9 +1,10 @@
-"""Lightning indexer top-k: Triton (interpreter) vs the torch reference, decode + prefill paths."""
+"""Lightning indexer top-k: Triton (interpreter) vs the torch reference, the scores and merge paths."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from host_syncs import sync_ops
 
 from model.kernels import blocks, fp4_keys, indexer, ops
 from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
@@ -49,13 +50,14 @@ def _check(got, q, w, keys, visible, k):
     [
         (1, 4, 8, 32, 40, 156, 8, 1),     # prefill rows: all 40 keys visible, 3 key tiles
         (2, 3, 12, 32, 50, 100, 16, 1),   # ragged heads (12), partial last tile (50 keys)
-        (1, 1, 8, 64, 100, 399, 8, 3),    # decode: 100 keys split over 3 programs
+        (1, 1, 8, 64, 100, 399, 8, 3),    # decode: 100 keys (merge: over 3 programs)
         (1, 1, 4, 16, 70, 279, 32, 2),    # decode, k = 32 = two 16-key tiles per merge
     ],
 )
-def test_indexer_matches_reference(b, s, h, d, n, start, k, chunks):
+@pytest.mark.parametrize("path", ["scores", "merge"])
+def test_indexer_matches_reference(b, s, h, d, n, start, k, chunks, path):
     q, w, keys, visible = _inputs(b, s, h, d, n, start)
-    got = indexer_topk_triton(q, w, keys, visible, k, n_chunks=chunks, block_n=16)
+    got = indexer_topk_triton(q, w, keys, visible, k, n_chunks=chunks, block_n=16, path=path)
     _check(got, q, w, keys, visible, k)
 
 
@@ -76,7 +78,7 @@ def test_k_larger_than_all_keys_and_single_token():
     _check(got, q, w, keys, visible, 20)
 
 
-# ---- prefill path: block scores (Triton) + torch.topk ----------------------------------------
+# ---- scores path: block scores (Triton) + torch.topk ----------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ def test_k_larger_than_all_keys_and_single_token():
 def test_prefill_matches_reference(b, s, h, d, n, start, k, block_t, block_n):
     q, w, keys, visible = _inputs(b, s, h, d, n, start)
     assert visible.min() < visible.max() <= n  # visibility really varies per query
-    got = indexer_topk_triton(q, w, keys, visible, k, path="prefill", block_t=block_t,
+    got = indexer_topk_triton(q, w, keys, visible, k, path="scores", block_t=block_t,
                               block_n=block_n)
     _check(got, q, w, keys, visible, k)
 
@@ -99,7 +101,7 @@ def test_prefill_matches_reference(b, s, h, d, n, start, k, block_t, block_n):
 def test_prefill_pads_with_minus_one_when_k_exceeds_visible_rows():
     # positions 0..22, ratio 4: query t sees (t+1)//4 rows = 0 (t < 3) … 5, fewer than k = 8
     q, w, keys, visible = _inputs(2, 23, 4, 16, 6, 0)
-    got = indexer_topk_triton(q, w, keys, visible, 8, path="prefill", block_t=4, block_n=16)
+    got = indexer_topk_triton(q, w, keys, visible, 8, path="scores", block_t=4, block_n=16)
     assert (got[:, :3] == -1).all()
     assert torch.equal((got >= 0).sum(-1), visible.expand(2, -1))
     assert (got[..., 5:] == -1).all()
@@ -108,15 +110,15 @@ def test_prefill_pads_with_minus_one_when_k_exceeds_visible_rows():
 
 def test_prefill_k_larger_than_all_keys():
     q, w, keys, visible = _inputs(1, 12, 4, 16, 10, 60)  # all 10 keys visible to every query
-    got = indexer_topk_triton(q, w, keys, visible, 32, path="prefill", block_t=4, block_n=16)
+    got = indexer_topk_triton(q, w, keys, visible, 32, path="scores", block_t=4, block_n=16)
     assert got.shape == (1, 12, 32) and (got[..., 10:] == -1).all()
     assert all(sorted(row[:10]) == list(range(10)) for row in got[0].tolist())
     _check(got, q, w, keys, visible, 32)
 
 
-def test_prefill_scratch_is_bounded_and_sized_by_visible_keys(monkeypatch):
-    """A tiny scratch bound forces several host blocks; each block's scratch covers only the keys
-    its queries can see (the last key tiles of an early block are never scored)."""
+def test_scores_scratch_is_bounded_and_as_wide_as_the_keys(monkeypatch):
+    """A tiny scratch bound forces several host blocks; each block's scratch is as wide as the
+    keys (sized without reading ``visible`` on the host; the kernel skips invisible tiles)."""
     b, s, n = 2, 40, 120
     q, w, keys, visible = _inputs(b, s, 4, 16, n, 320)  # visible 80..89 of 120
     monkeypatch.setattr(indexer, "PREFILL_SCRATCH_BYTES", 4 * b * n * 8)  # 8 queries per block
@@ -128,10 +130,10 @@ def test_prefill_scratch_is_bounded_and_sized_by_visible_keys(monkeypatch):
         return real(q_, w_, keys_, vis_, scores, lo, hi, *rest)
 
     monkeypatch.setattr(indexer, "_launch_scores", recording)
-    got = indexer_topk_triton(q, w, keys, visible, 16, path="prefill", block_t=4, block_n=32)
+    got = indexer_topk_triton(q, w, keys, visible, 16, path="scores", block_t=4, block_n=32)
     assert [(lo, hi) for lo, hi, _ in blocks] == [(i, i + 8) for i in range(0, s, 8)]
     for lo, hi, shape in blocks:
-        assert shape == (b, hi - lo, int(visible[lo:hi].max()))
+        assert shape == (b, hi - lo, n)
         assert 4 * b * (hi - lo) * shape[-1] <= indexer.PREFILL_SCRATCH_BYTES
     _check(got, q, w, keys, visible, 16)
 
@@ -148,40 +150,42 @@ def test_prefill_writes_minus_inf_past_each_blocks_last_visible_tile(monkeypatch
         return real(q_, w_, keys_, vis_, scores, *rest)
 
     monkeypatch.setattr(indexer, "_launch_scores", stale)
-    got = indexer_topk_triton(q, w, keys, visible, 8, path="prefill", block_t=4, block_n=16)
+    got = indexer_topk_triton(q, w, keys, visible, 8, path="scores", block_t=4, block_n=16)
     assert torch.equal((got >= 0).sum(-1)[0], visible.clamp(max=8))
     _check(got, q, w, keys, visible, 8)
 
 
-@pytest.mark.parametrize("path", ["prefill", "decode"])
+@pytest.mark.parametrize("path", ["scores", "merge"])
 def test_single_query_on_each_path(path):
     q, w, keys, visible = _inputs(1, 1, 8, 32, 70, 270)  # 68 of 70 keys visible
     got = indexer_topk_triton(q, w, keys, visible, 16, path=path, block_n=16)
     _check(got, q, w, keys, visible, 16)
 
 
-def test_prefill_and_decode_paths_agree():
+def test_scores_and_merge_paths_agree():
     q, w, keys, visible = _inputs(2, 3, 8, 32, 60, 230)  # 57..58 of 60 keys visible
-    pre = indexer_topk_triton(q, w, keys, visible, 16, path="prefill", block_t=2, block_n=32)
-    dec = indexer_topk_triton(q, w, keys, visible, 16, path="decode", n_chunks=2, block_n=16)
+    pre = indexer_topk_triton(q, w, keys, visible, 16, path="scores", block_t=2, block_n=32)
+    dec = indexer_topk_triton(q, w, keys, visible, 16, path="merge", n_chunks=2, block_n=16)
     assert (pre >= 0).all() and torch.equal(pre, dec)
 
 
-@pytest.mark.parametrize("b,s,want", [(1, 1, "decode"), (2, 31, "decode"), (1, 64, "prefill"),
-                                      (2, 32, "prefill")])
-def test_auto_path_follows_query_rows(monkeypatch, b, s, want):
-    assert indexer.PREFILL_MIN_QUERIES == 64
-    taken = []
-    monkeypatch.setattr(indexer, "_topk_prefill", lambda *a: taken.append("prefill"))
-    monkeypatch.setattr(indexer, "_topk_decode", lambda *a: taken.append("decode") or a[0])
-    q, w, keys, visible = _inputs(b, s, 4, 16, 8, 40)
-    indexer_topk_triton(q, w, keys, visible, 4)
-    assert taken == [want]
+@pytest.mark.parametrize("b,s,start", [(1, 1, 270), (2, 5, 200), (1, 40, 0)])
+def test_default_path_is_scores_and_never_waits_for_the_device(monkeypatch, b, s, start):
+    """Decode and prefill alike: no host sync (the scratch is as wide as the keys)."""
+    real, taken = indexer._topk_scores, []
+    monkeypatch.setattr(indexer, "_topk_scores",
+                        lambda *a: taken.append(1) or real(*a))
+    q, w, keys, visible = _inputs(b, s, 4, 16, 70, start)
+    out = []
+    assert sync_ops(monkeypatch, lambda: out.append(
+        indexer_topk_triton(q, w, keys, visible, 8))) == []
+    assert taken == [1]
+    _check(out[0], q, w, keys, visible, 8)
 
 
 def test_unknown_path_is_rejected():
     q, w, keys, visible = _inputs(1, 2, 4, 16, 8, 40)
-    with pytest.raises(ValueError, match="prefill or decode"):
+    with pytest.raises(ValueError, match="scores or merge"):
         indexer_topk_triton(q, w, keys, visible, 4, path="dense")
 
 
@@ -208,8 +212,8 @@ PACKED_CASES = [  # b, s, h, d, n, start, k
 
 
 @pytest.mark.parametrize("b,s,h,d,n,start,k,path",
-                         [(*case, "prefill") for case in PACKED_CASES]
-                         + [(*case, "decode") for case in PACKED_CASES[:2]])  # interpreter: slow
+                         [(*case, "scores") for case in PACKED_CASES]
+                         + [(*case, "merge") for case in PACKED_CASES[:2]])  # interpreter: slow
 def test_packed_keys_pick_what_float_keys_of_the_same_values_pick(b, s, h, d, n, start, k, path):
     q, w, keys, packed, visible = _packed_inputs(b, s, h, d, n, start)
     assert packed.dtype == torch.uint8 and packed.shape == (b, n, d // 2 + d // 32)

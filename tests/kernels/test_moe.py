@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from host_syncs import sync_ops
 
 from model.kernels import ops, quant
 from model.kernels.expert_bank import ExpertBank
@@ -208,55 +208,13 @@ def test_moe_fp4_no_limit_and_default_path_choice():
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
 
 
-SYNCING_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
-               "aten::bincount", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-               "aten::unique_consecutive", "aten::repeat_interleave", "aten::item"}
-
-
-class _HostSyncs(TorchDispatchMode):
-    """Records every op that makes the host wait for the device on CUDA: .item() / int() /
-    bool() of a tensor (_local_scalar_dense), nonzero / boolean-mask indexing / masked_select /
-    bincount / unique (output size read back); and, by patching (dispatch does not see them),
-    .tolist() / .cpu() / .numpy() of a tensor."""
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.seen: list[str] = []
-        for name in ("tolist", "cpu", "numpy"):
-            monkeypatch.setattr(torch.Tensor, name, self._forbid(name))
-
-    def _forbid(self, name):
-        def call(tensor, *args, **kwargs):
-            self.seen.append(f"Tensor.{name}")
-            raise RuntimeError(f"host sync: Tensor.{name}")
-        return call
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        bool_index = name.startswith("aten::index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool
-            for a in args[1:2] for i in (a if isinstance(a, (list, tuple)) else [a]))
-        if name in SYNCING_OPS or bool_index:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-def _sync_ops(monkeypatch, fn) -> list[str]:
-    with monkeypatch.context() as patch, _HostSyncs(patch) as rec:
-        try:
-            fn()
-        except RuntimeError:
-            pass  # a forbidden Tensor method raised; it is recorded
-    return rec.seen
-
-
 def test_host_sync_detector_sees_every_kind_of_sync(monkeypatch):
     x = torch.arange(6)
     for sync in (lambda: x[2].item(), lambda: bool(x[1] > 0), lambda: x[x > 2],
                  lambda: torch.bincount(x), lambda: x.nonzero(), lambda: x.tolist(),
                  lambda: x.cpu(), lambda: torch.where(x > 2)):
-        assert _sync_ops(monkeypatch, sync), sync
-    assert _sync_ops(monkeypatch, lambda: torch.cumsum(x, 0).gather(0, x.flip(0))) == []
+        assert sync_ops(monkeypatch, sync), sync
+    assert sync_ops(monkeypatch, lambda: torch.cumsum(x, 0).gather(0, x.flip(0))) == []
 
 
 @pytest.mark.parametrize("t,decode", [(1, None), (4, True), (6, False)])
@@ -266,7 +224,7 @@ def test_moe_fp4_triton_makes_no_host_sync(monkeypatch, t, decode):
     indices, weights = _routing(t, "one_expert_idle", g), torch.rand(t, 2, generator=g)
     indices[0, 1] = -1
     out = []
-    assert _sync_ops(monkeypatch, lambda: out.append(
+    assert sync_ops(monkeypatch, lambda: out.append(
         moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=decode))) == []
     want = moe_fp4_reference(x, weights, indices, bank, LIMIT)
     assert torch.allclose(out[0], want, atol=1e-5, rtol=1e-4)
