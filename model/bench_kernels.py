@@ -153,7 +153,8 @@ def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
     fn = torch.randn((2 + hc) * hc, hc * dim, device=dev) * 0.01
     scale, base = torch.rand(3, device=dev), torch.randn((2 + hc) * hc, device=dev)
     nbytes = 2 * t * hc * dim * x.element_size() + fn.numel() * 4 + t * dim * x.element_size()
-    return Case(name, {"tokens": t, "hc": hc, "dim": dim}, nbytes,
+    path = "decode" if t <= mhc.DECODE_MAX_TOKENS else "prefill"
+    return Case(name, {"tokens": t, "hc": hc, "dim": dim, "path": path}, nbytes,
                 2.0 * t * fn.numel() + 3.0 * t * hc * dim,
                 lambda: mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6),
                 lambda: mhc.hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6),
@@ -226,6 +227,7 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
+        p(_mhc_case, "mhc_pre_prefill", 2048 if gpu or full else 128, dev, dtype),
         p(_compressor_case, "compressor_csa_prefill", 1024 if gpu else 64, 8, dev),
         p(_compressor_case, "compressor_hca_prefill", 32 if gpu else 4, 128, dev),
         p(_router_case, "router_decode", 1, dev, dtype),

@@ -1,8 +1,31 @@
-"""mHC (fact sheet §2.2): the pre step fused (RMS over the 4·d stream vector, mixing projection,
+"""mHC (fact sheet §2.2): the pre step fused (RMS over the hc·d stream vector, mixing projection,
 sigmoid / Sinkhorn split, stream collapse) and the post step (new X_j = post_j·y + Σ_i comb_ij·X_i).
 
-Triton: ``hc_pre`` runs one program per token (two passes over its hc·d values; the 24 mixes and
-the hc×hc Sinkhorn stay in registers); ``hc_post`` tiles (token, d-block).
+``hc_pre`` has two Triton paths; ``hc_pre_triton`` picks by token count (``DECODE_MAX_TOKENS``):
+
+- prefill (``_hc_pre_kernel``): one program per token, two passes over its hc·d values (the 24
+  mixes and the hc×hc Sinkhorn stay in registers). Many tokens fill the GPU; each program reads
+  the whole fn (fp32 [24, hc·d], 1.5 MiB at V4-Flash — from L2 after the first token).
+- decode (few tokens): one program per token cannot go faster than one SM streams 1.5 MiB, so
+  the reduction is split. ``_hc_pre_partial_kernel``, grid (token, K-slice): each program reads
+  K_SLICE stream values and the matching [24, K_SLICE] columns of fn (K_SLICE = 128: 12 KiB of fn
+  + 256 B of bf16 x, one round of loads, no loop) and writes 24 partial dots + its partial sum of
+  squares to fp32 scratch [t, slices, 25]. At V4-Flash that is 128 programs per token, so the
+  whole 1.5 MiB of fn is in flight at once across the SMs instead of in one SM's 64-step loop.
+  ``_hc_pre_finish_kernel``, grid (token, d-block): each program sums the token's partials in a
+  fixed order (12.8 KB from L2; no atomics → bitwise deterministic), applies the RMS, the split,
+  and collapses one d-block (D_BLOCK = 512: 4·512 bf16 = 4 KiB, one round of loads). The
+  collapse is split over d-blocks because one program per token would stream the token's 32 KiB
+  in 8+ dependent load steps; the cost is that every d-block program recomputes the (tiny,
+  register-only) 4×4 Sinkhorn — same latency, in parallel; block 0 alone stores post / comb.
+- The threshold: below ~one program per SM (132 on an H200) the prefill kernel runs one wave
+  whose time is one program's, whatever t is, while the decode path's cost grows with t (fn is
+  re-read per token from L2, t·1.5 MiB, plus t·12.8 KB of partials). 64 keeps the re-reads under
+  ~100 MiB of L2 traffic where the prefill kernel would use under half of the SMs; tune it with
+  the bench rows mhc_pre_decode / mhc_pre_prefill.
+
+Both paths share one implementation of the dot products (``_mix_chunk``), of the split
+(``_split_sinkhorn``) and of the collapse (``_collapse_block``). ``hc_post`` tiles (token, d-block).
 """
 
 from __future__ import annotations
@@ -13,6 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
+DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
+K_SLICE = 128           # decode: stream values (and fn columns) per partial program
+D_BLOCK = 512           # decode: d columns collapsed per finish program
 
 def hc_split_sinkhorn_reference(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                                 hc: int, iters: int, eps: float
@@ -52,52 +78,137 @@ def hc_post_reference(y: torch.Tensor, residual: torch.Tensor, post: torch.Tenso
 
 
 @triton.jit
-def _hc_pre_kernel(x_ptr, fn_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
-                   D, iters, eps, norm_eps, HC: tl.constexpr, BLOCK: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    F = HC * D
-    offs = tl.arange(0, BLOCK)
+def _mix_chunk(x_ptr, fn_ptr, cols, mask, F, HC: tl.constexpr):
+    """One chunk of a token's hc·d values (x_ptr at the token): fp32 values, dots with fn rows."""
     rows = tl.arange(0, HC)
     rows2 = tl.arange(0, HC * HC)
-    acc_pre = tl.zeros([HC], dtype=tl.float32)
-    acc_post = tl.zeros([HC], dtype=tl.float32)
-    acc_comb = tl.zeros([HC * HC], dtype=tl.float32)
-    ssq = tl.zeros([BLOCK], dtype=tl.float32)
-    for f0 in range(0, F, BLOCK):
-        cols = f0 + offs
-        mask = cols < F
-        xv = tl.load(x_ptr + t * F + cols, mask=mask, other=0.0).to(tl.float32)
-        ssq += xv * xv
-        w_pre = tl.load(fn_ptr + rows[:, None] * F + cols[None, :], mask=mask[None, :], other=0.0)
-        w_post = tl.load(fn_ptr + (HC + rows)[:, None] * F + cols[None, :], mask=mask[None, :],
-                         other=0.0)
-        w_comb = tl.load(fn_ptr + (2 * HC + rows2)[:, None] * F + cols[None, :],
-                         mask=mask[None, :], other=0.0)
-        acc_pre += tl.sum(w_pre * xv[None, :], 1)
-        acc_post += tl.sum(w_post * xv[None, :], 1)
-        acc_comb += tl.sum(w_comb * xv[None, :], 1)
-    r = 1.0 / tl.sqrt(tl.sum(ssq, 0) / F + norm_eps)
-    s0 = tl.load(scale_ptr)
-    s1 = tl.load(scale_ptr + 1)
-    s2 = tl.load(scale_ptr + 2)
-    pre = tl.sigmoid(acc_pre * r * s0 + tl.load(base_ptr + rows)) + eps
-    post = 2.0 * tl.sigmoid(acc_post * r * s1 + tl.load(base_ptr + HC + rows))
-    comb = tl.reshape(acc_comb * r * s2 + tl.load(base_ptr + 2 * HC + rows2), (HC, HC))
+    xv = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    w_pre = tl.load(fn_ptr + rows[:, None] * F + cols[None, :], mask=mask[None, :], other=0.0)
+    w_post = tl.load(fn_ptr + (HC + rows)[:, None] * F + cols[None, :], mask=mask[None, :],
+                     other=0.0)
+    w_comb = tl.load(fn_ptr + (2 * HC + rows2)[:, None] * F + cols[None, :], mask=mask[None, :],
+                     other=0.0)
+    return (xv, tl.sum(w_pre * xv[None, :], 1), tl.sum(w_post * xv[None, :], 1),
+            tl.sum(w_comb * xv[None, :], 1))
+
+
+@triton.jit
+def _split_sinkhorn(mix_pre, mix_post, mix_comb, r, scale_ptr, base_ptr, iters, eps,
+                    HC: tl.constexpr):
+    """RMS-scaled mixes → pre [HC], post [HC], comb [HC, HC] (sigmoids, softmax + Sinkhorn)."""
+    rows = tl.arange(0, HC)
+    rows2 = tl.arange(0, HC * HC)
+    pre = tl.sigmoid(mix_pre * r * tl.load(scale_ptr) + tl.load(base_ptr + rows)) + eps
+    post = 2.0 * tl.sigmoid(mix_post * r * tl.load(scale_ptr + 1) + tl.load(base_ptr + HC + rows))
+    comb = mix_comb * r * tl.load(scale_ptr + 2) + tl.load(base_ptr + 2 * HC + rows2)
+    comb = tl.reshape(comb, (HC, HC))
     comb = tl.exp(comb - tl.max(comb, 1)[:, None])
     comb = comb / tl.sum(comb, 1)[:, None] + eps
     comb = comb / (tl.sum(comb, 0)[None, :] + eps)
     for _ in range(1, iters):
         comb = comb / (tl.sum(comb, 1)[:, None] + eps)
         comb = comb / (tl.sum(comb, 0)[None, :] + eps)
+    return pre, post, comb
+
+
+@triton.jit
+def _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC: tl.constexpr):
+    rows = tl.arange(0, HC)
     tl.store(post_ptr + t * HC + rows, post)
     tl.store(comb_ptr + t * HC * HC + rows[:, None] * HC + rows[None, :], comb)
+
+
+@triton.jit
+def _collapse_block(x_ptr, y_ptr, t, D, pre, cols, HC: tl.constexpr):
+    """y[t, cols] = Σ_i pre_i · x[t, i, cols]."""
+    rows = tl.arange(0, HC)
+    mask = cols < D
+    xs = tl.load(x_ptr + t * HC * D + rows[:, None] * D + cols[None, :], mask=mask[None, :],
+                 other=0.0).to(tl.float32)
+    tl.store(y_ptr + t * D + cols, tl.sum(pre[:, None] * xs, 0).to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _hc_pre_kernel(x_ptr, fn_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
+                   D, iters, eps, norm_eps, HC: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    F = HC * D
+    offs = tl.arange(0, BLOCK)
+    acc_pre = tl.zeros([HC], dtype=tl.float32)
+    acc_post = tl.zeros([HC], dtype=tl.float32)
+    acc_comb = tl.zeros([HC * HC], dtype=tl.float32)
+    ssq = tl.zeros([BLOCK], dtype=tl.float32)
+    for f0 in range(0, F, BLOCK):
+        cols = f0 + offs
+        xv, d_pre, d_post, d_comb = _mix_chunk(x_ptr + t * F, fn_ptr, cols, cols < F, F, HC)
+        ssq += xv * xv
+        acc_pre += d_pre
+        acc_post += d_post
+        acc_comb += d_comb
+    r = 1.0 / tl.sqrt(tl.sum(ssq, 0) / F + norm_eps)
+    pre, post, comb = _split_sinkhorn(acc_pre, acc_post, acc_comb, r, scale_ptr, base_ptr, iters,
+                                      eps, HC)
+    _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
     for d0 in range(0, D, BLOCK):
-        cols = d0 + offs
-        mask = cols < D
-        xs = tl.load(x_ptr + t * F + rows[:, None] * D + cols[None, :], mask=mask[None, :],
-                     other=0.0).to(tl.float32)
-        tl.store(y_ptr + t * D + cols, tl.sum(pre[:, None] * xs, 0).to(y_ptr.dtype.element_ty),
-                 mask=mask)
+        _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + offs, HC)
+
+
+@triton.jit
+def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, D, n_slices,
+                           HC: tl.constexpr, K_SLICE: tl.constexpr):
+    """Program (token, slice): 24 partial dots + partial sum of squares → part[t, slice, :]."""
+    t = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1)
+    F = HC * D
+    W = (2 + HC) * HC + 1
+    cols = k * K_SLICE + tl.arange(0, K_SLICE)
+    xv, d_pre, d_post, d_comb = _mix_chunk(x_ptr + t * F, fn_ptr, cols, cols < F, F, HC)
+    out = part_ptr + (t * n_slices + k) * W
+    tl.store(out + tl.arange(0, HC), d_pre)
+    tl.store(out + HC + tl.arange(0, HC), d_post)
+    tl.store(out + 2 * HC + tl.arange(0, HC * HC), d_comb)
+    tl.store(out + W - 1, tl.sum(xv * xv, 0))
+
+
+@triton.jit
+def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr):
+    """Sum a token's [n_slices, W] partials in a fixed order → mixes and the sum of squares."""
+    W = (2 + HC) * HC + 1
+    rows = tl.arange(0, HC)
+    rows2 = tl.arange(0, HC * HC)
+    acc_pre = tl.zeros([HC], dtype=tl.float32)
+    acc_post = tl.zeros([HC], dtype=tl.float32)
+    acc_comb = tl.zeros([HC * HC], dtype=tl.float32)
+    ssq = tl.zeros([PART_BLOCK], dtype=tl.float32)
+    for s0 in range(0, n_slices, PART_BLOCK):
+        s = s0 + tl.arange(0, PART_BLOCK)
+        m = s < n_slices
+        row = part_ptr + s[:, None] * W
+        acc_pre += tl.sum(tl.load(row + rows[None, :], mask=m[:, None], other=0.0), 0)
+        acc_post += tl.sum(tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0), 0)
+        acc_comb += tl.sum(tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0), 0)
+        ssq += tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
+    return acc_pre, acc_post, acc_comb, tl.sum(ssq, 0)
+
+
+@triton.jit
+def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
+                          D, n_slices, iters, eps, norm_eps, HC: tl.constexpr,
+                          PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr):
+    """Program (token, d-block): reduce partials, split, collapse one d-block; block 0 stores
+    post / comb."""
+    t = tl.program_id(0).to(tl.int64)
+    W = (2 + HC) * HC + 1
+    mix_pre, mix_post, mix_comb, ssq = _sum_partials(part_ptr + t * n_slices * W, n_slices, HC,
+                                                     PART_BLOCK)
+    r = 1.0 / tl.sqrt(ssq / (HC * D) + norm_eps)
+    pre, post, comb = _split_sinkhorn(mix_pre, mix_post, mix_comb, r, scale_ptr, base_ptr, iters,
+                                      eps, HC)
+    if tl.program_id(1) == 0:
+        _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
+    _collapse_block(x_ptr, y_ptr, t, D, pre, tl.program_id(1) * D_BLOCK + tl.arange(0, D_BLOCK),
+                    HC)
 
 
 @triton.jit
@@ -122,19 +233,47 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, block):
+    t, hc, d = xin.shape
+    _hc_pre_kernel[(t,)](xin, fn, scale, base, y, post, comb, d, iters, eps, norm_eps,
+                         HC=hc, BLOCK=block)
+
+
+def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block):
+    t, hc, d = xin.shape
+    k_slice = min(k_slice, triton.next_power_of_2(hc * d))
+    d_block = min(d_block, triton.next_power_of_2(d))
+    n_slices = triton.cdiv(hc * d, k_slice)
+    part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=xin.device)
+    _hc_pre_partial_kernel[(t, n_slices)](xin, fn, part, d, n_slices, HC=hc, K_SLICE=k_slice)
+    _hc_pre_finish_kernel[(t, triton.cdiv(d, d_block))](
+        xin, part, scale, base, y, post, comb, d, n_slices, iters, eps, norm_eps, HC=hc,
+        PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block)
+
+
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
-                  iters: int, eps: float, norm_eps: float, block: int = 256
+                  iters: int, eps: float, norm_eps: float, block: int = 256,
+                  decode: bool | None = None, k_slice: int = K_SLICE, d_block: int = D_BLOCK
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [b, s, hc, d] → (y [b, s, d] in x.dtype, post fp32 [b, s, hc], comb fp32 [b, s, hc, hc]).
+    ``decode`` picks the path (default: split reduction when b·s ≤ DECODE_MAX_TOKENS, else one
+    program per token with chunks of ``block``); ``k_slice`` / ``d_block`` size the decode grids."""
     b, s, hc, d = x.shape
     assert hc & (hc - 1) == 0, "hc_mult must be a power of two"
-    xin = (x.float() if _interpreting() else x).contiguous()
+    t = b * s
+    if decode is None:
+        decode = t <= DECODE_MAX_TOKENS
+    xin = (x.float() if _interpreting() else x).reshape(t, hc, d).contiguous()
     y = torch.empty(b, s, d, dtype=xin.dtype, device=x.device)
     post = torch.empty(b, s, hc, dtype=torch.float32, device=x.device)
     comb = torch.empty(b, s, hc, hc, dtype=torch.float32, device=x.device)
-    if b * s:
-        _hc_pre_kernel[(b * s,)](xin, fn.float().contiguous(), scale.float().contiguous(),
-                                 base.float().contiguous(), y, post, comb, d, iters, eps,
-                                 norm_eps, HC=hc, BLOCK=block)
+    if t:
+        args = (xin, fn.float().contiguous(), scale.float().contiguous(),
+                base.float().contiguous(), y, post, comb, iters, eps, norm_eps)
+        if decode:
+            _launch_decode(*args, k_slice, d_block)
+        else:
+            _launch_prefill(*args, block)
     return y.to(x.dtype), post, comb
 
 

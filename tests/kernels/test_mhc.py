@@ -1,26 +1,86 @@
-"""mHC pre (RMS + mixing projection + Sinkhorn + collapse) and post: Triton vs torch."""
+"""mHC pre (RMS + mixing projection + Sinkhorn + collapse) and post: Triton vs torch.
+
+hc_pre has two paths: prefill (one program per token) and decode (split reduction over
+(token, K-slice) programs + a finish kernel over (token, d-block)); both are checked here."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from model.kernels import mhc
 from model.kernels.mhc import hc_post_reference, hc_post_triton, hc_pre_reference, hc_pre_triton
+
+ITERS, EPS, NORM_EPS = 20, 1e-6, 1e-6
+
+
+def _inputs(b: int, s: int, hc: int, d: int, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(d + 7 * s + hc)
+    x = torch.randn(b, s, hc, d, generator=g).to(dtype)
+    fn = torch.randn((2 + hc) * hc, hc * d, generator=g) * 0.05
+    scale, base = torch.rand(3, generator=g) + 0.5, torch.randn((2 + hc) * hc, generator=g)
+    return x, fn, scale, base
+
+
+def _assert_matches(got, want, y_tol: float = 1e-5) -> None:
+    for a, w, tol in zip(got, want, (y_tol, 1e-5, 1e-5), strict=True):
+        assert a.shape == w.shape and a.dtype == w.dtype
+        assert torch.allclose(a.float(), w.float(), atol=tol, rtol=max(tol, 1e-4)), \
+            (a.float() - w.float()).abs().max()
+    ones = torch.ones(got[2].shape[:-1])
+    assert torch.allclose(got[2].sum(-2), ones, atol=1e-4)  # comb columns sum to 1
 
 
 @pytest.mark.parametrize("b,s,d,block", [(1, 1, 64, 64), (2, 3, 100, 64)])
-def test_hc_pre_matches_reference(b, s, d, block):
-    hc = 4
-    g = torch.Generator().manual_seed(d)
-    x = torch.randn(b, s, hc, d, generator=g)
-    fn = torch.randn((2 + hc) * hc, hc * d, generator=g) * 0.05
-    scale, base = torch.rand(3, generator=g) + 0.5, torch.randn((2 + hc) * hc, generator=g)
-    got = hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6, block=block)
-    want = hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6)
-    for a, w in zip(got, want, strict=True):
-        assert a.shape == w.shape
-        assert torch.allclose(a, w, atol=1e-5, rtol=1e-4), (a - w).abs().max()
-    assert torch.allclose(got[2].sum(-2), torch.ones(b, s, hc), atol=1e-4)  # columns sum to 1
+def test_hc_pre_prefill_matches_reference(b, s, d, block):
+    x, fn, scale, base = _inputs(b, s, 4, d)
+    got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, block=block, decode=False)
+    _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
+
+
+@pytest.mark.parametrize("b,s,hc,d,k_slice,d_block", [
+    (1, 1, 4, 64, 128, 512),   # 1 token: hc·d = 256 → 2 slices, one (clamped) d-block
+    (1, 3, 4, 100, 64, 32),    # 3 tokens; hc·d = 400 not a multiple of the slice, d of the block
+    (1, 1, 4, 100, 4, 64),     # 100 slices: the partial sum loops twice over 64-slice blocks
+    (2, 1, 2, 96, 64, 64),     # hc = 2
+])
+def test_hc_pre_decode_matches_reference(b, s, hc, d, k_slice, d_block):
+    x, fn, scale, base = _inputs(b, s, hc, d)
+    got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=True, k_slice=k_slice,
+                        d_block=d_block)
+    _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
+
+
+def test_hc_pre_decode_bf16_input():
+    """bf16 stream (computed in fp32 under the interpreter); y comes back in bf16."""
+    x, fn, scale, base = _inputs(1, 2, 4, 80, torch.bfloat16)
+    got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=True, k_slice=64,
+                        d_block=64)
+    _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS),
+                    y_tol=1e-2)
+
+
+def test_hc_pre_paths_agree():
+    x, fn, scale, base = _inputs(1, 3, 4, 72)
+    dec = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=True, k_slice=32,
+                        d_block=32)
+    pre = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=False, block=64)
+    for a, w in zip(dec, pre, strict=True):
+        assert torch.allclose(a, w, atol=1e-5, rtol=1e-5), (a - w).abs().max()
+
+
+def test_hc_pre_auto_choice_at_threshold(monkeypatch):
+    calls: list[str] = []
+    for name in ("_launch_decode", "_launch_prefill"):
+        real = getattr(mhc, name)
+        monkeypatch.setattr(mhc, name,
+                            lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1])
+    monkeypatch.setattr(mhc, "DECODE_MAX_TOKENS", 2)
+    for s in (2, 3):
+        x, fn, scale, base = _inputs(1, s, 4, 32)
+        got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS)
+        _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
+    assert calls == ["_launch_decode", "_launch_prefill"]
 
 
 def test_hc_post_matches_reference():
