@@ -9,6 +9,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     engine                   chunked prefill scaling, time to first token with a cached prefix
     batch                    continuous batching: throughput and decode-step time vs one at a time
     mtp                      MTP speculation: acceptance, cost of a draft + verify cycle, break-even
+    launches                 kernel launches and host syncs of one decode step (host overhead)
     offload                  expert-cache hit rate and bytes moved per token
     model                    load time, resident bytes / checkpoint bytes, decode tokens/s
 """
@@ -38,6 +39,7 @@ ENTRY_POINTS = {
     "engine": ("model.bench_engine", "main"),
     "batch": ("model.bench_batch", "main"),
     "mtp": ("model.bench_mtp", "main"),
+    "launches": ("model.bench_launches", "main"),
     "offload": ("model.bench_offload", "main"),
     "model": ("model.bench_model", "main"),
 }

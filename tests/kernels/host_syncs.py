@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-SYNCING_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
-               "aten::bincount", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-               "aten::unique_consecutive", "aten::repeat_interleave", "aten::item"}
+from model.op_audit import is_host_sync
 
 
 class _HostSyncs(TorchDispatchMode):
@@ -30,12 +28,8 @@ class _HostSyncs(TorchDispatchMode):
         return call
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        bool_index = name.startswith("aten::index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool
-            for a in args[1:2] for i in (a if isinstance(a, (list, tuple)) else [a]))
-        if name in SYNCING_OPS or bool_index:
-            self.seen.append(name)
+        if is_host_sync(func, args, kwargs):
+            self.seen.append(func._schema.name)
         return func(*args, **(kwargs or {}))
 
 

@@ -1,0 +1,103 @@
+"""``v4coder bench launches``: how much a decode step asks of the host, counted.
+
+    bench_launches() -> dict   # one JSON-able object
+
+One decode token (after a ``prompt_tokens`` prefill) on a toy checkpoint, native numerics, the
+Triton kernels (on a CPU in Triton's interpreter, which this command turns on in a child
+process): kernel launches per step and per layer — torch ops that launch a kernel plus Triton
+launches (model/op_audit.py) — the host syncs in the step, and the ops seen most. On the H200 a
+decode step was bound by the host (docs/PERF.md: a kernel's call took 3–8× its GPU time), so
+these counts are what a launch-overhead fix must cut; they are a property of the code, the same
+on any machine. ``per_layer × 43`` estimates V4-Flash's step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD_FLAG = "--in-child"
+
+
+def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str = "cpu",
+                   numerics: str = "native") -> dict:
+    import torch
+
+    from model.engine import Engine, EngineConfig
+    from model.generate import load_model
+    from model.op_audit import OpAudit
+    from model.toy import write_toy_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="v4coder-bench-") as tmp:
+        checkpoint = write_toy_checkpoint(Path(tmp) / "toy", seed=0, preset=preset)
+        lm = load_model(checkpoint, dtype="float32", device=device, progress=False,
+                        numerics=numerics)
+    engine = Engine(lm, EngineConfig(prefix_cache=False))
+    gen = torch.Generator().manual_seed(0)
+    kernels = os.environ.get("V4CODER_KERNELS", "auto")
+    os.environ["V4CODER_KERNELS"] = "reference"   # the prefill is not what is counted
+    try:
+        seq, _ = engine.prefill(torch.randint(2, 128000, (prompt_tokens,),
+                                              generator=gen).tolist())
+    finally:
+        os.environ["V4CODER_KERNELS"] = kernels
+    with torch.inference_mode():
+        engine.forward(seq, [5])          # first decode step: anything lazy happens here
+        with OpAudit() as audit:
+            engine.forward(seq, [6])
+    layers = lm.config.n_layers
+    return {
+        "bench": "launches", "device": str(lm.device), "preset": preset, "numerics": numerics,
+        "kernels": kernels,
+        "interpreter": os.environ.get("TRITON_INTERPRET") == "1", "layers": layers,
+        "launches_per_step": audit.launches(), "torch_launches": audit.torch_launches(),
+        "triton_launches": sum(audit.triton.values()),
+        "host_syncs": sum(audit.syncs.values()), "host_sync_ops": dict(audit.syncs),
+        "launches_per_layer": round(audit.launches() / layers, 1),
+        "v4_flash_estimate_per_step": round(audit.launches() / layers * 43),
+        "top": audit.top(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``v4coder bench launches [--preset P] [--numerics native|dequant] [--device D]``."""
+    import argparse
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    child = CHILD_FLAG in argv
+    argv = [a for a in argv if a != CHILD_FLAG]
+    p = argparse.ArgumentParser(prog="v4coder bench launches", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=("tiny", "small", "proportional"), default="small")
+    p.add_argument("--prompt", type=int, default=300, dest="prompt_tokens")
+    p.add_argument("--numerics", choices=("native", "dequant"), default="native")
+    p.add_argument("--device", default="cpu")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.prompt_tokens < 1:
+        print("v4coder bench launches: --prompt must be ≥ 1", file=sys.stderr)
+        return 2
+    if not child and args.device == "cpu":
+        # Triton must run (interpreted) for its launches to count: a fresh process with the
+        # interpreter on, since triton reads the variable when it is imported
+        env = {**os.environ, "TRITON_INTERPRET": "1", "V4CODER_KERNELS": "triton"}
+        cmd = [sys.executable, "-m", "model.bench_launches", *argv, CHILD_FLAG]
+        return subprocess.run(cmd, env=env, check=False).returncode
+    import torch
+    torch.set_num_threads(1)
+    try:
+        result = bench_launches(args.preset, args.prompt_tokens, args.device, args.numerics)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"v4coder bench launches: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

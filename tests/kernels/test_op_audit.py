@@ -1,0 +1,43 @@
+"""OpAudit counts what code asks of the device: kernel-launching torch ops (not views), host
+syncs (value reads, data-dependent sizes) and Triton launches (here in the interpreter)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from model.kernels import ops
+from model.op_audit import OpAudit
+
+
+def test_counts_launching_ops_not_views_and_finds_syncs():
+    x = torch.arange(12.0).view(3, 4)
+    with OpAudit() as audit:
+        y = (x.t().reshape(12) * 2).sum()       # 2 launches (mul, sum), 2 views
+        x[x > 3]                                 # a boolean mask: output size read back
+        float(y)                                 # a value read back
+        torch.arange(3).repeat_interleave(2)     # int repeats: no sync
+    assert audit.ops["aten::mul"] == 1 and audit.ops["aten::sum"] == 1
+    assert "aten::t" in audit.ops and audit.torch_launches() < sum(audit.ops.values())
+    assert sum(audit.syncs.values()) == 2
+
+
+def test_counts_triton_launches_in_the_interpreter(monkeypatch):
+    monkeypatch.setenv("V4CODER_KERNELS", "triton")
+    x = torch.randn(3, 40)
+    with OpAudit() as audit:
+        ops.compress_pool(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.ones(8),
+                          1e-6, torch.zeros(2, 2), torch.float32)
+    assert sum(audit.triton.values()) >= 1 and x.shape == (3, 40)
+    assert any(k.startswith("triton:") for k in audit.top())
+
+
+def test_bench_launches_runs_a_decode_step_without_host_syncs(capfd):
+    from model.bench_launches import main
+    assert main(["--preset", "tiny", "--prompt", "40"]) == 0   # a child process: the interpreter
+    result = json.loads(capfd.readouterr().out)
+    assert result["interpreter"] is True and result["triton_launches"] > 0
+    assert result["host_syncs"] == 0, result["host_sync_ops"]
+    assert result["launches_per_layer"] > 0
+    assert main(["--prompt", "0"]) == 2
