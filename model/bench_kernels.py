@@ -195,6 +195,28 @@ def _router_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 2
                 "none set (report only)")
 
 
+def _rms_norm_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096) -> Case:
+    """RMSNorm over ``rows`` rows of ``dim`` (fp32 weight): one launch vs the torch ops."""
+    from model.kernels import norm_rope
+    x = _rand(rows, dim, dtype=dtype, device=dev)
+    w = torch.rand(dim, device=dev) + 0.5
+    return Case(name, {"rows": rows, "dim": dim}, 2 * x.numel() * x.element_size() + dim * 4,
+                4.0 * x.numel(), lambda: norm_rope.rms_norm_reference(x, w, 1e-6),
+                lambda: norm_rope.rms_norm_triton(x, w, 1e-6), "none set (latency-bound)")
+
+
+def _rope_case(name: str, tokens: int, dev: str, dtype: torch.dtype, heads: int = HEADS,
+               d: int = HEAD_DIM, rope: int = 64) -> Case:
+    """Interleaved RoPE on the trailing ``rope`` dims of x [1, tokens, heads, d]."""
+    from model.kernels import norm_rope
+    x = _rand(1, tokens, heads, d, dtype=dtype, device=dev)
+    angles = torch.rand(tokens, rope // 2, device=dev) * 100
+    return Case(name, {"tokens": tokens, "heads": heads, "dim": d, "rope_dims": rope},
+                2 * x.numel() * x.element_size() + angles.numel() * 4,
+                6.0 * tokens * heads * rope, lambda: norm_rope.apply_rope_reference(x, angles),
+                lambda: norm_rope.apply_rope_triton(x, angles), "none set (latency-bound)")
+
+
 def cases(full: bool, dev: str) -> list[partial[Case]]:
     """Case builders (inputs are made just before each case runs and freed after it)."""
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
@@ -232,6 +254,9 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
         p(_compressor_case, "compressor_hca_prefill", 32 if gpu else 4, 128, dev),
         p(_router_case, "router_decode", 1, dev, dtype),
         p(_router_case, "router_prefill", 2048 if full else 64, dev, dtype),
+        p(_rms_norm_case, "rms_norm_decode", 1, dev, dtype),
+        p(_rms_norm_case, "rms_norm_prefill", 2048 if gpu or full else 256, dev, dtype),
+        p(_rope_case, "rope_decode", 1, dev, dtype),
     ]
 
 

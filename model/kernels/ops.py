@@ -24,6 +24,7 @@ from model.kernels import gemm as _gemm
 from model.kernels import indexer as _indexer
 from model.kernels import mhc as _mhc
 from model.kernels import moe as _moe
+from model.kernels import norm_rope as _norm_rope
 from model.kernels import router as _router
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
@@ -63,13 +64,20 @@ unpack_index_keys = fp4_keys.unpack_index_keys  # and back to float32
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm in float32 (fp32 weight), cast back to the input dtype."""
-    dtype = x.dtype
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    if weight is not None:
-        y = weight.float() * y
-    return y.to(dtype)
+    """RMSNorm over the last dim in float32 (fp32 weight), cast back to the input dtype.
+    Triton: one launch (norm_rope.py); reference: the torch math."""
+    if backend(x) == "triton":
+        return _norm_rope.rms_norm_triton(x, weight, eps)
+    return _norm_rope.rms_norm_reference(x, weight, eps)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Interleaved RoPE on the trailing 2·angles.shape[-1] dims of x (pairs (2i, 2i+1)), the
+    rest passed through: x [..., s, d] or [b, s, h, d], angles [s, r/2] fp32; ``inverse``
+    rotates by −angle. Triton: one launch, cos/sin in the kernel; reference: the torch math."""
+    if backend(x) == "triton":
+        return _norm_rope.apply_rope_triton(x, angles, inverse)
+    return _norm_rope.apply_rope_reference(x, angles, inverse)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, quantize_input: bool = False) -> torch.Tensor:

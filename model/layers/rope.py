@@ -52,15 +52,8 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor, inverse: bool = False) -> 
     """Rotate the trailing 2·angles.shape[-1] dims of x; pairs are (2i, 2i+1).
 
     x [..., s, (heads,) d]; angles [s, r/2] broadcast over batch (and heads when x is 4-D).
+    Dispatched by ``ops.apply_rope`` (one Triton launch on CUDA, the torch reference elsewhere).
     """
-    rd = angles.shape[-1] * 2
-    nope, rope = x[..., :-rd], x[..., -rd:]
-    cos, sin = angles.cos(), angles.sin()
-    if inverse:
-        sin = -sin
-    if x.dim() == 4:  # [b, s, h, d]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    pairs = rope.float().unflatten(-1, (-1, 2))
-    re, im = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1).flatten(-2)
-    return torch.cat([nope, out.to(x.dtype)], dim=-1)
+    from model.kernels import ops  # imported here: ops → kernels.compressor → this module
+
+    return ops.apply_rope(x, angles, inverse)
