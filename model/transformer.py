@@ -49,13 +49,13 @@ class Block(nn.Module):
             self.register_buffer(f"hc_{site}_scale", _fp32_meta(3))
         self.hc = HyperConnection(cfg)
 
-    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[Span]
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[Span],
+                memo: dict | None = None) -> torch.Tensor:
         """x [b, T, hc, dim] over the tokens of ``spans`` (one sequence, or a ragged batch
         of several with b = 1); input_ids [b, T]."""
         residual = x
         h, post, comb = self.hc.pre(x, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
-        h = self.attn(self.attn_norm(h), spans)
+        h = self.attn(self.attn_norm(h), spans, memo)
         x = self.hc.post(h, residual, post, comb)
         residual = x
         h, post, comb = self.hc.pre(x, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base)
@@ -164,10 +164,11 @@ class Transformer(nn.Module):
         h = self.embed(input_ids).to(self.numerics.dtype)
         h = h.unsqueeze(2).repeat(1, 1, self.cfg.hc_mult, 1)
         starts = [c.length for c in caches]
+        memo: dict = {}   # what every layer computes alike (model/layers/attention.py)
         for i, layer in enumerate(self.layers):
             spans = [Span(start, n, c.layers[i])
                      for start, n, c in zip(starts, lengths, caches, strict=True)]
-            h = layer(h, input_ids, spans)
+            h = layer(h, input_ids, spans, memo)
         for start, n, c in zip(starts, lengths, caches, strict=True):
             c.length = start + n
         return h

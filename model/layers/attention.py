@@ -12,7 +12,7 @@ test_model_packed_kv.py). ``dequant`` numerics keep float rows in the compute dt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ class Attention(nn.Module):
         self.compressor = Compressor(cfg, ratio, cfg.head_dim) if ratio else None
         self.indexer = Indexer(cfg, ratio) if ratio == 4 else None
         self.rope = RotaryEmbedding(cfg, compressed=bool(ratio))
+        self.rope_flavour = "compressed" if ratio else "plain"
         self.scale = cfg.head_dim**-0.5
         self.numerics = Numerics()
         self.kv_layout = kv_layout(cfg)
@@ -72,13 +73,18 @@ class Attention(nn.Module):
         pos = t - self.window + 1 + torch.arange(self.window, device=device).view(1, -1)
         return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
 
-    def forward(self, x: torch.Tensor, spans: Sequence[Span]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spans: Sequence[Span], memo: dict | None = None
+                ) -> torch.Tensor:
         """x [b, T, dim] holding the spans' tokens one after another (a ragged batch has b = 1).
-        The projections run once over all T tokens; each span attends over its own cache."""
+        The projections run once over all T tokens; each span attends over its own cache.
+        ``memo``: one dict per forward, shared by all layers, for what they all compute alike
+        (positions, RoPE angles per flavour, window indices) — once per step, not per layer."""
         b, t, _ = x.shape
-        positions = torch.cat([torch.arange(sp.start, sp.start + sp.length, device=x.device)
-                               for sp in spans])
-        angles = self.rope.angles(positions)
+        memo = {} if memo is None else memo
+        positions = _memoized(memo, ("positions",), lambda: torch.cat(
+            [torch.arange(sp.start, sp.start + sp.length, device=x.device) for sp in spans]))
+        angles = _memoized(memo, ("angles", self.rope_flavour),
+                           lambda: self.rope.angles(positions))
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
         q = ops.rms_norm(q, None, self.eps)
@@ -95,7 +101,7 @@ class Attention(nn.Module):
                 q[:, lo:hi], kv[:, lo:hi],
                 None if pooled is None else (pooled[0][:, lo:hi], pooled[1][:, lo:hi]),
                 None if index is None else index.span(lo, hi),
-                sp.start, positions[lo:hi], sp.cache, layout))
+                sp.start, positions[lo:hi], sp.cache, layout, memo))
             lo = hi
         o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         o = apply_rope(o, angles, inverse=True)
@@ -108,7 +114,7 @@ class Attention(nn.Module):
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
                 pooled: tuple[torch.Tensor, torch.Tensor] | None, index: IndexerInputs | None,
                 start_pos: int, positions: torch.Tensor, cache: LayerCache,
-                layout: KVLayout | None) -> torch.Tensor:
+                layout: KVLayout | None, memo: dict) -> torch.Tensor:
         """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
         and the indexer's inputs) over its window, compressed and picked rows; updates its
         cache. → attention output [b, s, heads, head_dim] (RoPE'd)."""
@@ -122,7 +128,8 @@ class Attention(nn.Module):
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
-        indices = self._window_indices(start_pos, s, n_past, device).unsqueeze(0).expand(b, -1, -1)
+        indices = _memoized(memo, ("window", start_pos, s, n_past), lambda: self._window_indices(
+            start_pos, s, n_past, device)).unsqueeze(0).expand(b, -1, -1)
         if self.compressor is not None:
             n = self.compressor(*pooled, start_pos, cache.compressor, layout).shape[1]
             if self.indexer is not None:
@@ -141,3 +148,9 @@ class Attention(nn.Module):
         if layout is None:
             return ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
         return ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]
+
+
+def _memoized(memo: dict, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
