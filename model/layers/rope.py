@@ -42,10 +42,14 @@ class RotaryEmbedding:
         else:
             self.inv_freq = inv_frequencies(cfg.rope_head_dim, cfg.rope_theta, 1.0, 0, 0, 0)
         self.rope_dim = cfg.rope_head_dim
+        self.on_device: dict[torch.device, torch.Tensor] = {}   # inv_freq copied once per device
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [n] (int) → angles [n, rope_dim/2] float32."""
-        return positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)
+        inv = self.on_device.get(positions.device)
+        if inv is None:   # not a host→device copy per call
+            inv = self.on_device[positions.device] = self.inv_freq.to(positions.device)
+        return positions.float().unsqueeze(-1) * inv
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor, inverse: bool = False) -> torch.Tensor:
