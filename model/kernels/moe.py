@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from model.kernels import quant
+from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
 from model.kernels.gemm import decode_fp4_tile, plan_split_k
 
@@ -309,7 +309,7 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
         part, flat, rw, h, p, inter, n_exp, splits, float(limit), BLOCK=EPILOGUE_BLOCK)
     if quantize_input:
-        h = quant.fp8_fake_quant(h, 128).to(xin.dtype).contiguous()
+        h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
@@ -334,7 +334,8 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
         xin, pairs, tile_e, rw, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), h, topk, inter,
         dim, float(limit), UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
     if quantize_input:
-        h = quant.fp8_fake_quant(h, 128).to(xin.dtype).contiguous()  # (a slice when inter < 128)
+        # (a slice when inter < 128)
+        h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
     out = torch.empty(pairs.numel(), dim, dtype=torch.float32, device=xin.device)
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(dim, 32))](
@@ -358,7 +359,9 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
         return torch.zeros(t, dim, dtype=torch.float32, device=x.device)
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     act = torch.float32 if interp or x.dtype not in (torch.bfloat16, torch.float16) else x.dtype
-    xin = (quant.fp8_fake_quant(x.float(), 128) if quantize_input else x).to(act).contiguous()
+    if quantize_input:
+        x = quant_triton.fp8_fake_quant_triton(x.float(), 128)
+    xin = x.to(act).contiguous()
     rw = weights.float().reshape(-1).contiguous()
     if decode is None:
         decode = t * slots.shape[1] <= DECODE_MAX_PAIRS

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from model.kernels import compressor as _compressor
 from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels import gemm as _gemm
+from model.kernels import gemv as _gemv
 from model.kernels import indexer as _indexer
 from model.kernels import mhc as _mhc
 from model.kernels import moe as _moe
 from model.kernels import norm_rope as _norm_rope
+from model.kernels import quant_triton as _quant_triton
 from model.kernels import router as _router
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
@@ -52,15 +54,43 @@ def backend(x: torch.Tensor) -> str:
     raise KernelBackendError(f"{BACKEND_ENV}={forced!r}: expected triton, reference or auto")
 
 act_quant_scales = quant.act_quant_scales
-fp8_fake_quant = quant.fp8_fake_quant
-fp4_fake_quant = quant.fp4_fake_quant
 dequant_fp8_block = quant.dequant_fp8_block
 bf16_to = quant.bf16_to
 dequant_fp4 = quant.dequant_fp4
-pack_kv_fp8 = kv_fp8.pack_kv_fp8      # KV rows → FP8 cache rows (uint8, KVLayout.row_bytes)
-unpack_kv_fp8 = kv_fp8.unpack_kv_fp8  # and back to float32
-pack_index_keys = fp4_keys.pack_index_keys      # indexer keys → FP4 rows (IndexKeyLayout)
-unpack_index_keys = fp4_keys.unpack_index_keys  # and back to float32
+unpack_kv_fp8 = kv_fp8.unpack_kv_fp8  # FP8 cache rows back to float32
+unpack_index_keys = fp4_keys.unpack_index_keys  # FP4 indexer-key rows back to float32
+
+
+# quantisation: Triton = one launch each (quant_triton.py), reference = the torch chains that
+# define the numerics (quant.py, kv_fp8.py, fp4_keys.py); bit-identical
+def fp8_fake_quant(x: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Quantise to e4m3 per 1×block with power-of-two scales, dequantise; x's dtype."""
+    if backend(x) == "triton" and _quant_triton.supported(x):
+        return _quant_triton.fp8_fake_quant_triton(x, block)
+    return quant.fp8_fake_quant(x, block)
+
+
+def fp4_fake_quant(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """Quantise to e2m1 per 1×block with power-of-two scales, dequantise; x's dtype."""
+    if backend(x) == "triton" and _quant_triton.supported(x):
+        return _quant_triton.fp4_fake_quant_triton(x, block)
+    return quant.fp4_fake_quant(x, block)
+
+
+def pack_kv_fp8(kv: torch.Tensor, layout: KVLayout = V4_KV_LAYOUT) -> torch.Tensor:
+    """KV rows [..., head_dim] → FP8 cache rows (uint8 [..., layout.row_bytes], kv_fp8.py)."""
+    if backend(kv) == "triton" and _quant_triton.supported(kv):
+        return _quant_triton.pack_kv_fp8_triton(kv, layout)
+    return kv_fp8.pack_kv_fp8(kv, layout)
+
+
+def pack_index_keys(keys: torch.Tensor,
+                    layout: fp4_keys.IndexKeyLayout = fp4_keys.V4_INDEX_KEY_LAYOUT
+                    ) -> torch.Tensor:
+    """Indexer keys [..., dim] → FP4 rows (uint8 [..., layout.row_bytes], fp4_keys.py)."""
+    if backend(keys) == "triton" and _quant_triton.supported(keys):
+        return _quant_triton.pack_index_keys_triton(keys, layout)
+    return fp4_keys.pack_index_keys(keys, layout)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -109,6 +139,8 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
         return fp8_linear(x, weight, scale)
     if quantize_input:
         x = fp8_fake_quant(x, 128)
+    if _decode_gemv(x, x.numel() // x.shape[-1]):   # few rows: read W once, as mapped (gemv.py)
+        return _gemv.gemv_triton(x.to(dtype), weight, scale).to(dtype)
     rows = weight.shape[0] if x.is_cuda else DEQUANT_ROWS
     parts = []
     for r in range(0, weight.shape[0], rows):
@@ -119,6 +151,25 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
             w = quant.bf16_to(w, dtype)
         parts.append(linear(x, w))
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                   groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """The grouped projection: x [..., G, K] · (rows g·N..(g+1)·N of W [G·N, K])ᵀ per group →
+    [..., G, N] in x.dtype, W as mapped (FP8 e4m3 + 128×128 ue8m0 ``scale``, or BF16 / F32)
+    and computed in ``dtype``. Triton at decode: one GEMV launch reading W once; otherwise W is
+    dequantised / cast to ``dtype`` and one einsum runs."""
+    if _decode_gemv(x, x.numel() // (x.shape[-1] * groups)):
+        return _gemv.gemv_triton(x.to(dtype), weight, scale, groups).to(x.dtype)
+    w = dequant_fp8_block(weight, scale, dtype=dtype) if scale is not None else quant.bf16_to(
+        weight, dtype)
+    w = w.view(groups, -1, w.shape[-1])
+    return torch.einsum("...gd,grd->...gr", x.to(w.dtype), w).to(x.dtype)
+
+
+def _decode_gemv(x: torch.Tensor, rows: int) -> bool:
+    """Whether ``gemv`` takes a product with ``rows`` vectors (per group): Triton, decode-sized."""
+    return backend(x) == "triton" and 0 < rows <= _gemv.MAX_ROWS
 
 
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,

@@ -106,9 +106,7 @@ class Attention(nn.Module):
         o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         o = apply_rope(o, angles, inverse=True)
         # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
-        o = o.reshape(b, t, self.n_groups, -1)
-        wo_a = self.wo_a.dense_weight().view(self.n_groups, self.o_lora_rank, -1)
-        z = torch.einsum("bsgd,grd->bsgr", o.to(wo_a.dtype), wo_a).to(x.dtype)
+        z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups)
         return self.wo_b(z.flatten(2))
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,

@@ -116,6 +116,17 @@ class Linear(nn.Module):
             return ops.dequant_fp4(self.weight, self.scale).to(dtype)
         return ops.bf16_to(self.weight, dtype)
 
+    def grouped(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        """x [..., G, in/G·…]: group g of x against the g-th block of output rows (the
+        attention's grouped output projection), unquantised in the compute dtype — the weight
+        read as held (FP8 / BF16 as mapped, or the prepared dense copy)."""
+        if self.dense is not None:
+            return ops.grouped_linear(x, self.dense, None, groups, self.dense.dtype)
+        if self.fmt == "fp4":
+            raise ValueError("grouped projections of FP4 weights are not supported")
+        scale = self.scale if self.fmt == "fp8" else None
+        return ops.grouped_linear(x, self.weight, scale, groups, self.numerics.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         quantized = self.numerics.native and self.fmt in ("fp8", "fp4")
         if self.fp32_compute:

@@ -1,0 +1,117 @@
+"""Decode GEMV over a weight as mapped from the checkpoint: y = x · Wᵀ for a few rows of x.
+
+The weights that no quantised GEMM reads were dequantised or cast to the compute dtype on every
+call: the bf16 LM head with fp32 compute (1.06 GB bf16 → 2.1 GB fp32 written and read again per
+decoded token at V4-Flash), the FP8 ``wo_a`` of every attention layer (33.5 M values per layer
+dequantised to bf16 per token), every FP8 linear in ``dequant`` numerics. At decode that moves
+2–5× the weight's bytes. This kernel reads the weight once, in its own format — bf16 / fp16 /
+fp32 (an exact up-cast) or FP8 e4m3 with 128×128 ue8m0 block scales (an exact dequantisation) —
+and multiplies in registers with fp32 accumulation, so the result equals the dequantise-then-
+``F.linear`` reference up to fp32 summation order.
+
+Grid: (weight-row tiles, K splits). Each program streams a BLOCK_N × K-slice of the weight
+(≈ 8–32 KB) for all (≤ 16) rows of x, so a 129,280-row head or an 8,192-row projection spreads
+over hundreds of programs; K splits are summed in a fixed order (deterministic). ``groups``
+serves the grouped output projection: x [G, M, K] and W [G·N, K], group g's rows of x against
+group g's rows of W (the attention's per-group ``wo_a``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
+TARGET_PROGRAMS = 1024   # split K until the grid has about this many programs
+TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
+
+
+@triton.jit
+def _e8m0(byte):
+    return (byte.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
+                 FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """Program (row tile of W [ROWS = G·N, K], k split) → fp32 partial[split, g, m, n]."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # rows of W (all groups)
+    group = (pid_n * BLOCK_N) // N                         # BLOCK_N divides N
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_n = offs_n < ROWS
+    mask_m = offs_m < M
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+    x_rows = x_ptr + (group * M + offs_m)[:, None].to(tl.int64) * K
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < k_hi
+        mw = mask_n[:, None] & mask_k[None, :]
+        if FP8:
+            w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0).to(tl.float8e4nv,
+                                                                        bitcast=True)
+            scale = _e8m0(tl.load(s_ptr + (offs_n // 128)[:, None] * KB + (offs_k // 128)[None, :],
+                                  mask=mw, other=127))
+            w = w.to(tl.float32) * scale
+        else:
+            w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0.0).to(tl.float32)
+        x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+    out = out_ptr + pid_k.to(tl.int64) * (ROWS // N) * M * N + group * M * N
+    cols = offs_n - group * N
+    tl.store(out + offs_m[:, None] * N + cols[None, :], acc,
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) for m rows: the product stays ≈ TILE_ELEMENTS; with groups,
+    BLOCK_N divides n (a tile never straddles two groups)."""
+    block_m = max(1, triton.next_power_of_2(m))
+    block_k = 128
+    # the interpreter runs programs one after another in Python: fewer, larger tiles there
+    elements = TILE_ELEMENTS * (64 if os.environ.get("TRITON_INTERPRET") == "1" else 1)
+    block_n = max(1, elements // (block_m * block_k))
+    while groups > 1 and block_n > 1 and n % block_n:
+        block_n //= 2
+    return block_m, block_n, block_k
+
+
+def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+                groups: int = 1) -> torch.Tensor:
+    """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
+    weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
+    ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N]."""
+    k = x.shape[-1]
+    rows_w = weight.shape[0]
+    n = rows_w // groups
+    x3 = x.reshape(-1, groups, k).transpose(0, 1)                 # [G, M, K]
+    m = x3.shape[1]
+    if m > MAX_ROWS:
+        raise ValueError(f"gemv takes at most {MAX_ROWS} vectors per group, got {m}")
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpreting and weight.dtype in (torch.bfloat16, torch.float16):
+        weight = weight.float()   # the interpreter mishandles bf16 (an exact up-cast)
+    x3 = (x3.float() if interpreting else x3).contiguous()
+    fp8 = scale is not None
+    block_m, block_n, block_k = _tiles(m, n, groups)
+    tiles = triton.cdiv(rows_w, block_n)
+    splits = max(1, min(triton.cdiv(k, block_k), TARGET_PROGRAMS // tiles))
+    k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
+    splits = triton.cdiv(k, k_per_split)
+    partial = torch.empty(splits, groups, m, n, dtype=torch.float32, device=x.device)
+    w = weight.contiguous().view(torch.uint8) if fp8 else weight.contiguous()
+    s = scale.contiguous().view(torch.uint8) if fp8 else w
+    _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
+                                  k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
+                                  BLOCK_K=block_k)
+    y = partial[0] if splits == 1 else partial.sum(0)            # [G, M, N], fixed order
+    return y.transpose(0, 1).reshape(*x.shape[:-1], n)

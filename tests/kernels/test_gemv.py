@@ -1,0 +1,78 @@
+"""Decode GEMV over weights as mapped (bf16 / fp32, FP8 + 128×128 scales), plain and grouped:
+Triton (interpreter) vs dequantise-then-multiply, and the ops that route decode products to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.kernels import gemv, ops, quant
+from model.kernels.gemv import gemv_triton
+
+
+def _fp8(n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k)   # block scales differ
+    return quant.quant_fp8_block(w)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 40, 256), (3, 130, 200), (16, 64, 384), (2, 7, 96)])
+def test_gemv_matches_dequantised_product(m, n, k):
+    wq, ws = _fp8(n, k, seed=m + n)
+    x = torch.randn(m, k) * 3
+    want = F.linear(x, quant.dequant_fp8_block(wq, ws))
+    got = gemv_triton(x, wq, ws)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    wb = torch.randn(n, k).to(torch.bfloat16)                 # bf16 weight, fp32 compute
+    torch.testing.assert_close(gemv_triton(x, wb), F.linear(x, wb.float()), rtol=1e-5, atol=1e-4)
+
+
+def test_gemv_splits_k_and_keeps_leading_dims(monkeypatch):
+    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 64)           # few row tiles → K splits
+    w = torch.randn(8, 1000)
+    x = torch.randn(2, 1, 1000)
+    got = gemv_triton(x, w)
+    assert got.shape == (2, 1, 8)
+    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_grouped_gemv_is_one_product_per_group(fp8):
+    groups, n, k = 4, 32, 136
+    w = torch.randn(groups * n, k)
+    wq, ws = quant.quant_fp8_block(w) if fp8 else (w, None)
+    dense = quant.dequant_fp8_block(wq, ws) if fp8 else w
+    x = torch.randn(1, 3, groups, k)
+    want = torch.einsum("bsgd,grd->bsgr", x, dense.view(groups, n, k))
+    got = gemv_triton(x, wq, ws, groups=groups)
+    assert got.shape == (1, 3, groups, n)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_gemv_refuses_prefill_sized_inputs():
+    with pytest.raises(ValueError, match="at most"):
+        gemv_triton(torch.randn(gemv.MAX_ROWS + 1, 128), torch.randn(8, 128))
+
+
+def test_ops_route_decode_products_to_gemv(monkeypatch):
+    wq, ws = _fp8(48, 256, seed=3)                  # a linear: 256 → 48
+    gq, gs = _fp8(48, 128, seed=4)                  # a grouped projection: 2 groups × (128 → 24)
+    x, xg = torch.randn(1, 2, 256), torch.randn(1, 2, 2, 128)
+    calls = []
+    real = gemv.gemv_triton
+    monkeypatch.setattr(gemv, "gemv_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("V4CODER_KERNELS", "reference")
+    want = ops.dequant_linear(x, wq, ws, torch.float32)
+    want_grouped = ops.grouped_linear(xg, gq, gs, 2, torch.float32)
+    assert calls == [] and want_grouped.shape == (1, 2, 2, 24)
+    monkeypatch.setenv("V4CODER_KERNELS", "triton")
+    torch.testing.assert_close(ops.dequant_linear(x, wq, ws, torch.float32), want,
+                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ops.grouped_linear(xg, gq, gs, 2, torch.float32), want_grouped,
+                               rtol=1e-5, atol=1e-4)
+    assert len(calls) == 2
+    big = torch.randn(gemv.MAX_ROWS + 1, 256)       # prefill-sized: dequantise + GEMM
+    ops.dequant_linear(big, wq, ws, torch.float32)
+    assert len(calls) == 2
