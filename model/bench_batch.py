@@ -17,6 +17,7 @@ On the toy checkpoint on a CPU absolute times mean little; the ratios come from 
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import threading
 import time
@@ -25,10 +26,10 @@ from pathlib import Path
 import torch
 
 from model.batcher import Batcher
+from model.bench_cli import toy_bench_main
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.sampling import SamplingParams, generation_defaults
-from model.toy import PRESETS
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -111,40 +112,17 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
 
 def main(argv: list[str] | None = None) -> int:
     """``v4coder bench batch [--requests N] [--prompt N] [--new-tokens N] ...`` → one JSON line."""
-    import argparse
-    import json
-    import sys
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--requests", type=int, default=8)
+        p.add_argument("--prompt", type=int, default=256, dest="prompt_tokens")
+        p.add_argument("--new-tokens", type=int, default=32)
 
-    from model.checkpoint import CheckpointError
-    from model.config import ConfigError
-
-    p = argparse.ArgumentParser(prog="v4coder bench batch", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="small")
-    p.add_argument("--requests", type=int, default=8)
-    p.add_argument("--prompt", type=int, default=256, dest="prompt_tokens")
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if min(args.requests, args.prompt_tokens, args.new_tokens) < 1:
-        print("v4coder bench batch: --requests, --prompt and --new-tokens must be ≥ 1",
-              file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = bench_batch(args.checkpoint, args.requests, args.prompt_tokens,
-                             args.new_tokens, preset=args.preset, device=args.device)
-    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
-        print(f"v4coder bench batch: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
-
+    return toy_bench_main(
+        "v4coder bench batch", __doc__, argv, "small", options,
+        lambda a: None if min(a.requests, a.prompt_tokens, a.new_tokens) >= 1
+        else "--requests, --prompt and --new-tokens must be ≥ 1",
+        lambda a: bench_batch(a.checkpoint, a.requests, a.prompt_tokens, a.new_tokens,
+                              preset=a.preset, device=a.device))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -23,18 +23,19 @@ the ratios are measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from model.bench_cli import toy_bench_main
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.planner import flash_config
 from model.prefill_cost import predicted_ratio, prefill_flops
 from model.sampling import SamplingParams, generation_defaults
-from model.toy import PRESETS
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -118,44 +119,20 @@ def _peak_rss_bytes() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``v4coder bench engine [--long N] [--short N] [--checkpoint DIR] ...`` → one JSON line."""
-    import argparse
-    import json
-    import sys
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--long", type=int, default=32768, dest="long_tokens")
+        p.add_argument("--short", type=int, default=8192, dest="short_tokens")
+        p.add_argument("--new-tokens", type=int, default=64)
+        p.add_argument("--chunk-tokens", type=int, default=2048)
+        p.add_argument("--prefill-only", action="store_true",
+                       help="only the two cold prefills (skip the two-turn TTFT part)")
 
-    from model.checkpoint import CheckpointError
-    from model.config import ConfigError
-
-    p = argparse.ArgumentParser(prog="v4coder bench engine", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="proportional")
-    p.add_argument("--long", type=int, default=32768, dest="long_tokens")
-    p.add_argument("--short", type=int, default=8192, dest="short_tokens")
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--chunk-tokens", type=int, default=2048)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--prefill-only", action="store_true",
-                   help="only the two cold prefills (skip the two-turn TTFT part)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if not 0 < args.short_tokens < args.long_tokens:
-        print("v4coder bench engine: need 0 < --short < --long", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = bench_engine(args.checkpoint, args.long_tokens, args.short_tokens,
-                              args.new_tokens, chunk_tokens=args.chunk_tokens,
-                              preset=args.preset, device=args.device,
-                              prefill_only=args.prefill_only)
-    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
-        print(f"v4coder bench engine: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
-
+    return toy_bench_main(
+        "v4coder bench engine", __doc__, argv, "proportional", options,
+        lambda a: None if 0 < a.short_tokens < a.long_tokens else "need 0 < --short < --long",
+        lambda a: bench_engine(a.checkpoint, a.long_tokens, a.short_tokens, a.new_tokens,
+                               chunk_tokens=a.chunk_tokens, preset=a.preset, device=a.device,
+                               prefill_only=a.prefill_only))
 
 if __name__ == "__main__":
     raise SystemExit(main())

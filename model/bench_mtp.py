@@ -25,6 +25,7 @@ above the break-even on the machine that serves.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tempfile
 import time
@@ -32,12 +33,12 @@ from pathlib import Path
 
 import torch
 
+from model.bench_cli import toy_bench_main
 from model.cache import LayerCache
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.mtp import MTPSpeculator, main_forward, mtp_logits, snapshot
 from model.sampling import SamplingParams, generation_defaults
-from model.toy import PRESETS
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -140,38 +141,16 @@ def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
 
 def main(argv: list[str] | None = None) -> int:
     """``v4coder bench mtp [--prompt N] [--new-tokens N] ...`` → one JSON line."""
-    import argparse
-    import json
-    import sys
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prompt", type=int, default=512, dest="prompt_tokens")
+        p.add_argument("--new-tokens", type=int, default=32)
 
-    from model.checkpoint import CheckpointError
-    from model.config import ConfigError
-
-    p = argparse.ArgumentParser(prog="v4coder bench mtp", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: a fresh toy checkpoint")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="small")
-    p.add_argument("--prompt", type=int, default=512, dest="prompt_tokens")
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if args.prompt_tokens < 1 or args.new_tokens < 2:
-        print("v4coder bench mtp: need --prompt ≥ 1 and --new-tokens ≥ 2", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = bench_mtp(args.checkpoint, args.prompt_tokens, args.new_tokens,
-                           preset=args.preset, device=args.device)
-    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
-        print(f"v4coder bench mtp: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
-
+    return toy_bench_main(
+        "v4coder bench mtp", __doc__, argv, "small", options,
+        lambda a: None if a.prompt_tokens >= 1 and a.new_tokens >= 2
+        else "need --prompt ≥ 1 and --new-tokens ≥ 2",
+        lambda a: bench_mtp(a.checkpoint, a.prompt_tokens, a.new_tokens, preset=a.preset,
+                            device=a.device))
 
 if __name__ == "__main__":
     raise SystemExit(main())
