@@ -35,3 +35,13 @@ def screened_checkpoint(root: Path, preset: str, seeds: range, ids: list[int]
         if min_margin(lm, ids) >= MIN_MARGIN:
             return path, lm, seed
     raise AssertionError(f"no seed in {seeds} free of top-k near-ties")
+
+
+def run_chunks(lm: LoadedModel, ids: list[int], sizes: list[int]) -> tuple[torch.Tensor, object]:
+    """Logits of ``ids`` fed in chunks of ``sizes`` (then the rest) through one cache."""
+    cache, parts, start = lm.new_cache(), [], 0
+    for size in sizes + [len(ids)]:
+        if ids[start:start + size]:
+            parts.append(lm.logits(ids[start:start + size], cache))
+        start += size
+    return torch.cat(parts), cache

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import token_ids
+from model_helpers import run_chunks, token_ids
 
 from model.cache import index_key_layout
 from model.generate import LoadedModel, load_model
@@ -25,15 +25,6 @@ def set_packed(lm: LoadedModel, packed: bool) -> None:
     for module in lm.model.modules():
         if isinstance(module, Indexer):
             module.pack_keys = packed
-
-
-def run_chunks(lm: LoadedModel, ids: list[int], sizes: list[int]) -> tuple[torch.Tensor, object]:
-    cache, parts, start = lm.new_cache(), [], 0
-    for size in sizes + [len(ids)]:
-        if ids[start:start + size]:
-            parts.append(lm.logits(ids[start:start + size], cache))
-        start += size
-    return torch.cat(parts), cache
 
 
 def packed_and_float(lm: LoadedModel, sizes: list[int], ids: list[int] = IDS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import token_ids
+from model_helpers import run_chunks, token_ids
 
 from model.cache import index_key_layout, kv_layout
 from model.generate import LoadedModel, load_model
@@ -20,15 +20,6 @@ def set_packed(lm: LoadedModel, packed: bool) -> None:
     for module in lm.model.modules():
         if isinstance(module, Attention):
             module.pack_kv = packed
-
-
-def run_chunks(lm: LoadedModel, ids: list[int], sizes: list[int]) -> tuple[torch.Tensor, object]:
-    cache, parts, start = lm.new_cache(), [], 0
-    for size in sizes + [len(ids)]:
-        if ids[start:start + size]:
-            parts.append(lm.logits(ids[start:start + size], cache))
-        start += size
-    return torch.cat(parts), cache
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
