@@ -29,6 +29,7 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
 
     from model.engine import Engine, EngineConfig
     from model.generate import load_model
+    from model.kernels.launch import interpreting
     from model.op_audit import OpAudit
     from model.toy import write_toy_checkpoint
 
@@ -53,7 +54,7 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
     return {
         "bench": "launches", "device": str(lm.device), "preset": preset, "numerics": numerics,
         "kernels": kernels,
-        "interpreter": os.environ.get("TRITON_INTERPRET") == "1", "layers": layers,
+        "interpreter": interpreting(), "layers": layers,
         "launches_per_step": audit.launches(), "torch_launches": audit.torch_launches(),
         "triton_launches": sum(audit.triton.values()),
         "host_syncs": sum(audit.syncs.values()), "host_sync_ops": dict(audit.syncs),

@@ -9,12 +9,11 @@ softmax over the w rows in chunks (w = 128 for HCA does not fit in registers at 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from model.kernels.launch import interpreting
 from model.layers.rope import apply_rope
 
 
@@ -73,7 +72,7 @@ def compress_pool_triton(kv: torch.Tensor, score: torch.Tensor, norm_weight: tor
     b, n, w, d = kv.shape
     r2 = angles.shape[-1]
     assert d % 2 == 0 and angles.shape[0] == n, (kv.shape, angles.shape)
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    interp = interpreting()
     if out is None:
         out = torch.empty(b, n, d, dtype=dtype, device=kv.device)
     target = out.float() if interp and out.dtype == torch.bfloat16 else out

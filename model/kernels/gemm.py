@@ -13,14 +13,13 @@ used here and by the MoE kernels (moe.py).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from model.kernels import quant
+from model.kernels.launch import interpreting
 
 
 def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -33,7 +32,8 @@ def fp4_gemm_reference(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
 
 
 @triton.jit
-def _e8m0(byte):
+def e8m0_scale(byte):
+    """A ue8m0 scale byte → 2^(byte − 127) as float32 (byte 0 → 0.0); shared by the kernels."""
     return (byte.to(tl.int32) << 23).to(tl.float32, bitcast=True)
 
 
@@ -89,7 +89,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB,
         wq = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :],
                      mask=mask_n[:, None] & mask_k[None, :], other=0).to(tl.float8e4nv,
                                                                          bitcast=True)
-        sw = _e8m0(tl.load(s_ptr + (offs_n // 128) * KB + kb, mask=mask_n, other=0))
+        sw = e8m0_scale(tl.load(s_ptr + (offs_n // 128) * KB + kb, mask=mask_n, other=0))
         acc += tl.dot(xq, tl.trans(wq)) * sx[:, None] * sw[None, :]
     tl.store(y_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -105,7 +105,7 @@ def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K):
     row = offs_n[:, None].to(tl.int64)
     mw = mask_n[:, None] & mask_j[None, :]
     byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
-    sc = _e8m0(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
+    sc = e8m0_scale(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
     return _e2m1(byte & 0xF) * sc, _e2m1(byte >> 4) * sc
 
 
@@ -146,9 +146,6 @@ TARGET_PROGRAMS = 1024   # ≈ 8 per SM of a 132-SM H200: enough weight loads in
 PARTIAL_TRAFFIC_K = 128  # split-K cap: fp32 partial bytes ≤ 1/8 of the FP4 weight bytes
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
 
 def _rows_and_output(x: torch.Tensor, n: int, half_or_fp32: bool
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +153,7 @@ def _rows_and_output(x: torch.Tensor, n: int, half_or_fp32: bool
     interpreter; with ``half_or_fp32`` any dtype but bf16/fp16 becomes fp32 — and the empty
     [M, N] output in that dtype."""
     x2 = x.reshape(-1, x.shape[-1])
-    if _interpreting() or (half_or_fp32 and x2.dtype not in (torch.bfloat16, torch.float16)):
+    if interpreting() or (half_or_fp32 and x2.dtype not in (torch.bfloat16, torch.float16)):
         x2 = x2.float()
     x2 = x2.contiguous()
     return x2, torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x.device)
@@ -177,7 +174,7 @@ def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) 
         _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
             x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
             m, n, k, triton.cdiv(k, 128), BLOCK_M=bm, BLOCK_N=bn,
-            EXACT_CAST=_interpreting())
+            EXACT_CAST=interpreting())
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 

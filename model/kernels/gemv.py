@@ -18,20 +18,16 @@ group g's rows of W (the attention's per-group ``wo_a``).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from model.kernels.gemm import e8m0_scale
+from model.kernels.launch import interpreting
+
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
 TARGET_PROGRAMS = 1024   # split K until the grid has about this many programs
 TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
-
-
-@triton.jit
-def _e8m0(byte):
-    return (byte.to(tl.int32) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -58,7 +54,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
         if FP8:
             w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0).to(tl.float8e4nv,
                                                                         bitcast=True)
-            scale = _e8m0(tl.load(s_ptr + (offs_n // 128)[:, None] * KB + (offs_k // 128)[None, :],
+            scale = e8m0_scale(tl.load(s_ptr + (offs_n // 128)[:, None] * KB + (offs_k // 128)[None, :],
                                   mask=mw, other=127))
             w = w.to(tl.float32) * scale
         else:
@@ -78,7 +74,7 @@ def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
     block_m = max(1, triton.next_power_of_2(m))
     block_k = 128
     # the interpreter runs programs one after another in Python: fewer, larger tiles there
-    elements = TILE_ELEMENTS * (64 if os.environ.get("TRITON_INTERPRET") == "1" else 1)
+    elements = TILE_ELEMENTS * (64 if interpreting() else 1)
     block_n = max(1, elements // (block_m * block_k))
     while groups > 1 and block_n > 1 and n % block_n:
         block_n //= 2
@@ -97,10 +93,9 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     m = x3.shape[1]
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} vectors per group, got {m}")
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpreting and weight.dtype in (torch.bfloat16, torch.float16):
+    if interpreting() and weight.dtype in (torch.bfloat16, torch.float16):
         weight = weight.float()   # the interpreter mishandles bf16 (an exact up-cast)
-    x3 = (x3.float() if interpreting else x3).contiguous()
+    x3 = (x3.float() if interpreting() else x3).contiguous()
     fp8 = scale is not None
     block_m, block_n, block_k = _tiles(m, n, groups)
     tiles = triton.cdiv(rows_w, block_n)

@@ -37,8 +37,6 @@ The torch reference is in model/kernels/indexer_reference.py.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -49,6 +47,7 @@ from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the c
     indexer_scores_reference,
     indexer_topk_reference,
 )
+from model.kernels.launch import interpreting
 
 
 @triton.jit
@@ -186,7 +185,7 @@ def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     """Contiguous q and keys in the compute dtype (fp32 under the interpreter, which mishandles
     bf16; packed FP4 keys stay packed), fp32 weights, int32 visible on q's device, and the
     tl.dot precision."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or q.dtype not in (torch.bfloat16,
+    if interpreting() or q.dtype not in (torch.bfloat16,
                                                                      torch.float16):
         q = q.float()
     q = q.contiguous()

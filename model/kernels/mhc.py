@@ -30,11 +30,11 @@ Both paths share one implementation of the dot products (``_mix_chunk``), of the
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from model.kernels.launch import interpreting
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
@@ -229,9 +229,6 @@ def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
              out.to(out_ptr.dtype.element_ty), mask=mask[None, :])
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
 
 def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, block):
     t, hc, d = xin.shape
@@ -263,7 +260,7 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
     t = b * s
     if decode is None:
         decode = t <= DECODE_MAX_TOKENS
-    xin = (x.float() if _interpreting() else x).reshape(t, hc, d).contiguous()
+    xin = (x.float() if interpreting() else x).reshape(t, hc, d).contiguous()
     y = torch.empty(b, s, d, dtype=xin.dtype, device=x.device)
     post = torch.empty(b, s, hc, dtype=torch.float32, device=x.device)
     comb = torch.empty(b, s, hc, hc, dtype=torch.float32, device=x.device)
@@ -280,7 +277,7 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
 def hc_post_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor,
                    comb: torch.Tensor, block: int = 256) -> torch.Tensor:
     b, s, hc, d = residual.shape
-    cast = torch.float32 if _interpreting() else None
+    cast = torch.float32 if interpreting() else None
     yin = (y.to(cast) if cast else y).contiguous()
     xin = (residual.to(cast) if cast else residual).contiguous()
     out = torch.empty(b, s, hc, d, dtype=yin.dtype, device=y.device)

@@ -26,8 +26,6 @@ so the kernels read w1, w3 int8 [inter, dim/2] + ue8m0 [inter, dim/32] and w2 in
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -36,6 +34,7 @@ import triton.language as tl
 from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
 from model.kernels.gemm import decode_fp4_tile, plan_split_k
+from model.kernels.launch import interpreting
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
@@ -357,7 +356,7 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     t, dim = x.shape
     if t == 0 or slots.shape[1] == 0:
         return torch.zeros(t, dim, dtype=torch.float32, device=x.device)
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    interp = interpreting()
     act = torch.float32 if interp or x.dtype not in (torch.bfloat16, torch.float16) else x.dtype
     if quantize_input:
         x = quant_triton.fp8_fake_quant_triton(x.float(), 128)

@@ -20,23 +20,15 @@ result is cast back, which rounds exactly as the references do.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from model.kernels.launch import interpreting, rows_per_program
+
 MAX_BLOCK_D = 8192  # widest row chunk held in registers by one RMSNorm program
-TILE_ELEMENTS = 4096  # elements per program: small rows are batched into one tile
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _rows_per_program(n_rows: int, block: int) -> int:
-    """Power-of-two rows per program so one tile holds about TILE_ELEMENTS elements."""
-    return max(1, min(16, TILE_ELEMENTS // block, triton.next_power_of_2(n_rows)))
 
 
 def _warps(elements: int) -> int:
@@ -100,7 +92,7 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, D, eps, HAS_WEIGHT: tl.const
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Same as ``rms_norm_reference`` in one launch; any leading shape, contiguous output."""
     dtype = x.dtype
-    interp = _interpreting()
+    interp = interpreting()
     src = x.float() if interp else x
     src = src.contiguous()
     d = x.shape[-1]
@@ -109,7 +101,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) ->
     if n_rows:
         w = src if weight is None else (weight.float() if interp else weight).contiguous()
         block_d = min(MAX_BLOCK_D, triton.next_power_of_2(d))
-        rows = _rows_per_program(n_rows, block_d) if d <= block_d else 1
+        rows = rows_per_program(n_rows, block_d) if d <= block_d else 1
         _rms_norm_kernel[(triton.cdiv(n_rows, rows),)](
             src, w, out, n_rows, d, eps, HAS_WEIGHT=weight is not None, BLOCK_ROWS=rows,
             BLOCK_D=block_d, ONE_CHUNK=d <= block_d, num_warps=_warps(rows * block_d))
@@ -175,13 +167,13 @@ def apply_rope_triton(x: torch.Tensor, angles: torch.Tensor, inverse: bool = Fal
     heads, seq = _rope_layout(x)
     assert d % 2 == 0 and 0 < 2 * r2 <= d and angles.shape[0] == seq, (x.shape, angles.shape)
     dtype = x.dtype
-    interp = _interpreting()
+    interp = interpreting()
     src = (x.float() if interp else x).contiguous()
     out = torch.empty(x.shape, dtype=torch.float32 if interp else dtype, device=x.device)
     n_rows = x.numel() // d
     if n_rows:
         block_p = triton.next_power_of_2(d // 2)
-        rows = _rows_per_program(n_rows, 2 * block_p)
+        rows = rows_per_program(n_rows, 2 * block_p)
         _rope_kernel[(triton.cdiv(n_rows, rows),)](
             src, angles.float().contiguous(), out, n_rows, heads, seq, d, d // 2 - r2, r2,
             INVERSE=inverse, BLOCK_ROWS=rows, BLOCK_P=block_p,

@@ -31,6 +31,7 @@ from model.kernels import router as _router
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
 from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
+from model.kernels.launch import interpreting
 
 BACKEND_ENV = "V4CODER_KERNELS"
 
@@ -47,7 +48,7 @@ def backend(x: torch.Tensor) -> str:
     if forced in ("reference", "torch"):
         return "reference"
     if forced == "triton":
-        if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        if x.is_cuda or interpreting():
             return "triton"
         raise KernelBackendError(
             f"{BACKEND_ENV}=triton needs CUDA tensors or TRITON_INTERPRET=1 (got {x.device})")

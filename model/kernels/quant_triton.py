@@ -24,16 +24,15 @@ the references do.
 
 from __future__ import annotations
 
-import os
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
+from model.kernels.launch import TILE_ELEMENTS, interpreting, rows_per_program
 from model.kernels.quant import FP4_MAX, FP8_MAX
 
-TILE_ELEMENTS = 4096  # elements per program: small rows / blocks are batched into one tile
 SIGN_BIT = -2147483648  # 0x80000000 as int32
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -53,9 +52,6 @@ def supported(x: torch.Tensor) -> bool:
     """Whether the kernels take x (others run the reference)."""
     return x.dtype in KERNEL_DTYPES
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ---------------------------------------------------------------- shared device helpers
@@ -160,7 +156,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kernel_input(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if _interpreting() and x.dtype != torch.float32 else x
+    return x.float() if interpreting() and x.dtype != torch.float32 else x
 
 
 def fake_quant_triton(x: torch.Tensor, block: int, fp4: bool) -> torch.Tensor:
@@ -243,9 +239,6 @@ def _pack_kv_fp8_kernel(kv_ptr, out_ptr, n_rows, row_stride, NOPE: tl.constexpr,
                  mask=pad_mask)
 
 
-def _rows_per_program(n_rows: int, row_elements: int) -> int:
-    return max(1, min(16, TILE_ELEMENTS // row_elements, triton.next_power_of_2(n_rows)))
-
 
 def _padded(n: int) -> int:
     return triton.next_power_of_2(n) if n > 0 else 0
@@ -261,7 +254,7 @@ def pack_kv_fp8_triton(kv: torch.Tensor, layout) -> torch.Tensor:
     if n_rows == 0:
         return out
     scales_p, block = _padded(layout.n_scales), triton.next_power_of_2(layout.block)
-    rows = _rows_per_program(n_rows, scales_p * block)
+    rows = rows_per_program(n_rows, scales_p * block)
     pad = layout.row_bytes - layout.scale_offset - layout.n_scales
     _pack_kv_fp8_kernel[(triton.cdiv(n_rows, rows),)](
         src, out, n_rows, src.stride(0), NOPE=layout.nope, ROPE=layout.rope_dim,
@@ -312,7 +305,7 @@ def pack_index_keys_triton(keys: torch.Tensor, layout) -> torch.Tensor:
     if n_rows == 0:
         return out
     scales_p, half_p = _padded(layout.n_scales), triton.next_power_of_2(layout.block // 2)
-    rows = _rows_per_program(n_rows, 2 * scales_p * half_p)
+    rows = rows_per_program(n_rows, 2 * scales_p * half_p)
     _pack_index_keys_kernel[(triton.cdiv(n_rows, rows),)](
         src, out, n_rows, src.stride(0), DIM=layout.dim, QBLOCK=layout.block, **FP4_CONSTANTS,
         ROWS=rows, SCALES_P=scales_p, HALF_P=half_p)

@@ -29,12 +29,12 @@ order; on tie-free scores both give the same experts in the same (descending) or
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from model.kernels.launch import interpreting
 
 SCORE_FUNCS = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2}  # anything else: sqrtsoftplus, as Gate
 
@@ -212,9 +212,6 @@ def _route_from_logits_kernel(logits_ptr, bias_ptr, ids_ptr, tid2eid_ptr, out_w_
                     out_w_ptr, out_i_ptr, route_scale, K, K_PAD, SCORE, HASH, 1, BLOCK_E)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
 
 SPLIT_BELOW_TOKENS = 16  # fewer tokens: split the gate GEMV over experts (two launches)
 SPLIT_EXPERT_ROWS = 4     # gate rows per program of the split GEMV: 64 programs at 256 experts
@@ -253,7 +250,7 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     out_i = torch.empty(n, topk, dtype=torch.int64, device=x.device)
     if n == 0:
         return out_w, out_i
-    if _interpreting():
+    if interpreting():
         x, weight = x.float(), weight.float()  # the interpreter mishandles bf16
     x, weight = x.contiguous(), weight.contiguous()
     hashed = tid2eid is not None

@@ -18,7 +18,9 @@ import triton
 import triton.language as tl
 
 from model.kernels.blocks import query_blocks
+from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
+from model.kernels.launch import interpreting
 
 
 def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
@@ -83,7 +85,7 @@ def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
         codes = tl.load(kv_ptr + base + offs_d[None, :], mask=m_nope, other=0)
         vals = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         sbyte = tl.load(kv_ptr + base + SCALE_OFF + (offs_d // QB)[None, :], mask=m_nope, other=0)
-        sval = (sbyte.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+        sval = e8m0_scale(sbyte)
         m_rope = valid[:, None] & ((~is_nope) & mask_d)[None, :]
         r16 = tl.load(kv16_ptr + rows[:, None] * (ROW // 2) + (NOPE // 2) + (offs_d - NOPE)[None, :],
                       mask=m_rope, other=0)
@@ -182,10 +184,6 @@ def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
              (acc / denom[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
 
 
-def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
 
 def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
     """Split the k rows over programs when there are too few (token, head-block) programs."""
@@ -203,7 +201,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     b, s, h, d = q.shape
     k = indices.shape[-1]
     out_dtype = q.dtype
-    if _interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
+    if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
         q = q.float()  # the interpreter mishandles bf16: compute in fp32 on CPU
     q = q.contiguous()
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
