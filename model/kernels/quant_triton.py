@@ -239,18 +239,22 @@ def _pack_kv_fp8_kernel(kv_ptr, out_ptr, n_rows, row_stride, NOPE: tl.constexpr,
                  mask=pad_mask)
 
 
-
 def _padded(n: int) -> int:
     return triton.next_power_of_2(n) if n > 0 else 0
+
+
+def _packing_io(x: torch.Tensor, dim: int, row_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., dim] as the rows a packing kernel reads, and its uint8 [..., row_bytes] output."""
+    assert x.shape[-1] == dim, (x.shape, dim)
+    out = torch.empty(*x.shape[:-1], row_bytes, dtype=torch.uint8, device=x.device)
+    return _kernel_input(_rows(x)), out
 
 
 def pack_kv_fp8_triton(kv: torch.Tensor, layout) -> torch.Tensor:
     """``kv_fp8.pack_kv_fp8`` in one launch: kv [..., head_dim] fp32/bf16/fp16 → uint8
     [..., layout.row_bytes], every byte of the row written by the kernel."""
-    assert kv.shape[-1] == layout.head_dim, (kv.shape, layout)
-    src = _kernel_input(_rows(kv))
+    src, out = _packing_io(kv, layout.head_dim, layout.row_bytes)
     n_rows = src.shape[0]
-    out = torch.empty(*kv.shape[:-1], layout.row_bytes, dtype=torch.uint8, device=kv.device)
     if n_rows == 0:
         return out
     scales_p, block = _padded(layout.n_scales), triton.next_power_of_2(layout.block)
@@ -298,10 +302,8 @@ def _pack_index_keys_kernel(k_ptr, out_ptr, n_rows, row_stride, DIM: tl.constexp
 def pack_index_keys_triton(keys: torch.Tensor, layout) -> torch.Tensor:
     """``fp4_keys.pack_index_keys`` in one launch: keys [..., dim] fp32/bf16/fp16 → uint8
     [..., layout.row_bytes]."""
-    assert keys.shape[-1] == layout.dim, (keys.shape, layout)
-    src = _kernel_input(_rows(keys))
+    src, out = _packing_io(keys, layout.dim, layout.row_bytes)
     n_rows = src.shape[0]
-    out = torch.empty(*keys.shape[:-1], layout.row_bytes, dtype=torch.uint8, device=keys.device)
     if n_rows == 0:
         return out
     scales_p, half_p = _padded(layout.n_scales), triton.next_power_of_2(layout.block // 2)
