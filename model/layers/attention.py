@@ -93,7 +93,8 @@ class Attention(nn.Module):
         kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), layout)
         # the compressor's and the indexer's projections are per token too: once for all spans
         pooled = self.compressor.project(x, positions) if self.compressor is not None else None
-        index = self.indexer.project(x, qr, positions) if self.indexer is not None else None
+        index = (self.indexer.project(x, qr, positions, angles)   # CSA: the compressed flavour
+                 if self.indexer is not None else None)
         outs, lo = [], 0
         for sp in spans:
             hi = lo + sp.length

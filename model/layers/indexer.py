@@ -19,7 +19,7 @@ from model.kernels import ops
 from model.kernels.fp4_keys import IndexKeyLayout
 from model.layers.compressor import Compressor
 from model.layers.linear import Linear, Numerics
-from model.layers.rope import RotaryEmbedding, apply_rope
+from model.layers.rope import apply_rope
 
 
 def topk_margin(scores: torch.Tensor, k: int) -> float:
@@ -56,7 +56,6 @@ class Indexer(nn.Module):
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, fmt="fp8")
         self.weights_proj = Linear(cfg.dim, self.n_heads, fmt="bf16")
         self.compressor = Compressor(cfg, ratio, self.head_dim, rotate=True)
-        self.rope = RotaryEmbedding(cfg, compressed=True)
         self.weight_scale = self.head_dim**-0.5 * self.n_heads**-0.5
         self.numerics = Numerics()
         self.margins: list[float] | None = None  # diagnostics: top-k boundary gaps when a list
@@ -67,11 +66,13 @@ class Indexer(nn.Module):
         """The FP4 layout the keys are held in, or None for float rows."""
         return self.key_layout if self.numerics.native and self.pack_keys else None
 
-    def project(self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor
-                ) -> IndexerInputs:
-        """The per-token inputs of the indexer, for any tokens at once (a ragged batch too)."""
+    def project(self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor,
+                angles: torch.Tensor) -> IndexerInputs:
+        """The per-token inputs of the indexer, for any tokens at once (a ragged batch too).
+        ``angles``: the compressed-RoPE angles of ``positions`` — its CSA layer's attention uses
+        the same flavour and computes them once per forward."""
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
-        q = apply_rope(q, self.rope.angles(positions))
+        q = apply_rope(q, angles)
         if self.numerics.native:
             q = ops.fp4_fake_quant(ops.hadamard(q), 32)
         weights = self.weights_proj(x).float() * self.weight_scale   # [b, T, H]
