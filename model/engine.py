@@ -254,7 +254,7 @@ class Engine:
             return self.forward_batch([seq], [new_ids])[0]
         with self._capturing([seq]):
             if self.step_hook is not None:   # other ranks keep hidden states too
-                self.step_hook.before_forward(seq.slot, seq.cache, new_ids, hidden=True)
+                self.step_hook.hidden_forward(seq.slot, seq.cache, new_ids)
             seq.tokens.extend(new_ids)
             return run(list(new_ids), seq.cache)
 
@@ -265,11 +265,8 @@ class Engine:
         if len(seqs) > 1 and not self.can_batch:
             raise EngineError("this engine steps one sequence at a time (MTP)")
         with self._capturing(seqs):
-            hook = self.step_hook            # other ranks run this same forward in step
-            if hook is not None and len(seqs) == 1:
-                hook.before_forward(seqs[0].slot, seqs[0].cache, new_ids[0])
-            elif hook is not None:
-                hook.batch([s.slot for s in seqs], [s.cache for s in seqs], new_ids)
+            if self.step_hook is not None:   # other ranks run this same forward in step
+                self.step_hook.batch([s.slot for s in seqs], [s.cache for s in seqs], new_ids)
             for seq, ids in zip(seqs, new_ids, strict=True):
                 seq.tokens.extend(ids)
             return self.lm.model.forward_batch(new_ids, [seq.cache for seq in seqs])

@@ -7,14 +7,14 @@ step, and ranks 1..N-1 run ``follow``: receive a step, run the same forward thro
 copies of the sequences' caches, repeat, until rank 0 broadcasts STOP.
 
     header  int64[5]  = (op, slot, start position, payload length, flag)
-    FORWARD=1  payload int64[n] = token ids of sequence ``slot``; flag = last_only
     RESTORE=2  payload uint8[n] = the cache rank 0 restored from its prefix cache for ``slot``
     HIDDEN=3   payload int64[n] = token ids; a forward that also keeps the residual streams
     DRAFT=4    payload int64[n] = the tokens after positions start..start+n-1: run the MTP block
                over them, continuing its window cache for ``slot`` (flag 1: a new cache)
     SNAPSHOT=5 / ROLLBACK=6     = take / return to a snapshot of ``slot``'s cache
     BATCH=7    payload int64[3k + Σ lengths] = (slot, start, length) of each of the flag = k
-               sequences, then their token ids one after another: one ragged forward
+               sequences, then their token ids one after another: one ragged forward (every
+               plain forward is one, k = 1 for a single sequence)
     RELEASE=8                   = sequence ``slot`` is done: drop its cache
     STOP=0
 
@@ -47,8 +47,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-FORWARD, STOP, RESTORE, HIDDEN, DRAFT, SNAPSHOT, ROLLBACK, BATCH, RELEASE = 1, 0, 2, 3, 4, 5, 6, 7, 8
-_WITH_IDS = (FORWARD, HIDDEN, DRAFT, BATCH)
+STOP, RESTORE, HIDDEN, DRAFT, SNAPSHOT, ROLLBACK, BATCH, RELEASE = 0, 2, 3, 4, 5, 6, 7, 8
+_WITH_IDS = (HIDDEN, DRAFT, BATCH)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
           "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -76,13 +76,13 @@ class StepLeader:
         self.steps = 0
         self.stopped = False
 
-    def before_forward(self, slot: int, cache: Any, ids: Sequence[int], last_only: bool = True,
-                       hidden: bool = False) -> None:
-        self._send(HIDDEN if hidden else FORWARD, slot, int(cache.length), ids, int(last_only))
+    def hidden_forward(self, slot: int, cache: Any, ids: Sequence[int]) -> None:
+        """Before the MTP speculator's forward, which keeps the residual streams."""
+        self._send(HIDDEN, slot, int(cache.length), ids)
 
     def batch(self, slots: Sequence[int], caches: Sequence[Any], ids: Sequence[Sequence[int]]
               ) -> None:
-        """Before a ragged forward of several sequences (``Transformer.forward_batch``)."""
+        """Before a forward of one or more sequences (``Transformer.forward_batch``)."""
         spans = [v for slot, cache, chunk in zip(slots, caches, ids, strict=True)
                  for v in (slot, int(cache.length), len(chunk))]
         self._send(BATCH, 0, 0, spans + [int(t) for chunk in ids for t in chunk], len(slots))
@@ -169,19 +169,15 @@ class _FollowerState:
             at += n
         self.lm.model.forward_batch(chunks, caches)
 
-    def forward(self, op: int, slot: int, start: int, ids: list[int], last_only: bool) -> None:
-        cache = self.cache_at(slot, start)
-        if op == HIDDEN:
-            from model.mtp import main_forward
-            _, h = main_forward(self.lm.model, ids, cache)
-            hidden = self.hidden.setdefault(slot, {})
-            for i in range(len(ids)):
-                hidden[start + i] = h[i]
-            keep = start + len(ids) - 2 * self.lm.config.window_size  # as the leader's stepper
-            for stale in [p for p in hidden if p < keep]:
-                del hidden[stale]
-        else:
-            self.lm.logits(ids, cache, last_only=last_only)
+    def hidden_forward(self, slot: int, start: int, ids: list[int]) -> None:
+        from model.mtp import main_forward
+        _, h = main_forward(self.lm.model, ids, self.cache_at(slot, start))
+        hidden = self.hidden.setdefault(slot, {})
+        for i in range(len(ids)):
+            hidden[start + i] = h[i]
+        keep = start + len(ids) - 2 * self.lm.config.window_size  # as the leader's stepper
+        for stale in [p for p in hidden if p < keep]:
+            del hidden[stale]
 
     def draft(self, slot: int, start: int, ids: list[int], fresh: bool) -> None:
         from model.cache import LayerCache
@@ -227,8 +223,8 @@ def follow(lm: Any) -> int:
                     state.batch(flag, ids)
                 elif op == DRAFT:
                     state.draft(slot, start, ids, bool(flag))
-                else:
-                    state.forward(op, slot, start, ids, bool(flag))
+                else:   # HIDDEN
+                    state.hidden_forward(slot, start, ids)
 
 
 # -- the sequence cache on the wire ----------------------------------------------------------------
@@ -342,4 +338,4 @@ def rank_transforms(ctx: Any, offload_bytes: int) -> list[Any]:
 
 
 __all__ = ["StepLeader", "follow", "Followers", "follower_main", "rank_transforms",
-           "parse_bytes", "FORWARD", "STOP"]
+           "parse_bytes", "BATCH", "STOP"]
