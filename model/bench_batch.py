@@ -26,15 +26,10 @@ from pathlib import Path
 import torch
 
 from model.batcher import Batcher
-from model.bench_cli import toy_bench_main
+from model.bench_cli import random_ids, toy_bench_main
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.sampling import SamplingParams, generation_defaults
-
-
-def _ids(n: int, seed: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(2, 128000, (n,), generator=gen).tolist()
 
 
 def _serve_all(engine: Engine, max_batch: int, prompts: list[list[int]],
@@ -88,7 +83,7 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
                         generation_defaults(checkpoint))
         engine.warm_up(prompt_tokens)
         params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, stop_ids=())
-        prompts = [_ids(prompt_tokens, seed=100 + i) for i in range(requests)]
+        prompts = [random_ids(prompt_tokens, seed=100 + i) for i in range(requests)]
         one_s, one_tokens, _ = _serve_all(engine, 1, prompts, params)
         all_s, all_tokens, batched = _serve_all(engine, requests, prompts, params)
         step_one = _decode_step_s(engine, prompts[:1], 9)

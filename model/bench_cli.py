@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def random_ids(n: int, seed: int) -> list[int]:
+    """``n`` token ids drawn from the vocabulary (past the special ids), reproducibly."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 128000, (n,), generator=gen).tolist()
+
+
 def toy_bench_main(prog: str, doc: str, argv: list[str] | None, default_preset: str,
                    add_options: Callable[[argparse.ArgumentParser], None],
                    check: Callable[[argparse.Namespace], str | None],

@@ -30,17 +30,12 @@ from pathlib import Path
 
 import torch
 
-from model.bench_cli import toy_bench_main
+from model.bench_cli import random_ids, toy_bench_main
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.planner import flash_config
 from model.prefill_cost import predicted_ratio, prefill_flops
 from model.sampling import SamplingParams, generation_defaults
-
-
-def _ids(n: int, seed: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(2, 128000, (n,), generator=gen).tolist()
 
 
 def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
@@ -62,11 +57,11 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
         sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        engine.prefill(_ids(short_tokens, seed=1))
+        engine.prefill(random_ids(short_tokens, seed=1))
         sync()
         short_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        seq, logits = engine.prefill(_ids(long_tokens, seed=2))
+        seq, logits = engine.prefill(random_ids(long_tokens, seed=2))
         sync()
         long_s = time.perf_counter() - t0
         next_logits = engine.forward(seq, [int(logits.argmax())])   # and one decode step on
@@ -95,10 +90,10 @@ def bench_engine(checkpoint: str | Path | None = None, long_tokens: int = 32768,
 def _two_turns(engine: Engine, long_tokens: int, new_tokens: int, greedy: SamplingParams
                ) -> dict:
     """A cold first turn of ``long_tokens``, then a second turn over the cached prefix."""
-    turn1_prompt = _ids(long_tokens, seed=3)
+    turn1_prompt = random_ids(long_tokens, seed=3)
     turn1 = engine.generate(turn1_prompt, greedy)
     reply = [e.token_id for e in turn1]
-    turn2_prompt = turn1_prompt + reply + _ids(new_tokens, seed=4)
+    turn2_prompt = turn1_prompt + reply + random_ids(new_tokens, seed=4)
     turn2 = engine.generate(turn2_prompt, greedy.with_(max_new_tokens=1))
     list(turn2)
     s1, s2 = turn1.stats, turn2.stats

@@ -33,17 +33,12 @@ from pathlib import Path
 
 import torch
 
-from model.bench_cli import toy_bench_main
+from model.bench_cli import random_ids, toy_bench_main
 from model.cache import LayerCache
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.mtp import MTPSpeculator, main_forward, mtp_logits, snapshot
 from model.sampling import SamplingParams, generation_defaults
-
-
-def _ids(n: int, seed: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(2, 128000, (n,), generator=gen).tolist()
 
 
 def _median_s(fn, repeats: int, sync) -> float:  # noqa: ANN001
@@ -69,7 +64,7 @@ def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
                         generation_defaults(checkpoint))
         sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
         params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, stop_ids=())
-        prompt = _ids(prompt_tokens, seed=5)
+        prompt = random_ids(prompt_tokens, seed=5)
         engine.warm_up(prompt_tokens)
 
         def decode() -> tuple[list[int], float]:
@@ -93,7 +88,7 @@ def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
 
         def forward(n: int, run=None) -> None:  # noqa: ANN001
             snap_tokens, snap_cache = list(seq.tokens), snapshot(seq.cache)
-            engine.forward(seq, _ids(n, seed=n), run=run)   # distinct tokens: distinct experts
+            engine.forward(seq, random_ids(n, seed=n), run=run)   # distinct tokens: distinct experts
             seq.tokens[:], seq.cache = snap_tokens, snap_cache
 
         @torch.inference_mode()
