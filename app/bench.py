@@ -6,6 +6,8 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     pack [PATH ...]          pack time vs raw tokenizer time, cached re-pack, prefix stability
     tui                      first paint, lag of a replayed 200 tokens/s stream
     kernels [--full-size]    each Triton kernel vs its torch reference
+    compile [--arch 90]      each Triton kernel compiled for sm_90 here (no GPU): registers,
+                             spills, shared memory, occupancy
     engine                   chunked prefill scaling, time to first token with a cached prefix
     batch                    continuous batching: throughput and decode-step time vs one at a time
     mtp                      MTP speculation: acceptance, cost of a draft + verify cycle, break-even
@@ -36,6 +38,7 @@ ENTRY_POINTS = {
     "pack": ("agent.context.cli", "bench_pack_main"),
     "tui": ("app.bench", "_tui"),
     "kernels": ("model.bench_kernels", "main"),
+    "compile": ("model.bench_compile", "main"),
     "engine": ("model.bench_engine", "main"),
     "batch": ("model.bench_batch", "main"),
     "mtp": ("model.bench_mtp", "main"),

@@ -217,15 +217,85 @@ def _rope_case(name: str, tokens: int, dev: str, dtype: torch.dtype, heads: int 
                 lambda: norm_rope.apply_rope_triton(x, angles), "none set (latency-bound)")
 
 
-def cases(full: bool, dev: str) -> list[partial[Case]]:
-    """Case builders (inputs are made just before each case runs and freed after it)."""
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: bool,
+               groups: int = 1) -> Case:
+    """Decode GEMV with the weight as mapped (one token): FP8 e4m3 + 128×128 scales (wq_b) or
+    bf16 with one input vector per group (wo_a: 8 groups)."""
+    from model.kernels import gemv
+    x = _rand(1, groups, k, dtype=dtype, device=dev) if groups > 1 else _rand(1, k, dtype=dtype,
+                                                                             device=dev)
+    if fp8:
+        w, ws = quant.quant_fp8_block(torch.randn(groups * n, k, device=dev) * k**-0.5)
+        dense = quant.dequant_fp8_block(w, ws)
+    else:
+        w, ws = _rand(groups * n, k, dtype=torch.bfloat16, device=dev, std=k**-0.5), None
+        dense = w.float()
+
+    def reference() -> torch.Tensor:
+        xs = x.float().reshape(groups, k)
+        return torch.einsum("gk,gnk->gn", xs, dense.view(groups, n, k)).reshape(
+            *x.shape[:-1], n)
+
+    nbytes = w.numel() * w.element_size() + (0 if ws is None else ws.numel()) + x.numel() * 2
+    return Case(name, {"n": n, "k": k, "groups": groups, "weight": "fp8" if fp8 else "bf16"},
+                nbytes, 2.0 * groups * n * k, reference,
+                lambda: gemv.gemv_triton(x, w, ws, groups), "none set (report only)")
+
+
+def _act_quant_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096,
+                    fp4: bool = False) -> Case:
+    """Activation fake-quantisation in native numerics: FP8 1×128 before every FP8 linear, or
+    FP4 1×32 (the indexer's queries, 64 heads × 128)."""
+    from model.kernels import quant_triton
+    x = _rand(rows, dim, dtype=dtype, device=dev)
+    block = 32 if fp4 else 128
+    ref, tri = ((quant.fp4_fake_quant, quant_triton.fp4_fake_quant_triton) if fp4 else
+                (quant.fp8_fake_quant, quant_triton.fp8_fake_quant_triton))
+    return Case(name, {"rows": rows, "dim": dim, "format": "fp4" if fp4 else "fp8"},
+                2 * x.numel() * x.element_size(), 3.0 * x.numel(), lambda: ref(x, block),
+                lambda: tri(x, block), "none set (latency-bound)")
+
+
+def _pack_case(name: str, rows: int, dev: str, dtype: torch.dtype, index_keys: bool) -> Case:
+    """Packing new cache rows: KV rows into the 584-byte FP8 layout, or indexer keys into the
+    68-byte FP4 layout."""
+    from model.kernels import quant_triton
+    d = IDX_DIM if index_keys else HEAD_DIM
+    x = _rand(1, rows, d, dtype=dtype, device=dev)
+    if index_keys:
+        layout, ref, tri = (fp4_keys.V4_INDEX_KEY_LAYOUT, fp4_keys.pack_index_keys,
+                            quant_triton.pack_index_keys_triton)
+    else:
+        layout, ref, tri = kv_fp8.V4_KV_LAYOUT, kv_fp8.pack_kv_fp8, quant_triton.pack_kv_fp8_triton
+    return Case(name, {"rows": rows, "dim": d, "row_bytes": layout.row_bytes},
+                x.numel() * x.element_size() + rows * layout.row_bytes, 4.0 * x.numel(),
+                lambda: ref(x, layout), lambda: tri(x, layout), "none set (report only)")
+
+
+def _mhc_post_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
+                   dim: int = 4096) -> Case:
+    """mHC post: the block's output spread over the 4 residual streams, plus their mixing."""
+    y = _rand(1, t, dim, dtype=dtype, device=dev)
+    residual = _rand(1, t, hc, dim, dtype=dtype, device=dev)
+    post, comb = torch.rand(1, t, hc, device=dev), torch.rand(1, t, hc, hc, device=dev)
+    return Case(name, {"tokens": t, "hc": hc, "dim": dim},
+                (y.numel() + 2 * residual.numel()) * y.element_size(),
+                2.0 * t * hc * dim * (hc + 1),
+                lambda: mhc.hc_post_reference(y, residual, post, comb),
+                lambda: mhc.hc_post_triton(y, residual, post, comb), "none set (latency-bound)")
+
+
+def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partial[Case]]:
+    """Case builders (inputs are made just before each case runs and freed after it).
+    ``dtype``: of the inputs (default bf16 on a GPU, fp32 on a CPU); GPU-sized prefills come
+    with a GPU or with bf16 inputs (what ``bench compile`` compiles for)."""
+    dtype = dtype or (torch.bfloat16 if dev == "cuda" else torch.float32)
     ctx = CONTEXT if full else 8192
-    prefill = 1024 if dev == "cuda" else 16
+    gpu = dev == "cuda" or dtype == torch.bfloat16
+    prefill = 1024 if gpu else 16
     hbm = ">= 60% of HBM bandwidth (with the indexer)"
     moe_dims = {} if full else {"n_exp": 16, "dim": 1024, "inter": 512}
     idx_prefill = (2048, PREFILL_CONTEXT // 4) if full else (64, 2048)  # (queries, keys)
-    gpu = dev == "cuda"
     none = "none set (report only)"
     p = partial
     return [
@@ -235,6 +305,8 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
           none),
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
           ">= 40% of dense bf16 peak"),
+        p(_attn_case, "sparse_attn_prefill_csa_fp8", prefill, ctx // 4, TOPK, True, dev, dtype,
+          "none set (the native cache's prefill path)"),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
@@ -257,6 +329,15 @@ def cases(full: bool, dev: str) -> list[partial[Case]]:
         p(_rms_norm_case, "rms_norm_decode", 1, dev, dtype),
         p(_rms_norm_case, "rms_norm_prefill", 2048 if gpu or full else 256, dev, dtype),
         p(_rope_case, "rope_decode", 1, dev, dtype),
+        p(_gemv_case, "gemv_fp8_wq_b_decode", 32768 if full else 4096, 1024, dev, dtype, True),
+        p(_gemv_case, "gemv_bf16_wo_a_decode", 1024, 4096 if full else 1024, dev, dtype, False,
+          groups=8),
+        p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
+        p(_act_quant_case, "fp4_index_query_quant_decode", 1, dev, dtype, IDX_HEADS * IDX_DIM,
+          fp4=True),
+        p(_pack_case, "pack_kv_fp8_prefill", 1024 if gpu else 64, dev, dtype, False),
+        p(_pack_case, "pack_index_keys_prefill", 256 if gpu else 16, dev, dtype, True),
+        p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
     ]
 
 

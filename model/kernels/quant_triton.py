@@ -33,7 +33,7 @@ import triton.language as tl
 from model.kernels.launch import TILE_ELEMENTS, interpreting, rows_per_program
 from model.kernels.quant import FP4_MAX, FP8_MAX
 
-SIGN_BIT = -2147483648  # 0x80000000 as int32
+SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000 as int32 (a constexpr: kernels may read it)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

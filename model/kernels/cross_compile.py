@@ -1,0 +1,153 @@
+"""Compile the Triton kernels for a GPU this machine does not have (sm_90: H100 / H200).
+
+Triton's interpreter (the CI check) runs a kernel's Python, not its compiler: an op the GPU
+compiler rejects, a register blow-up or a spill shows only on a GPU. Inside ``CompileOnly()``
+every launch is compiled — Triton's own front end, LLVM and ``ptxas`` (shipped in the Triton
+wheel), for ``GPUTarget("cuda", arch, 32)`` — with exactly the arguments the wrapper passes,
+and not run: the wrapper's outputs stay uninitialised. ``usage`` reads what the cubin asks of
+an SM (registers, local memory = spills, shared memory) and ``occupancy`` what that leaves of
+the SM's 64 warps.
+
+Needs Triton compiled code paths, so the process must not be interpreting
+(``TRITON_INTERPRET`` unset when triton is imported).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
+
+# sm_90 per-SM limits (CUDA occupancy calculator: compute capability 9.0)
+SM90 = {"regs": 65536, "reg_unit": 256, "max_warps": 64, "max_blocks": 32,
+        "shared": 233472, "shared_per_block_reserved": 1024}
+
+
+@dataclass(slots=True)
+class Compiled:
+    kernel: str
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    seconds: float
+    cubin: bytes
+    shared: int          # bytes of shared memory the kernel asks for (Triton's metadata)
+
+
+class _CompileOnlyDriver:
+    """What JITFunction.run asks of the active driver, for a device that is not here."""
+
+    def __init__(self, target: GPUTarget) -> None:
+        self.target = target
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+
+@dataclass
+class CompileOnly:
+    """Context manager: every Triton launch inside compiles for ``arch`` and is recorded in
+    ``compiled`` (one entry per distinct specialization), nothing runs."""
+    arch: int = 90
+    compiled: list[Compiled] = field(default_factory=list)
+
+    def __enter__(self) -> CompileOnly:
+        self._run = JITFunction.run
+        seen: set[int] = set()
+        outer = self
+
+        def compile_only(fn: JITFunction, *args, grid, warmup, **kwargs):  # noqa: ANN001, ANN202
+            t0 = time.perf_counter()
+            kernel = outer._run(fn, *args, grid=grid, warmup=True, **kwargs)
+            if id(kernel) not in seen:   # a cached specialization comes back as the same object
+                seen.add(id(kernel))
+                md = kernel.metadata
+                outer.compiled.append(Compiled(
+                    fn.__name__, _constexprs(fn, args, kwargs), md.num_warps, md.num_stages,
+                    time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared)))
+            return kernel
+
+        JITFunction.run = compile_only
+        # the driver Triton had picked, if any (reading ``driver.active`` would make one, and
+        # without a GPU that raises)
+        self._driver = getattr(driver, "_active", None)
+        driver.set_active(_CompileOnlyDriver(GPUTarget("cuda", self.arch, 32)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        JITFunction.run = self._run
+        driver._active = self._driver
+
+
+def _constexprs(fn: JITFunction, args: tuple, kwargs: dict) -> dict:
+    """The launch's constexpr arguments by name (plain values only)."""
+    bound = inspect.signature(fn.fn).bind_partial(*args, **{
+        k: v for k, v in kwargs.items() if k in fn.arg_names})
+    return {p.name: bound.arguments[p.name] for p in fn.params
+            if p.is_constexpr and isinstance(bound.arguments.get(p.name), (bool, int, float, str))}
+
+
+def _tool(name: str) -> Path:
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+
+
+def usage(cubin: bytes) -> dict:
+    """Registers per thread, local memory per thread (spills, bytes), static shared memory."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(_tool("cuobjdump")), "--dump-resource-usage", f.name],
+                             capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
+    return {"regs": int(fields.get("REG", 0)), "local_bytes": int(fields.get("LOCAL", 0)),
+            "stack_bytes": int(fields.get("STACK", 0)),
+            "static_shared": int(fields.get("SHARED", 0))}
+
+
+def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dict:
+    """Blocks of ``warps`` warps resident per SM and the fraction of its warp slots they fill,
+    with the limit that binds (registers, shared memory or warps)."""
+    sm = sm or SM90
+    unit = sm["reg_unit"]
+    regs_per_warp = -(-max(regs, 1) * 32 // unit) * unit
+    limits = {
+        "registers": sm["regs"] // (regs_per_warp * warps),
+        "shared": (sm["shared"] // (shared + sm["shared_per_block_reserved"])
+                   if shared else sm["max_blocks"]),
+        "warps": sm["max_warps"] // warps,
+    }
+    limits["blocks"] = sm["max_blocks"]
+    bound = min(limits, key=limits.get)
+    blocks = limits[bound]
+    return {"blocks_per_sm": blocks, "occupancy": round(blocks * warps / sm["max_warps"], 3),
+            "limited_by": bound}
+
+
+def launched_kernels() -> list[str]:
+    """Every kernel a wrapper in model/kernels launches (``name[grid](...)`` in its module)."""
+    import model.kernels as pkg
+    names = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"model.kernels.{info.name}")
+        source = Path(module.__file__).read_text()
+        for name, value in vars(module).items():
+            if isinstance(value, JITFunction) and re.search(rf"\b{name}\[", source):
+                names.append(name)
+    return sorted(set(names))

@@ -1,0 +1,88 @@
+"""Every Triton kernel compiles for sm_90 (H100/H200) on this CPU machine: Triton's GPU compiler
+and ptxas, in a child process without the interpreter (`v4coder bench compile`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from model.kernels.cross_compile import occupancy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# reads a module-level int that is not a tl.constexpr: the interpreter runs it, the compiler
+# refuses it (the bug the quantisation kernels had until this check existed)
+BAD_KERNEL = textwrap.dedent('''
+    import triton
+    import triton.language as tl
+
+    MASK = 7
+
+    @triton.jit
+    def masked_copy(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < n, other=0)
+        tl.store(out_ptr + offs, x & MASK, mask=offs < n)
+''')
+
+
+def _run(code: str, tmp_path: Path, interpret: bool) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+
+
+def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
+    env = dict(os.environ, TRITON_INTERPRET="1")   # as under pytest: main() re-runs without it
+    proc = subprocess.run([sys.executable, "-m", "model.bench_compile", "--reduced"], env=env,
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    summary = rows[-1]
+    assert summary["summary"] and summary["failures"] == 0
+    assert summary["not_reached"] == [] and summary["kernels_compiled"] == summary[
+        "kernels_launched"] >= 25
+    kernels = rows[:-1]
+    assert {"_sparse_attn_fwd", "_indexer_scores_block", "_fp4_gemm_kernel", "_moe_gemv_kernel",
+            "_fake_quant_kernel", "_pack_kv_fp8_kernel", "_gemv_kernel"} <= {r["kernel"] for r in kernels}
+    for r in kernels:
+        assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255, r
+        assert 0 < r["occupancy"] <= 1 and r["limited_by"] in ("registers", "shared", "warps",
+                                                                  "blocks"), r
+
+
+def test_a_kernel_the_interpreter_runs_but_the_compiler_refuses_is_reported(tmp_path):
+    (tmp_path / "bad_kernel.py").write_text(BAD_KERNEL)
+    launch = ("import torch, bad_kernel\n"
+              "x = torch.arange(8, dtype=torch.int32); out = torch.empty_like(x)\n"
+              "bad_kernel.masked_copy[(1,)](x, out, 8, BLOCK=8)\n")
+    interpreted = _run(launch + "print(out.tolist())", tmp_path, interpret=True)
+    assert interpreted.returncode == 0, interpreted.stderr
+    assert interpreted.stdout.strip() == "[0, 1, 2, 3, 4, 5, 6, 7]"
+    compiled = _run("from model.kernels.cross_compile import CompileOnly\n"
+                    "from model.bench_compile import _first_line\n"
+                    "try:\n"
+                    "    with CompileOnly():\n" + textwrap.indent(launch, "        ") +
+                    "except Exception as exc:\n"
+                    "    print('refused:', _first_line(exc))\n", tmp_path, interpret=False)
+    assert compiled.returncode == 0, compiled.stderr
+    assert "refused:" in compiled.stdout and "MASK" in compiled.stdout
+
+
+def test_occupancy_follows_the_sm90_limits():
+    # 64 regs × 4 warps: 65536 / (2048 · 4) = 8 blocks = 32 of 64 warps
+    assert occupancy(64, 4, 0) == {"blocks_per_sm": 8, "occupancy": 0.5, "limited_by": "registers"}
+    # 255 regs round up to 256 per thread: 1 block of 8 warps
+    assert occupancy(255, 8, 0)["blocks_per_sm"] == 1
+    # 100 KiB of shared memory: 2 blocks fit in 228 KiB whatever the registers
+    assert occupancy(32, 4, 100 * 1024) == {"blocks_per_sm": 2, "occupancy": 0.125,
+                                            "limited_by": "shared"}
+    # tiny kernels: 16 blocks of 4 warps fill the 64 warp slots
+    assert occupancy(16, 4, 0)["occupancy"] == 1.0
