@@ -6,11 +6,13 @@ machine, no GPU needed, with what each asks of an SM.
 It drives the wrappers of ``bench kernels`` (V4-Flash shapes, bf16 inputs, the launches a GPU
 run makes) inside ``CompileOnly`` (model/kernels/cross_compile.py): each launch is compiled by
 Triton's GPU compiler and ``ptxas``, not run. A row per distinct kernel specialization: its
-constexprs, warps, registers per thread, stack / local bytes (spills), shared memory, and the
-occupancy those allow. The summary says which launched kernels no case reached; the exit status
-is 1 when any kernel failed to compile. The interpreter (CI's correctness check) accepts code
-the compiler rejects — a global that is not a constexpr, an unsupported op — so this is the
-check that a GPU session will not start with a compile error.
+constexprs, warps, registers per thread, stack / local bytes (spills), shared memory, the
+occupancy those allow, and the tensor-core instruction its dots became (``wgmma``, or the
+slower ``mma.sync``). A kernel asking for more shared memory than a block may have counts as a
+failure: it compiles but cannot launch. The summary says which launched kernels no case
+reached; the exit status is 1 when any kernel failed. The interpreter (CI's correctness
+check) accepts code the compiler rejects — a global that is not a constexpr, an unsupported op —
+so this is the check that a GPU session will not start with a compile error.
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ def bench_compile(arch: int = 90, full: bool = True,
             for c in cc.compiled[before:]:
                 use = usage(c.cubin)
                 shared = max(c.shared, use["static_shared"])
+                if occupancy(use["regs"], c.num_warps, shared)["blocks_per_sm"] == 0:
+                    failures += 1   # compiles, but asks for more shared memory than a block has
                 emit({"bench": "compile", "case": case_name, "kernel": c.kernel,
                       "arch": f"sm_{arch}", "num_warps": c.num_warps, "num_stages": c.num_stages,
                       "constexprs": c.constexprs, "regs": use["regs"],
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
-                      "shared_bytes": shared,
+                      "shared_bytes": shared, "mma": c.mma,
                       **occupancy(use["regs"], c.num_warps, shared),
                       "compile_s": round(c.seconds, 2)})
     reached = {c.kernel for c in cc.compiled}

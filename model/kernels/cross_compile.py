@@ -31,7 +31,7 @@ from triton.runtime.jit import JITFunction
 
 # sm_90 per-SM limits (CUDA occupancy calculator: compute capability 9.0)
 SM90 = {"regs": 65536, "reg_unit": 256, "max_warps": 64, "max_blocks": 32,
-        "shared": 233472, "shared_per_block_reserved": 1024}
+        "shared": 233472, "shared_per_block_reserved": 1024, "shared_per_block": 232448}
 
 
 @dataclass(slots=True)
@@ -43,6 +43,7 @@ class Compiled:
     seconds: float
     cubin: bytes
     shared: int          # bytes of shared memory the kernel asks for (Triton's metadata)
+    mma: str             # the tensor-core instruction its dots became: wgmma, mma.sync or none
 
 
 class _CompileOnlyDriver:
@@ -81,7 +82,8 @@ class CompileOnly:
                 md = kernel.metadata
                 outer.compiled.append(Compiled(
                     fn.__name__, _constexprs(fn, args, kwargs), md.num_warps, md.num_stages,
-                    time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared)))
+                    time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared),
+                    mma_kind(kernel.asm["ptx"])))
             return kernel
 
         JITFunction.run = compile_only
@@ -104,6 +106,14 @@ def _constexprs(fn: JITFunction, args: tuple, kwargs: dict) -> dict:
             if p.is_constexpr and isinstance(bound.arguments.get(p.name), (bool, int, float, str))}
 
 
+def mma_kind(ptx: str) -> str:
+    """Hopper's warp-group MMA (``wgmma``: needs 64-row tiles), the Ampere-style ``mma.sync``
+    (what a dot with fewer rows becomes; a fraction of sm_90's tensor-core peak), or none."""
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    return "mma.sync" if re.search(r"\bmma\.sync", ptx) else "none"
+
+
 def _tool(name: str) -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
 
@@ -123,8 +133,11 @@ def usage(cubin: bytes) -> dict:
 
 def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dict:
     """Blocks of ``warps`` warps resident per SM and the fraction of its warp slots they fill,
-    with the limit that binds (registers, shared memory or warps)."""
+    with the limit that binds (registers, shared memory or warps); a kernel asking for more
+    shared memory than one block may have cannot launch at all (0 blocks)."""
     sm = sm or SM90
+    if shared > sm["shared_per_block"]:
+        return {"blocks_per_sm": 0, "occupancy": 0.0, "limited_by": "shared"}
     unit = sm["reg_unit"]
     regs_per_warp = -(-max(regs, 1) * 32 // unit) * unit
     limits = {

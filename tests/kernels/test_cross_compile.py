@@ -52,8 +52,12 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     kernels = rows[:-1]
     assert {"_sparse_attn_fwd", "_indexer_scores_block", "_fp4_gemm_kernel", "_moe_gemv_kernel",
             "_fake_quant_kernel", "_pack_kv_fp8_kernel", "_gemv_kernel"} <= {r["kernel"] for r in kernels}
+    # the indexer's 64-head score tile is a Hopper warp-group MMA; a GEMV has no dot at all
+    assert {r["mma"] for r in kernels if r["kernel"] == "_indexer_scores_block"} == {"wgmma"}
+    assert {r["mma"] for r in kernels if r["kernel"] == "_gemv_kernel"} == {"none"}
     for r in kernels:
-        assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255, r
+        assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255 and r["mma"] in ("wgmma", "mma.sync",
+                                                                             "none"), r
         assert 0 < r["occupancy"] <= 1 and r["limited_by"] in ("registers", "shared", "warps",
                                                                   "blocks"), r
 
@@ -86,3 +90,5 @@ def test_occupancy_follows_the_sm90_limits():
                                             "limited_by": "shared"}
     # tiny kernels: 16 blocks of 4 warps fill the 64 warp slots
     assert occupancy(16, 4, 0)["occupancy"] == 1.0
+    # more than 227 KiB of shared memory: the launch would fail
+    assert occupancy(32, 4, 240 * 1024)["blocks_per_sm"] == 0
