@@ -48,8 +48,9 @@ def _rand(*shape: int, dtype: torch.dtype, device: str, std: float = 1.0) -> tor
 
 
 def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
-               dtype: torch.dtype, target: str) -> Case:
-    """Window ∪ k_comp compressed rows per query over a cache of WINDOW + n_comp rows."""
+               dtype: torch.dtype, target: str, **tiles: int) -> Case:
+    """Window ∪ k_comp compressed rows per query over a cache of WINDOW + n_comp rows.
+    ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps)."""
     n = WINDOW + n_comp
     q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
     kv = _rand(1, n, HEAD_DIM, dtype=dtype, device=dev)
@@ -62,19 +63,21 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
     row_bytes = kv_fp8.V4_KV_LAYOUT.row_bytes if fp8 else HEAD_DIM * kv.element_size()
     qo_bytes = 2 * s * HEADS * HEAD_DIM * q.element_size()
     shape = {"tokens": s, "heads": HEADS, "head_dim": HEAD_DIM, "rows_per_query": k,
-             "cache_rows": n, "kv": "fp8-584B" if fp8 else str(dtype).removeprefix("torch.")}
+             "cache_rows": n, "kv": "fp8-584B" if fp8 else str(dtype).removeprefix("torch."),
+             **tiles}
     if fp8:
         cache = kv_fp8.pack_kv_fp8(kv)
         return Case(name, shape, s * k * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
                     lambda: sparse_attn.sparse_attn_fp8_reference(q, cache, sink, idx, scale,
                                                                   kv_fp8.V4_KV_LAYOUT),
                     lambda: sparse_attn.sparse_attn_triton(q, cache, sink, idx, scale,
-                                                           layout=kv_fp8.V4_KV_LAYOUT), target)
+                                                           layout=kv_fp8.V4_KV_LAYOUT, **tiles),
+                    target)
     # prefill tokens share most rows (reads are cached); count each distinct row once
     distinct = k if s == 1 else min(n, k + s)
     return Case(name, shape, distinct * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
                 lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale),
-                lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale), target)
+                lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale, **tiles), target)
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
@@ -307,6 +310,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           ">= 40% of dense bf16 peak"),
         p(_attn_case, "sparse_attn_prefill_csa_fp8", prefill, ctx // 4, TOPK, True, dev, dtype,
           "none set (the native cache's prefill path)"),
+        # 64-head tiles (Hopper warp-group MMA), output columns split so they fit in registers
+        p(_attn_case, "sparse_attn_prefill_csa_h64", prefill, ctx // 4, TOPK, False, dev, dtype,
+          ">= 40% of dense bf16 peak", block_h=64, dv_parts=2),
+        p(_attn_case, "sparse_attn_prefill_csa_fp8_h64", prefill, ctx // 4, TOPK, True, dev,
+          dtype, "none set (the native cache's prefill path)", block_h=64, dv_parts=4),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),

@@ -103,23 +103,30 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
                      KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                      QB: tl.constexpr, SCALE_OFF: tl.constexpr, SPLIT: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     PREC: tl.constexpr):
+                     PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1):
+    """DV_PARTS > 1: the program writes only its 1/DV_PARTS slice of the output columns (the
+    scores still use all D), so a 64-head tile's accumulator fits in registers."""
+    BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
     pid_h = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    n_split = tl.num_programs(2)
+    pid_c = tl.program_id(2) // DV_PARTS      # which split of the k rows
+    part_dv = tl.program_id(2) % DV_PARTS     # which slice of the output columns
+    n_split = tl.num_programs(2) // DV_PARTS
     batch = pid_t // S
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = part_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
     mask_h = offs_h < H
     mask_d = offs_d < D
+    mask_dv = offs_dv < D
+    mask_lse = mask_h & (tl.zeros([BLOCK_H], dtype=tl.int32) + part_dv == 0)  # one slice writes it
     q_rows = (pid_t * H + offs_h).to(tl.int64)
     q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
     cdt = q.dtype
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     start = pid_c * chunk
     end = tl.minimum(start + chunk, K)
     for n0 in range(start, end, BLOCK_N):
@@ -135,6 +142,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(logits - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
+            kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
+                               KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
         acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
         m_i = m_new
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
@@ -142,18 +152,18 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
         o = acc / safe_l[:, None]
         lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("-inf"))
         part = (pid_t * n_split + pid_c).to(tl.int64) * H + offs_h
-        tl.store(lse_ptr + part, lse, mask=mask_h)
-        tl.store(o_ptr + part[:, None] * D + offs_d[None, :], o,
-                 mask=mask_h[:, None] & mask_d[None, :])
+        tl.store(lse_ptr + part, lse, mask=mask_lse)
+        tl.store(o_ptr + part[:, None] * D + offs_dv[None, :], o,
+                 mask=mask_h[:, None] & mask_dv[None, :])
     else:
         sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
         m_f = tl.maximum(m_i, sink)
         alpha = tl.exp(m_i - m_f)
         l_f = l_i * alpha + tl.exp(sink - m_f)
         o = acc * (alpha / l_f)[:, None]
-        tl.store(lse_ptr + q_rows, m_f + tl.log(l_f), mask=mask_h)
-        tl.store(o_ptr + q_rows[:, None] * D + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
-                 mask=mask_h[:, None] & mask_d[None, :])
+        tl.store(lse_ptr + q_rows, m_f + tl.log(l_f), mask=mask_lse)
+        tl.store(o_ptr + q_rows[:, None] * D + offs_dv[None, :], o.to(o_ptr.dtype.element_ty),
+                 mask=mask_h[:, None] & mask_dv[None, :])
 
 
 @triton.jit
@@ -195,9 +205,13 @@ def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
 
 def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        indices: torch.Tensor, scale: float, layout: KVLayout | None = None,
-                       n_splits: int | None = None, block_h: int = 16, block_n: int = 16
+                       n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
+                       dv_parts: int = 1, num_warps: int = 4
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton path; ``layout`` set ⇒ ``kv`` is the uint8 FP8 cache [b, n, row_bytes]."""
+    """Triton path; ``layout`` set ⇒ ``kv`` is the uint8 FP8 cache [b, n, row_bytes].
+    ``dv_parts`` > 1 splits the output columns over that many programs per (token, head block):
+    each recomputes the scores over all D, and its accumulator is 1/dv_parts as wide — what lets
+    ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers."""
     b, s, h, d = q.shape
     k = indices.shape[-1]
     out_dtype = q.dtype
@@ -225,15 +239,18 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     splits = max(1, min(splits, triton.cdiv(max(k, 1), block_n)))
     chunk = triton.cdiv(triton.cdiv(max(k, 1), splits), block_n) * block_n
     splits = triton.cdiv(max(k, 1), chunk)
+    if block_d % dv_parts or block_d // dv_parts < 16:
+        raise ValueError(f"dv_parts={dv_parts} does not split {block_d} columns into ≥ 16")
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
-                  BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec)
+                  BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
+                  DV_PARTS=dv_parts, num_warps=num_warps)
     if splits == 1:
-        _sparse_attn_fwd[(b * s, head_blocks, 1)](
+        _sparse_attn_fwd[(b * s, head_blocks, dv_parts)](
             q, kv, kv16, sink, idx, out, lse, s, h, n, k, d, chunk, scale, SPLIT=False, **consts)
     else:
         po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
-        _sparse_attn_fwd[(b * s, head_blocks, splits)](
+        _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
             q, kv, kv16, sink, idx, po, plse, s, h, n, k, d, chunk, scale, SPLIT=True, **consts)
         _sparse_attn_combine[(b * s, head_blocks)](
             po, plse, sink, out, lse, h, d, splits, BLOCK_H=block_h, BLOCK_D=block_d)

@@ -78,3 +78,37 @@ def test_fp8_layout_is_584_bytes_and_lossless_for_fake_quant():
     kv = torch.randn(3, 512)
     fq = torch.cat([quant.fp8_fake_quant(kv[:, :448], 64), kv[:, 448:].bfloat16().float()], -1)
     assert torch.equal(unpack_kv_fp8(pack_kv_fp8(kv, layout), layout), fq)
+
+
+@pytest.mark.parametrize(
+    "b,s,h,d,n,k,splits,block_h,dv_parts",
+    [
+        (1, 3, 64, 64, 40, 24, 1, 64, 2),   # prefill, one 64-head tile, output columns in 2
+        (2, 2, 20, 64, 33, 17, 1, 64, 4),   # 20 heads in a 64-head tile (masked), 4 slices
+        (1, 1, 16, 64, 70, 64, 3, 16, 2),   # decode split over programs × column slices
+        (1, 2, 8, 48, 9, 40, 2, 16, 2),     # d not a power of two (block 64: a slice is padding)
+    ],
+)
+def test_output_columns_split_over_programs(b, s, h, d, n, k, splits, block_h, dv_parts):
+    q, kv, sink, idx = _inputs(b, s, h, d, n, k)
+    scale = d**-0.5
+    got = sparse_attn_triton(q, kv, sink, idx, scale, n_splits=splits, block_h=block_h,
+                             dv_parts=dv_parts)
+    _check(got, sparse_attn_reference(q, kv, sink, idx, scale))
+
+
+@pytest.mark.parametrize("dv_parts", [2, 4])
+def test_fp8_cache_rows_with_output_columns_split(dv_parts):
+    layout = KVLayout(128, 64, 64)
+    q, kv, sink, idx = _inputs(1, 3, 64, 128, 50, 36)
+    cache = pack_kv_fp8(kv, layout)
+    got = sparse_attn_triton(q, cache, sink, idx, 0.1, layout=layout, n_splits=1, block_h=64,
+                             dv_parts=dv_parts)
+    want = sparse_attn_reference(q, unpack_kv_fp8(cache, layout), sink, idx, 0.1)
+    _check(got, want, atol=1e-4)
+
+
+def test_output_column_split_must_divide_the_block():
+    q, kv, sink, idx = _inputs(1, 1, 4, 32, 8, 4)
+    with pytest.raises(ValueError, match="dv_parts"):
+        sparse_attn_triton(q, kv, sink, idx, 0.2, dv_parts=3)
