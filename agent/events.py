@@ -58,6 +58,27 @@ class UsageEvent(Event):
 
 
 @dataclass(slots=True)
+class PrefillEvent(Event):
+    """The model is reading the prompt: ``done`` of ``total`` prompt tokens are in its cache,
+    ``cached`` of them restored from the prefix cache (embedded backend; a long prompt's first
+    turn takes minutes). The last one before the reply has ``done == total``."""
+
+    type: ClassVar[str] = "prefill"
+    done: int
+    total: int
+    cached: int = 0
+
+    def describe(self) -> str:
+        pct = 100 * self.done // max(1, self.total)
+        return (f"reading the prompt: {pct}% ({_tokens(self.done)} of {_tokens(self.total)} "
+                f"tokens, {_tokens(self.cached)} from the prefix cache)")
+
+
+def _tokens(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 1_000 else str(n)
+
+
+@dataclass(slots=True)
 class ErrorEvent(Event):
     type: ClassVar[str] = "error"
     message: str
@@ -101,7 +122,7 @@ class DoneEvent(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (TextDelta, ToolCallEvent, ToolResultEvent, UsageEvent, ErrorEvent, StepEvent, DoneEvent,
-                CompactionEvent)
+                CompactionEvent, PrefillEvent)
 }
 
 

@@ -27,6 +27,7 @@ from agent.events import (
     DoneEvent,
     ErrorEvent,
     Event,
+    PrefillEvent,
     StepEvent,
     TextDelta,
     ToolCallEvent,
@@ -139,7 +140,7 @@ class Agent:
             for piece in self.backend.stream(request):
                 if self.cancel.is_set():
                     break
-                if isinstance(piece, TextDelta):
+                if isinstance(piece, (TextDelta, PrefillEvent)):
                     yield piece
                 else:
                     completion = piece

@@ -26,10 +26,11 @@ from agent.backends.base import Backend, BackendError
 from agent.context.citations import Citation, check_citations, citation_report
 from agent.context.instructions import instructions_prompt
 from agent.context.pack import DEFAULT_BUDGET, PackedContext, pack_repository
-from agent.events import DoneEvent, ErrorEvent, TextDelta, ToolCallEvent, UsageEvent
+from agent.events import DoneEvent, ErrorEvent, PrefillEvent, TextDelta, ToolCallEvent, UsageEvent
 from agent.limits import LoopLimits
 from agent.loop import Agent
 from agent.session import Session, sessions_dir
+from app.prefill_lines import PrefillLines
 from tools.base import ToolContext
 from tools.registry import default_tools
 
@@ -101,10 +102,13 @@ def ask(repo: Path, question: str, backend: Backend, packed: PackedContext,
                  "outlined_files": len(packed.outlined)}
         done: DoneEvent | None = None
         errors: list[str] = []
+        prefill = PrefillLines()
         for event in agent.run(question):
             if isinstance(event, TextDelta) and event.channel == "text" and out is not None:
                 out.write(event.text)
                 out.flush()
+            elif isinstance(event, PrefillEvent) and log is not None and prefill.wants(event):
+                log.write(f"[{event.describe()}]\n")
             elif isinstance(event, ToolCallEvent) and log is not None:
                 log.write(f"[{event.tool} {json.dumps(event.arguments, ensure_ascii=False)[:120]}]\n")
             elif isinstance(event, UsageEvent):

@@ -24,6 +24,7 @@ from agent.events import (
     DoneEvent,
     ErrorEvent,
     Event,
+    PrefillEvent,
     StepEvent,
     TextDelta,
     ToolCallEvent,
@@ -34,6 +35,7 @@ from agent.loop import Agent
 from agent.prompts import system_prompt, task_message
 from agent.session import Session, sessions_dir
 from app.patch import check_applies, working_tree_patch
+from app.prefill_lines import PrefillLines
 from tools.base import ToolContext
 from tools.gitutil import git_out, head_commit, run_git
 from tools.registry import default_tools
@@ -114,6 +116,7 @@ class ProgressPrinter:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.at_line_start = True
+        self.prefill = PrefillLines()
 
     def __call__(self, event: Event) -> None:
         w = self.out.write
@@ -121,6 +124,8 @@ class ProgressPrinter:
             if event.channel == "text":
                 w(event.text)
                 self.at_line_start = event.text.endswith("\n")
+            return
+        if isinstance(event, PrefillEvent) and not self.prefill.wants(event):
             return
         if not self.at_line_start:
             w("\n")
@@ -140,6 +145,8 @@ class ProgressPrinter:
             w(f"── {describe(event)}\n")
         elif isinstance(event, DoneEvent):
             w(f"── done: {event.reason} after {event.steps} steps\n")
+        elif isinstance(event, PrefillEvent):
+            w(f"  {event.describe()}\n")
         self.out.flush()
 
 

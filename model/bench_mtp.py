@@ -129,7 +129,8 @@ def bench_mtp(checkpoint: str | Path | None = None, prompt_tokens: int = 512,
         "step_1_token_s": round(step_1, 5), "verify_2_tokens_s": round(step_2, 5),
         "verify_3_tokens_s": round(step_3, 5), "draft_s": round(draft, 5),
         "predicted_speedup_at_measured": round((1 + acceptance) / cycle_cost(acceptance), 3),
-        "break_even_acceptance": round(min(1.0, break_even), 3),
+        # 0: speculation pays at any acceptance (a cycle at a = 0 costs no more than a step)
+        "break_even_acceptance": round(max(0.0, min(1.0, break_even)), 3),
         "speedup_at": {str(a): round((1 + a) / cycle_cost(a), 3) for a in (0.5, 0.8, 0.9)},
     }
 

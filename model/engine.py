@@ -63,6 +63,15 @@ class TokenEvent:
 
 
 @dataclass(slots=True)
+class PrefillProgress:
+    """How far a request's prompt is into the cache: ``done`` of ``total`` tokens, of which
+    ``reused`` were restored from the prefix cache. One after the restore, one per chunk."""
+    done: int
+    total: int
+    reused: int
+
+
+@dataclass(slots=True)
 class RequestStats:
     prompt_tokens: int = 0
     reused_tokens: int = 0               # prompt tokens restored from the prefix cache
@@ -170,18 +179,31 @@ class Decoding:
 
 
 class Generation:
-    """An iterator of TokenEvent; ``stats`` fills in as it runs, ``tokens`` are the new ids."""
+    """An iterator of TokenEvent; ``stats`` fills in as it runs, ``tokens`` are the new ids.
+    ``stream()`` also yields the prefill's PrefillProgress before the first token (a 1M-token
+    prompt takes minutes to prefill; a UI can show how far it is)."""
 
-    def __init__(self, events: Generator[TokenEvent], stats: RequestStats) -> None:
+    def __init__(self, events: Generator[TokenEvent | PrefillProgress],
+                 stats: RequestStats) -> None:
         self._events, self.stats, self.tokens = events, stats, []
 
-    def __iter__(self) -> Iterator[TokenEvent]:
+    def stream(self) -> Iterator[TokenEvent | PrefillProgress]:
         try:
             for event in self._events:
-                self.tokens.append(event.token_id)
+                if isinstance(event, TokenEvent):
+                    self.tokens.append(event.token_id)
                 yield event
         finally:   # a consumer that stops early ends the request (the batcher drops it)
             self._events.close()
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        events = self.stream()
+        try:
+            for event in events:
+                if isinstance(event, TokenEvent):
+                    yield event
+        finally:
+            events.close()
 
     def text(self) -> str:
         return "".join(e.text for e in self)
@@ -341,12 +363,26 @@ class Engine:
     def prefill(self, prompt_ids: Sequence[int], stats: RequestStats | None = None
                 ) -> tuple[Sequence_, torch.Tensor]:
         """Restore the longest cached prefix, then run the rest in chunks. → (seq, logits)."""
-        stats = stats if stats is not None else RequestStats()
-        seq, prompt = self.admit(prompt_ids, stats)
+        steps = self._prefill_steps(prompt_ids, stats if stats is not None else RequestStats())
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+
+    def _prefill_steps(self, prompt_ids: Sequence[int], stats: RequestStats
+                       ) -> Generator[PrefillProgress, None, tuple[Sequence_, torch.Tensor]]:
+        """``prefill`` one chunk per step: yields PrefillProgress after the restore and after
+        each chunk, returns (seq, logits)."""
+        with torch.inference_mode():
+            seq, prompt = self.admit(prompt_ids, stats)
         logits = None
         try:
+            yield PrefillProgress(len(seq.tokens), len(prompt), stats.reused_tokens)
             while len(seq.tokens) < len(prompt):
-                logits = self.forward(seq, self.next_chunk(seq, prompt))
+                with torch.inference_mode():
+                    logits = self.forward(seq, self.next_chunk(seq, prompt))
+                yield PrefillProgress(len(seq.tokens), len(prompt), stats.reused_tokens)
         except BaseException:
             self.release(seq)
             raise
@@ -388,10 +424,10 @@ class Engine:
         stats = stats if stats is not None else RequestStats()
         return Generation(self._run(list(prompt_ids), params, constraint, stats), stats)
 
-    def _run(self, prompt: list[int], params: SamplingParams,
-             constraint: TokenConstraint | None, stats: RequestStats) -> Iterator[TokenEvent]:
+    def _run(self, prompt: list[int], params: SamplingParams, constraint: TokenConstraint | None,
+             stats: RequestStats) -> Iterator[TokenEvent | PrefillProgress]:
         t0 = time.perf_counter()
-        seq, logits = self.prefill(prompt, stats)
+        seq, logits = yield from self._prefill_steps(prompt, stats)
         stats.prefill_s = time.perf_counter() - t0
         decoding = Decoding(params, constraint, self.tokenizer, stats, t0)
         step = self._step_fn(seq, constraint)

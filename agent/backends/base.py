@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.events import TextDelta
+from agent.events import PrefillEvent, TextDelta
 
 
 class BackendError(Exception):
@@ -75,7 +75,8 @@ class Backend(Protocol):
     name: str
     model: str
 
-    def stream(self, request: CompletionRequest) -> Iterator[TextDelta | Completion]:
-        """Yield TextDelta events as text arrives, then exactly one Completion last.
+    def stream(self, request: CompletionRequest) -> Iterator[TextDelta | PrefillEvent | Completion]:
+        """Yield TextDelta events as text arrives, then exactly one Completion last. A backend
+        that knows how far it is into the prompt may yield PrefillEvent before the text.
         Raise BackendError when no completion can be produced."""
         ...

@@ -23,6 +23,7 @@ from agent.events import (
     CompactionEvent,
     DoneEvent,
     ErrorEvent,
+    PrefillEvent,
     StepEvent,
     TextDelta,
     ToolCallEvent,
@@ -329,6 +330,11 @@ class CoderApp(App):
             else:
                 await t.append_reasoning(event.text)
             self._count_stream(len(event.text))
+        elif isinstance(event, PrefillEvent):
+            self.status.refresh_state(
+                prefill="" if event.done == event.total else event.describe(),
+                prompt_tokens=event.total, cached_tokens=event.cached)
+            self._stream_t0 = time.perf_counter()   # tokens/s counts from the first token
         elif isinstance(event, StepEvent):
             self._stream_t0 = time.perf_counter()
             self._stream_chars = 0

@@ -1,6 +1,7 @@
 """The status bar: backend and model, a context meter (prompt tokens of 1M, cached prefix
-vs new), tokens/s, step count, approval mode, whether a turn is running, and a note while
-background work (packing the repository, loading the model) goes on."""
+vs new), tokens/s, step count, approval mode, whether a turn is running, how far the model is
+into reading a long prompt, and a note while background work (packing the repository, loading
+the model) goes on."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class StatusState:
     step: int = 0
     running: bool = False
     activity: str = ""          # background work in progress ("" when none)
+    prefill: str = ""           # how far the model is into a long prompt ("" when not reading)
 
 
 def meter(used: int, cached: int, window: int = CONTEXT_WINDOW, cells: int = METER_CELLS) -> Text:
@@ -60,6 +62,8 @@ def render_status(s: StatusState) -> Text:
     text.append(s.mode, style="bold cyan")
     text.append("  ● running, esc cancels" if s.running else "  ○ idle",
                 style="bold yellow" if s.running else "dim")
+    if s.prefill:
+        text.append(f"  ◌ {s.prefill}", style="italic yellow")
     if s.activity:
         text.append(f"  ◌ {s.activity}", style="italic yellow")
     return text

@@ -5,7 +5,7 @@ import torch
 
 from agent.backends.base import BackendError, Completion, CompletionRequest, Sampling
 from agent.backends.embedded import EmbeddedBackend
-from agent.events import TextDelta
+from agent.events import PrefillEvent, TextDelta
 from model.toy import write_toy_checkpoint
 
 
@@ -22,7 +22,9 @@ def toy(tmp_path_factory):
 def collect(backend, messages, max_tokens=6):
     pieces = list(backend.stream(CompletionRequest(messages, [], Sampling(max_tokens=max_tokens))))
     assert isinstance(pieces[-1], Completion)
-    assert all(isinstance(p, TextDelta) for p in pieces[:-1])
+    progress = [p for p in pieces if isinstance(p, PrefillEvent)]
+    assert pieces[:len(progress)] == progress and progress[-1].done == progress[-1].total
+    assert all(isinstance(p, TextDelta) for p in pieces[len(progress):-1])
     return pieces[-1]
 
 
@@ -59,3 +61,33 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BackendError, match="cannot load"):
         EmbeddedBackend(tmp_path / "empty", progress=False)
+
+
+def test_prefill_progress_streams_before_the_text(toy, monkeypatch, tmp_path):
+    import dataclasses
+
+    from agent.backends import embedded
+    from agent.limits import LoopLimits
+    from agent.loop import Agent
+    from agent.session import Session
+    from tools.base import ToolContext
+
+    monkeypatch.setattr(embedded, "PROGRESS_EVERY_S", 0.0)    # every chunk
+    backend = EmbeddedBackend(toy, progress=False)
+    backend.engine.plan = dataclasses.replace(backend.engine.plan, chunk_tokens=64)
+    long_text = " ".join(f"word{i}" for i in range(150))
+    messages = [{"role": "system", "content": long_text}, {"role": "user", "content": "go"}]
+    pieces = list(backend.stream(CompletionRequest(messages, [], Sampling(max_tokens=3))))
+    progress = [p for p in pieces if isinstance(p, PrefillEvent)]
+    total = progress[0].total
+    assert total > 3 * 64 and [p.done for p in progress] == [*range(0, total, 64), total]
+    assert pieces[:len(progress)] == progress and isinstance(pieces[-1], Completion)
+    assert "reading the prompt: 100%" in progress[-1].describe()
+    # the agent loop passes them on (the TUI's status bar and the headless log show them)
+    session = Session.create(tmp_path, repo=".", backend="embedded", model="toy", task="t")
+    session.add({"role": "system", "content": long_text})
+    agent = Agent(backend=backend, tools=[], session=session, interactive=True,
+                  ctx=ToolContext(repo=tmp_path, mode="read-only", headless=True),
+                  limits=LoopLimits(max_steps=1), sampling=Sampling(max_tokens=3))
+    events = list(agent.run("go"))
+    assert any(isinstance(e, PrefillEvent) and e.done == e.total for e in events)

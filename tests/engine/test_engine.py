@@ -123,3 +123,27 @@ def test_warm_up_leaves_prefix_cache_and_counters_alone(make_engine):
     assert (c.requests, c.prompt_tokens, c.computed_tokens) == before
     _, logits = engine.prefill(token_ids(300, seed=70) + token_ids(5, seed=71))
     assert engine.counters is counters and counters.reused_tokens == 256  # cache still serves
+
+
+def test_stream_reports_prefill_progress_before_the_first_token(make_engine):
+    from model.engine import PrefillProgress, TokenEvent
+
+    engine = make_engine(chunk_tokens=64)
+    ids = token_ids(300, seed=11)     # 300 tokens in chunks of 64: 5 forwards
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=2, stop_ids=())
+    gen = engine.generate(ids, greedy)
+    events = list(gen.stream())
+    progress = [e for e in events if isinstance(e, PrefillProgress)]
+    assert [p.done for p in progress] == [0, 64, 128, 192, 256, 300]
+    assert all(p.total == 300 and p.reused == 0 for p in progress)
+    first_token = next(i for i, e in enumerate(events) if isinstance(e, TokenEvent))
+    assert all(isinstance(e, PrefillProgress) for e in events[:first_token])
+    assert gen.tokens == [e.token_id for e in events if isinstance(e, TokenEvent)]
+    # the next turn restores the cached prefix first: its first report says so
+    again = engine.generate(ids + gen.tokens + token_ids(20, seed=12), greedy)
+    first, *rest = again.stream()
+    assert isinstance(first, PrefillProgress) and first.reused == first.done >= 256
+    assert again.stats.reused_tokens == first.reused
+    assert sum(isinstance(e, TokenEvent) for e in rest) == 2
+    # plain iteration yields the tokens only
+    assert all(isinstance(e, TokenEvent) for e in engine.generate(ids, greedy))

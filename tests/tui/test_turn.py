@@ -134,3 +134,33 @@ async def test_resume_renders_the_last_session(repo, edit_turn, make_app):
         assert bash.ok
         sources = [r.source for r in again.transcript.query(AssistantReply)]
         assert sources[-1] == "Done: `greet` now says *hello*."
+
+
+@pytest.mark.asyncio
+async def test_status_bar_shows_how_far_the_model_is_into_a_long_prompt(repo, make_replay):
+    import threading
+
+    from agent.backends.replay import ReplayBackend
+    from agent.events import PrefillEvent
+    from app.tui.app import CoderApp
+
+    release = threading.Event()
+
+    class SlowPrompt(ReplayBackend):   # a long prompt on the embedded engine, paused halfway
+        def stream(self, request):
+            yield PrefillEvent(done=200_000, total=1_000_000, cached=200_000)
+            yield PrefillEvent(done=500_000, total=1_000_000, cached=200_000)
+            release.wait(10)
+            yield PrefillEvent(done=1_000_000, total=1_000_000, cached=200_000)
+            yield from super().stream(request)
+
+    replay = make_replay(["All read."])
+    app = CoderApp(repo=repo, backend_spec=f"replay:{replay}", backend=SlowPrompt(replay))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"what is here", "enter")
+        await wait_until(pilot, lambda: "50%" in app.status.state.prefill)
+        bar = str(app.status.render())
+        assert "reading the prompt: 50% (500.0k of 1.00M tokens, 200.0k from the prefix cache)" in bar
+        release.set()
+        await wait_until(pilot, lambda: not app.running)
+        assert app.status.state.prefill == "" and "reading the prompt" not in str(app.status.render())
