@@ -1,6 +1,7 @@
-"""v4coder serve on 127.0.0.1 with the tiny toy model: the agent's OpenAI backend streams
-through it (usage, cached_tokens), tool calls are grammar-constrained, bad requests get 400,
-concurrent clients all get well-formed replies (batched together)."""
+"""v4coder serve on 127.0.0.1 with the tiny toy model: the agent's OpenAI backend and the
+official ``openai`` client stream through it (usage, cached_tokens, a tool call), tool calls are
+grammar-constrained, bad requests get 400, 20 concurrent clients all get well-formed replies
+(batched together)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,69 @@ def test_concurrent_clients_are_batched(served):
     assert stats["engine"]["completion_tokens"] == 40
     for i in (0, 7, 19):                               # alone, each gets the same greedy text
         assert one(i)["choices"][0]["text"] == replies[i]["choices"][0]["text"]
+
+
+# -- the official openai client (a real client: what users' own tools would use) -----------------
+def _official(base_url: str):
+    import openai   # a dev dependency: the real client, not ours
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+
+
+def test_official_openai_client_streams_a_tool_call(server):
+    client = _official(server)
+    assert [m.id for m in client.models.list()] == ["toy"]
+    stream = client.chat.completions.create(
+        model="toy", messages=[{"role": "user", "content": "read setup.py"}], tools=TOOLS,
+        tool_choice="required", temperature=1.0, seed=3, max_tokens=200, stream=True,
+        stream_options={"include_usage": True})
+    calls: dict[int, dict] = {}
+    finish, usage = None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for frag in choice.delta.tool_calls or []:
+                call = calls.setdefault(frag.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = frag.id or call["id"]
+                if frag.function is not None:
+                    call["name"] += frag.function.name or ""
+                    call["arguments"] += frag.function.arguments or ""
+    assert finish == "tool_calls" and list(calls) == [0]
+    call = calls[0]
+    assert call["id"] and call["name"] == "read_file"
+    assert isinstance(json.loads(call["arguments"])["path"], str)
+    assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert usage.prompt_tokens_details.cached_tokens == 0
+    client.close()
+
+
+def test_twenty_concurrent_official_clients_get_well_formed_replies(served):
+    server, _ = served
+
+    def one(i: int):
+        client = _official(server)
+        try:
+            messages = [{"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": f"client {i}"}]
+            if i % 2:   # half stream, half do not; a third are offered a tool
+                text, finish = "", None
+                for chunk in client.chat.completions.create(
+                        model="toy", messages=messages, max_tokens=3, temperature=0, stream=True,
+                        tools=TOOLS if i % 3 == 0 else None):
+                    for choice in chunk.choices:
+                        text += choice.delta.content or ""
+                        finish = choice.finish_reason or finish
+                return finish, text
+            reply = client.chat.completions.create(model="toy", messages=messages, max_tokens=3,
+                                                   temperature=0)
+            return reply.choices[0].finish_reason, reply.choices[0].message.content or ""
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(one, range(20)))
+    assert all(finish in ("stop", "length", "tool_calls") for finish, _ in replies)
+    stats = httpx.get(f"{server.removesuffix('/v1')}/stats").json()
+    assert stats["batching"]["max_batch_seen"] > 1
+    assert stats["engine"]["reused_tokens"] >= 128    # the shared system prompt, computed once
