@@ -35,9 +35,16 @@ from typing import Any
 from agent.dsml import parse_completion
 from agent.dsml_stream import DsmlTextStreamer
 from agent.encoding import encode_messages
-from app.serve_http import HttpError, Server, make_handler, make_server, run_until_signal
+from app.serve_http import (
+    HttpError,
+    Server,
+    SseComment,
+    make_handler,
+    make_server,
+    run_until_signal,
+)
 from model.batcher import Batcher
-from model.engine import Engine, EngineError, Generation
+from model.engine import Engine, EngineError, Generation, PrefillProgress
 from model.grammar import ToolCallGrammar, check_tools
 from model.sampling import SamplingParams
 
@@ -94,18 +101,23 @@ class ServeApp:
             raise HttpError(400, str(exc)) from None
 
     def _run(self, ids: list[int], params: SamplingParams, grammar: ToolCallGrammar | None
-             ) -> Iterator[tuple[str, Generation]]:
-        """Yield (text piece, generation) as the batcher produces them; errors become HTTP 400
-        (a request that fails mid-stream ends with an error event instead)."""
+             ) -> Iterator[tuple[str | SseComment, Generation]]:
+        """Yield (text piece, generation) as the batcher produces them, and while the prompt
+        is read a progress comment (``: prefill {"done", "total", "cached"}``) after each chunk;
+        errors become HTTP 400 (a request that fails mid-stream ends with an error event)."""
         try:
             gen = self.batcher.submit(ids, params, constraint=grammar)
-            for event in gen:
-                yield event.text, gen
+            for event in gen.stream():
+                if isinstance(event, PrefillProgress):
+                    yield SseComment("prefill " + json.dumps(
+                        {"done": event.done, "total": event.total, "cached": event.reused})), gen
+                else:
+                    yield event.text, gen
         except (EngineError, ValueError) as exc:
             raise HttpError(400, str(exc)) from None
 
     # -- chat ----------------------------------------------------------------------------
-    def chat(self, body: dict[str, Any]) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    def chat(self, body: dict[str, Any]) -> dict[str, Any] | Iterator[dict[str, Any] | SseComment]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise HttpError(400, "messages must be a non-empty list")
@@ -137,7 +149,7 @@ class ServeApp:
 
     def _chat_stream(self, ids: list[int], params: SamplingParams,
                      grammar: ToolCallGrammar | None, tools: list[dict[str, Any]],
-                     thinking: bool, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+                     thinking: bool, body: dict[str, Any]) -> Iterator[dict[str, Any] | SseComment]:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": self.model_name}
         streamer = DsmlTextStreamer(thinking)
@@ -145,6 +157,9 @@ class ServeApp:
         self._check(ids, params)
         yield {**head, "choices": [_choice({"role": "assistant", "content": ""})]}
         for piece, gen in self._run(ids, params, grammar):  # noqa: B007
+            if isinstance(piece, SseComment):
+                yield piece
+                continue
             raw.append(piece)
             for delta in streamer.feed(piece):
                 key = "reasoning_content" if delta.channel == "reasoning" else "content"
@@ -168,7 +183,8 @@ class ServeApp:
             yield {**head, "choices": [], "usage": _usage(stats, len(ids))}
 
     # -- completions ---------------------------------------------------------------------
-    def completions(self, body: dict[str, Any]) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    def completions(self, body: dict[str, Any]
+                    ) -> dict[str, Any] | Iterator[dict[str, Any] | SseComment]:
         prompt = body.get("prompt")
         if isinstance(prompt, str) and prompt:
             ids = self.engine.encode(prompt)
@@ -181,11 +197,12 @@ class ServeApp:
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": self.model_name}
 
-        def chunks() -> Iterator[dict[str, Any]]:
+        def chunks() -> Iterator[dict[str, Any] | SseComment]:
             gen = None
             self._check(ids, params)
             for piece, gen in self._run(ids, params, None):  # noqa: B007
-                yield {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+                yield piece if isinstance(piece, SseComment) else {
+                    **head, "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
             stats = gen.stats if gen is not None else None
             finish = "length" if stats is not None and stats.finish_reason == "length" else "stop"
             yield {**head, "choices": [{"index": 0, "text": "", "finish_reason": finish}],
@@ -195,6 +212,8 @@ class ServeApp:
             return chunks()
         text, last = [], {}
         for chunk in chunks():
+            if isinstance(chunk, SseComment):
+                continue
             text.append(chunk["choices"][0]["text"])
             last = chunk
         return {**head, "choices": [{"index": 0, "text": "".join(text),
@@ -214,9 +233,11 @@ def _usage(stats: Any, prompt_tokens: int) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-def _collect_chat(stream: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def _collect_chat(stream: Iterator[dict[str, Any] | SseComment]) -> dict[str, Any]:
     content, reasoning, calls, finish, usage, head = [], [], [], "stop", {}, {}
     for chunk in stream:
+        if isinstance(chunk, SseComment):
+            continue
         head = {k: chunk[k] for k in ("id", "created", "model")}
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices", []):

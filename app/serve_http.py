@@ -12,10 +12,19 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MAX_BODY = 64 << 20
+
+
+
+@dataclass(frozen=True, slots=True)
+class SseComment:
+    """A comment line in an event stream (``: text``): clients skip it, so it can carry
+    progress (and keeps a connection that waits minutes for a long prompt's prefill busy)."""
+    text: str
 
 
 class HttpError(Exception):
@@ -92,7 +101,7 @@ def make_handler(get_routes: dict[str, Callable[[], dict[str, Any]]],
             self.end_headers()
             self.wfile.write(data)
 
-        def _sse(self, chunks: Iterator[dict[str, Any]]) -> None:
+        def _sse(self, chunks: Iterator[dict[str, Any] | SseComment]) -> None:
             try:
                 first = next(chunks)  # errors before the first chunk still get a status code
             except HttpError as exc:
@@ -119,8 +128,12 @@ def make_handler(get_routes: dict[str, Callable[[], dict[str, Any]]],
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
-        def _event(self, chunk: dict[str, Any]) -> None:
-            self.wfile.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
+        def _event(self, chunk: dict[str, Any] | SseComment) -> None:
+            if isinstance(chunk, SseComment):
+                self.wfile.write(b": " + chunk.text.encode() + b"\n\n")
+            else:
+                self.wfile.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode()
+                                 + b"\n\n")
             self.wfile.flush()
 
     return Handler

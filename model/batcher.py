@@ -39,6 +39,7 @@ from model.engine import (
     Engine,
     EngineError,
     Generation,
+    PrefillProgress,
     RequestStats,
     Sequence_,
     TokenConstraint,
@@ -106,7 +107,7 @@ class Batcher:
         return Generation(self._events(req), req.stats)
 
     @staticmethod
-    def _events(req: _Request) -> Iterator[TokenEvent]:
+    def _events(req: _Request) -> Iterator[TokenEvent | PrefillProgress]:
         try:
             while (item := req.events.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -209,7 +210,14 @@ class Batcher:
             prefilling.remove(req)
             self._finish(req, None)
             return False
+        self._progress(req)
         return True
+
+    @staticmethod
+    def _progress(req: _Request) -> None:
+        """Tell the consumer how far its prompt is in (after the restore, after each chunk)."""
+        req.events.put(PrefillProgress(len(req.seq.tokens), len(req.prompt),
+                                       req.stats.reused_tokens))
 
     def _step(self, prefilling: deque[_Request], running: list[_Request]) -> None:
         """One forward: a decode token per running request + the next prefill chunks."""
@@ -232,6 +240,7 @@ class Batcher:
             running.remove(req)
         for (req, _), row in zip(prefills, logits[decoded:], strict=True):
             req.stats.prefill_s += time.perf_counter() - t0
+            self._progress(req)
             if len(req.seq.tokens) == len(req.prompt):   # the prompt is in: first token
                 prefilling.remove(req)
                 self.engine.prefilled(req.seq)
@@ -269,7 +278,7 @@ class Batcher:
             return
         try:
             for event in self.engine.generate(req.prompt, req.params, req.constraint,
-                                              stats=req.stats):
+                                              stats=req.stats).stream():
                 req.events.put(event)
                 if req.cancelled:
                     break

@@ -26,7 +26,7 @@ import httpx
 
 from agent.backends.base import BackendError, Completion, CompletionRequest
 from agent.backends.sse import ChunkAccumulator, StreamError, error_message, iter_chunks
-from agent.events import TextDelta
+from agent.events import PrefillEvent, TextDelta
 
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 60.0
@@ -130,7 +130,7 @@ class OpenAIBackend:
             payload["tools"] = request.tools
         return payload
 
-    def stream(self, request: CompletionRequest) -> Iterator[TextDelta | Completion]:
+    def stream(self, request: CompletionRequest) -> Iterator[TextDelta | PrefillEvent | Completion]:
         payload = self.build_payload(request)
         url = f"{self.base_url}/chat/completions"
         shown = {"text": 0, "reasoning": 0}  # characters the caller has seen, per channel
@@ -143,6 +143,9 @@ class OpenAIBackend:
                         response.read()
                         raise self._http_failure(response)
                     for delta in self._relay(response, acc):
+                        if isinstance(delta, PrefillEvent):   # our server's progress
+                            yield delta
+                            continue
                         unseen = _unseen(delta, acc.lengths[delta.channel], shown)
                         if unseen is not None:
                             yield unseen
@@ -156,7 +159,8 @@ class OpenAIBackend:
             attempt = self._wait_or_give_up(attempt, failure)
         yield acc.completion(request.tools)
 
-    def _relay(self, response: httpx.Response, acc: ChunkAccumulator) -> Iterator[TextDelta]:
+    def _relay(self, response: httpx.Response, acc: ChunkAccumulator
+               ) -> Iterator[TextDelta | PrefillEvent]:
         ctype = response.headers.get("content-type", "")
         if "json" in ctype and "event-stream" not in ctype:  # the server ignored stream=true
             try:
@@ -173,6 +177,9 @@ class OpenAIBackend:
                 if chunk is None:
                     acc.done = True
                     return
+                if isinstance(chunk, PrefillEvent):
+                    yield chunk
+                    continue
                 yield from acc.feed(chunk)
         except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout):
             if acc.finish_reason is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.backends.base import Completion, ToolCall, Usage
-from agent.events import TextDelta
+from agent.events import PrefillEvent, TextDelta
 from agent.tool_schema import check_call, tools_by_name
 
 DONE = "[DONE]"
@@ -22,11 +22,15 @@ class StreamError(Exception):
     """The server reported an error, or sent something that is not a chunk."""
 
 
-def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
+PREFILL_COMMENT = "prefill "   # `v4coder serve`: ": prefill {"done", "total", "cached"}"
+
+
+def iter_sse_data(lines: Iterable[str]) -> Iterator[str | PrefillEvent]:
     """Yield the data of each server-sent event (multi-line data joined with newlines).
 
-    Comment lines (``:``) and the ``event:``/``id:``/``retry:`` fields are skipped; an event
-    still open when the lines end is yielded too."""
+    Comment lines (``:``) and the ``event:``/``id:``/``retry:`` fields are skipped, except
+    ``v4coder serve``'s prefill progress comments, yielded as PrefillEvent; an event still open
+    when the lines end is yielded too."""
     data: list[str] = []
     for line in lines:
         line = line.rstrip("\r\n")
@@ -36,6 +40,9 @@ def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
                 data = []
             continue
         if line.startswith(":"):
+            progress = _prefill_comment(line[1:].strip())
+            if progress is not None:
+                yield progress
             continue
         name, sep, value = line.partition(":")
         if sep and value.startswith(" "):
@@ -46,12 +53,25 @@ def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
         yield "\n".join(data)
 
 
-def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any] | None]:
-    """Yield each chunk as a dict, and None for ``[DONE]``.
+def _prefill_comment(text: str) -> PrefillEvent | None:
+    if not text.startswith(PREFILL_COMMENT):
+        return None
+    try:
+        d = json.loads(text[len(PREFILL_COMMENT):])
+        return PrefillEvent(int(d["done"]), int(d["total"]), int(d.get("cached", 0)))
+    except (ValueError, TypeError, KeyError):
+        return None   # a comment is never an error
+
+
+def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any] | PrefillEvent | None]:
+    """Yield each chunk as a dict, None for ``[DONE]``, and PrefillEvent for progress comments.
 
     Tolerates servers that put several ``data:`` lines in one event without blank lines
     between them (each line is then a JSON object of its own)."""
     for data in iter_sse_data(lines):
+        if isinstance(data, PrefillEvent):
+            yield data
+            continue
         if data.strip() == DONE:
             yield None
             continue

@@ -475,3 +475,13 @@ def test_iter_sse_data_unit() -> None:
         {"b": 2},
         None,
     ]
+
+
+def test_prefill_progress_comments_become_events() -> None:
+    from agent.events import PrefillEvent
+
+    lines = [': prefill {"done": 64, "total": 300, "cached": 0}', ": keep-alive",
+             ": prefill {not json", ': prefill {"done": 300}', "data: {\"a\": 1}", "",
+             ': prefill {"done": 300, "total": 300, "cached": 128}', "data: [DONE]"]
+    assert list(iter_chunks(lines)) == [PrefillEvent(64, 300, 0), {"a": 1},
+                                        PrefillEvent(300, 300, 128), None]

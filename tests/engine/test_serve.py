@@ -15,7 +15,7 @@ import pytest
 from agent.backends.base import Completion, CompletionRequest, Sampling
 from agent.backends.openai import OpenAIBackend
 from agent.backends.sse import ChunkAccumulator, iter_chunks
-from agent.events import TextDelta
+from agent.events import PrefillEvent, TextDelta
 from app.serve import start_server
 
 SYSTEM = "You are a careful coding assistant. " * 30   # > 128 tokens: a reusable prefix
@@ -52,7 +52,11 @@ def test_agent_openai_backend_streams_with_usage_and_cache(server):
         tools=[], sampling=Sampling(temperature=0.0, max_tokens=3, seed=1))
     events = list(backend.stream(request))
     done = events[-1]
-    assert isinstance(done, Completion) and all(isinstance(e, TextDelta) for e in events[:-1])
+    progress = [e for e in events if isinstance(e, PrefillEvent)]   # the server's comments
+    assert progress and progress[-1].done == progress[-1].total == done.usage.prompt_tokens
+    assert events[:len(progress)] == progress
+    assert isinstance(done, Completion) and all(isinstance(e, TextDelta)
+                                                for e in events[len(progress):-1])
     assert done.usage.prompt_tokens > 128 and done.usage.completion_tokens <= 3
     assert done.usage.cached_tokens == 0
     again = list(backend.stream(request))[-1]
@@ -74,7 +78,8 @@ def test_forced_tool_call_is_well_formed(server):
             if chunk is None:
                 acc.done = True
                 break
-            acc.feed(chunk)
+            if not isinstance(chunk, PrefillEvent):
+                acc.feed(chunk)
     completion = acc.completion(TOOLS)
     assert acc.done and completion.finish_reason == "tool_calls"
     assert len(completion.tool_calls) == 1
@@ -120,7 +125,7 @@ def test_concurrent_clients_are_batched(served):
 
 # -- the official openai client (a real client: what users' own tools would use) -----------------
 def _official(base_url: str):
-    import openai   # a dev dependency: the real client, not ours
+    import openai  # a dev dependency: the real client, not ours
     return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
 
 
@@ -182,3 +187,39 @@ def test_twenty_concurrent_official_clients_get_well_formed_replies(served):
     stats = httpx.get(f"{server.removesuffix('/v1')}/stats").json()
     assert stats["batching"]["max_batch_seen"] > 1
     assert stats["engine"]["reused_tokens"] >= 128    # the shared system prompt, computed once
+
+
+def test_a_long_prompt_streams_prefill_progress_comments(make_engine):
+    """Each prefill chunk sends an SSE comment: progress for our clients, ignored by others
+    (the official client parses the same stream), and bytes on a connection that would
+    otherwise wait minutes for a 1M-token prompt."""
+    import dataclasses
+
+    engine = make_engine()
+    engine.plan = dataclasses.replace(engine.plan, chunk_tokens=64)
+    srv = start_server(engine, port=0, model_name="toy", default_max_tokens=2)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        host, port = srv.server_address[:2]
+        base = f"http://{host}:{port}/v1"
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
+        body = {"model": "toy", "stream": True, "messages": messages, "max_tokens": 2,
+                "temperature": 0}
+        with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=120) as r:
+            lines = list(r.iter_lines())
+        comments = [json.loads(line.removeprefix(": prefill "))
+                    for line in lines if line.startswith(": prefill ")]
+        total = comments[0]["total"]
+        assert total > 2 * 64 and [c["done"] for c in comments] == [*range(0, total, 64), total]
+        first_data = next(i for i, line in enumerate(lines) if line.startswith("data: "))
+        assert lines.index(": prefill " + json.dumps(comments[-1])) > first_data  # after the role chunk
+        client = _official(base)
+        stream = client.chat.completions.create(model="toy", messages=messages, max_tokens=2,
+                                                temperature=0, stream=True)
+        assert sum(1 for chunk in stream for c in chunk.choices if c.finish_reason) == 1
+        client.close()
+    finally:
+        srv.shutdown()
+        thread.join(timeout=30)
+        srv.server_close()
