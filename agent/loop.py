@@ -45,6 +45,8 @@ from tools.registry import run_tool
 # Called when policy says "ask": (tool call, reason) -> approved?
 Approver = Callable[[ToolCall, str], bool]
 
+PREFILL_EVERY_S = 0.5   # prefill progress passed on at most this often
+
 NO_TOOL_CALL = ("You replied without calling a tool. Continue the task by calling tools; when the "
                 "task is complete, call finish(summary).")
 
@@ -137,10 +139,18 @@ class Agent:
         completion = None
         try:
             request = CompletionRequest(messages, self._schemas, self.sampling, self.thinking)
+            shown = 0.0   # when a prefill event was last passed on
             for piece in self.backend.stream(request):
                 if self.cancel.is_set():
                     break
-                if isinstance(piece, (TextDelta, PrefillEvent)):
+                if isinstance(piece, PrefillEvent):
+                    # the first, then at most every PREFILL_EVERY_S, and the last (a 1M-token
+                    # prompt is read in ~500 chunks; the event log need not hold them all)
+                    now = time.monotonic()
+                    if not shown or piece.done == piece.total or now - shown >= PREFILL_EVERY_S:
+                        shown = now
+                        yield piece
+                elif isinstance(piece, TextDelta):
                     yield piece
                 else:
                     completion = piece

@@ -66,13 +66,12 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_prefill_progress_streams_before_the_text(toy, monkeypatch, tmp_path):
     import dataclasses
 
-    from agent.backends import embedded
+    from agent import loop
     from agent.limits import LoopLimits
     from agent.loop import Agent
     from agent.session import Session
     from tools.base import ToolContext
 
-    monkeypatch.setattr(embedded, "PROGRESS_EVERY_S", 0.0)    # every chunk
     backend = EmbeddedBackend(toy, progress=False)
     backend.engine.plan = dataclasses.replace(backend.engine.plan, chunk_tokens=64)
     long_text = " ".join(f"word{i}" for i in range(150))
@@ -89,5 +88,6 @@ def test_prefill_progress_streams_before_the_text(toy, monkeypatch, tmp_path):
     agent = Agent(backend=backend, tools=[], session=session, interactive=True,
                   ctx=ToolContext(repo=tmp_path, mode="read-only", headless=True),
                   limits=LoopLimits(max_steps=1), sampling=Sampling(max_tokens=3))
-    events = list(agent.run("go"))
-    assert any(isinstance(e, PrefillEvent) and e.done == e.total for e in events)
+    monkeypatch.setattr(loop, "PREFILL_EVERY_S", 3600.0)   # the loop passes the first and last
+    events = [e for e in agent.run("go") if isinstance(e, PrefillEvent)]
+    assert len(events) == 2 and events[0].done < events[-1].done == events[-1].total
