@@ -128,8 +128,9 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype) -
 
 
 def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
-              topk: int = 6, dim: int = 4096, inter: int = 2048) -> Case:
-    """Routed experts of one layer; only the experts actually hit are stored (weights read once)."""
+              topk: int = 6, dim: int = 4096, inter: int = 2048, **tiles: int) -> Case:
+    """Routed experts of one layer; only the experts actually hit are stored (weights read once).
+    ``tiles``: launch options of the Triton path (block_m of the grouped GEMM)."""
     used = min(n_exp, t * topk)
     stacks = []
     for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
@@ -141,13 +142,14 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     w = torch.rand(t, topk, device=dev)
     nbytes = used * 3 * dim * inter * (0.5 + 1 / 32) + 2 * t * dim * x.element_size()
     shape = {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim, "inter": inter,
-             "path": "grouped"}
+             "path": "grouped", **tiles}
     if t * topk <= moe.DECODE_MAX_PAIRS:  # per-pair split-K: K splits of gate/up and of down
         (up, _), (down, _) = moe.decode_plan(t * topk, dim, inter)
         shape.update(path="decode", split_k=[up, down])
     return Case(name, shape, nbytes, 6.0 * t * topk * dim * inter,
                 lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0),
-                lambda: moe.moe_fp4_triton(x, w, idx, bank, 10.0), ">= 60% of HBM bandwidth")
+                lambda: moe.moe_fp4_triton(x, w, idx, bank, 10.0, **tiles),
+                ">= 60% of HBM bandwidth")
 
 
 def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
@@ -328,6 +330,9 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp8_case, "fp8_gemm_wo_b_prefill", 512 if gpu else 16, 4096, 8192, dev, dtype),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
+        # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)
+        p(_moe_case, "moe_fp4_prefill_m64", 2048 if gpu else 4, dev, dtype, **moe_dims,
+          block_m=64),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
         p(_mhc_case, "mhc_pre_prefill", 2048 if gpu or full else 128, dev, dtype),
         p(_compressor_case, "compressor_csa_prefill", 1024 if gpu else 64, 8, dev),

@@ -228,3 +228,19 @@ def test_moe_fp4_triton_makes_no_host_sync(monkeypatch, t, decode):
         moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=decode))) == []
     want = moe_fp4_reference(x, weights, indices, bank, LIMIT)
     assert torch.allclose(out[0], want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block_m", [32, 64])
+def test_moe_fp4_grouped_with_larger_expert_tiles(block_m):
+    """64-row expert tiles (what lets the grouped GEMM use Hopper's warp-group MMA): rows of
+    several experts, a partly filled tile per expert, a padded slot."""
+    g = torch.Generator().manual_seed(block_m)
+    n_exp, dim, inter, t, topk = 4, 64, 32, 40, 2
+    bank = ExpertBank.from_stacked(*_experts(n_exp, dim, inter, g))
+    x = torch.randn(t, dim, generator=g)
+    indices = torch.stack([torch.randperm(n_exp, generator=g)[:topk] for _ in range(t)])
+    indices[3, 0] = -1
+    weights = torch.rand(t, topk, generator=g)
+    got = moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=False, block_m=block_m)
+    want = moe_fp4_reference(x, weights, indices, bank, LIMIT)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
