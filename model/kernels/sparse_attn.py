@@ -169,10 +169,12 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
 @triton.jit
 def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
                          BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Grid (tokens, head blocks, column blocks of BLOCK_D): a decode token has only
+    H / BLOCK_H head blocks, so its columns are split too (more programs in flight)."""
     pid_t = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_h = offs_h < H
     mask = mask_h[:, None] & (offs_d < D)[None, :]
     sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
@@ -189,10 +191,14 @@ def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
         acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + offs_d[None, :], mask=mask,
                                     other=0.0)
     rows = (pid_t * H + offs_h).to(tl.int64)
-    tl.store(lse_ptr + rows, m + tl.log(denom), mask=mask_h)
+    first = tl.zeros([BLOCK_H], dtype=tl.int32) + tl.program_id(2) == 0   # one column block
+    tl.store(lse_ptr + rows, m + tl.log(denom), mask=mask_h & first)       # writes the lse
     tl.store(o_ptr + rows[:, None] * D + offs_d[None, :],
              (acc / denom[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
 
+
+
+COMBINE_BLOCK_D = 128   # output columns per combine program (a decode token: 4 × 4 programs)
 
 
 def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
@@ -252,6 +258,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
         _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
             q, kv, kv16, sink, idx, po, plse, s, h, n, k, d, chunk, scale, SPLIT=True, **consts)
-        _sparse_attn_combine[(b * s, head_blocks)](
-            po, plse, sink, out, lse, h, d, splits, BLOCK_H=block_h, BLOCK_D=block_d)
+        block_dc = min(block_d, COMBINE_BLOCK_D)
+        _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
+            po, plse, sink, out, lse, h, d, splits, BLOCK_H=block_h, BLOCK_D=block_dc)
     return out.to(out_dtype), lse
