@@ -60,8 +60,9 @@ class UsageEvent(Event):
 @dataclass(slots=True)
 class PrefillEvent(Event):
     """The model is reading the prompt: ``done`` of ``total`` prompt tokens are in its cache,
-    ``cached`` of them restored from the prefix cache (embedded backend; a long prompt's first
-    turn takes minutes). The last one before the reply has ``done == total``."""
+    ``cached`` of them restored from the prefix cache (the embedded backend, or ``v4coder serve``
+    through the openai backend; a long prompt's first turn takes minutes). The last one before
+    the reply has ``done == total``."""
 
     type: ClassVar[str] = "prefill"
     done: int
