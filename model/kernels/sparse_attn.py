@@ -22,6 +22,8 @@ from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
 from model.kernels.launch import interpreting
 
+DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
+
 
 def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                           indices: torch.Tensor, scale: float
@@ -40,13 +42,28 @@ def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         idx = indices[:, lo:hi]
         valid = idx >= 0
         rows = idx.clamp(min=0).long()                                   # [b, sb, k]
-        gathered = kv32[batch, rows]                                     # [b, sb, k, d]
         qb = q[:, lo:hi].float()
-        logits = torch.matmul(qb, gathered.transpose(-1, -2)) * scale    # [b, sb, h, k]
+        used = torch.unique(rows) if b == 1 else None
+        if used is not None and used.numel() <= DENSE_ROWS_FACTOR * k:
+            # the block's queries share most rows (the window, HCA's rows): one GEMM against
+            # the distinct rows, then each query's logits picked out — no [sb, k, d] gather
+            dense = kv32[0, used]                                        # [u, d]
+            local = torch.searchsorted(used, rows)                       # [1, sb, k]
+            all_logits = torch.matmul(qb, dense.t()) * scale             # [1, sb, h, u]
+            logits = all_logits.gather(-1, local.unsqueeze(2).expand(-1, -1, h, -1))
+        else:
+            dense = None
+            gathered = kv32[batch, rows]                                 # [b, sb, k, d]
+            logits = torch.matmul(qb, gathered.transpose(-1, -2)) * scale    # [b, sb, h, k]
         logits = logits.masked_fill(~valid.unsqueeze(2), float("-inf"))
         full = torch.cat([logits, sink_col.expand(b, hi - lo, h, 1)], dim=-1)
         probs = torch.softmax(full, dim=-1)[..., :-1]
-        out[:, lo:hi] = torch.matmul(probs, gathered).to(q.dtype)        # [b, sb, h, d]
+        if dense is not None:   # probabilities back onto the distinct rows (repeats add up)
+            spread = probs.new_zeros(1, hi - lo, h, dense.shape[0])
+            spread.scatter_add_(-1, local.unsqueeze(2).expand(-1, -1, h, -1), probs)
+            out[:, lo:hi] = torch.matmul(spread, dense).to(q.dtype)
+        else:
+            out[:, lo:hi] = torch.matmul(probs, gathered).to(q.dtype)    # [b, sb, h, d]
         lse[:, lo:hi] = torch.logsumexp(full, dim=-1)
     return out, lse
 
