@@ -143,6 +143,8 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False       # shutdown waits for in-flight requests
     block_on_close = True
     allow_reuse_address = True
+    request_queue_size = 128     # listen backlog: many agents connect at once (the default 5
+                                 # reset connections when 20 clients arrived together)
     on_close: Callable[[], None] | None = None   # after the in-flight requests are done
 
     def server_close(self) -> None:

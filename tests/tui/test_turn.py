@@ -137,13 +137,16 @@ async def test_resume_renders_the_last_session(repo, edit_turn, make_app):
 
 
 @pytest.mark.asyncio
-async def test_status_bar_shows_how_far_the_model_is_into_a_long_prompt(repo, make_replay):
+async def test_status_bar_shows_how_far_the_model_is_into_a_long_prompt(repo, make_replay,
+                                                                        monkeypatch):
     import threading
 
+    from agent import loop
     from agent.backends.replay import ReplayBackend
     from agent.events import PrefillEvent
     from app.tui.app import CoderApp
 
+    monkeypatch.setattr(loop, "PREFILL_EVERY_S", 0.0)   # pass every event on
     release = threading.Event()
 
     class SlowPrompt(ReplayBackend):   # a long prompt on the embedded engine, paused halfway
