@@ -214,7 +214,6 @@ def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
              (acc / denom[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
 
 
-
 COMBINE_BLOCK_D = 128   # output columns per combine program (a decode token: 4 × 4 programs)
 
 
