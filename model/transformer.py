@@ -4,6 +4,7 @@ sub-module, module paths equal to the official checkpoint tensor names."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import nn
 
 from model.cache import SequenceCache, Span
 from model.config import ModelConfig
-from model.layers.attention import Attention
+from model.layers.attention import Attention, AttentionInputs, step_positions
 from model.layers.linear import Linear, Numerics
 from model.layers.mhc import HyperConnection, HyperHead
 from model.layers.moe import MoE
@@ -30,6 +31,17 @@ class Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
+
+
+@dataclass(frozen=True, slots=True)
+class BeforeAttention:
+    """A block's state across attention's cache side: the residual streams it entered with,
+    the mHC post / comb mixes, the RoPE angles and attention's projections."""
+    residual: torch.Tensor
+    post: torch.Tensor
+    comb: torch.Tensor
+    angles: torch.Tensor
+    inputs: AttentionInputs
 
 
 class Block(nn.Module):
@@ -53,10 +65,26 @@ class Block(nn.Module):
                 memo: dict | None = None) -> torch.Tensor:
         """x [b, T, hc, dim] over the tokens of ``spans`` (one sequence, or a ragged batch
         of several with b = 1); input_ids [b, T]."""
-        residual = x
+        memo = {} if memo is None else memo
+        positions = step_positions(spans, x.device, memo)
+        before = self.before_attention(x, positions, memo)
+        o = self.attn.attend(before.inputs, spans, positions, memo)
+        return self.after_attention(o, before, input_ids)
+
+    def before_attention(self, x: torch.Tensor, positions: torch.Tensor, memo: dict
+                         ) -> BeforeAttention:
+        """Everything up to attention's cache side; reads no cache."""
         h, post, comb = self.hc.pre(x, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
-        h = self.attn(self.attn_norm(h), spans, memo)
-        x = self.hc.post(h, residual, post, comb)
+        angles = self.attn.angles(positions, memo)
+        inputs = self.attn.project(self.attn_norm(h), positions, angles)
+        return BeforeAttention(x, post, comb, angles, inputs)
+
+    def after_attention(self, o: torch.Tensor, before: BeforeAttention,
+                        input_ids: torch.Tensor) -> torch.Tensor:
+        """Everything after attention's cache side (its output projection, the FFN half);
+        reads no cache. → the block's output streams [b, T, hc, dim]."""
+        h = self.attn.output(o, before.angles)
+        x = self.hc.post(h, before.residual, before.post, before.comb)
         residual = x
         h, post, comb = self.hc.pre(x, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base)
         h = self.ffn(self.ffn_norm(h), input_ids)

@@ -13,6 +13,7 @@ test_model_packed_kv.py). ``dequant`` numerics keep float rows in the compute dt
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,6 +27,18 @@ from model.layers.indexer import Indexer, IndexerInputs
 from model.layers.linear import Linear, Numerics
 from model.layers.norm import RMSNorm
 from model.layers.rope import RotaryEmbedding, apply_rope
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionInputs:
+    """What attention's per-token projections hand its cache side, for all T tokens of a
+    forward: queries [b, T, heads, head_dim] (normed, RoPE'd), new KV rows [b, T, head_dim]
+    as the cache holds them (uint8 packed rows in native numerics), the compressor's (kv,
+    score) and the indexer's inputs (None on layers without them)."""
+    q: torch.Tensor
+    kv: torch.Tensor
+    pooled: tuple[torch.Tensor, torch.Tensor] | None
+    index: IndexerInputs | None
 
 
 class Attention(nn.Module):
@@ -73,28 +86,31 @@ class Attention(nn.Module):
         pos = t - self.window + 1 + torch.arange(self.window, device=device).view(1, -1)
         return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
 
-    def forward(self, x: torch.Tensor, spans: Sequence[Span], memo: dict | None = None
-                ) -> torch.Tensor:
-        """x [b, T, dim] holding the spans' tokens one after another (a ragged batch has b = 1).
-        The projections run once over all T tokens; each span attends over its own cache.
-        ``memo``: one dict per forward, shared by all layers, for what they all compute alike
-        (positions, RoPE angles per flavour, window indices) — once per step, not per layer."""
-        b, t, _ = x.shape
-        memo = {} if memo is None else memo
-        positions = _memoized(memo, ("positions",), lambda: torch.cat(
-            [torch.arange(sp.start, sp.start + sp.length, device=x.device) for sp in spans]))
-        angles = _memoized(memo, ("angles", self.rope_flavour),
-                           lambda: self.rope.angles(positions))
+    def angles(self, positions: torch.Tensor, memo: dict) -> torch.Tensor:
+        """This layer's RoPE angles of ``positions``, once per flavour per forward (``memo``)."""
+        return _memoized(memo, ("angles", self.rope_flavour), lambda: self.rope.angles(positions))
+
+    def project(self, x: torch.Tensor, positions: torch.Tensor, angles: torch.Tensor
+                ) -> AttentionInputs:
+        """The per-token projections of x [b, T, dim] (any tokens at once: a ragged batch
+        too): queries, new KV rows as the cache holds them, the compressor's and the indexer's
+        inputs. Pure: reads no cache (a decode step captures it in a CUDA graph)."""
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
         q = ops.rms_norm(q, None, self.eps)
         q = apply_rope(q, angles)
-        layout = self.cache_layout()
-        kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), layout)
-        # the compressor's and the indexer's projections are per token too: once for all spans
+        kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), self.cache_layout())
         pooled = self.compressor.project(x, positions) if self.compressor is not None else None
         index = (self.indexer.project(x, qr, positions, angles)   # CSA: the compressed flavour
                  if self.indexer is not None else None)
+        return AttentionInputs(q, kv, pooled, index)
+
+    def attend(self, inputs: AttentionInputs, spans: Sequence[Span], positions: torch.Tensor,
+               memo: dict) -> torch.Tensor:
+        """The cache side: each span's tokens over its own window, compressed and picked rows;
+        the spans' caches advance. → attention output [b, T, heads, head_dim] (RoPE'd)."""
+        layout = self.cache_layout()
+        q, kv, pooled, index = inputs.q, inputs.kv, inputs.pooled, inputs.index
         outs, lo = [], 0
         for sp in spans:
             hi = lo + sp.length
@@ -104,11 +120,28 @@ class Attention(nn.Module):
                 None if index is None else index.span(lo, hi),
                 sp.start, positions[lo:hi], sp.cache, layout, memo))
             lo = hi
-        o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def output(self, o: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Attention output [b, T, heads, head_dim] → inverse RoPE → grouped low-rank output
+        projection → [b, T, dim]. Pure, like ``project``."""
+        b, t = o.shape[:2]
         o = apply_rope(o, angles, inverse=True)
         # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
         z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups)
         return self.wo_b(z.flatten(2))
+
+    def forward(self, x: torch.Tensor, spans: Sequence[Span], memo: dict | None = None
+                ) -> torch.Tensor:
+        """x [b, T, dim] holding the spans' tokens one after another (a ragged batch has b = 1).
+        The projections run once over all T tokens; each span attends over its own cache.
+        ``memo``: one dict per forward, shared by all layers, for what they all compute alike
+        (positions, RoPE angles per flavour, window indices) — once per step, not per layer."""
+        memo = {} if memo is None else memo
+        positions = step_positions(spans, x.device, memo)
+        angles = self.angles(positions, memo)
+        o = self.attend(self.project(x, positions, angles), spans, positions, memo)
+        return self.output(o, angles)
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
                 pooled: tuple[torch.Tensor, torch.Tensor] | None, index: IndexerInputs | None,
@@ -123,7 +156,8 @@ class Attention(nn.Module):
         if past is not None and (past.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
         n_past = 0 if past is None else past.shape[1]
-        keys = kv if past is None else torch.cat([past, kv], dim=1)
+        # the window keeps a view of keys: never of the caller's (a decode graph's) buffer
+        keys = kv.clone() if past is None else torch.cat([past, kv], dim=1)
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
@@ -147,6 +181,12 @@ class Attention(nn.Module):
         if layout is None:
             return ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
         return ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]
+
+
+def step_positions(spans: Sequence[Span], device: torch.device, memo: dict) -> torch.Tensor:
+    """The positions of a forward's tokens (every span's, one after another), once per forward."""
+    return _memoized(memo, ("positions",), lambda: torch.cat(
+        [torch.arange(sp.start, sp.start + sp.length, device=device) for sp in spans]))
 
 
 def _memoized(memo: dict, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
