@@ -1,7 +1,7 @@
 """``v4coder serve``: an OpenAI-compatible server over the embedded engine (model/engine.py).
 
     v4coder serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--cache-dir DIR]
-                  [--max-batch 16] [--ep N] [--tp M] [--mtp] [--offload BYTES]
+                  [--max-batch 16] [--ep N] [--tp M] [--mtp] [--offload BYTES] [--cuda-graphs]
 
 Concurrent requests are batched continuously (model/batcher.py): each forward carries a decode
 token of every running request plus the next prefill chunk of a waiting one; requests join and
@@ -9,7 +9,8 @@ leave between forwards. ``--ep N --tp M`` runs N·M ranks (spawned here, or one 
 under torchrun): rank 0 serves HTTP and runs the engine, the others follow its forwards step by
 step (model/serve_ranks.py), batched the same way (with ``--mtp``, one request at a time).
 ``--offload BYTES`` (e.g. 2GB) keeps at most that many bytes of routed experts on the device,
-the rest in host memory (model/offload.py).
+the rest in host memory (model/offload.py). ``--cuda-graphs`` runs decode steps as CUDA graph
+pieces around attention's cache side (model/decode_graphs.py).
 
 /v1/chat/completions (V4 chat encoding, tools → DSML with grammar-constrained tool calls,
 streaming SSE, usage with prompt_tokens_details.cached_tokens), /v1/completions, /v1/models;
@@ -335,6 +336,9 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--tp", type=int, default=1, help="attention tensor-parallel ranks")
     parser.add_argument("--offload", default="0", metavar="BYTES",
                         help="device bytes for routed experts (e.g. 2GB); the rest stay in host memory")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="run decode steps as CUDA graph pieces around attention's cache "
+                             "side (fewer host launches; CUDA only; off until measured)")
     parser.add_argument("--rank-timeout", type=float, default=7 * 24 * 3600.0,
                         help=argparse.SUPPRESS)  # collective timeout; followers idle between requests
     try:
@@ -353,14 +357,22 @@ def serve_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"v4coder serve: --offload / --cache-dir-size: {exc}", file=sys.stderr)
         return 2
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        print("v4coder serve: --cuda-graphs needs a CUDA device (--device cuda)", file=sys.stderr)
+        return 2
     if args.ep * args.tp > 1:
+        if args.cuda_graphs:
+            print("v4coder serve: --cuda-graphs cannot be combined with --ep/--tp yet",
+                  file=sys.stderr)
+            return 2
         return _serve_ranks(args, offload)
     try:
         engine = Engine.from_checkpoint(
             args.checkpoint, dtype=args.dtype, device=args.device, mtp=args.mtp,
             chunk_tokens=args.chunk_tokens, prefix_cache=not args.no_prefix_cache,
             cache_dir=None if args.no_prefix_cache else args.cache_dir.expanduser(),
-            cache_dir_bytes=args.cache_dir_bytes, transforms=_offload_transforms(offload))
+            cache_dir_bytes=args.cache_dir_bytes, transforms=_offload_transforms(offload),
+            decode_graphs=args.cuda_graphs)
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         _warm_up(engine, args.warm_up)

@@ -27,6 +27,8 @@ import torch
 
 from model import prefix_cache as pcache
 from model.cache import SequenceCache
+from model.decode_graphs import DecodeGraphs
+from model.decode_graphs import unsupported as graphs_unsupported
 from model.generate import LoadedModel, load_model
 from model.memory import MemoryPlan, plan_memory
 from model.sampling import SamplingParams, generation_defaults, sample_token
@@ -53,6 +55,7 @@ class EngineConfig:
     cache_dir_bytes: int = 64 << 30      # its budget; least recently used blocks go first
     state_every: int = 1                 # keep window state on every n-th block (1 = all)
     memory_bytes: int | None = None      # override the measured free memory (tests)
+    decode_graphs: bool = False          # decode steps as CUDA graph pieces (model/decode_graphs.py)
 
 
 @dataclass(slots=True)
@@ -229,6 +232,7 @@ class Engine:
     speculator: object | None = None     # model.mtp.MTPSpeculator when MTP is on
     step_hook: Any = None                # model.serve_ranks.StepLeader under --ep/--tp > 1
     slot_numbers: Iterator[int] = field(default_factory=itertools.count)  # for Sequence_.slot
+    graphs: DecodeGraphs | None = None   # set from ``config.decode_graphs``
 
     def __post_init__(self) -> None:
         cfg = self.lm.config
@@ -239,6 +243,11 @@ class Engine:
                 root, pcache.block_size(cfg.compress_ratios[:cfg.n_layers]),
                 self.config.cache_bytes, self.config.cache_dir, self.config.state_every,
                 disk_budget_bytes=self.config.cache_dir_bytes)
+        if self.config.decode_graphs and self.graphs is None:
+            reason = graphs_unsupported(self.lm.model)
+            if reason is not None:
+                raise EngineError(f"decode graphs cannot be used: {reason}")
+            self.graphs = DecodeGraphs(self.lm.model)
         if self.plan is None:
             self.plan = plan_memory(
                 cfg, self.lm.model.numerics.dtype, self.lm.device, self.config.chunk_tokens,
@@ -291,7 +300,14 @@ class Engine:
                 self.step_hook.batch([s.slot for s in seqs], [s.cache for s in seqs], new_ids)
             for seq, ids in zip(seqs, new_ids, strict=True):
                 seq.tokens.extend(ids)
-            return self.lm.model.forward_batch(new_ids, [seq.cache for seq in seqs])
+            caches = [seq.cache for seq in seqs]
+            if (self.graphs is not None and self.step_hook is None
+                    and all(len(ids) == 1 for ids in new_ids)
+                    and all(c.length > 0 for c in caches)):
+                logits = self.graphs.step([ids[0] for ids in new_ids], caches)
+                if logits is not None:   # None: capture failed, graphs are off (said once)
+                    return logits
+            return self.lm.model.forward_batch(new_ids, caches)
 
     @contextmanager
     def _capturing(self, seqs: Sequence[Sequence_]) -> Iterator[None]:

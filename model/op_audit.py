@@ -39,6 +39,10 @@ SYNCING_OPS = frozenset({
     "aten::item",
 })
 
+# ops that make a tensor from host (Python) data: on a GPU a host→device copy, which a CUDA
+# graph cannot capture (model/decode_graphs.py)
+HOST_DATA_OPS = frozenset({"aten::lift_fresh", "aten::lift_fresh_copy"})
+
 
 def is_host_sync(func: Any, args: Any, kwargs: Any = None) -> bool:
     """Whether this dispatched op makes the host wait for the device."""
@@ -94,6 +98,10 @@ class OpAudit(TorchDispatchMode):
 
     def launches(self) -> int:
         return self.torch_launches() + sum(self.triton.values())
+
+    def host_tensors(self) -> int:
+        """Tensors made from host data (``torch.tensor(...)``): host→device copies on a GPU."""
+        return sum(self.ops[name] for name in HOST_DATA_OPS)
 
     def top(self, n: int = 12) -> dict[str, int]:
         """The kernel-launching torch ops and Triton kernels seen most."""

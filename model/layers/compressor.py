@@ -57,6 +57,8 @@ class Compressor(nn.Module):
         if state.pending_kv is not None:
             kv = torch.cat([state.pending_kv, kv], dim=1)
             score = torch.cat([state.pending_score, score], dim=1)
+        else:   # the state keeps views of these: never of the caller's (a decode graph's) buffers
+            kv, score = kv.clone(), score.clone()
         if state.tap is not None:
             state.tap.append((kv, score, start_pos + s - kv.shape[1]))
         first_block = (start_pos + s - kv.shape[1]) // ratio

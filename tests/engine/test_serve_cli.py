@@ -65,3 +65,11 @@ def test_serve_bad_checkpoint_is_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0 and "v4coder serve:" in run.stderr
+
+
+def test_serve_cuda_graphs_without_cuda_is_one_line(toy_ckpt):
+    run = subprocess.run(_cli("serve", "--checkpoint", str(toy_ckpt), "--cuda-graphs"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("v4coder serve: --cuda-graphs needs a CUDA device "
+                                  "(--device cuda)")
