@@ -34,3 +34,33 @@ def test_indexer_rows_with_packed_keys_count_68_bytes_per_key():
     assert packed.shape["keys_format"] == "fp4-68B" and plain.shape["keys_format"] == "float32"
     assert plain.bytes - packed.bytes == n * (bk.IDX_DIM * 4 - 68)
     assert (packed.reference()[0, 0, :n] >= 0).all()  # the reference reads the packed keys
+
+
+def test_cpu_rows_have_no_graph_fields():
+    case = bk._indexer_case("idx", 1, 256, "cpu", torch.float32)
+    assert not [k for k in bk.run_case(case, "cpu", (4.8e12, 989.5e12)) if k.startswith("graph")]
+
+
+def test_graph_fields_use_graph_time_and_survive_a_failed_capture(monkeypatch):
+    """The CUDA-graph fields without a GPU: the capture is stubbed, the arithmetic is real."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    case = bk._indexer_case("idx", 1, 256, "cpu", torch.float32)
+    peaks = (4.8e12, 989.5e12)
+    monkeypatch.setattr(bk, "_time_graph", lambda fn: 2e-5)
+    fields = bk._graph_fields(case, peaks)
+    assert fields["graph_ms"] == 2e-5 * 1e3
+    assert fields["graph_gbps"] == case.bytes / 2e-5 / 1e9
+    assert fields["graph_hbm_fraction"] == bk._fractions(case, 2e-5, peaks)["hbm_fraction"]
+    assert set(fields) == {"graph_ms", "graph_gbps", "graph_hbm_fraction",
+                           "graph_bf16_peak_fraction"}
+    assert set(bk._graph_fields(case, None)) == {"graph_ms", "graph_gbps"}
+
+    def fail(fn):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\n" + "x" * 300)
+
+    monkeypatch.setattr(bk, "_time_graph", fail)
+    fields = bk._graph_fields(case, peaks)
+    assert fields["graph_ms"] is None and len(fields) == 2
+    assert fields["graph_error"].startswith("RuntimeError: CUDA error: operation not permitted")
+    assert "\n" not in fields["graph_error"] and len(fields["graph_error"]) == 200
