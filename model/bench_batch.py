@@ -10,7 +10,10 @@ did before) and ``max_batch = requests``. Reported:
 * ``step_ratio`` = time of one decode step with every request in it / with one request (ideal
   1.0 where a step is bound by reading the weights — a GPU at batch-1 decode; > 1 where the
   per-token compute dominates — a CPU running fp32 toys);
-* that the batched run produced exactly the one-at-a-time tokens (greedy): ``same_tokens``.
+* that the batched run produced exactly the one-at-a-time tokens (greedy): ``same_tokens``;
+* ``graphs``: the batched run and the decode steps again with decode steps as graph pieces
+  (model/decode_graphs.py): captured CUDA graphs on a GPU; on a CPU the ``emulate`` mode (the
+  same pieces eagerly plus static-buffer copies: a cost, not a gain), its tokens checked too.
 
 On the toy checkpoint on a CPU absolute times mean little; the ratios come from the same run.
 """
@@ -27,6 +30,7 @@ import torch
 
 from model.batcher import Batcher
 from model.bench_cli import random_ids, toy_bench_main
+from model.decode_graphs import DecodeGraphs
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
 from model.sampling import SamplingParams, generation_defaults
@@ -88,6 +92,12 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
         all_s, all_tokens, batched = _serve_all(engine, requests, prompts, params)
         step_one = _decode_step_s(engine, prompts[:1], 9)
         step_all = _decode_step_s(engine, prompts, 9)
+        # the same with decode steps as graph pieces (model/decode_graphs.py)
+        engine.graphs = DecodeGraphs(lm.model)
+        graph_s, graph_tokens, _ = _serve_all(engine, requests, prompts, params)
+        graph_one = _decode_step_s(engine, prompts[:1], 9)
+        graph_all = _decode_step_s(engine, prompts, 9)
+        graphs = engine.graphs
     generated = sum(map(len, all_tokens))
     c = batched.counters
     return {
@@ -102,6 +112,15 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
         "step_ratio": round(step_all / step_one, 3),
         "batched_steps": c.steps, "max_batch_seen": c.max_batch_seen,
         "same_tokens": one_tokens == all_tokens,
+        "graphs": {"mode": graphs.mode, "disabled": graphs.disabled,
+                   "batched_s": round(graph_s, 3),
+                   "batched_tokens_per_s": round(generated / graph_s, 2),
+                   "throughput_vs_batched": round(all_s / graph_s, 3),
+                   "decode_step_1_s": round(graph_one, 5),
+                   f"decode_step_{requests}_s": round(graph_all, 5),
+                   "step_speedup_1": round(step_one / graph_one, 3),
+                   f"step_speedup_{requests}": round(step_all / graph_all, 3),
+                   "same_tokens": graph_tokens == one_tokens},
     }
 
 

@@ -8,7 +8,10 @@ process): kernel launches per step and per layer — torch ops that launch a ker
 launches (model/op_audit.py) — the host syncs in the step, and the ops seen most. On the H200 a
 decode step was bound by the host (docs/PERF.md: a kernel's call took 3–8× its GPU time), so
 these counts are what a launch-overhead fix must cut; they are a property of the code, the same
-on any machine. ``per_layer × 43`` estimates V4-Flash's step.
+on any machine. ``per_layer × 43`` estimates V4-Flash's step. ``graphs``: the same step cut
+into CUDA-graph pieces (model/decode_graphs.py, ``--cuda-graphs``): the launches the pieces
+capture, and the host launches left per step (the eager cache side, the static-buffer copies and
+one replay per piece).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
                    numerics: str = "native") -> dict:
     import torch
 
+    from model.decode_graphs import DecodeGraphs
     from model.engine import Engine, EngineConfig
     from model.generate import load_model
     from model.kernels.launch import interpreting
@@ -50,7 +54,19 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
         engine.forward(seq, [5])          # first decode step: anything lazy happens here
         with OpAudit() as audit:
             engine.forward(seq, [6])
+        # the same step cut into graph pieces (model/decode_graphs.py): what a CUDA graph
+        # captures, and so what is left for the host
+        graphs = DecodeGraphs(lm.model, mode="emulate")
+        graphs.step([7], [seq.cache])
+        buf, memo = graphs.buffers[1], {("positions",): graphs.buffers[1].positions}
+        with OpAudit() as pieces:
+            for i in range(len(lm.model.layers) + 1):
+                graphs.piece(i, buf, memo)
     layers = lm.config.n_layers
+    eager = audit.launches() - pieces.launches()
+    # with graphs the host launches: the eager cache side, one copy of each layer's attention
+    # output into its static buffer, the ids / positions copies and one replay per piece
+    with_graphs = eager + layers + 2 + layers + 1
     return {
         "bench": "launches", "device": str(lm.device), "preset": preset, "numerics": numerics,
         "kernels": kernels,
@@ -61,6 +77,12 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
         "launches_per_layer": round(audit.launches() / layers, 1),
         "v4_flash_estimate_per_step": round(audit.launches() / layers * 43),
         "top": audit.top(),
+        "graphs": {"captured_launches": pieces.launches(), "pieces": layers + 1,
+                   "host_launches_per_step": with_graphs,
+                   "host_launches_per_layer": round(with_graphs / layers, 1),
+                   "v4_flash_estimate_per_step": round(with_graphs / layers * 43),
+                   "pieces_host_syncs": sum(pieces.syncs.values()),
+                   "pieces_host_tensors": pieces.host_tensors()},
     }
 
 

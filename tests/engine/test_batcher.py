@@ -204,3 +204,6 @@ def test_bench_batch_small_run():
     assert result["max_batch_seen"] == 3
     assert result["throughput_ratio"] > 0 and result["step_ratio"] > 0
     assert set(result) >= {"decode_step_1_s", "decode_step_3_s", "batched_tokens_per_s"}
+    graphs = result["graphs"]   # the batched run again, decode steps as (emulated) graph pieces
+    assert graphs["mode"] == "emulate" and graphs["disabled"] is None
+    assert graphs["same_tokens"] is True and graphs["step_speedup_3"] > 0
