@@ -255,12 +255,17 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tens
     without computing them), so nothing here waits for the device."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
-    out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     block_t = _prefill_block_t(h, block_t)
     block_n = max(16, triton.next_power_of_2(block_n))
     rows = _prefill_query_rows(b, s, n, block_t)
     scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
     width = n
+    if rows >= s and width >= k:   # one pass fills every slot (decode): no −1 prefill, no copy
+        scores = scratch[: b * s * width].view(b, s, width)
+        _launch_scores(q, weights, keys, vis, scores, 0, s, prec, block_t, block_n)
+        picks = scores.topk(k, dim=-1).indices
+        return torch.where(picks >= vis.view(1, -1, 1), -1, picks)
+    out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
         scores = scratch[: b * (hi - lo) * width].view(b, hi - lo, width)

@@ -131,6 +131,14 @@ class Attention(nn.Module):
         z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups)
         return self.wo_b(z.flatten(2))
 
+    def _with_all_rows(self, window: torch.Tensor, positions: torch.Tensor, n: int
+                       ) -> torch.Tensor:
+        """HCA: [s, window] indices (already past the n compressed rows) followed by every
+        compressed row each query may see (rows j < (position + 1) // ratio, else −1)."""
+        visible = (positions + 1) // self.ratio
+        cols = torch.arange(n, device=positions.device).view(1, -1)
+        return torch.cat([window, torch.where(cols < visible.view(-1, 1), cols, -1)], dim=-1)
+
     def forward(self, x: torch.Tensor, spans: Sequence[Span], memo: dict | None = None
                 ) -> torch.Tensor:
         """x [b, T, dim] holding the spans' tokens one after another (a ragged batch has b = 1).
@@ -161,23 +169,30 @@ class Attention(nn.Module):
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
         cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
+        # index tensors depend on the span and the row counts only: built once per forward for
+        # all layers alike (a decode step would otherwise rebuild them in every layer)
         indices = _memoized(memo, ("window", start_pos, s, n_past), lambda: self._window_indices(
-            start_pos, s, n_past, device)).unsqueeze(0).expand(b, -1, -1)
+            start_pos, s, n_past, device))
         if self.compressor is not None:
             n = self.compressor(*pooled, start_pos, cache.compressor, layout).shape[1]
+            window = _memoized(memo, ("window after rows", start_pos, s, n_past, n),
+                               lambda: torch.where(indices >= 0, indices + n, -1))
             if self.indexer is not None:
-                picked = self.indexer(index, start_pos, positions, cache)
+                visible = _memoized(memo, ("visible rows", self.ratio, start_pos, s),
+                                    lambda: (positions + 1) // self.ratio)
+                picked = self.indexer(index, start_pos, visible, cache)
+                indices = torch.cat([window.unsqueeze(0).expand(b, -1, -1), picked], dim=-1)
             else:
-                visible = (positions + 1) // self.ratio
-                cols = torch.arange(n, device=device).view(1, -1)
-                picked = torch.where(cols < visible.view(-1, 1), cols, -1).unsqueeze(0).expand(b, -1, -1)
+                indices = _memoized(memo, ("window and all rows", self.ratio, start_pos, s, n_past,
+                                           n), lambda: self._with_all_rows(window, positions, n))
             # one KV tensor without copying the compressed rows: they stay at the front of the
             # cache's store and the window rows are written just after them (scratch)
             w = keys.shape[1]
             store = cache.compressor.reserve(n + w, like=keys)
             store[:, n:n + w] = keys
             keys = store[:, :n + w]
-            indices = torch.cat([torch.where(indices >= 0, indices + n, -1), picked], dim=-1)
+        if indices.dim() == 2:
+            indices = indices.unsqueeze(0).expand(b, -1, -1)
         if layout is None:
             return ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
         return ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]

@@ -78,10 +78,11 @@ class Indexer(nn.Module):
         weights = self.weights_proj(x).float() * self.weight_scale   # [b, T, H]
         return IndexerInputs(q, weights, *self.compressor.project(x, positions))
 
-    def forward(self, inputs: IndexerInputs, start_pos: int, positions: torch.Tensor,
+    def forward(self, inputs: IndexerInputs, start_pos: int, visible: torch.Tensor,
                 cache: LayerCache) -> torch.Tensor:
-        """One sequence's new tokens (their ``project``ions; positions [s]) → top-k
-        compressed-row indices [b, s, k] per query (−1 = no pick); its keys join ``cache``."""
+        """One sequence's new tokens (their ``project``ions; ``visible`` [s]: how many
+        compressed rows each may see, (position + 1) // ratio) → top-k compressed-row indices
+        [b, s, k] per query (−1 = no pick); its keys join ``cache``."""
         layout = self.cache_layout()
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
@@ -90,7 +91,6 @@ class Indexer(nn.Module):
         q, weights = inputs.q, inputs.weights
         b, s = q.shape[:2]
         n = keys.shape[1]
-        visible = (positions + 1) // self.ratio                      # rows j < visible[t]
         k = min(self.topk, n)
         if k == 0:
             return torch.full((b, s, 0), -1, dtype=torch.long, device=q.device)
