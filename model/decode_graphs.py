@@ -209,6 +209,9 @@ def _store(static: Any, fresh: Any) -> Any:
     if static is None:
         return _tree_map(fresh, torch.clone)
     for dst, src in zip(_leaves(static), _leaves(fresh), strict=True):
+        if (dst.shape, dst.dtype) != (src.shape, src.dtype):   # a graph would replay stale
+            raise RuntimeError(f"decode graphs: a piece's output changed from {dst.dtype} "
+                               f"{tuple(dst.shape)} to {src.dtype} {tuple(src.shape)}")
         dst.copy_(src)
     return static
 

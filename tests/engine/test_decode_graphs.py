@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_support import token_ids
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from model.decode_graphs import DecodeGraphs, unsupported
 from model.engine import Engine, EngineError, RequestStats
@@ -122,3 +124,57 @@ def test_captured_steps_equal_the_plain_forward_on_cuda(toy_ckpt):
     _decode_both(lm.model, graphs, [token_ids(n, seed=n) for n in (9, 26)], steps=20,
                  tolerance=1e-2)   # bf16: the same kernels, replayed
     assert graphs.disabled is None and len(graphs.buffers[2].graphs) == len(lm.model.layers) + 1
+
+
+class _ExternalReads(TorchDispatchMode):
+    """The storages ops read that no op of the same run made: what a CUDA graph reads from
+    outside itself, at the addresses it was captured with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: set[int] = set()
+        self.read: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # a tensor made from host data is new every time (the host-copy audit above counts them
+        # on the Triton path; some torch references make them)
+        fresh = func._schema.name in ("aten::lift_fresh", "aten::lift_fresh_copy")
+        for t in () if fresh else tree_leaves((args, kwargs or {})):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.made:
+                self.read.add(t.untyped_storage().data_ptr())
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.made.add(t.untyped_storage().data_ptr())
+        return out
+
+
+def _piece_reads(model, graphs: DecodeGraphs, caches, token: int) -> set[int]:
+    """Run one step, then its pieces again under the audit (all of them, like one step's
+    replays): the storages they read from outside."""
+    graphs.step([token] * len(caches), caches)
+    buf = graphs.buffers[len(caches)]
+    memo: dict = {("positions",): buf.positions}
+    with torch.inference_mode(), _ExternalReads() as reads:
+        for i in range(len(model.layers) + 1):
+            graphs.piece(i, buf, memo)
+    return reads.read
+
+
+def test_pieces_read_the_same_storages_every_step(toy_lm):
+    """A graph replays reads of the addresses it was captured with: a piece that read a tensor
+    made anew each step (outside the pieces) would read a stale one. Every storage the pieces
+    read from outside must be the same at every step — and a tensor swapped between steps is
+    seen (the check can fail)."""
+    model = toy_lm.model
+    graphs = DecodeGraphs(model, mode="emulate")
+    caches = [model.new_cache()]
+    model.forward_batch([token_ids(20, seed=8)], caches)
+    first = _piece_reads(model, graphs, caches, 3)
+    assert first and _piece_reads(model, graphs, caches, 4) == first
+    swapped = model.norm.weight
+    try:
+        model.norm.weight = swapped.clone()    # as if remade per step
+        assert _piece_reads(model, graphs, caches, 5) != first
+    finally:
+        model.norm.weight = swapped
