@@ -39,7 +39,7 @@ class EmbeddedBackend:
                  numerics: str = "dequant", progress: bool = True,
                  progress_callback: ProgressCallback | None = None,
                  constrain_tool_calls: bool = True, cache_dir: str | Path | None = None,
-                 offload_bytes: int = 0) -> None:
+                 offload_bytes: int = 0, decode_graphs: bool = False) -> None:
         """``progress`` prints a bar on stderr; ``progress_callback(fraction, label)``, if
         given, is called (from this thread) as the weights load, and with 1.0 when ready."""
         from model.checkpoint import CheckpointError
@@ -56,6 +56,8 @@ class EmbeddedBackend:
                 progress_callback(0.97 * done / max(total, 1), f"{label}: {done}/{total} tensors")
 
         cuda = torch.cuda.is_available()
+        if decode_graphs and not (device or ("cuda" if cuda else "cpu")).startswith("cuda"):
+            raise BackendError("graphs=on needs a CUDA device")
         cache_dir = cache_dir or os.environ.get("V4CODER_PREFIX_CACHE_DIR") or None
         transforms = []
         if offload_bytes:
@@ -66,7 +68,8 @@ class EmbeddedBackend:
                 path, dtype=dtype or ("bfloat16" if cuda else "float32"),
                 device=device or ("cuda" if cuda else "cpu"), numerics=numerics,
                 progress=progress, on_progress=on_progress,
-                cache_dir=Path(cache_dir) if cache_dir else None, transforms=transforms)
+                cache_dir=Path(cache_dir) if cache_dir else None, transforms=transforms,
+                decode_graphs=decode_graphs)
         except (CheckpointError, ConfigError, EngineError, ValueError, OSError) as exc:
             raise BackendError(f"cannot load {path}: {exc}") from None
         if self.engine.tokenizer is None:

@@ -7,6 +7,8 @@
     embedded:DIR?offload=2GB    ... with options after '?', '&'-separated key=value:
                                 offload=BYTES  device bytes for routed experts (5000, 512MB, 2GB);
                                 the other experts stay in host memory (model/offload.py)
+                                graphs=on      decode steps as CUDA graph pieces (CUDA only;
+                                model/decode_graphs.py)
 """
 
 from __future__ import annotations
@@ -45,12 +47,18 @@ def make_backend(spec: str, model: str | None = None) -> Backend:
 
 
 def _embedded_options(query: str) -> dict[str, object]:
-    """'offload=2GB' → {'offload_bytes': 2147483648}; unknown keys or bad values → BackendError."""
+    """'offload=2GB&graphs=on' → {'offload_bytes': 2147483648, 'decode_graphs': True};
+    unknown keys or bad values → BackendError."""
     options: dict[str, object] = {}
     for item in filter(None, query.split("&")):
         key, _, value = item.partition("=")
+        if key == "graphs":
+            if value not in ("on", "off"):
+                raise BackendError(f"embedded:...?graphs=: expected on or off, got {value!r}")
+            options["decode_graphs"] = value == "on"
+            continue
         if key != "offload":
-            raise BackendError(f"unknown embedded backend option {key!r} (known: offload)")
+            raise BackendError(f"unknown embedded backend option {key!r} (known: offload, graphs)")
         try:
             from model.serve_ranks import parse_bytes
             options["offload_bytes"] = parse_bytes(value)

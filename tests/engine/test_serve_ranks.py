@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 from agent.backends.base import BackendError, CompletionRequest, Sampling
 from agent.backends.embedded import EmbeddedBackend
@@ -149,6 +150,11 @@ def test_embedded_backend_offload_spec_matches_resident(toy_ckpt):
         make_backend(f"embedded:{toy_ckpt}?nope=1")
     with pytest.raises(BackendError, match="byte count"):
         make_backend(f"embedded:{toy_ckpt}?offload=lots")
+    with pytest.raises(BackendError, match="graphs=: expected on or off"):
+        make_backend(f"embedded:{toy_ckpt}?graphs=yes")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="graphs=on needs a CUDA device"):
+            make_backend(f"embedded:{toy_ckpt}?graphs=on")
 
 
 def test_parse_bytes_and_bad_serve_flags(toy_ckpt, capsys):
