@@ -23,7 +23,8 @@ buffer). ``Block.before_attention`` / ``Block.after_attention`` and ``Attention.
 ``output`` read no cache, issue no host sync and make no host→device copy (tests/engine/
 test_decode_graphs.py audits that), so they capture; the eager part is ≈ a quarter of a layer's
 launches. Graphs are captured per batch size on first use (warm-up on a side stream first, one
-memory pool shared by all), and replayed in capture order.
+memory pool shared by all, one garbage collection per size rather than per graph), and replayed
+in capture order.
 
 ``mode="emulate"`` runs the same pieces eagerly on any device but with the graph's memory
 semantics: each piece's outputs are copied into static buffers that the next step overwrites.
@@ -34,7 +35,9 @@ A failed capture turns graphs off with one warning line; the caller then runs it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,25 +171,44 @@ class DecodeGraphs:
                             buf.outs[i] = torch.zeros_like(out.inputs.q)
             torch.cuda.current_stream(self.device).wait_stream(side)
             torch.cuda.synchronize(self.device)
+            gc.collect()   # once: torch.cuda.graph() collects per graph, 44 per V4-Flash size
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             memo = {("positions",): buf.positions}
-            for i in range(layers + 1):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    out = self.piece(i, buf, memo)
-                buf.graphs.append(graph)
-                if i < layers:
-                    buf.befores[i] = out
-                    buf.outs[i] = torch.zeros_like(out.inputs.q)
-                else:
-                    buf.logits = out
+            with torch.cuda.stream(side):
+                for i in range(layers + 1):
+                    out = _captured(self.piece, (i, buf, memo), self.pool, buf.graphs)
+                    if i < layers:
+                        buf.befores[i] = out
+                        buf.outs[i] = torch.zeros_like(out.inputs.q)
+                    else:
+                        buf.logits = out
+            torch.cuda.current_stream(self.device).wait_stream(side)
             return True
         except Exception as exc:   # noqa: BLE001 — any capture failure: run eagerly, say why
             self.disabled = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
             self._warn(f"v4coder: CUDA graphs off, decode runs eagerly ({self.disabled})")
             torch.cuda.synchronize(self.device)
             return False
+
+
+def _captured(fn: Callable[..., Any], args: tuple, pool: Any,
+              graphs: list[torch.cuda.CUDAGraph]) -> Any:
+    """``fn(*args)`` captured into a new graph (appended to ``graphs``) on the current stream,
+    sharing ``pool``. Only this thread's CUDA calls are checked during the capture (the server's
+    other threads make none, but they must not break it). A failure in ``fn`` ends the capture
+    and is raised as itself."""
+    graph = torch.cuda.CUDAGraph()
+    graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+    try:
+        out = fn(*args)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            graph.capture_end()
+        raise
+    graph.capture_end()
+    graphs.append(graph)
+    return out
 
 
 def unsupported(model: Any) -> str | None:
