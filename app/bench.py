@@ -8,6 +8,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     kernels [--full-size]    each Triton kernel vs its torch reference
     compile [--arch 90]      each Triton kernel compiled for sm_90 here (no GPU): registers,
                              spills, shared memory, occupancy
+    choices --from ROWS      kernel launch choices for a GPU from one `kernels` run's rows
     engine                   chunked prefill scaling, time to first token with a cached prefix
     batch                    continuous batching: throughput and decode-step time vs one at a time
     mtp                      MTP speculation: acceptance, cost of a draft + verify cycle, break-even
@@ -39,6 +40,7 @@ ENTRY_POINTS = {
     "tui": ("app.bench", "_tui"),
     "kernels": ("model.bench_kernels", "main"),
     "compile": ("model.bench_compile", "main"),
+    "choices": ("model.kernels.choices", "main"),
     "engine": ("model.bench_engine", "main"),
     "batch": ("model.bench_batch", "main"),
     "mtp": ("model.bench_mtp", "main"),

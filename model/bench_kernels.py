@@ -332,6 +332,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_indexer_case, "indexer_topk_decode_fp4", 1, ctx // 4, dev, dtype, packed=True),
         p(_indexer_case, "indexer_topk_prefill_fp4", *idx_prefill, dev, dtype, causal=True,
           packed=True),
+        p(_indexer_case, "indexer_topk_decode_fp4_merge", 1, ctx // 4, dev, dtype, packed=True,
+          path="merge"),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
@@ -340,6 +342,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)
+        p(_moe_case, "moe_fp4_prefill_2048", 2048 if gpu else 4, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_prefill_m64", 2048 if gpu else 4, dev, dtype, **moe_dims,
           block_m=64),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),

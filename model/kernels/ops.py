@@ -7,6 +7,10 @@ kernel family in model/kernels/). Which one runs (``backend``):
 - ``V4CODER_KERNELS=triton``: always Triton — CUDA tensors, or CPU tensors under
   ``TRITON_INTERPRET=1`` (the interpreter; set it before model.kernels is imported).
 - unset / ``auto``: Triton when the tensors are on CUDA, the reference elsewhere.
+
+Launch options that only a GPU can choose (sparse attention's head tile in prefill, the indexer's
+decode path, the MoE grouped GEMM's row tile) come from that GPU's measured table
+(model/kernels/choices.py); without one, each wrapper's defaults.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from model.kernels import choices, fp4_keys, kv_fp8, quant
 from model.kernels import compressor as _compressor
-from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels import gemm as _gemm
 from model.kernels import gemv as _gemv
 from model.kernels import indexer as _indexer
@@ -235,7 +239,8 @@ def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indic
     lse is the log of the whole denominator (sink included).
     """
     if backend(q) == "triton":
-        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale)
+        tiles = choices.options("sparse_attn_prefill", q.device) if q.shape[1] > 1 else {}
+        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, **tiles)
     return _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale)
 
 
@@ -251,7 +256,9 @@ def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly."""
     if backend(q) == "triton":
-        return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout)
+        tiles = choices.options("sparse_attn_prefill_fp8", q.device) if q.shape[1] > 1 else {}
+        return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout,
+                                               **tiles)
     return _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout)
 
 
@@ -261,7 +268,10 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     float or packed FP4 rows (uint8 [b, n, IndexKeyLayout(D).row_bytes], read as they are),
     visible [s] → int64 [b, s, k], best first, −1 = none (score = Σ_h w_h·ReLU(q_h·key))."""
     if backend(q) == "triton":
-        return _indexer.indexer_topk_triton(q, weights, keys, visible, k)
+        packed = keys.dtype == torch.uint8
+        path = (choices.options("indexer_decode_fp4" if packed else "indexer_decode", q.device)
+                if q.shape[1] == 1 else {})
+        return _indexer.indexer_topk_triton(q, weights, keys, visible, k, **path)
     return _indexer.indexer_topk_reference(q, weights, keys, visible, k)
 
 
@@ -291,7 +301,9 @@ def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: E
     → grouped down → combine. Reference: a loop over the hit experts in the compute ``dtype``
     (default x.dtype), bit-identical to ``Expert.forward``."""
     if backend(x) == "triton":
-        return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input)
+        tiles = (choices.options("moe_prefill", x.device)
+                 if x.shape[0] >= choices.MOE_PREFILL_TOKENS else {})
+        return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input, **tiles)
     return _moe.moe_fp4_reference(x, weights, slots, bank, limit, quantize_input, dtype)
 
 

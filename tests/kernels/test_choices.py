@@ -1,0 +1,136 @@
+"""Kernel launch choices (model/kernels/choices.py): chosen from one GPU run's bench rows,
+read at run time through the dispatch point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.kernels import choices, ops
+from model.kernels import sparse_attn as sparse_attn_module
+
+H200_ROWS = Path(__file__).parents[2] / "docs/perf/2026-11-28-h200-kernels.jsonl"
+
+
+def _row(name: str, ms: float, graph_ms: float | None = None, **extra) -> dict:
+    row = {"kernel": name, "device": "cuda", "device_name": "NVIDIA H200", "time_ms": ms,
+           "max_rel_err": 0.004, **extra}
+    if graph_ms is not None:
+        row["graph_ms"] = graph_ms
+    return row
+
+
+def _rows() -> list[dict]:
+    return [
+        _row("sparse_attn_prefill_csa", 1.2, 1.1),
+        _row("sparse_attn_prefill_csa_h64", 1.3, 0.5),        # slower called, faster replayed
+        _row("sparse_attn_prefill_csa_fp8", 1.0),
+        _row("sparse_attn_prefill_csa_fp8_h64", 2.0),
+        _row("indexer_topk_decode", 0.2, topk_recall=1.0),
+        _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
+        _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),
+        _row("moe_fp4_prefill_2048", 9.0),
+        _row("moe_fp4_prefill_m64", 3.0, max_rel_err=0.05),       # fast and too far off
+    ]
+
+
+def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
+    table = choices.choose(_rows(), source="rows.jsonl")
+    assert table["device_name"] == "NVIDIA H200"
+    got = table["choices"]
+    assert got["sparse_attn_prefill"]["options"] == {"block_h": 64, "dv_parts": 2}
+    assert got["sparse_attn_prefill"]["speedup_vs_default"] == 2.2        # 1.1 / 0.5 (graphs)
+    assert got["sparse_attn_prefill_fp8"]["options"] == {}               # the default won
+    assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8"}
+    left = table["left_out"]
+    assert "recall 0.9" in left["indexer_decode"]
+    assert left["indexer_decode_fp4"] == "indexer_topk_decode_fp4_merge: no row"
+    assert "relative error 0.05" in left["moe_prefill"]
+    assert choices.validated(table) == {"sparse_attn_prefill": {"block_h": 64, "dv_parts": 2},
+                                        "sparse_attn_prefill_fp8": {}}
+
+
+def test_the_h200_run_of_session_2_had_no_variant_rows():
+    """The real rows of the one H200 run: timed on the GPU, but before the variants existed."""
+    rows = [json.loads(line) for line in H200_ROWS.read_text().splitlines() if line.strip()]
+    table = choices.choose(rows)
+    assert table["choices"] == {} and set(table["left_out"]) == set(choices.DECISIONS)
+    with pytest.raises(choices.ChoicesError, match="no GPU rows"):
+        choices.choose([{**r, "device": "cpu"} for r in rows])
+
+
+def test_tables_pick_only_among_the_defined_variants():
+    with pytest.raises(choices.ChoicesError, match="unknown decision"):
+        choices.validated({"choices": {"fastest_kernel": {"options": {}}}})
+    with pytest.raises(choices.ChoicesError, match="not one of its variants"):
+        choices.validated({"choices": {"moe_prefill": {"options": {"block_m": 4096}}}})
+    with pytest.raises(choices.ChoicesError, match="'choices' object"):
+        choices.validated([])
+
+
+@pytest.fixture
+def table_file(tmp_path, monkeypatch):
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(choices.choose(_rows())))
+    monkeypatch.setenv(choices.CHOICES_ENV, str(path))
+    choices.clear_cache()
+    yield path
+    choices.clear_cache()
+
+
+def test_options_come_from_the_table_file(table_file, monkeypatch, capsys):
+    cpu = torch.device("cpu")
+    assert choices.options("sparse_attn_prefill", cpu) == {"block_h": 64, "dv_parts": 2}
+    assert choices.options("moe_prefill", cpu) == {}
+    monkeypatch.setenv(choices.CHOICES_ENV, "off")
+    assert choices.options("sparse_attn_prefill", cpu) == {}
+    monkeypatch.delenv(choices.CHOICES_ENV)
+    assert choices.options("sparse_attn_prefill", cpu) == {}       # no table for a CPU
+    table_file.write_text("{not json")
+    monkeypatch.setenv(choices.CHOICES_ENV, str(table_file))
+    choices.clear_cache()
+    assert choices.options("sparse_attn_prefill", cpu) == {}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kernel choices" in err and "ignored" in err
+
+
+def test_the_dispatch_point_launches_the_chosen_variant(table_file, monkeypatch):
+    """Prefill attention on the Triton path (interpreter) with the table's 64-head tile: the
+    wrapper gets the chosen options and the result still matches the reference; a decode query
+    keeps the defaults."""
+    seen = []
+    real = sparse_attn_module.sparse_attn_triton
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sparse_attn_module, "sparse_attn_triton", recording)
+    monkeypatch.setenv("V4CODER_KERNELS", "triton")
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, 64, 32, generator=gen)
+    kv = torch.randn(1, 20, 32, generator=gen)
+    sink = torch.randn(64, generator=gen)
+    idx = torch.randint(-1, 20, (1, 3, 8), generator=gen)
+    got = ops.sparse_attn(q, kv, sink, idx, 32**-0.5)
+    ops.sparse_attn(q[:, :1], kv, sink, idx[:, :1], 32**-0.5)
+    assert seen == [{"block_h": 64, "dv_parts": 2}, {}]
+    want = sparse_attn_module.sparse_attn_reference(q, kv, sink, idx, 32**-0.5)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_choices_cli(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in _rows()) + "\n")
+    out = tmp_path / "choices" / "nvidia-h200.json"
+    assert choices.main(["--from", str(rows), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["choices"]["sparse_attn_prefill"]["row"] == \
+        "sparse_attn_prefill_csa_h64"
+    capsys.readouterr()
+    assert choices.main(["--from", str(tmp_path / "missing.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("v4coder bench choices:") and err.count("\n") == 1
+    assert choices.device_slug("NVIDIA H200") == "nvidia-h200"
