@@ -293,10 +293,15 @@ def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     return tools, False
 
 
-def _warm_up(engine: Engine, mode: str) -> None:
+def _warm_up(engine: Engine, mode: str, max_batch: int) -> None:
     if mode == "on" or (mode == "auto" and engine.lm.device.type == "cuda"):
         seconds = engine.warm_up()
         print(f"v4coder serve: warmed up in {seconds:.1f} s", file=sys.stderr, flush=True)
+    if engine.graphs is not None:   # every batch size now, not at its first step mid-serving
+        seconds = engine.graphs.prepare(range(1, max_batch + 1))
+        if engine.graphs.disabled is None:
+            print(f"v4coder serve: decode graphs for batch sizes 1-{max_batch} ready in "
+                  f"{seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def start_server(engine: Engine, host: str = "127.0.0.1", port: int = 0,
@@ -375,7 +380,7 @@ def serve_main(argv: list[str]) -> int:
             decode_graphs=args.cuda_graphs)
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
-        _warm_up(engine, args.warm_up)
+        _warm_up(engine, args.warm_up, args.max_batch)
         server = start_server(engine, args.host, args.port,
                               args.model_name or args.checkpoint.resolve().name,
                               max_batch=args.max_batch)
@@ -436,7 +441,7 @@ def _serve_ranks(args: argparse.Namespace, offload: int) -> int:
         if engine.tokenizer is None:
             raise EngineError(f"{args.checkpoint}/tokenizer.json: missing")
         engine.step_hook = hook = StepLeader(engine.lm.device)
-        _warm_up(engine, args.warm_up)
+        _warm_up(engine, args.warm_up, args.max_batch)
         server = start_server(engine, args.host, args.port,
                               args.model_name or args.checkpoint.resolve().name,
                               max_batch=args.max_batch)

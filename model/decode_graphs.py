@@ -39,7 +39,8 @@ import contextlib
 import dataclasses
 import gc
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,12 +107,9 @@ class DecodeGraphs:
             raise ValueError("a decode step needs one token per sequence, each continuing a "
                              "non-empty cache")
         n = len(caches)
-        buf = self.buffers.get(n)
+        buf = self.buffers.get(n) or self._prepare(n)
         if buf is None:
-            buf = self._new_buffers(n)
-            if self.mode == "cuda" and not self._capture(buf):
-                return None
-            self.buffers[n] = buf
+            return None
         starts = [c.length for c in caches]
         buf.ids.copy_(torch.tensor([list(token_ids)], dtype=torch.long))
         buf.positions.copy_(torch.tensor(starts, dtype=torch.long))
@@ -135,6 +133,27 @@ class DecodeGraphs:
             c.length = start + 1
         self.steps += 1
         return buf.logits.clone()
+
+    @torch.inference_mode()
+    def prepare(self, sizes: Iterable[int]) -> float:
+        """Capture the graphs of these batch sizes now (a server's start: the warm-up, JIT
+        compiles and captures of every size it may batch) instead of at each size's first
+        step. → seconds taken."""
+        t0 = time.perf_counter()
+        for n in sizes:
+            if n not in self.buffers:
+                self._prepare(n)
+        return time.perf_counter() - t0
+
+    def _prepare(self, n: int) -> StepBuffers | None:
+        """The static buffers of batch size n (captured on CUDA); None when graphs are off."""
+        if self.disabled is not None:
+            return None
+        buf = self._new_buffers(n)
+        if self.mode == "cuda" and not self._capture(buf):
+            return None
+        self.buffers[n] = buf
+        return buf
 
     def _run_piece(self, i: int, buf: StepBuffers, memo: dict) -> None:
         if self.mode == "cuda":

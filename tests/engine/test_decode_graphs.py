@@ -54,6 +54,7 @@ def test_emulated_graph_steps_equal_the_plain_forward(toy_lm):
     ratio-16 compression boundaries of the tiny toy."""
     model = toy_lm.model
     graphs = DecodeGraphs(model, mode="emulate")
+    assert graphs.prepare([3]) >= 0 and list(graphs.buffers) == [3]   # ahead (a server's start)
     _decode_both(model, graphs, [token_ids(21, seed=1)], steps=30)
     _decode_both(model, graphs, [token_ids(n, seed=n) for n in (5, 18, 33)], steps=20)
     assert sorted(graphs.buffers) == [1, 3] and graphs.steps == 50
