@@ -50,8 +50,8 @@ def index_key_layout(cfg: ModelConfig) -> IndexKeyLayout:
 
 @dataclass(slots=True)
 class CompressorState:
-    pending_kv: torch.Tensor | None = None     # [b, r < ratio, coff·d] fp32, tail of the open block
-    pending_score: torch.Tensor | None = None  # same shape, gate logits with ape added
+    # [b, r < ratio, 2, coff·d] fp32, tail of the open block: kv and gate logits (ape added)
+    pending: torch.Tensor | None = None
     prev_kv: torch.Tensor | None = None        # [b, ratio, coff·d] last closed block (CSA overlap)
     prev_score: torch.Tensor | None = None
     # the compressed entries so far are store[:, :count] ([b, n, d], or packed uint8 rows); the
@@ -62,6 +62,16 @@ class CompressorState:
     # when a list, forward appends (kv, score, first position) of the open + new tokens
     # (the prefix cache reads block-boundary state from it); None = off
     tap: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
+
+    @property
+    def pending_kv(self) -> torch.Tensor | None:
+        """[b, r, coff·d] view: the open block's kv rows."""
+        return None if self.pending is None else self.pending[:, :, 0]
+
+    @property
+    def pending_score(self) -> torch.Tensor | None:
+        """[b, r, coff·d] view: the open block's gate logits."""
+        return None if self.pending is None else self.pending[:, :, 1]
 
     @property
     def rows(self) -> torch.Tensor | None:
@@ -131,6 +141,6 @@ class SequenceCache:
         for layer in self.layers:
             tensors = [layer.window]
             for st in (layer.compressor, layer.indexer):
-                tensors += [st.pending_kv, st.pending_score, st.prev_kv, st.prev_score, st.rows]
+                tensors += [st.pending, st.prev_kv, st.prev_score, st.rows]
             total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
         return total

@@ -37,11 +37,15 @@ class AttentionInputs:
     score) and the indexer's inputs (None on layers without them)."""
     q: torch.Tensor
     kv: torch.Tensor
-    pooled: tuple[torch.Tensor, torch.Tensor] | None
+    pooled: torch.Tensor | None
     index: IndexerInputs | None
 
 
 class Attention(nn.Module):
+    """In three steps, which ``Block`` runs in order: ``project`` (per token, reads no cache),
+    ``attend`` (each sequence over its own cache, which it advances) and ``output`` (per token).
+    A decode step captures the first and the last in CUDA graphs (model/decode_graphs.py)."""
+
     def __init__(self, cfg: ModelConfig, ratio: int) -> None:
         super().__init__()
         self.n_heads, self.head_dim, self.rope_head_dim = cfg.n_heads, cfg.head_dim, cfg.rope_head_dim
@@ -116,7 +120,7 @@ class Attention(nn.Module):
             hi = lo + sp.length
             outs.append(self._attend(
                 q[:, lo:hi], kv[:, lo:hi],
-                None if pooled is None else (pooled[0][:, lo:hi], pooled[1][:, lo:hi]),
+                None if pooled is None else pooled[:, lo:hi],
                 None if index is None else index.span(lo, hi),
                 sp.start, positions[lo:hi], sp.cache, layout, memo))
             lo = hi
@@ -139,20 +143,8 @@ class Attention(nn.Module):
         cols = torch.arange(n, device=positions.device).view(1, -1)
         return torch.cat([window, torch.where(cols < visible.view(-1, 1), cols, -1)], dim=-1)
 
-    def forward(self, x: torch.Tensor, spans: Sequence[Span], memo: dict | None = None
-                ) -> torch.Tensor:
-        """x [b, T, dim] holding the spans' tokens one after another (a ragged batch has b = 1).
-        The projections run once over all T tokens; each span attends over its own cache.
-        ``memo``: one dict per forward, shared by all layers, for what they all compute alike
-        (positions, RoPE angles per flavour, window indices) — once per step, not per layer."""
-        memo = {} if memo is None else memo
-        positions = step_positions(spans, x.device, memo)
-        angles = self.angles(positions, memo)
-        o = self.attend(self.project(x, positions, angles), spans, positions, memo)
-        return self.output(o, angles)
-
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
-                pooled: tuple[torch.Tensor, torch.Tensor] | None, index: IndexerInputs | None,
+                pooled: torch.Tensor | None, index: IndexerInputs | None,
                 start_pos: int, positions: torch.Tensor, cache: LayerCache,
                 layout: KVLayout | None, memo: dict) -> torch.Tensor:
         """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
@@ -174,7 +166,7 @@ class Attention(nn.Module):
         indices = _memoized(memo, ("window", start_pos, s, n_past), lambda: self._window_indices(
             start_pos, s, n_past, device))
         if self.compressor is not None:
-            n = self.compressor(*pooled, start_pos, cache.compressor, layout).shape[1]
+            n = self.compressor(pooled, start_pos, cache.compressor, layout).shape[1]
             window = _memoized(memo, ("window after rows", start_pos, s, n_past, n),
                                lambda: torch.where(indices >= 0, indices + n, -1))
             if self.indexer is not None:

@@ -37,34 +37,34 @@ class Compressor(nn.Module):
         self.rope = RotaryEmbedding(cfg, compressed=True)
         self.numerics = Numerics()
 
-    def project(self, x: torch.Tensor, positions: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The per-token inputs of the pooling, for any tokens at once (a ragged batch too):
-        x [b, T, dim], positions [T] → (kv, gate score with the position's ape) fp32
-        [b, T, coff·head_dim]."""
-        return self.wkv(x), self.wgate(x) + self.ape.float()[positions % self.ratio]
+        x [b, T, dim], positions [T] → fp32 [b, T, 2, coff·head_dim]: the kv and the gate
+        score with the position's ape, side by side (the open block's tail keeps them as one
+        tensor: one concatenation per decode step, not two)."""
+        return torch.stack([self.wkv(x), self.wgate(x) + self.ape.float()[positions % self.ratio]],
+                           dim=2)
 
-    def forward(self, kv: torch.Tensor, score: torch.Tensor, start_pos: int,
-                state: CompressorState, layout: KVLayout | IndexKeyLayout | None = None
-                ) -> torch.Tensor:
-        """Consume one sequence's tokens [start_pos, start_pos+s) (their ``project``ions);
-        return all its compressed rows [b, n, head_dim] (uint8 [b, n, layout.row_bytes] when
-        ``layout`` is given: native numerics only; a ``KVLayout`` for the attention KV rows, an
-        ``IndexKeyLayout`` when ``rotate``)."""
-        b, s, _ = kv.shape
+    def forward(self, pooled: torch.Tensor, start_pos: int, state: CompressorState,
+                layout: KVLayout | IndexKeyLayout | None = None) -> torch.Tensor:
+        """Consume one sequence's tokens [start_pos, start_pos+s) (their ``project``ions,
+        [b, s, 2, coff·d]); return all its compressed rows [b, n, head_dim] (uint8
+        [b, n, layout.row_bytes] when ``layout`` is given: native numerics only; a ``KVLayout``
+        for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``)."""
+        b, s = pooled.shape[:2]
         ratio, d = self.ratio, self.head_dim
-        device = kv.device
-        if state.pending_kv is not None:
-            kv = torch.cat([state.pending_kv, kv], dim=1)
-            score = torch.cat([state.pending_score, score], dim=1)
-        else:   # the state keeps views of these: never of the caller's (a decode graph's) buffers
-            kv, score = kv.clone(), score.clone()
+        device = pooled.device
+        if state.pending is not None:
+            pooled = torch.cat([state.pending, pooled], dim=1)
+        else:   # the state keeps views of this: never of the caller's (a decode graph's) buffer
+            pooled = pooled.clone()
+        kv, score = pooled[:, :, 0], pooled[:, :, 1]
         if state.tap is not None:
             state.tap.append((kv, score, start_pos + s - kv.shape[1]))
         first_block = (start_pos + s - kv.shape[1]) // ratio
         n_blocks = kv.shape[1] // ratio
         cutoff = n_blocks * ratio
-        state.pending_kv, state.pending_score = kv[:, cutoff:], score[:, cutoff:]
+        state.pending = pooled[:, cutoff:]
         if n_blocks == 0:
             if state.rows is not None:
                 return state.rows

@@ -37,15 +37,14 @@ def topk_margin(scores: torch.Tensor, k: int) -> float:
 @dataclass(frozen=True, slots=True)
 class IndexerInputs:
     """Per-token projections the indexer needs: queries [b, T, H, D] (rotated and FP4-rounded
-    in native numerics), head weights [b, T, H] (scaled), its compressor's kv and gate score."""
+    in native numerics), head weights [b, T, H] (scaled), its compressor's kv and gate score
+    side by side ([b, T, 2, coff·D], ``Compressor.project``)."""
     q: torch.Tensor
     weights: torch.Tensor
-    key_kv: torch.Tensor
-    key_score: torch.Tensor
+    key_pooled: torch.Tensor
 
     def span(self, lo: int, hi: int) -> IndexerInputs:
-        return IndexerInputs(*(t[:, lo:hi] for t in (self.q, self.weights, self.key_kv,
-                                                       self.key_score)))
+        return IndexerInputs(*(t[:, lo:hi] for t in (self.q, self.weights, self.key_pooled)))
 
 
 class Indexer(nn.Module):
@@ -76,7 +75,7 @@ class Indexer(nn.Module):
         if self.numerics.native:
             q = ops.fp4_fake_quant(ops.hadamard(q), 32)
         weights = self.weights_proj(x).float() * self.weight_scale   # [b, T, H]
-        return IndexerInputs(q, weights, *self.compressor.project(x, positions))
+        return IndexerInputs(q, weights, self.compressor.project(x, positions))
 
     def forward(self, inputs: IndexerInputs, start_pos: int, visible: torch.Tensor,
                 cache: LayerCache) -> torch.Tensor:
@@ -87,7 +86,7 @@ class Indexer(nn.Module):
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
-        keys = self.compressor(inputs.key_kv, inputs.key_score, start_pos, cache.indexer, layout)
+        keys = self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout)
         q, weights = inputs.q, inputs.weights
         b, s = q.shape[:2]
         n = keys.shape[1]
