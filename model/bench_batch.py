@@ -94,6 +94,7 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
         step_all = _decode_step_s(engine, prompts, 9)
         # the same with decode steps as graph pieces (model/decode_graphs.py)
         engine.graphs = DecodeGraphs(lm.model)
+        capture_s = engine.graphs.prepare(range(1, requests + 1))   # as serve does at start
         graph_s, graph_tokens, _ = _serve_all(engine, requests, prompts, params)
         graph_one = _decode_step_s(engine, prompts[:1], 9)
         graph_all = _decode_step_s(engine, prompts, 9)
@@ -113,6 +114,7 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
         "batched_steps": c.steps, "max_batch_seen": c.max_batch_seen,
         "same_tokens": one_tokens == all_tokens,
         "graphs": {"mode": graphs.mode, "disabled": graphs.disabled,
+                   "capture_s": round(capture_s, 3),
                    "batched_s": round(graph_s, 3),
                    "batched_tokens_per_s": round(generated / graph_s, 2),
                    "throughput_vs_batched": round(all_s / graph_s, 3),
