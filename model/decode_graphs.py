@@ -21,7 +21,7 @@ Everything a piece reads is a static tensor: the step's token ids and positions 
 the step), the previous piece's outputs and the previous attention output (copied into a static
 buffer). ``Block.before_attention`` / ``Block.after_attention`` and ``Attention.project`` /
 ``output`` read no cache, issue no host sync and make no host→device copy (tests/engine/
-test_decode_graphs.py audits that), so they capture; the eager part is ≈ a quarter of a layer's
+test_decode_graphs.py audits that), so they capture; the eager part is ≈ a fifth of a layer's
 launches. Graphs are captured per batch size on first use (warm-up on a side stream first, one
 memory pool shared by all, one garbage collection per size rather than per graph), and replayed
 in capture order.
