@@ -11,8 +11,10 @@ On a GPU each row has two Triton timings: ``time_ms`` (CUDA events around each P
 host overhead included: launch, argument checks, allocations) and ``graph_ms`` (per call, with
 ``GRAPH_COPIES`` calls captured into one CUDA graph, as the engine's decode graphs run them), with
 ``graph_gbps`` and, on a known GPU, ``graph_hbm_fraction`` / ``graph_bf16_peak_fraction``. A case
-whose call cannot be captured gets ``graph_ms: null`` and a one-line ``graph_error``. CPU rows have
-no graph fields.
+whose call cannot be captured gets ``graph_ms: null`` and a one-line ``graph_error``. GPU rows
+also count the call's kernel ``launches`` and, from an empty kernel's graph-replay time
+(``graph_node_us``), its ``launch_floor_ms``: what launch latency alone costs that call however
+fast its kernels get. CPU rows have none of these fields.
 """
 
 from __future__ import annotations
@@ -417,6 +419,24 @@ def _time_graph(fn: Callable[[], object], copies: int = GRAPH_COPIES) -> float:
     return _time(graph.replay, "cuda") / copies
 
 
+def kernel_launches(fn: Callable[[], object]) -> int:
+    """Kernels one call launches: torch ops that launch one plus Triton launches
+    (model/op_audit.py); the same count on any machine."""
+    from model.op_audit import OpAudit
+
+    with OpAudit() as audit:
+        fn()
+    return audit.launches()
+
+
+def _graph_node_s(nodes: int = 200) -> float:
+    """Seconds the GPU spends per kernel replayed from a CUDA graph when the kernel does nothing
+    (a one-element add, ``nodes`` of them in one graph). × a call's ``launches`` = the time no
+    tuning of that call's kernels gets below: the floor batch-1 decode rows are read against."""
+    x = torch.zeros(1, device="cuda")
+    return _time_graph(lambda: x.add_(1), copies=nodes)
+
+
 def _fractions(case: Case, seconds: float, peaks: tuple[float, float] | None) -> dict:
     """Fractions of the device's peak HBM bandwidth and dense bf16 FLOP/s at ``seconds`` per call
     (none without known peaks)."""
@@ -467,6 +487,7 @@ def run_case(case: Case, dev: str, peaks: tuple[float, float] | None) -> dict:
                achieved_gbps=case.bytes / tri_s / 1e9, achieved_tflops=case.flops / tri_s / 1e12)
     row.update(_error(_first(case.triton()), _first(case.reference())))
     row.update(_fractions(case, tri_s, peaks))
+    row["launches"] = kernel_launches(case.triton)
     row.update(_graph_fields(case, peaks))
     return row
 
@@ -477,11 +498,21 @@ def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     peaks = next((p for key, p in PEAKS.items() if key in name), None)
     torch.manual_seed(0)
+    node_s = None
+    if dev == "cuda":
+        try:
+            node_s = _graph_node_s()
+        except Exception as e:  # no floor then; the rows still run
+            print(f"v4coder bench kernels: no graph-node calibration ({type(e).__name__}: {e})",
+                  file=sys.stderr)
     rows = []
     for build in cases(full_size or dev == "cuda", dev):
         row = run_case(build(), dev, peaks)
         if dev == "cuda":
             torch.cuda.empty_cache()
+            if node_s is not None and row.get("graph_ms"):
+                row["graph_node_us"] = node_s * 1e6
+                row["launch_floor_ms"] = row["launches"] * node_s * 1e3
         row["device_name"] = name
         rows.append(row)
         if on_row is not None:

@@ -64,3 +64,14 @@ def test_graph_fields_use_graph_time_and_survive_a_failed_capture(monkeypatch):
     assert fields["graph_ms"] is None and len(fields) == 2
     assert fields["graph_error"].startswith("RuntimeError: CUDA error: operation not permitted")
     assert "\n" not in fields["graph_error"] and len(fields["graph_error"]) == 200
+
+
+def test_kernel_launches_counts_a_calls_kernels():
+    """Decode attention splits the rows over programs and merges them: two Triton kernels (plus
+    the wrapper's torch ops); counted here in the interpreter, the same count on a GPU."""
+    case = bk._attn_case("attn", 1, 256, 64, False, "cpu", torch.float32, "none")
+    from model.op_audit import OpAudit
+    with OpAudit() as audit:
+        case.triton()
+    assert sum(audit.triton.values()) == 2
+    assert bk.kernel_launches(case.triton) == audit.launches() >= 2
