@@ -160,7 +160,9 @@ class Attention(nn.Module):
         keys = kv.clone() if past is None else torch.cat([past, kv], dim=1)
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
-        cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
+        window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
+        # a prefill chunk's keys are far longer than the window: keep a copy, not a view of them
+        cache.window = window.clone() if keys.shape[1] > self.window else window
         # index tensors depend on the span and the row counts only: built once per forward for
         # all layers alike (a decode step would otherwise rebuild them in every layer)
         indices = _memoized(memo, ("window", start_pos, s, n_past), lambda: self._window_indices(

@@ -64,7 +64,9 @@ class Compressor(nn.Module):
         first_block = (start_pos + s - kv.shape[1]) // ratio
         n_blocks = kv.shape[1] // ratio
         cutoff = n_blocks * ratio
-        state.pending = pooled[:, cutoff:]
+        # the tail and the overlap block are kept as copies once a chunk closes blocks: views
+        # would keep the whole chunk's projections alive until the next forward
+        state.pending = pooled[:, cutoff:] if n_blocks == 0 else pooled[:, cutoff:].clone()
         if n_blocks == 0:
             if state.rows is not None:
                 return state.rows
@@ -77,7 +79,7 @@ class Compressor(nn.Module):
             prev_kv = state.prev_kv if state.prev_kv is not None else kv.new_zeros(b, ratio, 2 * d)
             prev_score = (state.prev_score if state.prev_score is not None
                           else score.new_full((b, ratio, 2 * d), float("-inf")))
-            state.prev_kv, state.prev_score = kv[:, -1], score[:, -1]
+            state.prev_kv, state.prev_score = kv[:, -1].clone(), score[:, -1].clone()
             before_kv = torch.cat([prev_kv.unsqueeze(1), kv[:, :-1]], dim=1)[..., :d]
             before_score = torch.cat([prev_score.unsqueeze(1), score[:, :-1]], dim=1)[..., :d]
             kv = torch.cat([before_kv, kv[..., d:]], dim=2)          # [b, n, 2·ratio, d]

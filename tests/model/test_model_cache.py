@@ -48,3 +48,10 @@ def test_cache_state_is_bounded(tiny_model, reference):
         if cfg.layer_kind(i) == "csa":
             assert layer.indexer.num_rows() == len(ids) // 4
             assert layer.compressor.prev_kv.shape[1] == 4
+        # and so is the memory behind them: no view keeps a whole prefill's projections alive
+        for st in (layer.compressor, layer.indexer):
+            for t in (st.pending, st.prev_kv, st.prev_score):
+                if t is not None:
+                    assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        window = layer.window
+        assert window.untyped_storage().nbytes() == window.numel() * window.element_size()
