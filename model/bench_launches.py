@@ -27,7 +27,8 @@ CHILD_FLAG = "--in-child"
 
 
 def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str = "cpu",
-                   numerics: str = "native") -> dict:
+                   numerics: str = "native", batch: int = 1) -> dict:
+    """``batch`` sequences (``prompt_tokens`` each) decode one token each in the counted step."""
     import torch
 
     from model.decode_graphs import DecodeGraphs
@@ -46,19 +47,20 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
     kernels = os.environ.get("V4CODER_KERNELS", "auto")
     os.environ["V4CODER_KERNELS"] = "reference"   # the prefill is not what is counted
     try:
-        seq, _ = engine.prefill(torch.randint(2, 128000, (prompt_tokens,),
-                                              generator=gen).tolist())
+        seqs = [engine.prefill(torch.randint(2, 128000, (prompt_tokens,),
+                                             generator=gen).tolist())[0] for _ in range(batch)]
     finally:
         os.environ["V4CODER_KERNELS"] = kernels
     with torch.inference_mode():
-        engine.forward(seq, [5])          # first decode step: anything lazy happens here
+        engine.forward_batch(seqs, [[5]] * batch)   # first decode step: anything lazy here
         with OpAudit() as audit:
-            engine.forward(seq, [6])
+            engine.forward_batch(seqs, [[6]] * batch)
         # the same step cut into graph pieces (model/decode_graphs.py): what a CUDA graph
         # captures, and so what is left for the host
         graphs = DecodeGraphs(lm.model, mode="emulate")
-        graphs.step([7], [seq.cache])
-        buf, memo = graphs.buffers[1], {("positions",): graphs.buffers[1].positions}
+        graphs.step([7] * batch, [seq.cache for seq in seqs])
+        buf = graphs.buffers[batch]
+        memo = {("positions",): buf.positions}
         with OpAudit() as pieces:
             for i in range(len(lm.model.layers) + 1):
                 graphs.piece(i, buf, memo)
@@ -69,7 +71,7 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
     with_graphs = eager + layers + 2 + layers + 1
     return {
         "bench": "launches", "device": str(lm.device), "preset": preset, "numerics": numerics,
-        "kernels": kernels,
+        "kernels": kernels, "batch": batch,
         "interpreter": interpreting(), "layers": layers,
         "launches_per_step": audit.launches(), "torch_launches": audit.torch_launches(),
         "triton_launches": sum(audit.triton.values()),
@@ -98,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=300, dest="prompt_tokens")
     p.add_argument("--numerics", choices=("native", "dequant"), default="native")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=1, help="sequences in the counted decode step")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    if args.prompt_tokens < 1:
-        print("v4coder bench launches: --prompt must be ≥ 1", file=sys.stderr)
+    if min(args.prompt_tokens, args.batch) < 1:
+        print("v4coder bench launches: --prompt and --batch must be ≥ 1", file=sys.stderr)
         return 2
     if not child and args.device == "cpu":
         # Triton must run (interpreted) for its launches to count: a fresh process with the
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     torch.set_num_threads(1)
     try:
-        result = bench_launches(args.preset, args.prompt_tokens, args.device, args.numerics)
+        result = bench_launches(args.preset, args.prompt_tokens, args.device, args.numerics,
+                                args.batch)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"v4coder bench launches: {exc}", file=sys.stderr)
         return 1

@@ -40,4 +40,7 @@ def test_bench_launches_runs_a_decode_step_without_host_syncs(capfd):
     assert result["interpreter"] is True and result["triton_launches"] > 0
     assert result["host_syncs"] == 0, result["host_sync_ops"]
     assert result["launches_per_layer"] > 0
-    assert main(["--prompt", "0"]) == 2
+    graphs = result["graphs"]   # the same step as graph pieces leaves the host far fewer
+    assert graphs["pieces_host_syncs"] == 0 and graphs["pieces_host_tensors"] == 0
+    assert 0 < graphs["host_launches_per_step"] < result["launches_per_step"] / 2
+    assert main(["--prompt", "0"]) == 2 and main(["--batch", "0"]) == 2
