@@ -28,7 +28,8 @@ CHILD_FLAG = "--in-child"
 
 def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str = "cpu",
                    numerics: str = "native", batch: int = 1) -> dict:
-    """``batch`` sequences (``prompt_tokens`` each) decode one token each in the counted step."""
+    """``batch`` sequences (``prompt_tokens`` + 37·i tokens) decode one token each in the counted
+    step."""
     import torch
 
     from model.decode_graphs import DecodeGraphs
@@ -47,8 +48,9 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
     kernels = os.environ.get("V4CODER_KERNELS", "auto")
     os.environ["V4CODER_KERNELS"] = "reference"   # the prefill is not what is counted
     try:
-        seqs = [engine.prefill(torch.randint(2, 128000, (prompt_tokens,),
-                                             generator=gen).tolist())[0] for _ in range(batch)]
+        # distinct lengths, as a served batch has (sequence i: prompt_tokens + 37·i)
+        seqs = [engine.prefill(torch.randint(2, 128000, (prompt_tokens + 37 * i,),
+                                             generator=gen).tolist())[0] for i in range(batch)]
     finally:
         os.environ["V4CODER_KERNELS"] = kernels
     with torch.inference_mode():

@@ -160,16 +160,19 @@ class Attention(nn.Module):
         keys = kv.clone() if past is None else torch.cat([past, kv], dim=1)
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
-        window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
+        kept = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
         # a prefill chunk's keys are far longer than the window: keep a copy, not a view of them
-        cache.window = window.clone() if keys.shape[1] > self.window else window
+        cache.window = kept.clone() if keys.shape[1] > self.window else kept
         # index tensors depend on the span and the row counts only: built once per forward for
-        # all layers alike (a decode step would otherwise rebuild them in every layer)
-        indices = _memoized(memo, ("window", start_pos, s, n_past), lambda: self._window_indices(
+        # all layers alike (a decode step would otherwise rebuild them in every layer). The
+        # window's depend on start_pos only through which positions are < 0, so past the first
+        # window every sequence of a batched decode step shares them too
+        span = (min(start_pos, self.window - 1), s, n_past)
+        indices = _memoized(memo, ("window", *span), lambda: self._window_indices(
             start_pos, s, n_past, device))
         if self.compressor is not None:
             n = self.compressor(pooled, start_pos, cache.compressor, layout).shape[1]
-            window = _memoized(memo, ("window after rows", start_pos, s, n_past, n),
+            window = _memoized(memo, ("window after rows", *span, n),
                                lambda: torch.where(indices >= 0, indices + n, -1))
             if self.indexer is not None:
                 visible = _memoized(memo, ("visible rows", self.ratio, start_pos, s),

@@ -55,3 +55,18 @@ def test_cache_state_is_bounded(tiny_model, reference):
                     assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
         window = layer.window
         assert window.untyped_storage().nbytes() == window.numel() * window.element_size()
+
+
+def test_window_indices_depend_on_the_start_only_within_the_first_window(tiny_model):
+    """What lets the sequences of a batched step share one window-index tensor
+    (model/layers/attention.py keys it by min(start, window − 1))."""
+    attn = tiny_model.model.layers[0].attn
+    w = attn.window
+    for start in range(3 * w):
+        n_past = min(start, w - 1)
+        for s in (1, 3, w + 5):
+            got = attn._window_indices(start, s, n_past, torch.device("cpu"))
+            assert torch.equal(got, attn._window_indices(min(start, w - 1), s, n_past,
+                                                         torch.device("cpu")))
+    assert not torch.equal(attn._window_indices(5, 1, 5, torch.device("cpu")),   # within it
+                           attn._window_indices(6, 1, 6, torch.device("cpu")))
