@@ -19,7 +19,6 @@ from typing import Any
 MAX_BODY = 64 << 20
 
 
-
 @dataclass(frozen=True, slots=True)
 class SseComment:
     """A comment line in an event stream (``: text``): clients skip it, so it can carry

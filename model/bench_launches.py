@@ -61,11 +61,8 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
         # captures, and so what is left for the host
         graphs = DecodeGraphs(lm.model, mode="emulate")
         graphs.step([7] * batch, [seq.cache for seq in seqs])
-        buf = graphs.buffers[batch]
-        memo = {("positions",): buf.positions}
         with OpAudit() as pieces:
-            for i in range(len(lm.model.layers) + 1):
-                graphs.piece(i, buf, memo)
+            graphs.run_pieces(batch)
     layers = lm.config.n_layers
     eager = audit.launches() - pieces.launches()
     # with graphs the host launches: the eager cache side, one copy of each layer's attention

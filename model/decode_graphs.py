@@ -121,14 +121,7 @@ class DecodeGraphs:
                 break
             spans = [Span(start, 1, c.layers[i]) for start, c in zip(starts, caches, strict=True)]
             o = layers[i].attn.attend(buf.befores[i].inputs, spans, buf.positions, memo)
-            if buf.outs[i] is None:
-                buf.outs[i] = o.clone()
-            elif o.dtype != buf.outs[i].dtype or o.shape != buf.outs[i].shape:
-                raise RuntimeError(f"decode graphs: layer {i}'s attention output is {o.dtype} "
-                                   f"{tuple(o.shape)}, the static buffer {buf.outs[i].dtype} "
-                                   f"{tuple(buf.outs[i].shape)}")
-            else:
-                buf.outs[i].copy_(o)
+            buf.outs[i] = _store(buf.outs[i], o)   # the next piece's static input
         for start, c in zip(starts, caches, strict=True):
             c.length = start + 1
         self.steps += 1
@@ -154,6 +147,15 @@ class DecodeGraphs:
             return None
         self.buffers[n] = buf
         return buf
+
+    def run_pieces(self, n: int) -> None:
+        """Run every piece of batch size n's step again, eagerly, on its static buffers as the
+        last step left them: what the graphs hold, for audits (launches, syncs, reads)."""
+        buf = self.buffers[n]
+        memo: dict = {("positions",): buf.positions}
+        with torch.inference_mode():
+            for i in range(len(self.model.layers) + 1):
+                self.piece(i, buf, memo)
 
     def _run_piece(self, i: int, buf: StepBuffers, memo: dict) -> None:
         if self.mode == "cuda":
@@ -251,8 +253,8 @@ def _store(static: Any, fresh: Any) -> Any:
         return _tree_map(fresh, torch.clone)
     for dst, src in zip(_leaves(static), _leaves(fresh), strict=True):
         if (dst.shape, dst.dtype) != (src.shape, src.dtype):   # a graph would replay stale
-            raise RuntimeError(f"decode graphs: a piece's output changed from {dst.dtype} "
-                               f"{tuple(dst.shape)} to {src.dtype} {tuple(src.shape)}")
+            raise RuntimeError(f"decode graphs: a static buffer is {dst.dtype} "
+                               f"{tuple(dst.shape)}, its new value {src.dtype} {tuple(src.shape)}")
         dst.copy_(src)
     return static
 

@@ -75,12 +75,9 @@ def test_pieces_make_no_host_sync_and_no_host_copy(toy_lm, monkeypatch):
     caches = [model.new_cache() for _ in range(2)]
     model.forward_batch([token_ids(12, seed=5), token_ids(7, seed=6)], caches)
     graphs.step([5, 6], caches)
-    buf = graphs.buffers[2]
-    memo: dict = {("positions",): buf.positions}
     monkeypatch.setenv("V4CODER_KERNELS", "triton")
-    with torch.inference_mode(), OpAudit() as audit:
-        for i in range(len(model.layers) + 1):
-            graphs.piece(i, buf, memo)
+    with OpAudit() as audit:
+        graphs.run_pieces(2)
     assert sum(audit.triton.values()) > 0
     assert sum(audit.syncs.values()) == 0, audit.syncs
     assert audit.host_tensors() == 0
@@ -150,15 +147,12 @@ class _ExternalReads(TorchDispatchMode):
         return out
 
 
-def _piece_reads(model, graphs: DecodeGraphs, caches, token: int) -> set[int]:
+def _piece_reads(graphs: DecodeGraphs, caches, token: int) -> set[int]:
     """Run one step, then its pieces again under the audit (all of them, like one step's
     replays): the storages they read from outside."""
     graphs.step([token] * len(caches), caches)
-    buf = graphs.buffers[len(caches)]
-    memo: dict = {("positions",): buf.positions}
-    with torch.inference_mode(), _ExternalReads() as reads:
-        for i in range(len(model.layers) + 1):
-            graphs.piece(i, buf, memo)
+    with _ExternalReads() as reads:
+        graphs.run_pieces(len(caches))
     return reads.read
 
 
@@ -171,11 +165,11 @@ def test_pieces_read_the_same_storages_every_step(toy_lm):
     graphs = DecodeGraphs(model, mode="emulate")
     caches = [model.new_cache()]
     model.forward_batch([token_ids(20, seed=8)], caches)
-    first = _piece_reads(model, graphs, caches, 3)
-    assert first and _piece_reads(model, graphs, caches, 4) == first
+    first = _piece_reads(graphs, caches, 3)
+    assert first and _piece_reads(graphs, caches, 4) == first
     swapped = model.norm.weight
     try:
         model.norm.weight = swapped.clone()    # as if remade per step
-        assert _piece_reads(model, graphs, caches, 5) != first
+        assert _piece_reads(graphs, caches, 5) != first
     finally:
         model.norm.weight = swapped
