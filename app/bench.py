@@ -9,6 +9,7 @@ machine they were measured on (quote GPU numbers from a GPU machine, see docs/PE
     compile [--arch 90]      each Triton kernel compiled for sm_90 here (no GPU): registers,
                              spills, shared memory, occupancy
     choices --from ROWS      kernel launch choices for a GPU from one `kernels` run's rows
+    choices --measure        the same, measured on this GPU, into the user's cache
     engine                   chunked prefill scaling, time to first token with a cached prefix
     batch                    continuous batching: throughput and decode-step time vs one at a time
     mtp                      MTP speculation: acceptance, cost of a draft + verify cycle, break-even

@@ -2,6 +2,7 @@
 
     v4coder serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--cache-dir DIR]
                   [--max-batch 16] [--ep N] [--tp M] [--mtp] [--offload BYTES] [--cuda-graphs]
+                  [--autotune]
 
 Concurrent requests are batched continuously (model/batcher.py): each forward carries a decode
 token of every running request plus the next prefill chunk of a waiting one; requests join and
@@ -10,7 +11,9 @@ under torchrun): rank 0 serves HTTP and runs the engine, the others follow its f
 step (model/serve_ranks.py), batched the same way (with ``--mtp``, one request at a time).
 ``--offload BYTES`` (e.g. 2GB) keeps at most that many bytes of routed experts on the device,
 the rest in host memory (model/offload.py). ``--cuda-graphs`` runs decode steps as CUDA graph
-pieces around attention's cache side (model/decode_graphs.py).
+pieces around attention's cache side (model/decode_graphs.py). ``--autotune`` measures the
+kernel launch choices of this GPU model once, before loading, when no table is committed or
+cached for it (model/kernels/choices.py).
 
 /v1/chat/completions (V4 chat encoding, tools → DSML with grammar-constrained tool calls,
 streaming SSE, usage with prompt_tokens_details.cached_tokens), /v1/completions, /v1/models;
@@ -344,6 +347,10 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="run decode steps as CUDA graph pieces around attention's cache "
                              "side (fewer host launches; CUDA only; off until measured)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="on a GPU model without a committed or cached table of kernel "
+                             "launch choices, measure one at start (about a minute, once; "
+                             "CUDA only)")
     parser.add_argument("--rank-timeout", type=float, default=7 * 24 * 3600.0,
                         help=argparse.SUPPRESS)  # collective timeout; followers idle between requests
     try:
@@ -362,15 +369,18 @@ def serve_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"v4coder serve: --offload / --cache-dir-size: {exc}", file=sys.stderr)
         return 2
-    if args.cuda_graphs and not args.device.startswith("cuda"):
-        print("v4coder serve: --cuda-graphs needs a CUDA device (--device cuda)", file=sys.stderr)
-        return 2
-    if args.ep * args.tp > 1:
-        if args.cuda_graphs:
-            print("v4coder serve: --cuda-graphs cannot be combined with --ep/--tp yet",
+    for flag, on in (("--cuda-graphs", args.cuda_graphs), ("--autotune", args.autotune)):
+        if on and not args.device.startswith("cuda"):
+            print(f"v4coder serve: {flag} needs a CUDA device (--device cuda)", file=sys.stderr)
+            return 2
+        if on and args.ep * args.tp > 1:
+            print(f"v4coder serve: {flag} cannot be combined with --ep/--tp yet",
                   file=sys.stderr)
             return 2
+    if args.ep * args.tp > 1:
         return _serve_ranks(args, offload)
+    if args.autotune:
+        _autotune(args.device)
     try:
         engine = Engine.from_checkpoint(
             args.checkpoint, dtype=args.dtype, device=args.device, mtp=args.mtp,
@@ -388,6 +398,34 @@ def serve_main(argv: list[str]) -> int:
         print(f"v4coder serve: {exc}", file=sys.stderr)
         return 1
     return run_until_signal(server)
+
+
+def _autotune(device: str) -> None:
+    """``--autotune``: measure this GPU model's kernel launch choices into the user's cache when
+    the runtime has no table for it. A failure is one line; the kernels keep their defaults."""
+    import os
+
+    import torch
+
+    from model.kernels import choices
+
+    if os.environ.get(choices.CHOICES_ENV, "").strip():
+        print(f"v4coder serve: --autotune skipped: {choices.CHOICES_ENV} is set", file=sys.stderr)
+        return
+    try:
+        name = torch.cuda.get_device_name(torch.device(device))
+        if choices.has_table(name):
+            return
+        print(f"v4coder serve: measuring kernel launch choices for {name} (about a minute, "
+              "once per GPU model)", file=sys.stderr, flush=True)
+        path = choices.cached_path(name)
+        choices.write_table(choices.measure(device), path)
+    except Exception as exc:  # noqa: BLE001 - no GPU, a kernel failing here: serve with defaults
+        print(f"v4coder serve: --autotune failed, kernels keep their defaults: "
+              f"{choices.one_line(exc)}", file=sys.stderr)
+        return
+    choices.clear_cache()
+    print(f"v4coder serve: kernel choices written to {path}", file=sys.stderr, flush=True)
 
 
 def _offload_transforms(offload: int) -> list[Any]:

@@ -25,13 +25,24 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from model.kernels import compressor, fp4_keys, gemm, indexer, kv_fp8, mhc, moe, quant, sparse_attn
+from model.kernels import (
+    compressor,
+    fp4_keys,
+    gemm,
+    indexer,
+    kv_fp8,
+    mhc,
+    moe,
+    ops,
+    quant,
+    sparse_attn,
+)
 from model.kernels.expert_bank import ExpertBank
 
 # H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
@@ -177,17 +188,26 @@ def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
                 "none set (latency-bound)")
 
 
-def _compressor_case(name: str, n: int, w: int, dev: str, d: int = 512) -> Case:
-    kv = torch.randn(1, n, w, d, device=dev)
-    score = torch.randn(1, n, w, d, device=dev)
-    weight = torch.rand(d, device=dev)
+def _compressor_case(name: str, n: int, ratio: int, dev: str, d: int = 512,
+                     index_keys: bool = False) -> Case:
+    """The compressor fused with the cache insert, in the native cache format: n blocks of a
+    chunk's rows → packed FP8 KV rows (d = 512), or rotated FP4 indexer keys (d = 128)."""
+    overlap = ratio == 4
+    pooled = torch.randn(1, n * ratio, 2, (2 if overlap else 1) * d, device=dev)
+    prev = [torch.randn(1, ratio, pooled.shape[-1], device=dev) for _ in range(2)] if overlap \
+        else [None, None]
+    weight = torch.rand(d, device=dev) + 0.5
     angles = torch.rand(n, 32, device=dev)
-    return Case(name, {"entries": n, "rows_per_entry": w, "dim": d}, 2 * kv.numel() * 4 + n * d * 4,
-                5.0 * kv.numel(),
-                lambda: compressor.compress_pool_reference(kv, score, weight, 1e-6, angles,
-                                                           torch.float32),
-                lambda: compressor.compress_pool_triton(kv, score, weight, 1e-6, angles,
-                                                        torch.float32), "none set (report only)")
+    layout = fp4_keys.IndexKeyLayout(d) if index_keys else kv_fp8.KVLayout(d, 64)
+    fmt = compressor.EntryFormat(torch.bfloat16, True, layout, index_keys, 64)
+    args = (pooled, n, ratio, overlap, *prev, weight, 1e-6, angles, fmt)
+    rotation = ops._hadamard_on(d, torch.device(dev)) if index_keys else None
+    return Case(name, {"entries": n, "ratio": ratio, "dim": d, "format": type(layout).__name__},
+                pooled.numel() * 4 + n * layout.row_bytes, 5.0 * pooled.numel() + 2 * n * d * d
+                * index_keys,
+                lambda: compressor.compress_insert_reference(*args),
+                lambda: compressor.compress_insert_triton(*args, hadamard=rotation),
+                "none set (report only)")
 
 
 def _router_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
@@ -349,8 +369,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           block_m=64),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
         p(_mhc_case, "mhc_pre_prefill", 2048 if gpu or full else 128, dev, dtype),
-        p(_compressor_case, "compressor_csa_prefill", 1024 if gpu else 64, 8, dev),
-        p(_compressor_case, "compressor_hca_prefill", 32 if gpu else 4, 128, dev),
+        p(_compressor_case, "compressor_csa_prefill", 512 if gpu else 64, 4, dev),
+        p(_compressor_case, "compressor_csa_decode", 1, 4, dev),
+        p(_compressor_case, "compressor_hca_prefill", 16 if gpu else 4, 128, dev),
+        p(_compressor_case, "compressor_index_prefill", 512 if gpu else 64, 4, dev, d=128,
+          index_keys=True),
         p(_router_case, "router_decode", 1, dev, dtype),
         p(_router_case, "router_prefill", 2048 if full else 64, dev, dtype),
         p(_rms_norm_case, "rms_norm_decode", 1, dev, dtype),
@@ -366,6 +389,20 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_pack_case, "pack_index_keys_prefill", 256 if gpu else 16, dev, dtype, True),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
     ]
+
+
+def case_name(build: partial[Case]) -> str:
+    """A builder's case name (the row's ``kernel``) without building the case."""
+    return build.args[0]
+
+
+def select(builds: list[partial[Case]], names: Collection[str]) -> list[partial[Case]]:
+    """The builders of the cases named ``names``, in bench order; a name that is no case is a
+    ValueError (kernel choices name their rows: model/kernels/choices.py)."""
+    unknown = sorted(set(names) - {case_name(b) for b in builds})
+    if unknown:
+        raise ValueError(f"no `bench kernels` case named {', '.join(unknown)}")
+    return [b for b in builds if case_name(b) in names]
 
 
 def _time(fn: Callable[[], object], dev: str, budget_s: float = 0.3) -> float:
@@ -492,9 +529,14 @@ def run_case(case: Case, dev: str, peaks: tuple[float, float] | None) -> dict:
     return row
 
 
-def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """One dict per kernel (also passed to ``on_row`` as soon as it is measured)."""
+def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None,
+                  names: Collection[str] | None = None) -> list[dict]:
+    """One dict per kernel (also passed to ``on_row`` as soon as it is measured); ``names``:
+    only those cases (``bench choices --measure``)."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    builds = cases(full_size or dev == "cuda", dev)
+    if names is not None:
+        builds = select(builds, names)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     peaks = next((p for key, p in PEAKS.items() if key in name), None)
     torch.manual_seed(0)
@@ -506,7 +548,7 @@ def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None)
             print(f"v4coder bench kernels: no graph-node calibration ({type(e).__name__}: {e})",
                   file=sys.stderr)
     rows = []
-    for build in cases(full_size or dev == "cuda", dev):
+    for build in builds:
         row = run_case(build(), dev, peaks)
         if dev == "cuda":
             torch.cuda.empty_cache()

@@ -33,9 +33,7 @@ import torch
 
 from model.config import ModelConfig
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
-from model.kernels.kv_fp8 import KVLayout
-
-KV_QUANT_BLOCK = 64  # no-RoPE KV dims share one power-of-two scale per 1×64 block (§2.8)
+from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
 
 
 def kv_layout(cfg: ModelConfig) -> KVLayout:

@@ -7,12 +7,18 @@ tiles. Each variant is a ``v4coder bench kernels`` row. ``choose(rows)`` reads o
 rows and keeps, for every decision whose rows are all there and correct, the fastest variant
 (``graph_ms`` where the row has it — the kernels' own time, as the engine's decode graphs run
 them — else ``time_ms``). ``v4coder bench choices --from ROWS.jsonl --out FILE`` writes that
-table; model/kernels/choices/<gpu>.json is the table the runtime reads on that GPU
+table; ``v4coder bench choices --measure`` runs only the variants' rows, on this machine's GPU
+at full V4-Flash size (about a minute), and writes the table to the user's cache.
+model/kernels/choices/<gpu>.json is the committed table for a GPU model
 (``torch.cuda.get_device_name``, lower-cased, non-alphanumerics as ``-``).
 
 At run time ``options(decision, device)`` gives the chosen launch options, ``{}`` (the
-defaults) without a table for the device. ``V4CODER_KERNEL_CHOICES=off`` ignores the tables;
-``V4CODER_KERNEL_CHOICES=FILE`` uses that table on any device (tests, trying a table out). A
+defaults) without a table for the device. The table, in this order: ``V4CODER_KERNEL_CHOICES``
+``=off`` ignores every table, ``=FILE`` uses that table on any device (tests, trying a table
+out); else the committed table for the GPU model; else the table measured on this machine for
+it (``$V4CODER_CACHE_DIR/kernel-choices/<gpu>.json``, the cache directory ~/.cache/v4coder by
+default; ``v4coder serve --autotune`` measures it when neither table exists), used only when it
+was measured with the running Triton version (another version's is ignored, in one line). A
 table can only pick among the variants defined here, never invent launch options; a malformed
 one is reported in one line and ignored.
 """
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 
 CHOICES_ENV = "V4CODER_KERNEL_CHOICES"
+CACHE_ENV = "V4CODER_CACHE_DIR"    # the user's cache (agent/context/cache.py): ~/.cache/v4coder
 TABLE_DIR = Path(__file__).with_name("choices")
 MAX_REL_ERR = 0.02      # a variant farther than this from its reference is never chosen
 MIN_RECALL = 0.99       # indexer variants: top-k recall against the reference
@@ -103,6 +110,48 @@ def choose(rows: Iterable[dict], source: str = "") -> dict:
     return table
 
 
+def variant_rows() -> tuple[str, ...]:
+    """The ``bench kernels`` cases the decisions' variants name (what ``--measure`` runs)."""
+    return tuple(v.row for d in DECISIONS.values() for v in d.variants)
+
+
+def measure(device: torch.device | str = "cuda") -> dict:
+    """This GPU's table: the variants' ``bench kernels`` cases run on ``device`` (full V4-Flash
+    size, the bench's own rows), chosen among, with the versions they were measured with."""
+    _require_gpu()
+    from model import bench_kernels
+
+    with torch.cuda.device(device):
+        rows = bench_kernels.bench_kernels(True, names=variant_rows())
+    table = choose(rows, source="v4coder bench choices --measure")
+    table["measured_with"] = versions()
+    return table
+
+
+def _require_gpu() -> None:
+    if not torch.cuda.is_available():
+        raise ChoicesError("choices are measured on a GPU and there is no CUDA device here "
+                           "(--from ROWS.jsonl reads the rows of a GPU run)")
+
+
+def versions() -> dict[str, str]:
+    """The Triton and torch versions of this process ("" = no Triton)."""
+    try:
+        import triton
+        tri = triton.__version__
+    except ImportError:
+        tri = ""
+    return {"triton": tri, "torch": str(torch.__version__)}
+
+
+def write_table(table: dict, path: Path) -> None:
+    """Write ``table`` to ``path`` whole (a reader never sees half a table)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(table, indent=1) + "\n")
+    os.replace(part, path)
+
+
 def _ms(row: dict) -> float:
     return float(row["graph_ms"] if row.get("graph_ms") else row["time_ms"])
 
@@ -128,6 +177,39 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def committed_path(device_name: str) -> Path:
+    """The table committed for a GPU model (model/kernels/choices/<gpu>.json)."""
+    return TABLE_DIR / f"{device_slug(device_name)}.json"
+
+
+def cached_path(device_name: str) -> Path:
+    """The table measured on this machine for a GPU model (the user's cache)."""
+    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "v4coder"
+    return Path(base) / "kernel-choices" / f"{device_slug(device_name)}.json"
+
+
+def has_table(device_name: str) -> bool:
+    """Whether the runtime has a table for this GPU model: committed, or measured here with the
+    running Triton (``serve --autotune`` measures otherwise)."""
+    if committed_path(device_name).exists():
+        return True
+    try:
+        return not _stale(json.loads(cached_path(device_name).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def _stale(table: Any) -> str:
+    """Why a measured table does not fit the running Triton ("" when it does)."""
+    measured = table.get("measured_with") if isinstance(table, dict) else None
+    got = measured.get("triton") if isinstance(measured, dict) else None
+    want = versions()["triton"]
+    if got == want:
+        return ""
+    return (f"measured with Triton {got or '(unknown)'}, this is Triton {want or '(none)'} "
+            "(measure again: v4coder bench choices --measure)")
+
+
 def options(decision: str, device: torch.device) -> dict[str, Any]:
     """The launch options chosen for ``decision`` on ``device`` ({} = the wrapper's defaults).
     Called per kernel call: the table is resolved once per (setting, device)."""
@@ -139,23 +221,32 @@ def options(decision: str, device: torch.device) -> dict[str, Any]:
     return dict(table.get(decision, ()))
 
 
-def _table_for(setting: str, device: torch.device) -> dict[str, dict]:
+def _table_for(setting: str, device: torch.device,
+               device_name: str | None = None) -> dict[str, dict]:
+    """decision → options on ``device`` (``device_name``: its GPU model, default asked of
+    torch). The order is the module docstring's."""
     if setting.lower() == "off":
         return {}
     if setting:
-        return _load(Path(setting), explicit=True)
+        return _load(Path(setting))
     if device.type != "cuda":
         return {}
-    return _load(TABLE_DIR / f"{device_slug(torch.cuda.get_device_name(device))}.json",
-                 explicit=False)
+    name = device_name if device_name is not None else torch.cuda.get_device_name(device)
+    for path, measured in ((committed_path(name), False), (cached_path(name), True)):
+        if path.exists():
+            return _load(path, measured)
+    return {}
 
 
-def _load(path: Path, explicit: bool) -> dict[str, dict]:
-    """decision → options, from a table file; {} (with one line on stderr) when unusable."""
+def _load(path: Path, measured: bool = False) -> dict[str, dict]:
+    """decision → options, from a table file; {} (with one line on stderr) when unusable.
+    ``measured``: a table of the user's cache, which must fit the running Triton."""
     try:
-        if not path.exists() and not explicit:
-            return {}
-        return validated(json.loads(path.read_text()))
+        table = json.loads(path.read_text())
+        why = _stale(table) if measured else ""
+        if why:
+            raise ChoicesError(why)
+        return validated(table)
     except (OSError, ValueError) as exc:
         print(f"v4coder: kernel choices {path} ignored: {exc}", file=sys.stderr)
         return {}
@@ -183,13 +274,22 @@ def clear_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``v4coder bench choices --from ROWS.jsonl [--out FILE]``: the table from one GPU run."""
+    """``v4coder bench choices --from ROWS.jsonl | --measure [--out FILE]``: the table from one
+    GPU run's rows, or measured here."""
     import argparse
 
     p = argparse.ArgumentParser(prog="v4coder bench choices",
-                                description="kernel launch choices from `bench kernels` GPU rows")
-    p.add_argument("--from", dest="rows", required=True, type=Path,
-                   help="JSON lines of one `v4coder bench kernels` run on a GPU")
+                                description="kernel launch choices from `bench kernels` GPU rows, "
+                                "or measured on this GPU")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="rows", type=Path,
+                        help="JSON lines of one `v4coder bench kernels` run on a GPU")
+    source.add_argument("--measure", action="store_true",
+                        help="run the variants' `bench kernels` cases on this GPU (about a "
+                             "minute) and choose; --out defaults to the user's cache, "
+                             "$V4CODER_CACHE_DIR (default ~/.cache/v4coder)/kernel-choices/"
+                             "<gpu>.json, which the runtime reads on this GPU model when no "
+                             "table is committed for it")
     p.add_argument("--out", type=Path, help="write the table here (e.g. "
                    "model/kernels/choices/nvidia-h200.json)")
     try:
@@ -197,18 +297,39 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        lines = args.rows.read_text().splitlines()
-        rows = [json.loads(line) for line in lines if line.strip().startswith("{")]
-        table = choose(rows, source=args.rows.name)
-        text = json.dumps(table, indent=1)
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text + "\n")
+        table, out = _measured(args.out) if args.measure else (_from_rows(args.rows), args.out)
+        if out is not None:
+            write_table(table, out)
     except (OSError, ValueError) as exc:
-        print(f"v4coder bench choices: {exc}", file=sys.stderr)
+        print(f"v4coder bench choices: {one_line(exc, named=False)}", file=sys.stderr)
         return 1
-    print(text)
+    except Exception as exc:  # noqa: BLE001 - a kernel that fails on this GPU: one line
+        print(f"v4coder bench choices: {one_line(exc)}", file=sys.stderr)
+        return 1
+    print(json.dumps(table, indent=1))
+    if out is not None and args.measure:
+        print(f"v4coder bench choices: wrote {out}", file=sys.stderr)
     return 0
+
+
+def one_line(exc: BaseException, named: bool = True) -> str:
+    """An error as one line (``named``: with its type, for errors that are not bad input)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if named else text
+
+
+def _from_rows(path: Path) -> dict:
+    lines = path.read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip().startswith("{")]
+    return choose(rows, source=path.name)
+
+
+def _measured(out: Path | None) -> tuple[dict, Path]:
+    _require_gpu()
+    name = torch.cuda.get_device_name()
+    print(f"v4coder bench choices: measuring {len(variant_rows())} kernel cases on {name} "
+          "(about a minute)", file=sys.stderr, flush=True)
+    return measure(), out or cached_path(name)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ import torch
 
 from model.kernels import quant
 
+KV_QUANT_BLOCK = 64  # no-RoPE KV dims share one power-of-two scale per 1×64 block (§2.8)
+
 
 @dataclass(frozen=True, slots=True)
 class KVLayout:
     head_dim: int = 512
     rope_dim: int = 64
-    block: int = 64
+    block: int = KV_QUANT_BLOCK
 
     @property
     def nope(self) -> int:

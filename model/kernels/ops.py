@@ -204,10 +204,15 @@ def _hadamard_matrix(n: int) -> torch.Tensor:
     return h / math.sqrt(n)
 
 
+@functools.lru_cache(maxsize=8)
+def _hadamard_on(n: int, device: torch.device) -> torch.Tensor:
+    """The matrix on ``device``, copied there once (not a host→device copy per call)."""
+    return _hadamard_matrix(n).to(device=device)
+
+
 def hadamard(x: torch.Tensor) -> torch.Tensor:
     """Normalised Walsh–Hadamard transform (Sylvester order) over the last dim."""
-    h = _hadamard_matrix(x.shape[-1]).to(device=x.device)
-    return (x.float() @ h).to(x.dtype)
+    return (x.float() @ _hadamard_on(x.shape[-1], x.device)).to(x.dtype)
 
 
 hc_split_sinkhorn = _mhc.hc_split_sinkhorn_reference
@@ -282,13 +287,24 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     return _indexer.indexer_scores_reference(q, weights, keys, visible)
 
 
-def compress_pool(kv: torch.Tensor, score: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                  angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Compressor core: kv, score [b, n, w, d] fp32 → rope(rmsnorm(Σ_w softmax_w(score)·kv))
-    [b, n, d] in ``dtype``; angles [n, rope/2] at each entry's first token position."""
-    if backend(kv) == "triton":
-        return _compressor.compress_pool_triton(kv, score, norm_weight, eps, angles, dtype)
-    return _compressor.compress_pool_reference(kv, score, norm_weight, eps, angles, dtype)
+def compress_insert(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,
+                    prev_kv: torch.Tensor | None, prev_score: torch.Tensor | None,
+                    norm_weight: torch.Tensor, eps: float, angles: torch.Tensor,
+                    fmt: _compressor.EntryFormat, out: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Compressor core fused with the cache insert: a sequence's open-block rows pooled
+    [b, L, 2, coff·d] fp32 → n_blocks entries (softmax-gated pooling, RMSNorm, RoPE at
+    ``angles`` [n, rope/2], then the ``fmt``'s rows: float, FP8 KV or rotated FP4 keys) written
+    into ``out`` [b, n, row_width] (a slice of the row store) or returned. Triton: one launch."""
+    if backend(pooled) == "triton" and _compressor.supported(fmt):
+        rotation = (_hadamard_on(norm_weight.shape[0], pooled.device)
+                    if fmt.native and fmt.rotate else None)
+        return _compressor.compress_insert_triton(pooled, n_blocks, ratio, overlap, prev_kv,
+                                                  prev_score, norm_weight, eps, angles, fmt,
+                                                  out=out, hadamard=rotation)
+    rows = _compressor.compress_insert_reference(pooled, n_blocks, ratio, overlap, prev_kv,
+                                                 prev_score, norm_weight, eps, angles, fmt)
+    return rows if out is None else out.copy_(rows)
 
 
 def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,

@@ -171,13 +171,13 @@ class Attention(nn.Module):
         indices = _memoized(memo, ("window", *span), lambda: self._window_indices(
             start_pos, s, n_past, device))
         if self.compressor is not None:
-            n = self.compressor(pooled, start_pos, cache.compressor, layout).shape[1]
+            n = self.compressor(pooled, start_pos, cache.compressor, layout, memo).shape[1]
             window = _memoized(memo, ("window after rows", *span, n),
                                lambda: torch.where(indices >= 0, indices + n, -1))
             if self.indexer is not None:
                 visible = _memoized(memo, ("visible rows", self.ratio, start_pos, s),
                                     lambda: (positions + 1) // self.ratio)
-                picked = self.indexer(index, start_pos, visible, cache)
+                picked = self.indexer(index, start_pos, visible, cache, memo)
                 indices = torch.cat([window.unsqueeze(0).expand(b, -1, -1), picked], dim=-1)
             else:
                 indices = _memoized(memo, ("window and all rows", self.ratio, start_pos, s, n_past,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.cache import KV_QUANT_BLOCK, CompressorState
+from model.cache import CompressorState
 from model.config import ModelConfig
 from model.kernels import ops
-from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
+from model.kernels.compressor import EntryFormat
+from model.kernels.fp4_keys import IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.linear import Linear, Numerics
 from model.layers.norm import RMSNorm
@@ -46,11 +47,13 @@ class Compressor(nn.Module):
                            dim=2)
 
     def forward(self, pooled: torch.Tensor, start_pos: int, state: CompressorState,
-                layout: KVLayout | IndexKeyLayout | None = None) -> torch.Tensor:
+                layout: KVLayout | IndexKeyLayout | None = None, memo: dict | None = None
+                ) -> torch.Tensor:
         """Consume one sequence's tokens [start_pos, start_pos+s) (their ``project``ions,
         [b, s, 2, coff·d]); return all its compressed rows [b, n, head_dim] (uint8
         [b, n, layout.row_bytes] when ``layout`` is given: native numerics only; a ``KVLayout``
-        for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``)."""
+        for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``). ``memo``: the
+        forward's memo (the blocks' RoPE angles are the same in every compressor of a ratio)."""
         b, s = pooled.shape[:2]
         ratio, d = self.ratio, self.head_dim
         device = pooled.device
@@ -64,40 +67,36 @@ class Compressor(nn.Module):
         first_block = (start_pos + s - kv.shape[1]) // ratio
         n_blocks = kv.shape[1] // ratio
         cutoff = n_blocks * ratio
-        # the tail and the overlap block are kept as copies once a chunk closes blocks: views
-        # would keep the whole chunk's projections alive until the next forward
-        state.pending = pooled[:, cutoff:] if n_blocks == 0 else pooled[:, cutoff:].clone()
+        # the tail is kept as a copy once a chunk closes blocks: a view would keep the whole
+        # chunk's projections alive until the next forward (an empty tail: no copy, no launch)
+        tail = pooled[:, cutoff:]
+        if n_blocks:
+            state.pending = tail.clone() if tail.shape[1] else pooled.new_empty(tail.shape)
+        else:
+            state.pending = tail
+        fmt = EntryFormat(self.numerics.dtype, self.numerics.native, layout, self.rotate,
+                          self.rope_head_dim)
         if n_blocks == 0:
             if state.rows is not None:
                 return state.rows
-            if layout is not None:
-                return kv.new_zeros(b, 0, layout.row_bytes, dtype=torch.uint8)
-            return kv.new_zeros(b, 0, d, dtype=self.numerics.dtype)
-        kv = kv[:, :cutoff].unflatten(1, (n_blocks, ratio))
-        score = score[:, :cutoff].unflatten(1, (n_blocks, ratio))
-        if self.overlap:
-            prev_kv = state.prev_kv if state.prev_kv is not None else kv.new_zeros(b, ratio, 2 * d)
-            prev_score = (state.prev_score if state.prev_score is not None
-                          else score.new_full((b, ratio, 2 * d), float("-inf")))
-            state.prev_kv, state.prev_score = kv[:, -1].clone(), score[:, -1].clone()
-            before_kv = torch.cat([prev_kv.unsqueeze(1), kv[:, :-1]], dim=1)[..., :d]
-            before_score = torch.cat([prev_score.unsqueeze(1), score[:, :-1]], dim=1)[..., :d]
-            kv = torch.cat([before_kv, kv[..., d:]], dim=2)          # [b, n, 2·ratio, d]
-            score = torch.cat([before_score, score[..., d:]], dim=2)
-        block_pos = (first_block + torch.arange(n_blocks, device=device)) * ratio
-        # softmax-gated pooling → RMSNorm → RoPE at the block's first position, one fused op
-        entries = ops.compress_pool(kv, score, self.norm.weight, self.norm.eps,
-                                    self.rope.angles(block_pos), self.numerics.dtype)
-        if self.numerics.native:
-            if self.rotate and layout is not None:
-                entries = ops.pack_index_keys(ops.hadamard(entries), layout)
-            elif self.rotate:
-                entries = ops.fp4_fake_quant(ops.hadamard(entries), INDEX_KEY_BLOCK)
-            elif layout is not None:
-                entries = ops.pack_kv_fp8(entries, layout)
-            else:
-                nope = self.head_dim - self.rope_head_dim
-                rope = entries[..., nope:].to(torch.bfloat16).to(entries.dtype)
-                entries = torch.cat([ops.fp8_fake_quant(entries[..., :nope], KV_QUANT_BLOCK),
-                                     rope], dim=-1)
-        return state.append(entries)
+            return kv.new_empty(b, 0, fmt.row_width(d), dtype=fmt.row_dtype())
+        memo = {} if memo is None else memo
+        key = ("compressed block angles", ratio, first_block, n_blocks)
+        if key not in memo:
+            block_pos = (first_block + torch.arange(n_blocks, device=device)) * ratio
+            memo[key] = self.rope.angles(block_pos)
+        # pooling → RMSNorm → RoPE at the block's first position → the cache's row format,
+        # written into the store's next rows: one fused op
+        store = state.reserve(state.count + n_blocks,
+                              like=kv.new_empty(b, 0, fmt.row_width(d), dtype=fmt.row_dtype()))
+        ops.compress_insert(pooled, n_blocks, ratio, self.overlap, state.prev_kv,
+                            state.prev_score, self.norm.weight, self.norm.eps, memo[key], fmt,
+                            out=store[:, state.count:state.count + n_blocks])
+        state.count += n_blocks
+        if self.overlap:   # the next chunk's first block pools this chunk's last one: views
+            # when that block is all of ``pooled`` (a decode step), else copies (as the tail)
+            last = pooled[:, cutoff - ratio:cutoff]
+            if cutoff != pooled.shape[1] or n_blocks != 1:
+                last = last.clone()
+            state.prev_kv, state.prev_score = last[:, :, 0], last[:, :, 1]
+        return state.rows

@@ -78,15 +78,15 @@ class Indexer(nn.Module):
         return IndexerInputs(q, weights, self.compressor.project(x, positions))
 
     def forward(self, inputs: IndexerInputs, start_pos: int, visible: torch.Tensor,
-                cache: LayerCache) -> torch.Tensor:
+                cache: LayerCache, memo: dict | None = None) -> torch.Tensor:
         """One sequence's new tokens (their ``project``ions; ``visible`` [s]: how many
         compressed rows each may see, (position + 1) // ratio) → top-k compressed-row indices
-        [b, s, k] per query (−1 = no pick); its keys join ``cache``."""
+        [b, s, k] per query (−1 = no pick); its keys join ``cache``. ``memo``: the forward's."""
         layout = self.cache_layout()
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
-        keys = self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout)
+        keys = self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout, memo)
         q, weights = inputs.q, inputs.weights
         b, s = q.shape[:2]
         n = keys.shape[1]

@@ -73,3 +73,15 @@ def test_serve_cuda_graphs_without_cuda_is_one_line(toy_ckpt):
     assert run.returncode == 2
     assert run.stderr.strip() == ("v4coder serve: --cuda-graphs needs a CUDA device "
                                   "(--device cuda)")
+
+
+def test_serve_autotune_without_cuda_is_one_line(toy_ckpt):
+    run = subprocess.run(_cli("serve", "--checkpoint", str(toy_ckpt), "--autotune"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip() == "v4coder serve: --autotune needs a CUDA device (--device cuda)"
+    run = subprocess.run(_cli("serve", "--checkpoint", str(toy_ckpt), "--device", "cuda",
+                              "--autotune", "--tp", "2"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip() == "v4coder serve: --autotune cannot be combined with --ep/--tp yet"

@@ -4,6 +4,9 @@ read at run time through the dispatch point."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,89 @@ def test_bench_choices_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("v4coder bench choices:") and err.count("\n") == 1
     assert choices.device_slug("NVIDIA H200") == "nvidia-h200"
+
+
+# -- measured here: the user's cache, `bench choices --measure`, the rows it runs --------------
+H200 = "NVIDIA H200"
+CUDA = torch.device("cuda", 0)   # a device object only: no GPU is touched with device_name given
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """An empty user cache and no committed tables; no V4CODER_KERNEL_CHOICES."""
+    monkeypatch.setenv(choices.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(choices, "TABLE_DIR", tmp_path / "committed")
+    monkeypatch.delenv(choices.CHOICES_ENV, raising=False)
+    choices.clear_cache()
+    yield tmp_path / "cache"
+    choices.clear_cache()
+
+
+def _measured_table(**measured_with: str) -> dict:
+    return {**choices.choose(_rows()), "measured_with": {**choices.versions(), **measured_with}}
+
+
+def test_a_table_measured_here_is_used_for_its_gpu_model(cache_dir, capsys):
+    path = choices.cached_path(H200)
+    assert path == cache_dir / "kernel-choices" / "nvidia-h200.json"
+    assert not choices.has_table(H200)
+    choices.write_table(_measured_table(), path)
+    assert choices.has_table(H200)
+    want = choices.validated(_measured_table())
+    assert choices._table_for("", CUDA, device_name=H200) == want
+    assert choices._table_for("", CUDA, device_name="NVIDIA H100") == {}   # another GPU model
+    assert choices._table_for("", torch.device("cpu"), device_name=H200) == {}
+    assert capsys.readouterr().err == ""
+
+
+def test_a_table_measured_with_another_triton_is_ignored_in_one_line(cache_dir, capsys):
+    choices.write_table(_measured_table(triton="0.0.1"), choices.cached_path(H200))
+    assert not choices.has_table(H200)
+    assert choices._table_for("", CUDA, device_name=H200) == {}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ignored" in err and "Triton 0.0.1" in err
+    table = _measured_table()
+    del table["measured_with"]                   # a `--from` table copied into the cache
+    choices.write_table(table, choices.cached_path(H200))
+    assert choices._table_for("", CUDA, device_name=H200) == {}
+    assert "Triton (unknown)" in capsys.readouterr().err
+
+
+def test_the_committed_table_wins_and_off_wins_over_both(cache_dir):
+    choices.write_table(_measured_table(), choices.cached_path(H200))
+    committed = {"choices": {"moe_prefill": {"options": {"block_m": 64}}}}
+    choices.write_table(committed, choices.committed_path(H200))
+    assert choices._table_for("", CUDA, device_name=H200) == {"moe_prefill": {"block_m": 64}}
+    assert choices._table_for("off", CUDA, device_name=H200) == {}
+
+
+def test_measure_runs_exactly_the_variants_bench_kernels_cases():
+    """The cases `--measure` runs are the variants' rows, each a real `bench kernels` case at
+    full size (a renamed case or variant fails here, not on the GPU)."""
+    from model import bench_kernels
+
+    rows = choices.variant_rows()
+    assert len(rows) == len(set(rows)) == 2 * len(choices.DECISIONS)
+    picked = bench_kernels.select(bench_kernels.cases(True, "cuda"), rows)
+    assert sorted(bench_kernels.case_name(b) for b in picked) == sorted(rows)
+    with pytest.raises(ValueError, match="no `bench kernels` case named no_such_case"):
+        bench_kernels.select(bench_kernels.cases(True, "cuda"), [*rows, "no_such_case"])
+
+
+def test_bench_choices_measure_without_a_gpu_is_one_line(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", choices.CACHE_ENV: str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "model.kernels.choices", "--measure"],
+                         capture_output=True, text=True, timeout=120, env=env,
+                         cwd=Path(__file__).parents[2])
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1
+    assert run.stderr.startswith("v4coder bench choices: choices are measured on a GPU")
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_choices_help_shows_measure(capsys):
+    from app.bench import bench_main
+
+    assert bench_main(["choices", "--help"]) == 0
+    assert "--measure" in capsys.readouterr().out
+    assert choices.main(["--measure", "--from", "rows.jsonl"]) == 2   # one source, not both

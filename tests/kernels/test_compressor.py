@@ -1,44 +1,131 @@
-"""Compressor pooling + RMSNorm + RoPE + insert: Triton (interpreter) vs torch."""
+"""Compressor pooling + RMSNorm + RoPE + the cache insert in every row format: the Triton kernel
+(interpreter) vs the composed torch ops."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.kernels.compressor import compress_pool_reference, compress_pool_triton
-
-
-def _inputs(b, n, w, d, rope, seed=0, neg_inf_rows=0):
-    g = torch.Generator().manual_seed(seed)
-    kv = torch.randn(b, n, w, d, generator=g)
-    score = torch.randn(b, n, w, d, generator=g) * 3
-    if neg_inf_rows:  # CSA entry 0: the previous block's half is padding (kv 0, score −inf)
-        kv[:, 0, :neg_inf_rows] = 0.0
-        score[:, 0, :neg_inf_rows] = float("-inf")
-    weight = torch.rand(d, generator=g) + 0.5
-    angles = torch.arange(n).float().view(-1, 1) * 4 * torch.rand(rope // 2, generator=g)
-    return kv, score, weight, angles
-
-
-@pytest.mark.parametrize(
-    "b,n,w,d,rope,block_w",
-    [
-        (1, 3, 8, 64, 16, 8),     # CSA: 2·ratio rows, entry 0 half padded
-        (2, 2, 16, 48, 16, 4),    # HCA-like: 16 rows in 4 chunks, d not a power of two
-        (1, 1, 4, 32, 32, 8),     # single entry, rope over all dims, rows < chunk
-    ],
+from model.kernels import ops
+from model.kernels.compressor import (
+    EntryFormat,
+    compress_insert_reference,
+    compress_insert_triton,
 )
-def test_compress_pool_matches_reference(b, n, w, d, rope, block_w):
-    kv, score, weight, angles = _inputs(b, n, w, d, rope, neg_inf_rows=w // 2 if w == 8 else 0)
-    got = compress_pool_triton(kv, score, weight, 1e-6, angles, torch.float32, block_w=block_w)
-    want = compress_pool_reference(kv, score, weight, 1e-6, angles, torch.float32)
-    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+from model.kernels.fp4_keys import IndexKeyLayout, unpack_index_keys
+from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
 
 
-def test_compress_pool_inserts_into_cache_rows():
-    kv, score, weight, angles = _inputs(1, 2, 8, 32, 16)
-    cache = torch.zeros(1, 5, 32)
-    compress_pool_triton(kv, score, weight, 1e-6, angles, torch.float32, out=cache[:, 2:4])
-    want = compress_pool_reference(kv, score, weight, 1e-6, angles, torch.float32)
-    assert torch.allclose(cache[:, 2:4], want, atol=1e-5)
-    assert cache[:, :2].abs().sum() == 0 and cache[:, 4:].abs().sum() == 0
+def _pooled(b, rows, d, overlap, ratio, seed=0, prev=True):
+    """A sequence's open-block rows [b, rows, 2, coff·d] and a previous block (CSA)."""
+    g = torch.Generator().manual_seed(seed)
+    coff = 2 if overlap else 1
+    pooled = torch.randn(b, rows, 2, coff * d, generator=g)
+    pooled[:, :, 1] *= 3   # gate logits spread enough that the softmax is not flat
+    if not (overlap and prev):
+        return pooled, None, None
+    return (pooled, torch.randn(b, ratio, coff * d, generator=g),
+            torch.randn(b, ratio, coff * d, generator=g) * 3)
+
+
+def _norm_and_angles(d, rope, n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.rand(d, generator=g) + 0.5
+    angles = (torch.arange(n).float().view(-1, 1) * 4 + 3) * torch.rand(rope // 2, generator=g)
+    return weight, angles
+
+
+def _values(rows, fmt, d):
+    """Stored rows → their float values (packed rows unpacked)."""
+    if isinstance(fmt.layout, KVLayout):
+        return unpack_kv_fp8(rows, fmt.layout)
+    if isinstance(fmt.layout, IndexKeyLayout):
+        return unpack_index_keys(rows, fmt.layout)
+    return rows.float()
+
+
+def _assert_same_rows(got, want, fmt, d):
+    """Float rows: close. Quantised rows: the same codes, except (fp32 sums in another order) at
+    most a few values on a rounding boundary, each off by at most one step of its block."""
+    if not fmt.native:
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+        return
+    g, w = _values(got, fmt, d), _values(want, fmt, d)
+    diff = (g - w).abs()
+    off = diff > 0
+    assert off.float().mean() <= 0.01, f"{int(off.sum())} of {off.numel()} values differ"
+    step = w.abs().amax(-1, keepdim=True).expand_as(w) / 2   # ≥ one e2m1 / e4m3 step
+    assert bool((diff <= step).all()), diff.max()
+    if fmt.layout is not None and not off.any():
+        assert torch.equal(got, want)   # every byte, padding and scales included
+
+
+FORMATS = {
+    "float": lambda d, rope: EntryFormat(torch.float32, rope_dim=rope),
+    "kv_packed": lambda d, rope: EntryFormat(torch.float32, True, KVLayout(d, rope), False, rope),
+    "kv_float": lambda d, rope: EntryFormat(torch.float32, True, None, False, rope),
+    "keys_packed": lambda d, rope: EntryFormat(torch.float32, True, IndexKeyLayout(d), True, rope),
+    "keys_float": lambda d, rope: EntryFormat(torch.float32, True, None, True, rope),
+}
+
+
+SHAPES = [  # b, rows, n_blocks, ratio, overlap, prev, d, rope
+    (1, 9, 2, 4, True, True, 128, 64),     # CSA: 2 blocks + 1 open row, overlap from the state
+    (2, 4, 1, 4, True, False, 64, 32),     # CSA, the sequence's first block (half padded)
+    (1, 33, 2, 16, False, False, 96, 32),  # HCA: 16 rows per block, d not a power of two
+    (1, 8, 1, 8, False, False, 64, 64),    # HCA, RoPE over every dim
+]
+# indexer keys come from the CSA (ratio 4) layers' indexer compressor only
+CASES = [(name, *shape) for name in FORMATS for shape in SHAPES
+         if shape[4] or not name.startswith("keys")]
+
+
+@pytest.mark.parametrize("fmt_name,b,rows,n_blocks,ratio,overlap,prev,d,rope", CASES)
+def test_compress_insert_matches_the_composed_ops(fmt_name, b, rows, n_blocks, ratio, overlap,
+                                                  prev, d, rope):
+    fmt = FORMATS[fmt_name](d, rope)
+    pooled, prev_kv, prev_score = _pooled(b, rows, d, overlap, ratio, prev=prev)
+    weight, angles = _norm_and_angles(d, rope, n_blocks)
+    args = (pooled, n_blocks, ratio, overlap, prev_kv, prev_score, weight, 1e-6, angles, fmt)
+    want = compress_insert_reference(*args)
+    rotation = ops._hadamard_on(d, pooled.device) if fmt.rotate else None
+    got = compress_insert_triton(*args, hadamard=rotation, block_w=4)
+    assert got.shape == want.shape == (b, n_blocks, fmt.row_width(d)) and got.dtype == want.dtype
+    _assert_same_rows(got, want, fmt, d)
+
+
+@pytest.mark.parametrize("fmt_name", ["float", "kv_packed", "keys_packed"])
+def test_compress_insert_writes_only_its_rows_of_the_store(fmt_name):
+    d, rope, ratio = 64, 32, 4
+    fmt = FORMATS[fmt_name](d, rope)
+    pooled, prev_kv, prev_score = _pooled(1, 8, d, True, ratio)
+    weight, angles = _norm_and_angles(d, rope, 2)
+    store = torch.full((1, 7, fmt.row_width(d)), 77, dtype=fmt.row_dtype())
+    rotation = ops._hadamard_on(d, pooled.device) if fmt.rotate else None
+    args = (pooled, 2, ratio, True, prev_kv, prev_score, weight, 1e-6, angles, fmt)
+    compress_insert_triton(*args, out=store[:, 3:5], hadamard=rotation)
+    _assert_same_rows(store[:, 3:5], compress_insert_reference(*args), fmt, d)
+    assert bool((store[:, :3] == 77).all()) and bool((store[:, 5:] == 77).all())
+
+
+def test_the_dispatch_writes_the_reference_rows_into_out_on_the_cpu():
+    d, rope = 64, 32
+    fmt = FORMATS["kv_packed"](d, rope)
+    pooled, prev_kv, prev_score = _pooled(1, 4, d, True, 4)
+    weight, angles = _norm_and_angles(d, rope, 1)
+    args = (pooled, 1, 4, True, prev_kv, prev_score, weight, 1e-6, angles, fmt)
+    out = torch.zeros(1, 1, fmt.row_width(d), dtype=torch.uint8)
+    assert ops.compress_insert(*args, out=out) is out
+    assert torch.equal(out, compress_insert_reference(*args))
+
+
+def test_bf16_entries_round_like_the_reference_up_to_one_rounding():
+    """bf16: the kernel rounds once after RoPE, the reference after pooling, norm and RoPE."""
+    d, rope = 128, 64
+    fmt = EntryFormat(torch.bfloat16, rope_dim=rope)
+    pooled, prev_kv, prev_score = _pooled(1, 8, d, True, 4)
+    weight, angles = _norm_and_angles(d, rope, 2)
+    args = (pooled, 2, 4, True, prev_kv, prev_score, weight, 1e-6, angles, fmt)
+    got, want = compress_insert_triton(*args), compress_insert_reference(*args)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.02)

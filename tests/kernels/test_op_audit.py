@@ -27,9 +27,8 @@ def test_counts_triton_launches_in_the_interpreter(monkeypatch):
     monkeypatch.setenv("V4CODER_KERNELS", "triton")
     x = torch.randn(3, 40)
     with OpAudit() as audit:
-        ops.compress_pool(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.ones(8),
-                          1e-6, torch.zeros(2, 2), torch.float32)
-    assert sum(audit.triton.values()) >= 1 and x.shape == (3, 40)
+        ops.rms_norm(x, torch.ones(40), 1e-6)
+    assert sum(audit.triton.values()) == 1
     assert any(k.startswith("triton:") for k in audit.top())
 
 
