@@ -32,6 +32,7 @@ from functools import partial
 import torch
 
 from model.kernels import (
+    cache_rows,
     compressor,
     fp4_keys,
     gemm,
@@ -199,7 +200,7 @@ def _compressor_case(name: str, n: int, ratio: int, dev: str, d: int = 512,
     weight = torch.rand(d, device=dev) + 0.5
     angles = torch.rand(n, 32, device=dev)
     layout = fp4_keys.IndexKeyLayout(d) if index_keys else kv_fp8.KVLayout(d, 64)
-    fmt = compressor.EntryFormat(torch.bfloat16, True, layout, index_keys, 64)
+    fmt = cache_rows.RowFormat(torch.bfloat16, True, layout, index_keys, 64)
     args = (pooled, n, ratio, overlap, *prev, weight, 1e-6, angles, fmt)
     rotation = ops._hadamard_on(d, torch.device(dev)) if index_keys else None
     return Case(name, {"entries": n, "ratio": ratio, "dim": d, "format": type(layout).__name__},
@@ -251,6 +252,54 @@ def _rope_case(name: str, tokens: int, dev: str, dtype: torch.dtype, heads: int 
                 2 * x.numel() * x.element_size() + angles.numel() * 4,
                 6.0 * tokens * heads * rope, lambda: norm_rope.apply_rope_reference(x, angles),
                 lambda: norm_rope.apply_rope_triton(x, angles), "none set (latency-bound)")
+
+
+def _norm_rope_rows_case(name: str, tokens: int, dev: str, dtype: torch.dtype, what: str
+                         ) -> Case:
+    """One launch from a projection to the rows attention reads (cache_rows.py): ``queries``
+    (per-head RMSNorm + RoPE, 64 × 512), ``kv`` (kv_norm + RoPE + the packed FP8 row) or
+    ``index_queries`` (RoPE + rotation + FP4 values, 64 × 128)."""
+    heads, d = {"queries": (HEADS, HEAD_DIM), "kv": (0, HEAD_DIM),
+                "index_queries": (IDX_HEADS, IDX_DIM)}[what]
+    x = _rand(1, tokens, *((heads,) if heads else ()), d, dtype=dtype, device=dev)
+    weight = torch.rand(d, device=dev) + 0.5 if what == "kv" else None
+    eps = None if what == "index_queries" else 1e-6
+    angles = torch.rand(tokens, 32, device=dev) * 100
+    fmt = {"queries": cache_rows.RowFormat(dtype),
+           "kv": cache_rows.RowFormat(dtype, True, kv_fp8.KVLayout(d, 64), rope_dim=64),
+           "index_queries": cache_rows.RowFormat(dtype, True, rotate=True)}[what]
+    rotation = ops._hadamard_on(d, torch.device(dev)) if fmt.rotate else None
+    out_bytes = x.numel() // d * fmt.row_width(d) * (1 if fmt.layout else x.element_size())
+    return Case(name, {"tokens": tokens, "heads": heads or 1, "dim": d, "format": what},
+                x.numel() * x.element_size() + out_bytes,
+                10.0 * x.numel() + 2.0 * x.numel() * d * fmt.rotate,
+                lambda: cache_rows.norm_rope_rows_reference(x, weight, eps, angles, fmt),
+                lambda: cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt, rotation),
+                "none set (latency-bound)")
+
+
+def _swiglu_case(name: str, tokens: int, dev: str, dtype: torch.dtype, inter: int = 2048
+                 ) -> Case:
+    """The shared expert's clamped SwiGLU (gate, up halves of [tokens, 2·inter])."""
+    both = _rand(tokens, 2 * inter, dtype=dtype, device=dev, std=4.0)
+    gate, up = both[:, :inter], both[:, inter:]
+    return Case(name, {"tokens": tokens, "inter": inter},
+                3 * tokens * inter * both.element_size(), 6.0 * tokens * inter,
+                lambda: moe.swiglu_reference(gate, up, 10.0, None, dtype),
+                lambda: moe.swiglu_triton(gate, up, 10.0, None, dtype), "none set (latency-bound)")
+
+
+def _compressor_inputs_case(name: str, tokens: int, dev: str, width: int = 1024,
+                            ratio: int = 4) -> Case:
+    """A CSA compressor's per-token pooling inputs (kv; gate + ape[position mod ratio])."""
+    kv, gate = (torch.randn(1, tokens, width, device=dev) for _ in range(2))
+    ape = torch.randn(ratio, width, device=dev)
+    positions = torch.arange(1000, 1000 + tokens, device=dev)
+    return Case(name, {"tokens": tokens, "width": width, "ratio": ratio},
+                4 * tokens * width * 4, tokens * width,
+                lambda: compressor.compressor_inputs_reference(kv, gate, ape, positions),
+                lambda: compressor.compressor_inputs_triton(kv, gate, ape, positions),
+                "none set (latency-bound)")
 
 
 def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: bool,
@@ -379,6 +428,13 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_rms_norm_case, "rms_norm_decode", 1, dev, dtype),
         p(_rms_norm_case, "rms_norm_prefill", 2048 if gpu or full else 256, dev, dtype),
         p(_rope_case, "rope_decode", 1, dev, dtype),
+        p(_norm_rope_rows_case, "norm_rope_queries_decode", 1, dev, dtype, "queries"),
+        p(_norm_rope_rows_case, "norm_rope_kv_fp8_decode", 1, dev, dtype, "kv"),
+        p(_norm_rope_rows_case, "norm_rope_kv_fp8_prefill", 2048 if gpu else 64, dev, dtype, "kv"),
+        p(_norm_rope_rows_case, "rope_rotate_index_queries_decode", 1, dev, dtype,
+          "index_queries"),
+        p(_swiglu_case, "swiglu_shared_decode", 1, dev, dtype),
+        p(_compressor_inputs_case, "compressor_inputs_decode", 1, dev),
         p(_gemv_case, "gemv_fp8_wq_b_decode", 32768 if full else 4096, 1024, dev, dtype, True),
         p(_gemv_case, "gemv_bf16_wo_a_decode", 1024, 4096 if full else 1024, dev, dtype, False,
           groups=8),

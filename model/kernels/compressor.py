@@ -9,67 +9,35 @@ rows per block: the previous block's rows on dims [0, d) — for block 0 the sta
 ``prev_score``, or nothing (kv 0, score −inf) at the sequence's start — and the block's own rows
 on dims [d, 2d). HCA (coff = 1) pools the block's ratio rows.
 
-What the entry becomes (``EntryFormat``), the model's numerics (§2.8):
-
-- dequant numerics: float rows in the compute dtype;
-- native, attention KV (``KVLayout``): the FP8 cache row (e4m3 no-RoPE dims per 1×64 with ue8m0
-  scales, bf16 RoPE dims; kv_fp8.py), or float rows of exactly those values without a layout;
-- native, indexer keys (``rotate``): a Hadamard rotation, then the FP4 row (e2m1 per 1×32, ue8m0;
-  fp4_keys.py, ``IndexKeyLayout``), or float rows of those values without a layout.
+What the entry becomes is a ``RowFormat`` (cache_rows.py: float rows, the packed FP8 KV row,
+or for the indexer's keys the Hadamard rotation and the packed FP4 row, or float rows of those
+values), the model's numerics (§2.8).
 
 The reference composes the separate ops (gather the overlap halves, pool + norm + RoPE, rotate,
 quantise / pack); the Triton kernel is one program per entry — an online softmax over the block's
 rows in chunks (w = 128 for HCA does not fit in registers at d = 512), the rest in registers — so a
 compression is one launch, not the ≈ 12 of the composed ops (two-thirds of them the overlap
-gathers and casts). The kernel rounds to the compute dtype once, after RoPE (the reference rounds
-after pooling, norm and RoPE), and its fp32 sums run in another order, so in bf16 an FP8 / FP4
-code may differ from the reference's by one step where a value sits on a rounding boundary.
+gathers and casts). In bf16 the kernel rounds where the composed ops round (after pooling, norm,
+RoPE and rotation); its fp32 sums run in another order, so an FP8 / FP4 code may differ from the
+reference's by one step where a value sits on a rounding boundary.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from model.kernels import fp4_keys, kv_fp8, quant
-from model.kernels.fp4_keys import IndexKeyLayout
-from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
-from model.kernels.launch import interpreting
-from model.kernels.quant_triton import (
-    FP4_CONSTANTS,
-    FP8_CONSTANTS,
-    _bf16_bytes,
-    _code,
-    _e2m1_code,
-    _e8m0_byte,
-    _exp2_int,
-    _round_e2m1,
-    _round_e4m3,
-    _scale_exponent,
-    _scaled,
+from model.kernels.cache_rows import (
+    RowFormat,
+    format_args,
+    rope_row,
+    round_bf16,
+    store_row,
+    store_rows_reference,
 )
+from model.kernels.launch import interpreting
 from model.layers.rope import apply_rope
-
-INDEX_KEY_BLOCK = fp4_keys.INDEX_KEY_BLOCK
-
-
-@dataclass(frozen=True, slots=True)
-class EntryFormat:
-    """What a compressed entry is stored as (see the module docstring)."""
-    dtype: torch.dtype                          # compute dtype of the entries
-    native: bool = False                        # rounded to the cache's numerics
-    layout: KVLayout | IndexKeyLayout | None = None   # packed uint8 rows, else float rows
-    rotate: bool = False                        # indexer keys: Hadamard, then FP4
-    rope_dim: int = 0                           # trailing RoPE dims (kept bf16 in a KV row)
-
-    def row_width(self, d: int) -> int:
-        return d if self.layout is None else self.layout.row_bytes
-
-    def row_dtype(self) -> torch.dtype:
-        return self.dtype if self.layout is None else torch.uint8
 
 
 # -- reference -------------------------------------------------------------------------------------
@@ -104,54 +72,30 @@ def gather_blocks(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool
             torch.cat([before_score, score[..., d:]], dim=2))
 
 
-def finish_reference(entries: torch.Tensor, fmt: EntryFormat) -> torch.Tensor:
-    """Entries [b, n, d] in the compute dtype → the format's rows (the composed ops)."""
-    if not fmt.native:
-        return entries
-    if fmt.rotate:
-        from model.kernels import ops
-
-        rotated = ops.hadamard(entries)
-        if fmt.layout is not None:
-            return fp4_keys.pack_index_keys(rotated, fmt.layout)
-        return quant.fp4_fake_quant(rotated, INDEX_KEY_BLOCK)
-    if fmt.layout is not None:
-        return kv_fp8.pack_kv_fp8(entries, fmt.layout)
-    nope = entries.shape[-1] - fmt.rope_dim
-    rope = entries[..., nope:].to(torch.bfloat16).to(entries.dtype)
-    return torch.cat([quant.fp8_fake_quant(entries[..., :nope], KV_QUANT_BLOCK), rope], dim=-1)
-
-
 def compress_insert_reference(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,
                               prev_kv: torch.Tensor | None, prev_score: torch.Tensor | None,
                               norm_weight: torch.Tensor, eps: float, angles: torch.Tensor,
-                              fmt: EntryFormat) -> torch.Tensor:
+                              fmt: RowFormat) -> torch.Tensor:
     """→ the n_blocks entries [b, n, row_width] in the format (see the module docstring)."""
     kv, score = gather_blocks(pooled, n_blocks, ratio, overlap, prev_kv, prev_score)
     entries = compress_pool_reference(kv, score, norm_weight, eps, angles, fmt.dtype)
-    return finish_reference(entries, fmt)
+    return store_rows_reference(entries, fmt)
+
+
+def compressor_inputs_reference(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor,
+                                positions: torch.Tensor) -> torch.Tensor:
+    """kv, gate [b, T, w], ape [ratio, w], positions [T] → fp32 [b, T, 2, w] (kv; gate + ape)."""
+    return torch.stack([kv.float(), gate.float() + ape.float()[positions % ape.shape[0]]], dim=2)
 
 
 # -- Triton ----------------------------------------------------------------------------------------
-FORMAT_FLOAT, FORMAT_KV, FORMAT_KEYS = 0, 1, 2   # kernel output modes
-
-
-@triton.jit
-def _round_bf16(x):
-    """fp32 → the nearest bf16 value (ties to even), as fp32."""
-    low, high = _bf16_bytes(x)
-    bits = (high.to(tl.int32) << 24) | (low.to(tl.int32) << 16)
-    return bits.to(tl.float32, bitcast=True)
-
-
 @triton.jit
 def _compress_insert_kernel(
         pooled_ptr, prev_kv_ptr, prev_sc_ptr, w_ptr, ang_ptr, h_ptr, out_ptr,
         N, L, R, D, R2, stride_pb, stride_pr, stride_ob, stride_on, eps,
         OVERLAP: tl.constexpr, HAS_PREV: tl.constexpr, BF16: tl.constexpr,
-        MODE: tl.constexpr, PACKED: tl.constexpr, ROTATE: tl.constexpr,
-        NOPE: tl.constexpr, QBLOCK: tl.constexpr, N_SCALES: tl.constexpr,
-        SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr, PAD_P: tl.constexpr,
+        MODE: tl.constexpr, PACKED: tl.constexpr, NOPE: tl.constexpr, QBLOCK: tl.constexpr,
+        N_SCALES: tl.constexpr, SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr, PAD_P: tl.constexpr,
         FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
         BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
     e = tl.program_id(0).to(tl.int64)     # entry = batch·N + block
@@ -197,84 +141,59 @@ def _compress_insert_kernel(
         den = den * alpha + tl.sum(p, 0)
         acc = acc * alpha + tl.sum(p * v, 0)
         m = m_new
-    pooled = tl.where(mask_d, acc / tl.where(mask_d, den, 1.0), 0.0)
-    ms = tl.sum(pooled * pooled, 0) / D
-    y = pooled / tl.sqrt(ms + eps) * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0)
-    # interleaved RoPE on the trailing 2·R2 dims: pairs (2i, 2i+1)
-    even, odd = tl.split(tl.reshape(y, (BLOCK_D // 2, 2)))
-    pair = tl.arange(0, BLOCK_D // 2)
-    j = pair - (D // 2 - R2)  # rope pair index, < 0 for the no-rope pairs
-    rot = (j >= 0) & (pair < D // 2)
-    angle = tl.load(ang_ptr + i * R2 + j, mask=rot, other=0.0)
-    cos = tl.cos(angle)
-    sin = tl.sin(angle)
-    y = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (BLOCK_D,))
+    y = tl.where(mask_d, acc / tl.where(mask_d, den, 1.0), 0.0)
     if BF16:
-        y = _round_bf16(y)
-    if ROTATE:   # normalised Hadamard: y · H (H [D, D], rows and columns past D masked)
-        h = tl.load(h_ptr + offs_d[:, None] * D + offs_d[None, :],
-                    mask=mask_d[:, None] & mask_d[None, :], other=0.0)
-        y = tl.sum(y[:, None] * h, 0)
-        if BF16:
-            y = _round_bf16(y)
-    out_row = out_ptr + bi * stride_ob + i * stride_on
-    if MODE == 0:
-        tl.store(out_row + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-    elif MODE == 1:
-        # attention KV: no-RoPE dims e4m3 per 1×QBLOCK (pow2 scales), RoPE dims bf16
-        y2 = tl.reshape(y, (BLOCK_D // QBLOCK, QBLOCK))
-        g = tl.arange(0, BLOCK_D // QBLOCK)
-        c = g[:, None] * QBLOCK + tl.arange(0, QBLOCK)[None, :]
-        nope = c < NOPE
-        ex = _scale_exponent(tl.max(tl.where(nope, tl.abs(y2), 0.0), 1), FLOOR_BITS,
-                             INV_MAX_BITS)
-        rounded = _round_e4m3(_scaled(y2, ex[:, None], QMAX))
-        if PACKED:
-            tl.store(out_row + c, _code(rounded, 3, 120, 0.001953125, 0x80).to(tl.uint8),
-                     mask=nope)
-            tl.store(out_row + SCALE_OFFSET + g, _e8m0_byte(ex), mask=g < N_SCALES)
-            low, high = _bf16_bytes(y2)
-            in_rope = (c >= NOPE) & (c < D)
-            tl.store(out_row + NOPE + 2 * (c - NOPE), low, mask=in_rope)
-            tl.store(out_row + NOPE + 2 * (c - NOPE) + 1, high, mask=in_rope)
-            if PAD_P > 0:
-                k = SCALE_OFFSET + N_SCALES + tl.arange(0, PAD_P)
-                tl.store(out_row + k, tl.zeros([PAD_P], dtype=tl.uint8), mask=k < ROW_BYTES)
-        else:
-            values = tl.where(nope, rounded.to(tl.float32, bitcast=True) * _exp2_int(ex)[:, None],
-                              _round_bf16(y2))
-            tl.store(out_row + c, values.to(out_ptr.dtype.element_ty), mask=c < D)
-    else:
-        # indexer keys: e2m1 per 1×QBLOCK (pow2 scales); a byte holds dims (2k, 2k+1)
-        k_even, k_odd = tl.split(tl.reshape(y, (BLOCK_D // QBLOCK, QBLOCK // 2, 2)))
-        g = tl.arange(0, BLOCK_D // QBLOCK)
-        byte = g[:, None] * (QBLOCK // 2) + tl.arange(0, QBLOCK // 2)[None, :]
-        in_row = byte < D // 2
-        amax = tl.maximum(tl.max(tl.abs(k_even), 1), tl.max(tl.abs(k_odd), 1))
-        ex = _scale_exponent(amax, FLOOR_BITS, INV_MAX_BITS)
-        if PACKED:
-            codes = (_e2m1_code(k_even, ex[:, None], QMAX)
-                     | (_e2m1_code(k_odd, ex[:, None], QMAX) << 4))
-            tl.store(out_row + byte, codes.to(tl.uint8), mask=in_row)
-            tl.store(out_row + D // 2 + g, _e8m0_byte(ex), mask=g < N_SCALES)
-        else:
-            scale = _exp2_int(ex)[:, None]
-            lo = _round_e2m1(_scaled(k_even, ex[:, None], QMAX)).to(tl.float32, bitcast=True)
-            hi = _round_e2m1(_scaled(k_odd, ex[:, None], QMAX)).to(tl.float32, bitcast=True)
-            tl.store(out_row + 2 * byte, (lo * scale).to(out_ptr.dtype.element_ty), mask=in_row)
-            tl.store(out_row + 2 * byte + 1, (hi * scale).to(out_ptr.dtype.element_ty),
-                     mask=in_row)
+        y = round_bf16(y)
+    y = y * tl.rsqrt(tl.sum(y * y, 0) / D + eps) * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0)
+    if BF16:
+        y = round_bf16(y)
+    y = rope_row(y, ang_ptr + i * R2, D, R2, BLOCK_D)
+    if BF16:
+        y = round_bf16(y)
+    store_row(y, out_ptr + bi * stride_ob + i * stride_on, h_ptr, D, BF16, MODE, PACKED, NOPE,
+              QBLOCK, N_SCALES, SCALE_OFFSET, ROW_BYTES, PAD_P, FLOOR_BITS, INV_MAX_BITS, QMAX,
+              BLOCK_D)
 
 
-def supported(fmt: EntryFormat) -> bool:
-    """Whether the kernel takes this format (others run the reference)."""
-    return fmt.dtype in (torch.float32, torch.bfloat16)
+@triton.jit
+def _compressor_inputs_kernel(kv_ptr, gate_ptr, ape_ptr, pos_ptr, out_ptr, T, W, RATIO,
+                              stride_kb, stride_kt, stride_gb, stride_gt, BLOCK: tl.constexpr):
+    """One token's BLOCK columns: out[b, t, 0] = kv, out[b, t, 1] = gate + ape[pos % ratio]."""
+    e = tl.program_id(0).to(tl.int64)      # b·T + t
+    b = e // T
+    t = e % T
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < W
+    kv = tl.load(kv_ptr + b * stride_kb + t * stride_kt + cols, mask=mask, other=0.0)
+    gate = tl.load(gate_ptr + b * stride_gb + t * stride_gt + cols, mask=mask, other=0.0)
+    slot = tl.load(pos_ptr + t) % RATIO
+    ape = tl.load(ape_ptr + slot * W + cols, mask=mask, other=0.0)
+    out = out_ptr + e * 2 * W + cols
+    tl.store(out, kv.to(tl.float32), mask=mask)
+    tl.store(out + W, gate.to(tl.float32) + ape.to(tl.float32), mask=mask)
+
+
+def compressor_inputs_triton(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor,
+                             positions: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """The reference in one launch (rows of unit stride, any float dtype)."""
+    b, t, w = kv.shape
+    assert gate.shape == kv.shape and ape.shape[-1] == w and positions.shape == (t,)
+    if interpreting():   # the interpreter mishandles bf16
+        kv, gate = kv.float(), gate.float()
+    kv = kv if kv.stride(-1) == 1 else kv.contiguous()
+    gate = gate if gate.stride(-1) == 1 else gate.contiguous()
+    out = torch.empty(b, t, 2, w, dtype=torch.float32, device=kv.device)
+    if b * t and w:
+        _compressor_inputs_kernel[(b * t, triton.cdiv(w, block))](
+            kv, gate, ape.float().contiguous(), positions.contiguous(), out, t, w, ape.shape[0],
+            kv.stride(0), kv.stride(1), gate.stride(0), gate.stride(1), BLOCK=block)
+    return out
 
 
 def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,
                            prev_kv: torch.Tensor | None, prev_score: torch.Tensor | None,
                            norm_weight: torch.Tensor, eps: float, angles: torch.Tensor,
-                           fmt: EntryFormat, out: torch.Tensor | None = None,
+                           fmt: RowFormat, out: torch.Tensor | None = None,
                            hadamard: torch.Tensor | None = None, block_w: int = 8
                            ) -> torch.Tensor:
     """One launch: the reference's entries written into ``out`` [b, n_blocks, row_width] (cache
@@ -291,38 +210,24 @@ def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, over
     if b * n_blocks == 0:
         return out
     target = out.float() if interpreting() and out.dtype == torch.bfloat16 else out
-    mode, packed = FORMAT_FLOAT, fmt.layout is not None
-    consts = dict(FP8_CONSTANTS)
-    qblock, n_scales, scale_offset, row_bytes = KV_QUANT_BLOCK, 0, 0, 0
-    if fmt.native and fmt.rotate:
-        mode, qblock, consts = FORMAT_KEYS, INDEX_KEY_BLOCK, dict(FP4_CONSTANTS)
-        n_scales = d // qblock
-    elif fmt.native:
-        mode, n_scales = FORMAT_KV, -(-(d - fmt.rope_dim) // qblock)
-        scale_offset = d - fmt.rope_dim + 2 * fmt.rope_dim
-    if packed:
-        row_bytes = fmt.layout.row_bytes
-    block_d = max(16, qblock if mode else 16, triton.next_power_of_2(d))
-    pad = row_bytes - scale_offset - n_scales if mode == FORMAT_KV and packed else 0
+    args = format_args(fmt, d)
     pooled = pooled.contiguous()
     has_prev = overlap and prev_kv is not None
-    if has_prev:   # [b, ratio, 2d] each, rows of unit stride (views of a pooled block are fine)
-        assert prev_kv.dtype == prev_score.dtype == torch.float32
-        assert prev_kv.stride() == prev_score.stride() and prev_kv.stride(-1) == 1
+    if has_prev:   # [b, ratio, 2d] each, read through one pair of strides: views of a pooled
+        # block (a decode step's) as they are, anything else as fp32 copies
+        same = prev_kv.stride() == prev_score.stride() and prev_kv.stride(-1) == 1
+        if not same or prev_kv.dtype != torch.float32 or prev_score.dtype != torch.float32:
+            prev_kv, prev_score = prev_kv.float().contiguous(), prev_score.float().contiguous()
     else:
         prev_kv = prev_score = pooled
-    h = hadamard if mode == FORMAT_KEYS else pooled
+    h = hadamard if hadamard is not None else pooled
     _compress_insert_kernel[(b * n_blocks,)](
         pooled, prev_kv, prev_score, norm_weight.float().contiguous(),
         angles.float().contiguous(), h, target,
         n_blocks, pooled.shape[1], ratio, d, angles.shape[-1],
         prev_kv.stride(0), prev_kv.stride(1), target.stride(0), target.stride(1), eps,
-        OVERLAP=overlap, HAS_PREV=has_prev, BF16=fmt.dtype == torch.bfloat16,
-        MODE=mode, PACKED=packed, ROTATE=mode == FORMAT_KEYS,
-        NOPE=d - fmt.rope_dim, QBLOCK=qblock, N_SCALES=n_scales,
-        SCALE_OFFSET=scale_offset, ROW_BYTES=row_bytes,
-        PAD_P=triton.next_power_of_2(pad) if pad > 0 else 0, **consts,
-        BLOCK_W=block_w, BLOCK_D=block_d)
+        OVERLAP=overlap, HAS_PREV=has_prev, **args,
+        BLOCK_W=block_w)
     if target is not out:
         out.copy_(target)
     return out

@@ -92,7 +92,11 @@ class ExpertBank:
         return self.w1, self.s1, self.w3, self.s3, self.w2, self.s2
 
     def slots(self, indices: torch.Tensor) -> torch.Tensor:
-        """Global expert indices [T, k] (−1 = none) → slots [T, k] (−1 = none or not here)."""
+        """Global expert indices [T, k] (−1 = none) → slots [T, k] (−1 = none or not here).
+        A bank of every expert in order (no expert parallelism) maps each id to itself: the
+        indices as they are (no launches)."""
+        if self.experts == tuple(range(self.slot_of.shape[0])):
+            return indices
         return torch.where(indices >= 0, self.slot_of[indices.clamp(min=0)], -1)
 
     @classmethod

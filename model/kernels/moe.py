@@ -57,8 +57,10 @@ def _dequant(w: PartBank, s: PartBank, slot: int, dtype: torch.dtype) -> torch.T
 
 def moe_fp4_reference(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                       bank: ExpertBank, limit: float, quantize_input: bool = False,
-                      dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x [T, dim], weights [T, k] fp32, slots [T, k] (−1 = none) → fp32 [T, dim] (routed only).
+                      dtype: torch.dtype | None = None, add: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """x [T, dim], weights [T, k] fp32, slots [T, k] (−1 = none) → fp32 [T, dim] (routed
+    experts, + ``add`` when given: the shared expert's output).
 
     A loop over the slots that received tokens, in ascending order, each expert dequantised to
     the compute ``dtype`` (default x.dtype) and run exactly as ``Expert.forward`` does — so the
@@ -79,7 +81,7 @@ def moe_fp4_reference(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tenso
         h = weights[rows, k, None] * (F.silu(gate) * up)
         out = _linear(h.to(x.dtype), _dequant(bank.w2, bank.s2, e, dtype), quantize_input)
         y.index_add_(0, rows, out.float())
-    return y
+    return y if add is None else y + add.float()
 
 
 def moe_align(indices: torch.Tensor, n_experts: int, block_m: int
@@ -183,6 +185,58 @@ def _clamped_swiglu(gate, up, rw, limit):
 
 
 @triton.jit
+def _swiglu_kernel(gate_ptr, up_ptr, w_ptr, out_ptr, N, stride_g, stride_u, limit,
+                   HAS_WEIGHTS: tl.constexpr, BLOCK: tl.constexpr):
+    """One row's BLOCK columns: out = clamped SwiGLU(gate, up) (× the row's weight)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    gate = tl.load(gate_ptr + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(up_ptr + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_WEIGHTS:
+        rw = tl.load(w_ptr + row).to(tl.float32)
+    else:
+        rw = 1.0
+    h = _clamped_swiglu(gate, up, rw, limit)
+    tl.store(out_ptr + row * N + cols, h.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def swiglu_reference(gate: torch.Tensor, up: torch.Tensor, limit: float,
+                     weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """An expert's activation: silu(gate clamped ≤ limit) · (up clamped to ±limit) (× weights
+    [..., 1]), computed in fp32 → ``dtype``."""
+    gate, up = gate.float(), up.float()
+    if limit > 0:
+        up = up.clamp(-limit, limit)
+        gate = gate.clamp(max=limit)
+    h = F.silu(gate) * up
+    if weights is not None:
+        h = weights * h
+    return h.to(dtype)
+
+
+def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float,
+                  weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The reference in one launch: gate, up [..., N] (rows of unit stride, any float dtype),
+    weights [...] or [..., 1] per row."""
+    n = gate.shape[-1]
+    g2, u2 = gate.reshape(-1, n), up.reshape(-1, n)
+    if interpreting():   # the interpreter mishandles bf16
+        g2, u2 = g2.float(), u2.float()
+    g2 = g2 if g2.stride(-1) == 1 else g2.contiguous()
+    u2 = u2 if u2.stride(-1) == 1 else u2.contiguous()
+    rows = g2.shape[0]
+    out_dtype = torch.float32 if interpreting() else dtype
+    out = torch.empty(rows, n, dtype=out_dtype, device=gate.device)
+    w = weights.reshape(rows).float().contiguous() if weights is not None else out
+    if rows and n:
+        _swiglu_kernel[(rows, triton.cdiv(n, EPILOGUE_BLOCK))](
+            g2, u2, w, out, n, g2.stride(0), u2.stride(0), float(limit),
+            HAS_WEIGHTS=weights is not None, BLOCK=EPILOGUE_BLOCK)
+    return out.view(*gate.shape[:-1], n).to(dtype)
+
+
+@triton.jit
 def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS, limit,
                        BLOCK: tl.constexpr):
     """Decode gate/up epilogue: h[pair] = clamped SwiGLU(Σ_split gate, Σ_split up) × rw[pair],
@@ -252,11 +306,12 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
 
 
 @triton.jit
-def _moe_combine_kernel(part_ptr, key_ptr, y_ptr, TOPK, N, ROWS, SPLITS, N_SLOTS,
-                        BY_SLOT: tl.constexpr, BLOCK: tl.constexpr):
-    """y[t] = Σ_slot Σ_split part[split, row(t·k + slot)] in fp32, in a fixed order. part: fp32
-    [S, ROWS, N]. BY_SLOT (decode): key = slots, row = the pair itself unless its slot is −1;
-    else (grouped): key = pair_pos, the pair's sorted row, −1 = dropped."""
+def _moe_combine_kernel(part_ptr, key_ptr, add_ptr, y_ptr, TOPK, N, ROWS, SPLITS, N_SLOTS,
+                        BY_SLOT: tl.constexpr, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    """y[t] = Σ_slot Σ_split part[split, row(t·k + slot)] in fp32, in a fixed order, then
+    + add[t] when ADD (the shared expert). part: fp32 [S, ROWS, N]. BY_SLOT (decode): key =
+    slots, row = the pair itself unless its slot is −1; else (grouped): key = pair_pos, the
+    pair's sorted row, −1 = dropped."""
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -272,6 +327,8 @@ def _moe_combine_kernel(part_ptr, key_ptr, y_ptr, TOPK, N, ROWS, SPLITS, N_SLOTS
             for s in range(0, SPLITS):
                 acc += tl.load(part_ptr + (s * ROWS + row).to(tl.int64) * N + cols, mask=mask,
                                other=0.0)
+    if ADD:
+        acc += tl.load(add_ptr + t.to(tl.int64) * N + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + t.to(tl.int64) * N + cols, acc, mask=mask)
 
 
@@ -292,8 +349,8 @@ def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
 
 
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
-                limit: float, quantize_input: bool, split_k: int | None, block_k: int
-                ) -> torch.Tensor:
+                limit: float, quantize_input: bool, split_k: int | None, block_k: int,
+                add: torch.Tensor | None) -> torch.Tensor:
     """The per-pair split-K path (see the module docstring): 4 launches, no host sync."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
@@ -316,12 +373,14 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         BLOCK_K=block_k)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
-        part, flat, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True, BLOCK=EPILOGUE_BLOCK)
+        part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
+        ADD=add is not None, BLOCK=EPILOGUE_BLOCK)
     return y
 
 
 def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
-                 limit: float, quantize_input: bool, block_m: int) -> torch.Tensor:
+                 limit: float, quantize_input: bool, block_m: int, add: torch.Tensor | None
+                 ) -> torch.Tensor:
     """The expert-aligned tl.dot path (see the module docstring)."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
@@ -342,20 +401,26 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
         BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
     y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
-        out, pos, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False, BLOCK=EPILOGUE_BLOCK)
+        out, pos, y if add is None else add, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False,
+        ADD=add is not None, BLOCK=EPILOGUE_BLOCK)
     return y
 
 
 def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    bank: ExpertBank, limit: float, quantize_input: bool = False,
                    block_m: int = 16, decode: bool | None = None, split_k: int | None = None,
-                   block_k: int = DECODE_BLOCK_K) -> torch.Tensor:
-    """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts).
+                   block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
+    + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits and ``block_k`` its K tile (tests)."""
     t, dim = x.shape
+    if add is not None:
+        add = (add.float() if interpreting() else add).contiguous()
     if t == 0 or slots.shape[1] == 0:
-        return torch.zeros(t, dim, dtype=torch.float32, device=x.device)
+        y = torch.zeros(t, dim, dtype=torch.float32, device=x.device)
+        return y if add is None else y + add.float()
     interp = interpreting()
     act = torch.float32 if interp or x.dtype not in (torch.bfloat16, torch.float16) else x.dtype
     if quantize_input:
@@ -365,5 +430,5 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     if decode is None:
         decode = t * slots.shape[1] <= DECODE_MAX_PAIRS
     if decode:
-        return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k)
-    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m)
+        return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add)
+    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add)

@@ -22,6 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from model.kernels import cache_rows as _cache_rows
 from model.kernels import choices, fp4_keys, kv_fp8, quant
 from model.kernels import compressor as _compressor
 from model.kernels import gemm as _gemm
@@ -287,16 +288,37 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     return _indexer.indexer_scores_reference(q, weights, keys, visible)
 
 
+def norm_rope_rows(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
+                   angles: torch.Tensor, fmt: _cache_rows.RowFormat) -> torch.Tensor:
+    """x [b, T, d] or [b, T, heads, d] → RMSNorm (``eps`` None: none; ``weight`` optional) →
+    RoPE of angles [T, r/2] → rows in ``fmt`` (cache_rows.py: float, the FP8 KV row, rotated FP4
+    values). Attention's queries and new KV rows, the indexer's queries. Triton: one launch."""
+    if backend(x) == "triton" and _cache_rows.supported(fmt):
+        rotation = _hadamard_on(x.shape[-1], x.device) if fmt.native and fmt.rotate else None
+        return _cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt, rotation)
+    return _cache_rows.norm_rope_rows_reference(x, weight, eps, angles, fmt)
+
+
+def compressor_inputs(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor,
+                      positions: torch.Tensor) -> torch.Tensor:
+    """A compressor's per-token pooling inputs: kv, gate [b, T, w] and the absolute position
+    embedding ape [ratio, w] → fp32 [b, T, 2, w]: kv, and gate + ape[position % ratio].
+    Triton: one launch (four torch ops otherwise, in each compressor of every layer)."""
+    if backend(kv) == "triton":
+        return _compressor.compressor_inputs_triton(kv, gate, ape, positions)
+    return _compressor.compressor_inputs_reference(kv, gate, ape, positions)
+
+
 def compress_insert(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,
                     prev_kv: torch.Tensor | None, prev_score: torch.Tensor | None,
                     norm_weight: torch.Tensor, eps: float, angles: torch.Tensor,
-                    fmt: _compressor.EntryFormat, out: torch.Tensor | None = None
+                    fmt: _cache_rows.RowFormat, out: torch.Tensor | None = None
                     ) -> torch.Tensor:
     """Compressor core fused with the cache insert: a sequence's open-block rows pooled
     [b, L, 2, coff·d] fp32 → n_blocks entries (softmax-gated pooling, RMSNorm, RoPE at
     ``angles`` [n, rope/2], then the ``fmt``'s rows: float, FP8 KV or rotated FP4 keys) written
     into ``out`` [b, n, row_width] (a slice of the row store) or returned. Triton: one launch."""
-    if backend(pooled) == "triton" and _compressor.supported(fmt):
+    if backend(pooled) == "triton" and _cache_rows.supported(fmt):
         rotation = (_hadamard_on(norm_weight.shape[0], pooled.device)
                     if fmt.native and fmt.rotate else None)
         return _compressor.compress_insert_triton(pooled, n_blocks, ratio, overlap, prev_kv,
@@ -307,20 +329,34 @@ def compress_insert(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bo
     return rows if out is None else out.copy_(rows)
 
 
+def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float,
+           weights: torch.Tensor | None = None, dtype: torch.dtype | None = None
+           ) -> torch.Tensor:
+    """An expert's clamped SwiGLU: silu(min(gate, limit)) · clamp(up, ±limit) (× per-row
+    ``weights``) in fp32 → ``dtype`` (default gate's). Triton: one launch (a shared expert's
+    activation was 4–7 torch launches per layer per step)."""
+    dtype = dtype or gate.dtype
+    if backend(gate) == "triton":
+        return _moe.swiglu_triton(gate, up, limit, weights, dtype)
+    return _moe.swiglu_reference(gate, up, limit, weights, dtype)
+
+
 def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
-            limit: float, quantize_input: bool = False, dtype: torch.dtype | None = None
-            ) -> torch.Tensor:
+            limit: float, quantize_input: bool = False, dtype: torch.dtype | None = None,
+            add: torch.Tensor | None = None) -> torch.Tensor:
     """Routed FP4 experts of one layer (``ExpertBank``: the local experts, zero-copy views of the
     checkpoint or one stacked copy): x [T, dim], routing weights / bank slots [T, k] (−1 = none or
     another rank's expert: contributes nothing) → fp32 [T, dim] = Σ_slot w · expert(x) (clamped
     SwiGLU; shared expert not included). Triton: align by expert → grouped W4A16 gate/up + SwiGLU
     → grouped down → combine. Reference: a loop over the hit experts in the compute ``dtype``
-    (default x.dtype), bit-identical to ``Expert.forward``."""
+    (default x.dtype), bit-identical to ``Expert.forward``. ``add`` [T, dim] (the shared expert's
+    output) is added to the sum in fp32 — by the combine kernel on Triton."""
     if backend(x) == "triton":
         tiles = (choices.options("moe_prefill", x.device)
                  if x.shape[0] >= choices.MOE_PREFILL_TOKENS else {})
-        return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input, **tiles)
-    return _moe.moe_fp4_reference(x, weights, slots, bank, limit, quantize_input, dtype)
+        return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input, add=add,
+                                  **tiles)
+    return _moe.moe_fp4_reference(x, weights, slots, bank, limit, quantize_input, dtype, add)
 
 
 def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

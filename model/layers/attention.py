@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.cache import KV_QUANT_BLOCK, LayerCache, Span, kv_layout
+from model.cache import LayerCache, Span, kv_layout
 from model.config import ModelConfig
 from model.kernels import ops
+from model.kernels.cache_rows import RowFormat
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer, IndexerInputs
@@ -73,16 +74,6 @@ class Attention(nn.Module):
         """The FP8 layout the KV rows are held in, or None for float rows."""
         return self.kv_layout if self.numerics.native and self.pack_kv else None
 
-    def _kv_rows(self, kv: torch.Tensor, layout: KVLayout | None) -> torch.Tensor:
-        """New raw KV rows as the cache holds them (native: rounded to the FP8 layout's values)."""
-        if not self.numerics.native:
-            return kv
-        if layout is not None:
-            return ops.pack_kv_fp8(kv, layout)
-        nope = self.nope_head_dim
-        rope = kv[..., nope:].to(torch.bfloat16).to(kv.dtype)
-        return torch.cat([ops.fp8_fake_quant(kv[..., :nope], KV_QUANT_BLOCK), rope], dim=-1)
-
     def _window_indices(self, start_pos: int, s: int, n_past: int, device: torch.device
                         ) -> torch.Tensor:
         """[s, window] indices into cat(past window, new kv); −1 where the position is < 0."""
@@ -101,9 +92,10 @@ class Attention(nn.Module):
         inputs. Pure: reads no cache (a decode step captures it in a CUDA graph)."""
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
-        q = ops.rms_norm(q, None, self.eps)
-        q = apply_rope(q, angles)
-        kv = self._kv_rows(apply_rope(self.kv_norm(self.wkv(x)), angles), self.cache_layout())
+        q = ops.norm_rope_rows(q, None, self.eps, angles, RowFormat(q.dtype))  # per head
+        kv = self.wkv(x)   # → kv_norm → RoPE → the cache's row (packed FP8 in native numerics)
+        kv = ops.norm_rope_rows(kv, self.kv_norm.weight, self.kv_norm.eps, angles, RowFormat(
+            kv.dtype, self.numerics.native, self.cache_layout(), rope_dim=self.rope_head_dim))
         pooled = self.compressor.project(x, positions) if self.compressor is not None else None
         index = (self.indexer.project(x, qr, positions, angles)   # CSA: the compressed flavour
                  if self.indexer is not None else None)

@@ -15,7 +15,7 @@ from torch import nn
 from model.cache import CompressorState
 from model.config import ModelConfig
 from model.kernels import ops
-from model.kernels.compressor import EntryFormat
+from model.kernels.cache_rows import RowFormat
 from model.kernels.fp4_keys import IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.linear import Linear, Numerics
@@ -43,8 +43,7 @@ class Compressor(nn.Module):
         x [b, T, dim], positions [T] → fp32 [b, T, 2, coff·head_dim]: the kv and the gate
         score with the position's ape, side by side (the open block's tail keeps them as one
         tensor: one concatenation per decode step, not two)."""
-        return torch.stack([self.wkv(x), self.wgate(x) + self.ape.float()[positions % self.ratio]],
-                           dim=2)
+        return ops.compressor_inputs(self.wkv(x), self.wgate(x), self.ape, positions)
 
     def forward(self, pooled: torch.Tensor, start_pos: int, state: CompressorState,
                 layout: KVLayout | IndexKeyLayout | None = None, memo: dict | None = None
@@ -74,7 +73,7 @@ class Compressor(nn.Module):
             state.pending = tail.clone() if tail.shape[1] else pooled.new_empty(tail.shape)
         else:
             state.pending = tail
-        fmt = EntryFormat(self.numerics.dtype, self.numerics.native, layout, self.rotate,
+        fmt = RowFormat(self.numerics.dtype, self.numerics.native, layout, self.rotate,
                           self.rope_head_dim)
         if n_blocks == 0:
             if state.rows is not None:

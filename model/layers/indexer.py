@@ -16,10 +16,10 @@ from torch import nn
 from model.cache import LayerCache, index_key_layout
 from model.config import ModelConfig
 from model.kernels import ops
+from model.kernels.cache_rows import RowFormat
 from model.kernels.fp4_keys import IndexKeyLayout
 from model.layers.compressor import Compressor
 from model.layers.linear import Linear, Numerics
-from model.layers.rope import apply_rope
 
 
 def topk_margin(scores: torch.Tensor, k: int) -> float:
@@ -71,9 +71,9 @@ class Indexer(nn.Module):
         ``angles``: the compressed-RoPE angles of ``positions`` — its CSA layer's attention uses
         the same flavour and computes them once per forward."""
         q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
-        q = apply_rope(q, angles)
-        if self.numerics.native:
-            q = ops.fp4_fake_quant(ops.hadamard(q), 32)
+        # RoPE, then in native numerics the keys' rotation and FP4 values: one op
+        q = ops.norm_rope_rows(q, None, None, angles,
+                               RowFormat(q.dtype, self.numerics.native, rotate=True))
         weights = self.weights_proj(x).float() * self.weight_scale   # [b, T, H]
         return IndexerInputs(q, weights, self.compressor.project(x, positions))
 

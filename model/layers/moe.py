@@ -17,7 +17,6 @@ reuse these pieces.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
@@ -70,14 +69,7 @@ class Expert(nn.Module):
         self.limit = swiglu_limit
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = self.w1(x).float(), self.w3(x).float()
-        if self.limit > 0:
-            up = up.clamp(-self.limit, self.limit)
-            gate = gate.clamp(max=self.limit)
-        h = F.silu(gate) * up
-        if weights is not None:
-            h = weights * h
-        return self.w2(h.to(x.dtype))
+        return self.w2(ops.swiglu(self.w1(x), self.w3(x), self.limit, weights, x.dtype))
 
 
 class MoE(nn.Module):
@@ -107,17 +99,13 @@ class MoE(nn.Module):
             self.bank = ExpertBank.from_experts(self.held_experts(), self.n_experts)
         return self.bank
 
-    def routed(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
-               ) -> torch.Tensor:
-        """fp32 [T, dim]: Σ over the chosen experts held here (others contribute nothing)."""
-        bank = self.stack_experts()
-        return ops.moe_fp4(x, weights, bank.slots(indices), bank, self.limit,
-                           quantize_input=self.numerics.native, dtype=self.numerics.dtype)
-
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.dim)
         weights, indices = self.gate(x, input_ids.reshape(-1))
-        y = self.routed(x, weights, indices)
-        y = y + self.shared_experts(x).float()
+        bank = self.stack_experts()
+        # Σ over the chosen experts + the shared expert, summed in fp32 by the combine
+        y = ops.moe_fp4(x, weights, bank.slots(indices), bank, self.limit,
+                        quantize_input=self.numerics.native, dtype=self.numerics.dtype,
+                        add=self.shared_experts(x))
         return y.to(x.dtype).view(shape)

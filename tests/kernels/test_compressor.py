@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from row_checks import assert_same_rows
 
 from model.kernels import ops
+from model.kernels.cache_rows import RowFormat
 from model.kernels.compressor import (
-    EntryFormat,
     compress_insert_reference,
     compress_insert_triton,
+    compressor_inputs_reference,
+    compressor_inputs_triton,
 )
-from model.kernels.fp4_keys import IndexKeyLayout, unpack_index_keys
-from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
+from model.kernels.fp4_keys import IndexKeyLayout
+from model.kernels.kv_fp8 import KVLayout
 
 
 def _pooled(b, rows, d, overlap, ratio, seed=0, prev=True):
@@ -35,37 +38,12 @@ def _norm_and_angles(d, rope, n, seed=1):
     return weight, angles
 
 
-def _values(rows, fmt, d):
-    """Stored rows → their float values (packed rows unpacked)."""
-    if isinstance(fmt.layout, KVLayout):
-        return unpack_kv_fp8(rows, fmt.layout)
-    if isinstance(fmt.layout, IndexKeyLayout):
-        return unpack_index_keys(rows, fmt.layout)
-    return rows.float()
-
-
-def _assert_same_rows(got, want, fmt, d):
-    """Float rows: close. Quantised rows: the same codes, except (fp32 sums in another order) at
-    most a few values on a rounding boundary, each off by at most one step of its block."""
-    if not fmt.native:
-        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
-        return
-    g, w = _values(got, fmt, d), _values(want, fmt, d)
-    diff = (g - w).abs()
-    off = diff > 0
-    assert off.float().mean() <= 0.01, f"{int(off.sum())} of {off.numel()} values differ"
-    step = w.abs().amax(-1, keepdim=True).expand_as(w) / 2   # ≥ one e2m1 / e4m3 step
-    assert bool((diff <= step).all()), diff.max()
-    if fmt.layout is not None and not off.any():
-        assert torch.equal(got, want)   # every byte, padding and scales included
-
-
 FORMATS = {
-    "float": lambda d, rope: EntryFormat(torch.float32, rope_dim=rope),
-    "kv_packed": lambda d, rope: EntryFormat(torch.float32, True, KVLayout(d, rope), False, rope),
-    "kv_float": lambda d, rope: EntryFormat(torch.float32, True, None, False, rope),
-    "keys_packed": lambda d, rope: EntryFormat(torch.float32, True, IndexKeyLayout(d), True, rope),
-    "keys_float": lambda d, rope: EntryFormat(torch.float32, True, None, True, rope),
+    "float": lambda d, rope: RowFormat(torch.float32, rope_dim=rope),
+    "kv_packed": lambda d, rope: RowFormat(torch.float32, True, KVLayout(d, rope), False, rope),
+    "kv_float": lambda d, rope: RowFormat(torch.float32, True, None, False, rope),
+    "keys_packed": lambda d, rope: RowFormat(torch.float32, True, IndexKeyLayout(d), True, rope),
+    "keys_float": lambda d, rope: RowFormat(torch.float32, True, None, True, rope),
 }
 
 
@@ -91,7 +69,7 @@ def test_compress_insert_matches_the_composed_ops(fmt_name, b, rows, n_blocks, r
     rotation = ops._hadamard_on(d, pooled.device) if fmt.rotate else None
     got = compress_insert_triton(*args, hadamard=rotation, block_w=4)
     assert got.shape == want.shape == (b, n_blocks, fmt.row_width(d)) and got.dtype == want.dtype
-    _assert_same_rows(got, want, fmt, d)
+    assert_same_rows(got, want, fmt)
 
 
 @pytest.mark.parametrize("fmt_name", ["float", "kv_packed", "keys_packed"])
@@ -104,7 +82,7 @@ def test_compress_insert_writes_only_its_rows_of_the_store(fmt_name):
     rotation = ops._hadamard_on(d, pooled.device) if fmt.rotate else None
     args = (pooled, 2, ratio, True, prev_kv, prev_score, weight, 1e-6, angles, fmt)
     compress_insert_triton(*args, out=store[:, 3:5], hadamard=rotation)
-    _assert_same_rows(store[:, 3:5], compress_insert_reference(*args), fmt, d)
+    assert_same_rows(store[:, 3:5], compress_insert_reference(*args), fmt)
     assert bool((store[:, :3] == 77).all()) and bool((store[:, 5:] == 77).all())
 
 
@@ -122,10 +100,39 @@ def test_the_dispatch_writes_the_reference_rows_into_out_on_the_cpu():
 def test_bf16_entries_round_like_the_reference_up_to_one_rounding():
     """bf16: the kernel rounds once after RoPE, the reference after pooling, norm and RoPE."""
     d, rope = 128, 64
-    fmt = EntryFormat(torch.bfloat16, rope_dim=rope)
+    fmt = RowFormat(torch.bfloat16, rope_dim=rope)
     pooled, prev_kv, prev_score = _pooled(1, 8, d, True, 4)
     weight, angles = _norm_and_angles(d, rope, 2)
     args = (pooled, 2, 4, True, prev_kv, prev_score, weight, 1e-6, angles, fmt)
     got, want = compress_insert_triton(*args), compress_insert_reference(*args)
     assert got.dtype == want.dtype == torch.bfloat16
     assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.02)
+
+
+def test_compressor_inputs_in_one_launch_match_the_torch_ops():
+    """kv and gate + ape[position % ratio], side by side: strided rows, a width that is not a
+    power of two, positions past several blocks."""
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(2, 5, 100, generator=g)
+    kv, gate = wide[..., :48], wide[..., 50:98]          # rows of unit stride, not contiguous
+    ape = torch.randn(4, 48, generator=g)
+    positions = torch.tensor([3, 4, 5, 17, 1030])
+    got = compressor_inputs_triton(kv, gate, ape, positions, block=32)
+    want = compressor_inputs_reference(kv, gate, ape, positions)
+    assert got.shape == (2, 5, 2, 48) and got.dtype == torch.float32
+    assert torch.equal(got, want)
+
+
+def test_a_previous_block_in_another_dtype_or_layout_is_read_as_fp32():
+    """The state's overlap block: a view of the last pooled block at decode, separate tensors
+    (any float dtype) after a prefix-cache restore — the kernel reads either."""
+    d, rope = 64, 32
+    fmt = FORMATS["float"](d, rope)
+    pooled, prev_kv, prev_score = _pooled(1, 4, d, True, 4)
+    weight, angles = _norm_and_angles(d, rope, 1)
+    want = compress_insert_reference(pooled, 1, 4, True, prev_kv, prev_score, weight, 1e-6,
+                                     angles, fmt)
+    block = torch.stack([prev_kv, prev_score], dim=2)            # views, as at decode
+    for kv, score in ((block[:, :, 0], block[:, :, 1]), (prev_kv.double(), prev_score)):
+        got = compress_insert_triton(pooled, 1, 4, True, kv, score, weight, 1e-6, angles, fmt)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)

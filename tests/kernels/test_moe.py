@@ -244,3 +244,39 @@ def test_moe_fp4_grouped_with_larger_expert_tiles(block_m):
     got = moe_fp4_triton(x, weights, indices, bank, LIMIT, decode=False, block_m=block_m)
     want = moe_fp4_reference(x, weights, indices, bank, LIMIT)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("limit,weighted", [(7.0, True), (7.0, False), (0.0, False)])
+def test_swiglu_in_one_launch_matches_the_torch_ops(limit, weighted):
+    """The shared expert's activation: gate and up as views of one GEMM output (strided rows),
+    values past the clamp, optional per-row weights."""
+    from model.kernels.moe import swiglu_reference, swiglu_triton
+    g = torch.Generator().manual_seed(5)
+    both = torch.randn(3, 4, 2 * 200, generator=g) * 6
+    gate, up = both[..., :200], both[..., 200:]
+    weights = torch.rand(3, 4, 1, generator=g) if weighted else None
+    got = swiglu_triton(gate, up, limit, weights, torch.float32)
+    want = swiglu_reference(gate, up, limit, weights, torch.float32)
+    assert got.shape == (3, 4, 200)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+    if limit:
+        assert float(got.abs().max()) <= limit * limit   # both clamps applied
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_the_combine_adds_the_shared_expert(decode):
+    """``add`` (the shared expert's output) is summed by the combine kernel, on both paths, and
+    the reference adds it after the routed sum (what MoE.forward did)."""
+    g = torch.Generator().manual_seed(6)
+    w = _experts(N_EXP, DIM, INTER, g)
+    _, experts = _shard_like(w, order=[0, 1, 2, 3])
+    bank = ExpertBank.from_experts(experts, N_EXP)
+    assert torch.equal(bank.slots(torch.tensor([[2, -1]])), torch.tensor([[2, -1]]))  # as is
+    t = 5
+    x, indices = torch.randn(t, DIM, generator=g), _routing(t, "all_hit", g)
+    weights, shared = torch.rand(t, 2, generator=g), torch.randn(t, DIM, generator=g)
+    slots = bank.slots(indices)
+    want = moe_fp4_reference(x, weights, slots, bank, LIMIT) + shared
+    assert torch.equal(moe_fp4_reference(x, weights, slots, bank, LIMIT, add=shared), want)
+    got = moe_fp4_triton(x, weights, slots, bank, LIMIT, decode=decode, add=shared)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
