@@ -347,10 +347,11 @@ def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: E
     """Routed FP4 experts of one layer (``ExpertBank``: the local experts, zero-copy views of the
     checkpoint or one stacked copy): x [T, dim], routing weights / bank slots [T, k] (−1 = none or
     another rank's expert: contributes nothing) → fp32 [T, dim] = Σ_slot w · expert(x) (clamped
-    SwiGLU; shared expert not included). Triton: align by expert → grouped W4A16 gate/up + SwiGLU
+    SwiGLU), + ``add``. Triton: align by expert → grouped W4A16 gate/up + SwiGLU
     → grouped down → combine. Reference: a loop over the hit experts in the compute ``dtype``
     (default x.dtype), bit-identical to ``Expert.forward``. ``add`` [T, dim] (the shared expert's
-    output) is added to the sum in fp32 — by the combine kernel on Triton."""
+    output; under expert parallelism it is added after the all-reduce instead) is added to the
+    sum in fp32 — by the combine kernel on Triton."""
     if backend(x) == "triton":
         tiles = (choices.options("moe_prefill", x.device)
                  if x.shape[0] >= choices.MOE_PREFILL_TOKENS else {})

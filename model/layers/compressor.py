@@ -74,7 +74,7 @@ class Compressor(nn.Module):
         else:
             state.pending = tail
         fmt = RowFormat(self.numerics.dtype, self.numerics.native, layout, self.rotate,
-                          self.rope_head_dim)
+                        self.rope_head_dim)
         if n_blocks == 0:
             if state.rows is not None:
                 return state.rows
