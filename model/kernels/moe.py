@@ -35,11 +35,12 @@ from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
 from model.kernels.gemm import decode_fp4_tile, plan_split_k
 from model.kernels.launch import interpreting
+from model.kernels.quant_triton import _exp2_int, _round_e4m3, _scale_exponent, _scaled
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
 DECODE_BLOCK_K = 128
-EPILOGUE_BLOCK = 128
+EPILOGUE_BLOCK = 128   # = the FP8 activation block: the decode epilogue quantises h in place
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, quantize_input: bool) -> torch.Tensor:
@@ -238,9 +239,12 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float,
 
 @triton.jit
 def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS, limit,
-                       BLOCK: tl.constexpr):
+                       QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
+                       INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr):
     """Decode gate/up epilogue: h[pair] = clamped SwiGLU(Σ_split gate, Σ_split up) × rw[pair],
-    splits summed in order (deterministic); 0 for a dropped pair. part: fp32 [2, S, P, N]."""
+    splits summed in order (deterministic); 0 for a dropped pair. part: fp32 [2, S, P, N].
+    QUANT (native numerics): h leaves on the FP8 grid, the down projection's input quantisation
+    (e4m3 per 1×BLOCK = 1×128, power-of-two scale), as ``fp8_fake_quant`` would make it."""
     pair = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -254,6 +258,9 @@ def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS
             gate += tl.load(row, mask=mask, other=0.0)
             up += tl.load(row + (SPLITS * P).to(tl.int64) * N, mask=mask, other=0.0)
         h = _clamped_swiglu(gate, up, tl.load(rw_ptr + pair), limit)
+    if QUANT:
+        ex = _scale_exponent(tl.max(tl.abs(h), 0), FLOOR_BITS, INV_MAX_BITS)
+        h = _round_e4m3(_scaled(h, ex, QMAX)).to(tl.float32, bitcast=True) * _exp2_int(ex)
     tl.store(h_ptr + pair.to(tl.int64) * N + cols, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -361,11 +368,12 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
         xin, flat, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), part, topk, p, inter, dim,
         k_per, n_exp, UP=True, BLOCK_N=bn, BLOCK_K=block_k)
-    h = torch.empty(p, inter, dtype=torch.float32 if quantize_input else xin.dtype, device=dev)
+    # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
+    # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
+    h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
     _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
-        part, flat, rw, h, p, inter, n_exp, splits, float(limit), BLOCK=EPILOGUE_BLOCK)
-    if quantize_input:
-        h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
+        part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
+        **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK)
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](

@@ -280,3 +280,16 @@ def test_the_combine_adds_the_shared_expert(decode):
     assert torch.equal(moe_fp4_reference(x, weights, slots, bank, LIMIT, add=shared), want)
     got = moe_fp4_triton(x, weights, slots, bank, LIMIT, decode=decode, add=shared)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+def test_decode_epilogue_quantises_each_128_column_block_of_h():
+    """Native numerics at decode: the SwiGLU epilogue puts h on the FP8 grid itself, one
+    power-of-two scale per 128 columns — here three blocks, the last one partial."""
+    g = torch.Generator().manual_seed(8)
+    n_exp, dim, inter = 4, 64, 320
+    bank = ExpertBank.from_stacked(*_experts(n_exp, dim, inter, g))
+    x = torch.randn(2, dim, generator=g)
+    indices, weights = torch.tensor([[0, 2], [3, 1]]), torch.rand(2, 2, generator=g)
+    got = moe_fp4_triton(x, weights, indices, bank, LIMIT, quantize_input=True, decode=True)
+    want = moe_fp4_reference(x, weights, indices, bank, LIMIT, quantize_input=True)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
