@@ -40,7 +40,6 @@ from model.kernels import (
     kv_fp8,
     mhc,
     moe,
-    ops,
     quant,
     sparse_attn,
 )
@@ -202,12 +201,11 @@ def _compressor_case(name: str, n: int, ratio: int, dev: str, d: int = 512,
     layout = fp4_keys.IndexKeyLayout(d) if index_keys else kv_fp8.KVLayout(d, 64)
     fmt = cache_rows.RowFormat(torch.bfloat16, True, layout, index_keys, 64)
     args = (pooled, n, ratio, overlap, *prev, weight, 1e-6, angles, fmt)
-    rotation = ops._hadamard_on(d, torch.device(dev)) if index_keys else None
     return Case(name, {"entries": n, "ratio": ratio, "dim": d, "format": type(layout).__name__},
                 pooled.numel() * 4 + n * layout.row_bytes, 5.0 * pooled.numel() + 2 * n * d * d
                 * index_keys,
                 lambda: compressor.compress_insert_reference(*args),
-                lambda: compressor.compress_insert_triton(*args, hadamard=rotation),
+                lambda: compressor.compress_insert_triton(*args),
                 "none set (report only)")
 
 
@@ -268,13 +266,12 @@ def _norm_rope_rows_case(name: str, tokens: int, dev: str, dtype: torch.dtype, w
     fmt = {"queries": cache_rows.RowFormat(dtype),
            "kv": cache_rows.RowFormat(dtype, True, kv_fp8.KVLayout(d, 64), rope_dim=64),
            "index_queries": cache_rows.RowFormat(dtype, True, rotate=True)}[what]
-    rotation = ops._hadamard_on(d, torch.device(dev)) if fmt.rotate else None
     out_bytes = x.numel() // d * fmt.row_width(d) * (1 if fmt.layout else x.element_size())
     return Case(name, {"tokens": tokens, "heads": heads or 1, "dim": d, "format": what},
                 x.numel() * x.element_size() + out_bytes,
                 10.0 * x.numel() + 2.0 * x.numel() * d * fmt.rotate,
                 lambda: cache_rows.norm_rope_rows_reference(x, weight, eps, angles, fmt),
-                lambda: cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt, rotation),
+                lambda: cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt),
                 "none set (latency-bound)")
 
 

@@ -22,6 +22,8 @@ rotation), so it differs from them only by the order of fp32 sums.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +83,16 @@ def store_rows_reference(rows: torch.Tensor, fmt: RowFormat) -> torch.Tensor:
     return torch.cat([quant.fp8_fake_quant(rows[..., :nope], KV_QUANT_BLOCK), rope], dim=-1)
 
 
+@functools.lru_cache(maxsize=8)
+def hadamard_matrix(n: int, device: torch.device) -> torch.Tensor:
+    """The normalised Sylvester Hadamard matrix [n, n] fp32 on ``device``, made and copied there
+    once (not a host→device copy per call: a captured decode graph could not hold one)."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return (h / math.sqrt(n)).to(device=device)
+
+
 # -- Triton: one row in registers -------------------------------------------------------------
 FORMAT_FLOAT, FORMAT_KV, FORMAT_KEYS = 0, 1, 2   # store_row's modes
 
@@ -102,6 +114,13 @@ def format_args(fmt: RowFormat, d: int) -> dict:
                 SCALE_OFFSET=scale_offset, ROW_BYTES=row_bytes,
                 PAD_P=triton.next_power_of_2(pad) if pad > 0 else 0, **consts,
                 BLOCK_D=max(16, qblock if mode else 16, triton.next_power_of_2(d)))
+
+
+def rotation_for(args: dict, d: int, device: torch.device, unused: torch.Tensor
+                 ) -> torch.Tensor:
+    """``store_row``'s h_ptr argument: the Hadamard matrix when the format rotates, else any
+    tensor (``unused``; the kernel does not read it)."""
+    return hadamard_matrix(d, device) if args["MODE"] == FORMAT_KEYS else unused
 
 
 def supported(fmt: RowFormat) -> bool:
@@ -235,10 +254,8 @@ def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R
 
 
 def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
-                          angles: torch.Tensor, fmt: RowFormat,
-                          hadamard: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference in one launch (one program per row). ``hadamard`` [d, d] fp32 on the
-    device when the format rotates."""
+                          angles: torch.Tensor, fmt: RowFormat) -> torch.Tensor:
+    """The reference in one launch (one program per row)."""
     d = x.shape[-1]
     heads, t = (x.shape[2], x.shape[1]) if x.dim() == 4 else (1, x.shape[-2])
     assert angles.shape[0] == t and 0 < 2 * angles.shape[-1] <= d, (x.shape, angles.shape)
@@ -251,7 +268,7 @@ def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: flo
     if rows:
         _norm_rope_rows_kernel[(rows,)](
             src, weight.float().contiguous() if weight is not None else src,
-            angles.float().contiguous(), hadamard if args["MODE"] == FORMAT_KEYS else src, out,
+            angles.float().contiguous(), rotation_for(args, d, x.device, src), out,
             heads, t, d, angles.shape[-1], 0.0 if eps is None else eps, fmt.row_width(d),
             NORM=eps is not None, HAS_WEIGHT=weight is not None, **args)
     return out if out.dtype == fmt.row_dtype() else out.to(fmt.row_dtype())

@@ -32,6 +32,7 @@ from model.kernels.cache_rows import (
     RowFormat,
     format_args,
     rope_row,
+    rotation_for,
     round_bf16,
     store_row,
     store_rows_reference,
@@ -193,12 +194,10 @@ def compressor_inputs_triton(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Te
 def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,
                            prev_kv: torch.Tensor | None, prev_score: torch.Tensor | None,
                            norm_weight: torch.Tensor, eps: float, angles: torch.Tensor,
-                           fmt: RowFormat, out: torch.Tensor | None = None,
-                           hadamard: torch.Tensor | None = None, block_w: int = 8
+                           fmt: RowFormat, out: torch.Tensor | None = None, block_w: int = 8
                            ) -> torch.Tensor:
     """One launch: the reference's entries written into ``out`` [b, n_blocks, row_width] (cache
-    rows: a slice of the store, unit stride along the row) or a new tensor. ``hadamard`` [d, d]
-    fp32 on the device when ``fmt.rotate`` and native."""
+    rows: a slice of the store, unit stride along the row) or a new tensor."""
     b = pooled.shape[0]
     d = norm_weight.shape[0]
     assert pooled.dtype == torch.float32 and pooled.shape[-1] == d * (2 if overlap else 1)
@@ -220,10 +219,9 @@ def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, over
             prev_kv, prev_score = prev_kv.float().contiguous(), prev_score.float().contiguous()
     else:
         prev_kv = prev_score = pooled
-    h = hadamard if hadamard is not None else pooled
     _compress_insert_kernel[(b * n_blocks,)](
         pooled, prev_kv, prev_score, norm_weight.float().contiguous(),
-        angles.float().contiguous(), h, target,
+        angles.float().contiguous(), rotation_for(args, d, pooled.device, pooled), target,
         n_blocks, pooled.shape[1], ratio, d, angles.shape[-1],
         prev_kv.stride(0), prev_kv.stride(1), target.stride(0), target.stride(1), eps,
         OVERLAP=overlap, HAS_PREV=has_prev, **args,

@@ -15,8 +15,6 @@ decode path, the MoE grouped GEMM's row tile) come from that GPU's measured tabl
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 
 import torch
@@ -197,23 +195,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> to
     return _gemm.fp8_gemm_reference(x, weight, scale)
 
 
-@functools.lru_cache(maxsize=8)
-def _hadamard_matrix(n: int) -> torch.Tensor:
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h / math.sqrt(n)
-
-
-@functools.lru_cache(maxsize=8)
-def _hadamard_on(n: int, device: torch.device) -> torch.Tensor:
-    """The matrix on ``device``, copied there once (not a host→device copy per call)."""
-    return _hadamard_matrix(n).to(device=device)
-
-
 def hadamard(x: torch.Tensor) -> torch.Tensor:
     """Normalised Walsh–Hadamard transform (Sylvester order) over the last dim."""
-    return (x.float() @ _hadamard_on(x.shape[-1], x.device)).to(x.dtype)
+    return (x.float() @ _cache_rows.hadamard_matrix(x.shape[-1], x.device)).to(x.dtype)
 
 
 hc_split_sinkhorn = _mhc.hc_split_sinkhorn_reference
@@ -294,8 +278,7 @@ def norm_rope_rows(x: torch.Tensor, weight: torch.Tensor | None, eps: float | No
     RoPE of angles [T, r/2] → rows in ``fmt`` (cache_rows.py: float, the FP8 KV row, rotated FP4
     values). Attention's queries and new KV rows, the indexer's queries. Triton: one launch."""
     if backend(x) == "triton" and _cache_rows.supported(fmt):
-        rotation = _hadamard_on(x.shape[-1], x.device) if fmt.native and fmt.rotate else None
-        return _cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt, rotation)
+        return _cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt)
     return _cache_rows.norm_rope_rows_reference(x, weight, eps, angles, fmt)
 
 
@@ -319,11 +302,9 @@ def compress_insert(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bo
     ``angles`` [n, rope/2], then the ``fmt``'s rows: float, FP8 KV or rotated FP4 keys) written
     into ``out`` [b, n, row_width] (a slice of the row store) or returned. Triton: one launch."""
     if backend(pooled) == "triton" and _cache_rows.supported(fmt):
-        rotation = (_hadamard_on(norm_weight.shape[0], pooled.device)
-                    if fmt.native and fmt.rotate else None)
         return _compressor.compress_insert_triton(pooled, n_blocks, ratio, overlap, prev_kv,
                                                   prev_score, norm_weight, eps, angles, fmt,
-                                                  out=out, hadamard=rotation)
+                                                  out=out)
     rows = _compressor.compress_insert_reference(pooled, n_blocks, ratio, overlap, prev_kv,
                                                  prev_score, norm_weight, eps, angles, fmt)
     return rows if out is None else out.copy_(rows)

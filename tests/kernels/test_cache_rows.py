@@ -7,7 +7,6 @@ import pytest
 import torch
 from row_checks import assert_same_rows
 
-from model.kernels import ops
 from model.kernels.cache_rows import (
     RowFormat,
     norm_rope_rows_reference,
@@ -43,8 +42,7 @@ def test_norm_rope_rows_match_the_composed_ops(name):
     weight = torch.rand(shape[-1], generator=g) + 0.5 if weighted else None
     angles = _angles(shape[1], rope)
     want = norm_rope_rows_reference(x, weight, eps, angles, fmt)
-    rotation = ops._hadamard_on(shape[-1], x.device) if fmt.rotate else None
-    got = norm_rope_rows_triton(x, weight, eps, angles, fmt, rotation)
+    got = norm_rope_rows_triton(x, weight, eps, angles, fmt)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert_same_rows(got, want, fmt)
 

@@ -66,8 +66,7 @@ def test_compress_insert_matches_the_composed_ops(fmt_name, b, rows, n_blocks, r
     weight, angles = _norm_and_angles(d, rope, n_blocks)
     args = (pooled, n_blocks, ratio, overlap, prev_kv, prev_score, weight, 1e-6, angles, fmt)
     want = compress_insert_reference(*args)
-    rotation = ops._hadamard_on(d, pooled.device) if fmt.rotate else None
-    got = compress_insert_triton(*args, hadamard=rotation, block_w=4)
+    got = compress_insert_triton(*args, block_w=4)
     assert got.shape == want.shape == (b, n_blocks, fmt.row_width(d)) and got.dtype == want.dtype
     assert_same_rows(got, want, fmt)
 
@@ -79,9 +78,8 @@ def test_compress_insert_writes_only_its_rows_of_the_store(fmt_name):
     pooled, prev_kv, prev_score = _pooled(1, 8, d, True, ratio)
     weight, angles = _norm_and_angles(d, rope, 2)
     store = torch.full((1, 7, fmt.row_width(d)), 77, dtype=fmt.row_dtype())
-    rotation = ops._hadamard_on(d, pooled.device) if fmt.rotate else None
     args = (pooled, 2, ratio, True, prev_kv, prev_score, weight, 1e-6, angles, fmt)
-    compress_insert_triton(*args, out=store[:, 3:5], hadamard=rotation)
+    compress_insert_triton(*args, out=store[:, 3:5])
     assert_same_rows(store[:, 3:5], compress_insert_reference(*args), fmt)
     assert bool((store[:, :3] == 77).all()) and bool((store[:, 5:] == 77).all())
 
