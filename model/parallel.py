@@ -242,6 +242,7 @@ def shard_attention(attn: nn.Module, tp: int, tp_rank: int, group: Any) -> None:
                                                ].contiguous()
     attn.n_heads, attn.n_groups = heads, groups
     attn.wo_b = _TensorParallelOutput(attn.wo_b, group)
+    attn.stack_projections()   # wq_b changed: its group no longer stacks with the indexer's
 
 
 @dataclass(slots=True)

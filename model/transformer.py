@@ -140,6 +140,9 @@ class Transformer(nn.Module):
                 module.weight = module.weight.float()
             if hasattr(module, "stack_experts"):  # routed experts → one ExpertBank per layer
                 module.stack_experts()
+        for module in self.modules():   # sibling projections → one GEMM each (StackedLinear)
+            if hasattr(module, "stack_projections"):
+                module.stack_projections()
         if not resident:
             self.embed.weight = self.embed.weight.to(numerics.dtype)
 

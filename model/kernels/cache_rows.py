@@ -33,7 +33,7 @@ import triton.language as tl
 from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
-from model.kernels.launch import interpreting
+from model.kernels.launch import interpreting, rows_of
 from model.kernels.quant_triton import (
     FP4_CONSTANTS,
     FP8_CONSTANTS,
@@ -228,7 +228,7 @@ def norm_rope_rows_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: 
 
 @triton.jit
 def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R2, eps,
-                           out_stride, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                           x_stride, out_stride, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                            BF16: tl.constexpr, MODE: tl.constexpr, PACKED: tl.constexpr,
                            NOPE: tl.constexpr, QBLOCK: tl.constexpr, N_SCALES: tl.constexpr,
                            SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr,
@@ -239,7 +239,8 @@ def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R
     token = (row // HEADS) % T
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    y = tl.load(x_ptr + row * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    x_row = x_ptr + (row // HEADS) * x_stride + (row % HEADS) * D
+    y = tl.load(x_row + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if NORM:
         y = y * tl.rsqrt(tl.sum(y * y, 0) / D + eps)
         if HAS_WEIGHT:
@@ -255,11 +256,14 @@ def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R
 
 def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
                           angles: torch.Tensor, fmt: RowFormat) -> torch.Tensor:
-    """The reference in one launch (one program per row)."""
+    """The reference in one launch (one program per row). A token's rows (its heads) must be
+    contiguous; tokens may lie any fixed stride apart (a column slice of a stacked projection's
+    output is read in place)."""
     d = x.shape[-1]
     heads, t = (x.shape[2], x.shape[1]) if x.dim() == 4 else (1, x.shape[-2])
     assert angles.shape[0] == t and 0 < 2 * angles.shape[-1] <= d, (x.shape, angles.shape)
-    src = (x.float() if interpreting() else x).contiguous()
+    src = x.float() if interpreting() else x
+    src = rows_of(src.flatten(-2) if x.dim() == 4 else src)   # [b·T, heads·d], tokens apart
     args = format_args(fmt, d)
     out_dtype = torch.float32 if interpreting() and fmt.row_dtype() == torch.bfloat16 else \
         fmt.row_dtype()
@@ -269,6 +273,6 @@ def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: flo
         _norm_rope_rows_kernel[(rows,)](
             src, weight.float().contiguous() if weight is not None else src,
             angles.float().contiguous(), rotation_for(args, d, x.device, src), out,
-            heads, t, d, angles.shape[-1], 0.0 if eps is None else eps, fmt.row_width(d),
-            NORM=eps is not None, HAS_WEIGHT=weight is not None, **args)
+            heads, t, d, angles.shape[-1], 0.0 if eps is None else eps, src.stride(0),
+            fmt.row_width(d), NORM=eps is not None, HAS_WEIGHT=weight is not None, **args)
     return out if out.dtype == fmt.row_dtype() else out.to(fmt.row_dtype())

@@ -1,12 +1,15 @@
 """What every Triton wrapper in model/kernels/ shares about launching: whether kernels run in
 Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is imported; the
 interpreter mishandles bf16, so wrappers hand it fp32), and how many short rows one program
-takes so that a tile holds about ``TILE_ELEMENTS`` elements."""
+takes so that a tile holds about ``TILE_ELEMENTS`` elements, and how a kernel that reads rows
+of unit stride finds them in a strided view (``rows_of``)."""
 
 from __future__ import annotations
 
+import math
 import os
 
+import torch
 import triton
 
 TILE_ELEMENTS = 4096  # elements per program: small rows are batched into one tile
@@ -19,3 +22,13 @@ def interpreting() -> bool:
 def rows_per_program(n_rows: int, row_elements: int) -> int:
     """Power-of-two rows per program (≤ 16) so one tile holds about TILE_ELEMENTS elements."""
     return max(1, min(16, TILE_ELEMENTS // row_elements, triton.next_power_of_2(n_rows)))
+
+
+def rows_of(x: torch.Tensor) -> torch.Tensor:
+    """x [..., d] as [rows, d] with unit stride along d: a view where the leading dims flatten
+    to one stride (a column slice of a contiguous tensor does), else a contiguous copy."""
+    d = x.shape[-1]
+    if not d:
+        return x.new_empty(math.prod(x.shape[:-1]), 0)
+    rows = x.reshape(-1, d)
+    return rows if rows.stride(-1) == 1 or d == 1 else rows.contiguous()

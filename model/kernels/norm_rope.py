@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import interpreting, rows_per_program
+from model.kernels.launch import interpreting, rows_of, rows_per_program
 
 MAX_BLOCK_D = 8192  # widest row chunk held in registers by one RMSNorm program
 
@@ -59,18 +59,20 @@ def _scale_and_store(x, inv, w_ptr, out_ptr, offs, cols, mask, col_mask,
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, D, eps, HAS_WEIGHT: tl.constexpr,
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, D, x_stride, eps, HAS_WEIGHT: tl.constexpr,
                      BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """Rows x_stride apart in x (a column slice of a wider tensor reads in place), dense out."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = rows < n_rows
-    row_start = rows[:, None] * D
+    row_start = rows[:, None] * x_stride
+    out_start = rows[:, None] * D
     if ONE_CHUNK:  # the whole row in registers: read x once
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < D
         mask = row_mask[:, None] & col_mask[None, :]
         x = tl.load(x_ptr + row_start + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         inv = tl.rsqrt(tl.sum(x * x, 1) / D + eps)
-        _scale_and_store(x, inv, w_ptr, out_ptr, row_start + cols[None, :], cols, mask,
+        _scale_and_store(x, inv, w_ptr, out_ptr, out_start + cols[None, :], cols, mask,
                          col_mask, HAS_WEIGHT)
     else:
         squares = tl.zeros([BLOCK_ROWS, BLOCK_D], dtype=tl.float32)
@@ -85,26 +87,27 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, D, eps, HAS_WEIGHT: tl.const
             col_mask = cols < D
             mask = row_mask[:, None] & col_mask[None, :]
             x = tl.load(x_ptr + row_start + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            _scale_and_store(x, inv, w_ptr, out_ptr, row_start + cols[None, :], cols, mask,
+            _scale_and_store(x, inv, w_ptr, out_ptr, out_start + cols[None, :], cols, mask,
                              col_mask, HAS_WEIGHT)
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Same as ``rms_norm_reference`` in one launch; any leading shape, contiguous output."""
+    """Same as ``rms_norm_reference`` in one launch; any leading shape, contiguous output. Rows
+    of unit stride are read where they lie (a column slice of a stacked projection's output)."""
     dtype = x.dtype
     interp = interpreting()
-    src = x.float() if interp else x
-    src = src.contiguous()
     d = x.shape[-1]
-    n_rows = x.numel() // d if d else 0
+    src = rows_of(x.float() if interp else x)
+    n_rows = src.shape[0]
     out = torch.empty(x.shape, dtype=torch.float32 if interp else dtype, device=x.device)
-    if n_rows:
+    if n_rows and d:
         w = src if weight is None else (weight.float() if interp else weight).contiguous()
         block_d = min(MAX_BLOCK_D, triton.next_power_of_2(d))
         rows = rows_per_program(n_rows, block_d) if d <= block_d else 1
         _rms_norm_kernel[(triton.cdiv(n_rows, rows),)](
-            src, w, out, n_rows, d, eps, HAS_WEIGHT=weight is not None, BLOCK_ROWS=rows,
-            BLOCK_D=block_d, ONE_CHUNK=d <= block_d, num_warps=_warps(rows * block_d))
+            src, w, out, n_rows, d, src.stride(0), eps, HAS_WEIGHT=weight is not None,
+            BLOCK_ROWS=rows, BLOCK_D=block_d, ONE_CHUNK=d <= block_d,
+            num_warps=_warps(rows * block_d))
     return out.to(dtype) if out.dtype != dtype else out
 
 

@@ -25,7 +25,7 @@ from model.kernels.cache_rows import RowFormat
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer, IndexerInputs
-from model.layers.linear import Linear, Numerics
+from model.layers.linear import Linear, Numerics, StackedLinear
 from model.layers.norm import RMSNorm
 from model.layers.rope import RotaryEmbedding, apply_rope
 
@@ -63,12 +63,26 @@ class Attention(nn.Module):
         self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim)
         self.compressor = Compressor(cfg, ratio, cfg.head_dim) if ratio else None
         self.indexer = Indexer(cfg, ratio) if ratio == 4 else None
+        # siblings that read the same input run as one GEMM each (StackedLinear): the
+        # projections of x, the query up-projections of qr, the pooling inputs of x
+        self.x_proj = StackedLinear(self.wq_a, self.wkv)
+        self.q_proj = StackedLinear(self.wq_b, *([self.indexer.wq_b] if self.indexer else []))
+        self.pool_proj = StackedLinear(*(
+            ([self.compressor.wkv, self.compressor.wgate] if self.compressor else [])
+            + ([self.indexer.weights_proj, self.indexer.compressor.wkv,
+                self.indexer.compressor.wgate] if self.indexer else [])))
         self.rope = RotaryEmbedding(cfg, compressed=bool(ratio))
         self.rope_flavour = "compressed" if ratio else "plain"
         self.scale = cfg.head_dim**-0.5
         self.numerics = Numerics()
         self.kv_layout = kv_layout(cfg)
         self.pack_kv = True  # native numerics: hold KV rows packed (False: float rows, same values)
+
+    def stack_projections(self) -> None:
+        """Stack each group of sibling projections (after loading, and again after a change to
+        a member's weights: tensor parallelism's shard)."""
+        for group in (self.x_proj, self.q_proj, self.pool_proj):
+            group.stack()
 
     def cache_layout(self) -> KVLayout | None:
         """The FP8 layout the KV rows are held in, or None for float rows."""
@@ -90,15 +104,22 @@ class Attention(nn.Module):
         """The per-token projections of x [b, T, dim] (any tokens at once: a ragged batch
         too): queries, new KV rows as the cache holds them, the compressor's and the indexer's
         inputs. Pure: reads no cache (a decode step captures it in a CUDA graph)."""
-        qr = self.q_norm(self.wq_a(x))
-        q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
+        qr, kv = self.x_proj(x)
+        qr = self.q_norm(qr)
+        q, *index_q = self.q_proj(qr)
+        q = q.unflatten(-1, (self.n_heads, self.head_dim))
         q = ops.norm_rope_rows(q, None, self.eps, angles, RowFormat(q.dtype))  # per head
-        kv = self.wkv(x)   # → kv_norm → RoPE → the cache's row (packed FP8 in native numerics)
+        # kv → kv_norm → RoPE → the cache's row (packed FP8 in native numerics)
         kv = ops.norm_rope_rows(kv, self.kv_norm.weight, self.kv_norm.eps, angles, RowFormat(
             kv.dtype, self.numerics.native, self.cache_layout(), rope_dim=self.rope_head_dim))
-        pooled = self.compressor.project(x, positions) if self.compressor is not None else None
-        index = (self.indexer.project(x, qr, positions, angles)   # CSA: the compressed flavour
-                 if self.indexer is not None else None)
+        pooled = index = None
+        if self.compressor is not None:
+            kv_c, gate_c, *for_index = self.pool_proj(x)
+            pooled = self.compressor.project(kv_c, gate_c, positions)
+            if self.indexer is not None:   # CSA: the compressed RoPE flavour, like attention's
+                weights, key_kv, key_gate = for_index
+                index = self.indexer.project(index_q[0], weights, key_kv, key_gate, positions,
+                                             angles)
         return AttentionInputs(q, kv, pooled, index)
 
     def attend(self, inputs: AttentionInputs, spans: Sequence[Span], positions: torch.Tensor,

@@ -65,17 +65,20 @@ class Indexer(nn.Module):
         """The FP4 layout the keys are held in, or None for float rows."""
         return self.key_layout if self.numerics.native and self.pack_keys else None
 
-    def project(self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor,
-                angles: torch.Tensor) -> IndexerInputs:
-        """The per-token inputs of the indexer, for any tokens at once (a ragged batch too).
-        ``angles``: the compressed-RoPE angles of ``positions`` — its CSA layer's attention uses
-        the same flavour and computes them once per forward."""
-        q = self.wq_b(qr).unflatten(-1, (self.n_heads, self.head_dim))
+    def project(self, q: torch.Tensor, weights: torch.Tensor, key_kv: torch.Tensor,
+                key_gate: torch.Tensor, positions: torch.Tensor, angles: torch.Tensor
+                ) -> IndexerInputs:
+        """The per-token inputs of the indexer, for any tokens at once (a ragged batch too),
+        from its projections (computed by attention, stacked with their siblings): ``wq_b`` of
+        qr, ``weights_proj`` of x, its compressor's ``wkv`` / ``wgate`` of x. ``angles``: the
+        compressed-RoPE angles of ``positions`` — its CSA layer's attention uses the same
+        flavour and computes them once per forward."""
+        q = q.unflatten(-1, (self.n_heads, self.head_dim))
         # RoPE, then in native numerics the keys' rotation and FP4 values: one op
         q = ops.norm_rope_rows(q, None, None, angles,
                                RowFormat(q.dtype, self.numerics.native, rotate=True))
-        weights = self.weights_proj(x).float() * self.weight_scale   # [b, T, H]
-        return IndexerInputs(q, weights, self.compressor.project(x, positions))
+        weights = weights.float() * self.weight_scale   # [b, T, H]
+        return IndexerInputs(q, weights, self.compressor.project(key_kv, key_gate, positions))
 
     def forward(self, inputs: IndexerInputs, start_pos: int, visible: torch.Tensor,
                 cache: LayerCache, memo: dict | None = None) -> torch.Tensor:

@@ -137,3 +137,89 @@ class Linear(nn.Module):
         if self.dense is None:  # resident FP8 / BF16: dequantised per use
             return ops.dequant_linear(x, self.weight, self.scale, dtype, quantize_input=quantized)
         return ops.linear(x, self.dense_weight(), quantize_input=quantized)
+
+
+class StackedLinear:
+    """Sibling linears that read the same input, run as one GEMM over their weights stacked
+    along the output rows: attention's ``wq_a`` and ``wkv``, its ``wq_b`` and the indexer's, the
+    compressors' ``wkv`` / ``wgate`` with the indexer's head weights, the shared expert's ``w1``
+    and ``w3``. At decode each of those is a GEMV or an FP8 GEMM of one row: stacked, the
+    weights are read in one launch instead of one each (and one split-K sum instead of one each).
+
+    ``stack()`` (after loading; ``Transformer.prepare``) concatenates the members' weights — and
+    their 128×128 scales, so each FP8 member must have a multiple of 128 output rows — and
+    re-points every member at its rows of the stack: no second copy, and the members keep the
+    checkpoint names. It stacks only where the Triton kernels run (on the reference backend
+    separate torch GEMMs cost nothing extra, and a CPU keeps the weights zero-copy as mapped)
+    and only members held alike (format, input width, resident or dense). Otherwise, and
+    before ``stack()``, a call runs the members one by one: the same values either way, up to
+    the GEMM's summation order. Calling it returns each member's output, a column view of the
+    one result, in that member's own output dtype. Not a module: the members are."""
+
+    def __init__(self, *members: Linear) -> None:
+        self.members = members
+        self.fused: Linear | None = None
+        self.bounds: list[tuple[int, int]] = []
+
+    def stackable(self) -> bool:
+        """Whether the members are held alike: format, input width, device, resident (as
+        mapped) or dense in one dtype; FP8 members in whole 128-row scale blocks."""
+        if len(self.members) < 2:
+            return False
+        held = {(m.fmt, m.in_features, m.weight.device, None if m.dense is None else m.dense.dtype)
+                for m in self.members}
+        first = self.members[0]
+        if len(held) != 1 or first.weight.is_meta:
+            return False
+        if first.dense is None and first.fmt == "fp8":
+            return all(m.out_features % 128 == 0 and m.weight.shape[0] == m.out_features
+                       for m in self.members)
+        return True
+
+    def stack(self) -> bool:
+        """Stack the members' weights (again, after a change to one of them). → stacked?"""
+        self.fused, self.bounds = None, []
+        if not self.stackable() or ops.backend(self.members[0].weight) != "triton":
+            return False
+        first = self.members[0]
+        fused = Linear(first.in_features, sum(m.out_features for m in self.members), first.fmt,
+                       fp32_compute=any(m.fp32_compute for m in self.members))
+        fused.numerics = first.numerics
+        lo = 0
+        for m in self.members:
+            self.bounds.append((lo, lo + m.out_features))
+            lo += m.out_features
+        if first.dense is not None:
+            fused.weight, fused.scale = first.weight, first.scale
+            fused.dense = _cat_rows([m.dense for m in self.members])
+            for m, (a, b) in zip(self.members, self.bounds, strict=True):
+                m.dense = fused.dense[a:b]
+        else:
+            fused.weight = _cat_rows([m.weight for m in self.members])
+            fused.scale = None if first.scale is None else _cat_rows(
+                [m.scale for m in self.members])
+            for m, (a, b) in zip(self.members, self.bounds, strict=True):
+                m.weight = fused.weight[a:b]
+                if m.scale is not None:
+                    m.scale = fused.scale[a // 128: -(-b // 128)] if m.fmt == "fp8" else \
+                        fused.scale[a:b]
+        self.fused = fused
+        return True
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.fused is None:
+            return tuple(m(x) for m in self.members)
+        y = self.fused(x)
+        return tuple(y[..., a:b].to(_out_dtype(m)) for m, (a, b) in
+                     zip(self.members, self.bounds, strict=True))
+
+
+def _out_dtype(linear: Linear) -> torch.dtype:
+    return torch.float32 if linear.fp32_compute else linear.numerics.dtype
+
+
+def _cat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0 (through uint8 views: cat has no kernel for some FP8 dtypes)."""
+    if tensors[0].element_size() == 1 and tensors[0].is_floating_point():
+        return torch.cat([t.view(torch.uint8) for t in tensors]).view(tensors[0].dtype)
+    return torch.cat(tensors)

@@ -24,7 +24,7 @@ from model.kernels import ops
 from model.kernels.expert_bank import ExpertBank
 from model.kernels.router import gate_scores
 from model.layers.indexer import topk_margin
-from model.layers.linear import Linear, Numerics
+from model.layers.linear import Linear, Numerics, StackedLinear
 
 
 class Gate(nn.Module):
@@ -59,17 +59,26 @@ class Gate(nn.Module):
 
 
 class Expert(nn.Module):
-    """SwiGLU expert with the gate clamped to ≤ limit and the up projection to ±limit."""
+    """SwiGLU expert with the gate clamped to ≤ limit and the up projection to ±limit.
+    ``stacked`` (the shared expert): w1 and w3 run as one GEMM once ``stack_projections`` has
+    run (routed experts are stacked by their ``ExpertBank``, or move through the offload cache)."""
 
-    def __init__(self, dim: int, inter_dim: int, fmt: str, swiglu_limit: float) -> None:
+    def __init__(self, dim: int, inter_dim: int, fmt: str, swiglu_limit: float,
+                 stacked: bool = False) -> None:
         super().__init__()
         self.w1 = Linear(dim, inter_dim, fmt=fmt)
         self.w2 = Linear(inter_dim, dim, fmt=fmt)
         self.w3 = Linear(dim, inter_dim, fmt=fmt)
-        self.limit = swiglu_limit
+        self.w13 = StackedLinear(self.w1, self.w3)
+        self.limit, self.stacked = swiglu_limit, stacked
+
+    def stack_projections(self) -> None:
+        if self.stacked:
+            self.w13.stack()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        return self.w2(ops.swiglu(self.w1(x), self.w3(x), self.limit, weights, x.dtype))
+        gate, up = self.w13(x)
+        return self.w2(ops.swiglu(gate, up, self.limit, weights, x.dtype))
 
 
 class MoE(nn.Module):
@@ -85,7 +94,8 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(
             Expert(cfg.dim, cfg.moe_inter_dim, "fp4", cfg.swiglu_limit)
             for _ in range(cfg.n_routed_experts))
-        self.shared_experts = Expert(cfg.dim, cfg.moe_inter_dim, "fp8", cfg.swiglu_limit)
+        self.shared_experts = Expert(cfg.dim, cfg.moe_inter_dim, "fp8", cfg.swiglu_limit,
+                                     stacked=True)
         self.numerics = Numerics()
         self.bank: ExpertBank | None = None
 

@@ -3,6 +3,8 @@ kernel (interpreter) vs the composed torch ops, for the three places the model u
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from row_checks import assert_same_rows
@@ -13,6 +15,7 @@ from model.kernels.cache_rows import (
     norm_rope_rows_triton,
 )
 from model.kernels.kv_fp8 import KVLayout
+from model.op_audit import OpAudit
 
 
 def _angles(t, rope, seed=1):
@@ -58,3 +61,22 @@ def test_bf16_rows_round_where_the_composed_ops_round():
     # the same roundings, sums in another order: equal but for a rare last-bit flip
     assert (got != want).float().mean() < 0.01
     assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.01)
+
+
+@pytest.mark.parametrize("name", ["attention queries", "kv rows, packed FP8",
+                                  "indexer queries, rotated FP4 values"])
+def test_norm_rope_rows_read_a_column_slice_in_place(name):
+    """The stacked projections' outputs are column slices of one wider tensor: read where they
+    lie (one launch, no copy), the same rows as from a contiguous copy."""
+    shape, eps, weighted, rope, fmt = CASES[name]
+    g = torch.Generator().manual_seed(4)
+    width = math.prod(shape[2:])
+    wide = torch.randn(shape[0], shape[1], width + 40, generator=g) * 3
+    x = wide[..., 24:24 + width].unflatten(-1, shape[2:])
+    weight = torch.rand(shape[-1], generator=g) + 0.5 if weighted else None
+    angles = _angles(shape[1], rope)
+    norm_rope_rows_triton(x, weight, eps, angles, fmt)   # (the rotation matrix is made once)
+    with OpAudit() as audit:
+        got = norm_rope_rows_triton(x, weight, eps, angles, fmt)
+    assert audit.launches() == 1
+    assert_same_rows(got, norm_rope_rows_reference(x.contiguous(), weight, eps, angles, fmt), fmt)

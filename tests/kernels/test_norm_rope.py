@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.kernels import ops
+from model.kernels import norm_rope, ops
 from model.kernels.norm_rope import (
     apply_rope_reference,
     apply_rope_triton,
@@ -13,6 +13,7 @@ from model.kernels.norm_rope import (
     rms_norm_triton,
 )
 from model.layers import rope as rope_layer
+from model.op_audit import OpAudit
 
 
 def _torch_rms_norm(x, weight, eps):
@@ -67,6 +68,20 @@ def test_rms_norm_non_contiguous_input():
     w = torch.rand(40) + 0.5
     assert not x.is_contiguous()
     _close(rms_norm_triton(x, w, 1e-5), rms_norm_reference(x, w, 1e-5))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_rms_norm_reads_a_column_slice_in_place(monkeypatch, chunked):
+    """A stacked projection's output slice (rows one wide row apart): one launch, no copy."""
+    if chunked:
+        monkeypatch.setattr(norm_rope, "MAX_BLOCK_D", 32)
+    y = torch.randn(2, 3, 200)
+    x = y[..., 64:160]
+    w = torch.rand(96) + 0.5
+    with OpAudit() as audit:
+        got = rms_norm_triton(x, w, 1e-6)
+    assert audit.launches() == 1 and got.is_contiguous()
+    _close(got, rms_norm_reference(x, w, 1e-6))
 
 
 def test_rms_norm_rows_wider_than_one_chunk(monkeypatch):
