@@ -79,6 +79,8 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
         "v4_flash_estimate_per_step": round(audit.launches() / layers * 43),
         "top": audit.top(),
         "graphs": {"captured_launches": pieces.launches(), "pieces": layers + 1,
+                   "captured_per_layer": round(pieces.launches() / layers, 1),
+                   "captured_top": pieces.top(40),
                    "host_launches_per_step": with_graphs,
                    "host_launches_per_layer": round(with_graphs / layers, 1),
                    "v4_flash_estimate_per_step": round(with_graphs / layers * 43),

@@ -10,7 +10,9 @@ either (every grid is sized from host ints: T, k, the bank's shapes):
   hundreds of programs at once, with no sort, no padded empty tiles and no host sync before the
   first launch. fp32 partials [S, pairs, N] are reduced in a fixed order by the
   epilogues: gate/up → ``_moe_swiglu_kernel`` (sum splits, clamped SwiGLU × routing weight → h),
-  down → ``_moe_combine_kernel`` (sum splits and the token's slots → y). A pair re-reads its
+  down → ``_moe_combine_kernel`` (sum splits and the token's slots → y). In native numerics
+  the gate/up programs put x on its FP8 grid as they read it and the SwiGLU epilogue puts h on
+  the down projection's, so quantisation costs no launch of its own. A pair re-reads its
   expert even when another pair of the batch chose it too (rare at small T·k; L2 absorbs it).
 - grouped (prefill): align the pairs by expert on the device (``moe_align``: padded per expert to
   BLOCK_M rows, sized by the host bound T·k + n_experts·(BLOCK_M − 1)), so each M tile belongs to
@@ -40,7 +42,8 @@ from model.kernels.quant_triton import _exp2_int, _round_e4m3, _scale_exponent, 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
 DECODE_BLOCK_K = 128
-EPILOGUE_BLOCK = 128   # = the FP8 activation block: the decode epilogue quantises h in place
+ACT_QUANT_BLOCK = 128  # native numerics' FP8 activation block (1×128, power-of-two scales)
+EPILOGUE_BLOCK = ACT_QUANT_BLOCK   # the decode epilogue quantises h in place, block by block
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, quantize_input: bool) -> torch.Tensor:
@@ -129,11 +132,14 @@ def _slot_base(ptr, off_ptr, e):
 
 @triton.jit
 def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr,
+                 QMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Σ_{k_lo ≤ k < k_hi} a[k]·W[n, k] for the rows ``offs_n`` of one FP4 weight → float32
     [BLOCK_N]: a GEMV slice for one activation row (``a_row`` points at a[0]). No tl.dot (it
     needs M ≥ 16): the decoded tile is multiplied by the broadcast row and summed over k.
-    ``k_lo`` is a multiple of BLOCK_K; ``k_hi`` a multiple of 32 (or K)."""
+    ``k_lo`` is a multiple of BLOCK_K; ``k_hi`` a multiple of 32 (or K). ``QUANT`` (BLOCK_K =
+    128, the FP8 activation block): a is put on its FP8 grid as it is loaded — native numerics'
+    input quantisation of the experts, with no launch of its own."""
     offs_j = tl.arange(0, BLOCK_K // 2)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -141,6 +147,13 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
         mask_j = col < k_hi // 2
         a_even = tl.load(a_row + 2 * col, mask=mask_j, other=0.0).to(tl.float32)
         a_odd = tl.load(a_row + 2 * col + 1, mask=mask_j, other=0.0).to(tl.float32)
+        if QUANT:   # this chunk is one 1×128 block: amax of both halves, one pow2 scale
+            ex = _scale_exponent(tl.maximum(tl.max(tl.abs(a_even), 0), tl.max(tl.abs(a_odd), 0)),
+                                 FLOOR_BITS, INV_MAX_BITS)
+            a_even = _round_e4m3(_scaled(a_even, ex, QMAX)).to(tl.float32, bitcast=True) * \
+                _exp2_int(ex)
+            a_odd = _round_e4m3(_scaled(a_odd, ex, QMAX)).to(tl.float32, bitcast=True) * \
+                _exp2_int(ex)
         w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K)
         acc += tl.sum(w_even * a_even[None, :] + w_odd * a_odd[None, :], axis=1)
     return acc
@@ -149,10 +162,13 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
 @triton.jit
 def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_ptr, w3_off_ptr,
                      s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
-                     UP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
+                     INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
     UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
-    Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N]."""
+    Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N].
+    QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``)."""
     pair = tl.program_id(0)
     pid_k = tl.program_id(2)
     splits = tl.num_programs(2)
@@ -168,12 +184,13 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
         out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
         acc = _fp4_row_dot(a_row, _slot_base(w_ptr, w_off_ptr, e), _slot_base(s_ptr, s_off_ptr, e),
-                           offs_n, mask_n, k_lo, k_hi, K, BLOCK_N, BLOCK_K)
+                           offs_n, mask_n, k_lo, k_hi, K, QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX,
+                           BLOCK_N, BLOCK_K)
         tl.store(out, acc, mask=mask_n)
         if UP:
             acc3 = _fp4_row_dot(a_row, _slot_base(w3_ptr, w3_off_ptr, e),
                                 _slot_base(s3_ptr, s3_off_ptr, e), offs_n, mask_n, k_lo, k_hi, K,
-                                BLOCK_N, BLOCK_K)
+                                QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K)
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
 
 
@@ -365,9 +382,12 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     p, bn, dev = flat.numel(), DECODE_BLOCK_N, xin.device
     (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k)
     part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
+    # native numerics: x is put on its FP8 grid as the programs read it (one 1×128 block per
+    # K step), so there is no quantisation launch before this one
     _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
         xin, flat, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), part, topk, p, inter, dim,
-        k_per, n_exp, UP=True, BLOCK_N=bn, BLOCK_K=block_k)
+        k_per, n_exp, UP=True, QUANT=quantize_input and block_k == ACT_QUANT_BLOCK,
+        **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
@@ -377,8 +397,8 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
-        h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False, BLOCK_N=bn,
-        BLOCK_K=block_k)
+        h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
+        QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
@@ -431,12 +451,12 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
         return y if add is None else y + add.float()
     interp = interpreting()
     act = torch.float32 if interp or x.dtype not in (torch.bfloat16, torch.float16) else x.dtype
-    if quantize_input:
+    if decode is None:
+        decode = t * slots.shape[1] <= DECODE_MAX_PAIRS
+    if quantize_input and not (decode and block_k == ACT_QUANT_BLOCK):   # else: in the GEMV
         x = quant_triton.fp8_fake_quant_triton(x.float(), 128)
     xin = x.to(act).contiguous()
     rw = weights.float().reshape(-1).contiguous()
-    if decode is None:
-        decode = t * slots.shape[1] <= DECODE_MAX_PAIRS
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add)

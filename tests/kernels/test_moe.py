@@ -293,3 +293,26 @@ def test_decode_epilogue_quantises_each_128_column_block_of_h():
     got = moe_fp4_triton(x, weights, indices, bank, LIMIT, quantize_input=True, decode=True)
     want = moe_fp4_reference(x, weights, indices, bank, LIMIT, quantize_input=True)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("split_k,block_k", [(1, 128), (2, 128), (2, 32)])
+def test_decode_gemv_quantises_the_input_as_it_reads_it(split_k, block_k):
+    """Native numerics at decode: x goes onto its FP8 grid inside the gate/up GEMV (one
+    power-of-two scale per 1×128 block: three blocks of very different magnitude here, the last
+    partial, over one or two K splits), with no quantisation launch of its own; with another
+    K tile the quantisation stays a launch of its own."""
+    from model.op_audit import OpAudit
+
+    g = torch.Generator().manual_seed(9)
+    n_exp, dim, inter = 4, 320, 64
+    bank = ExpertBank.from_stacked(*_experts(n_exp, dim, inter, g))
+    x = torch.randn(2, dim, generator=g) * torch.tensor([0.01] * 128 + [30.0] * 128 + [1.0] * 64)
+    indices, weights = torch.tensor([[0, 2], [3, -1]]), torch.rand(2, 2, generator=g)
+    want = moe_fp4_reference(x, weights, indices, bank, LIMIT, quantize_input=True)
+    with OpAudit() as audit:
+        got = moe_fp4_triton(x, weights, indices, bank, LIMIT, quantize_input=True, decode=True,
+                             split_k=split_k, block_k=block_k)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+    assert audit.triton["_fake_quant_kernel"] == (block_k != 128)
+    plain = moe_fp4_reference(x, weights, indices, bank, LIMIT, quantize_input=False)
+    assert not torch.allclose(plain, want, atol=1e-5, rtol=1e-4)   # the quantisation shows
