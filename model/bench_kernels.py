@@ -367,6 +367,28 @@ def _mhc_post_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
                 lambda: mhc.hc_post_triton(y, residual, post, comb), "none set (latency-bound)")
 
 
+def _mhc_post_pre_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
+                       dim: int = 4096) -> Case:
+    """mHC post of one site fused with the next site's pre (2 launches at decode instead of 3):
+    against the reference post then pre."""
+    y = _rand(1, t, dim, dtype=dtype, device=dev)
+    residual = _rand(1, t, hc, dim, dtype=dtype, device=dev)
+    post, comb = torch.rand(1, t, hc, device=dev), torch.rand(1, t, hc, hc, device=dev)
+    fn = torch.randn((2 + hc) * hc, hc * dim, device=dev) * 0.01
+    scale, base = torch.rand(3, device=dev), torch.randn((2 + hc) * hc, device=dev)
+    size = y.element_size()
+    nbytes = (y.numel() + 3 * residual.numel()) * size + fn.numel() * 4 + t * dim * size
+
+    def reference():
+        x = mhc.hc_post_reference(y, residual, post, comb)
+        return (x, *mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6))
+
+    return Case(name, {"tokens": t, "hc": hc, "dim": dim}, nbytes,
+                2.0 * t * hc * dim * (hc + 1) + 2.0 * t * fn.numel(), reference,
+                lambda: mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, 20,
+                                               1e-6, 1e-6), "none set (latency-bound)")
+
+
 def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partial[Case]]:
     """Case builders (inputs are made just before each case runs and freed after it).
     ``dtype``: of the inputs (default bf16 on a GPU, fp32 on a CPU); GPU-sized prefills come
@@ -441,6 +463,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_pack_case, "pack_kv_fp8_prefill", 1024 if gpu else 64, dev, dtype, False),
         p(_pack_case, "pack_index_keys_prefill", 256 if gpu else 16, dev, dtype, True),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
+        p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),
     ]
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from model.cache import LayerCache, SequenceCache, Span
+from model.layers.mhc import streams
 from model.transformer import Block, Transformer
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def mtp_logits(model: Transformer, hidden: torch.Tensor, next_ids: list[int], st
     e = blk.enorm(model.embed(ids).to(model.numerics.dtype))
     x = blk.e_proj(e).unsqueeze(2) + blk.h_proj(blk.hnorm(hidden.unsqueeze(0)))
     cache = cache if cache is not None else LayerCache()
-    x = Block.forward(blk, x, ids, [Span(start_pos, len(next_ids), cache)])
+    x = streams(Block.forward(blk, x, ids, [Span(start_pos, len(next_ids), cache)]))
     y = blk.norm(model.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base))
     return model.head(y.float())[0]
 

@@ -14,7 +14,7 @@ from model.cache import SequenceCache, Span
 from model.config import ModelConfig
 from model.layers.attention import Attention, AttentionInputs, step_positions
 from model.layers.linear import Linear, Numerics
-from model.layers.mhc import HyperConnection, HyperHead
+from model.layers.mhc import HyperConnection, HyperHead, PendingPost, streams
 from model.layers.moe import MoE
 from model.layers.norm import RMSNorm
 
@@ -45,7 +45,11 @@ class BeforeAttention:
 
 
 class Block(nn.Module):
-    """X → hc_pre(attn) → attn_norm → attention → hc_post → hc_pre(ffn) → ffn_norm → MoE → hc_post."""
+    """X → hc_pre(attn) → attn_norm → attention → hc_post → hc_pre(ffn) → ffn_norm → MoE → hc_post.
+
+    Each hc_post runs fused with the hc_pre after it (``HyperConnection.post_pre``): the one
+    inside the block, and the block's last with the next block's first — a block returns its
+    output as a ``PendingPost`` and takes one (or the streams themselves) as its input."""
 
     def __init__(self, cfg: ModelConfig, layer_id: int, ratio: int) -> None:
         super().__init__()
@@ -61,34 +65,40 @@ class Block(nn.Module):
             self.register_buffer(f"hc_{site}_scale", _fp32_meta(3))
         self.hc = HyperConnection(cfg)
 
-    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[Span],
-                memo: dict | None = None) -> torch.Tensor:
-        """x [b, T, hc, dim] over the tokens of ``spans`` (one sequence, or a ragged batch
-        of several with b = 1); input_ids [b, T]."""
+    def forward(self, x: torch.Tensor | PendingPost, input_ids: torch.Tensor,
+                spans: Sequence[Span], memo: dict | None = None) -> PendingPost:
+        """x [b, T, hc, dim] (or the previous block's pending post) over the tokens of
+        ``spans`` (one sequence, or a ragged batch of several with b = 1); input_ids [b, T].
+        → this block's output streams, one post short (``model.layers.mhc.streams``)."""
         memo = {} if memo is None else memo
-        positions = step_positions(spans, x.device, memo)
+        positions = step_positions(spans, input_ids.device, memo)
         before = self.before_attention(x, positions, memo)
         o = self.attn.attend(before.inputs, spans, positions, memo)
         return self.after_attention(o, before, input_ids)
 
-    def before_attention(self, x: torch.Tensor, positions: torch.Tensor, memo: dict
-                         ) -> BeforeAttention:
-        """Everything up to attention's cache side; reads no cache."""
-        h, post, comb = self.hc.pre(x, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
+    def before_attention(self, x: torch.Tensor | PendingPost, positions: torch.Tensor,
+                         memo: dict) -> BeforeAttention:
+        """Everything up to attention's cache side (with the previous block's last post);
+        reads no cache."""
+        site = (self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
+        if isinstance(x, PendingPost):
+            x, h, post, comb = self.hc.post_pre(x, *site)
+        else:
+            h, post, comb = self.hc.pre(x, *site)
         angles = self.attn.angles(positions, memo)
         inputs = self.attn.project(self.attn_norm(h), positions, angles)
         return BeforeAttention(x, post, comb, angles, inputs)
 
     def after_attention(self, o: torch.Tensor, before: BeforeAttention,
-                        input_ids: torch.Tensor) -> torch.Tensor:
+                        input_ids: torch.Tensor) -> PendingPost:
         """Everything after attention's cache side (its output projection, the FFN half);
-        reads no cache. → the block's output streams [b, T, hc, dim]."""
+        reads no cache. → the block's output streams [b, T, hc, dim], one post short."""
         h = self.attn.output(o, before.angles)
-        x = self.hc.post(h, before.residual, before.post, before.comb)
-        residual = x
-        h, post, comb = self.hc.pre(x, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base)
+        residual, h, post, comb = self.hc.post_pre(
+            PendingPost(h, before.residual, before.post, before.comb), self.hc_ffn_fn,
+            self.hc_ffn_scale, self.hc_ffn_base)
         h = self.ffn(self.ffn_norm(h), input_ids)
-        return self.hc.post(h, residual, post, comb)
+        return PendingPost(h, residual, post, comb)
 
 
 class MTPBlock(Block):
@@ -202,9 +212,10 @@ class Transformer(nn.Module):
             h = layer(h, input_ids, spans, memo)
         for start, n, c in zip(starts, lengths, caches, strict=True):
             c.length = start + n
-        return h
+        return streams(h)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Residual streams [b, s, hc, dim] → fp32 logits [b, s, vocab]."""
-        h = self.norm(self.hc_head(h, self.hc_head_fn, self.hc_head_scale, self.hc_head_base))
+    def logits(self, h: torch.Tensor | PendingPost) -> torch.Tensor:
+        """Residual streams [b, s, hc, dim] (or a block's pending post) → fp32 logits
+        [b, s, vocab]."""
+        h = self.norm(self.hc_head(streams(h), self.hc_head_fn, self.hc_head_scale, self.hc_head_base))
         return self.head(h.float())

@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels.cache_rows import round_bf16
 from model.kernels.launch import interpreting
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
@@ -212,11 +213,8 @@ def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr,
 
 
 @triton.jit
-def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
-                    HC: tl.constexpr, BLOCK: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < D
+def _post_block(y_ptr, x_ptr, post_ptr, comb_ptr, t, D, cols, mask, HC: tl.constexpr):
+    """new X[t, :, cols] = post_j · y[t, cols] + Σ_i comb[i, j] · X[t, i, cols] → fp32 [HC, cols]."""
     rows = tl.arange(0, HC)
     xs = tl.load(x_ptr + t * HC * D + rows[:, None] * D + cols[None, :], mask=mask[None, :],
                  other=0.0).to(tl.float32)                                    # [i, d]
@@ -224,10 +222,52 @@ def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
     post = tl.load(post_ptr + t * HC + rows)
     y = tl.load(y_ptr + t * D + cols, mask=mask, other=0.0).to(tl.float32)
     mixed = tl.sum(comb[:, :, None] * xs[:, None, :], 0)                      # [j, d]
-    out = post[:, None] * y[None, :] + mixed
+    return post[:, None] * y[None, :] + mixed
+
+
+@triton.jit
+def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
+                    HC: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < D
+    rows = tl.arange(0, HC)
+    out = _post_block(y_ptr, x_ptr, post_ptr, comb_ptr, t, D, cols, mask, HC)
     tl.store(out_ptr + t * HC * D + rows[:, None] * D + cols[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask[None, :])
 
+
+@triton.jit
+def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, part_ptr, D,
+                            n_slices, HC: tl.constexpr, K_SLICE: tl.constexpr,
+                            BF16: tl.constexpr):
+    """Program (token, d-block of K_SLICE columns): the post of these columns of every stream
+    (stored in out's dtype; BF16: rounded to bf16 first, for an fp32 buffer in the interpreter),
+    then, from the stored values, the next pre's partials of the HC slices they are — stream
+    j's is slice j·D/K_SLICE + block of the flattened hc·d row — written to part[t, slice, :]
+    as ``_hc_pre_partial_kernel`` writes them (D % K_SLICE = 0)."""
+    t = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    F = HC * D
+    W = (2 + HC) * HC + 1
+    rows = tl.arange(0, HC)
+    rows2 = tl.arange(0, HC * HC)
+    cols = blk * K_SLICE + tl.arange(0, K_SLICE)
+    out = _post_block(y_ptr, x_ptr, post_ptr, comb_ptr, t, D, cols, cols < D, HC)
+    if BF16:
+        out = round_bf16(out)
+    out = out.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + t * HC * D + rows[:, None] * D + cols[None, :], out)
+    xv = out.to(tl.float32)[None, :, :]                                     # [1, stream, col]
+    f_cols = (rows[:, None] * D + cols[None, :])[None, :, :]                # stream j's columns
+    d_pre = tl.sum(tl.load(fn_ptr + rows[:, None, None] * F + f_cols) * xv, 2)   # [row, stream]
+    d_post = tl.sum(tl.load(fn_ptr + (HC + rows)[:, None, None] * F + f_cols) * xv, 2)
+    d_comb = tl.sum(tl.load(fn_ptr + (2 * HC + rows2)[:, None, None] * F + f_cols) * xv, 2)
+    part = part_ptr + (t * n_slices + rows * (D // K_SLICE) + blk) * W      # [stream]
+    tl.store(part[None, :] + rows[:, None], d_pre)
+    tl.store(part[None, :] + HC + rows[:, None], d_post)
+    tl.store(part[None, :] + 2 * HC + rows2[:, None], d_comb)
+    tl.store(part + W - 1, tl.sum(xv * xv, 2).reshape(HC))
 
 
 def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, block):
@@ -236,13 +276,19 @@ def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, b
                          HC=hc, BLOCK=block)
 
 
-def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block):
+def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
+                   part=None):
+    """The split reduction: partials (unless ``part`` already holds them) → finish."""
     t, hc, d = xin.shape
-    k_slice = min(k_slice, triton.next_power_of_2(hc * d))
     d_block = min(d_block, triton.next_power_of_2(d))
-    n_slices = triton.cdiv(hc * d, k_slice)
-    part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=xin.device)
-    _hc_pre_partial_kernel[(t, n_slices)](xin, fn, part, d, n_slices, HC=hc, K_SLICE=k_slice)
+    if part is None:
+        k_slice = min(k_slice, triton.next_power_of_2(hc * d))
+        n_slices = triton.cdiv(hc * d, k_slice)
+        part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32,
+                           device=xin.device)
+        _hc_pre_partial_kernel[(t, n_slices)](xin, fn, part, d, n_slices, HC=hc,
+                                              K_SLICE=k_slice)
+    n_slices = part.shape[1]
     _hc_pre_finish_kernel[(t, triton.cdiv(d, d_block))](
         xin, part, scale, base, y, post, comb, d, n_slices, iters, eps, norm_eps, HC=hc,
         PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block)
@@ -286,3 +332,49 @@ def hc_post_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor,
             yin, xin, post.float().contiguous(), comb.float().contiguous(), out, d,
             HC=hc, BLOCK=block)
     return out.to(y.dtype)
+
+
+def post_pre_slice(d: int, k_slice: int = K_SLICE) -> int | None:
+    """The column block of the fused post → partials kernel: the largest power of two ≤ k_slice
+    that divides d (whole slices of every stream), or None below 16 (then post and pre run
+    apart)."""
+    ks = min(k_slice, d & -d)
+    return ks if ks >= 16 else None
+
+
+def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor,
+                       comb: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor,
+                       base: torch.Tensor, iters: int, eps: float, norm_eps: float,
+                       decode: bool | None = None, k_slice: int = K_SLICE,
+                       d_block: int = D_BLOCK
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC post of one site then pre of the next → (new X [b, s, hc, d] in y.dtype, collapsed
+    [b, s, d], post, comb). Decode (b·s ≤ DECODE_MAX_TOKENS) when d splits into whole slices:
+    two launches — ``_hc_post_partial_kernel`` writes X and, from the values it stored, the
+    pre's partials; the finish as in ``hc_pre_triton`` — instead of three. Otherwise
+    ``hc_post_triton`` then ``hc_pre_triton``."""
+    b, s, hc, d = residual.shape
+    t = b * s
+    ks = post_pre_slice(d, k_slice)
+    if decode is None:
+        decode = t <= DECODE_MAX_TOKENS
+    if not (decode and ks and t and hc & (hc - 1) == 0):
+        x = hc_post_triton(y, residual, post, comb)
+        return (x, *hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps, decode=decode,
+                                  k_slice=k_slice, d_block=d_block))
+    cast = torch.float32 if interpreting() else None
+    yin = (y.to(cast) if cast else y).contiguous()
+    rin = (residual.to(cast) if cast else residual).contiguous()
+    x = torch.empty(t, hc, d, dtype=yin.dtype, device=y.device)
+    fn32 = fn.float().contiguous()
+    n_slices = hc * d // ks
+    part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=y.device)
+    _hc_post_partial_kernel[(t, d // ks)](
+        yin, rin, post.float().contiguous(), comb.float().contiguous(), x, fn32, part, d,
+        n_slices, HC=hc, K_SLICE=ks, BF16=y.dtype == torch.bfloat16)
+    collapsed = torch.empty(b, s, d, dtype=x.dtype, device=y.device)
+    post2 = torch.empty(b, s, hc, dtype=torch.float32, device=y.device)
+    comb2 = torch.empty(b, s, hc, hc, dtype=torch.float32, device=y.device)
+    _launch_decode(x, fn32, scale.float().contiguous(), base.float().contiguous(), collapsed,
+                   post2, comb2, iters, eps, norm_eps, ks, d_block, part=part)
+    return (x.view(b, s, hc, d).to(y.dtype), collapsed.to(y.dtype), post2, comb2)

@@ -220,6 +220,20 @@ def hc_post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: t
     return _mhc.hc_post_reference(y, residual, post, comb)
 
 
+def hc_post_pre(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor,
+                fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, iters: int, eps: float,
+                norm_eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC post of one site, then pre of the next: → (new X [b, s, hc, d], collapsed [b, s, d],
+    post [b, s, hc], comb [b, s, hc, hc]). Triton at decode: the post writes the pre's partial
+    sums as it goes (2 launches, not 3); reference: ``hc_post`` then ``hc_pre``."""
+    if backend(y) == "triton":
+        return _mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, iters, eps,
+                                       norm_eps)
+    x = _mhc.hc_post_reference(y, residual, post, comb)
+    return (x, *_mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps))
+
+
 def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse MQA with attention sink → (o [b, s, h, d] in q.dtype, lse [b, s, h] fp32).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -11,6 +13,24 @@ from model.kernels import ops
 
 def _fp32(*shape: int) -> torch.Tensor:
     return torch.empty(*shape, dtype=torch.float32, device="meta")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPost:
+    """Residual streams one mHC post short: new X = post · y + combᵀ · residual. A block hands
+    the next its output this way, so that the next block's first pre runs fused with this post
+    (``HyperConnection.post_pre``: one kernel fewer per block boundary at decode); ``streams``
+    applies the post where the streams themselves are needed (the head, the MTP block)."""
+    y: torch.Tensor
+    residual: torch.Tensor
+    post: torch.Tensor
+    comb: torch.Tensor
+
+
+def streams(x: torch.Tensor | PendingPost) -> torch.Tensor:
+    """The residual streams [b, s, hc, d] (a pending post applied)."""
+    return x if isinstance(x, torch.Tensor) else HyperConnection.post(
+        x.y, x.residual, x.post, x.comb)
 
 
 class HyperConnection(nn.Module):
@@ -26,6 +46,13 @@ class HyperConnection(nn.Module):
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
         return ops.hc_pre(x, fn, scale, base, self.iters, self.eps, self.norm_eps)
+
+    def post_pre(self, pending: PendingPost, fn: torch.Tensor, scale: torch.Tensor,
+                 base: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The post of one site, then this site's pre: → (new streams X, then ``pre``'s three)."""
+        return ops.hc_post_pre(pending.y, pending.residual, pending.post, pending.comb, fn, scale,
+                               base, self.iters, self.eps, self.norm_eps)
 
     @staticmethod
     def post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
@@ -51,4 +78,4 @@ class HyperHead(nn.Module):
         return (pre.unsqueeze(-1) * x.float()).sum(dim=2).to(dtype)
 
 
-__all__ = ["HyperConnection", "HyperHead", "_fp32"]
+__all__ = ["HyperConnection", "HyperHead", "PendingPost", "streams", "_fp32"]

@@ -90,3 +90,53 @@ def test_hc_post_matches_reference():
     post, comb = torch.rand(b, s, hc, generator=g), torch.rand(b, s, hc, hc, generator=g)
     got = hc_post_triton(y, x, post, comb, block=64)
     assert torch.allclose(got, hc_post_reference(y, x, post, comb), atol=1e-5, rtol=1e-5)
+
+
+def _post_inputs(b: int, s: int, hc: int, d: int, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(3 * d + s)
+    y = torch.randn(b, s, d, generator=g).to(dtype)
+    post, comb = torch.rand(b, s, hc, generator=g) * 2, torch.rand(b, s, hc, hc, generator=g)
+    return y, post, comb
+
+
+@pytest.mark.parametrize("b,s,hc,d", [(1, 1, 4, 256), (2, 3, 4, 96), (1, 2, 2, 64),
+                                      (1, 1, 4, 40)])
+def test_post_then_pre_in_two_launches_matches_the_two_ops(b, s, hc, d):
+    """Decode: the post writes the next pre's partial sums (whole slices of every stream: 128,
+    32 and 64 columns here; 40 has none ≥ 16 and runs post, then pre, apart)."""
+    from model.op_audit import OpAudit
+
+    residual, fn, scale, base = _inputs(b, s, hc, d)
+    y, post, comb = _post_inputs(b, s, hc, d)
+    x = hc_post_reference(y, residual, post, comb)
+    want = (x, *hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
+    with OpAudit() as audit:
+        got = mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, ITERS, EPS,
+                                     NORM_EPS)
+    assert torch.allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
+    _assert_matches(got[1:], want[1:])
+    fused = mhc.post_pre_slice(d) is not None
+    assert fused == (d != 40)
+    assert sum(audit.triton.values()) == (2 if fused else 3)
+
+
+def test_post_then_pre_bf16_rounds_the_streams_before_the_pre():
+    """The pre reads the streams as the post stored them (bf16), as the two ops do."""
+    residual, fn, scale, base = _inputs(1, 2, 4, 128, torch.bfloat16)
+    y, post, comb = _post_inputs(1, 2, 4, 128, torch.bfloat16)
+    x = hc_post_reference(y, residual, post, comb)
+    got = mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, ITERS, EPS, NORM_EPS)
+    assert got[0].dtype == torch.bfloat16
+    assert (got[0] != x).float().mean() < 0.01      # a rare last-bit flip (sum order)
+    _assert_matches(got[1:], hc_pre_reference(got[0], fn, scale, base, ITERS, EPS, NORM_EPS),
+                    y_tol=1e-2)
+
+
+def test_post_then_pre_prefill_runs_the_two_kernels():
+    residual, fn, scale, base = _inputs(1, 5, 4, 64)
+    y, post, comb = _post_inputs(1, 5, 4, 64)
+    x = hc_post_reference(y, residual, post, comb)
+    got = mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, ITERS, EPS, NORM_EPS,
+                                 decode=False)
+    assert torch.allclose(got[0], x, atol=1e-5, rtol=1e-5)
+    _assert_matches(got[1:], hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
