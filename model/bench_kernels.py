@@ -324,34 +324,16 @@ def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: boo
                 lambda: gemv.gemv_triton(x, w, ws, groups), "none set (report only)")
 
 
-def _act_quant_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096,
-                    fp4: bool = False) -> Case:
-    """Activation fake-quantisation in native numerics: FP8 1×128 before every FP8 linear, or
-    FP4 1×32 (the indexer's queries, 64 heads × 128)."""
+def _act_quant_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096
+                    ) -> Case:
+    """Activation fake-quantisation in native numerics: FP8 1×128 (before an FP8 linear where
+    no kernel quantises its own input: the prefill paths)."""
     from model.kernels import quant_triton
     x = _rand(rows, dim, dtype=dtype, device=dev)
-    block = 32 if fp4 else 128
-    ref, tri = ((quant.fp4_fake_quant, quant_triton.fp4_fake_quant_triton) if fp4 else
-                (quant.fp8_fake_quant, quant_triton.fp8_fake_quant_triton))
-    return Case(name, {"rows": rows, "dim": dim, "format": "fp4" if fp4 else "fp8"},
-                2 * x.numel() * x.element_size(), 3.0 * x.numel(), lambda: ref(x, block),
-                lambda: tri(x, block), "none set (latency-bound)")
-
-
-def _pack_case(name: str, rows: int, dev: str, dtype: torch.dtype, index_keys: bool) -> Case:
-    """Packing new cache rows: KV rows into the 584-byte FP8 layout, or indexer keys into the
-    68-byte FP4 layout."""
-    from model.kernels import quant_triton
-    d = IDX_DIM if index_keys else HEAD_DIM
-    x = _rand(1, rows, d, dtype=dtype, device=dev)
-    if index_keys:
-        layout, ref, tri = (fp4_keys.V4_INDEX_KEY_LAYOUT, fp4_keys.pack_index_keys,
-                            quant_triton.pack_index_keys_triton)
-    else:
-        layout, ref, tri = kv_fp8.V4_KV_LAYOUT, kv_fp8.pack_kv_fp8, quant_triton.pack_kv_fp8_triton
-    return Case(name, {"rows": rows, "dim": d, "row_bytes": layout.row_bytes},
-                x.numel() * x.element_size() + rows * layout.row_bytes, 4.0 * x.numel(),
-                lambda: ref(x, layout), lambda: tri(x, layout), "none set (report only)")
+    return Case(name, {"rows": rows, "dim": dim, "format": "fp8"},
+                2 * x.numel() * x.element_size(), 3.0 * x.numel(),
+                lambda: quant.fp8_fake_quant(x, 128),
+                lambda: quant_triton.fp8_fake_quant_triton(x, 128), "none set (latency-bound)")
 
 
 def _mhc_post_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
@@ -458,10 +440,6 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_gemv_case, "gemv_bf16_wo_a_decode", 1024, 4096 if full else 1024, dev, dtype, False,
           groups=8),
         p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
-        p(_act_quant_case, "fp4_index_query_quant_decode", 1, dev, dtype, IDX_HEADS * IDX_DIM,
-          fp4=True),
-        p(_pack_case, "pack_kv_fp8_prefill", 1024 if gpu else 64, dev, dtype, False),
-        p(_pack_case, "pack_index_keys_prefill", 256 if gpu else 16, dev, dtype, True),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
         p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),
     ]

@@ -216,19 +216,21 @@ def store_row(y, out_row, h_ptr, D, BF16: tl.constexpr, MODE: tl.constexpr,
 
 # -- norm → RoPE → format, one launch ---------------------------------------------------------
 def norm_rope_rows_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
-                             angles: torch.Tensor, fmt: RowFormat) -> torch.Tensor:
+                             angles: torch.Tensor | None, fmt: RowFormat) -> torch.Tensor:
     """x [b, T, d] or [b, T, heads, d] → rows in the format: RMSNorm (``eps`` None: none; weight
-    optional), RoPE of angles [T, r/2] on the trailing dims, then ``store_rows_reference``."""
+    optional), RoPE of angles [T, r/2] on the trailing dims (None: none), then
+    ``store_rows_reference``."""
     from model.kernels import ops
 
     if eps is not None:
         x = ops.rms_norm(x, weight, eps)
-    return store_rows_reference(ops.apply_rope(x, angles), fmt)
+    return store_rows_reference(x if angles is None else ops.apply_rope(x, angles), fmt)
 
 
 @triton.jit
 def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R2, eps,
                            x_stride, out_stride, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                           ROPE: tl.constexpr,
                            BF16: tl.constexpr, MODE: tl.constexpr, PACKED: tl.constexpr,
                            NOPE: tl.constexpr, QBLOCK: tl.constexpr, N_SCALES: tl.constexpr,
                            SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr,
@@ -247,9 +249,10 @@ def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R
             y = y * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0)
         if BF16:
             y = round_bf16(y)
-    y = rope_row(y, ang_ptr + token * R2, D, R2, BLOCK_D)
-    if BF16:
-        y = round_bf16(y)
+    if ROPE:
+        y = rope_row(y, ang_ptr + token * R2, D, R2, BLOCK_D)
+        if BF16:
+            y = round_bf16(y)
     store_row(y, out_ptr + row * out_stride, h_ptr, D, BF16, MODE, PACKED, NOPE, QBLOCK,
               N_SCALES, SCALE_OFFSET, ROW_BYTES, PAD_P, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_D)
 
@@ -261,7 +264,9 @@ def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: flo
     output is read in place)."""
     d = x.shape[-1]
     heads, t = (x.shape[2], x.shape[1]) if x.dim() == 4 else (1, x.shape[-2])
-    assert angles.shape[0] == t and 0 < 2 * angles.shape[-1] <= d, (x.shape, angles.shape)
+    rope = angles is not None
+    assert not rope or (angles.shape[0] == t and 0 < 2 * angles.shape[-1] <= d), (
+        x.shape, None if angles is None else angles.shape)
     src = x.float() if interpreting() else x
     src = rows_of(src.flatten(-2) if x.dim() == 4 else src)   # [b·T, heads·d], tokens apart
     args = format_args(fmt, d)
@@ -272,7 +277,8 @@ def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: flo
     if rows:
         _norm_rope_rows_kernel[(rows,)](
             src, weight.float().contiguous() if weight is not None else src,
-            angles.float().contiguous(), rotation_for(args, d, x.device, src), out,
-            heads, t, d, angles.shape[-1], 0.0 if eps is None else eps, src.stride(0),
-            fmt.row_width(d), NORM=eps is not None, HAS_WEIGHT=weight is not None, **args)
+            angles.float().contiguous() if rope else src, rotation_for(args, d, x.device, src),
+            out, heads, t, d, angles.shape[-1] if rope else 0, 0.0 if eps is None else eps,
+            src.stride(0), fmt.row_width(d), NORM=eps is not None,
+            HAS_WEIGHT=weight is not None, ROPE=rope, **args)
     return out if out.dtype == fmt.row_dtype() else out.to(fmt.row_dtype())

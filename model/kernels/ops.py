@@ -74,29 +74,6 @@ def fp8_fake_quant(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     return quant.fp8_fake_quant(x, block)
 
 
-def fp4_fake_quant(x: torch.Tensor, block: int = 32) -> torch.Tensor:
-    """Quantise to e2m1 per 1×block with power-of-two scales, dequantise; x's dtype."""
-    if backend(x) == "triton" and _quant_triton.supported(x):
-        return _quant_triton.fp4_fake_quant_triton(x, block)
-    return quant.fp4_fake_quant(x, block)
-
-
-def pack_kv_fp8(kv: torch.Tensor, layout: KVLayout = V4_KV_LAYOUT) -> torch.Tensor:
-    """KV rows [..., head_dim] → FP8 cache rows (uint8 [..., layout.row_bytes], kv_fp8.py)."""
-    if backend(kv) == "triton" and _quant_triton.supported(kv):
-        return _quant_triton.pack_kv_fp8_triton(kv, layout)
-    return kv_fp8.pack_kv_fp8(kv, layout)
-
-
-def pack_index_keys(keys: torch.Tensor,
-                    layout: fp4_keys.IndexKeyLayout = fp4_keys.V4_INDEX_KEY_LAYOUT
-                    ) -> torch.Tensor:
-    """Indexer keys [..., dim] → FP4 rows (uint8 [..., layout.row_bytes], fp4_keys.py)."""
-    if backend(keys) == "triton" and _quant_triton.supported(keys):
-        return _quant_triton.pack_index_keys_triton(keys, layout)
-    return fp4_keys.pack_index_keys(keys, layout)
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim in float32 (fp32 weight), cast back to the input dtype.
     Triton: one launch (norm_rope.py); reference: the torch math."""
@@ -287,10 +264,11 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
 
 
 def norm_rope_rows(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
-                   angles: torch.Tensor, fmt: _cache_rows.RowFormat) -> torch.Tensor:
+                   angles: torch.Tensor | None, fmt: _cache_rows.RowFormat) -> torch.Tensor:
     """x [b, T, d] or [b, T, heads, d] → RMSNorm (``eps`` None: none; ``weight`` optional) →
-    RoPE of angles [T, r/2] → rows in ``fmt`` (cache_rows.py: float, the FP8 KV row, rotated FP4
-    values). Attention's queries and new KV rows, the indexer's queries. Triton: one launch."""
+    RoPE of angles [T, r/2] (None: none) → rows in ``fmt`` (cache_rows.py: float, the FP8 KV
+    row, rotated FP4 values). Attention's queries and new KV rows, the indexer's queries.
+    Triton: one launch."""
     if backend(x) == "triton" and _cache_rows.supported(fmt):
         return _cache_rows.norm_rope_rows_triton(x, weight, eps, angles, fmt)
     return _cache_rows.norm_rope_rows_reference(x, weight, eps, angles, fmt)

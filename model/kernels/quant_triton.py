@@ -6,10 +6,14 @@ per call: padding, amax, clamp, the bit-level ``pow2_ceil``, the casts, the byte
 Here each call reads its input once and writes its output once:
 
 - ``fake_quant_triton(x, block, fp4)``: ``quant.fp8_fake_quant`` / ``quant.fp4_fake_quant``
-  (quantise per 1×block with a power-of-two scale, dequantise, x's dtype).
-- ``pack_kv_fp8_triton(kv, layout)``: ``kv_fp8.pack_kv_fp8`` (e4m3 codes, bf16 RoPE bytes,
-  ue8m0 scales, zero padding: the whole row).
-- ``pack_index_keys_triton(keys, layout)``: ``fp4_keys.pack_index_keys`` (e2m1 nibbles, ue8m0).
+  (quantise per 1×block with a power-of-two scale, dequantise, x's dtype). The model runs the
+  FP8 one (``ops.fp8_fake_quant``); the FP4 one is where the tests pin the e2m1 rounding that
+  ``cache_rows.store_row`` writes the indexer's keys and queries with.
+- the bit-level pieces every kernel that writes a quantised value shares: the scale exponent,
+  e4m3 / e2m1 rounding and codes, ue8m0 bytes, bf16 bytes. The packed cache rows (the FP8 KV
+  row, the FP4 key row) are written by ``cache_rows.store_row``, from registers, at the end of
+  the kernel that computes them (``kv_fp8.pack_kv_fp8`` / ``fp4_keys.pack_index_keys`` define
+  those bytes).
 
 Bit-exact by construction, all integer / bit arithmetic on fp32 (no libdevice, no log2):
 scale = 2^ceil(log2(max(amax, floor) · fp32(1/MAX))) with the exponent read from the fp32 bits
@@ -30,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import TILE_ELEMENTS, interpreting, rows_per_program
+from model.kernels.launch import TILE_ELEMENTS, interpreting, rows_of
 from model.kernels.quant import FP4_MAX, FP8_MAX
 
 SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000 as int32 (a constexpr: kernels may read it)
@@ -149,12 +153,6 @@ def _fake_quant_kernel(x_ptr, out_ptr, n_segs, segs_per_row, n, row_stride,
     tl.store(out_ptr + row[:, None] * n + col, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x as [rows, last dim] with unit last stride (a view when possible)."""
-    rows = x.reshape(-1, x.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
-
-
 def _kernel_input(x: torch.Tensor) -> torch.Tensor:
     return x.float() if interpreting() and x.dtype != torch.float32 else x
 
@@ -164,7 +162,7 @@ def fake_quant_triton(x: torch.Tensor, block: int, fp4: bool) -> torch.Tensor:
     n = x.shape[-1]
     if x.numel() == 0:
         return torch.empty_like(x)
-    src = _kernel_input(_rows(x))
+    src = _kernel_input(rows_of(x))
     out = torch.empty(src.shape, dtype=src.dtype, device=x.device)
     segs_per_row = triton.cdiv(n, block)
     n_segs = src.shape[0] * segs_per_row
@@ -182,12 +180,7 @@ def fp8_fake_quant_triton(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     return fake_quant_triton(x, block, fp4=False)
 
 
-def fp4_fake_quant_triton(x: torch.Tensor, block: int = 32) -> torch.Tensor:
-    """``quant.fp4_fake_quant`` in one launch."""
-    return fake_quant_triton(x, block, fp4=True)
-
-
-# ---------------------------------------------------------------- packed rows
+# ------------------------------------- bytes of packed rows (cache_rows.store_row writes them)
 
 @triton.jit
 def _bf16_bytes(x):
@@ -200,115 +193,5 @@ def _bf16_bytes(x):
 
 
 @triton.jit
-def _pack_kv_fp8_kernel(kv_ptr, out_ptr, n_rows, row_stride, NOPE: tl.constexpr,
-                        ROPE: tl.constexpr, QBLOCK: tl.constexpr, N_SCALES: tl.constexpr,
-                        ROW_BYTES: tl.constexpr, FLOOR_BITS: tl.constexpr,
-                        INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, ROWS: tl.constexpr,
-                        SCALES_P: tl.constexpr, BLOCK: tl.constexpr, ROPE_P: tl.constexpr,
-                        PAD_P: tl.constexpr):
-    """One program: ROWS whole cache rows (layout in kv_fp8.py)."""
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    row_mask = rows < n_rows
-    src = kv_ptr + rows * row_stride
-    dst = out_ptr + rows * ROW_BYTES
-    # no-RoPE dims: [ROWS, scale blocks, block] → e4m3 codes + one ue8m0 byte per block
-    g = tl.arange(0, SCALES_P)
-    j = tl.arange(0, BLOCK)
-    col = g[None, :, None] * QBLOCK + j[None, None, :]
-    mask = (row_mask[:, None, None] & (g < N_SCALES)[None, :, None]
-            & (j < QBLOCK)[None, None, :] & (col < NOPE))
-    x = tl.load(src[:, None, None] + col, mask=mask, other=0.0).to(tl.float32)
-    e = _scale_exponent(tl.max(tl.abs(x), 2), FLOOR_BITS, INV_MAX_BITS)
-    rounded = _round_e4m3(_scaled(x, e[:, :, None], QMAX))
-    tl.store(dst[:, None, None] + col, _code(rounded, 3, 120, 0.001953125, 0x80).to(tl.uint8),
-             mask=mask)
-    scale_mask = row_mask[:, None] & (g < N_SCALES)[None, :]
-    tl.store(dst[:, None] + NOPE + 2 * ROPE + g[None, :], _e8m0_byte(e), mask=scale_mask)
-    # RoPE dims: bf16, little-endian
-    i = tl.arange(0, ROPE_P)
-    rope_mask = row_mask[:, None] & (i < ROPE)[None, :]
-    r = tl.load(src[:, None] + NOPE + i[None, :], mask=rope_mask, other=0.0).to(tl.float32)
-    low, high = _bf16_bytes(r)
-    tl.store(dst[:, None] + NOPE + 2 * i[None, :], low, mask=rope_mask)
-    tl.store(dst[:, None] + NOPE + 2 * i[None, :] + 1, high, mask=rope_mask)
-    # zero padding up to ROW_BYTES
-    if PAD_P > 0:
-        k = NOPE + 2 * ROPE + N_SCALES + tl.arange(0, PAD_P)
-        pad_mask = row_mask[:, None] & (k < ROW_BYTES)[None, :]
-        tl.store(dst[:, None] + k[None, :], tl.zeros([ROWS, PAD_P], dtype=tl.uint8),
-                 mask=pad_mask)
-
-
-def _padded(n: int) -> int:
-    return triton.next_power_of_2(n) if n > 0 else 0
-
-
-def _packing_io(x: torch.Tensor, dim: int, row_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., dim] as the rows a packing kernel reads, and its uint8 [..., row_bytes] output."""
-    assert x.shape[-1] == dim, (x.shape, dim)
-    out = torch.empty(*x.shape[:-1], row_bytes, dtype=torch.uint8, device=x.device)
-    return _kernel_input(_rows(x)), out
-
-
-def pack_kv_fp8_triton(kv: torch.Tensor, layout) -> torch.Tensor:
-    """``kv_fp8.pack_kv_fp8`` in one launch: kv [..., head_dim] fp32/bf16/fp16 → uint8
-    [..., layout.row_bytes], every byte of the row written by the kernel."""
-    src, out = _packing_io(kv, layout.head_dim, layout.row_bytes)
-    n_rows = src.shape[0]
-    if n_rows == 0:
-        return out
-    scales_p, block = _padded(layout.n_scales), triton.next_power_of_2(layout.block)
-    rows = rows_per_program(n_rows, scales_p * block)
-    pad = layout.row_bytes - layout.scale_offset - layout.n_scales
-    _pack_kv_fp8_kernel[(triton.cdiv(n_rows, rows),)](
-        src, out, n_rows, src.stride(0), NOPE=layout.nope, ROPE=layout.rope_dim,
-        QBLOCK=layout.block, N_SCALES=layout.n_scales, ROW_BYTES=layout.row_bytes,
-        **FP8_CONSTANTS, ROWS=rows, SCALES_P=scales_p, BLOCK=block,
-        ROPE_P=_padded(layout.rope_dim), PAD_P=_padded(pad))
-    return out
-
-
-@triton.jit
 def _e2m1_code(x, e, QMAX: tl.constexpr):
     return _code(_round_e2m1(_scaled(x, e, QMAX)), 1, 126, 0.5, 8)
-
-
-@triton.jit
-def _pack_index_keys_kernel(k_ptr, out_ptr, n_rows, row_stride, DIM: tl.constexpr,
-                            QBLOCK: tl.constexpr, FLOOR_BITS: tl.constexpr,
-                            INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
-                            ROWS: tl.constexpr, SCALES_P: tl.constexpr, HALF_P: tl.constexpr):
-    """One program: ROWS key rows (layout in fp4_keys.py); even / odd dims are loaded as two
-    tiles [ROWS, blocks, block/2] so each byte's two nibbles meet in registers."""
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    row_mask = rows < n_rows
-    src = k_ptr + rows * row_stride
-    dst = out_ptr + rows * (DIM // 2 + DIM // QBLOCK)
-    g = tl.arange(0, SCALES_P)
-    k = tl.arange(0, HALF_P)
-    byte = g[None, :, None] * (QBLOCK // 2) + k[None, None, :]
-    mask = (row_mask[:, None, None] & (g < DIM // QBLOCK)[None, :, None]
-            & (k < QBLOCK // 2)[None, None, :])
-    even = tl.load(src[:, None, None] + 2 * byte, mask=mask, other=0.0).to(tl.float32)
-    odd = tl.load(src[:, None, None] + 2 * byte + 1, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(even), 2), tl.max(tl.abs(odd), 2))
-    e = _scale_exponent(amax, FLOOR_BITS, INV_MAX_BITS)
-    codes = _e2m1_code(even, e[:, :, None], QMAX) | (_e2m1_code(odd, e[:, :, None], QMAX) << 4)
-    tl.store(dst[:, None, None] + byte, codes.to(tl.uint8), mask=mask)
-    scale_mask = row_mask[:, None] & (g < DIM // QBLOCK)[None, :]
-    tl.store(dst[:, None] + DIM // 2 + g[None, :], _e8m0_byte(e), mask=scale_mask)
-
-
-def pack_index_keys_triton(keys: torch.Tensor, layout) -> torch.Tensor:
-    """``fp4_keys.pack_index_keys`` in one launch: keys [..., dim] fp32/bf16/fp16 → uint8
-    [..., layout.row_bytes]."""
-    src, out = _packing_io(keys, layout.dim, layout.row_bytes)
-    n_rows = src.shape[0]
-    if n_rows == 0:
-        return out
-    scales_p, half_p = _padded(layout.n_scales), triton.next_power_of_2(layout.block // 2)
-    rows = rows_per_program(n_rows, 2 * scales_p * half_p)
-    _pack_index_keys_kernel[(triton.cdiv(n_rows, rows),)](
-        src, out, n_rows, src.stride(0), DIM=layout.dim, QBLOCK=layout.block, **FP4_CONSTANTS,
-        ROWS=rows, SCALES_P=scales_p, HALF_P=half_p)
-    return out

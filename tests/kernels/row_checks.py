@@ -1,5 +1,5 @@
 """Comparing rows in the cache's formats (model/kernels/cache_rows.py): a kernel's against the
-composed torch ops'."""
+composed torch ops'; and the wide-range data the quantisation tests feed both."""
 
 from __future__ import annotations
 
@@ -32,3 +32,19 @@ def assert_same_rows(got, want, fmt):
     assert bool((diff <= step).all()), diff.max()
     if fmt.layout is not None and not off.any():
         assert torch.equal(got, want)   # every byte, padding and scales included
+
+
+def wide_values(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Random data over ~20 decades: each last-dim column and each row at its own scale, with
+    an all-zero row, an all-negative row, exact zeros and signed zeros sprinkled in."""
+    gen = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    x = torch.randn(shape, generator=gen) * torch.logspace(-9, 4, n)
+    rows = x.view(-1, n)
+    rows *= torch.logspace(-6, 6, rows.shape[0]).unsqueeze(-1)  # rows of different scales
+    rows[0] = 0.0                                   # all-zero row: scales from the amax floor
+    if rows.shape[0] > 2:
+        rows[1] = -rows[1].abs()                    # all negative
+        rows[2, ::7] = 0.0
+        rows[2, 1::7] = -0.0
+    return x

@@ -7,13 +7,15 @@ import math
 
 import pytest
 import torch
-from row_checks import assert_same_rows
+from row_checks import assert_same_rows, wide_values
 
+from model.kernels import fp4_keys, kv_fp8, ops
 from model.kernels.cache_rows import (
     RowFormat,
     norm_rope_rows_reference,
     norm_rope_rows_triton,
 )
+from model.kernels.fp4_keys import IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
 from model.op_audit import OpAudit
 
@@ -80,3 +82,44 @@ def test_norm_rope_rows_read_a_column_slice_in_place(name):
         got = norm_rope_rows_triton(x, weight, eps, angles, fmt)
     assert audit.launches() == 1
     assert_same_rows(got, norm_rope_rows_reference(x.contiguous(), weight, eps, angles, fmt), fmt)
+
+
+KV_LAYOUTS = [KVLayout(), KVLayout(128, 64, 64), KVLayout(200, 40, 64)]
+
+
+@pytest.mark.parametrize("layout", KV_LAYOUTS, ids=["v4", "toy", "partial-block"])
+@pytest.mark.parametrize("shape", [(5,), (2, 3), (2, 2, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_kv_row_is_the_layouts_bytes(layout, shape, dtype):
+    """Without norm and RoPE the kernel writes exactly ``kv_fp8.pack_kv_fp8``'s bytes: e4m3
+    codes, bf16 RoPE bytes, ue8m0 scales and zero padding, over ~20 decades of values (zero,
+    all-negative and signed-zero rows; a partial scale block)."""
+    kv = wide_values((*shape, layout.head_dim), seed=len(shape)).to(dtype)
+    fmt = RowFormat(dtype, True, layout, rope_dim=layout.rope_dim)
+    got = norm_rope_rows_triton(kv, None, None, None, fmt)
+    assert torch.equal(got, kv_fp8.pack_kv_fp8(kv, layout))
+    assert torch.equal(norm_rope_rows_reference(kv, None, None, None, fmt), got)
+
+
+def test_a_packed_kv_row_from_a_strided_view_rounds_rope_dims_to_even():
+    layout = KVLayout(128, 64, 64)
+    big = wide_values((3, 2 * layout.head_dim), seed=3)
+    big[:, -64:] = 1.0 + torch.arange(64) * 2.0**-9  # bf16 ties in the RoPE dims
+    kv = big[:, layout.head_dim:]                     # a strided view
+    got = norm_rope_rows_triton(kv, None, None, None, RowFormat(torch.float32, True, layout,
+                                                                rope_dim=64))
+    assert torch.equal(got, kv_fp8.pack_kv_fp8(kv, layout))
+    assert not got[:, layout.scale_offset + layout.n_scales:].any()
+
+
+@pytest.mark.parametrize("dim", [128, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_key_row_is_the_layouts_bytes_of_the_rotated_key(dim, dtype):
+    """Keys: the Hadamard rotation, then exactly ``fp4_keys.pack_index_keys``'s bytes (e2m1
+    nibbles, ue8m0 scales); a rounding boundary may move by one step (the rotation's sums)."""
+    keys = wide_values((2, 3, dim), seed=dim).to(dtype)
+    fmt = RowFormat(dtype, True, IndexKeyLayout(dim), rotate=True)
+    got = norm_rope_rows_triton(keys, None, None, None, fmt)
+    assert got.shape == (2, 3, IndexKeyLayout(dim).row_bytes) and got.dtype == torch.uint8
+    assert_same_rows(got, fp4_keys.pack_index_keys(ops.hadamard(keys), IndexKeyLayout(dim)),
+                     fmt)

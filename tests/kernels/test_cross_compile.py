@@ -51,7 +51,8 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
         "kernels_launched"] >= 25
     kernels = rows[:-1]
     assert {"_sparse_attn_fwd", "_indexer_scores_block", "_fp4_gemm_kernel", "_moe_gemv_kernel",
-            "_fake_quant_kernel", "_pack_kv_fp8_kernel", "_gemv_kernel"} <= {r["kernel"] for r in kernels}
+            "_fake_quant_kernel", "_norm_rope_rows_kernel", "_hc_post_partial_kernel",
+            "_gemv_kernel"} <= {r["kernel"] for r in kernels}
     # the indexer's 64-head score tile is a Hopper warp-group MMA; a GEMV has no dot at all
     assert {r["mma"] for r in kernels if r["kernel"] == "_indexer_scores_block"} == {"wgmma"}
     assert {r["mma"] for r in kernels if r["kernel"] == "_gemv_kernel"} == {"none"}

@@ -103,7 +103,7 @@ def test_kv_fake_quant_uses_independent_64_blocks():
 def test_fp4_activation_quant():
     x = torch.zeros(32)
     x[:4] = torch.tensor([12.0, 5.0, -2.9, 0.4])  # amax 12 → scale 2; /2 → 6, 2.5, -1.45, 0.2
-    assert ops.fp4_fake_quant(x, 32)[:4].tolist() == [12.0, 4.0, -3.0, 0.0]
+    assert quant.fp4_fake_quant(x, 32)[:4].tolist() == [12.0, 4.0, -3.0, 0.0]
 
 
 def test_hadamard_is_orthonormal():
