@@ -286,16 +286,21 @@ def _swiglu_case(name: str, tokens: int, dev: str, dtype: torch.dtype, inter: in
                 lambda: moe.swiglu_triton(gate, up, 10.0, None, dtype), "none set (latency-bound)")
 
 
-def _compressor_inputs_case(name: str, tokens: int, dev: str, width: int = 1024,
-                            ratio: int = 4) -> Case:
-    """A CSA compressor's per-token pooling inputs (kv; gate + ape[position mod ratio])."""
-    kv, gate = (torch.randn(1, tokens, width, device=dev) for _ in range(2))
-    ape = torch.randn(ratio, width, device=dev)
+def _pool_inputs_case(name: str, tokens: int, dev: str, splits: int = 12) -> Case:
+    """A CSA layer's pooling inputs from its stacked projection's split-K partials (V4-Flash
+    widths: two compressors, 1024 and 256 wide, and 64 head weights; 12 splits, what the decode
+    GEMV makes of 2,624 × 4,096): sum, ape, head-weight scale, one launch."""
+    from model.kernels.compressor import HeadColumns, PoolColumns
+    n = 2 * 1024 + 64 + 2 * 256
+    parts = torch.randn(splits, 1, tokens, n, device=dev)
+    comps = [PoolColumns(0, 1024, torch.randn(4, 1024, device=dev)),
+             PoolColumns(2112, 2368, torch.randn(4, 256, device=dev))]
+    heads = HeadColumns(2048, 64, 0.01, torch.bfloat16)
     positions = torch.arange(1000, 1000 + tokens, device=dev)
-    return Case(name, {"tokens": tokens, "width": width, "ratio": ratio},
-                4 * tokens * width * 4, tokens * width,
-                lambda: compressor.compressor_inputs_reference(kv, gate, ape, positions),
-                lambda: compressor.compressor_inputs_triton(kv, gate, ape, positions),
+    return Case(name, {"tokens": tokens, "columns": n, "splits": splits},
+                parts.numel() * 4 + tokens * (2 * 1024 + 2 * 256 + 64) * 4, parts.numel(),
+                lambda: compressor.pool_inputs_reference(parts, comps, heads, positions),
+                lambda: compressor.pool_inputs_triton(parts, comps, heads, positions),
                 "none set (latency-bound)")
 
 
@@ -435,7 +440,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_norm_rope_rows_case, "rope_rotate_index_queries_decode", 1, dev, dtype,
           "index_queries"),
         p(_swiglu_case, "swiglu_shared_decode", 1, dev, dtype),
-        p(_compressor_inputs_case, "compressor_inputs_decode", 1, dev),
+        p(_pool_inputs_case, "pool_inputs_csa_decode", 1, dev),
         p(_gemv_case, "gemv_fp8_wq_b_decode", 32768 if full else 4096, 1024, dev, dtype, True),
         p(_gemv_case, "gemv_bf16_wo_a_decode", 1024, 4096 if full else 1024, dev, dtype, False,
           groups=8),

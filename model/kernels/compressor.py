@@ -1,5 +1,5 @@
 """Compressor core (fact sheet §2.4), fused with the cache insert: a sequence's open-block rows
-(kv and gate logits, as ``Compressor.project`` stacks them) → per block, softmax-gated pooling per
+(kv and gate logits side by side, as ``pool_inputs`` writes them) → per block, softmax-gated pooling per
 channel → RMSNorm → the interleaved RoPE of the block's first position → the cache's row format,
 written straight into the destination rows (a slice of the compressed-row store).
 
@@ -20,9 +20,19 @@ compression is one launch, not the ≈ 12 of the composed ops (two-thirds of the
 gathers and casts). In bf16 the kernel rounds where the composed ops round (after pooling, norm,
 RoPE and rotation); its fp32 sums run in another order, so an FP8 / FP4 code may differ from the
 reference's by one step where a value sits on a rounding boundary.
+
+``pool_inputs``: what a layer's compressors pool, from the one stacked projection of x (their
+``wkv`` / ``wgate`` and the indexer's head weights, ``Attention.pool_proj``) — per compressor kv
+and gate logits + ape[position mod ratio] side by side, and the indexer's scaled head weights —
+in one launch that also sums the decode GEMV's K-split partials as it reads them: one launch
+where a CSA layer's step took four (the partials' sum, two compressors' inputs, the weights'
+scale).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -83,10 +93,40 @@ def compress_insert_reference(pooled: torch.Tensor, n_blocks: int, ratio: int, o
     return store_rows_reference(entries, fmt)
 
 
-def compressor_inputs_reference(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor,
-                                positions: torch.Tensor) -> torch.Tensor:
-    """kv, gate [b, T, w], ape [ratio, w], positions [T] → fp32 [b, T, 2, w] (kv; gate + ape)."""
-    return torch.stack([kv.float(), gate.float() + ape.float()[positions % ape.shape[0]]], dim=2)
+@dataclass(frozen=True, slots=True)
+class PoolColumns:
+    """One compressor's columns of the stacked projection: kv [kv, kv + width), gate logits
+    [gate, gate + width); its ape [ratio, width]."""
+    kv: int
+    gate: int
+    ape: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class HeadColumns:
+    """The indexer's head weights: columns [start, start + heads), rounded to ``dtype`` (the
+    projection's output dtype), then × ``scale`` in fp32."""
+    start: int
+    heads: int
+    scale: float
+    dtype: torch.dtype
+
+
+def pool_inputs_reference(parts: torch.Tensor, compressors: Sequence[PoolColumns],
+                          heads: HeadColumns | None, positions: torch.Tensor
+                          ) -> list[torch.Tensor]:
+    """parts fp32 [S, b, T, N] (Σ over S = the stacked projection) → per compressor fp32
+    [b, T, 2, width] (kv; gate + ape[position % ratio]), then the head weights fp32 [b, T, H]."""
+    y = parts.sum(0)
+    outs = []
+    for c in compressors:
+        w = c.ape.shape[-1]
+        kv, gate = y[..., c.kv:c.kv + w], y[..., c.gate:c.gate + w]
+        outs.append(torch.stack([kv, gate + c.ape.float()[positions % c.ape.shape[0]]], dim=2))
+    if heads is not None:
+        h = y[..., heads.start:heads.start + heads.heads]
+        outs.append(h.to(heads.dtype).float() * heads.scale)
+    return outs
 
 
 # -- Triton ----------------------------------------------------------------------------------------
@@ -157,38 +197,81 @@ def _compress_insert_kernel(
 
 
 @triton.jit
-def _compressor_inputs_kernel(kv_ptr, gate_ptr, ape_ptr, pos_ptr, out_ptr, T, W, RATIO,
-                              stride_kb, stride_kt, stride_gb, stride_gt, BLOCK: tl.constexpr):
-    """One token's BLOCK columns: out[b, t, 0] = kv, out[b, t, 1] = gate + ape[pos % ratio]."""
-    e = tl.program_id(0).to(tl.int64)      # b·T + t
-    b = e // T
-    t = e % T
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+def _sum_parts(row_ptr, S, part_stride, cols, mask):
+    """Σ_s parts[s] at one token's columns, in split order (deterministic)."""
+    acc = tl.zeros(cols.shape, dtype=tl.float32)
+    for s in range(S):
+        acc += tl.load(row_ptr + s * part_stride + cols, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit
+def _pool_columns(row_ptr, S, part_stride, kv, gate, W, ape_ptr, ratio, out_ptr, position, e,
+                  cols):
     mask = cols < W
-    kv = tl.load(kv_ptr + b * stride_kb + t * stride_kt + cols, mask=mask, other=0.0)
-    gate = tl.load(gate_ptr + b * stride_gb + t * stride_gt + cols, mask=mask, other=0.0)
-    slot = tl.load(pos_ptr + t) % RATIO
+    slot = position % ratio
     ape = tl.load(ape_ptr + slot * W + cols, mask=mask, other=0.0)
     out = out_ptr + e * 2 * W + cols
-    tl.store(out, kv.to(tl.float32), mask=mask)
-    tl.store(out + W, gate.to(tl.float32) + ape.to(tl.float32), mask=mask)
+    tl.store(out, _sum_parts(row_ptr + kv, S, part_stride, cols, mask), mask=mask)
+    tl.store(out + W, _sum_parts(row_ptr + gate, S, part_stride, cols, mask) + ape, mask=mask)
 
 
-def compressor_inputs_triton(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor,
-                             positions: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """The reference in one launch (rows of unit stride, any float dtype)."""
-    b, t, w = kv.shape
-    assert gate.shape == kv.shape and ape.shape[-1] == w and positions.shape == (t,)
-    if interpreting():   # the interpreter mishandles bf16
-        kv, gate = kv.float(), gate.float()
-    kv = kv if kv.stride(-1) == 1 else kv.contiguous()
-    gate = gate if gate.stride(-1) == 1 else gate.contiguous()
-    out = torch.empty(b, t, 2, w, dtype=torch.float32, device=kv.device)
-    if b * t and w:
-        _compressor_inputs_kernel[(b * t, triton.cdiv(w, block))](
-            kv, gate, ape.float().contiguous(), positions.contiguous(), out, t, w, ape.shape[0],
-            kv.stride(0), kv.stride(1), gate.stride(0), gate.stride(1), BLOCK=block)
-    return out
+@triton.jit
+def _pool_inputs_kernel(part_ptr, S, part_stride, N, pos_ptr, T,
+                        kv0, gate0, w0, ape0_ptr, ratio0, out0_ptr,
+                        kv1, gate1, w1, ape1_ptr, ratio1, out1_ptr,
+                        h_start, H, h_scale, h_out_ptr,
+                        N_COMP: tl.constexpr, HEADS: tl.constexpr, BF16_HEADS: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """Program (token, output, column block): output 0 / 1 = compressor 0 / 1, N_COMP = the
+    head weights. Every value is the sum of the S partials (S = 1: the projection itself)."""
+    e = tl.program_id(0).to(tl.int64)      # b·T + t
+    which = tl.program_id(1)
+    cols = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
+    row = part_ptr + e * N
+    position = tl.load(pos_ptr + e % T)
+    if which == 0:
+        _pool_columns(row, S, part_stride, kv0, gate0, w0, ape0_ptr, ratio0, out0_ptr, position,
+                      e, cols)
+    if N_COMP > 1:
+        if which == 1:
+            _pool_columns(row, S, part_stride, kv1, gate1, w1, ape1_ptr, ratio1, out1_ptr,
+                          position, e, cols)
+    if HEADS:
+        if which == N_COMP:
+            mask = cols < H
+            h = _sum_parts(row + h_start, S, part_stride, cols, mask)
+            if BF16_HEADS:
+                h = round_bf16(h)
+            tl.store(h_out_ptr + e * H + cols, h * h_scale, mask=mask)
+
+
+def pool_inputs_triton(parts: torch.Tensor, compressors: Sequence[PoolColumns],
+                       heads: HeadColumns | None, positions: torch.Tensor, block: int = 256
+                       ) -> list[torch.Tensor]:
+    """The reference in one launch (at most two compressors; parts fp32, rows contiguous)."""
+    assert 1 <= len(compressors) <= 2 and parts.dtype == torch.float32
+    n_parts, b, t, n = parts.shape
+    parts = parts.contiguous()
+    dev = parts.device
+    outs = [torch.empty(b, t, 2, c.ape.shape[-1], dtype=torch.float32, device=dev)
+            for c in compressors]
+    args = []
+    for c, out in zip(compressors, outs, strict=True):
+        args += [c.kv, c.gate, c.ape.shape[-1], c.ape.float().contiguous(), c.ape.shape[0], out]
+    if len(compressors) == 1:
+        args += args                      # unused second compressor (N_COMP = 1)
+    h_out = (torch.empty(b, t, heads.heads, dtype=torch.float32, device=dev)
+             if heads is not None else outs[0])
+    widths = [c.ape.shape[-1] for c in compressors] + ([heads.heads] if heads else [])
+    if b * t:
+        _pool_inputs_kernel[(b * t, len(widths), triton.cdiv(max(widths), block))](
+            parts, n_parts, b * t * n, n, positions.contiguous(), t, *args,
+            heads.start if heads else 0, heads.heads if heads else 0,
+            heads.scale if heads else 1.0, h_out, N_COMP=len(compressors),
+            HEADS=heads is not None,
+            BF16_HEADS=heads is not None and heads.dtype == torch.bfloat16, BLOCK=block)
+    return outs + ([h_out] if heads is not None else [])
 
 
 def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,

@@ -82,10 +82,13 @@ def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                groups: int = 1) -> torch.Tensor:
+                groups: int = 1, reduce: bool = True) -> torch.Tensor:
     """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
     weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
-    ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N]."""
+    ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N].
+    ``reduce=False`` (``groups`` = 1): the K splits' fp32 partial sums [S, ..., N] instead, for
+    a consumer kernel that sums them as it reads them (one launch fewer)."""
+    assert reduce or groups == 1, "unreduced partials are for plain (ungrouped) products"
     k = x.shape[-1]
     rows_w = weight.shape[0]
     n = rows_w // groups
@@ -108,5 +111,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
                                   k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
                                   BLOCK_K=block_k)
+    if not reduce:
+        return partial.view(splits, *x.shape[:-1], n)               # G = 1: [S, M, N]
     y = partial[0] if splits == 1 else partial.sum(0)            # [G, M, N], fixed order
     return y.transpose(0, 1).reshape(*x.shape[:-1], n)

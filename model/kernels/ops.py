@@ -16,6 +16,7 @@ decode path, the MoE grouped GEMM's row tile) come from that GPU's measured tabl
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +133,16 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
             w = quant.bf16_to(w, dtype)
         parts.append(linear(x, w))
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def linear_partials(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """``dequant_linear`` (no input quantisation) as fp32 partial sums [S, ..., N] whose sum
+    over S is y: the decode GEMV's K splits unsummed, for a consumer kernel that sums them as it
+    reads them (one launch fewer); S = 1 (y itself, in fp32) on every other path."""
+    if _decode_gemv(x, x.numel() // x.shape[-1]):
+        return _gemv.gemv_triton(x.to(dtype), weight, scale, reduce=False)
+    return dequant_linear(x, weight, scale, dtype).float().unsqueeze(0)
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
@@ -274,14 +285,16 @@ def norm_rope_rows(x: torch.Tensor, weight: torch.Tensor | None, eps: float | No
     return _cache_rows.norm_rope_rows_reference(x, weight, eps, angles, fmt)
 
 
-def compressor_inputs(kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor,
-                      positions: torch.Tensor) -> torch.Tensor:
-    """A compressor's per-token pooling inputs: kv, gate [b, T, w] and the absolute position
-    embedding ape [ratio, w] → fp32 [b, T, 2, w]: kv, and gate + ape[position % ratio].
-    Triton: one launch (four torch ops otherwise, in each compressor of every layer)."""
-    if backend(kv) == "triton":
-        return _compressor.compressor_inputs_triton(kv, gate, ape, positions)
-    return _compressor.compressor_inputs_reference(kv, gate, ape, positions)
+def pool_inputs(parts: torch.Tensor, compressors: Sequence[_compressor.PoolColumns],
+                heads: _compressor.HeadColumns | None, positions: torch.Tensor
+                ) -> list[torch.Tensor]:
+    """What a layer's compressors pool, from the stacked projection's fp32 partial sums parts
+    [S, b, T, N] (``StackedLinear.partials``): per compressor fp32 [b, T, 2, width] — kv, and
+    gate + ape[position % ratio] — then the indexer's scaled head weights fp32 [b, T, H].
+    Triton: one launch that also sums the partials (a CSA layer's step took four)."""
+    if backend(parts) == "triton":
+        return _compressor.pool_inputs_triton(parts, compressors, heads, positions)
+    return _compressor.pool_inputs_reference(parts, compressors, heads, positions)
 
 
 def compress_insert(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bool,

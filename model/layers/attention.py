@@ -22,6 +22,7 @@ from model.cache import LayerCache, Span, kv_layout
 from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
+from model.kernels.compressor import HeadColumns, PoolColumns
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer, IndexerInputs
@@ -114,12 +115,10 @@ class Attention(nn.Module):
             kv.dtype, self.numerics.native, self.cache_layout(), rope_dim=self.rope_head_dim))
         pooled = index = None
         if self.compressor is not None:
-            kv_c, gate_c, *for_index = self.pool_proj(x)
-            pooled = self.compressor.project(kv_c, gate_c, positions)
+            pooled, *for_index = self._pool_inputs(x, positions)
             if self.indexer is not None:   # CSA: the compressed RoPE flavour, like attention's
-                weights, key_kv, key_gate = for_index
-                index = self.indexer.project(index_q[0], weights, key_kv, key_gate, positions,
-                                             angles)
+                key_pooled, weights = for_index
+                index = self.indexer.project(index_q[0], weights, key_pooled, angles)
         return AttentionInputs(q, kv, pooled, index)
 
     def attend(self, inputs: AttentionInputs, spans: Sequence[Span], positions: torch.Tensor,
@@ -138,6 +137,20 @@ class Attention(nn.Module):
                 sp.start, positions[lo:hi], sp.cache, layout, memo))
             lo = hi
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def _pool_inputs(self, x: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
+        """What the compressors pool (fp32 [b, T, 2, coff·d] each: the main one, then the
+        indexer's) and the indexer's scaled head weights [b, T, H], from one stacked projection
+        of x whose split-K partials the pooling-inputs kernel sums (``ops.pool_inputs``)."""
+        cols = [lo for lo, _ in self.pool_proj.bounds]
+        compressors = [PoolColumns(cols[0], cols[1], self.compressor.ape)]
+        heads = None
+        if self.indexer is not None:
+            compressors.append(PoolColumns(cols[3], cols[4], self.indexer.compressor.ape))
+            proj = self.indexer.weights_proj
+            heads = HeadColumns(cols[2], proj.out_features, self.indexer.weight_scale,
+                                torch.float32 if proj.fp32_compute else proj.numerics.dtype)
+        return ops.pool_inputs(self.pool_proj.partials(x), compressors, heads, positions)
 
     def output(self, o: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Attention output [b, T, heads, head_dim] → inverse RoPE → grouped low-rank output

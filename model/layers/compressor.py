@@ -38,15 +38,6 @@ class Compressor(nn.Module):
         self.rope = RotaryEmbedding(cfg, compressed=True)
         self.numerics = Numerics()
 
-    def project(self, kv: torch.Tensor, gate: torch.Tensor, positions: torch.Tensor
-                ) -> torch.Tensor:
-        """The per-token inputs of the pooling, for any tokens at once (a ragged batch too):
-        ``wkv`` and ``wgate`` of x [b, T, coff·head_dim] (fp32; computed by the caller, stacked
-        with its siblings' projections), positions [T] → fp32 [b, T, 2, coff·head_dim]: the kv
-        and the gate score with the position's ape, side by side (the open block's tail keeps
-        them as one tensor: one concatenation per decode step, not two)."""
-        return ops.compressor_inputs(kv, gate, self.ape, positions)
-
     def forward(self, pooled: torch.Tensor, start_pos: int, state: CompressorState,
                 layout: KVLayout | IndexKeyLayout | None = None, memo: dict | None = None
                 ) -> torch.Tensor:

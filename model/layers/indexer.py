@@ -38,7 +38,7 @@ def topk_margin(scores: torch.Tensor, k: int) -> float:
 class IndexerInputs:
     """Per-token projections the indexer needs: queries [b, T, H, D] (rotated and FP4-rounded
     in native numerics), head weights [b, T, H] (scaled), its compressor's kv and gate score
-    side by side ([b, T, 2, coff·D], ``Compressor.project``)."""
+    side by side ([b, T, 2, coff·D], ``Attention._pool_inputs``)."""
     q: torch.Tensor
     weights: torch.Tensor
     key_pooled: torch.Tensor
@@ -65,20 +65,18 @@ class Indexer(nn.Module):
         """The FP4 layout the keys are held in, or None for float rows."""
         return self.key_layout if self.numerics.native and self.pack_keys else None
 
-    def project(self, q: torch.Tensor, weights: torch.Tensor, key_kv: torch.Tensor,
-                key_gate: torch.Tensor, positions: torch.Tensor, angles: torch.Tensor
-                ) -> IndexerInputs:
+    def project(self, q: torch.Tensor, weights: torch.Tensor, key_pooled: torch.Tensor,
+                angles: torch.Tensor) -> IndexerInputs:
         """The per-token inputs of the indexer, for any tokens at once (a ragged batch too),
-        from its projections (computed by attention, stacked with their siblings): ``wq_b`` of
-        qr, ``weights_proj`` of x, its compressor's ``wkv`` / ``wgate`` of x. ``angles``: the
-        compressed-RoPE angles of ``positions`` — its CSA layer's attention uses the same
-        flavour and computes them once per forward."""
+        from what attention computed for it: ``wq_b`` of qr (stacked with attention's), the
+        scaled head weights and its compressor's pooling inputs (``Attention._pool_inputs``).
+        ``angles``: the compressed-RoPE angles of the tokens' positions — its CSA layer's
+        attention uses the same flavour and computes them once per forward."""
         q = q.unflatten(-1, (self.n_heads, self.head_dim))
         # RoPE, then in native numerics the keys' rotation and FP4 values: one op
         q = ops.norm_rope_rows(q, None, None, angles,
                                RowFormat(q.dtype, self.numerics.native, rotate=True))
-        weights = weights.float() * self.weight_scale   # [b, T, H]
-        return IndexerInputs(q, weights, self.compressor.project(key_kv, key_gate, positions))
+        return IndexerInputs(q, weights, key_pooled)
 
     def forward(self, inputs: IndexerInputs, start_pos: int, visible: torch.Tensor,
                 cache: LayerCache, memo: dict | None = None) -> torch.Tensor:

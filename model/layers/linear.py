@@ -159,7 +159,9 @@ class StackedLinear:
     def __init__(self, *members: Linear) -> None:
         self.members = members
         self.fused: Linear | None = None
-        self.bounds: list[tuple[int, int]] = []
+        ends = [sum(m.out_features for m in members[: i + 1]) for i in range(len(members))]
+        # each member's columns [lo, hi) of the stacked output
+        self.bounds = [(end - m.out_features, end) for m, end in zip(members, ends, strict=True)]
 
     def stackable(self) -> bool:
         """Whether the members are held alike: format, input width, device, resident (as
@@ -178,17 +180,13 @@ class StackedLinear:
 
     def stack(self) -> bool:
         """Stack the members' weights (again, after a change to one of them). → stacked?"""
-        self.fused, self.bounds = None, []
+        self.fused = None
         if not self.stackable() or ops.backend(self.members[0].weight) != "triton":
             return False
         first = self.members[0]
         fused = Linear(first.in_features, sum(m.out_features for m in self.members), first.fmt,
                        fp32_compute=any(m.fp32_compute for m in self.members))
         fused.numerics = first.numerics
-        lo = 0
-        for m in self.members:
-            self.bounds.append((lo, lo + m.out_features))
-            lo += m.out_features
         if first.dense is not None:
             fused.weight, fused.scale = first.weight, first.scale
             fused.dense = _cat_rows([m.dense for m in self.members])
@@ -212,6 +210,19 @@ class StackedLinear:
         y = self.fused(x)
         return tuple(y[..., a:b].to(_out_dtype(m)) for m, (a, b) in
                      zip(self.members, self.bounds, strict=True))
+
+    def partials(self, x: torch.Tensor) -> torch.Tensor:
+        """All members' outputs side by side (columns ``bounds``) as fp32 partial sums
+        [S, ..., N] whose sum over S is the output: a stacked bf16 / fp32 weight at decode
+        leaves the GEMV's K splits unsummed for the consuming kernel to sum as it reads them
+        (``ops.linear_partials``); S = 1 otherwise. Not rounded to a member's output dtype."""
+        f = self.fused
+        if f is None:
+            return torch.cat([m(x).float() for m in self.members], dim=-1).unsqueeze(0)
+        if f.dense is None and f.fmt in ("bf16", "fp32"):
+            dtype = _out_dtype(f)
+            return ops.linear_partials(x.float() if f.fp32_compute else x, f.weight, None, dtype)
+        return f(x).float().unsqueeze(0)
 
 
 def _out_dtype(linear: Linear) -> torch.dtype:

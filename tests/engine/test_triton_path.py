@@ -51,5 +51,5 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
             tokens = want.argmax(-1).tolist()
     # the step really ran on the kernels this session fused, the compressor's among them
     for kernel in ("_compress_insert_kernel", "_norm_rope_rows_kernel", "_swiglu_kernel",
-                   "_compressor_inputs_kernel"):
+                   "_pool_inputs_kernel"):
         assert kernels[kernel] > 0, kernel

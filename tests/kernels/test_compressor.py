@@ -10,13 +10,16 @@ from row_checks import assert_same_rows
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
 from model.kernels.compressor import (
+    HeadColumns,
+    PoolColumns,
     compress_insert_reference,
     compress_insert_triton,
-    compressor_inputs_reference,
-    compressor_inputs_triton,
+    pool_inputs_reference,
+    pool_inputs_triton,
 )
 from model.kernels.fp4_keys import IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
+from model.op_audit import OpAudit
 
 
 def _pooled(b, rows, d, overlap, ratio, seed=0, prev=True):
@@ -107,18 +110,32 @@ def test_bf16_entries_round_like_the_reference_up_to_one_rounding():
     assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.02)
 
 
-def test_compressor_inputs_in_one_launch_match_the_torch_ops():
-    """kv and gate + ape[position % ratio], side by side: strided rows, a width that is not a
-    power of two, positions past several blocks."""
-    g = torch.Generator().manual_seed(3)
-    wide = torch.randn(2, 5, 100, generator=g)
-    kv, gate = wide[..., :48], wide[..., 50:98]          # rows of unit stride, not contiguous
-    ape = torch.randn(4, 48, generator=g)
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("with_index", [True, False])
+def test_pool_inputs_sum_the_partials_in_one_launch(splits, with_index):
+    """Each compressor's kv and gate + ape[position % ratio] side by side, and the indexer's
+    head weights rounded to bf16 then scaled, from S split-K partials of the stacked projection:
+    widths that are not powers of two, positions past several blocks, one launch."""
+    g = torch.Generator().manual_seed(3 + splits)
+    parts = torch.randn(splits, 2, 5, 200, generator=g)
     positions = torch.tensor([3, 4, 5, 17, 1030])
-    got = compressor_inputs_triton(kv, gate, ape, positions, block=32)
-    want = compressor_inputs_reference(kv, gate, ape, positions)
-    assert got.shape == (2, 5, 2, 48) and got.dtype == torch.float32
-    assert torch.equal(got, want)
+    comps = [PoolColumns(0, 48, torch.randn(4, 48, generator=g))]
+    heads = None
+    if with_index:
+        comps.append(PoolColumns(100, 140, torch.randn(4, 40, generator=g)))
+        heads = HeadColumns(96, 4, 0.125, torch.bfloat16)
+    with OpAudit() as audit:
+        got = pool_inputs_triton(parts, comps, heads, positions, block=32)
+    want = pool_inputs_reference(parts, comps, heads, positions)
+    assert audit.launches() == 1
+    assert [t.shape for t in got] == [t.shape for t in want]
+    assert [t.shape for t in got][:1] == [(2, 5, 2, 48)]
+    for a, w in zip(got, want, strict=True):
+        assert torch.allclose(a, w, atol=1e-6, rtol=1e-6), (a - w).abs().max()
+    if with_index:   # the head weights really were rounded to bf16 before the scale
+        h = parts.sum(0)[..., 96:100]
+        assert torch.equal(want[2], h.bfloat16().float() * 0.125)
+        assert not torch.equal(want[2], h * 0.125)
 
 
 def test_a_previous_block_in_another_dtype_or_layout_is_read_as_fp32():

@@ -114,3 +114,23 @@ def test_the_model_stacks_where_the_kernels_run_and_restacks_after_a_shard(tmp_p
     assert attn.q_proj.fused is None and attn.x_proj.fused is not None
     half = attn.n_heads * attn.head_dim
     torch.testing.assert_close(attn.wq_b.dense, wq_b[half:])
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_partials_sum_to_the_members_outputs_side_by_side(monkeypatch, backend):
+    """``partials``: the decode GEMV's K splits left unsummed (for the consuming kernel), or
+    the outputs themselves (S = 1) where nothing splits; not rounded to a member's dtype."""
+    monkeypatch.setenv(ops.BACKEND_ENV, backend)
+    numerics = Numerics("dequant", torch.bfloat16)
+    members = [_linear(512, 64, "bf16", numerics, seed=i, fp32_compute=True) for i in range(2)]
+    members.append(_linear(512, 8, "bf16", numerics, seed=9))
+    x = torch.randn(1, 1, 512).to(torch.bfloat16)
+    want = torch.cat([m(x).float() if m.fp32_compute else
+                      ops.dequant_linear(x, m.weight, None, torch.float32) for m in members], -1)
+    stack = StackedLinear(*members)
+    assert stack.stack() == (backend == "triton")
+    parts = stack.partials(x)
+    assert parts.dtype == torch.float32 and parts.shape[1:] == (1, 1, 136)
+    assert (parts.shape[0] > 1) == (backend == "triton")
+    torch.testing.assert_close(parts.sum(0), want, rtol=1e-5, atol=1e-4)
+    assert stack.bounds == [(0, 64), (64, 128), (128, 136)]
