@@ -1,7 +1,10 @@
 """Quantised GEMMs (fact sheet §2.8, §3): y = x · Wᵀ with fp32 accumulation.
 
 - ``fp8_gemm``: FP8 e4m3 weight [N, K] with one ue8m0 scale per 128×128 block; the activation is
-  quantised in-kernel per 1×128 block to e4m3 with a power-of-two scale (FP8×FP8 dot).
+  quantised in-kernel per 1×128 block to e4m3 with a power-of-two scale (FP8×FP8 dot). With
+  ``glu`` the activation is first an expert's clamped SwiGLU of two inputs (``clamped_swiglu``,
+  the one jit form of it; ``swiglu_reference`` the torch one): the shared expert's down
+  projection reads gate and up, with no activation kernel before it.
 - ``fp4_gemm``: W4A16. e2m1 weight packed two per int8 [N, K/2] (low nibble = even k), one ue8m0
   scale per 1×32; decoded in registers, the activation stays in its own dtype. The packed
   columns are split into even / odd k so no interleave is needed: y = x_even·W_evenᵀ + x_odd·W_oddᵀ.
@@ -19,12 +22,39 @@ import triton
 import triton.language as tl
 
 from model.kernels import quant
-from model.kernels.launch import interpreting
+from model.kernels.cache_rows import round_bf16
+from model.kernels.launch import interpreting, rows_of
 
 
-def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                       glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    if glu is not None:
+        x = swiglu_reference(x, glu[0], glu[1], None, x.dtype)
     w = quant.dequant_fp8_block(weight, scale)
     return F.linear(quant.fp8_fake_quant(x.float(), 128), w).to(x.dtype)
+
+
+def swiglu_reference(gate: torch.Tensor, up: torch.Tensor, limit: float,
+                     weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """An expert's activation: silu(gate clamped ≤ limit) · (up clamped to ±limit) (× weights
+    [..., 1]), computed in fp32 → ``dtype``."""
+    gate, up = gate.float(), up.float()
+    if limit > 0:
+        up = up.clamp(-limit, limit)
+        gate = gate.clamp(max=limit)
+    h = F.silu(gate) * up
+    if weights is not None:
+        h = weights * h
+    return h.to(dtype)
+
+
+@triton.jit
+def clamped_swiglu(gate, up, rw, limit):
+    """An expert's activation in fp32 (× the routing weight rw): THE one of the kernels."""
+    if limit > 0:
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        gate = tl.minimum(gate, limit)
+    return rw * (gate * tl.sigmoid(gate) * up)
 
 
 def fp4_gemm_reference(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -65,8 +95,11 @@ def _e2m1(code):
 
 
 @triton.jit
-def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB,
+def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, stride_u, limit,
+                     GLU: tl.constexpr, BF16: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_CAST: tl.constexpr):
+    """GLU: the activation is the clamped SwiGLU of x (gate) and u (up), rounded to bf16 when
+    BF16 (where the separate activation would have been stored), then quantised as usual."""
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -78,8 +111,14 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB,
     for kb in range(0, KB):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * K + offs_k[None, :],
+        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        if GLU:
+            u = tl.load(u_ptr + offs_m[:, None].to(tl.int64) * stride_u + offs_k[None, :],
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+            x = clamped_swiglu(x, u, 1.0, limit)
+            if BF16:
+                x = round_bf16(x)
         amax = tl.maximum(tl.max(tl.abs(x), 1), 1e-4)
         sx = _pow2_ceil(amax * (1.0 / 448.0))
         xs = tl.clamp(x / sx[:, None], -448.0, 448.0)
@@ -164,17 +203,24 @@ def _blocks(m: int) -> tuple[int, int]:
     return (16, 32) if m <= 16 else (64, 64)
 
 
-def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype."""
+def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                    glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
+    activation is swiglu(x, up) (an expert's down projection: no separate activation launch).
+    Rows of unit stride are read where they lie (a stacked projection's column slices)."""
     k, n = x.shape[-1], weight.shape[0]
-    x2, y = _rows_and_output(x, n, half_or_fp32=False)
+    cast = torch.float32 if interpreting() else None
+    x2 = rows_of(x.to(cast) if cast else x)
+    u2 = rows_of(glu[0].to(cast) if cast else glu[0]) if glu is not None else x2
     m = x2.shape[0]
+    y = torch.empty(m, n, dtype=x2.dtype, device=x.device)
     if m and n:
         bm, bn = _blocks(m)
         _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
             x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
-            m, n, k, triton.cdiv(k, 128), BLOCK_M=bm, BLOCK_N=bn,
-            EXACT_CAST=interpreting())
+            m, n, k, triton.cdiv(k, 128), x2.stride(0), u2, u2.stride(0),
+            float(glu[1]) if glu is not None else 0.0, GLU=glu is not None,
+            BF16=x.dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting())
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 

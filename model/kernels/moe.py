@@ -35,7 +35,7 @@ import triton.language as tl
 
 from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
-from model.kernels.gemm import decode_fp4_tile, plan_split_k
+from model.kernels.gemm import clamped_swiglu, decode_fp4_tile, plan_split_k
 from model.kernels.launch import interpreting
 from model.kernels.quant_triton import _exp2_int, _round_e4m3, _scale_exponent, _scaled
 
@@ -195,14 +195,6 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
 
 
 @triton.jit
-def _clamped_swiglu(gate, up, rw, limit):
-    if limit > 0:
-        up = tl.minimum(tl.maximum(up, -limit), limit)
-        gate = tl.minimum(gate, limit)
-    return rw * (gate * tl.sigmoid(gate) * up)
-
-
-@triton.jit
 def _swiglu_kernel(gate_ptr, up_ptr, w_ptr, out_ptr, N, stride_g, stride_u, limit,
                    HAS_WEIGHTS: tl.constexpr, BLOCK: tl.constexpr):
     """One row's BLOCK columns: out = clamped SwiGLU(gate, up) (× the row's weight)."""
@@ -215,22 +207,8 @@ def _swiglu_kernel(gate_ptr, up_ptr, w_ptr, out_ptr, N, stride_g, stride_u, limi
         rw = tl.load(w_ptr + row).to(tl.float32)
     else:
         rw = 1.0
-    h = _clamped_swiglu(gate, up, rw, limit)
+    h = clamped_swiglu(gate, up, rw, limit)
     tl.store(out_ptr + row * N + cols, h.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def swiglu_reference(gate: torch.Tensor, up: torch.Tensor, limit: float,
-                     weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """An expert's activation: silu(gate clamped ≤ limit) · (up clamped to ±limit) (× weights
-    [..., 1]), computed in fp32 → ``dtype``."""
-    gate, up = gate.float(), up.float()
-    if limit > 0:
-        up = up.clamp(-limit, limit)
-        gate = gate.clamp(max=limit)
-    h = F.silu(gate) * up
-    if weights is not None:
-        h = weights * h
-    return h.to(dtype)
 
 
 def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float,
@@ -274,7 +252,7 @@ def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS
             row = part_ptr + (s * P + pair).to(tl.int64) * N + cols
             gate += tl.load(row, mask=mask, other=0.0)
             up += tl.load(row + (SPLITS * P).to(tl.int64) * N, mask=mask, other=0.0)
-        h = _clamped_swiglu(gate, up, tl.load(rw_ptr + pair), limit)
+        h = clamped_swiglu(gate, up, tl.load(rw_ptr + pair), limit)
     if QUANT:
         ex = _scale_exponent(tl.max(tl.abs(h), 0), FLOOR_BITS, INV_MAX_BITS)
         h = _round_e4m3(_scaled(h, ex, QMAX)).to(tl.float32, bitcast=True) * _exp2_int(ex)
@@ -324,7 +302,7 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
                 acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)), input_precision=PREC)
         if UP:
             rw = tl.load(rw_ptr + tl.where(valid, pairs, 0), mask=valid, other=0.0)
-            acc = _clamped_swiglu(acc, acc3, rw[:, None], limit)
+            acc = clamped_swiglu(acc, acc3, rw[:, None], limit)
         tl.store(out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & mask_n[None, :])
 

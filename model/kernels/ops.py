@@ -107,7 +107,8 @@ DEQUANT_ROWS = 8192  # output rows dequantised at a time on CPU (a multiple of t
 
 
 def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
-                   dtype: torch.dtype, quantize_input: bool = False) -> torch.Tensor:
+                   dtype: torch.dtype, quantize_input: bool = False,
+                   glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """y = x · Wᵀ for a weight kept as mapped from the checkpoint — FP8 e4m3 with 128×128 ue8m0
     ``scale``, or BF16 / F32 (``scale`` None) — dequantised / cast to ``dtype`` per use. Equal to
     ``linear(x, W in dtype, quantize_input)``: the conversion is exact. On CPU the weight is
@@ -116,9 +117,14 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
 
     FP8 in native numerics (``quantize_input``) on the Triton backend is exactly ``fp8_linear``:
     the block-scaled FP8 GEMM reads e4m3 directly, no dequantised weight is made. Dequant
-    numerics keep the dequantised weight (an FP8 GEMM would quantise their activations)."""
+    numerics keep the dequantised weight (an FP8 GEMM would quantise their activations).
+
+    ``glu`` = (up, limit): the input is an expert's activation swiglu(x, up) — computed by the
+    FP8 GEMM as it reads x and up (one launch fewer), else by ``swiglu`` first."""
     if quantize_input and scale is not None and backend(x) == "triton":
-        return fp8_linear(x, weight, scale)
+        return fp8_linear(x, weight, scale, glu)
+    if glu is not None:
+        x = swiglu(x, glu[0], glu[1], None, x.dtype)
     if quantize_input:
         x = fp8_fake_quant(x, 128)
     if _decode_gemv(x, x.numel() // x.shape[-1]):   # few rows: read W once, as mapped (gemv.py)
@@ -175,12 +181,14 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype
     return linear(x, dequant_fp4(packed, scale).to(dtype), quantize_input=quantize_input)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+               glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """FP8 block-scaled GEMM: x quantised per 1×128 (pow2 scales) × e4m3 weight with 128×128
-    ue8m0 scales, fp32 accumulation (= ``linear(x, dequant, quantize_input=True)``)."""
+    ue8m0 scales, fp32 accumulation (= ``linear(x, dequant, quantize_input=True)``). ``glu`` =
+    (up, limit): x is first swiglu(x, up) in x's dtype — on Triton inside the GEMM."""
     if backend(x) == "triton":
-        return _gemm.fp8_gemm_triton(x, weight, scale)
-    return _gemm.fp8_gemm_reference(x, weight, scale)
+        return _gemm.fp8_gemm_triton(x, weight, scale, glu)
+    return _gemm.fp8_gemm_reference(x, weight, scale, glu)
 
 
 def hadamard(x: torch.Tensor) -> torch.Tensor:
@@ -324,7 +332,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float,
     dtype = dtype or gate.dtype
     if backend(gate) == "triton":
         return _moe.swiglu_triton(gate, up, limit, weights, dtype)
-    return _moe.swiglu_reference(gate, up, limit, weights, dtype)
+    return _gemm.swiglu_reference(gate, up, limit, weights, dtype)
 
 
 def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,

@@ -127,15 +127,21 @@ class Linear(nn.Module):
         scale = self.scale if self.fmt == "fp8" else None
         return ops.grouped_linear(x, self.weight, scale, groups, self.numerics.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, glu: tuple[torch.Tensor, float] | None = None
+                ) -> torch.Tensor:
+        """y = x Wᵀ; ``glu`` = (up, limit): of an expert's activation swiglu(x, up) in x's
+        dtype instead (a resident FP8 weight's GEMM computes it as it reads its input)."""
         quantized = self.numerics.native and self.fmt in ("fp8", "fp4")
+        if glu is not None and not (self.dense is None and self.fmt == "fp8"):
+            x, glu = ops.swiglu(x, glu[0], glu[1], None, x.dtype), None
         if self.fp32_compute:
             x = x.float()
         dtype = torch.float32 if self.fp32_compute else self.numerics.dtype
         if self.fmt == "fp4" and self.dense is None:  # stays packed: W4A16 kernel on Triton
             return ops.fp4_linear(x, self.weight, self.scale, dtype, quantize_input=quantized)
         if self.dense is None:  # resident FP8 / BF16: dequantised per use
-            return ops.dequant_linear(x, self.weight, self.scale, dtype, quantize_input=quantized)
+            return ops.dequant_linear(x, self.weight, self.scale, dtype, quantize_input=quantized,
+                                      glu=glu)
         return ops.linear(x, self.dense_weight(), quantize_input=quantized)
 
 

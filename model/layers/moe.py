@@ -78,6 +78,8 @@ class Expert(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         gate, up = self.w13(x)
+        if weights is None:   # the activation as w2's input (inside its FP8 GEMM on Triton)
+            return self.w2(gate, glu=(up, self.limit))
         return self.w2(ops.swiglu(gate, up, self.limit, weights, x.dtype))
 
 

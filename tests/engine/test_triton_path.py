@@ -49,7 +49,9 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
             err = float((got - want).abs().max() / want.abs().max())
             assert err <= tolerance, err
             tokens = want.argmax(-1).tolist()
-    # the step really ran on the kernels this session fused, the compressor's among them
-    for kernel in ("_compress_insert_kernel", "_norm_rope_rows_kernel", "_swiglu_kernel",
-                   "_pool_inputs_kernel"):
+    # the step really ran on the fused kernels, the compressor's among them; in native numerics
+    # the shared expert's activation is the prologue of its down projection's FP8 GEMM
+    for kernel in ("_compress_insert_kernel", "_norm_rope_rows_kernel", "_pool_inputs_kernel",
+                   "_hc_post_partial_kernel"):
         assert kernels[kernel] > 0, kernel
+    assert (kernels["_swiglu_kernel"] > 0) == (numerics == "dequant")

@@ -35,6 +35,38 @@ def test_fp8_gemm_matches_reference(m, n, k):
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), (got - want).abs().max()
 
 
+@pytest.mark.parametrize("m,k,limit", [(1, 256, 0.3), (3, 200, 0.0), (20, 128, 5.0)])
+def test_fp8_gemm_with_the_swiglu_prologue_is_the_activation_then_the_gemm(m, k, limit):
+    """An expert's down projection: the GEMM takes gate and up (column slices of one stacked
+    output, read in place), applies the clamped SwiGLU as it reads them, and quantises that —
+    the separate activation then the GEMM, in one launch."""
+    from model.kernels.gemm import swiglu_reference
+    from model.op_audit import OpAudit
+
+    g = torch.Generator().manual_seed(k + m)
+    wq, ws = quant.quant_fp8_block(torch.randn(48, k, generator=g) * torch.logspace(-2, 1, k))
+    both = torch.randn(m, 2 * k + 8, generator=g) * 2
+    gate, up = both[:, :k], both[:, k + 8:]
+    with OpAudit() as audit:
+        got = fp8_gemm_triton(gate, wq, ws, (up, limit))
+    want = fp8_gemm_reference(swiglu_reference(gate, up, limit, None, gate.dtype), wq, ws)
+    assert audit.launches() == 1 and got.shape == (m, 48)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), (got - want).abs().max()
+    assert torch.equal(fp8_gemm_reference(gate, wq, ws, (up, limit)), want)
+
+
+def test_fp8_gemm_swiglu_prologue_rounds_the_activation_to_bf16():
+    """bf16 numerics: the activation is rounded where the separate kernel stored it."""
+    from model.kernels.gemm import swiglu_reference
+
+    g = torch.Generator().manual_seed(5)
+    wq, ws = quant.quant_fp8_block(torch.randn(32, 256, generator=g))
+    gate, up = (torch.randn(2, 256, generator=g).bfloat16() for _ in range(2))
+    got = fp8_gemm_triton(gate, wq, ws, (up, 1.0))
+    want = fp8_gemm_triton(swiglu_reference(gate, up, 1.0, None, torch.bfloat16), wq, ws)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
 def test_fp8_gemm_zero_row_and_leading_dims():
     wq, ws = quant.quant_fp8_block(torch.randn(32, 128))
     x = torch.zeros(2, 1, 128)  # amax floor (1e-4) path; output exactly 0

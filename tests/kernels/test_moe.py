@@ -250,7 +250,8 @@ def test_moe_fp4_grouped_with_larger_expert_tiles(block_m):
 def test_swiglu_in_one_launch_matches_the_torch_ops(limit, weighted):
     """The shared expert's activation: gate and up as views of one GEMM output (strided rows),
     values past the clamp, optional per-row weights."""
-    from model.kernels.moe import swiglu_reference, swiglu_triton
+    from model.kernels.gemm import swiglu_reference
+    from model.kernels.moe import swiglu_triton
     g = torch.Generator().manual_seed(5)
     both = torch.randn(3, 4, 2 * 200, generator=g) * 6
     gate, up = both[..., :200], both[..., 200:]
