@@ -141,16 +141,19 @@ def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype) -
 
 
 def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
-              swiglu: bool = False) -> Case:
-    """``swiglu``: the shared expert's down projection, its activation the GEMM's prologue
-    (gate and up read as two inputs)."""
+              prologue: str = "") -> Case:
+    """``prologue``: "swiglu" — the shared expert's down projection, its activation computed
+    from gate and up as the GEMM reads them; "norm" — attention's query up-projections (its and
+    the indexer's, stacked) with q_norm as the prologue."""
     w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
-    glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if swiglu else None
-    nbytes = n * k + ws.numel() + (m * k * (2 if swiglu else 1) + m * n) * x.element_size()
-    return Case(name, {"m": m, "n": n, "k": k, "swiglu": swiglu}, nbytes, 2.0 * m * n * k,
-                lambda: gemm.fp8_gemm_reference(x, w, ws, glu),
-                lambda: gemm.fp8_gemm_triton(x, w, ws, glu), "none set (report only)")
+    glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if prologue == "swiglu" else None
+    norm = (torch.rand(k, device=dev) + 0.5, 1e-6) if prologue == "norm" else None
+    reads = m * k * (2 if glu else 1) + m * n
+    return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None},
+                n * k + ws.numel() + reads * x.element_size(), 2.0 * m * n * k,
+                lambda: gemm.fp8_gemm_reference(x, w, ws, glu, norm),
+                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm), "none set (report only)")
 
 
 def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
@@ -420,7 +423,9 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
         p(_fp8_case, "fp8_gemm_wq_b_decode", 1, 32768 if full else 4096, 1024, dev, dtype),
         p(_fp8_case, "fp8_gemm_wo_b_prefill", 512 if gpu else 16, 4096, 8192, dev, dtype),
-        p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode", 1, 4096, 2048, dev, dtype, True),
+        p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode", 1, 4096, 2048, dev, dtype, "swiglu"),
+        p(_fp8_case, "fp8_gemm_q_proj_norm_decode", 1, 40960 if full else 8192, 1024, dev, dtype,
+          "norm"),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)

@@ -4,7 +4,8 @@
   quantised in-kernel per 1×128 block to e4m3 with a power-of-two scale (FP8×FP8 dot). With
   ``glu`` the activation is first an expert's clamped SwiGLU of two inputs (``clamped_swiglu``,
   the one jit form of it; ``swiglu_reference`` the torch one): the shared expert's down
-  projection reads gate and up, with no activation kernel before it.
+  projection reads gate and up, with no activation kernel before it. With ``norm`` it is first
+  RMSNorm'd (a first pass over K per row tile): attention's q_norm.
 - ``fp4_gemm``: W4A16. e2m1 weight packed two per int8 [N, K/2] (low nibble = even k), one ue8m0
   scale per 1×32; decoded in registers, the activation stays in its own dtype. The packed
   columns are split into even / odd k so no interleave is needed: y = x_even·W_evenᵀ + x_odd·W_oddᵀ.
@@ -24,12 +25,18 @@ import triton.language as tl
 from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
 from model.kernels.launch import interpreting, rows_of
+from model.kernels.norm_rope import rms_norm_reference
 
 
 def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                       glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+                       glu: tuple[torch.Tensor, float] | None = None,
+                       norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """``glu`` = (up, limit): of swiglu(x, up); ``norm`` = (weight, eps): of RMSNorm(x) — each
+    in x's dtype, as the separate op stores it."""
     if glu is not None:
         x = swiglu_reference(x, glu[0], glu[1], None, x.dtype)
+    if norm is not None:
+        x = rms_norm_reference(x, norm[0], norm[1])
     w = quant.dequant_fp8_block(weight, scale)
     return F.linear(quant.fp8_fake_quant(x.float(), 128), w).to(x.dtype)
 
@@ -96,10 +103,11 @@ def _e2m1(code):
 
 @triton.jit
 def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, stride_u, limit,
-                     GLU: tl.constexpr, BF16: tl.constexpr,
+                     nw_ptr, eps, GLU: tl.constexpr, NORM: tl.constexpr, BF16: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_CAST: tl.constexpr):
-    """GLU: the activation is the clamped SwiGLU of x (gate) and u (up), rounded to bf16 when
-    BF16 (where the separate activation would have been stored), then quantised as usual."""
+    """Prologues (the activation before it is quantised; rounded to bf16 when BF16, where the
+    separate op would have stored it): GLU — the clamped SwiGLU of x (gate) and u (up); NORM —
+    RMSNorm of x with weight nw (a first pass over K sums each row's squares)."""
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -108,6 +116,14 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if NORM:
+        squares = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        for kb in range(0, KB):
+            offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
+                        mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
+            squares += x * x
+        inv = tl.rsqrt(tl.sum(squares, 1) / K + eps)
     for kb in range(0, KB):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
@@ -117,6 +133,10 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
             u = tl.load(u_ptr + offs_m[:, None].to(tl.int64) * stride_u + offs_k[None, :],
                         mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
             x = clamped_swiglu(x, u, 1.0, limit)
+            if BF16:
+                x = round_bf16(x)
+        if NORM:
+            x = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0)[None, :] * (x * inv[:, None])
             if BF16:
                 x = round_bf16(x)
         amax = tl.maximum(tl.max(tl.abs(x), 1), 1e-4)
@@ -204,10 +224,13 @@ def _blocks(m: int) -> tuple[int, int]:
 
 
 def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                    glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+                    glu: tuple[torch.Tensor, float] | None = None,
+                    norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
-    activation is swiglu(x, up) (an expert's down projection: no separate activation launch).
-    Rows of unit stride are read where they lie (a stacked projection's column slices)."""
+    activation is swiglu(x, up) (an expert's down projection); ``norm`` = (weight, eps): it is
+    RMSNorm(x) (attention's q_norm before the query up-projections) — no separate launch either
+    way. Rows of unit stride are read where they lie (a stacked projection's column slices)."""
+    assert glu is None or norm is None
     k, n = x.shape[-1], weight.shape[0]
     cast = torch.float32 if interpreting() else None
     x2 = rows_of(x.to(cast) if cast else x)
@@ -219,8 +242,11 @@ def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
             x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
             m, n, k, triton.cdiv(k, 128), x2.stride(0), u2, u2.stride(0),
-            float(glu[1]) if glu is not None else 0.0, GLU=glu is not None,
-            BF16=x.dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting())
+            float(glu[1]) if glu is not None else 0.0,
+            norm[0].float().contiguous() if norm is not None else x2,
+            float(norm[1]) if norm is not None else 0.0, GLU=glu is not None,
+            NORM=norm is not None, BF16=x.dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn,
+            EXACT_CAST=interpreting())
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 

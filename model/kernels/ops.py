@@ -108,7 +108,8 @@ DEQUANT_ROWS = 8192  # output rows dequantised at a time on CPU (a multiple of t
 
 def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                    dtype: torch.dtype, quantize_input: bool = False,
-                   glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+                   glu: tuple[torch.Tensor, float] | None = None,
+                   norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """y = x · Wᵀ for a weight kept as mapped from the checkpoint — FP8 e4m3 with 128×128 ue8m0
     ``scale``, or BF16 / F32 (``scale`` None) — dequantised / cast to ``dtype`` per use. Equal to
     ``linear(x, W in dtype, quantize_input)``: the conversion is exact. On CPU the weight is
@@ -119,12 +120,15 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
     the block-scaled FP8 GEMM reads e4m3 directly, no dequantised weight is made. Dequant
     numerics keep the dequantised weight (an FP8 GEMM would quantise their activations).
 
-    ``glu`` = (up, limit): the input is an expert's activation swiglu(x, up) — computed by the
-    FP8 GEMM as it reads x and up (one launch fewer), else by ``swiglu`` first."""
+    ``glu`` = (up, limit): the input is an expert's activation swiglu(x, up); ``norm`` =
+    (weight, eps): it is RMSNorm(x) — computed by the FP8 GEMM as it reads x (one launch
+    fewer), else by ``swiglu`` / ``rms_norm`` first."""
     if quantize_input and scale is not None and backend(x) == "triton":
-        return fp8_linear(x, weight, scale, glu)
+        return fp8_linear(x, weight, scale, glu, norm)
     if glu is not None:
         x = swiglu(x, glu[0], glu[1], None, x.dtype)
+    if norm is not None:
+        x = rms_norm(x, norm[0], norm[1])
     if quantize_input:
         x = fp8_fake_quant(x, 128)
     if _decode_gemv(x, x.numel() // x.shape[-1]):   # few rows: read W once, as mapped (gemv.py)
@@ -182,13 +186,15 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-               glu: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+               glu: tuple[torch.Tensor, float] | None = None,
+               norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """FP8 block-scaled GEMM: x quantised per 1×128 (pow2 scales) × e4m3 weight with 128×128
     ue8m0 scales, fp32 accumulation (= ``linear(x, dequant, quantize_input=True)``). ``glu`` =
-    (up, limit): x is first swiglu(x, up) in x's dtype — on Triton inside the GEMM."""
+    (up, limit): x is first swiglu(x, up); ``norm`` = (weight, eps): RMSNorm(x) — in x's dtype,
+    on Triton inside the GEMM."""
     if backend(x) == "triton":
-        return _gemm.fp8_gemm_triton(x, weight, scale, glu)
-    return _gemm.fp8_gemm_reference(x, weight, scale, glu)
+        return _gemm.fp8_gemm_triton(x, weight, scale, glu, norm)
+    return _gemm.fp8_gemm_reference(x, weight, scale, glu, norm)
 
 
 def hadamard(x: torch.Tensor) -> torch.Tensor:

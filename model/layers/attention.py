@@ -106,8 +106,9 @@ class Attention(nn.Module):
         too): queries, new KV rows as the cache holds them, the compressor's and the indexer's
         inputs. Pure: reads no cache (a decode step captures it in a CUDA graph)."""
         qr, kv = self.x_proj(x)
-        qr = self.q_norm(qr)
-        q, *index_q = self.q_proj(qr)
+        # q_norm, then attention's and the indexer's query up-projections (one FP8 GEMM whose
+        # prologue is the norm, in native numerics on Triton)
+        q, *index_q = self.q_proj(qr, norm=(self.q_norm.weight, self.q_norm.eps))
         q = q.unflatten(-1, (self.n_heads, self.head_dim))
         q = ops.norm_rope_rows(q, None, self.eps, angles, RowFormat(q.dtype))  # per head
         # kv → kv_norm → RoPE → the cache's row (packed FP8 in native numerics)

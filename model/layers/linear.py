@@ -127,13 +127,17 @@ class Linear(nn.Module):
         scale = self.scale if self.fmt == "fp8" else None
         return ops.grouped_linear(x, self.weight, scale, groups, self.numerics.dtype)
 
-    def forward(self, x: torch.Tensor, glu: tuple[torch.Tensor, float] | None = None
-                ) -> torch.Tensor:
-        """y = x Wᵀ; ``glu`` = (up, limit): of an expert's activation swiglu(x, up) in x's
-        dtype instead (a resident FP8 weight's GEMM computes it as it reads its input)."""
+    def forward(self, x: torch.Tensor, glu: tuple[torch.Tensor, float] | None = None,
+                norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+        """y = x Wᵀ; ``glu`` = (up, limit): of an expert's activation swiglu(x, up) instead;
+        ``norm`` = (weight, eps): of RMSNorm(x) — in x's dtype (a resident FP8 weight's GEMM
+        computes either as it reads its input)."""
         quantized = self.numerics.native and self.fmt in ("fp8", "fp4")
-        if glu is not None and not (self.dense is None and self.fmt == "fp8"):
-            x, glu = ops.swiglu(x, glu[0], glu[1], None, x.dtype), None
+        if not (self.dense is None and self.fmt == "fp8"):
+            if glu is not None:
+                x, glu = ops.swiglu(x, glu[0], glu[1], None, x.dtype), None
+            if norm is not None:
+                x, norm = ops.rms_norm(x, norm[0], norm[1]), None
         if self.fp32_compute:
             x = x.float()
         dtype = torch.float32 if self.fp32_compute else self.numerics.dtype
@@ -141,7 +145,7 @@ class Linear(nn.Module):
             return ops.fp4_linear(x, self.weight, self.scale, dtype, quantize_input=quantized)
         if self.dense is None:  # resident FP8 / BF16: dequantised per use
             return ops.dequant_linear(x, self.weight, self.scale, dtype, quantize_input=quantized,
-                                      glu=glu)
+                                      glu=glu, norm=norm)
         return ops.linear(x, self.dense_weight(), quantize_input=quantized)
 
 
@@ -210,10 +214,16 @@ class StackedLinear:
         self.fused = fused
         return True
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(self, x: torch.Tensor, norm: tuple[torch.Tensor, float] | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+        """Each member's output of x (``norm`` = (weight, eps): of RMSNorm(x), computed once)."""
         if self.fused is None:
+            if len(self.members) == 1:
+                return (self.members[0](x, norm=norm),)
+            if norm is not None:
+                x = ops.rms_norm(x, norm[0], norm[1])
             return tuple(m(x) for m in self.members)
-        y = self.fused(x)
+        y = self.fused(x, norm=norm)
         return tuple(y[..., a:b].to(_out_dtype(m)) for m, (a, b) in
                      zip(self.members, self.bounds, strict=True))
 

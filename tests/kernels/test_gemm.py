@@ -67,6 +67,30 @@ def test_fp8_gemm_swiglu_prologue_rounds_the_activation_to_bf16():
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("m,k", [(1, 256), (3, 200), (20, 1024)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_gemm_with_the_norm_prologue_is_rms_norm_then_the_gemm(m, k, dtype):
+    """Attention's q_norm as the prologue of the query up-projections: a first pass over K sums
+    each row's squares, then every K block is normed (and bf16-rounded) before quantisation —
+    rows of very different scales, a partial last block, one launch."""
+    from model.kernels.norm_rope import rms_norm_reference
+    from model.op_audit import OpAudit
+
+    g = torch.Generator().manual_seed(k + m)
+    wq, ws = quant.quant_fp8_block(torch.randn(40, k, generator=g) * torch.logspace(-2, 1, k))
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m).unsqueeze(-1)).to(dtype)
+    weight = torch.rand(k, generator=g) + 0.5
+    with OpAudit() as audit:
+        got = fp8_gemm_triton(x, wq, ws, norm=(weight, 1e-6))
+    want = fp8_gemm_triton(rms_norm_reference(x, weight, 1e-6), wq, ws)
+    assert sum(audit.triton.values()) == 1 and got.dtype == dtype   # (+ interpreter casts)
+    # the same roundings; the sum of squares in another order can move one bf16 / FP8 step
+    assert torch.allclose(got.float(), want.float(), rtol=2e-2 if dtype == torch.bfloat16
+                          else 1e-5, atol=1e-3), (got.float() - want.float()).abs().max()
+    ref = fp8_gemm_reference(x, wq, ws, norm=(weight, 1e-6))
+    assert torch.equal(ref, fp8_gemm_reference(rms_norm_reference(x, weight, 1e-6), wq, ws))
+
+
 def test_fp8_gemm_zero_row_and_leading_dims():
     wq, ws = quant.quant_fp8_block(torch.randn(32, 128))
     x = torch.zeros(2, 1, 128)  # amax floor (1e-4) path; output exactly 0

@@ -134,3 +134,23 @@ def test_partials_sum_to_the_members_outputs_side_by_side(monkeypatch, backend):
     assert (parts.shape[0] > 1) == (backend == "triton")
     torch.testing.assert_close(parts.sum(0), want, rtol=1e-5, atol=1e-4)
     assert stack.bounds == [(0, 64), (64, 128), (128, 136)]
+
+
+@pytest.mark.parametrize("rows", [(256,), (256, 128)])
+def test_a_norm_before_the_stack_is_the_fp8_gemms_prologue(monkeypatch, rows):
+    """q_norm then the query up-projections: stacked (or one member alone), the FP8 GEMM norms
+    its input as it reads it — one launch, the values of the norm then the GEMM."""
+    monkeypatch.setenv(ops.BACKEND_ENV, "triton")
+    numerics = Numerics("native", torch.float32)
+    members = [_linear(256, n, "fp8", numerics, seed=i) for i, n in enumerate(rows)]
+    norm = (torch.rand(256) + 0.5, 1e-6)
+    x = torch.randn(1, 1, 256) * 5
+    normed = ops.rms_norm(x, *norm)
+    want = [m(normed) for m in members]
+    stack = StackedLinear(*members)
+    assert stack.stack() == (len(rows) > 1)
+    with OpAudit() as audit:
+        got = stack(x, norm=norm)
+    assert audit.launches() == 1 and sum(audit.triton.values()) == 1
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-4)
