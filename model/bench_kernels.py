@@ -157,9 +157,12 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
 
 
 def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
-              topk: int = 6, dim: int = 4096, inter: int = 2048, **tiles: int) -> Case:
+              topk: int = 6, dim: int = 4096, inter: int = 2048, native: bool = False,
+              **tiles: int) -> Case:
     """Routed experts of one layer; only the experts actually hit are stored (weights read once).
-    ``tiles``: launch options of the Triton path (block_m of the grouped GEMM)."""
+    ``native``: with the FP8 quantisation of x and h (native numerics: inside the GEMV and its
+    epilogue at decode). ``tiles``: launch options of the Triton path (block_m of the grouped
+    GEMM)."""
     used = min(n_exp, t * topk)
     stacks = []
     for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
@@ -171,13 +174,14 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     w = torch.rand(t, topk, device=dev)
     nbytes = used * 3 * dim * inter * (0.5 + 1 / 32) + 2 * t * dim * x.element_size()
     shape = {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim, "inter": inter,
-             "path": "grouped", **tiles}
+             "path": "grouped", "native": native, **tiles}
     if t * topk <= moe.DECODE_MAX_PAIRS:  # per-pair split-K: K splits of gate/up and of down
         (up, _), (down, _) = moe.decode_plan(t * topk, dim, inter)
         shape.update(path="decode", split_k=[up, down])
     return Case(name, shape, nbytes, 6.0 * t * topk * dim * inter,
-                lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0),
-                lambda: moe.moe_fp4_triton(x, w, idx, bank, 10.0, **tiles),
+                lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0, quantize_input=native),
+                lambda: moe.moe_fp4_triton(x, w, idx, bank, 10.0, quantize_input=native,
+                                           **tiles),
                 ">= 60% of HBM bandwidth")
 
 
@@ -427,6 +431,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp8_case, "fp8_gemm_q_proj_norm_decode", 1, 40960 if full else 8192, 1024, dev, dtype,
           "norm"),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
+        p(_moe_case, "moe_fp4_decode_native", 1, dev, dtype, **moe_dims, native=True),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)
         p(_moe_case, "moe_fp4_prefill_2048", 2048 if gpu else 4, dev, dtype, **moe_dims),

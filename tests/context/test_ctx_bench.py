@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.context.bench import bench_one
 
 
@@ -20,4 +22,6 @@ def test_bench_one_reports_times_cpu_and_the_cache_and_delta_checks(tmp_path: Pa
     assert run["prefix_identical_after_edit"] and run["delta_only_the_edit"] and run["deterministic"]
     assert run["repack_cache_hit"]
     assert run["raw_tokenize_cpu_s"] > 0 and run["pack_cpu_s"] > 0
-    assert run["pack_cpu_over_raw_cpu"] == round(run["pack_cpu_s"] / run["raw_tokenize_cpu_s"], 3)
+    # the ratio is of the unrounded times; the rounded ones (to 1 ms) give it within ~10%
+    ratio = run["pack_cpu_s"] / run["raw_tokenize_cpu_s"]
+    assert run["pack_cpu_over_raw_cpu"] == pytest.approx(ratio, rel=0.1)
