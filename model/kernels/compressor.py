@@ -117,7 +117,7 @@ def pool_inputs_reference(parts: torch.Tensor, compressors: Sequence[PoolColumns
                           ) -> list[torch.Tensor]:
     """parts fp32 [S, b, T, N] (Σ over S = the stacked projection) → per compressor fp32
     [b, T, 2, width] (kv; gate + ape[position % ratio]), then the head weights fp32 [b, T, H]."""
-    y = parts.sum(0)
+    y = parts[0] if parts.shape[0] == 1 else parts.sum(0)
     outs = []
     for c in compressors:
         w = c.ape.shape[-1]

@@ -164,7 +164,9 @@ class StackedLinear:
     and only members held alike (format, input width, resident or dense). Otherwise, and
     before ``stack()``, a call runs the members one by one: the same values either way, up to
     the GEMM's summation order. Calling it returns each member's output, a column view of the
-    one result, in that member's own output dtype. Not a module: the members are."""
+    one result, in that member's own output dtype; ``norm`` makes an RMSNorm of the input the
+    FP8 GEMM's prologue (q_norm), and ``partials`` leaves a GEMV's K splits for the kernel that
+    reads the result to sum. Not a module: the members are."""
 
     def __init__(self, *members: Linear) -> None:
         self.members = members
