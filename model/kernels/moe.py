@@ -37,7 +37,7 @@ from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
 from model.kernels.gemm import clamped_swiglu, decode_fp4_tile, plan_split_k
 from model.kernels.launch import interpreting
-from model.kernels.quant_triton import _exp2_int, _round_e4m3, _scale_exponent, _scaled
+from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
@@ -150,10 +150,8 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
         if QUANT:   # this chunk is one 1×128 block: amax of both halves, one pow2 scale
             ex = _scale_exponent(tl.maximum(tl.max(tl.abs(a_even), 0), tl.max(tl.abs(a_odd), 0)),
                                  FLOOR_BITS, INV_MAX_BITS)
-            a_even = _round_e4m3(_scaled(a_even, ex, QMAX)).to(tl.float32, bitcast=True) * \
-                _exp2_int(ex)
-            a_odd = _round_e4m3(_scaled(a_odd, ex, QMAX)).to(tl.float32, bitcast=True) * \
-                _exp2_int(ex)
+            a_even = _e4m3_values(a_even, ex, QMAX)
+            a_odd = _e4m3_values(a_odd, ex, QMAX)
         w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K)
         acc += tl.sum(w_even * a_even[None, :] + w_odd * a_odd[None, :], axis=1)
     return acc
@@ -255,7 +253,7 @@ def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS
         h = clamped_swiglu(gate, up, tl.load(rw_ptr + pair), limit)
     if QUANT:
         ex = _scale_exponent(tl.max(tl.abs(h), 0), FLOOR_BITS, INV_MAX_BITS)
-        h = _round_e4m3(_scaled(h, ex, QMAX)).to(tl.float32, bitcast=True) * _exp2_int(ex)
+        h = _e4m3_values(h, ex, QMAX)
     tl.store(h_ptr + pair.to(tl.int64) * N + cols, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 

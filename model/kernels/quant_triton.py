@@ -108,6 +108,12 @@ def _round_e4m3(bits):
 
 
 @triton.jit
+def _e4m3_values(x, e, QMAX: tl.constexpr):
+    """x put on the e4m3 grid of scale 2^e (fake quantisation), as fp32."""
+    return _round_e4m3(_scaled(x, e, QMAX)).to(tl.float32, bitcast=True) * _exp2_int(e)
+
+
+@triton.jit
 def _round_e2m1(bits):
     """Nearest e2m1 value (|x| ≤ 6 already): 1 mantissa bit, 0 and 0.5 below 1."""
     return _round_bits(bits, 1, 0x3F800000, 0.5)
