@@ -53,8 +53,8 @@ class CompressorState:
     prev_kv: torch.Tensor | None = None        # [b, ratio, coff·d] last closed block (CSA overlap)
     prev_score: torch.Tensor | None = None
     # the compressed entries so far are store[:, :count] ([b, n, d], or packed uint8 rows); the
-    # store has room to grow (appends are amortised, never a copy of every row per chunk) and
-    # attention writes the current window rows just past ``count`` as scratch
+    # store has room to grow (appends are amortised, never a copy of every row per chunk).
+    # Attention reads them where they are, beside the window's rows (sparse_attn.WindowRows)
     store: torch.Tensor | None = None
     count: int = 0
     # when a list, forward appends (kv, score, first position) of the open + new tokens
@@ -134,7 +134,7 @@ class SequenceCache:
 
     def nbytes(self) -> int:
         """Bytes of the state itself (the rows held, not the stores' room to grow: at most a
-        quarter more than the rows, plus one chunk + window of attention scratch per layer)."""
+        quarter more than the rows)."""
         total = 0
         for layer in self.layers:
             tensors = [layer.window]

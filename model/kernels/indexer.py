@@ -249,10 +249,11 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
 
 
-def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tensor:
+def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True) -> torch.Tensor:
     """Block scores (Triton) then torch.topk, a block of queries at a time → int64 [b, s, k].
     The scratch is as wide as the keys (the kernel writes −inf past each block's visible rows
-    without computing them), so nothing here waits for the device."""
+    without computing them), so nothing here waits for the device. ``causal=False``: every
+    query sees every key, so no pick is an invisible one to mask."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
     block_t = _prefill_block_t(h, block_t)
@@ -264,7 +265,7 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tens
         scores = scratch[: b * s * width].view(b, s, width)
         _launch_scores(q, weights, keys, vis, scores, 0, s, prec, block_t, block_n)
         picks = scores.topk(k, dim=-1).indices
-        return torch.where(picks >= vis.view(1, -1, 1), -1, picks)
+        return torch.where(picks >= vis.view(1, -1, 1), -1, picks) if causal else picks
     out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
@@ -279,11 +280,13 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n) -> torch.Tens
 def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "scores",
-                        block_t: int | None = None) -> torch.Tensor:
+                        block_t: int | None = None, causal: bool = True) -> torch.Tensor:
     """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
     keys.dtype == torch.uint8). ``path``: "scores" (the default) or "merge" (see the module
     docstring). ``n_chunks`` applies to the merge path, ``block_t`` to the scores path;
-    ``block_n`` to both (64 merge, 128 scores when None)."""
+    ``block_n`` to both (64 merge, 128 scores when None). ``causal=False`` says every query
+    sees every key (``visible`` = n: a decode step's query sees every closed block), which
+    spares the scores path masking its picks."""
     b, s, h, d = q.shape
     n = keys.shape[1]
     if k == 0 or n == 0 or b * s == 0:
@@ -292,5 +295,5 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
         raise ValueError(f"indexer path must be scores or merge, not {path!r}")
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
     if path == "scores":
-        return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128)
+        return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal)
     return _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n or 64).long()

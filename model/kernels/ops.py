@@ -36,6 +36,7 @@ from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
 from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
 from model.kernels.launch import interpreting
+from model.kernels.sparse_attn import WindowRows
 
 BACKEND_ENV = "V4CODER_KERNELS"
 
@@ -237,47 +238,52 @@ def hc_post_pre(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, com
 
 
 def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
-                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float, window: WindowRows | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse MQA with attention sink → (o [b, s, h, d] in q.dtype, lse [b, s, h] fp32).
 
-    q [b, s, h, d]; kv [b, n, d] (K = V); sink [h] fp32; indices [b, s, k] int (−1 = none).
+    q [b, s, h, d]; kv [b, n, d] (K = V); sink [h] fp32; indices [b, s, k] int (−1 = none);
+    ``window``: the sliding window's rows and indices, a second source read in place.
     o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪ {sink_h}, sink dropped;
     lse is the log of the whole denominator (sink included).
     """
     if backend(q) == "triton":
         tiles = choices.options("sparse_attn_prefill", q.device) if q.shape[1] > 1 else {}
-        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, **tiles)
-    return _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale)
+        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, window=window,
+                                               **tiles)
+    return _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale, window)
 
 
-def sparse_attn(
-    q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor, scale: float
-) -> torch.Tensor:
+def sparse_attn(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
+                scale: float, window: WindowRows | None = None) -> torch.Tensor:
     """Sparse MQA with attention sink (``sparse_attn_lse`` without the lse)."""
-    return sparse_attn_lse(q, kv, sink, indices, scale)[0]
+    return sparse_attn_lse(q, kv, sink, indices, scale, window)[0]
 
 
 def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
-                    indices: torch.Tensor, scale: float, layout: KVLayout = V4_KV_LAYOUT
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly."""
+                    indices: torch.Tensor, scale: float, layout: KVLayout = V4_KV_LAYOUT,
+                    window: WindowRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly;
+    the window's rows are FP8 rows too."""
     if backend(q) == "triton":
         tiles = choices.options("sparse_attn_prefill_fp8", q.device) if q.shape[1] > 1 else {}
         return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout,
-                                               **tiles)
-    return _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout)
+                                               window=window, **tiles)
+    return _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout, window)
 
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
-                 visible: torch.Tensor, k: int) -> torch.Tensor:
+                 visible: torch.Tensor, k: int, causal: bool = True) -> torch.Tensor:
     """Lightning-indexer picks: q [b, s, H, D], weights [b, s, H] (scaled), keys [b, n, D]
     float or packed FP4 rows (uint8 [b, n, IndexKeyLayout(D).row_bytes], read as they are),
-    visible [s] → int64 [b, s, k], best first, −1 = none (score = Σ_h w_h·ReLU(q_h·key))."""
+    visible [s] → int64 [b, s, k], best first, −1 = none (score = Σ_h w_h·ReLU(q_h·key)).
+    ``causal=False``: the caller knows every query sees all n keys (a decode step), so the
+    picks need no masking."""
     if backend(q) == "triton":
         packed = keys.dtype == torch.uint8
         path = (choices.options("indexer_decode_fp4" if packed else "indexer_decode", q.device)
                 if q.shape[1] == 1 else {})
-        return _indexer.indexer_topk_triton(q, weights, keys, visible, k, **path)
+        return _indexer.indexer_topk_triton(q, weights, keys, visible, k, causal=causal, **path)
     return _indexer.indexer_topk_reference(q, weights, keys, visible, k)
 
 

@@ -1,10 +1,15 @@
 """Sparse MQA with attention sink over gathered KV rows (fact sheet §2.3 step 5).
 
 q [b, s, h, d]; kv [b, n, d] (K = V, one shared head) or the FP8 cache rows uint8 [b, n, row_bytes]
-(kv_fp8.py); sink [h] fp32; indices [b, s, k] (−1 = none; CSA: window ∪ top-k compressed rows, HCA:
-window ∪ all closed compressed rows). o[t, h] = Σ_j p_j · kv[idx_j], p = softmax over
-{q·k_j·scale} ∪ {sink_h} with the sink dropped; lse = log of that whole denominator (sink included),
-in logit units, so partial results can be merged.
+(kv_fp8.py); sink [h] fp32; indices [b, s, k] (−1 = none). o[t, h] = Σ_j p_j · kv[idx_j],
+p = softmax over {q·k_j·scale} ∪ {sink_h} with the sink dropped; lse = log of that whole
+denominator (sink included), in logit units, so partial results can be merged.
+
+A layer's rows come from two places: its compressed rows (the cache's store: CSA's top-k picks,
+HCA's every visible row) and its sliding window (the window's raw rows, a separate tensor). The
+second is a ``WindowRows`` source: rows in the same format and their own indices [s, w] (shared by
+the batch) or [b, s, w]. Each query attends the union, window first; no copy of either into one
+tensor.
 
 Triton: grid (tokens, head blocks, splits). Prefill uses one split (each program streams its
 token's k rows with an online softmax); decode splits the k rows over programs (flash-decoding)
@@ -12,6 +17,8 @@ and a second kernel merges the partial (o, lse) pairs with the sink.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,12 +32,38 @@ from model.kernels.launch import interpreting
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
 
 
+@dataclass(frozen=True, slots=True)
+class WindowRows:
+    """The sliding window as a second source of rows: ``rows`` [b, nw, d] (or packed FP8 rows,
+    as ``kv``) and ``indices`` [s, w] shared by the batch, or [b, s, w], into them (−1 = none)."""
+    rows: torch.Tensor
+    indices: torch.Tensor
+
+    def joined(self, kv: torch.Tensor, indices: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row tensor and one index set, the reference's way (the kernel reads both sources
+        in place): the window's indices first, shifted past kv's rows. Of kv only the rows some
+        index names are copied when that is fewer (a long context's store holds far more rows
+        than a step reads)."""
+        b, s = indices.shape[:2]
+        if kv.shape[1] > indices[0].numel():
+            used = torch.unique(indices[indices >= 0])
+            kv = kv[:, used]
+            indices = torch.where(indices >= 0, torch.searchsorted(used, indices.clamp(min=0)), -1)
+        n = kv.shape[1]
+        win = self.indices.expand(b, s, -1) if self.indices.dim() == 2 else self.indices
+        win = torch.where(win >= 0, win + n, -1).to(indices.dtype)
+        return torch.cat([kv, self.rows], dim=1), torch.cat([win, indices], dim=-1)
+
+
 def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
-                          indices: torch.Tensor, scale: float
+                          indices: torch.Tensor, scale: float, window: WindowRows | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure torch; returns (o in q.dtype, lse fp32 [b, s, h]). Queries are taken in blocks so
     the gathered rows [block, k, d] stay under ``blocks.REFERENCE_BLOCK_ELEMENTS`` however long the
     prefill chunk (an HCA layer at 32K context gathers thousands of rows per query)."""
+    if window is not None:
+        kv, indices = window.joined(kv, indices)
     b, s, h, d = q.shape
     k = indices.shape[-1]
     out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
@@ -69,10 +102,13 @@ def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
 
 
 def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
-                              indices: torch.Tensor, scale: float, layout: KVLayout
+                              indices: torch.Tensor, scale: float, layout: KVLayout,
+                              window: WindowRows | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpacks only the rows some query picks (each once), not the whole cache: a decode step
     at long context touches window + top-k rows, not every compressed row."""
+    if window is not None:
+        cache, indices = window.joined(cache, indices)
     dtype = q.dtype if q.dtype != torch.float16 else torch.float32
     outs, lses = [], []
     for i in range(q.shape[0]):
@@ -115,14 +151,42 @@ def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
 
 
 @triton.jit
-def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
-                     S, H, N, K, D, chunk, scale,
+def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, D, scale,
+                 KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
+                 QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
+                 DV_PARTS: tl.constexpr):
+    """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
+    element; −1 or out of range = none) → the updated (m_i, l_i, acc)."""
+    cdt = q.dtype
+    valid = (idx >= 0) & (idx < N)
+    rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
+    kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
+                       KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
+    logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * scale
+    logits = tl.where(valid[None, :], logits, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(logits, 1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(logits - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
+        kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
+                           KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
+    acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_ptr, widx_ptr,
+                     o_ptr, lse_ptr,
+                     S, H, N, K, NW, W, widx_batch_stride, D, chunk, scale,
                      KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                      QB: tl.constexpr, SCALE_OFF: tl.constexpr, SPLIT: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1):
-    """DV_PARTS > 1: the program writes only its 1/DV_PARTS slice of the output columns (the
-    scores still use all D), so a 64-head tile's accumulator fits in registers."""
+    """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
+    W = 0 without a window), then its K indices into kv's N rows. DV_PARTS > 1: the program writes only its
+    1/DV_PARTS slice of the output columns (the scores still use all D), so a 64-head tile's
+    accumulator fits in registers."""
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
     pid_h = tl.program_id(1)
@@ -140,30 +204,28 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, sink_ptr, idx_ptr, o_ptr, lse_ptr,
     q_rows = (pid_t * H + offs_h).to(tl.int64)
     q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
-    cdt = q.dtype
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     start = pid_c * chunk
-    end = tl.minimum(start + chunk, K)
-    for n0 in range(start, end, BLOCK_N):
+    end = tl.minimum(start + chunk, W + K)
+    # this program's slots [start, end) of the query's W + K: the window's, then kv's; one loop
+    # each, so a tile's row source is fixed (no per-row pointer select)
+    widx_row = widx_ptr + batch.to(tl.int64) * widx_batch_stride + (pid_t % S).to(tl.int64) * W
+    win_end = tl.minimum(end, W)
+    for n0 in range(start, win_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + offs_n, mask=offs_n < end, other=-1)
-        valid = (idx >= 0) & (idx < N)
-        rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
-        kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
-                           KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
-        logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * scale
-        logits = tl.where(valid[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(logits - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
-            kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
-                               KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
-        acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
-        m_i = m_new
+        idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
+        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
+                                     offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
+                                     SCALE_OFF, PREC, DV_PARTS)
+    for n0 in range(tl.maximum(start, W), end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
+                      other=-1)
+        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
+                                     offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
+                                     SCALE_OFF, PREC, DV_PARTS)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         o = acc / safe_l[:, None]
@@ -227,54 +289,80 @@ def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
 
 def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        indices: torch.Tensor, scale: float, layout: KVLayout | None = None,
+                       window: WindowRows | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton path; ``layout`` set ⇒ ``kv`` is the uint8 FP8 cache [b, n, row_bytes].
+    """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
+    [b, n, row_bytes]. ``window``: a second source of rows, read in place (module docstring).
     ``dv_parts`` > 1 splits the output columns over that many programs per (token, head block):
     each recomputes the scores over all D, and its accumulator is 1/dv_parts as wide — what lets
     ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers."""
     b, s, h, d = q.shape
-    k = indices.shape[-1]
     out_dtype = q.dtype
     if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
         q = q.float()  # the interpreter mishandles bf16: compute in fp32 on CPU
     q = q.contiguous()
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    idx = indices.to(torch.int32).contiguous()
+    idx = _index_tensor(indices)
     sink = sink.float().contiguous()
+    kv, kv16, n = _rows(kv, q.dtype, layout, d)
+    if window is None:   # no window slots: the window pointers are never read
+        win, win16, nw, widx, w, widx_stride = kv, kv16, 0, idx, 0, 0
+    else:
+        win, win16, nw = _rows(window.rows, q.dtype, layout, d)
+        widx = _index_tensor(window.indices)
+        w = widx.shape[-1]
+        widx_stride = 0 if widx.dim() == 2 else s * w
+    k = idx.shape[-1]
+    slots = w + k
     if layout is None:
-        kv = kv.to(q.dtype).contiguous()
-        kv16, n = kv, kv.shape[1]
         row, nope, qb, soff = d, d, 1, 0
     else:
-        assert layout.head_dim == d and kv.dtype == torch.uint8, (layout, kv.dtype)
-        kv = kv.contiguous()
-        kv16, n = kv.view(torch.int16), kv.shape[1]
         row, nope, qb, soff = layout.row_bytes, layout.nope, layout.block, layout.scale_offset
     out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, s, h, dtype=torch.float32, device=q.device)
     block_h = max(16, min(block_h, triton.next_power_of_2(h)))
     block_d = max(16, triton.next_power_of_2(d))
     head_blocks = triton.cdiv(h, block_h)
-    splits = n_splits or default_splits(b * s, head_blocks, k, block_n)
-    splits = max(1, min(splits, triton.cdiv(max(k, 1), block_n)))
-    chunk = triton.cdiv(triton.cdiv(max(k, 1), splits), block_n) * block_n
-    splits = triton.cdiv(max(k, 1), chunk)
+    splits = n_splits or default_splits(b * s, head_blocks, slots, block_n)
+    splits = max(1, min(splits, triton.cdiv(max(slots, 1), block_n)))
+    chunk = triton.cdiv(triton.cdiv(max(slots, 1), splits), block_n) * block_n
+    splits = triton.cdiv(max(slots, 1), chunk)
     if block_d % dv_parts or block_d // dv_parts < 16:
         raise ValueError(f"dv_parts={dv_parts} does not split {block_d} columns into ≥ 16")
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
                   DV_PARTS=dv_parts, num_warps=num_warps)
+    sources = (q, kv, kv16, win, win16, sink, idx, widx)
+    sizes = (s, h, n, k, nw, w, widx_stride, d, chunk, scale)
     if splits == 1:
         _sparse_attn_fwd[(b * s, head_blocks, dv_parts)](
-            q, kv, kv16, sink, idx, out, lse, s, h, n, k, d, chunk, scale, SPLIT=False, **consts)
+            *sources, out, lse, *sizes, SPLIT=False, **consts)
     else:
         po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
         _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
-            q, kv, kv16, sink, idx, po, plse, s, h, n, k, d, chunk, scale, SPLIT=True, **consts)
+            *sources, po, plse, *sizes, SPLIT=True, **consts)
         block_dc = min(block_d, COMBINE_BLOCK_D)
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
             po, plse, sink, out, lse, h, d, splits, BLOCK_H=block_h, BLOCK_D=block_dc)
     return out.to(out_dtype), lse
+
+
+def _index_tensor(indices: torch.Tensor) -> torch.Tensor:
+    """Indices as the kernel reads them: int32 or int64 as they come (no conversion launch)."""
+    if indices.dtype not in (torch.int32, torch.int64):
+        indices = indices.to(torch.int32)
+    return indices.contiguous()
+
+
+def _rows(rows: torch.Tensor, dtype: torch.dtype, layout: KVLayout | None, d: int
+          ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(rows as the kernel reads them, their int16 view for FP8 rows' bf16 RoPE dims, count)."""
+    if layout is None:
+        rows = rows.to(dtype).contiguous()
+        return rows, rows, rows.shape[1]
+    assert layout.head_dim == d and rows.dtype == torch.uint8, (layout, rows.dtype)
+    rows = rows.contiguous()
+    return rows, rows.view(torch.int16), rows.shape[1]

@@ -12,6 +12,7 @@ test_model_packed_kv.py). ``dequant`` numerics keep float rows in the compute dt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
 from model.kernels.compressor import HeadColumns, PoolColumns
 from model.kernels.kv_fp8 import KVLayout
+from model.kernels.sparse_attn import WindowRows
 from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer, IndexerInputs
 from model.layers.linear import Linear, Numerics, StackedLinear
@@ -88,13 +90,6 @@ class Attention(nn.Module):
     def cache_layout(self) -> KVLayout | None:
         """The FP8 layout the KV rows are held in, or None for float rows."""
         return self.kv_layout if self.numerics.native and self.pack_kv else None
-
-    def _window_indices(self, start_pos: int, s: int, n_past: int, device: torch.device
-                        ) -> torch.Tensor:
-        """[s, window] indices into cat(past window, new kv); −1 where the position is < 0."""
-        t = torch.arange(start_pos, start_pos + s, device=device).view(-1, 1)
-        pos = t - self.window + 1 + torch.arange(self.window, device=device).view(1, -1)
-        return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
 
     def angles(self, positions: torch.Tensor, memo: dict) -> torch.Tensor:
         """This layer's RoPE angles of ``positions``, once per flavour per forward (``memo``)."""
@@ -162,13 +157,12 @@ class Attention(nn.Module):
         z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups)
         return self.wo_b(z.flatten(2))
 
-    def _with_all_rows(self, window: torch.Tensor, positions: torch.Tensor, n: int
-                       ) -> torch.Tensor:
-        """HCA: [s, window] indices (already past the n compressed rows) followed by every
-        compressed row each query may see (rows j < (position + 1) // ratio, else −1)."""
+    def _all_visible_rows(self, positions: torch.Tensor, n: int) -> torch.Tensor:
+        """HCA: [s, n] every compressed row each query may see (rows j < (position + 1) //
+        ratio, else −1)."""
         visible = (positions + 1) // self.ratio
         cols = torch.arange(n, device=positions.device).view(1, -1)
-        return torch.cat([window, torch.where(cols < visible.view(-1, 1), cols, -1)], dim=-1)
+        return torch.where(cols < visible.view(-1, 1), cols, -1)
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
                 pooled: torch.Tensor | None, index: IndexerInputs | None,
@@ -190,36 +184,66 @@ class Attention(nn.Module):
         kept = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
         # a prefill chunk's keys are far longer than the window: keep a copy, not a view of them
         cache.window = kept.clone() if keys.shape[1] > self.window else kept
-        # index tensors depend on the span and the row counts only: built once per forward for
-        # all layers alike (a decode step would otherwise rebuild them in every layer). The
-        # window's depend on start_pos only through which positions are < 0, so past the first
-        # window every sequence of a batched decode step shares them too
-        span = (min(start_pos, self.window - 1), s, n_past)
-        indices = _memoized(memo, ("window", *span), lambda: self._window_indices(
-            start_pos, s, n_past, device))
+        # the window's indices depend on start_pos only through which positions are < 0, so
+        # past the first window every decode step of every sequence shares one table
+        key = (self.window, min(start_pos, self.window - 1), s, n_past, device)
+        indices = (_kept_window_indices(*key) if s <= KEPT_WINDOW_TABLE_TOKENS else
+                   _memoized(memo, ("window", *key), lambda: window_indices(*key)))
+        rows, window = keys, None
         if self.compressor is not None:
-            n = self.compressor(pooled, start_pos, cache.compressor, layout, memo).shape[1]
-            window = _memoized(memo, ("window after rows", *span, n),
-                               lambda: torch.where(indices >= 0, indices + n, -1))
+            # compressed rows where the cache holds them, the window rows as a second source:
+            # the kernel reads both in place (no copy of either into one tensor)
+            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo)
+            window = WindowRows(keys, indices)
+            n = rows.shape[1]
+            # one query (a decode step) sees every closed block: no index tensor to build
+            seen = s == 1 and n == (start_pos + 1) // self.ratio
             if self.indexer is not None:
-                visible = _memoized(memo, ("visible rows", self.ratio, start_pos, s),
-                                    lambda: (positions + 1) // self.ratio)
-                picked = self.indexer(index, start_pos, visible, cache, memo)
-                indices = torch.cat([window.unsqueeze(0).expand(b, -1, -1), picked], dim=-1)
+                visible = (counting(n + 1, device)[n:] if seen else _memoized(
+                    memo, ("visible rows", self.ratio, start_pos, s),
+                    lambda: (positions + 1) // self.ratio))
+                indices = self.indexer(index, start_pos, visible, cache, memo)
             else:
-                indices = _memoized(memo, ("window and all rows", self.ratio, start_pos, s, n_past,
-                                           n), lambda: self._with_all_rows(window, positions, n))
-            # one KV tensor without copying the compressed rows: they stay at the front of the
-            # cache's store and the window rows are written just after them (scratch)
-            w = keys.shape[1]
-            store = cache.compressor.reserve(n + w, like=keys)
-            store[:, n:n + w] = keys
-            keys = store[:, :n + w]
+                indices = (counting(n, device).view(1, n) if seen else _memoized(
+                    memo, ("all visible rows", self.ratio, start_pos, s, n),
+                    lambda: self._all_visible_rows(positions, n)))
         if indices.dim() == 2:
             indices = indices.unsqueeze(0).expand(b, -1, -1)
         if layout is None:
-            return ops.sparse_attn(q, keys, self.attn_sink, indices, self.scale)
-        return ops.sparse_attn_fp8(q, keys, self.attn_sink, indices, self.scale, layout)[0]
+            return ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window)
+        return ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout,
+                                   window)[0]
+
+
+KEPT_WINDOW_TABLE_TOKENS = 16   # window index tables of forwards this short outlive the forward
+
+
+def window_indices(window: int, start_pos: int, s: int, n_past: int, device: torch.device
+                   ) -> torch.Tensor:
+    """[s, window] indices of the window rows of queries start_pos.. into cat(the n_past past
+    rows, the s new ones); −1 where the position is < 0."""
+    t = torch.arange(start_pos, start_pos + s, device=device).view(-1, 1)
+    pos = t - window + 1 + torch.arange(window, device=device).view(1, -1)
+    return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
+
+
+# decode and speculative steps (a few tokens) ask for the same few tables step after step:
+# kept, read-only (at most 64 × 16 × window indices)
+_kept_window_indices = functools.lru_cache(maxsize=64)(window_indices)
+
+
+_COUNTING: dict[torch.device, torch.Tensor] = {}
+
+
+def counting(n: int, device: torch.device) -> torch.Tensor:
+    """0, 1, …, n − 1 (int64) as a view of a table kept on the device (grown ×2): a decode
+    step's row indices and counts without a launch. Read-only."""
+    table = _COUNTING.get(device)
+    if table is None or table.numel() < n:
+        table = torch.arange(max(n, 2 * (0 if table is None else table.numel()), 1024),
+                             device=device)
+        _COUNTING[device] = table
+    return table[:n]
 
 
 def step_positions(spans: Sequence[Span], device: torch.device, memo: dict) -> torch.Tensor:

@@ -95,7 +95,8 @@ class Indexer(nn.Module):
         if k == 0:
             return torch.full((b, s, 0), -1, dtype=torch.long, device=q.device)
         if self.margins is None:  # fused scores + top-k (never builds the [s, n] scores)
-            return ops.indexer_topk(q, weights, keys, visible, k)
+            # one query (a decode step) sees every closed block: n = (position + 1) // ratio
+            return ops.indexer_topk(q, weights, keys, visible, k, causal=s > 1)
         scores = ops.indexer_scores(q, weights, keys, visible)      # [b, s, n], −inf = future
         picks = scores.topk(k, dim=-1).indices
         self.margins.append(topk_margin(scores, k))

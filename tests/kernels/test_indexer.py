@@ -259,3 +259,17 @@ def test_ops_dispatches_packed_keys_on_both_backends(monkeypatch, backend):
     assert torch.equal(got, ops.indexer_topk(q, w, keys, visible, 8))
     assert torch.equal(ops.indexer_scores(q, w, packed, visible),
                        ops.indexer_scores(q, w, keys, visible))
+
+
+def test_decode_picks_need_no_mask_when_every_key_is_visible():
+    """causal=False (a decode step: its query sees all n = (position + 1) // 4 keys) gives the
+    same picks without masking them; a query that does not see every key would need it."""
+    q, w, keys, visible = _inputs(2, 1, 8, 32, 100, 399)
+    assert visible.tolist() == [100]
+    got = indexer_topk_triton(q, w, keys, visible, 16, causal=False)
+    assert torch.equal(got, indexer_topk_triton(q, w, keys, visible, 16))
+    _check(got, q, w, keys, visible, 16)
+    early = torch.tensor([10])   # only 10 of the 100 keys visible: unmasked picks would leak
+    masked = indexer_topk_triton(q, w, keys, early, 16)
+    assert (masked[..., 10:] == -1).all()
+    assert (indexer_topk_triton(q, w, keys, early, 16, causal=False) >= 10).any()

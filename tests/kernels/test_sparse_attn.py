@@ -112,3 +112,43 @@ def test_output_column_split_must_divide_the_block():
     q, kv, sink, idx = _inputs(1, 1, 4, 32, 8, 4)
     with pytest.raises(ValueError, match="dv_parts"):
         sparse_attn_triton(q, kv, sink, idx, 0.2, dv_parts=3)
+
+
+@pytest.mark.parametrize(
+    "b,s,n,k,nw,w,shared,splits",
+    [
+        (1, 1, 50, 24, 20, 13, True, 3),   # decode: window slots straddle a 16-row tile, split
+        (2, 3, 30, 17, 9, 9, False, 1),    # ragged prefill, per-sequence window indices
+        (1, 2, 0, 0, 12, 12, True, 1),     # no compressed rows yet (an HCA layer's start)
+        (2, 1, 40, 32, 7, 16, True, 2),    # more window slots than window rows (−1 / repeats)
+    ],
+)
+@pytest.mark.parametrize("fp8", [False, True])
+def test_window_rows_read_in_place(b, s, n, k, nw, w, shared, splits, fp8):
+    """The window as a second source of rows equals one joined row tensor and index set, the
+    window's rows shifted past the compressed ones, in either row format."""
+    from model.kernels.sparse_attn import WindowRows, sparse_attn_fp8_reference
+
+    g = torch.Generator().manual_seed(7)
+    d = 64
+    q, kv, sink, idx = _inputs(b, s, 8, d, max(n, 1), k, seed=5)
+    kv = kv[:, :n]
+    rows = torch.randn(b, nw, d, generator=g)
+    widx = torch.randint(0, nw, (s, w) if shared else (b, s, w), generator=g)
+    widx = torch.where(torch.rand(widx.shape, generator=g) < 0.2, -1, widx)
+    window = WindowRows(rows, widx)
+    layout = KVLayout(head_dim=d, rope_dim=16, block=16) if fp8 else None
+    if fp8:
+        kv, rows = pack_kv_fp8(kv, layout), pack_kv_fp8(rows, layout)
+        window = WindowRows(rows, widx)
+    got = sparse_attn_triton(q, kv, sink, idx, 0.125, layout=layout, window=window,
+                             n_splits=splits)
+    joined_kv, joined_idx = window.joined(kv, idx)
+    assert joined_idx.shape == (b, s, w + k)
+    if fp8:
+        want = sparse_attn_fp8_reference(q, joined_kv, sink, joined_idx, 0.125, layout)
+        assert all(torch.equal(x, y) for x, y in zip(
+            want, sparse_attn_fp8_reference(q, kv, sink, idx, 0.125, layout, window), strict=True))
+    else:
+        want = sparse_attn_reference(q, joined_kv, sink, joined_idx, 0.125)
+    _check(got, want, atol=1e-4)

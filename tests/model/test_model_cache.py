@@ -4,6 +4,8 @@ import pytest
 import torch
 from model_helpers import token_ids
 
+from model.layers.attention import window_indices
+
 
 @pytest.fixture(scope="module")
 def reference(tiny_model):
@@ -63,15 +65,14 @@ def test_cache_state_is_bounded(tiny_model, reference):
 
 
 def test_window_indices_depend_on_the_start_only_within_the_first_window(tiny_model):
-    """What lets the sequences of a batched step share one window-index tensor
-    (model/layers/attention.py keys it by min(start, window − 1))."""
-    attn = tiny_model.model.layers[0].attn
-    w = attn.window
+    """What lets every decode step of every sequence share one window-index table
+    (model/layers/attention.py keys it by min(start, window − 1) and keeps the short ones)."""
+    w = tiny_model.model.layers[0].attn.window
+    cpu = torch.device("cpu")
     for start in range(3 * w):
         n_past = min(start, w - 1)
         for s in (1, 3, w + 5):
-            got = attn._window_indices(start, s, n_past, torch.device("cpu"))
-            assert torch.equal(got, attn._window_indices(min(start, w - 1), s, n_past,
-                                                         torch.device("cpu")))
-    assert not torch.equal(attn._window_indices(5, 1, 5, torch.device("cpu")),   # within it
-                           attn._window_indices(6, 1, 6, torch.device("cpu")))
+            got = window_indices(w, start, s, n_past, cpu)
+            assert torch.equal(got, window_indices(w, min(start, w - 1), s, n_past, cpu))
+    assert not torch.equal(window_indices(w, 5, 1, 5, cpu),   # within it
+                           window_indices(w, 6, 1, 6, cpu))

@@ -76,9 +76,9 @@ def test_triton_indexer_reads_packed_keys_in_the_model(native, monkeypatch):
     on single-token decode steps: packed keys give the float keys' logits."""
     paths = []
 
-    def triton_topk(q, weights, keys, visible, k):
+    def triton_topk(q, weights, keys, visible, k, causal=True):
         paths.append(keys.dtype)
-        return indexer_kernels.indexer_topk_triton(q, weights, keys, visible, k)
+        return indexer_kernels.indexer_topk_triton(q, weights, keys, visible, k, causal=causal)
 
     monkeypatch.setattr(ops, "indexer_topk", triton_topk)
     (got, _), (want, _) = packed_and_float(native, [100, 1], IDS[:102])  # prefill, 2 decodes
