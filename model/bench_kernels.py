@@ -71,35 +71,41 @@ def _rand(*shape: int, dtype: torch.dtype, device: str, std: float = 1.0) -> tor
 
 def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
                dtype: torch.dtype, target: str, **tiles: int) -> Case:
-    """Window ∪ k_comp compressed rows per query over a cache of WINDOW + n_comp rows.
+    """Each of ``s`` queries over its window (WINDOW rows, a separate source as the model
+    passes it: ``sparse_attn.WindowRows``) ∪ k_comp of n_comp compressed rows.
     ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps)."""
-    n = WINDOW + n_comp
     q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
-    kv = _rand(1, n, HEAD_DIM, dtype=dtype, device=dev)
+    kv = _rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev)
     sink = torch.randn(HEADS, device=dev)
-    win = torch.arange(WINDOW, device=dev).expand(s, WINDOW)
-    comp = WINDOW + torch.randperm(n_comp, device=dev)[:k_comp].expand(s, k_comp)
-    idx = torch.cat([win, comp], -1).unsqueeze(0).to(torch.int32).contiguous()
-    k = idx.shape[-1]
+    # the window: WINDOW − 1 past rows and the s new ones, query i sees rows i .. i + WINDOW − 1
+    win_rows = _rand(1, WINDOW - 1 + s, HEAD_DIM, dtype=dtype, device=dev)
+    win_idx = (torch.arange(s, device=dev).view(-1, 1)
+               + torch.arange(WINDOW, device=dev).view(1, -1))
+    idx = torch.randperm(n_comp, device=dev)[:k_comp].expand(1, s, k_comp).contiguous()
+    k = WINDOW + k_comp
     scale = HEAD_DIM**-0.5
     row_bytes = kv_fp8.V4_KV_LAYOUT.row_bytes if fp8 else HEAD_DIM * kv.element_size()
     qo_bytes = 2 * s * HEADS * HEAD_DIM * q.element_size()
     shape = {"tokens": s, "heads": HEADS, "head_dim": HEAD_DIM, "rows_per_query": k,
-             "cache_rows": n, "kv": "fp8-584B" if fp8 else str(dtype).removeprefix("torch."),
-             **tiles}
+             "cache_rows": WINDOW + n_comp, "kv": "fp8-584B" if fp8 else
+             str(dtype).removeprefix("torch."), **tiles}
     if fp8:
         cache = kv_fp8.pack_kv_fp8(kv)
+        window = sparse_attn.WindowRows(kv_fp8.pack_kv_fp8(win_rows), win_idx)
         return Case(name, shape, s * k * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
-                    lambda: sparse_attn.sparse_attn_fp8_reference(q, cache, sink, idx, scale,
-                                                                  kv_fp8.V4_KV_LAYOUT),
+                    lambda: sparse_attn.sparse_attn_fp8_reference(
+                        q, cache, sink, idx, scale, kv_fp8.V4_KV_LAYOUT, window),
                     lambda: sparse_attn.sparse_attn_triton(q, cache, sink, idx, scale,
-                                                           layout=kv_fp8.V4_KV_LAYOUT, **tiles),
+                                                           layout=kv_fp8.V4_KV_LAYOUT,
+                                                           window=window, **tiles),
                     target)
+    window = sparse_attn.WindowRows(win_rows, win_idx)
     # prefill tokens share most rows (reads are cached); count each distinct row once
-    distinct = k if s == 1 else min(n, k + s)
+    distinct = k if s == 1 else min(WINDOW + n_comp, k + s)
     return Case(name, shape, distinct * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
-                lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale),
-                lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale, **tiles), target)
+                lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale, window),
+                lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale, window=window,
+                                                       **tiles), target)
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
@@ -125,7 +131,8 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     flops = 2.0 * IDX_HEADS * IDX_DIM * float(visible.sum())
     return Case(name, shape, nbytes, flops,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
-                lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK, path=path),
+                lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK, path=path,
+                                                    causal=causal),
                 "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if not causal
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
@@ -162,7 +169,7 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     """Routed experts of one layer; only the experts actually hit are stored (weights read once).
     ``native``: with the FP8 quantisation of x and h (native numerics: inside the GEMV and its
     epilogue at decode). ``tiles``: launch options of the Triton path (block_m of the grouped
-    GEMM)."""
+    GEMM; block_n / block_k / num_warps of the decode GEMV)."""
     used = min(n_exp, t * topk)
     stacks = []
     for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
@@ -176,7 +183,9 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     shape = {"tokens": t, "experts_hit": used, "topk": topk, "dim": dim, "inter": inter,
              "path": "grouped", "native": native, **tiles}
     if t * topk <= moe.DECODE_MAX_PAIRS:  # per-pair split-K: K splits of gate/up and of down
-        (up, _), (down, _) = moe.decode_plan(t * topk, dim, inter)
+        (up, _), (down, _) = moe.decode_plan(
+            t * topk, dim, inter, tiles.get("block_k", moe.DECODE_BLOCK_K),
+            block_n=tiles.get("block_n", moe.DECODE_BLOCK_N))
         shape.update(path="decode", split_k=[up, down])
     return Case(name, shape, nbytes, 6.0 * t * topk * dim * inter,
                 lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0, quantize_input=native),
@@ -414,6 +423,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           ">= 40% of dense bf16 peak", block_h=64, dv_parts=2),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_h64", prefill, ctx // 4, TOPK, True, dev,
           dtype, "none set (the native cache's prefill path)", block_h=64, dv_parts=4),
+        # the same tiles at 8 warps: fewer registers a thread, no spills on triton 3.6
+        p(_attn_case, "sparse_attn_prefill_csa_h64_w8", prefill, ctx // 4, TOPK, False, dev,
+          dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=2, num_warps=8),
+        p(_attn_case, "sparse_attn_prefill_csa_fp8_w8", prefill, ctx // 4, TOPK, True, dev,
+          dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
@@ -432,6 +446,13 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           "norm"),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_decode_native", 1, dev, dtype, **moe_dims, native=True),
+        # decode GEMV tiles with more programs / warps in flight (launch choices)
+        p(_moe_case, "moe_fp4_decode_n16_w8", 1, dev, dtype, **moe_dims, block_n=16,
+          num_warps=8),
+        p(_moe_case, "moe_fp4_decode_k64_w8", 1, dev, dtype, **moe_dims, block_k=64,
+          num_warps=8),
+        p(_moe_case, "moe_fp4_decode_native_n16_w8", 1, dev, dtype, **moe_dims, native=True,
+          block_n=16, num_warps=8),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)
         p(_moe_case, "moe_fp4_prefill_2048", 2048 if gpu else 4, dev, dtype, **moe_dims),

@@ -59,10 +59,13 @@ class Decision:
 DECISIONS = {d.name: d for d in (
     Decision("sparse_attn_prefill", "sparse attention, float KV rows, more than one query",
              (Variant("sparse_attn_prefill_csa", {}),
-              Variant("sparse_attn_prefill_csa_h64", {"block_h": 64, "dv_parts": 2}))),
+              Variant("sparse_attn_prefill_csa_h64", {"block_h": 64, "dv_parts": 2}),
+              Variant("sparse_attn_prefill_csa_h64_w8",
+                      {"block_h": 64, "dv_parts": 2, "num_warps": 8}))),
     Decision("sparse_attn_prefill_fp8", "sparse attention, FP8 KV rows, more than one query",
              (Variant("sparse_attn_prefill_csa_fp8", {}),
-              Variant("sparse_attn_prefill_csa_fp8_h64", {"block_h": 64, "dv_parts": 4}))),
+              Variant("sparse_attn_prefill_csa_fp8_h64", {"block_h": 64, "dv_parts": 4}),
+              Variant("sparse_attn_prefill_csa_fp8_w8", {"num_warps": 8}))),
     Decision("indexer_decode", "indexer top-k, float keys, one query",
              (Variant("indexer_topk_decode", {}),
               Variant("indexer_topk_decode_merge", {"path": "merge"}))),
@@ -72,6 +75,15 @@ DECISIONS = {d.name: d for d in (
     Decision("moe_prefill", "routed experts, at least MOE_PREFILL_TOKENS tokens (grouped GEMM)",
              (Variant("moe_fp4_prefill_2048", {}),
               Variant("moe_fp4_prefill_m64", {"block_m": 64}))),
+    # the decode GEMV's 4-warp 32-row tile holds 198–227 registers a thread on triton 3.6
+    # (occupancy 0.125); these compile spill-free at 2–4× the occupancy (bench compile)
+    Decision("moe_decode", "routed experts, a decode step (per-pair GEMV), dequant numerics",
+             (Variant("moe_fp4_decode", {}),
+              Variant("moe_fp4_decode_n16_w8", {"block_n": 16, "num_warps": 8}),
+              Variant("moe_fp4_decode_k64_w8", {"block_k": 64, "num_warps": 8}))),
+    Decision("moe_decode_native", "routed experts, a decode step (per-pair GEMV quantising x)",
+             (Variant("moe_fp4_decode_native", {}),
+              Variant("moe_fp4_decode_native_n16_w8", {"block_n": 16, "num_warps": 8}))),
 )}
 MOE_PREFILL_TOKENS = 1024
 

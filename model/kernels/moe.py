@@ -338,11 +338,12 @@ def _bank_args(*parts: PartBank) -> tuple[torch.Tensor, ...]:
 
 
 def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
-                split_k: int | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+                split_k: int | None = None, block_n: int = DECODE_BLOCK_N
+                ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((splits, k_per_split) of gate/up, (splits, k_per_split) of down) of the decode path for
     ``pairs`` = T·k (token, slot) pairs: from the shapes alone — nothing on the device is read,
     so the launch needs no host sync (each pair reads its own expert: rows = 1)."""
-    bn = DECODE_BLOCK_N
+    bn = block_n
     up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k)
     down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k)
     return up, down
@@ -350,20 +351,21 @@ def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
 
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                 limit: float, quantize_input: bool, split_k: int | None, block_k: int,
-                add: torch.Tensor | None) -> torch.Tensor:
+                add: torch.Tensor | None, block_n: int, num_warps: int) -> torch.Tensor:
     """The per-pair split-K path (see the module docstring): 4 launches, no host sync."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     flat = slots.reshape(-1).contiguous()
-    p, bn, dev = flat.numel(), DECODE_BLOCK_N, xin.device
-    (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k)
+    p, bn, dev = flat.numel(), block_n, xin.device
+    (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k,
+                                                             block_n)
     part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
     # native numerics: x is put on its FP8 grid as the programs read it (one 1×128 block per
     # K step), so there is no quantisation launch before this one
     _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
         xin, flat, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), part, topk, p, inter, dim,
         k_per, n_exp, UP=True, QUANT=quantize_input and block_k == ACT_QUANT_BLOCK,
-        **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k)
+        **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k, num_warps=num_warps)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
@@ -374,7 +376,8 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
         h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
-        QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k)
+        QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+        num_warps=num_warps)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
@@ -413,12 +416,13 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
 def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    bank: ExpertBank, limit: float, quantize_input: bool = False,
                    block_m: int = 16, decode: bool | None = None, split_k: int | None = None,
-                   block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+                   block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
+                   block_n: int = DECODE_BLOCK_N, num_warps: int = 4) -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
-    grouped); ``split_k`` forces the decode K splits and ``block_k`` its K tile (tests)."""
+    grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
+    are the decode GEMV's tile and warps (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreting() else add).contiguous()
@@ -434,5 +438,6 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     xin = x.to(act).contiguous()
     rw = weights.float().reshape(-1).contiguous()
     if decode:
-        return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add)
+        return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
+                           block_n, num_warps)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add)

@@ -359,8 +359,13 @@ def moe_fp4(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, bank: E
     output; under expert parallelism it is added after the all-reduce instead) is added to the
     sum in fp32 — by the combine kernel on Triton."""
     if backend(x) == "triton":
-        tiles = (choices.options("moe_prefill", x.device)
-                 if x.shape[0] >= choices.MOE_PREFILL_TOKENS else {})
+        if x.shape[0] >= choices.MOE_PREFILL_TOKENS:
+            tiles = choices.options("moe_prefill", x.device)
+        elif x.shape[0] * slots.shape[1] <= _moe.DECODE_MAX_PAIRS:
+            tiles = choices.options("moe_decode_native" if quantize_input else "moe_decode",
+                                    x.device)
+        else:
+            tiles = {}
         return _moe.moe_fp4_triton(x, weights, slots, bank, limit, quantize_input, add=add,
                                   **tiles)
     return _moe.moe_fp4_reference(x, weights, slots, bank, limit, quantize_input, dtype, add)

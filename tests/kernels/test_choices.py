@@ -30,8 +30,13 @@ def _rows() -> list[dict]:
     return [
         _row("sparse_attn_prefill_csa", 1.2, 1.1),
         _row("sparse_attn_prefill_csa_h64", 1.3, 0.5),        # slower called, faster replayed
+        _row("sparse_attn_prefill_csa_h64_w8", 1.0, 0.6),
         _row("sparse_attn_prefill_csa_fp8", 1.0),
         _row("sparse_attn_prefill_csa_fp8_h64", 2.0),
+        _row("sparse_attn_prefill_csa_fp8_w8", 1.1),
+        _row("moe_fp4_decode", 0.5, 0.30),
+        _row("moe_fp4_decode_n16_w8", 0.5, 0.20),
+        _row("moe_fp4_decode_k64_w8", 0.4, 0.25),
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),
@@ -47,13 +52,16 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert got["sparse_attn_prefill"]["options"] == {"block_h": 64, "dv_parts": 2}
     assert got["sparse_attn_prefill"]["speedup_vs_default"] == 2.2        # 1.1 / 0.5 (graphs)
     assert got["sparse_attn_prefill_fp8"]["options"] == {}               # the default won
-    assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8"}
+    assert got["moe_decode"]["options"] == {"block_n": 16, "num_warps": 8}   # 0.20 replayed
+    assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8", "moe_decode"}
     left = table["left_out"]
+    assert left["moe_decode_native"] == "moe_fp4_decode_native: no row"
     assert "recall 0.9" in left["indexer_decode"]
     assert left["indexer_decode_fp4"] == "indexer_topk_decode_fp4_merge: no row"
     assert "relative error 0.05" in left["moe_prefill"]
     assert choices.validated(table) == {"sparse_attn_prefill": {"block_h": 64, "dv_parts": 2},
-                                        "sparse_attn_prefill_fp8": {}}
+                                        "sparse_attn_prefill_fp8": {},
+                                        "moe_decode": {"block_n": 16, "num_warps": 8}}
 
 
 def test_the_h200_run_of_session_2_had_no_variant_rows():
@@ -199,7 +207,8 @@ def test_measure_runs_exactly_the_variants_bench_kernels_cases():
     from model import bench_kernels
 
     rows = choices.variant_rows()
-    assert len(rows) == len(set(rows)) == 2 * len(choices.DECISIONS)
+    assert len(rows) == len(set(rows)) == sum(len(d.variants) for d in choices.DECISIONS.values())
+    assert all(len(d.variants) >= 2 for d in choices.DECISIONS.values())
     picked = bench_kernels.select(bench_kernels.cases(True, "cuda"), rows)
     assert sorted(bench_kernels.case_name(b) for b in picked) == sorted(rows)
     with pytest.raises(ValueError, match="no `bench kernels` case named no_such_case"):
