@@ -151,15 +151,22 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
               prologue: str = "") -> Case:
     """``prologue``: "swiglu" — the shared expert's down projection, its activation computed
     from gate and up as the GEMM reads them; "norm" — attention's query up-projections (its and
-    the indexer's, stacked) with q_norm as the prologue."""
+    the indexer's, stacked) with q_norm as the prologue; "splitk" — attention's ``wo_b``
+    summing ``wo_a``'s grouped GEMV partials (3 K splits × 8 groups) as it reads them."""
     w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if prologue == "swiglu" else None
     norm = (torch.rand(k, device=dev) + 0.5, 1e-6) if prologue == "norm" else None
     reads = m * k * (2 if glu else 1) + m * n
+    if prologue == "splitk":
+        parts = torch.randn(3, 8, m, k // 8, device=dev)
+        x = gemm.SplitK(parts, (m,), dtype)
+        reads = m * n + parts.numel() * 2        # fp32 partials: 2 × a bf16 value each
     return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None},
-                n * k + ws.numel() + reads * x.element_size(), 2.0 * m * n * k,
-                lambda: gemm.fp8_gemm_reference(x, w, ws, glu, norm),
+                n * k + ws.numel() + reads * _rand(1, dtype=dtype, device=dev).element_size(),
+                2.0 * m * n * k,
+                lambda: gemm.fp8_gemm_reference(x.sum() if prologue == "splitk" else x, w, ws,
+                                                glu, norm),
                 lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm), "none set (report only)")
 
 
@@ -444,6 +451,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode", 1, 4096, 2048, dev, dtype, "swiglu"),
         p(_fp8_case, "fp8_gemm_q_proj_norm_decode", 1, 40960 if full else 8192, 1024, dev, dtype,
           "norm"),
+        p(_fp8_case, "fp8_gemm_wo_b_splitk_decode", 1, 4096 if full else 1024, 8192, dev, dtype,
+          "splitk"),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_decode_native", 1, dev, dtype, **moe_dims, native=True),
         # decode GEMV tiles with more programs / warps in flight (launch choices)

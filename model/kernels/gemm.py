@@ -17,6 +17,8 @@ used here and by the MoE kernels (moe.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -26,6 +28,27 @@ from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
 from model.kernels.launch import interpreting, rows_of
 from model.kernels.norm_rope import rms_norm_reference
+
+
+@dataclass(frozen=True, slots=True)
+class SplitK:
+    """A grouped GEMV's product left unsummed: its K splits' fp32 partial sums ``parts``
+    [S, G, M, N] of x [*lead, G, K] against G groups of N weight rows. ``dtype``: what the sum
+    is stored as. The kernel that reads the product sums it as it loads its input (the FP8
+    GEMM's prologue: ``wo_a`` → ``wo_b``); anything else calls ``sum()``."""
+    parts: torch.Tensor
+    lead: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The summed product's shape: [*lead, G·N]."""
+        return (*self.lead, self.parts.shape[1] * self.parts.shape[3])
+
+    def sum(self) -> torch.Tensor:
+        """[*lead, G·N] in ``dtype``: the splits summed in a fixed order."""
+        y = self.parts[0] if self.parts.shape[0] == 1 else self.parts.sum(0)   # [G, M, N]
+        return y.transpose(0, 1).reshape(self.shape).to(self.dtype)
 
 
 def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -103,11 +126,15 @@ def _e2m1(code):
 
 @triton.jit
 def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, stride_u, limit,
-                     nw_ptr, eps, GLU: tl.constexpr, NORM: tl.constexpr, BF16: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_CAST: tl.constexpr):
+                     nw_ptr, eps, parts, stride_part, stride_group, group_k,
+                     GLU: tl.constexpr, NORM: tl.constexpr, SPLITK: tl.constexpr,
+                     BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     EXACT_CAST: tl.constexpr):
     """Prologues (the activation before it is quantised; rounded to bf16 when BF16, where the
     separate op would have stored it): GLU — the clamped SwiGLU of x (gate) and u (up); NORM —
-    RMSNorm of x with weight nw (a first pass over K sums each row's squares)."""
+    RMSNorm of x with weight nw (a first pass over K sums each row's squares); SPLITK — the sum
+    of a grouped GEMV's ``parts`` K-split partials (x [S, G, M, group_k] fp32: column k of row
+    m is group k // group_k's column k % group_k), summed in split order."""
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -127,8 +154,18 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
     for kb in range(0, KB):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        mask_x = mask_m[:, None] & mask_k[None, :]
+        if SPLITK:
+            at = (offs_m[:, None].to(tl.int64) * stride_x + (offs_k // group_k)[None, :]
+                  * stride_group + (offs_k % group_k)[None, :])
+            x = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+            for part in range(0, parts):
+                x += tl.load(x_ptr + part * stride_part + at, mask=mask_x, other=0.0)
+            if BF16:
+                x = round_bf16(x)
+        else:
+            x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
+                        mask=mask_x, other=0.0).to(tl.float32)
         if GLU:
             u = tl.load(u_ptr + offs_m[:, None].to(tl.int64) * stride_u + offs_k[None, :],
                         mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
@@ -223,31 +260,42 @@ def _blocks(m: int) -> tuple[int, int]:
     return (16, 32) if m <= 16 else (64, 64)
 
 
-def fp8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tensor,
                     glu: tuple[torch.Tensor, float] | None = None,
                     norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
     activation is swiglu(x, up) (an expert's down projection); ``norm`` = (weight, eps): it is
-    RMSNorm(x) (attention's q_norm before the query up-projections) — no separate launch either
-    way. Rows of unit stride are read where they lie (a stacked projection's column slices)."""
+    RMSNorm(x) (attention's q_norm before the query up-projections); a ``SplitK`` x is summed
+    (``wo_a``'s K splits, before ``wo_b``) — no separate launch any way. Rows of unit stride are
+    read where they lie (a stacked projection's column slices)."""
     assert glu is None or norm is None
-    k, n = x.shape[-1], weight.shape[0]
+    split = x if isinstance(x, SplitK) else None
+    n = weight.shape[0]
     cast = torch.float32 if interpreting() else None
-    x2 = rows_of(x.to(cast) if cast else x)
+    if split is not None:
+        assert glu is None and norm is None
+        parts = split.parts.contiguous()                       # [S, G, M, Ng] fp32
+        n_parts, _, m, group_k = parts.shape
+        x2, dtype, lead, k = parts, split.dtype, split.lead, split.shape[-1]
+        stride_x, part_strides = group_k, (n_parts, parts.stride(0), parts.stride(1), group_k)
+    else:
+        k, dtype, lead = x.shape[-1], x.dtype, tuple(x.shape[:-1])
+        x2 = rows_of(x.to(cast) if cast else x)
+        m, stride_x, part_strides = x2.shape[0], x2.stride(0), (1, 0, 0, k)
     u2 = rows_of(glu[0].to(cast) if cast else glu[0]) if glu is not None else x2
-    m = x2.shape[0]
-    y = torch.empty(m, n, dtype=x2.dtype, device=x.device)
+    y = torch.empty(m, n, dtype=cast or (dtype if split is not None else x2.dtype),
+                    device=weight.device)
     if m and n:
         bm, bn = _blocks(m)
         _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
             x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
-            m, n, k, triton.cdiv(k, 128), x2.stride(0), u2, u2.stride(0),
+            m, n, k, triton.cdiv(k, 128), stride_x, u2, u2.stride(0),
             float(glu[1]) if glu is not None else 0.0,
             norm[0].float().contiguous() if norm is not None else x2,
-            float(norm[1]) if norm is not None else 0.0, GLU=glu is not None,
-            NORM=norm is not None, BF16=x.dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn,
-            EXACT_CAST=interpreting())
-    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+            float(norm[1]) if norm is not None else 0.0, *part_strides, GLU=glu is not None,
+            NORM=norm is not None, SPLITK=split is not None, BF16=dtype == torch.bfloat16,
+            BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting())
+    return y.to(dtype).reshape(*lead, n)
 
 
 def plan_split_k(tiles: int, rows: int, k: int, block_k: int, splits: int | None = None

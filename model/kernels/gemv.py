@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.gemm import e8m0_scale
+from model.kernels.gemm import SplitK, e8m0_scale
 from model.kernels.launch import interpreting
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
@@ -82,13 +82,13 @@ def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                groups: int = 1, reduce: bool = True) -> torch.Tensor:
+                groups: int = 1, reduce: bool = True) -> torch.Tensor | SplitK:
     """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
     weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
     ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N].
-    ``reduce=False`` (``groups`` = 1): the K splits' fp32 partial sums [S, ..., N] instead, for
-    a consumer kernel that sums them as it reads them (one launch fewer)."""
-    assert reduce or groups == 1, "unreduced partials are for plain (ungrouped) products"
+    ``reduce=False``: the K splits' fp32 partial sums instead, for a consumer kernel that sums
+    them as it reads them (one launch fewer): [S, ..., N] when ``groups`` = 1, else a
+    ``SplitK`` (its ``dtype`` x's)."""
     k = x.shape[-1]
     rows_w = weight.shape[0]
     n = rows_w // groups
@@ -112,6 +112,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
                                   k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
                                   BLOCK_K=block_k)
     if not reduce:
+        if groups > 1:
+            return SplitK(partial, tuple(x.shape[:-2]), x.dtype)
         return partial.view(splits, *x.shape[:-1], n)               # G = 1: [S, M, N]
     y = partial[0] if splits == 1 else partial.sum(0)            # [G, M, N], fixed order
     return y.transpose(0, 1).reshape(*x.shape[:-1], n)

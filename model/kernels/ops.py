@@ -34,6 +34,7 @@ from model.kernels import quant_triton as _quant_triton
 from model.kernels import router as _router
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
+from model.kernels.gemv import SplitK
 from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
 from model.kernels.launch import interpreting
 from model.kernels.sparse_attn import WindowRows
@@ -107,7 +108,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, quantize_input: bool = False) 
 DEQUANT_ROWS = 8192  # output rows dequantised at a time on CPU (a multiple of the 128 block)
 
 
-def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+def dequant_linear(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tensor | None,
                    dtype: torch.dtype, quantize_input: bool = False,
                    glu: tuple[torch.Tensor, float] | None = None,
                    norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
@@ -123,9 +124,12 @@ def dequant_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
 
     ``glu`` = (up, limit): the input is an expert's activation swiglu(x, up); ``norm`` =
     (weight, eps): it is RMSNorm(x) — computed by the FP8 GEMM as it reads x (one launch
-    fewer), else by ``swiglu`` / ``rms_norm`` first."""
-    if quantize_input and scale is not None and backend(x) == "triton":
+    fewer), else by ``swiglu`` / ``rms_norm`` first. A ``SplitK`` x (a grouped GEMV's unsummed
+    product) is summed by the FP8 GEMM as it reads it, else first."""
+    if quantize_input and scale is not None and backend(weight) == "triton":
         return fp8_linear(x, weight, scale, glu, norm)
+    if isinstance(x, SplitK):
+        x = x.sum()
     if glu is not None:
         x = swiglu(x, glu[0], glu[1], None, x.dtype)
     if norm is not None:
@@ -157,13 +161,17 @@ def linear_partials(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor |
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
-                   groups: int, dtype: torch.dtype) -> torch.Tensor:
+                   groups: int, dtype: torch.dtype, reduce: bool = True
+                   ) -> torch.Tensor | SplitK:
     """The grouped projection: x [..., G, K] · (rows g·N..(g+1)·N of W [G·N, K])ᵀ per group →
     [..., G, N] in x.dtype, W as mapped (FP8 e4m3 + 128×128 ue8m0 ``scale``, or BF16 / F32)
     and computed in ``dtype``. Triton at decode: one GEMV launch reading W once; otherwise W is
-    dequantised / cast to ``dtype`` and one einsum runs."""
+    dequantised / cast to ``dtype`` and one einsum runs. ``reduce=False``: on the GEMV path its
+    K splits unsummed (``SplitK``, the groups flattened: [..., G·N] once summed) for the FP8
+    GEMM that reads them to sum; a tensor [..., G, N] on every other path."""
     if _decode_gemv(x, x.numel() // (x.shape[-1] * groups)):
-        return _gemv.gemv_triton(x.to(dtype), weight, scale, groups).to(x.dtype)
+        y = _gemv.gemv_triton(x.to(dtype), weight, scale, groups, reduce)
+        return SplitK(y.parts, y.lead, x.dtype) if isinstance(y, SplitK) else y.to(x.dtype)
     w = dequant_fp8_block(weight, scale, dtype=dtype) if scale is not None else quant.bf16_to(
         weight, dtype)
     w = w.view(groups, -1, w.shape[-1])
@@ -186,15 +194,17 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype
     return linear(x, dequant_fp4(packed, scale).to(dtype), quantize_input=quantize_input)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+def fp8_linear(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tensor,
                glu: tuple[torch.Tensor, float] | None = None,
                norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """FP8 block-scaled GEMM: x quantised per 1×128 (pow2 scales) × e4m3 weight with 128×128
     ue8m0 scales, fp32 accumulation (= ``linear(x, dequant, quantize_input=True)``). ``glu`` =
-    (up, limit): x is first swiglu(x, up); ``norm`` = (weight, eps): RMSNorm(x) — in x's dtype,
-    on Triton inside the GEMM."""
-    if backend(x) == "triton":
+    (up, limit): x is first swiglu(x, up); ``norm`` = (weight, eps): RMSNorm(x); a ``SplitK`` x:
+    its sum — in x's dtype, on Triton inside the GEMM."""
+    if backend(weight) == "triton":
         return _gemm.fp8_gemm_triton(x, weight, scale, glu, norm)
+    if isinstance(x, SplitK):
+        x = x.sum()
     return _gemm.fp8_gemm_reference(x, weight, scale, glu, norm)
 
 

@@ -24,6 +24,7 @@ from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
 from model.kernels.compressor import HeadColumns, PoolColumns
+from model.kernels.gemm import SplitK
 from model.kernels.kv_fp8 import KVLayout
 from model.kernels.sparse_attn import WindowRows
 from model.layers.compressor import Compressor
@@ -153,9 +154,10 @@ class Attention(nn.Module):
         projection → [b, T, dim]. Pure, like ``project``."""
         b, t = o.shape[:2]
         o = apply_rope(o, angles, inverse=True)
-        # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16)
-        z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups)
-        return self.wo_b(z.flatten(2))
+        # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16).
+        # At decode its GEMV's K splits stay unsummed: wo_b's FP8 GEMM sums them as it reads
+        z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups, reduce=False)
+        return self.wo_b(z if isinstance(z, SplitK) else z.flatten(2))
 
     def _all_visible_rows(self, positions: torch.Tensor, n: int) -> torch.Tensor:
         """HCA: [s, n] every compressed row each query may see (rows j < (position + 1) //

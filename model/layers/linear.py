@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from model.kernels import ops
+from model.kernels.gemm import SplitK
 
 FP8 = torch.float8_e4m3fn
 E8M0 = torch.float8_e8m0fnu
@@ -116,22 +117,28 @@ class Linear(nn.Module):
             return ops.dequant_fp4(self.weight, self.scale).to(dtype)
         return ops.bf16_to(self.weight, dtype)
 
-    def grouped(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+    def grouped(self, x: torch.Tensor, groups: int, reduce: bool = True
+                ) -> torch.Tensor | SplitK:
         """x [..., G, in/G·…]: group g of x against the g-th block of output rows (the
         attention's grouped output projection), unquantised in the compute dtype — the weight
-        read as held (FP8 / BF16 as mapped, or the prepared dense copy)."""
+        read as held (FP8 / BF16 as mapped, or the prepared dense copy). ``reduce=False``: a
+        decode GEMV's K splits may come back unsummed (``SplitK``) for the next linear to sum
+        as it reads them."""
         if self.dense is not None:
-            return ops.grouped_linear(x, self.dense, None, groups, self.dense.dtype)
+            return ops.grouped_linear(x, self.dense, None, groups, self.dense.dtype, reduce)
         if self.fmt == "fp4":
             raise ValueError("grouped projections of FP4 weights are not supported")
         scale = self.scale if self.fmt == "fp8" else None
-        return ops.grouped_linear(x, self.weight, scale, groups, self.numerics.dtype)
+        return ops.grouped_linear(x, self.weight, scale, groups, self.numerics.dtype, reduce)
 
-    def forward(self, x: torch.Tensor, glu: tuple[torch.Tensor, float] | None = None,
+    def forward(self, x: torch.Tensor | SplitK, glu: tuple[torch.Tensor, float] | None = None,
                 norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
         """y = x Wᵀ; ``glu`` = (up, limit): of an expert's activation swiglu(x, up) instead;
-        ``norm`` = (weight, eps): of RMSNorm(x) — in x's dtype (a resident FP8 weight's GEMM
-        computes either as it reads its input)."""
+        ``norm`` = (weight, eps): of RMSNorm(x); a ``SplitK`` x: of its sum — in x's dtype (a
+        resident FP8 weight's GEMM computes any of them as it reads its input)."""
+        if isinstance(x, SplitK) and (self.fp32_compute or not (self.dense is None
+                                                                and self.fmt == "fp8")):
+            x = x.sum()
         quantized = self.numerics.native and self.fmt in ("fp8", "fp4")
         if not (self.dense is None and self.fmt == "fp8"):
             if glu is not None:

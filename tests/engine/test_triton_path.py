@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.generate import load_model
-from model.kernels import ops
+from model.kernels import gemm, ops
 from model.op_audit import OpAudit
 
 
@@ -27,6 +27,14 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     on_ref = [lm.new_cache() for _ in prompts]
     on_triton = [lm.new_cache() for _ in prompts]
     kernels: collections.Counter[str] = collections.Counter()
+    fp8_inputs: collections.Counter[str] = collections.Counter()   # what the FP8 GEMMs read
+    real_fp8 = gemm.fp8_gemm_triton
+
+    def fp8_gemm(x, *args, **kwargs):
+        fp8_inputs[type(x).__name__] += 1
+        return real_fp8(x, *args, **kwargs)
+
+    monkeypatch.setattr(gemm, "fp8_gemm_triton", fp8_gemm)
     monkeypatch.setenv(ops.BACKEND_ENV, "reference")
     with torch.inference_mode():
         lm.forward_batch(prompts, on_ref)
@@ -55,3 +63,7 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
                    "_hc_post_partial_kernel"):
         assert kernels[kernel] > 0, kernel
     assert (kernels["_swiglu_kernel"] > 0) == (numerics == "dequant")
+    # native numerics: wo_b's FP8 GEMM sums wo_a's split-K GEMV partials as it reads them, one
+    # per layer and step (dequant numerics run no FP8 GEMM)
+    layers = len(lm.layers)
+    assert fp8_inputs["SplitK"] == (4 * layers if numerics == "native" else 0), fp8_inputs

@@ -172,3 +172,37 @@ def test_plan_split_k_covers_k_with_no_empty_split():
             splits, k_per = plan_split_k(1, 1, k, 32, splits=want)
             assert 1 <= splits <= min(want, k_blocks) and k_per % 32 == 0
             assert (splits - 1) * k_per < k <= splits * k_per  # covers K, last split non-empty
+
+
+@pytest.mark.parametrize("m,groups,k_group,splits", [(1, 8, 64, 3), (3, 2, 96, 1), (2, 4, 48, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_gemm_sums_a_grouped_gemvs_splits_as_it_reads_them(m, groups, k_group, splits,
+                                                                dtype):
+    """wo_a → wo_b at decode: the grouped GEMV leaves its K splits unsummed (SplitK
+    [S, G, M, Ng]) and the FP8 GEMM sums them in its prologue (and rounds to bf16 where the sum
+    was stored) — the same as summing first, in one launch; group widths that straddle the
+    GEMM's 128-wide K blocks."""
+    from model.kernels.gemm import SplitK
+    from model.kernels.gemv import gemv_triton
+    from model.op_audit import OpAudit
+
+    g = torch.Generator().manual_seed(groups * 10 + splits)
+    k = groups * k_group
+    wq, ws = quant.quant_fp8_block(torch.randn(56, k, generator=g) * torch.logspace(-2, 1, k))
+    parts = torch.randn(splits, groups, m, k_group, generator=g)
+    split = SplitK(parts, (1, m), dtype)
+    assert split.shape == (1, m, k)
+    summed = split.sum()
+    assert summed.dtype == dtype and torch.equal(
+        summed.float(), parts.sum(0).transpose(0, 1).reshape(1, m, k).to(dtype).float())
+    with OpAudit() as audit:
+        got = fp8_gemm_triton(split, wq, ws)
+    assert sum(audit.triton.values()) == 1 and got.shape == (1, m, 56) and got.dtype == dtype
+    want = fp8_gemm_triton(summed, wq, ws)
+    assert torch.allclose(got.float(), want.float(), rtol=1e-5, atol=1e-4), (got - want).abs().max()
+    # the grouped GEMV hands its splits over in that layout
+    x = torch.randn(m, groups, 256, generator=g)
+    w = torch.randn(groups * k_group, 256, generator=g)
+    out = gemv_triton(x, w, None, groups, reduce=False)
+    assert isinstance(out, SplitK) and out.lead == (m,)
+    assert torch.allclose(out.sum(), gemv_triton(x, w, None, groups).reshape(m, -1), atol=1e-5)
