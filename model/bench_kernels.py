@@ -50,6 +50,7 @@ PEAKS = {"H200": (4.8e12, 989.5e12), "H100": (3.35e12, 989.5e12)}
 CONTEXT = 131072       # tokens of context for the decode cases
 PREFILL_CONTEXT = 32768  # tokens of context at the end of the indexer's prefill chunk
 HEADS, HEAD_DIM, WINDOW, TOPK = 64, 512, 128, 512
+ROPE_DIM = 64            # the trailing RoPE dims of a V4 KV row / query head
 IDX_HEADS, IDX_DIM = 64, 128
 GRAPH_COPIES = 10  # calls captured into one CUDA graph (amortises the graph launch)
 
@@ -72,7 +73,8 @@ def _rand(*shape: int, dtype: torch.dtype, device: str, std: float = 1.0) -> tor
 def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
                dtype: torch.dtype, target: str, **tiles: int) -> Case:
     """Each of ``s`` queries over its window (WINDOW rows, a separate source as the model
-    passes it: ``sparse_attn.WindowRows``) ∪ k_comp of n_comp compressed rows.
+    passes it: ``sparse_attn.WindowRows``) ∪ k_comp of n_comp compressed rows; the output's
+    RoPE dims rotated back in the kernel that stores it (``unrope``), as the model asks.
     ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps)."""
     q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
     kv = _rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev)
@@ -82,6 +84,7 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
     win_idx = (torch.arange(s, device=dev).view(-1, 1)
                + torch.arange(WINDOW, device=dev).view(1, -1))
     idx = torch.randperm(n_comp, device=dev)[:k_comp].expand(1, s, k_comp).contiguous()
+    angles = torch.rand(s, ROPE_DIM // 2, device=dev) * 6.0
     k = WINDOW + k_comp
     scale = HEAD_DIM**-0.5
     row_bytes = kv_fp8.V4_KV_LAYOUT.row_bytes if fp8 else HEAD_DIM * kv.element_size()
@@ -94,18 +97,19 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
         window = sparse_attn.WindowRows(kv_fp8.pack_kv_fp8(win_rows), win_idx)
         return Case(name, shape, s * k * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
                     lambda: sparse_attn.sparse_attn_fp8_reference(
-                        q, cache, sink, idx, scale, kv_fp8.V4_KV_LAYOUT, window),
+                        q, cache, sink, idx, scale, kv_fp8.V4_KV_LAYOUT, window, angles),
                     lambda: sparse_attn.sparse_attn_triton(q, cache, sink, idx, scale,
                                                            layout=kv_fp8.V4_KV_LAYOUT,
-                                                           window=window, **tiles),
+                                                           window=window, unrope=angles,
+                                                           **tiles),
                     target)
     window = sparse_attn.WindowRows(win_rows, win_idx)
     # prefill tokens share most rows (reads are cached); count each distinct row once
     distinct = k if s == 1 else min(WINDOW + n_comp, k + s)
     return Case(name, shape, distinct * row_bytes + qo_bytes, 4.0 * s * HEADS * HEAD_DIM * k,
-                lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale, window),
+                lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale, window, angles),
                 lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale, window=window,
-                                                       **tiles), target)
+                                                       unrope=angles, **tiles), target)
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,

@@ -36,11 +36,10 @@ class Embedding(nn.Module):
 @dataclass(frozen=True, slots=True)
 class BeforeAttention:
     """A block's state across attention's cache side: the residual streams it entered with,
-    the mHC post / comb mixes, the RoPE angles and attention's projections."""
+    the mHC post / comb mixes and attention's projections (with their RoPE angles)."""
     residual: torch.Tensor
     post: torch.Tensor
     comb: torch.Tensor
-    angles: torch.Tensor
     inputs: AttentionInputs
 
 
@@ -87,13 +86,13 @@ class Block(nn.Module):
             h, post, comb = self.hc.pre(x, *site)
         angles = self.attn.angles(positions, memo)
         inputs = self.attn.project(self.attn_norm(h), positions, angles)
-        return BeforeAttention(x, post, comb, angles, inputs)
+        return BeforeAttention(x, post, comb, inputs)
 
     def after_attention(self, o: torch.Tensor, before: BeforeAttention,
                         input_ids: torch.Tensor) -> PendingPost:
         """Everything after attention's cache side (its output projection, the FFN half);
         reads no cache. → the block's output streams [b, T, hc, dim], one post short."""
-        h = self.attn.output(o, before.angles)
+        h = self.attn.output(o)
         residual, h, post, comb = self.hc.post_pre(
             PendingPost(h, before.residual, before.post, before.comb), self.hc_ffn_fn,
             self.hc_ffn_scale, self.hc_ffn_base)

@@ -5,6 +5,11 @@ q [b, s, h, d]; kv [b, n, d] (K = V, one shared head) or the FP8 cache rows uint
 p = softmax over {q·k_j·scale} ∪ {sink_h} with the sink dropped; lse = log of that whole
 denominator (sink included), in logit units, so partial results can be merged.
 
+Given ``unrope`` (the queries' RoPE angles [s, r/2]), the output's RoPE dims come back rotated
+by the inverse, as ``apply_rope(o, angles, inverse=True)`` would leave them: attention's
+inverse RoPE inside the kernel that stores its output (the combine at decode), not a kernel of
+its own.
+
 A layer's rows come from two places: its compressed rows (the cache's store: CSA's top-k picks,
 HCA's every visible row) and its sliding window (the window's raw rows, a separate tensor). The
 second is a ``WindowRows`` source: rows in the same format and their own indices [s, w] (shared by
@@ -25,9 +30,11 @@ import triton
 import triton.language as tl
 
 from model.kernels.blocks import query_blocks
+from model.kernels.cache_rows import round_bf16
 from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
 from model.kernels.launch import interpreting
+from model.kernels.norm_rope import apply_rope_reference
 
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
 
@@ -57,7 +64,8 @@ class WindowRows:
 
 
 def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
-                          indices: torch.Tensor, scale: float, window: WindowRows | None = None
+                          indices: torch.Tensor, scale: float, window: WindowRows | None = None,
+                          unrope: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure torch; returns (o in q.dtype, lse fp32 [b, s, h]). Queries are taken in blocks so
     the gathered rows [block, k, d] stay under ``blocks.REFERENCE_BLOCK_ELEMENTS`` however long the
@@ -98,12 +106,15 @@ def sparse_attn_reference(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         else:
             out[:, lo:hi] = torch.matmul(probs, gathered).to(q.dtype)    # [b, sb, h, d]
         lse[:, lo:hi] = torch.logsumexp(full, dim=-1)
+    if unrope is not None:
+        out = apply_rope_reference(out, unrope, inverse=True)
     return out, lse
 
 
 def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
                               indices: torch.Tensor, scale: float, layout: KVLayout,
-                              window: WindowRows | None = None
+                              window: WindowRows | None = None,
+                              unrope: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpacks only the rows some query picks (each once), not the whole cache: a decode step
     at long context touches window + top-k rows, not every compressed row."""
@@ -119,7 +130,8 @@ def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.
             used = torch.zeros(1, dtype=idx.dtype, device=idx.device)
         kv = unpack_kv_fp8(cache[i, used], layout).to(dtype)            # [u, d]
         local = torch.where(valid, torch.searchsorted(used, idx.clamp(min=0)), -1)
-        o, lse = sparse_attn_reference(q[i:i + 1], kv.unsqueeze(0), sink, local.unsqueeze(0), scale)
+        o, lse = sparse_attn_reference(q[i:i + 1], kv.unsqueeze(0), sink, local.unsqueeze(0), scale,
+                                       unrope=unrope)
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)
@@ -151,6 +163,26 @@ def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
 
 
 @triton.jit
+def _unrope_tile(o, ang_ptr, token, col0, D, R2, BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 BF16: tl.constexpr):
+    """o [BLOCK_H, BLOCK_DV], output columns col0.. (col0 even): its RoPE dims (the last 2·R2
+    of D, pairs (2i, 2i+1)) rotated back by the token's angles, as ``apply_rope(o, angles,
+    inverse=True)`` leaves the stored output (which is rounded to bf16 first when BF16)."""
+    if BF16:
+        o = round_bf16(o)
+    even, odd = tl.split(tl.reshape(o, [BLOCK_H, BLOCK_DV // 2, 2]))
+    pair = col0 // 2 + tl.arange(0, BLOCK_DV // 2)
+    j = pair - (D // 2 - R2)                          # RoPE pair index; < 0: not rotated
+    rotated = (j >= 0) & (pair < D // 2)
+    angle = tl.load(ang_ptr + token.to(tl.int64) * R2 + j, mask=rotated, other=0.0)
+    cos = tl.cos(angle)[None, :]
+    sin = -tl.sin(angle)[None, :]
+    new_even = tl.where(rotated[None, :], even * cos - odd * sin, even)
+    new_odd = tl.where(rotated[None, :], even * sin + odd * cos, odd)
+    return tl.reshape(tl.join(new_even, new_odd), [BLOCK_H, BLOCK_DV])
+
+
+@triton.jit
 def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, D, scale,
                  KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
@@ -177,14 +209,16 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
 
 @triton.jit
 def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_ptr, widx_ptr,
-                     o_ptr, lse_ptr,
-                     S, H, N, K, NW, W, widx_batch_stride, D, chunk, scale,
+                     o_ptr, lse_ptr, ang_ptr,
+                     S, H, N, K, NW, W, widx_batch_stride, D, R2, chunk, scale,
                      KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                      QB: tl.constexpr, SCALE_OFF: tl.constexpr, SPLIT: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1):
+                     PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1,
+                     UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
-    W = 0 without a window), then its K indices into kv's N rows. DV_PARTS > 1: the program writes only its
+    W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
+    RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it). DV_PARTS > 1: the program writes only its
     1/DV_PARTS slice of the output columns (the scores still use all D), so a 64-head tile's
     accumulator fits in registers."""
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
@@ -240,14 +274,18 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         alpha = tl.exp(m_i - m_f)
         l_f = l_i * alpha + tl.exp(sink - m_f)
         o = acc * (alpha / l_f)[:, None]
+        if UNROPE:
+            o = _unrope_tile(o, ang_ptr, pid_t % S, part_dv * BLOCK_DV, D, R2, BLOCK_H, BLOCK_DV,
+                             BF16)
         tl.store(lse_ptr + q_rows, m_f + tl.log(l_f), mask=mask_lse)
         tl.store(o_ptr + q_rows[:, None] * D + offs_dv[None, :], o.to(o_ptr.dtype.element_ty),
                  mask=mask_h[:, None] & mask_dv[None, :])
 
 
 @triton.jit
-def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
-                         BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, S, H, D, R2, NS,
+                         BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                         UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
     """Grid (tokens, head blocks, column blocks of BLOCK_D): a decode token has only
     H / BLOCK_H head blocks, so its columns are split too (more programs in flight)."""
     pid_t = tl.program_id(0)
@@ -272,8 +310,12 @@ def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, H, D, NS,
     rows = (pid_t * H + offs_h).to(tl.int64)
     first = tl.zeros([BLOCK_H], dtype=tl.int32) + tl.program_id(2) == 0   # one column block
     tl.store(lse_ptr + rows, m + tl.log(denom), mask=mask_h & first)       # writes the lse
-    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :],
-             (acc / denom[:, None]).to(o_ptr.dtype.element_ty), mask=mask)
+    o = acc / denom[:, None]
+    if UNROPE:
+        o = _unrope_tile(o, ang_ptr, pid_t % S, tl.program_id(2) * BLOCK_D, D, R2, BLOCK_H,
+                         BLOCK_D, BF16)
+    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=mask)
 
 
 COMBINE_BLOCK_D = 128   # output columns per combine program (a decode token: 4 × 4 programs)
@@ -289,12 +331,13 @@ def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
 
 def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        indices: torch.Tensor, scale: float, layout: KVLayout | None = None,
-                       window: WindowRows | None = None,
+                       window: WindowRows | None = None, unrope: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
-    [b, n, row_bytes]. ``window``: a second source of rows, read in place (module docstring).
+    [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
+    [s, r/2] the output's RoPE dims are rotated back by (module docstring).
     ``dv_parts`` > 1 splits the output columns over that many programs per (token, head block):
     each recomputes the scores over all D, and its accumulator is 1/dv_parts as wide — what lets
     ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers."""
@@ -331,22 +374,28 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     splits = triton.cdiv(max(slots, 1), chunk)
     if block_d % dv_parts or block_d // dv_parts < 16:
         raise ValueError(f"dv_parts={dv_parts} does not split {block_d} columns into ≥ 16")
+    r2 = 0 if unrope is None else unrope.shape[-1]
+    if unrope is not None:
+        assert unrope.shape[0] == s and 0 < 2 * r2 <= d and d % 2 == 0, (unrope.shape, q.shape)
+    ang = q if unrope is None else unrope.float().contiguous()
+    rotate = dict(UNROPE=unrope is not None, BF16=out_dtype == torch.bfloat16)
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
                   DV_PARTS=dv_parts, num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
-    sizes = (s, h, n, k, nw, w, widx_stride, d, chunk, scale)
+    sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)
     if splits == 1:
         _sparse_attn_fwd[(b * s, head_blocks, dv_parts)](
-            *sources, out, lse, *sizes, SPLIT=False, **consts)
+            *sources, out, lse, ang, *sizes, SPLIT=False, **rotate, **consts)
     else:
         po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
         _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
-            *sources, po, plse, *sizes, SPLIT=True, **consts)
+            *sources, po, plse, ang, *sizes, SPLIT=True, **consts)
         block_dc = min(block_d, COMBINE_BLOCK_D)
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
-            po, plse, sink, out, lse, h, d, splits, BLOCK_H=block_h, BLOCK_D=block_dc)
+            po, plse, sink, out, lse, ang, s, h, d, r2, splits, BLOCK_H=block_h,
+            BLOCK_D=block_dc, **rotate)
     return out.to(out_dtype), lse
 
 

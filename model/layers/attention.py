@@ -31,19 +31,21 @@ from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer, IndexerInputs
 from model.layers.linear import Linear, Numerics, StackedLinear
 from model.layers.norm import RMSNorm
-from model.layers.rope import RotaryEmbedding, apply_rope
+from model.layers.rope import RotaryEmbedding
 
 
 @dataclass(frozen=True, slots=True)
 class AttentionInputs:
     """What attention's per-token projections hand its cache side, for all T tokens of a
-    forward: queries [b, T, heads, head_dim] (normed, RoPE'd), new KV rows [b, T, head_dim]
-    as the cache holds them (uint8 packed rows in native numerics), the compressor's (kv,
-    score) and the indexer's inputs (None on layers without them)."""
+    forward: queries [b, T, heads, head_dim] (normed, RoPE'd by ``angles`` [T, rope/2], which
+    also rotate the output back), new KV rows [b, T, head_dim] as the cache holds them (uint8
+    packed rows in native numerics), the compressor's (kv, score) and the indexer's inputs
+    (None on layers without them)."""
     q: torch.Tensor
     kv: torch.Tensor
     pooled: torch.Tensor | None
     index: IndexerInputs | None
+    angles: torch.Tensor
 
 
 class Attention(nn.Module):
@@ -116,12 +118,13 @@ class Attention(nn.Module):
             if self.indexer is not None:   # CSA: the compressed RoPE flavour, like attention's
                 key_pooled, weights = for_index
                 index = self.indexer.project(index_q[0], weights, key_pooled, angles)
-        return AttentionInputs(q, kv, pooled, index)
+        return AttentionInputs(q, kv, pooled, index, angles)
 
     def attend(self, inputs: AttentionInputs, spans: Sequence[Span], positions: torch.Tensor,
                memo: dict) -> torch.Tensor:
         """The cache side: each span's tokens over its own window, compressed and picked rows;
-        the spans' caches advance. → attention output [b, T, heads, head_dim] (RoPE'd)."""
+        the spans' caches advance. → attention output [b, T, heads, head_dim], its RoPE dims
+        rotated back (the inverse RoPE: in the kernel that stores it, on Triton)."""
         layout = self.cache_layout()
         q, kv, pooled, index = inputs.q, inputs.kv, inputs.pooled, inputs.index
         outs, lo = [], 0
@@ -131,7 +134,7 @@ class Attention(nn.Module):
                 q[:, lo:hi], kv[:, lo:hi],
                 None if pooled is None else pooled[:, lo:hi],
                 None if index is None else index.span(lo, hi),
-                sp.start, positions[lo:hi], sp.cache, layout, memo))
+                sp.start, positions[lo:hi], inputs.angles[lo:hi], sp.cache, layout, memo))
             lo = hi
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -149,11 +152,10 @@ class Attention(nn.Module):
                                 torch.float32 if proj.fp32_compute else proj.numerics.dtype)
         return ops.pool_inputs(self.pool_proj.partials(x), compressors, heads, positions)
 
-    def output(self, o: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        """Attention output [b, T, heads, head_dim] → inverse RoPE → grouped low-rank output
-        projection → [b, T, dim]. Pure, like ``project``."""
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        """Attention output [b, T, heads, head_dim] (rotated back by ``attend``) → grouped
+        low-rank output projection → [b, T, dim]. Pure, like ``project``."""
         b, t = o.shape[:2]
-        o = apply_rope(o, angles, inverse=True)
         # grouped output projection; wo_a runs unquantised (the reference keeps it in BF16).
         # At decode its GEMV's K splits stay unsummed: wo_b's FP8 GEMM sums them as it reads
         z = self.wo_a.grouped(o.reshape(b, t, self.n_groups, -1), self.n_groups, reduce=False)
@@ -168,11 +170,11 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
                 pooled: torch.Tensor | None, index: IndexerInputs | None,
-                start_pos: int, positions: torch.Tensor, cache: LayerCache,
+                start_pos: int, positions: torch.Tensor, angles: torch.Tensor, cache: LayerCache,
                 layout: KVLayout | None, memo: dict) -> torch.Tensor:
         """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
         and the indexer's inputs) over its window, compressed and picked rows; updates its
-        cache. → attention output [b, s, heads, head_dim] (RoPE'd)."""
+        cache. → attention output [b, s, heads, head_dim], rotated back by ``angles``."""
         b, s = q.shape[:2]
         device = q.device
         past = cache.window
@@ -212,9 +214,9 @@ class Attention(nn.Module):
         if indices.dim() == 2:
             indices = indices.unsqueeze(0).expand(b, -1, -1)
         if layout is None:
-            return ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window)
+            return ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window, angles)
         return ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout,
-                                   window)[0]
+                                   window, angles)[0]
 
 
 KEPT_WINDOW_TABLE_TOKENS = 16   # window index tables of forwards this short outlive the forward

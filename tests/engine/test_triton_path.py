@@ -63,6 +63,8 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
                    "_hc_post_partial_kernel"):
         assert kernels[kernel] > 0, kernel
     assert (kernels["_swiglu_kernel"] > 0) == (numerics == "dequant")
+    # attention's output is rotated back by the kernel that stores it: no RoPE kernel of its own
+    assert kernels["_sparse_attn_fwd"] > 0 and kernels["_rope_kernel"] == 0
     # native numerics: wo_b's FP8 GEMM sums wo_a's split-K GEMV partials as it reads them, one
     # per layer and step (dequant numerics run no FP8 GEMM)
     layers = len(lm.layers)

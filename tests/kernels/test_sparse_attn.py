@@ -152,3 +152,32 @@ def test_window_rows_read_in_place(b, s, n, k, nw, w, shared, splits, fp8):
     else:
         want = sparse_attn_reference(q, joined_kv, sink, joined_idx, 0.125)
     _check(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("splits,dv_parts,d,rope", [(1, 1, 64, 16), (3, 1, 64, 16),
+                                                    (1, 2, 128, 32), (2, 1, 48, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_output_rotated_back_in_the_kernel_that_stores_it(splits, dv_parts, d, rope, dtype):
+    """``unrope``: attention's inverse RoPE as the epilogue of the forward (one split) or of the
+    decode combine (several) — equal to storing the output, then apply_rope(inverse=True), with
+    the same bf16 rounding; d = 48 leaves masked columns in the tile."""
+    from model.kernels.norm_rope import apply_rope_reference, apply_rope_triton
+    from model.op_audit import OpAudit
+
+    q, kv, sink, idx = _inputs(1, 3 if splits == 1 else 1, 8, d, 30, 24, seed=d + splits)
+    q, kv = q.to(dtype), kv.to(dtype)
+    angles = torch.rand(q.shape[1], rope // 2) * 6
+    with OpAudit() as audit:
+        got, lse = sparse_attn_triton(q, kv, sink, idx, 0.2, unrope=angles, n_splits=splits,
+                                      dv_parts=dv_parts)
+    assert audit.triton["_rope_kernel"] == 0
+    plain, plain_lse = sparse_attn_triton(q, kv, sink, idx, 0.2, n_splits=splits,
+                                          dv_parts=dv_parts)
+    want = apply_rope_triton(plain, angles, inverse=True)
+    assert got.dtype == dtype and torch.equal(lse, plain_lse)
+    assert torch.allclose(got.float(), want.float(), atol=1e-6, rtol=1e-6), (got - want).abs().max()
+    assert torch.equal(got[..., : d - rope], plain[..., : d - rope])   # no-RoPE dims untouched
+    ref, _ = sparse_attn_reference(q, kv, sink, idx, 0.2, unrope=angles)
+    ref_plain, _ = sparse_attn_reference(q, kv, sink, idx, 0.2)
+    assert torch.equal(ref, apply_rope_reference(ref_plain, angles, inverse=True))
+    assert torch.allclose(got.float(), ref.float(), atol=2e-2 if dtype == torch.bfloat16 else 2e-5)
