@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 CHILD_FLAG = "--in-child"
 
@@ -63,6 +64,7 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
         graphs.step([7] * batch, [seq.cache for seq in seqs])
         with OpAudit() as pieces:
             graphs.run_pieces(batch)
+        cache_side = _cache_side_by_layer(engine, lm.model, seqs)
     layers = lm.config.n_layers
     eager = audit.launches() - pieces.launches()
     # with graphs the host launches: the eager cache side, one copy of each layer's attention
@@ -86,7 +88,44 @@ def bench_launches(preset: str = "small", prompt_tokens: int = 300, device: str 
                    "v4_flash_estimate_per_step": round(with_graphs / layers * 43),
                    "pieces_host_syncs": sum(pieces.syncs.values()),
                    "pieces_host_tensors": pieces.host_tensors()},
+        # the eager part per layer: attention's cache side, mean over 4 more steps (a layer
+        # of each kind: the last)
+        "cache_side_per_layer": [n for _, n in cache_side],
+        "cache_side_by_kind": dict(cache_side),
     }
+
+
+def _cache_side_by_layer(engine: Any, model: Any, seqs: list, steps: int = 4
+                         ) -> list[tuple[str, float]]:
+    """``steps`` more plain decode steps of ``seqs``, each layer's cache side
+    (``Attention.attend``) counted on its own → [(kind: sliding / csa / hca, mean launches per
+    step)] in layer order. Four steps: a ratio-4 compressor closes a block in one of them."""
+    from model.op_audit import OpAudit
+
+    counts: list[list[int]] = [[] for _ in model.layers]
+    kinds = []
+
+    def counted(i: int, attn: Any) -> Any:
+        real = attn.attend
+
+        def attend(*args: Any, **kwargs: Any) -> Any:
+            with OpAudit() as audit:
+                out = real(*args, **kwargs)
+            counts[i].append(audit.launches())
+            return out
+        return attend
+
+    attns = [block.attn for block in model.layers]
+    for i, attn in enumerate(attns):
+        kinds.append("sliding" if not attn.ratio else "csa" if attn.indexer else "hca")
+        attn.attend = counted(i, attn)
+    try:
+        for _ in range(steps):
+            engine.forward_batch(seqs, [[8]] * len(seqs))
+    finally:
+        for attn in attns:
+            del attn.attend
+    return [(kind, round(sum(c) / len(c), 2)) for kind, c in zip(kinds, counts, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,12 @@ def index_key_layout(cfg: ModelConfig) -> IndexKeyLayout:
     return IndexKeyLayout(cfg.index_head_dim, INDEX_KEY_BLOCK)
 
 
+# a store grows with at least this many rows of room: a decode step that closes a block would
+# otherwise copy a young store's rows (or a prefill's, sized exactly) every few blocks (64 V4
+# KV rows: 37 KB)
+STORE_GROWTH_ROWS = 64
+
+
 @dataclass(slots=True)
 class CompressorState:
     # [b, r < ratio, 2, coff·d] fp32, tail of the open block: kv and gate logits (ape added)
@@ -84,11 +90,13 @@ class CompressorState:
         return self.count
 
     def reserve(self, rows: int, like: torch.Tensor) -> torch.Tensor:
-        """The store, grown (×1.25, or to ``rows``) if it holds fewer than ``rows`` rows;
-        ``like`` [b, *, d] gives batch, row shape, dtype and device for a first store."""
+        """The store, grown to ``rows`` plus a quarter (at least STORE_GROWTH_ROWS) if it holds
+        fewer than ``rows`` rows; ``like`` [b, *, d] gives batch, row shape, dtype and device for
+        a first store."""
         cap = 0 if self.store is None else self.store.shape[1]
         if rows > cap:
-            grown = like.new_empty(like.shape[0], max(rows, cap + cap // 4), *like.shape[2:])
+            grown = like.new_empty(like.shape[0], rows + max(rows // 4, STORE_GROWTH_ROWS),
+                                   *like.shape[2:])
             if self.count:
                 grown[:, : self.count] = self.store[:, : self.count]
             self.store = grown
@@ -134,7 +142,7 @@ class SequenceCache:
 
     def nbytes(self) -> int:
         """Bytes of the state itself (the rows held, not the stores' room to grow: at most a
-        quarter more than the rows)."""
+        quarter more than the rows, or STORE_GROWTH_ROWS)."""
         total = 0
         for layer in self.layers:
             tensors = [layer.window]
