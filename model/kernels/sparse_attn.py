@@ -218,9 +218,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
-    RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it). DV_PARTS > 1: the program writes only its
-    1/DV_PARTS slice of the output columns (the scores still use all D), so a 64-head tile's
-    accumulator fits in registers."""
+    RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
+    DV_PARTS > 1: the program writes only its 1/DV_PARTS slice of the output columns (the
+    scores still use all D), so a 64-head tile's accumulator fits in registers."""
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
     pid_h = tl.program_id(1)
