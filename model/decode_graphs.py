@@ -120,8 +120,10 @@ class DecodeGraphs:
             if i == len(layers):
                 break
             spans = [Span(start, 1, c.layers[i]) for start, c in zip(starts, caches, strict=True)]
-            o = layers[i].attn.attend(buf.befores[i].inputs, spans, buf.positions, memo)
-            buf.outs[i] = _store(buf.outs[i], o)   # the next piece's static input
+            # written straight into the next piece's static input (the first emulated step
+            # allocates it)
+            buf.outs[i] = layers[i].attn.attend(buf.befores[i].inputs, spans, buf.positions,
+                                                memo, out=buf.outs[i])
         for start, c in zip(starts, caches, strict=True):
             c.length = start + 1
         self.steps += 1

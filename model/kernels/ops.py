@@ -249,42 +249,47 @@ def hc_post_pre(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, com
 
 def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
                     scale: float, window: WindowRows | None = None,
-                    unrope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    unrope: torch.Tensor | None = None, out: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse MQA with attention sink → (o [b, s, h, d] in q.dtype, lse [b, s, h] fp32).
 
     q [b, s, h, d]; kv [b, n, d] (K = V); sink [h] fp32; indices [b, s, k] int (−1 = none);
     ``window``: the sliding window's rows and indices, a second source read in place;
     ``unrope``: angles [s, r/2] — o's RoPE dims come back rotated by their inverse
     (attention's output, ``apply_rope(o, angles, inverse=True)``; on Triton in the kernel that
-    stores o). o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪ {sink_h},
-    sink dropped; lse is the log of the whole denominator (sink included).
+    stores o); ``out``: the tensor o is stored in (on Triton by the kernel itself).
+    o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪ {sink_h}, sink dropped;
+    lse is the log of the whole denominator (sink included).
     """
     if backend(q) == "triton":
         tiles = choices.options("sparse_attn_prefill", q.device) if q.shape[1] > 1 else {}
         return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, window=window,
-                                               unrope=unrope, **tiles)
-    return _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale, window, unrope)
+                                               unrope=unrope, out=out, **tiles)
+    o, lse = _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale, window, unrope)
+    return _sparse_attn.into(out, o), lse
 
 
 def sparse_attn(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
                 scale: float, window: WindowRows | None = None,
-                unrope: torch.Tensor | None = None) -> torch.Tensor:
+                unrope: torch.Tensor | None = None, out: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """Sparse MQA with attention sink (``sparse_attn_lse`` without the lse)."""
-    return sparse_attn_lse(q, kv, sink, indices, scale, window, unrope)[0]
+    return sparse_attn_lse(q, kv, sink, indices, scale, window, unrope, out)[0]
 
 
 def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
                     indices: torch.Tensor, scale: float, layout: KVLayout = V4_KV_LAYOUT,
-                    window: WindowRows | None = None, unrope: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    window: WindowRows | None = None, unrope: torch.Tensor | None = None,
+                    out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly;
     the window's rows are FP8 rows too."""
     if backend(q) == "triton":
         tiles = choices.options("sparse_attn_prefill_fp8", q.device) if q.shape[1] > 1 else {}
         return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout,
-                                               window=window, unrope=unrope, **tiles)
-    return _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout, window,
-                                                  unrope)
+                                               window=window, unrope=unrope, out=out, **tiles)
+    o, lse = _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout,
+                                                    window, unrope)
+    return _sparse_attn.into(out, o), lse
 
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,

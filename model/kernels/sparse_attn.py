@@ -332,12 +332,14 @@ def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
 def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        indices: torch.Tensor, scale: float, layout: KVLayout | None = None,
                        window: WindowRows | None = None, unrope: torch.Tensor | None = None,
+                       out: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
-    [s, r/2] the output's RoPE dims are rotated back by (module docstring).
+    [s, r/2] the output's RoPE dims are rotated back by (module docstring); ``out``: where o
+    goes ([b, s, h, d] in q's dtype; the kernel stores into it when it is contiguous).
     ``dv_parts`` > 1 splits the output columns over that many programs per (token, head block):
     each recomputes the scores over all D, and its accumulator is 1/dv_parts as wide — what lets
     ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers."""
@@ -363,7 +365,9 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         row, nope, qb, soff = d, d, 1, 0
     else:
         row, nope, qb, soff = layout.row_bytes, layout.nope, layout.block, layout.scale_offset
-    out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
+    dest = out
+    if out is None or out.dtype != q.dtype or not out.is_contiguous():
+        out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, s, h, dtype=torch.float32, device=q.device)
     block_h = max(16, min(block_h, triton.next_power_of_2(h)))
     block_d = max(16, triton.next_power_of_2(d))
@@ -396,7 +400,15 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
             po, plse, sink, out, lse, ang, s, h, d, r2, splits, BLOCK_H=block_h,
             BLOCK_D=block_dc, **rotate)
-    return out.to(out_dtype), lse
+    return into(dest, out.to(out_dtype)), lse
+
+
+def into(dest: torch.Tensor | None, o: torch.Tensor) -> torch.Tensor:
+    """o, stored in ``dest`` when one is given (and not already o): → dest or o."""
+    if dest is None or dest is o:
+        return o
+    dest.copy_(o)
+    return dest
 
 
 def _index_tensor(indices: torch.Tensor) -> torch.Tensor:

@@ -121,22 +121,26 @@ class Attention(nn.Module):
         return AttentionInputs(q, kv, pooled, index, angles)
 
     def attend(self, inputs: AttentionInputs, spans: Sequence[Span], positions: torch.Tensor,
-               memo: dict) -> torch.Tensor:
+               memo: dict, out: torch.Tensor | None = None) -> torch.Tensor:
         """The cache side: each span's tokens over its own window, compressed and picked rows;
         the spans' caches advance. → attention output [b, T, heads, head_dim], its RoPE dims
-        rotated back (the inverse RoPE: in the kernel that stores it, on Triton)."""
+        rotated back (the inverse RoPE: in the kernel that stores it, on Triton), stored in
+        ``out`` when given (a decode graph's static buffer): each span's kernel writes its
+        tokens' rows, so there is no concatenation and no copy."""
         layout = self.cache_layout()
         q, kv, pooled, index = inputs.q, inputs.kv, inputs.pooled, inputs.index
-        outs, lo = [], 0
+        out = torch.empty_like(q) if out is None else out
+        lo = 0
         for sp in spans:
             hi = lo + sp.length
-            outs.append(self._attend(
+            self._attend(
                 q[:, lo:hi], kv[:, lo:hi],
                 None if pooled is None else pooled[:, lo:hi],
                 None if index is None else index.span(lo, hi),
-                sp.start, positions[lo:hi], inputs.angles[lo:hi], sp.cache, layout, memo))
+                sp.start, positions[lo:hi], inputs.angles[lo:hi], sp.cache, layout, memo,
+                out[:, lo:hi])
             lo = hi
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return out
 
     def _pool_inputs(self, x: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
         """What the compressors pool (fp32 [b, T, 2, coff·d] each: the main one, then the
@@ -171,10 +175,10 @@ class Attention(nn.Module):
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
                 pooled: torch.Tensor | None, index: IndexerInputs | None,
                 start_pos: int, positions: torch.Tensor, angles: torch.Tensor, cache: LayerCache,
-                layout: KVLayout | None, memo: dict) -> torch.Tensor:
+                layout: KVLayout | None, memo: dict, out: torch.Tensor) -> None:
         """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
         and the indexer's inputs) over its window, compressed and picked rows; updates its
-        cache. → attention output [b, s, heads, head_dim], rotated back by ``angles``."""
+        cache. Attention output [b, s, heads, head_dim], rotated back by ``angles``, → ``out``."""
         b, s = q.shape[:2]
         device = q.device
         past = cache.window
@@ -214,9 +218,10 @@ class Attention(nn.Module):
         if indices.dim() == 2:
             indices = indices.unsqueeze(0).expand(b, -1, -1)
         if layout is None:
-            return ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window, angles)
-        return ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout,
-                                   window, angles)[0]
+            ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window, angles, out)
+        else:
+            ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout, window,
+                                angles, out)
 
 
 KEPT_WINDOW_TABLE_TOKENS = 16   # window index tables of forwards this short outlive the forward

@@ -181,3 +181,22 @@ def test_output_rotated_back_in_the_kernel_that_stores_it(splits, dv_parts, d, r
     ref_plain, _ = sparse_attn_reference(q, kv, sink, idx, 0.2)
     assert torch.equal(ref, apply_rope_reference(ref_plain, angles, inverse=True))
     assert torch.allclose(got.float(), ref.float(), atol=2e-2 if dtype == torch.bfloat16 else 2e-5)
+
+
+def test_the_output_goes_where_the_caller_says():
+    """``out``: the kernel stores o in the caller's tensor (a decode graph's static buffer, or a
+    sequence's rows of the batch's output) — no copy when it is contiguous; a strided one gets
+    the values too."""
+    from model.op_audit import OpAudit
+
+    q, kv, sink, idx = _inputs(1, 4, 8, 32, 20, 12, seed=9)
+    want, _ = sparse_attn_triton(q, kv, sink, idx, 0.2)
+    batch = torch.full((1, 7, 8, 32), float("nan"))
+    rows = batch[:, 2:6]
+    with OpAudit() as audit:
+        got, _ = sparse_attn_triton(q, kv, sink, idx, 0.2, out=rows)
+    assert got.data_ptr() == rows.data_ptr() and audit.torch_launches() == 0
+    assert torch.equal(batch[:, 2:6], want) and batch[:, :2].isnan().all()
+    strided = torch.empty(1, 8, 4, 32).transpose(1, 2)
+    got, _ = sparse_attn_triton(q, kv, sink, idx, 0.2, out=strided)
+    assert got is strided and torch.equal(strided, want)
