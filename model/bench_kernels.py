@@ -167,7 +167,7 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
         x = gemm.SplitK(parts, (m,), dtype)
         reads = m * n + parts.numel() * 2        # fp32 partials: 2 × a bf16 value each
     return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None},
-                n * k + ws.numel() + reads * _rand(1, dtype=dtype, device=dev).element_size(),
+                n * k + ws.numel() + reads * dtype.itemsize,
                 2.0 * m * n * k,
                 lambda: gemm.fp8_gemm_reference(x.sum() if prologue == "splitk" else x, w, ws,
                                                 glu, norm),

@@ -47,6 +47,7 @@ from model.kernels.cache_rows import (
     store_row,
     store_rows_reference,
 )
+from model.kernels.gemm import sum_parts, sum_splits
 from model.kernels.launch import interpreting
 from model.layers.rope import apply_rope
 
@@ -117,7 +118,7 @@ def pool_inputs_reference(parts: torch.Tensor, compressors: Sequence[PoolColumns
                           ) -> list[torch.Tensor]:
     """parts fp32 [S, b, T, N] (Σ over S = the stacked projection) → per compressor fp32
     [b, T, 2, width] (kv; gate + ape[position % ratio]), then the head weights fp32 [b, T, H]."""
-    y = parts[0] if parts.shape[0] == 1 else parts.sum(0)
+    y = sum_splits(parts)
     outs = []
     for c in compressors:
         w = c.ape.shape[-1]
@@ -197,23 +198,14 @@ def _compress_insert_kernel(
 
 
 @triton.jit
-def _sum_parts(row_ptr, S, part_stride, cols, mask):
-    """Σ_s parts[s] at one token's columns, in split order (deterministic)."""
-    acc = tl.zeros(cols.shape, dtype=tl.float32)
-    for s in range(S):
-        acc += tl.load(row_ptr + s * part_stride + cols, mask=mask, other=0.0)
-    return acc
-
-
-@triton.jit
 def _pool_columns(row_ptr, S, part_stride, kv, gate, W, ape_ptr, ratio, out_ptr, position, e,
                   cols):
     mask = cols < W
     slot = position % ratio
     ape = tl.load(ape_ptr + slot * W + cols, mask=mask, other=0.0)
     out = out_ptr + e * 2 * W + cols
-    tl.store(out, _sum_parts(row_ptr + kv, S, part_stride, cols, mask), mask=mask)
-    tl.store(out + W, _sum_parts(row_ptr + gate, S, part_stride, cols, mask) + ape, mask=mask)
+    tl.store(out, sum_parts(row_ptr + kv, S, part_stride, cols, mask), mask=mask)
+    tl.store(out + W, sum_parts(row_ptr + gate, S, part_stride, cols, mask) + ape, mask=mask)
 
 
 @triton.jit
@@ -240,7 +232,7 @@ def _pool_inputs_kernel(part_ptr, S, part_stride, N, pos_ptr, T,
     if HEADS:
         if which == N_COMP:
             mask = cols < H
-            h = _sum_parts(row + h_start, S, part_stride, cols, mask)
+            h = sum_parts(row + h_start, S, part_stride, cols, mask)
             if BF16_HEADS:
                 h = round_bf16(h)
             tl.store(h_out_ptr + e * H + cols, h * h_scale, mask=mask)

@@ -47,8 +47,24 @@ class SplitK:
 
     def sum(self) -> torch.Tensor:
         """[*lead, G·N] in ``dtype``: the splits summed in a fixed order."""
-        y = self.parts[0] if self.parts.shape[0] == 1 else self.parts.sum(0)   # [G, M, N]
+        y = sum_splits(self.parts)   # [G, M, N]
         return y.transpose(0, 1).reshape(self.shape).to(self.dtype)
+
+
+def sum_splits(parts: torch.Tensor) -> torch.Tensor:
+    """A GEMV's K-split partial sums [S, ...] summed over S in a fixed order (S = 1: the one
+    split itself, no copy) — what every reader of unsummed partials computes."""
+    return parts[0] if parts.shape[0] == 1 else parts.sum(0)
+
+
+@triton.jit
+def sum_parts(ptr, S, part_stride, offs, mask):
+    """Σ_s ptr[s · part_stride + offs] (fp32 K-split partials, any tile shape of ``offs``), in
+    split order (deterministic): the kernels' form of ``sum_splits``."""
+    acc = tl.zeros(offs.shape, dtype=tl.float32)
+    for s in range(S):
+        acc += tl.load(ptr + s * part_stride + offs, mask=mask, other=0.0)
+    return acc
 
 
 def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -158,9 +174,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
         if SPLITK:
             at = (offs_m[:, None].to(tl.int64) * stride_x + (offs_k // group_k)[None, :]
                   * stride_group + (offs_k % group_k)[None, :])
-            x = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for part in range(0, parts):
-                x += tl.load(x_ptr + part * stride_part + at, mask=mask_x, other=0.0)
+            x = sum_parts(x_ptr, parts, stride_part, at, mask_x)
             if BF16:
                 x = round_bf16(x)
         else:
@@ -168,7 +182,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
                         mask=mask_x, other=0.0).to(tl.float32)
         if GLU:
             u = tl.load(u_ptr + offs_m[:, None].to(tl.int64) * stride_u + offs_k[None, :],
-                        mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+                        mask=mask_x, other=0.0).to(tl.float32)
             x = clamped_swiglu(x, u, 1.0, limit)
             if BF16:
                 x = round_bf16(x)

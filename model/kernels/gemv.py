@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.gemm import SplitK, e8m0_scale
+from model.kernels.gemm import SplitK, e8m0_scale, sum_splits
 from model.kernels.launch import interpreting
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
@@ -115,5 +115,5 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
         if groups > 1:
             return SplitK(partial, tuple(x.shape[:-2]), x.dtype)
         return partial.view(splits, *x.shape[:-1], n)               # G = 1: [S, M, N]
-    y = partial[0] if splits == 1 else partial.sum(0)            # [G, M, N], fixed order
+    y = sum_splits(partial)                                      # [G, M, N], fixed order
     return y.transpose(0, 1).reshape(*x.shape[:-1], n)

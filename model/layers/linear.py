@@ -136,11 +136,11 @@ class Linear(nn.Module):
         """y = x Wᵀ; ``glu`` = (up, limit): of an expert's activation swiglu(x, up) instead;
         ``norm`` = (weight, eps): of RMSNorm(x); a ``SplitK`` x: of its sum — in x's dtype (a
         resident FP8 weight's GEMM computes any of them as it reads its input)."""
-        if isinstance(x, SplitK) and (self.fp32_compute or not (self.dense is None
-                                                                and self.fmt == "fp8")):
+        resident_fp8 = self.dense is None and self.fmt == "fp8"   # its GEMM takes prologues
+        if isinstance(x, SplitK) and (self.fp32_compute or not resident_fp8):
             x = x.sum()
         quantized = self.numerics.native and self.fmt in ("fp8", "fp4")
-        if not (self.dense is None and self.fmt == "fp8"):
+        if not resident_fp8:
             if glu is not None:
                 x, glu = ops.swiglu(x, glu[0], glu[1], None, x.dtype), None
             if norm is not None:
