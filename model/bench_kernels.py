@@ -113,7 +113,8 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
-                  causal: bool = False, packed: bool = False, path: str = "scores") -> Case:
+                  causal: bool = False, packed: bool = False, path: str = "scores",
+                  select: str = "triton") -> Case:
     """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
     ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
     every query sees all n (decode). ``packed``: the keys are native numerics' FP4 cache rows
@@ -128,7 +129,7 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     pos = torch.arange(4 * n - s, 4 * n, device=dev).clamp(min=0)
     visible = ((pos + 1) // 4 if causal else torch.full_like(pos, n)).to(torch.int32)
     shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK,
-             "causal": causal, "path": path,
+             "causal": causal, "path": path, "select": select,
              "keys_format": "fp4-68B" if packed else str(dtype).removeprefix("torch.")}
     key_bytes = keys.shape[-1] * keys.element_size()
     nbytes = (n * key_bytes + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4) + s * TOPK * 8)
@@ -136,7 +137,7 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     return Case(name, shape, nbytes, flops,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
                 lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK, path=path,
-                                                    causal=causal),
+                                                    causal=causal, select=select),
                 "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if not causal
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
@@ -441,12 +442,18 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
+        # the scores path picking with torch.topk (≈ 15 kernels a row on a GPU) instead of
+        # topk_select's one
+        p(_indexer_case, "indexer_topk_decode_torch_select", 1, ctx // 4, dev, dtype,
+          select="torch"),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
         p(_indexer_case, "indexer_topk_decode_fp4", 1, ctx // 4, dev, dtype, packed=True),
         p(_indexer_case, "indexer_topk_prefill_fp4", *idx_prefill, dev, dtype, causal=True,
           packed=True),
         p(_indexer_case, "indexer_topk_decode_fp4_merge", 1, ctx // 4, dev, dtype, packed=True,
           path="merge"),
+        p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,
+          packed=True, select="torch"),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),

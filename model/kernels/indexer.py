@@ -13,19 +13,20 @@ over programs; a second kernel merges the per-chunk top-k (one program per query
 the 0.79 ms decode call on the H200, 2026-11-28). Each query reads every key itself and sorts
 2·K_PAD entries per tile.
 
-Scores (``_indexer_scores_block`` + torch.topk): one program per (BLOCK_T queries, key chunk,
+Scores (``_indexer_scores_block`` + ``topk_select``): one program per (BLOCK_T queries, key chunk,
 batch) holds the queries of all H heads as the BLOCK_T·H = 128-row M side of tl.dot, and each key
 tile it loads is used by all of them. Per tile of BLOCK_N keys it reads BLOCK_N·D·2 bytes (bf16)
 and does 2·BLOCK_T·H·D·BLOCK_N FLOPs on tensor cores, 128 FLOPs per key byte (L2-resident keys).
 ReLU, the head weights and the head sum stay in registers; the program writes one fp32 score per
 (query, key) to a scratch of a block of queries × visible keys (≤ ``PREFILL_SCRATCH_BYTES``, never
 the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs of dot, and skips the
-key tiles past the block's last visible row (they are stored as −inf, never computed). torch.topk
-(radix select on the GPU) then reads the scratch once. Estimate for a 2048-query chunk at 8K keys,
+key tiles past the block's last visible row (they are stored as −inf, never computed). The pick
+(model/kernels/topk_select.py: one radix-select kernel, a program per query) then reads each
+query's row four times from L2. Estimate for a 2048-query chunk at 8K keys,
 H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
 tensor cores, not by the per-tile sort of the merge path (not measured yet: `v4coder bench
 kernels` has a row for each path). At decode (1 query, 32K keys at 128K context) the same kernel
-spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores for one topk;
+spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores for one pick;
 the scratch width is the key count, so the host never reads ``visible`` (no sync).
 
 Keys come as float rows [b, n, D] or, in native numerics, as packed FP4 rows uint8 [b, n,
@@ -47,15 +48,9 @@ from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the c
     indexer_scores_reference,
     indexer_topk_reference,
 )
+from model.kernels import topk_select
 from model.kernels.launch import interpreting
-
-
-@triton.jit
-def _pack(score, idx):
-    """float32 score + int32 row → int64 whose signed order is (score, row) order."""
-    bits = score.to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (key.to(tl.int64) << 32) | (idx.to(tl.int64) & 0xFFFFFFFF)
+from model.kernels.topk_select import pack
 
 
 @triton.jit
@@ -64,7 +59,7 @@ def _merge(top, tile, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
     if K_PAD == BLOCK_N:
         wide = tile
     else:
-        neg = _pack(tl.full([K_PAD // BLOCK_N, BLOCK_N], float("-inf"), tl.float32),
+        neg = pack(tl.full([K_PAD // BLOCK_N, BLOCK_N], float("-inf"), tl.float32),
                     tl.full([K_PAD // BLOCK_N, BLOCK_N], -1, tl.int32))
         rows = tl.arange(0, K_PAD // BLOCK_N)
         wide = tl.reshape(tl.where(rows[:, None] == 0, tile[None, :], neg), (K_PAD,))
@@ -90,7 +85,7 @@ def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
     q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
     w = tl.load(w_ptr + q_rows, mask=mask_h, other=0.0).to(tl.float32)
-    top = _pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
+    top = pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
     start = pid_c * chunk
     end = tl.minimum(tl.minimum(start + chunk, visible), N)
     for n0 in range(start, end, BLOCK_N):
@@ -101,7 +96,7 @@ def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
         dots = tl.dot(q, tl.trans(keys), input_precision=PREC)        # [BLOCK_H, BLOCK_N]
         scores = tl.sum(tl.maximum(dots, 0.0) * w[:, None], 0)
         scores = tl.where(mask_n, scores, float("-inf"))
-        tile = _pack(scores, tl.where(mask_n, offs_n, -1))
+        tile = pack(scores, tl.where(mask_n, offs_n, -1))
         if tl.max(tile, 0) > tl.min(top, 0):
             top = _merge(top, tile, K_PAD, BLOCK_N)
     offs_k = tl.arange(0, K_PAD)
@@ -113,11 +108,11 @@ def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr):
     """Merge the per-chunk candidates of one query and write its k rows (−1 for −inf)."""
     pid_t = tl.program_id(0)
     offs_k = tl.arange(0, K_PAD)
-    top = _pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
+    top = pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
     for c in range(0, n_chunks):
         tile = tl.load(part_ptr + (pid_t * n_chunks + c).to(tl.int64) * K_PAD + offs_k)
         top = _merge(top, tile, K_PAD, K_PAD)
-    neg = _pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
+    neg = pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
     idx = tl.where((top >> 32) == (neg >> 32), -1, (top & 0xFFFFFFFF).to(tl.int32))
     tl.store(out_ptr + pid_t.to(tl.int64) * k + offs_k, idx, mask=offs_k < k)
 
@@ -249,51 +244,54 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
 
 
-def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True) -> torch.Tensor:
-    """Block scores (Triton) then torch.topk, a block of queries at a time → int64 [b, s, k].
-    The scratch is as wide as the keys (the kernel writes −inf past each block's visible rows
-    without computing them), so nothing here waits for the device. ``causal=False``: every
-    query sees every key, so no pick is an invisible one to mask."""
+def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
+                 select="triton") -> torch.Tensor:
+    """Block scores (Triton), then each query's pick from them (``topk_select``: one Triton
+    kernel, or torch.topk and a mask when ``select`` is "torch"), a block of queries at a
+    time → int64 [b, s, k]. The scratch is as wide as the keys (the kernel writes −inf past
+    each block's visible rows without computing them), so nothing here waits for the device.
+    ``causal=False``: every query sees every key, so no pick is an invisible one to mask."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
     block_t = _prefill_block_t(h, block_t)
     block_n = max(16, triton.next_power_of_2(block_n))
     rows = _prefill_query_rows(b, s, n, block_t)
     scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
-    width = n
-    if rows >= s and width >= k:   # one pass fills every slot (decode): no −1 prefill, no copy
-        scores = scratch[: b * s * width].view(b, s, width)
-        _launch_scores(q, weights, keys, vis, scores, 0, s, prec, block_t, block_n)
-        picks = scores.topk(k, dim=-1).indices
-        return torch.where(picks >= vis.view(1, -1, 1), -1, picks) if causal else picks
-    out = torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
+    pick = topk_select.topk_select_triton if select == "triton" else \
+        topk_select.topk_select_reference
+    out = torch.empty((b, s, k), dtype=torch.long, device=q.device)
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
-        scores = scratch[: b * (hi - lo) * width].view(b, hi - lo, width)
+        scores = scratch[: b * (hi - lo) * n].view(b, hi - lo, n)
         _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
-        picks = scores.topk(min(k, width), dim=-1).indices
-        out[:, lo:hi, : picks.shape[-1]] = torch.where(picks >= vis[lo:hi].view(1, -1, 1), -1,
-                                                       picks)
+        pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
     return out
 
 
 def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "scores",
-                        block_t: int | None = None, causal: bool = True) -> torch.Tensor:
+                        block_t: int | None = None, causal: bool = True,
+                        select: str = "triton") -> torch.Tensor:
     """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
     keys.dtype == torch.uint8). ``path``: "scores" (the default) or "merge" (see the module
     docstring). ``n_chunks`` applies to the merge path, ``block_t`` to the scores path;
     ``block_n`` to both (64 merge, 128 scores when None). ``causal=False`` says every query
     sees every key (``visible`` = n: a decode step's query sees every closed block), which
-    spares the scores path masking its picks."""
+    spares the scores path masking its picks. ``select`` (scores path): "triton" (the default,
+    one kernel) or "torch" (torch.topk, about fifteen kernels a long row on a GPU), until a GPU
+    run of `v4coder bench kernels` compares them (rows indexer_topk_decode and
+    indexer_topk_decode_torch_select)."""
     b, s, h, d = q.shape
     n = keys.shape[1]
     if k == 0 or n == 0 or b * s == 0:
         return torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     if path not in ("scores", "merge"):
         raise ValueError(f"indexer path must be scores or merge, not {path!r}")
+    if select not in ("triton", "torch"):
+        raise ValueError(f"indexer select must be triton or torch, not {select!r}")
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
     if path == "scores":
-        return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal)
+        return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal,
+                            select)
     return _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n or 64).long()

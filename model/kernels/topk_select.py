@@ -1,0 +1,147 @@
+"""The k best of each row of fp32 scores, best first, −1 past the row's visible entries: the
+indexer's pick from its score scratch (model/kernels/indexer.py, the scores path).
+
+``topk_select_reference`` is torch.topk plus the mask. On a GPU torch.topk of one long row (a
+decode step's 32K keys at 128K context) is a multi-block radix select: a histogram kernel and
+a digit scan per 8-bit digit, counting kernels, cub scans, the gather and a sort of the k picks
+— about fifteen kernels, each launched by the host on the cache side of every CSA layer.
+``topk_select_triton`` is one kernel, one program per row, exact:
+
+1. Each score's float bits become an unsigned key of the same order (``ordered``).
+2. Three passes of an 11 / 11 / 10-bit histogram (``tl.histogram``) over the keys that still
+   match the digits found so far pin the k-th largest key T and how many keys equal to T the
+   pick keeps (the lowest rows first).
+3. A fourth pass writes every key above T, and those ties, packed (score, row) into the output
+   row itself; the program reads the k back, sorts them best first (``tl.sort`` over the next
+   power of two) and overwrites them with their rows.
+
+A row reads its scores four times (from L2: 128 KB at 32K keys), and writes k int64 twice.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SELECT_BLOCK = 1024   # scores per tile of a pass
+RADIX_BINS = 2048     # 11-bit digits: key bits 31..21, 20..10, then 9..0
+
+
+@triton.jit
+def pack(score, row):
+    """float32 score + int32 row → int64 whose signed order is (score, row) order."""
+    bits = score.to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (key.to(tl.int64) << 32) | (row.to(tl.int64) & 0xFFFFFFFF)
+
+
+@triton.jit
+def ordered(score):
+    """float32 → int64 in [0, 2³²) of the same order (−0 just below +0)."""
+    bits = score.to(tl.int32, bitcast=True)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648
+
+
+@triton.jit
+def _digit(row_ptr, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr,
+           BLOCK: tl.constexpr, BINS: tl.constexpr):
+    """One radix pass: among the keys whose bits above SHIFT + BITS equal ``prefix``'s, the digit
+    (bits SHIFT.. of BITS) that holds the ``need``-th largest → (prefix with that digit, how many
+    of the keys with the new prefix are still needed)."""
+    hist = tl.zeros([BINS], dtype=tl.int32)
+    for n0 in range(0, limit, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        valid = offs < limit
+        key = ordered(tl.load(row_ptr + offs, mask=valid, other=0.0))
+        if SHIFT + BITS < 32:
+            valid = valid & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
+        digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
+        hist += tl.histogram(digit, BINS, mask=valid)
+    at_least = tl.cumsum(hist, 0, reverse=True)     # keys in this digit or a higher one
+    chosen = tl.sum((at_least >= need).to(tl.int32), 0) - 1
+    higher = tl.sum(tl.where(tl.arange(0, BINS) == chosen, at_least - hist, 0), 0)
+    return prefix + (chosen.to(tl.int64) << SHIFT), need - higher
+
+
+@triton.jit
+def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch, out_row,
+                 CAUSAL: tl.constexpr, BLOCK: tl.constexpr, BINS: tl.constexpr,
+                 K_PAD: tl.constexpr):
+    """Program (t, batch): row t of scores [b, T, width] (its visible entries: the first
+    vis[t] when CAUSAL, else all) → its k best rows, best first, −1 past them, into
+    out[batch, t, :k] (strides out_batch, out_row)."""
+    t = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    row_ptr = scores_ptr + batch * score_batch + t.to(tl.int64) * width
+    dest = out_ptr + batch * out_batch + t.to(tl.int64) * out_row
+    limit = width
+    if CAUSAL:
+        limit = tl.minimum(tl.load(vis_ptr + t), width)
+    picks = tl.maximum(tl.minimum(k, limit), 0)
+    offs_k = tl.arange(0, K_PAD)
+    if picks > 0:
+        thresh = tl.full([], 0, dtype=tl.int64)
+        need = picks
+        thresh, need = _digit(row_ptr, limit, thresh, need, 21, 11, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 10, 11, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 0, 10, BLOCK, BINS)
+        # the keys above the k-th, then its first ``need`` ties: packed into the output row
+        taken = tl.full([], 0, dtype=tl.int32)
+        ties = tl.full([], 0, dtype=tl.int32)
+        for n0 in range(0, limit, BLOCK):
+            offs = n0 + tl.arange(0, BLOCK)
+            valid = offs < limit
+            score = tl.load(row_ptr + offs, mask=valid, other=0.0)
+            key = ordered(score)
+            tie = valid & (key == thresh)
+            tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0) - 1
+            keep = valid & ((key > thresh) | (tie & (tie_rank < need)))
+            slot = taken + tl.cumsum(keep.to(tl.int32), 0) - 1
+            tl.store(dest + slot, pack(score, offs), mask=keep)
+            taken += tl.sum(keep.to(tl.int32), 0)
+            ties += tl.sum(tie.to(tl.int32), 0)
+        tl.debug_barrier()   # every thread's packed picks are in place before any reads them
+        none = tl.full([K_PAD], -9223372036854775807 - 1, dtype=tl.int64)
+        best = tl.sort(tl.load(dest + offs_k, mask=offs_k < picks, other=none), descending=True)
+        rows = tl.where(offs_k < picks, best & 0xFFFFFFFF, -1)
+        tl.store(dest + offs_k, rows, mask=offs_k < k)
+    else:
+        tl.store(dest + offs_k, tl.full([K_PAD], -1, dtype=tl.int64), mask=offs_k < k)
+
+
+def topk_select_reference(scores: torch.Tensor, k: int, visible: torch.Tensor | None = None,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
+    """scores fp32 [b, T, width] → int64 [b, T, k]: each row's k best columns, best first, −1
+    where fewer than k are visible (the first visible[t] of row t; all when ``visible`` is
+    None), stored in ``out`` when given."""
+    b, t, width = scores.shape
+    picks = scores.topk(min(k, width), dim=-1).indices
+    if visible is not None:
+        picks = torch.where(picks >= visible.view(1, -1, 1).to(picks.device), -1, picks)
+    if picks.shape[-1] < k:
+        picks = torch.cat([picks, picks.new_full((b, t, k - picks.shape[-1]), -1)], dim=-1)
+    if out is None:
+        return picks
+    out.copy_(picks)
+    return out
+
+
+def topk_select_triton(scores: torch.Tensor, k: int, visible: torch.Tensor | None = None,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as ``topk_select_reference`` (``scores`` contiguous rows; ``visible`` int32
+    on its device; ``out`` int64 with unit stride along k). Ties between equal scores keep the
+    lower column first in the pick and the higher one first in the order."""
+    b, t, width = scores.shape
+    if out is None:
+        out = torch.empty(b, t, k, dtype=torch.int64, device=scores.device)
+    assert scores.dtype == torch.float32 and scores.stride(-1) == 1 and scores.stride(1) == width
+    assert out.dtype == torch.int64 and out.stride(-1) == 1 and out.shape == (b, t, k)
+    if k == 0 or b * t == 0:
+        return out
+    vis = scores if visible is None else visible
+    _topk_select[(t, b)](scores, vis, out, width, k, scores.stride(0), out.stride(0),
+                         out.stride(1), CAUSAL=visible is not None, BLOCK=SELECT_BLOCK,
+                         BINS=RADIX_BINS, K_PAD=max(16, triton.next_power_of_2(k)),
+                         num_warps=8)
+    return out
