@@ -42,13 +42,13 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels import topk_select
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout, load_key_tile
 from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the contract)
     indexer_scores_reference,
     indexer_topk_reference,
 )
-from model.kernels import topk_select
 from model.kernels.launch import interpreting
 from model.kernels.topk_select import pack
 
