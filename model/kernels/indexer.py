@@ -125,16 +125,21 @@ PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewe
 
 
 @triton.jit
-def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, lo, hi, S, N, H, D, width,
-                          chunk, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, lo, hi, S, N, H, D,
+                          width, chunk, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-                          PACKED: tl.constexpr, KEY_BLOCK: tl.constexpr):
+                          PACKED: tl.constexpr, KEY_BLOCK: tl.constexpr,
+                          TABLE: tl.constexpr = False):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
-    out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs."""
+    out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
+    TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the
+    query's own keys, at the address tab_ptr[t] (int64)."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     first = lo + pid_t * BLOCK_T
+    if TABLE:
+        k_ptr = tl.load(tab_ptr + first).to(tl.pointer_type(k_ptr.dtype.element_ty))
     offs_t = first + tl.arange(0, BLOCK_T)
     mask_t = offs_t < hi
     vis = tl.load(vis_ptr + offs_t, mask=mask_t, other=0)
@@ -178,10 +183,9 @@ def default_chunks(tokens: int, n: int, block_n: int) -> int:
 def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                    visible: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Contiguous q and keys in the compute dtype (fp32 under the interpreter, which mishandles
-    bf16; packed FP4 keys stay packed), fp32 weights, int32 visible on q's device, and the
-    tl.dot precision."""
-    if interpreting() or q.dtype not in (torch.bfloat16,
-                                                                     torch.float16):
+    bf16; packed FP4 keys stay packed), fp32 weights, visible as int32 or int64 on q's device,
+    and the tl.dot precision."""
+    if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
         q = q.float()
     q = q.contiguous()
     if keys.dtype == torch.uint8:
@@ -191,7 +195,10 @@ def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     else:
         keys = keys.to(q.dtype).contiguous()
     weights = weights.float().contiguous()
-    vis = visible.to(device=q.device, dtype=torch.int32).contiguous()
+    vis = visible
+    if vis.dtype not in (torch.int32, torch.int64) or vis.device != q.device:
+        vis = vis.to(device=q.device, dtype=torch.int32)
+    vis = vis.contiguous()
     return q, weights, keys, vis, "ieee" if q.dtype == torch.float32 else "tf32"
 
 
@@ -228,19 +235,22 @@ def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
     return min(s, max(block_t, rows // block_t * block_t))
 
 
-def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n) -> None:
-    """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``)."""
+def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
+                   table=None) -> None:
+    """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``);
+    ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format)."""
     b, s, h, d = q.shape
     width = scores.shape[-1]
     query_programs = triton.cdiv(hi - lo, block_t)
     chunks = max(1, min(triton.cdiv(width, block_n),
                         triton.cdiv(PREFILL_TARGET_PROGRAMS, b * query_programs)))
     chunk = triton.cdiv(triton.cdiv(width, chunks), block_n) * block_n
-    block_h = triton.next_power_of_2(h)
+    block_h = max(triton.next_power_of_2(h), triton.cdiv(16, block_t))
     _indexer_scores_block[(query_programs, triton.cdiv(width, chunk), b)](
-        q, weights, keys, vis, scores, lo, hi, s, keys.shape[1], h, d, width, chunk,
-        BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_N=block_n, PREC=prec, PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK,
+        q, weights, keys, vis, scores, vis if table is None else table, lo, hi, s,
+        keys.shape[1], h, d, width, chunk, BLOCK_T=block_t, BLOCK_H=block_h,
+        BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, PREC=prec,
+        PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK, TABLE=table is not None,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
 
 

@@ -209,18 +209,23 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
 
 @triton.jit
 def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_ptr, widx_ptr,
-                     o_ptr, lse_ptr, ang_ptr,
+                     o_ptr, lse_ptr, ang_ptr, tab_ptr,
                      S, H, N, K, NW, W, widx_batch_stride, D, R2, chunk, scale,
                      KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                      QB: tl.constexpr, SCALE_OFF: tl.constexpr, SPLIT: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1,
-                     UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
+                     UNROPE: tl.constexpr = False, BF16: tl.constexpr = False,
+                     TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
     DV_PARTS > 1: the program writes only its 1/DV_PARTS slice of the output columns (the
-    scores still use all D), so a 64-head tile's accumulator fits in registers."""
+    scores still use all D), so a 64-head tile's accumulator fits in registers.
+    TABLE (a decode step of several sequences, b = 1, token t = sequence t): the token's own
+    rows, from tab_ptr int64 [4, S] (``SequenceRows.table``: its compressed rows' address and
+    count N, its window rows' address and count NW); its window slots are the last NW of W, in
+    order; its K slots are idx_ptr's picks or, ALL_ROWS, its N rows in order."""
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
     pid_h = tl.program_id(1)
@@ -235,6 +240,14 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     mask_d = offs_d < D
     mask_dv = offs_dv < D
     mask_lse = mask_h & (tl.zeros([BLOCK_H], dtype=tl.int32) + part_dv == 0)  # one slice writes it
+    if TABLE:   # this token's sequence: its rows' addresses and counts
+        seq = tab_ptr + pid_t
+        kv_ptr = tl.load(seq).to(tl.pointer_type(kv_ptr.dtype.element_ty))
+        kv16_ptr = tl.load(seq).to(tl.pointer_type(kv16_ptr.dtype.element_ty))
+        N = tl.load(seq + S).to(tl.int32)
+        win_ptr = tl.load(seq + 2 * S).to(tl.pointer_type(win_ptr.dtype.element_ty))
+        win16_ptr = tl.load(seq + 2 * S).to(tl.pointer_type(win16_ptr.dtype.element_ty))
+        NW = tl.load(seq + 3 * S).to(tl.int32)
     q_rows = (pid_t * H + offs_h).to(tl.int64)
     q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
@@ -243,20 +256,28 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     start = pid_c * chunk
     end = tl.minimum(start + chunk, W + K)
+    if ALL_ROWS:
+        end = tl.minimum(end, W + N)
     # this program's slots [start, end) of the query's W + K: the window's, then kv's; one loop
     # each, so a tile's row source is fixed (no per-row pointer select)
     widx_row = widx_ptr + batch.to(tl.int64) * widx_batch_stride + (pid_t % S).to(tl.int64) * W
     win_end = tl.minimum(end, W)
     for n0 in range(start, win_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
+        if TABLE:   # the last NW of the W slots, oldest first
+            idx = tl.where(offs_n < win_end, offs_n - (W - NW), -1)
+        else:
+            idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
                                      SCALE_OFF, PREC, DV_PARTS)
     for n0 in range(tl.maximum(start, W), end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
-                      other=-1)
+        if ALL_ROWS:
+            idx = tl.where(offs_n < end, offs_n - W, -1)
+        else:
+            idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
+                          other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
                                      SCALE_OFF, PREC, DV_PARTS)
@@ -343,23 +364,40 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     ``dv_parts`` > 1 splits the output columns over that many programs per (token, head block):
     each recomputes the scores over all D, and its accumulator is 1/dv_parts as wide — what lets
     ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers."""
-    b, s, h, d = q.shape
-    out_dtype = q.dtype
-    if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
-        q = q.float()  # the interpreter mishandles bf16: compute in fp32 on CPU
-    q = q.contiguous()
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
-    sink = sink.float().contiguous()
-    kv, kv16, n = _rows(kv, q.dtype, layout, d)
+    kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
     if window is None:   # no window slots: the window pointers are never read
         win, win16, nw, widx, w, widx_stride = kv, kv16, 0, idx, 0, 0
     else:
-        win, win16, nw = _rows(window.rows, q.dtype, layout, d)
+        win, win16, nw = _rows(window.rows, q.dtype, layout, q.shape[-1])
         widx = _index_tensor(window.indices)
         w = widx.shape[-1]
-        widx_stride = 0 if widx.dim() == 2 else s * w
-    k = idx.shape[-1]
+        widx_stride = 0 if widx.dim() == 2 else q.shape[1] * w
+    return _launch(q, out_dtype, (kv, kv16, win, win16, idx, widx), (n, idx.shape[-1], nw, w,
+                   widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
+                   block_h, block_n, dv_parts, num_warps)
+
+
+def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+    """q as the kernel reads it (fp32 under the interpreter, which mishandles bf16), and the
+    dtype the output comes back in."""
+    out_dtype = q.dtype
+    if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
+        q = q.float()
+    return q.contiguous(), out_dtype
+
+
+def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
+            n_splits, block_h, block_n, dv_parts, num_warps) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
+    (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
+    nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode)."""
+    b, s, h, d = q.shape
+    kv, kv16, win, win16, idx, widx = sources
+    n, k, nw, w, widx_stride = sizes
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    sink = sink.float().contiguous()
     slots = w + k
     if layout is None:
         row, nope, qb, soff = d, d, 1, 0
@@ -385,17 +423,19 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     rotate = dict(UNROPE=unrope is not None, BF16=out_dtype == torch.bfloat16)
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
-                  DV_PARTS=dv_parts, num_warps=num_warps)
+                  DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
+                  num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
+    tab = idx if table is None else table
     sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)
     if splits == 1:
         _sparse_attn_fwd[(b * s, head_blocks, dv_parts)](
-            *sources, out, lse, ang, *sizes, SPLIT=False, **rotate, **consts)
+            *sources, out, lse, ang, tab, *sizes, SPLIT=False, **rotate, **consts)
     else:
         po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
         _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
-            *sources, po, plse, ang, *sizes, SPLIT=True, **consts)
+            *sources, po, plse, ang, tab, *sizes, SPLIT=True, **consts)
         block_dc = min(block_d, COMBINE_BLOCK_D)
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
             po, plse, sink, out, lse, ang, s, h, d, r2, splits, BLOCK_H=block_h,

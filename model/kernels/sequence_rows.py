@@ -1,0 +1,179 @@
+"""A decode step of several sequences: one launch for all of them, each query over its own rows.
+
+A ragged batch runs as one row of tokens (b = 1). At a decode step token t is sequence t's one
+new token, and its cache's rows are its own tensors: the window's rows (the past ones and the
+new one), the compressed rows in their store and, on CSA layers, the indexer's keys in theirs.
+Per-sequence launches cost the host one launch per sequence per op per layer. Here the rows stay
+where they are and a table says where: ``SequenceRows.table`` (int64 [5, T]: each sequence's
+compressed rows' address and count, window rows' address and count, indexer keys' address),
+copied to the device once per layer. The kernels read it in their TABLE mode
+(``sparse_attn._sparse_attn_fwd``, ``indexer._indexer_scores_block``), so attention with its
+combine and the indexer's scores with its pick are two launches each, whatever the batch.
+
+Token t's window slots are the last NW_t of the layer's W (its window rows, oldest first:
+``window_slots``); its compressed slots are the indexer's picks (CSA) or all its N_t rows
+(HCA); a sliding-window layer has none. The references run each sequence through the
+per-sequence references, exactly as ``Attention`` did before: they are the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from model.kernels import indexer as _indexer
+from model.kernels import sparse_attn as _sparse_attn
+from model.kernels import topk_select
+from model.kernels.kv_fp8 import KVLayout
+from model.kernels.sparse_attn import WindowRows
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceRows:
+    """Per token t of a decode step: its window rows ``windows[t]`` [1, NW_t, row] (newest
+    last; NW_t ≤ ``window``), its compressed rows ``stores[t]`` [1, ≥ counts[t], row] (None on
+    a sliding-window layer) and, on CSA layers, its indexer keys ``keys[t]`` [1, ≥ counts[t],
+    key row]. Rows are float [.., d] or packed (uint8), as the cache holds them."""
+    windows: tuple[torch.Tensor, ...]
+    stores: tuple[torch.Tensor | None, ...]
+    counts: tuple[int, ...]
+    window: int
+    keys: tuple[torch.Tensor, ...] | None = None
+
+    def table(self) -> torch.Tensor:
+        """int64 [5, T] on the rows' device: compressed rows' address, their count, window
+        rows' address, their count, indexer keys' address (0 where there are none)."""
+        t = len(self.windows)
+        stores = [s.data_ptr() if s is not None else 0 for s in self.stores]
+        keys = [k.data_ptr() for k in self.keys] if self.keys is not None else [0] * t
+        rows = [stores, list(self.counts), [w.data_ptr() for w in self.windows],
+                [w.shape[1] for w in self.windows], keys]
+        return torch.tensor(rows, dtype=torch.int64).to(self.windows[0].device)
+
+
+def window_slots(window: int, rows: int, device: torch.device) -> torch.Tensor:
+    """[1, 1, window]: a decode token's window slots as indices into its window's ``rows``
+    rows — the last ``rows`` slots, oldest first, −1 before them."""
+    slots = torch.arange(window, device=device) - (window - rows)
+    return torch.where(slots >= 0, slots, -1).view(1, 1, window)
+
+
+# -- attention --------------------------------------------------------------------------------
+def sparse_attn_rows_reference(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
+                               picks: torch.Tensor | None, scale: float,
+                               layout: KVLayout | None, unrope: torch.Tensor,
+                               out: torch.Tensor | None = None) -> torch.Tensor:
+    """q [1, T, h, d] → o [1, T, h, d] (into ``out`` when given): token t over its window slots
+    and its compressed slots — ``picks`` [1, T, K] (−1 = none) or, None, all its rows — each
+    sequence through ``sparse_attn(_fp8)_reference``, as the per-sequence path calls it."""
+    out = torch.empty_like(q) if out is None else out
+    for t in range(q.shape[1]):
+        kv, indices, window = _token_sources(rows, t, picks, q.device)
+        args = (q[:, t:t + 1], kv, sink, indices, scale)
+        if layout is None:
+            o, _ = _sparse_attn.sparse_attn_reference(*args, window, unrope[t:t + 1])
+        else:
+            o, _ = _sparse_attn.sparse_attn_fp8_reference(*args, layout, window,
+                                                          unrope[t:t + 1])
+        out[:, t:t + 1] = o
+    return out
+
+
+def _token_sources(rows: SequenceRows, t: int, picks: torch.Tensor | None,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, WindowRows | None]:
+    """Token t's rows as the per-sequence attention takes them: (kv, indices [1, 1, k],
+    window) — a sliding-window layer's window is its kv."""
+    win = rows.windows[t]
+    slots = window_slots(rows.window, win.shape[1], device)
+    store = rows.stores[t]
+    if store is None:
+        return win, slots, None
+    n = rows.counts[t]
+    indices = (picks[:, t:t + 1] if picks is not None else
+               torch.arange(n, device=device).view(1, 1, n))
+    return store[:, :n], indices, WindowRows(win, slots[0])
+
+
+def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
+                            picks: torch.Tensor | None, scale: float,
+                            layout: KVLayout | None, unrope: torch.Tensor,
+                            out: torch.Tensor | None = None, table: torch.Tensor | None = None,
+                            n_splits: int | None = None, block_n: int = 16) -> torch.Tensor:
+    """Same contract as ``sparse_attn_rows_reference``: one forward (and its combine) for every
+    token, each reading its own rows through ``table`` (``rows.table()`` when None). Float rows
+    must be in the kernel's compute dtype (fp32 under the interpreter); when they are not, the
+    tokens go one by one through ``sparse_attn_triton``."""
+    q, out_dtype = _sparse_attn._compute_queries(q)
+    first = rows.windows[0]
+    if layout is None and first.dtype != q.dtype:
+        return _each_token(q.to(out_dtype), rows, sink, picks, scale, layout, unrope, out)
+    d = q.shape[-1]
+    kv, kv16, _ = _sparse_attn._rows(first, q.dtype, layout, d)
+    table = rows.table() if table is None else table
+    compressed = rows.stores[0] is not None
+    if picks is None:   # all rows (HCA) or none (a sliding-window layer)
+        k = max(rows.counts) if compressed else 0
+        idx = table
+    else:
+        idx = _sparse_attn._index_tensor(picks)
+        k = idx.shape[-1]
+    sizes = (0, k, 0, rows.window, 0)
+    return _sparse_attn._launch(q, out_dtype, (kv, kv16, kv, kv16, idx, idx), sizes, sink,
+                                scale, layout, unrope, out, table, compressed and picks is None,
+                                n_splits, 16, block_n, 1, 4)[0]
+
+
+def _each_token(q, rows, sink, picks, scale, layout, unrope, out) -> torch.Tensor:
+    """The per-sequence launches, for rows the TABLE mode cannot read as they are."""
+    out = torch.empty_like(q) if out is None else out
+    for t in range(q.shape[1]):
+        kv, indices, window = _token_sources(rows, t, picks, q.device)
+        _sparse_attn.sparse_attn_triton(q[:, t:t + 1], kv, sink, indices, scale, layout, window,
+                                        unrope[t:t + 1], out[:, t:t + 1])
+    return out
+
+
+# -- the indexer's picks ----------------------------------------------------------------------
+def indexer_topk_rows_reference(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows,
+                                k: int) -> torch.Tensor:
+    """q [1, T, H, D], weights [1, T, H] → int64 [1, T, k]: token t's best k of its
+    sequence's counts[t] keys (every one visible: a decode step), best first, −1 = none."""
+    out = torch.full((1, q.shape[1], k), -1, dtype=torch.long, device=q.device)
+    for t, n in enumerate(rows.counts):
+        if n and k:
+            keys = rows.keys[t][:, :n]
+            visible = torch.full((1,), n, dtype=torch.long, device=q.device)
+            out[:, t:t + 1] = _indexer.indexer_topk_reference(
+                q[:, t:t + 1], weights[:, t:t + 1], keys, visible, k)
+    return out
+
+
+def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows,
+                             k: int, table: torch.Tensor | None = None,
+                             block_n: int = 128) -> torch.Tensor:
+    """Same contract as ``indexer_topk_rows_reference``: one scores launch over every token's
+    own keys (TABLE mode), then one pick (``topk_select``, each row up to its own count).
+    Float keys in another dtype than the kernel's go one token at a time."""
+    t_count = q.shape[1]
+    width = max(rows.counts)
+    out = torch.full((1, t_count, k), -1, dtype=torch.long, device=q.device)
+    if k == 0 or width == 0:
+        return out
+    first = rows.keys[0]
+    table = rows.table() if table is None else table
+    counts = table[1]
+    qc, weights_c, keys, _, prec = _indexer._kernel_inputs(q, weights, first, counts)
+    if first.dtype != torch.uint8 and first.dtype != qc.dtype:
+        for t, n in enumerate(rows.counts):
+            if n:
+                out[:, t:t + 1] = _indexer.indexer_topk_triton(
+                    q[:, t:t + 1], weights[:, t:t + 1], rows.keys[t][:, :n], counts[t:t + 1],
+                    k, causal=False)
+        return out
+    scores = torch.empty(1, t_count, width, dtype=torch.float32, device=q.device)
+    block_n = max(16, triton.next_power_of_2(block_n))
+    _indexer._launch_scores(qc, weights_c, keys, counts, scores, 0, t_count, prec, 1, block_n,
+                            table=table[4])
+    return topk_select.topk_select_triton(scores, k, counts, out)

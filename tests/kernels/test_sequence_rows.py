@@ -1,0 +1,117 @@
+"""A decode step of several sequences in one launch per op (TABLE mode, interpreter) against the
+per-sequence references: each token over its own window, compressed rows and indexer keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.kernels import fp4_keys, sequence_rows
+from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
+from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8
+from model.kernels.quant import fp4_fake_quant
+from model.kernels.sequence_rows import (
+    SequenceRows,
+    indexer_topk_rows_reference,
+    indexer_topk_rows_triton,
+    sparse_attn_rows_reference,
+    sparse_attn_rows_triton,
+    window_slots,
+)
+from model.op_audit import OpAudit
+
+D, ROPE, W, H = 64, 16, 8, 8
+
+
+def _rows(windows, counts, kind, fp8, seed=0, spare=5):
+    """Each sequence's window rows (windows[t] of them) and compressed rows (counts[t], in a
+    store with ``spare`` rows of room, as a cache's store has), float or packed FP8."""
+    g = torch.Generator().manual_seed(seed)
+    layout = KVLayout(head_dim=D, rope_dim=ROPE, block=16) if fp8 else None
+    pack = (lambda x: pack_kv_fp8(x, layout)) if fp8 else (lambda x: x)
+    wins = tuple(pack(torch.randn(1, nw, D, generator=g)) for nw in windows)
+    stores = tuple(None if kind == "window" else pack(torch.randn(1, n + spare, D, generator=g))
+                   for n in counts)
+    return SequenceRows(wins, stores, tuple(counts if kind != "window" else [0] * len(windows)),
+                        W), layout
+
+
+def _queries(t, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, t, H, D, generator=g)
+    sink = torch.randn(H, generator=g)
+    angles = torch.rand(t, ROPE // 2, generator=g) * 6.0
+    return q, sink, angles
+
+
+def test_window_slots_are_the_last_rows_oldest_first():
+    assert window_slots(4, 2, torch.device("cpu")).tolist() == [[[-1, -1, 0, 1]]]
+    assert window_slots(4, 4, torch.device("cpu")).tolist() == [[[0, 1, 2, 3]]]
+
+
+@pytest.mark.parametrize("kind", ["window", "all", "picks"])
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, splits):
+    """Young sequences (a window not yet full, no compressed rows) beside long ones."""
+    windows, counts = [1, W, 3, W], [0, 13, 2, 40]
+    rows, layout = _rows(windows, counts, kind, fp8)
+    q, sink, angles = _queries(len(windows))
+    picks = None
+    if kind == "picks":   # the indexer's: up to 12 of each sequence's rows, −1 padded
+        g = torch.Generator().manual_seed(2)
+        picks = torch.full((1, 4, 12), -1, dtype=torch.long)
+        for t, n in enumerate(counts):
+            picks[0, t, :min(12, n)] = torch.randperm(n, generator=g)[:12]
+    want = sparse_attn_rows_reference(q, rows, sink, picks, 0.125, layout, angles)
+    out = torch.full_like(q, float("nan"))
+    with OpAudit() as audit:
+        got = sparse_attn_rows_triton(q, rows, sink, picks, 0.125, layout, angles, out,
+                                      n_splits=splits)
+    assert got is out
+    split = splits > 1 and kind != "window"   # a window of 8 slots is one 16-row tile
+    assert sum(audit.triton.values()) == (2 if split else 1)   # forward (+ combine)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+
+
+def _keys(counts, packed, seed=3, spare=3, d=32):
+    g = torch.Generator().manual_seed(seed)
+    keys = []
+    for n in counts:
+        k = fp4_fake_quant(torch.randn(1, n + spare, d, generator=g), 32)
+        k[:, ::7] = 0.0
+        keys.append(pack_index_keys(k, IndexKeyLayout(d)) if packed else k)
+    return tuple(keys)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_one_scores_launch_and_one_pick_for_every_sequence(packed):
+    counts = [0, 5, 70, 33]
+    rows = SequenceRows(tuple(torch.zeros(1, 1, D) for _ in counts),
+                        tuple(torch.zeros(1, n + 1, D) for n in counts), tuple(counts), W,
+                        _keys(counts, packed))
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 4, 32, generator=g)
+    w = torch.randn(1, 4, 4, generator=g) * 0.5
+    want = indexer_topk_rows_reference(q, w, rows, 16)
+    with OpAudit() as audit:
+        got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
+    assert dict(audit.triton) == {"_indexer_scores_block": 1, "_topk_select": 1}
+    assert torch.equal(got < 0, want < 0)
+    assert (got[0, 0] == -1).all() and (got[0, 1, 5:] == -1).all()
+    float_keys = tuple(fp4_keys.key_rows(k, k.shape[1], 32) if packed else k
+                       for k in rows.keys)
+    for t, n in enumerate(counts):   # the same scores in the same order (ties may swap rows)
+        scores = torch.einsum("hd,nd->hn", q[0, t], float_keys[t][0, :n]).relu()
+        scores = (w[0, t].view(-1, 1) * scores).sum(0)
+        mine, theirs = got[0, t][got[0, t] >= 0], want[0, t][want[0, t] >= 0]
+        assert torch.allclose(scores[mine], scores[theirs], atol=1e-5)
+
+
+def test_the_table_says_where_each_sequences_rows_are():
+    rows, _ = _rows([2, 3], [4, 1], "all", False)
+    table = rows.table()
+    assert table.dtype == torch.int64 and table.shape == (5, 2)
+    assert table[0].tolist() == [s.data_ptr() for s in rows.stores]
+    assert table[1].tolist() == [4, 1] and table[3].tolist() == [2, 3]
+    assert table[4].tolist() == [0, 0]   # no indexer keys on this layer
