@@ -41,6 +41,7 @@ from model.kernels import (
     mhc,
     moe,
     quant,
+    sequence_rows,
     sparse_attn,
 )
 from model.kernels.expert_bank import ExpertBank
@@ -110,6 +111,46 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
                 lambda: sparse_attn.sparse_attn_reference(q, kv, sink, idx, scale, window, angles),
                 lambda: sparse_attn.sparse_attn_triton(q, kv, sink, idx, scale, window=window,
                                                        unrope=angles, **tiles), target)
+
+
+def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype) -> Case:
+    """A decode step of ``seqs`` sequences on a CSA layer in one launch per op (native numerics'
+    rows: FP8 KV, FP4 indexer keys; model/kernels/sequence_rows.py): each token's indexer
+    scores and pick over its own n_comp keys, then attention over its own window ∪ top-k
+    rows. Bytes: every sequence's keys, the rows its token reads, q and o."""
+    layout = kv_fp8.V4_KV_LAYOUT
+    windows = tuple(kv_fp8.pack_kv_fp8(_rand(1, WINDOW, HEAD_DIM, dtype=dtype, device=dev))
+                    for _ in range(seqs))
+    stores = tuple(kv_fp8.pack_kv_fp8(_rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev))
+                   for _ in range(seqs))
+    keys = tuple(fp4_keys.pack_index_keys(_rand(1, n_comp, IDX_DIM, dtype=dtype, device=dev),
+                                          fp4_keys.IndexKeyLayout(IDX_DIM))
+                 for _ in range(seqs))
+    rows = sequence_rows.SequenceRows(windows, stores, (n_comp,) * seqs, WINDOW, keys)
+    _ = rows.table   # made now (a host → device copy), not inside a graph capture
+    q = _rand(1, seqs, HEADS, HEAD_DIM, dtype=dtype, device=dev)
+    iq = _rand(1, seqs, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
+    w = torch.randn(1, seqs, IDX_HEADS, device=dev) * IDX_HEADS**-0.5
+    sink = torch.randn(HEADS, device=dev)
+    angles = torch.rand(seqs, ROPE_DIM // 2, device=dev) * 6.0
+    scale = HEAD_DIM**-0.5
+
+    def step(attn, topk):
+        picks = topk(iq, w, rows, TOPK)
+        return attn(q, rows, sink, picks, scale, layout, angles)
+
+    key_bytes = fp4_keys.IndexKeyLayout(IDX_DIM).row_bytes
+    nbytes = seqs * (n_comp * key_bytes + (WINDOW + TOPK) * layout.row_bytes
+                     + 2 * HEADS * HEAD_DIM * q.element_size())
+    flops = seqs * (2.0 * IDX_HEADS * IDX_DIM * n_comp + 4.0 * HEADS * HEAD_DIM * (WINDOW + TOPK))
+    shape = {"sequences": seqs, "keys": n_comp, "topk": TOPK, "window": WINDOW,
+             "kv": "fp8-584B", "keys_format": "fp4-68B"}
+    return Case(name, shape, nbytes, flops,
+                lambda: step(sequence_rows.sparse_attn_rows_reference,
+                             sequence_rows.indexer_topk_rows_reference),
+                lambda: step(sequence_rows.sparse_attn_rows_triton,
+                             sequence_rows.indexer_topk_rows_triton),
+                "none set (a batch's decode step: per-sequence launches before)")
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
@@ -454,6 +495,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           path="merge"),
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,
           packed=True, select="torch"),
+        p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),

@@ -251,7 +251,7 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         keys.shape[1], h, d, width, chunk, BLOCK_T=block_t, BLOCK_H=block_h,
         BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, PREC=prec,
         PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK, TABLE=table is not None,
-        num_warps=8 if block_t * block_h * block_n >= 1 << 14 else 4)
+        num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None else 4)
 
 
 def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,

@@ -32,11 +32,13 @@ from model.kernels import moe as _moe
 from model.kernels import norm_rope as _norm_rope
 from model.kernels import quant_triton as _quant_triton
 from model.kernels import router as _router
+from model.kernels import sequence_rows as _sequence_rows
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
 from model.kernels.gemv import SplitK
 from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
 from model.kernels.launch import interpreting
+from model.kernels.sequence_rows import SequenceRows
 from model.kernels.sparse_attn import WindowRows
 
 BACKEND_ENV = "V4CODER_KERNELS"
@@ -290,6 +292,31 @@ def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
     o, lse = _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout,
                                                     window, unrope)
     return _sparse_attn.into(out, o), lse
+
+
+def sparse_attn_rows(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
+                     picks: torch.Tensor | None, scale: float, layout: KVLayout | None,
+                     unrope: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A decode step of several sequences (q [1, T, h, d], token t = sequence t's new token):
+    each token over its own window rows and compressed rows — the indexer's ``picks``
+    [1, T, K] (−1 = none) or, None, all of them (model/kernels/sequence_rows.py); FP8 rows
+    given a ``layout``. → o [1, T, h, d] rotated back by ``unrope`` (into ``out``). One launch
+    (and its combine) for the whole batch on Triton."""
+    if backend(q) == "triton":
+        return _sequence_rows.sparse_attn_rows_triton(q, rows, sink, picks, scale, layout,
+                                                      unrope, out)
+    return _sequence_rows.sparse_attn_rows_reference(q, rows, sink, picks, scale, layout, unrope,
+                                                     out)
+
+
+def indexer_topk_rows(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows, k: int
+                      ) -> torch.Tensor:
+    """A decode step of several sequences: token t's k best of its sequence's keys
+    (``rows.keys[t]``, every one of its ``rows.counts[t]`` visible) → int64 [1, T, k], best
+    first, −1 = none. One scores launch and one pick for the whole batch on Triton."""
+    if backend(q) == "triton":
+        return _sequence_rows.indexer_topk_rows_triton(q, weights, rows, k)
+    return _sequence_rows.indexer_topk_rows_reference(q, weights, rows, k)
 
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,

@@ -18,6 +18,7 @@ per-sequence references, exactly as ``Attention`` did before: they are the contr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from model.kernels.kv_fp8 import KVLayout
 from model.kernels.sparse_attn import WindowRows
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SequenceRows:
     """Per token t of a decode step: its window rows ``windows[t]`` [1, NW_t, row] (newest
     last; NW_t ≤ ``window``), its compressed rows ``stores[t]`` [1, ≥ counts[t], row] (None on
@@ -42,15 +43,23 @@ class SequenceRows:
     window: int
     keys: tuple[torch.Tensor, ...] | None = None
 
+    @functools.cached_property
     def table(self) -> torch.Tensor:
         """int64 [5, T] on the rows' device: compressed rows' address, their count, window
-        rows' address, their count, indexer keys' address (0 where there are none)."""
+        rows' address, their count, indexer keys' address (0 where there are none). Made once
+        (one host → device copy, which the host does not wait for), read by every TABLE-mode
+        launch of the step's layer."""
         t = len(self.windows)
         stores = [s.data_ptr() if s is not None else 0 for s in self.stores]
         keys = [k.data_ptr() for k in self.keys] if self.keys is not None else [0] * t
         rows = [stores, list(self.counts), [w.data_ptr() for w in self.windows],
                 [w.shape[1] for w in self.windows], keys]
-        return torch.tensor(rows, dtype=torch.int64).to(self.windows[0].device)
+        device = self.windows[0].device
+        if device.type != "cuda":
+            return torch.tensor(rows, dtype=torch.int64, device=device)
+        # from pinned memory, not waiting: a pageable copy would make the host wait for every
+        # kernel queued before it, once per layer
+        return torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
 
 
 def window_slots(window: int, rows: int, device: torch.device) -> torch.Tensor:
@@ -91,7 +100,8 @@ def _token_sources(rows: SequenceRows, t: int, picks: torch.Tensor | None,
     if store is None:
         return win, slots, None
     n = rows.counts[t]
-    indices = (picks[:, t:t + 1] if picks is not None else
+    # the picks of a token's ≤ n rows: no −1 columns past them (the per-sequence call's k)
+    indices = (picks[:, t:t + 1, :n] if picks is not None else
                torch.arange(n, device=device).view(1, 1, n))
     return store[:, :n], indices, WindowRows(win, slots[0])
 
@@ -99,10 +109,10 @@ def _token_sources(rows: SequenceRows, t: int, picks: torch.Tensor | None,
 def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
                             picks: torch.Tensor | None, scale: float,
                             layout: KVLayout | None, unrope: torch.Tensor,
-                            out: torch.Tensor | None = None, table: torch.Tensor | None = None,
-                            n_splits: int | None = None, block_n: int = 16) -> torch.Tensor:
+                            out: torch.Tensor | None = None, n_splits: int | None = None,
+                            block_n: int = 16) -> torch.Tensor:
     """Same contract as ``sparse_attn_rows_reference``: one forward (and its combine) for every
-    token, each reading its own rows through ``table`` (``rows.table()`` when None). Float rows
+    token, each reading its own rows through ``rows.table``. Float rows
     must be in the kernel's compute dtype (fp32 under the interpreter); when they are not, the
     tokens go one by one through ``sparse_attn_triton``."""
     q, out_dtype = _sparse_attn._compute_queries(q)
@@ -111,7 +121,7 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
         return _each_token(q.to(out_dtype), rows, sink, picks, scale, layout, unrope, out)
     d = q.shape[-1]
     kv, kv16, _ = _sparse_attn._rows(first, q.dtype, layout, d)
-    table = rows.table() if table is None else table
+    table = rows.table
     compressed = rows.stores[0] is not None
     if picks is None:   # all rows (HCA) or none (a sliding-window layer)
         k = max(rows.counts) if compressed else 0
@@ -151,18 +161,19 @@ def indexer_topk_rows_reference(q: torch.Tensor, weights: torch.Tensor, rows: Se
 
 
 def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows,
-                             k: int, table: torch.Tensor | None = None,
-                             block_n: int = 128) -> torch.Tensor:
+                             k: int, block_n: int = 128) -> torch.Tensor:
     """Same contract as ``indexer_topk_rows_reference``: one scores launch over every token's
-    own keys (TABLE mode), then one pick (``topk_select``, each row up to its own count).
-    Float keys in another dtype than the kernel's go one token at a time."""
+    own keys (TABLE mode), then one pick (``topk_select``, each row up to its own count) — per
+    block of tokens whose scores fit ``indexer.PREFILL_SCRATCH_BYTES``, one block unless the
+    batch is large and the context long. Float keys in another dtype than the kernel's go one
+    token at a time."""
     t_count = q.shape[1]
     width = max(rows.counts)
     out = torch.full((1, t_count, k), -1, dtype=torch.long, device=q.device)
     if k == 0 or width == 0:
         return out
     first = rows.keys[0]
-    table = rows.table() if table is None else table
+    table = rows.table
     counts = table[1]
     qc, weights_c, keys, _, prec = _indexer._kernel_inputs(q, weights, first, counts)
     if first.dtype != torch.uint8 and first.dtype != qc.dtype:
@@ -172,8 +183,16 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
                     q[:, t:t + 1], weights[:, t:t + 1], rows.keys[t][:, :n], counts[t:t + 1],
                     k, causal=False)
         return out
-    scores = torch.empty(1, t_count, width, dtype=torch.float32, device=q.device)
     block_n = max(16, triton.next_power_of_2(block_n))
-    _indexer._launch_scores(qc, weights_c, keys, counts, scores, 0, t_count, prec, 1, block_n,
-                            table=table[4])
-    return topk_select.topk_select_triton(scores, k, counts, out)
+    # the scratch of a block of tokens is bounded as the prefill's is (one block but for a
+    # large batch at long context)
+    rows_per_block = _indexer._prefill_query_rows(1, t_count, width, 1)
+    scratch = torch.empty(min(t_count, rows_per_block) * width, dtype=torch.float32,
+                          device=q.device)
+    for lo in range(0, t_count, rows_per_block):
+        hi = min(t_count, lo + rows_per_block)
+        scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
+        _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1, block_n,
+                                table=table[4])
+        topk_select.topk_select_triton(scores, k, counts[lo:hi], out[:, lo:hi])
+    return out

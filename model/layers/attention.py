@@ -26,6 +26,7 @@ from model.kernels.cache_rows import RowFormat
 from model.kernels.compressor import HeadColumns, PoolColumns
 from model.kernels.gemm import SplitK
 from model.kernels.kv_fp8 import KVLayout
+from model.kernels.sequence_rows import SequenceRows
 from model.kernels.sparse_attn import WindowRows
 from model.layers.compressor import Compressor
 from model.layers.indexer import Indexer, IndexerInputs
@@ -126,10 +127,15 @@ class Attention(nn.Module):
         the spans' caches advance. → attention output [b, T, heads, head_dim], its RoPE dims
         rotated back (the inverse RoPE: in the kernel that stores it, on Triton), stored in
         ``out`` when given (a decode graph's static buffer): each span's kernel writes its
-        tokens' rows, so there is no concatenation and no copy."""
+        tokens' rows, so there is no concatenation and no copy. A decode step of several
+        sequences (every span one token) attends them all in one launch (``_attend_decode``)."""
         layout = self.cache_layout()
         q, kv, pooled, index = inputs.q, inputs.kv, inputs.pooled, inputs.index
         out = torch.empty_like(q) if out is None else out
+        if (len(spans) > 1 and q.shape[0] == 1 and all(sp.length == 1 for sp in spans)
+                and (self.indexer is None or self.indexer.margins is None)):
+            self._attend_decode(inputs, spans, layout, memo, out)
+            return out
         lo = 0
         for sp in spans:
             hi = lo + sp.length
@@ -141,6 +147,29 @@ class Attention(nn.Module):
                 out[:, lo:hi])
             lo = hi
         return out
+
+    def _attend_decode(self, inputs: AttentionInputs, spans: Sequence[Span],
+                       layout: KVLayout | None, memo: dict, out: torch.Tensor) -> None:
+        """A decode step of several sequences (b = 1, token t = span t's one token): each cache
+        advances (its window and compressors, per sequence), then the indexer's picks and
+        attention run once for all of them, each token over its own sequence's rows where the
+        caches hold them (model/kernels/sequence_rows.py)."""
+        kv, pooled, index = inputs.kv, inputs.pooled, inputs.index
+        windows, stores, keys = [], [], []
+        for t, sp in enumerate(spans):
+            window, rows, key_rows = self._advance(
+                kv[:, t:t + 1], None if pooled is None else pooled[:, t:t + 1],
+                None if index is None else index.span(t, t + 1), sp.start, sp.cache, layout,
+                memo)
+            windows.append(window)
+            stores.append(rows)
+            keys.append(key_rows)
+        counts = tuple(0 if rows is None else rows.shape[1] for rows in stores)
+        rows = SequenceRows(tuple(windows), tuple(stores), counts, self.window,
+                            tuple(keys) if self.indexer is not None else None)
+        picks = None if self.indexer is None else self.indexer.pick_rows(index, rows)
+        ops.sparse_attn_rows(inputs.q, rows, self.attn_sink, picks, self.scale, layout,
+                             inputs.angles, out)
 
     def _pool_inputs(self, x: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
         """What the compressors pool (fp32 [b, T, 2, coff·d] each: the main one, then the
@@ -172,15 +201,13 @@ class Attention(nn.Module):
         cols = torch.arange(n, device=positions.device).view(1, -1)
         return torch.where(cols < visible.view(-1, 1), cols, -1)
 
-    def _attend(self, q: torch.Tensor, kv: torch.Tensor,
-                pooled: torch.Tensor | None, index: IndexerInputs | None,
-                start_pos: int, positions: torch.Tensor, angles: torch.Tensor, cache: LayerCache,
-                layout: KVLayout | None, memo: dict, out: torch.Tensor) -> None:
-        """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
-        and the indexer's inputs) over its window, compressed and picked rows; updates its
-        cache. Attention output [b, s, heads, head_dim], rotated back by ``angles``, → ``out``."""
-        b, s = q.shape[:2]
-        device = q.device
+    def _advance(self, kv: torch.Tensor, pooled: torch.Tensor | None,
+                 index: IndexerInputs | None, start_pos: int, cache: LayerCache,
+                 layout: KVLayout | None, memo: dict
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One sequence's s new tokens (their KV rows, the compressor's and the indexer's
+        inputs) join its cache. → (its past window rows then the new ones, all its compressed
+        rows, all its indexer keys; None on layers without them)."""
         past = cache.window
         if past is not None and (past.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
@@ -192,16 +219,35 @@ class Attention(nn.Module):
         kept = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
         # a prefill chunk's keys are far longer than the window: keep a copy, not a view of them
         cache.window = kept.clone() if keys.shape[1] > self.window else kept
+        rows = key_rows = None
+        if self.compressor is not None:
+            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo)
+            if self.indexer is not None:
+                key_rows = self.indexer.advance(index, start_pos, cache, memo)
+        return keys, rows, key_rows
+
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor,
+                pooled: torch.Tensor | None, index: IndexerInputs | None,
+                start_pos: int, positions: torch.Tensor, angles: torch.Tensor, cache: LayerCache,
+                layout: KVLayout | None, memo: dict, out: torch.Tensor) -> None:
+        """One sequence's s new tokens (their projections: queries, KV rows, the compressor's
+        and the indexer's inputs) over its window, compressed and picked rows; updates its
+        cache. Attention output [b, s, heads, head_dim], rotated back by ``angles``, → ``out``."""
+        b, s = q.shape[:2]
+        device = q.device
+        n_past = 0 if cache.window is None else cache.window.shape[1]
+        keys, rows, key_rows = self._advance(kv, pooled, index, start_pos, cache, layout, memo)
         # the window's indices depend on start_pos only through which positions are < 0, so
         # past the first window every decode step of every sequence shares one table
         key = (self.window, min(start_pos, self.window - 1), s, n_past, device)
         indices = (_kept_window_indices(*key) if s <= KEPT_WINDOW_TABLE_TOKENS else
                    _memoized(memo, ("window", *key), lambda: window_indices(*key)))
-        rows, window = keys, None
-        if self.compressor is not None:
+        window = None
+        if rows is None:
+            rows = keys
+        else:
             # compressed rows where the cache holds them, the window rows as a second source:
             # the kernel reads both in place (no copy of either into one tensor)
-            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo)
             window = WindowRows(keys, indices)
             n = rows.shape[1]
             # one query (a decode step) sees every closed block: no index tensor to build
@@ -210,7 +256,7 @@ class Attention(nn.Module):
                 visible = (counting(n + 1, device)[n:] if seen else _memoized(
                     memo, ("visible rows", self.ratio, start_pos, s),
                     lambda: (positions + 1) // self.ratio))
-                indices = self.indexer(index, start_pos, visible, cache, memo)
+                indices = self.indexer.pick(index, key_rows, visible)
             else:
                 indices = (counting(n, device).view(1, n) if seen else _memoized(
                     memo, ("all visible rows", self.ratio, start_pos, s, n),

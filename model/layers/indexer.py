@@ -18,6 +18,7 @@ from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
 from model.kernels.fp4_keys import IndexKeyLayout
+from model.kernels.sequence_rows import SequenceRows
 from model.layers.compressor import Compressor
 from model.layers.linear import Linear, Numerics
 
@@ -83,11 +84,20 @@ class Indexer(nn.Module):
         """One sequence's new tokens (their ``project``ions; ``visible`` [s]: how many
         compressed rows each may see, (position + 1) // ratio) → top-k compressed-row indices
         [b, s, k] per query (−1 = no pick); its keys join ``cache``. ``memo``: the forward's."""
+        return self.pick(inputs, self.advance(inputs, start_pos, cache, memo), visible)
+
+    def advance(self, inputs: IndexerInputs, start_pos: int, cache: LayerCache,
+                memo: dict | None = None) -> torch.Tensor:
+        """One sequence's new tokens' keys join its cache → all its keys [b, n, ..]."""
         layout = self.cache_layout()
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
-        keys = self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout, memo)
+        return self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout, memo)
+
+    def pick(self, inputs: IndexerInputs, keys: torch.Tensor, visible: torch.Tensor
+             ) -> torch.Tensor:
+        """One sequence's queries' top-k of its ``keys`` (``forward`` without the advance)."""
         q, weights = inputs.q, inputs.weights
         b, s = q.shape[:2]
         n = keys.shape[1]
@@ -101,3 +111,9 @@ class Indexer(nn.Module):
         picks = scores.topk(k, dim=-1).indices
         self.margins.append(topk_margin(scores, k))
         return torch.where(picks >= visible.view(1, -1, 1), -1, picks)
+
+    def pick_rows(self, inputs: IndexerInputs, rows: SequenceRows) -> torch.Tensor:
+        """A decode step of several sequences (``rows.keys``: each one's keys, after
+        ``advance``) → [1, T, k] picks, k = min(topk, the most keys any has); −1 = none."""
+        return ops.indexer_topk_rows(inputs.q, inputs.weights, rows,
+                                     min(self.topk, max(rows.counts)))

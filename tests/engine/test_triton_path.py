@@ -46,6 +46,7 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
         # one such flip to ≈ 6% of the logits (the same before this test existed; PERF.md)
         chunk = [list(range(200, 209)), list(range(300, 309))]
         steps = ([chunk] if numerics == "dequant" else []) + [None] * 4
+        decode_steps: list[dict[str, int]] = []
         for step in steps:
             ids = step or [[t] for t in tokens]
             monkeypatch.setenv(ops.BACKEND_ENV, "reference")
@@ -54,6 +55,8 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
             with OpAudit() as audit:
                 got = lm.forward_batch(ids, on_triton)
             kernels.update(audit.triton)
+            if step is None:   # a decode step of both sequences: one launch per op and layer
+                decode_steps.append(dict(audit.triton))
             err = float((got - want).abs().max() / want.abs().max())
             assert err <= tolerance, err
             tokens = want.argmax(-1).tolist()
@@ -69,3 +72,9 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     # per layer and step (dequant numerics run no FP8 GEMM)
     layers = len(lm.layers)
     assert fp8_inputs["SplitK"] == (4 * layers if numerics == "native" else 0), fp8_inputs
+    # the cache side of a decode step of two sequences: every layer's attention forward, and
+    # every CSA layer's indexer scores and pick, once for both (sequence_rows.py)
+    assert len(decode_steps) == 4
+    for launched in decode_steps:
+        assert launched["_sparse_attn_fwd"] == layers
+        assert launched["_indexer_scores_block"] == launched["_topk_select"] == len(csa)

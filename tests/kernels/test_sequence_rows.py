@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.kernels import fp4_keys, sequence_rows
+from model.kernels import fp4_keys, indexer
 from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
 from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8
 from model.kernels.quant import fp4_fake_quant
@@ -108,9 +108,26 @@ def test_one_scores_launch_and_one_pick_for_every_sequence(packed):
         assert torch.allclose(scores[mine], scores[theirs], atol=1e-5)
 
 
+def test_a_large_batch_scores_a_block_of_tokens_at_a_time(monkeypatch):
+    """The scores scratch stays under the prefill's bound: here 2 tokens × 70 keys a block."""
+    counts = [0, 5, 70, 33]
+    rows = SequenceRows(tuple(torch.zeros(1, 1, D) for _ in counts),
+                        tuple(torch.zeros(1, n + 1, D) for n in counts), tuple(counts), W,
+                        _keys(counts, True))
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 4, 4, 32, generator=g)
+    w = torch.randn(1, 4, 4, generator=g)
+    whole = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
+    monkeypatch.setattr(indexer, "PREFILL_SCRATCH_BYTES", 4 * 2 * 70)
+    with OpAudit() as audit:
+        got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
+    assert dict(audit.triton) == {"_indexer_scores_block": 2, "_topk_select": 2}
+    assert torch.equal(got, whole)
+
+
 def test_the_table_says_where_each_sequences_rows_are():
     rows, _ = _rows([2, 3], [4, 1], "all", False)
-    table = rows.table()
+    table = rows.table
     assert table.dtype == torch.int64 and table.shape == (5, 2)
     assert table[0].tolist() == [s.data_ptr() for s in rows.stores]
     assert table[1].tolist() == [4, 1] and table[3].tolist() == [2, 3]
