@@ -32,6 +32,7 @@ from functools import partial
 import torch
 
 from model.kernels import (
+    append_rows,
     cache_rows,
     compressor,
     fp4_keys,
@@ -151,6 +152,25 @@ def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype)
                 lambda: step(sequence_rows.sparse_attn_rows_triton,
                              sequence_rows.indexer_topk_rows_triton),
                 "none set (a batch's decode step: per-sequence launches before)")
+
+
+def _append_case(name: str, seqs: int, dev: str, dtype: torch.dtype) -> Case:
+    """A CSA layer's cache appends at a decode step of ``seqs`` sequences (append_rows.py):
+    each one's full window (WINDOW − 1 FP8 rows) and its two compressors' open-block tails
+    (3 rows of fp32 pooling inputs each) gain one row. Bytes: read and written once each."""
+    row = kv_fp8.V4_KV_LAYOUT.row_bytes
+    items = []
+    for _ in range(seqs):
+        items.append((torch.randint(0, 256, (1, WINDOW - 1, row), dtype=torch.uint8, device=dev),
+                      torch.randint(0, 256, (1, 1, row), dtype=torch.uint8, device=dev)))
+        for width in (2 * HEAD_DIM, 2 * IDX_DIM):   # the overlapping halves: coff = 2
+            items.append((torch.randn(1, 3, 2, width, device=dev),
+                          torch.randn(1, 1, 2, width, device=dev)))
+    nbytes = 2.0 * sum((p.numel() + m.numel()) * m.element_size() for p, m in items)
+    shape = {"sequences": seqs, "items": len(items), "window_rows": WINDOW - 1}
+    return Case(name, shape, nbytes, 0.0, lambda: append_rows.append_rows_reference(items),
+                lambda: append_rows.append_rows_triton(items),
+                "none set (a batch's decode step: a launch per sequence and buffer before)")
 
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
@@ -496,6 +516,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,
           packed=True, select="torch"),
         p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),
+        p(_append_case, "append_rows_decode_csa_batch8", 8, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
@@ -655,6 +676,10 @@ def _graph_fields(case: Case, peaks: tuple[float, float] | None) -> dict:
 
 
 def _first(x: object) -> torch.Tensor:
+    """The output compared: a tuple's first; a list's tensors as their bytes, one after
+    another (compared exactly)."""
+    if isinstance(x, list):
+        return torch.cat([t.reshape(-1).view(torch.uint8) for t in x])
     return x[0] if isinstance(x, tuple) else x  # type: ignore[index,return-value]
 
 

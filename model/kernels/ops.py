@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from model.kernels import append_rows as _append_rows
 from model.kernels import cache_rows as _cache_rows
 from model.kernels import choices, fp4_keys, kv_fp8, quant
 from model.kernels import compressor as _compressor
@@ -292,6 +293,16 @@ def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
     o, lse = _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout,
                                                     window, unrope)
     return _sparse_attn.into(out, o), lse
+
+
+def append_rows(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
+                ) -> list[torch.Tensor]:
+    """Per item (past [1, n, ...] or None, new [1, m, ...]): a fresh tensor of the past rows
+    then the new ones — a decode step's window and compressor appends of every sequence, one
+    launch on Triton (model/kernels/append_rows.py)."""
+    if items and backend(items[0][1]) == "triton":
+        return _append_rows.append_rows_triton(items)
+    return _append_rows.append_rows_reference(items)
 
 
 def sparse_attn_rows(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,

@@ -155,12 +155,23 @@ class Attention(nn.Module):
         attention run once for all of them, each token over its own sequence's rows where the
         caches hold them (model/kernels/sequence_rows.py)."""
         kv, pooled, index = inputs.kv, inputs.pooled, inputs.index
+        # every sequence's window row and compressor inputs after its past ones: one launch
+        items = []
+        for t, sp in enumerate(spans):
+            _check_format(sp.cache.window, layout)
+            items.append((sp.cache.window, kv[:, t:t + 1]))
+            if pooled is not None:
+                items.append((sp.cache.compressor.pending, pooled[:, t:t + 1]))
+            if index is not None:
+                items.append((sp.cache.indexer.pending, index.key_pooled[:, t:t + 1]))
+        appended = ops.append_rows(items)
+        per = len(items) // len(spans)
         windows, stores, keys = [], [], []
         for t, sp in enumerate(spans):
             window, rows, key_rows = self._advance(
                 kv[:, t:t + 1], None if pooled is None else pooled[:, t:t + 1],
                 None if index is None else index.span(t, t + 1), sp.start, sp.cache, layout,
-                memo)
+                memo, appended[t * per:(t + 1) * per])
             windows.append(window)
             stores.append(rows)
             keys.append(key_rows)
@@ -203,17 +214,22 @@ class Attention(nn.Module):
 
     def _advance(self, kv: torch.Tensor, pooled: torch.Tensor | None,
                  index: IndexerInputs | None, start_pos: int, cache: LayerCache,
-                 layout: KVLayout | None, memo: dict
+                 layout: KVLayout | None, memo: dict,
+                 appended: Sequence[torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """One sequence's s new tokens (their KV rows, the compressor's and the indexer's
         inputs) join its cache. → (its past window rows then the new ones, all its compressed
-        rows, all its indexer keys; None on layers without them)."""
+        rows, all its indexer keys; None on layers without them). ``appended``: the window's
+        and the compressors' past rows then the new ones, made already (``ops.append_rows``:
+        a decode step of several sequences), in that order."""
         past = cache.window
-        if past is not None and (past.dtype == torch.uint8) != (layout is not None):
-            raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
+        _check_format(past, layout)
         n_past = 0 if past is None else past.shape[1]
+        joined = [None, None, None] if appended is None else list(appended) + [None]
         # the window keeps a view of keys: never of the caller's (a decode graph's) buffer
-        keys = kv.clone() if past is None else torch.cat([past, kv], dim=1)
+        keys = joined[0]
+        if keys is None:
+            keys = kv.clone() if past is None else torch.cat([past, kv], dim=1)
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
         kept = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
@@ -221,9 +237,9 @@ class Attention(nn.Module):
         cache.window = kept.clone() if keys.shape[1] > self.window else kept
         rows = key_rows = None
         if self.compressor is not None:
-            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo)
+            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo, joined[1])
             if self.indexer is not None:
-                key_rows = self.indexer.advance(index, start_pos, cache, memo)
+                key_rows = self.indexer.advance(index, start_pos, cache, memo, joined[2])
         return keys, rows, key_rows
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,
@@ -268,6 +284,11 @@ class Attention(nn.Module):
         else:
             ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout, window,
                                 angles, out)
+
+
+def _check_format(window: torch.Tensor | None, layout: KVLayout | None) -> None:
+    if window is not None and (window.dtype == torch.uint8) != (layout is not None):
+        raise ValueError("this cache holds KV rows in another format (packed FP8 vs float)")
 
 
 KEPT_WINDOW_TABLE_TOKENS = 16   # window index tables of forwards this short outlive the forward

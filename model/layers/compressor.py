@@ -39,17 +39,21 @@ class Compressor(nn.Module):
         self.numerics = Numerics()
 
     def forward(self, pooled: torch.Tensor, start_pos: int, state: CompressorState,
-                layout: KVLayout | IndexKeyLayout | None = None, memo: dict | None = None
-                ) -> torch.Tensor:
+                layout: KVLayout | IndexKeyLayout | None = None, memo: dict | None = None,
+                joined: torch.Tensor | None = None) -> torch.Tensor:
         """Consume one sequence's tokens [start_pos, start_pos+s) (their ``project``ions,
         [b, s, 2, coff·d]); return all its compressed rows [b, n, head_dim] (uint8
         [b, n, layout.row_bytes] when ``layout`` is given: native numerics only; a ``KVLayout``
         for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``). ``memo``: the
-        forward's memo (the blocks' RoPE angles are the same in every compressor of a ratio)."""
+        forward's memo (the blocks' RoPE angles are the same in every compressor of a ratio).
+        ``joined``: the open block's tail then ``pooled``, when the caller appended them
+        already (a decode step of several sequences: ``ops.append_rows``, one launch)."""
         b, s = pooled.shape[:2]
         ratio, d = self.ratio, self.head_dim
         device = pooled.device
-        if state.pending is not None:
+        if joined is not None:
+            pooled = joined
+        elif state.pending is not None:
             pooled = torch.cat([state.pending, pooled], dim=1)
         else:   # the state keeps views of this: never of the caller's (a decode graph's) buffer
             pooled = pooled.clone()

@@ -87,13 +87,15 @@ class Indexer(nn.Module):
         return self.pick(inputs, self.advance(inputs, start_pos, cache, memo), visible)
 
     def advance(self, inputs: IndexerInputs, start_pos: int, cache: LayerCache,
-                memo: dict | None = None) -> torch.Tensor:
-        """One sequence's new tokens' keys join its cache → all its keys [b, n, ..]."""
+                memo: dict | None = None, joined: torch.Tensor | None = None) -> torch.Tensor:
+        """One sequence's new tokens' keys join its cache → all its keys [b, n, ..]
+        (``joined``: as ``Compressor.forward`` takes it)."""
         layout = self.cache_layout()
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
-        return self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout, memo)
+        return self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout, memo,
+                               joined)
 
     def pick(self, inputs: IndexerInputs, keys: torch.Tensor, visible: torch.Tensor
              ) -> torch.Tensor:

@@ -72,9 +72,10 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     # per layer and step (dequant numerics run no FP8 GEMM)
     layers = len(lm.layers)
     assert fp8_inputs["SplitK"] == (4 * layers if numerics == "native" else 0), fp8_inputs
-    # the cache side of a decode step of two sequences: every layer's attention forward, and
-    # every CSA layer's indexer scores and pick, once for both (sequence_rows.py)
+    # the cache side of a decode step of two sequences: every layer's appends (window and
+    # compressor tails) and attention forward, and every CSA layer's indexer scores and pick,
+    # once for both (append_rows.py, sequence_rows.py)
     assert len(decode_steps) == 4
     for launched in decode_steps:
-        assert launched["_sparse_attn_fwd"] == layers
+        assert launched["_sparse_attn_fwd"] == launched["_append_rows_kernel"] == layers
         assert launched["_indexer_scores_block"] == launched["_topk_select"] == len(csa)

@@ -1,0 +1,92 @@
+"""Every sequence's new rows after its past ones, in one launch: a decode step's cache appends.
+
+At a decode step of several sequences each layer grows, per sequence, its window (past rows +
+the new KV row) and each compressor's open block (past tail + the new pooling inputs). Each is
+``torch.cat([past, new], dim=1)`` into a fresh tensor — one launch per sequence per buffer.
+``append_rows_triton`` makes all of a layer's fresh tensors (allocations: no launch), and one
+kernel copies each item's past bytes then its new bytes into its own, reading their addresses
+from a table (int64 [5, items]: past address and bytes, new address and bytes, destination),
+which goes up once (pinned memory, no host wait). The copies move the same bytes as the cats.
+
+Items are (past or None, new): [1, n, ...] and [1, m, ...] of one dtype and row shape, each
+contiguous (b = 1: the rows of one sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+APPEND_BLOCK = 4096   # bytes a program copies per step of its loop
+APPEND_PROGRAMS = 8   # programs per item (the copies of a V4 window: 74 KB each)
+
+
+@triton.jit
+def _append_rows_kernel(tab_ptr, ITEMS, BLOCK: tl.constexpr):
+    """Program (item, part): its share of item's destination bytes — the past's first, then
+    the new rows' — from table rows past address, past bytes, new address, new bytes, dest."""
+    item = tl.program_id(0)
+    part = tl.program_id(1)
+    parts = tl.num_programs(1)
+    past = tl.load(tab_ptr + item).to(tl.pointer_type(tl.uint8))
+    past_bytes = tl.load(tab_ptr + ITEMS + item)
+    new = tl.load(tab_ptr + 2 * ITEMS + item).to(tl.pointer_type(tl.uint8))
+    new_bytes = tl.load(tab_ptr + 3 * ITEMS + item)
+    dest = tl.load(tab_ptr + 4 * ITEMS + item).to(tl.pointer_type(tl.uint8))
+    total = past_bytes + new_bytes
+    for start in range(part * BLOCK, total, parts * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        from_past = offs < past_bytes
+        in_new = (offs >= past_bytes) & (offs < total)
+        data = tl.load(past + offs, mask=from_past, other=0)
+        data = tl.where(in_new, tl.load(new + (offs - past_bytes), mask=in_new, other=0), data)
+        tl.store(dest + offs, data, mask=offs < total)
+
+
+def append_rows_reference(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
+                          ) -> list[torch.Tensor]:
+    """Per item: a fresh tensor of its past rows then its new ones (``new``'s copy without a
+    past), as ``torch.cat([past, new], dim=1)`` makes."""
+    return [new.clone() if past is None else torch.cat([past, new], dim=1)
+            for past, new in items]
+
+
+def append_rows_triton(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
+                       ) -> list[torch.Tensor]:
+    """Same contract as ``append_rows_reference``: one launch for all the items."""
+    outs, rows = [], [[], [], [], [], []]
+    for past, new in items:
+        n = 0 if past is None else past.shape[1]
+        if past is not None:
+            _check(past, new)
+        assert new.shape[0] == 1 and new.is_contiguous(), new.shape
+        out = new.new_empty(1, n + new.shape[1], *new.shape[2:])
+        outs.append(out)
+        size = new.element_size()
+        for row, value in zip(rows, (0 if past is None else past.data_ptr(),
+                                     0 if past is None else past.numel() * size,
+                                     new.data_ptr(), new.numel() * size, out.data_ptr()),
+                              strict=True):
+            row.append(value)
+    if not outs:
+        return outs
+    device = outs[0].device
+    if device.type == "cuda":   # from pinned memory, not waiting for queued kernels
+        table = torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device,
+                                                                          non_blocking=True)
+    else:
+        table = torch.tensor(rows, dtype=torch.int64, device=device)
+    most = max(p + m for p, m in zip(rows[1], rows[3], strict=True))
+    parts = max(1, min(APPEND_PROGRAMS, triton.cdiv(most, APPEND_BLOCK)))
+    _append_rows_kernel[(len(outs), parts)](table, len(outs), BLOCK=APPEND_BLOCK)
+    return outs
+
+
+def _check(past: torch.Tensor, new: torch.Tensor) -> None:
+    if (past.shape[0] != 1 or past.shape[2:] != new.shape[2:] or past.dtype != new.dtype
+            or not past.is_contiguous()):
+        raise ValueError(f"cannot append rows {tuple(new.shape)} {new.dtype} to "
+                         f"{tuple(past.shape)} {past.dtype}")

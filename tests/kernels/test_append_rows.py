@@ -1,0 +1,39 @@
+"""A decode step's cache appends (every sequence's window and compressor tails) in one launch
+(interpreter) against torch.cat."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.kernels.append_rows import append_rows_reference, append_rows_triton
+from model.op_audit import OpAudit
+
+
+def test_every_item_gets_its_past_then_its_new_rows_in_one_launch():
+    g = torch.Generator().manual_seed(0)
+    big = torch.randint(0, 256, (1, 3000, 200), generator=g, dtype=torch.uint8)
+    step = torch.randint(0, 256, (1, 3, 200), generator=g, dtype=torch.uint8)
+    pooled = torch.randn(1, 4, 2, 16, generator=g)
+    items = [
+        (big[:, 1:2999], step[:, 0:1]),            # a long window: a view past its start
+        (None, step[:, 1:2]),                      # a first row: a copy of the new one
+        (big[:, 5:9], step[:, 2:3]),
+        (pooled[:, :3], pooled[:, 3:4]),           # a compressor's tail, fp32 [.., 2, 16]
+    ]
+    want = append_rows_reference(items)
+    with OpAudit() as audit:
+        got = append_rows_triton(items)
+    assert dict(audit.triton) == {"_append_rows_kernel": 1}
+    for g_, w_, (past, new) in zip(got, want, items, strict=True):
+        assert g_.shape == w_.shape and g_.dtype == w_.dtype and torch.equal(g_, w_)
+        assert g_.data_ptr() not in (new.data_ptr(), 0 if past is None else past.data_ptr())
+    assert append_rows_triton([]) == []
+
+
+def test_rows_of_another_shape_or_dtype_are_refused():
+    rows = torch.zeros(1, 4, 8)
+    with pytest.raises(ValueError, match="cannot append rows"):
+        append_rows_triton([(rows, torch.zeros(1, 1, 9))])
+    with pytest.raises(ValueError, match="cannot append rows"):
+        append_rows_triton([(rows, torch.zeros(1, 1, 8, dtype=torch.float64))])
