@@ -48,6 +48,13 @@ class AttentionInputs:
     index: IndexerInputs | None
     angles: torch.Tensor
 
+    def tokens(self, lo: int, hi: int) -> AttentionInputs:
+        """Tokens [lo, hi) of every input (views)."""
+        return AttentionInputs(self.q[:, lo:hi], self.kv[:, lo:hi],
+                               None if self.pooled is None else self.pooled[:, lo:hi],
+                               None if self.index is None else self.index.span(lo, hi),
+                               self.angles[lo:hi])
+
 
 class Attention(nn.Module):
     """In three steps, which ``Block`` runs in order: ``project`` (per token, reads no cache),
@@ -127,17 +134,21 @@ class Attention(nn.Module):
         the spans' caches advance. → attention output [b, T, heads, head_dim], its RoPE dims
         rotated back (the inverse RoPE: in the kernel that stores it, on Triton), stored in
         ``out`` when given (a decode graph's static buffer): each span's kernel writes its
-        tokens' rows, so there is no concatenation and no copy. A decode step of several
-        sequences (every span one token) attends them all in one launch (``_attend_decode``)."""
+        tokens' rows, so there is no concatenation and no copy. Consecutive one-token spans
+        (the decode tokens of a batch's running sequences) attend in one launch per op for all
+        of them (``_attend_decode``); a longer span (a prefill chunk) on its own."""
         layout = self.cache_layout()
         q, kv, pooled, index = inputs.q, inputs.kv, inputs.pooled, inputs.index
         out = torch.empty_like(q) if out is None else out
-        if (len(spans) > 1 and q.shape[0] == 1 and all(sp.length == 1 for sp in spans)
-                and (self.indexer is None or self.indexer.margins is None)):
-            self._attend_decode(inputs, spans, layout, memo, out)
-            return out
+        batchable = q.shape[0] == 1 and (self.indexer is None or self.indexer.margins is None)
         lo = 0
-        for sp in spans:
+        for group in _decode_runs(spans) if batchable else [[sp] for sp in spans]:
+            if len(group) > 1:
+                hi = lo + len(group)
+                self._attend_decode(inputs.tokens(lo, hi), group, layout, memo, out[:, lo:hi])
+                lo = hi
+                continue
+            sp = group[0]
             hi = lo + sp.length
             self._attend(
                 q[:, lo:hi], kv[:, lo:hi],
@@ -284,6 +295,18 @@ class Attention(nn.Module):
         else:
             ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout, window,
                                 angles, out)
+
+
+def _decode_runs(spans: Sequence[Span]) -> list[list[Span]]:
+    """The spans in order, in groups: each maximal run of one-token spans, and each longer
+    span alone."""
+    groups: list[list[Span]] = []
+    for sp in spans:
+        if sp.length == 1 and groups and groups[-1][-1].length == 1:
+            groups[-1].append(sp)
+        else:
+            groups.append([sp])
+    return groups
 
 
 def _check_format(window: torch.Tensor | None, layout: KVLayout | None) -> None:

@@ -41,6 +41,13 @@ def test_ragged_forward_equals_one_forward_per_sequence(toy_lm):
     expected = [model(torch.tensor([ids]), c, last_only=True)[0] for ids, c in zip(nxt, alone, strict=True)]
     torch.testing.assert_close(model.forward_batch(nxt, together), torch.stack(expected),
                                rtol=1e-4, atol=1e-4)
+    # two decode tokens (attending together) beside a chunk of the third
+    mixed = [[8], [9], [10, 11, 12, 13, 14]]
+    expected = [model(torch.tensor([ids]), c, last_only=True)[0]
+                for ids, c in zip(mixed, alone, strict=True)]
+    torch.testing.assert_close(model.forward_batch(mixed, together), torch.stack(expected),
+                               rtol=1e-4, atol=1e-4)
+    assert [c.length for c in together] == [39, 152, 96]
 
 
 def test_ragged_forward_refuses_an_empty_sequence(toy_lm):

@@ -23,7 +23,7 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     # tiny's FP8 siblings (wq_a 64 + wkv 128 rows, w1 / w3 32) are not whole scale blocks
     csa = [block.attn for block in lm.layers if block.attn.indexer is not None]
     assert csa and all(a.q_proj.fused is not None and a.pool_proj.fused is not None for a in csa)
-    prompts = [list(range(3, 40)), list(range(50, 121))]   # 37 and 71 tokens: ragged
+    prompts = [list(range(3, 40)), list(range(50, 121)), list(range(130, 150))]   # ragged
     on_ref = [lm.new_cache() for _ in prompts]
     on_triton = [lm.new_cache() for _ in prompts]
     kernels: collections.Counter[str] = collections.Counter()
@@ -44,19 +44,25 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
         # numerics: there the prefill GEMMs' fp32 sums, in another order than torch's, move an
         # activation across an FP8 rounding boundary now and then, and the random toy amplifies
         # one such flip to ≈ 6% of the logits (the same before this test existed; PERF.md)
-        chunk = [list(range(200, 209)), list(range(300, 309))]
-        steps = ([chunk] if numerics == "dequant" else []) + [None] * 4
+        # (dequant) last, two sequences' decode tokens beside the third's 5-token chunk
+        chunk = [list(range(200, 209)), list(range(300, 309)), list(range(400, 409))]
+        steps = ([chunk] if numerics == "dequant" else []) + [None] * 4 + (
+            ["mixed"] if numerics == "dequant" else [])
         decode_steps: list[dict[str, int]] = []
+        mixed_steps: list[dict[str, int]] = []
         for step in steps:
-            ids = step or [[t] for t in tokens]
+            ids = ([[t] for t in tokens] if step is None else
+                   [[tokens[0]], [tokens[1]], list(range(500, 505))] if step == "mixed" else step)
             monkeypatch.setenv(ops.BACKEND_ENV, "reference")
             want = lm.forward_batch(ids, on_ref)
             monkeypatch.setenv(ops.BACKEND_ENV, "triton")
             with OpAudit() as audit:
                 got = lm.forward_batch(ids, on_triton)
             kernels.update(audit.triton)
-            if step is None:   # a decode step of both sequences: one launch per op and layer
+            if step is None:   # a decode step of every sequence: one launch per op and layer
                 decode_steps.append(dict(audit.triton))
+            if step == "mixed":
+                mixed_steps.append(dict(audit.triton))
             err = float((got - want).abs().max() / want.abs().max())
             assert err <= tolerance, err
             tokens = want.argmax(-1).tolist()
@@ -72,10 +78,16 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     # per layer and step (dequant numerics run no FP8 GEMM)
     layers = len(lm.layers)
     assert fp8_inputs["SplitK"] == (4 * layers if numerics == "native" else 0), fp8_inputs
-    # the cache side of a decode step of two sequences: every layer's appends (window and
+    # the cache side of a decode step of three sequences: every layer's appends (window and
     # compressor tails) and attention forward, and every CSA layer's indexer scores and pick,
     # once for both (append_rows.py, sequence_rows.py)
     assert len(decode_steps) == 4
     for launched in decode_steps:
         assert launched["_sparse_attn_fwd"] == launched["_append_rows_kernel"] == layers
         assert launched["_indexer_scores_block"] == launched["_topk_select"] == len(csa)
+    # beside a prefill chunk, the decode tokens still attend together: per layer, one
+    # append and one attention launch for them and one attention launch for the chunk
+    for launched in mixed_steps:
+        assert launched["_append_rows_kernel"] == layers
+        assert launched["_sparse_attn_fwd"] == 2 * layers
+    assert len(mixed_steps) == (numerics == "dequant")
