@@ -137,14 +137,18 @@ def round_bf16(x):
 
 
 @triton.jit
-def rope_row(y, ang_ptr, D, R2, BLOCK_D: tl.constexpr):
+def rope_row(y, ang_ptr, D, R2, BLOCK_D: tl.constexpr, position=None):
     """Interleaved RoPE of one row y [BLOCK_D] on its trailing 2·R2 dims, pairs (2i, 2i+1);
-    ang_ptr: this row's R2 angles (cos / sin computed here)."""
+    ang_ptr: this row's R2 angles (cos / sin computed here) or, given the row's ``position``,
+    the R2 inverse frequencies (angle = float(position) · frequency, as
+    ``RotaryEmbedding.angles`` computes it)."""
     even, odd = tl.split(tl.reshape(y, (BLOCK_D // 2, 2)))
     pair = tl.arange(0, BLOCK_D // 2)
     j = pair - (D // 2 - R2)  # rope pair index, < 0 for the no-rope pairs
     rot = (j >= 0) & (pair < D // 2)
     angle = tl.load(ang_ptr + j, mask=rot, other=0.0)
+    if position is not None:
+        angle = position.to(tl.float32) * angle
     cos = tl.cos(angle)
     sin = tl.sin(angle)
     return tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (BLOCK_D,))

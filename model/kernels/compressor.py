@@ -133,16 +133,31 @@ def pool_inputs_reference(parts: torch.Tensor, compressors: Sequence[PoolColumns
 # -- Triton ----------------------------------------------------------------------------------------
 @triton.jit
 def _compress_insert_kernel(
-        pooled_ptr, prev_kv_ptr, prev_sc_ptr, w_ptr, ang_ptr, h_ptr, out_ptr,
+        pooled_ptr, prev_kv_ptr, prev_sc_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, tab_ptr,
         N, L, R, D, R2, stride_pb, stride_pr, stride_ob, stride_on, eps,
         OVERLAP: tl.constexpr, HAS_PREV: tl.constexpr, BF16: tl.constexpr,
         MODE: tl.constexpr, PACKED: tl.constexpr, NOPE: tl.constexpr, QBLOCK: tl.constexpr,
         N_SCALES: tl.constexpr, SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr, PAD_P: tl.constexpr,
         FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
-        BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+        BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, TABLE: tl.constexpr = False):
+    """TABLE (a decode step of several sequences): entry e is N items' e-th, one block each
+    (L = R rows), its pooled rows, previous block (address 0: none), store row, position and
+    previous block's row stride from tab_ptr int64 [6, N] (``compress_insert_rows_triton``);
+    ang_ptr is then the inverse frequencies."""
     e = tl.program_id(0).to(tl.int64)     # entry = batch·N + block
     bi = e // N
     i = e % N
+    position = None
+    if TABLE:
+        bi = 0
+        i = 0
+        pooled_ptr = tl.load(tab_ptr + e).to(tl.pointer_type(tl.float32))
+        prev_addr = tl.load(tab_ptr + N + e)
+        prev_kv_ptr = prev_addr.to(tl.pointer_type(tl.float32))
+        prev_sc_ptr = tl.load(tab_ptr + 2 * N + e).to(tl.pointer_type(tl.float32))
+        out_ptr = tl.load(tab_ptr + 3 * N + e).to(tl.pointer_type(out_ptr.dtype.element_ty))
+        position = tl.load(tab_ptr + 4 * N + e)
+        stride_pr = tl.load(tab_ptr + 5 * N + e)
     C = D * (2 if OVERLAP else 1)         # kv (or score) width of one pooled row
     base = pooled_ptr + bi * L * 2 * C
     offs_d = tl.arange(0, BLOCK_D)
@@ -167,6 +182,8 @@ def _compress_insert_kernel(
             z = tl.load(ptrs + C, mask=mask, other=float("-inf"))
             if HAS_PREV:   # block 0: the previous block is the state's last closed one
                 from_state = (in_w & before & (block == 0))[:, None] & mask_d[None, :]
+                if TABLE:   # an item's first block has no previous one (address 0)
+                    from_state = from_state & ((w.to(tl.int64) * 0 + prev_addr) != 0)[:, None]
                 prev = bi * stride_pb + w[:, None] * stride_pr + offs_d[None, :]
                 v = tl.where(from_state, tl.load(prev_kv_ptr + prev, mask=from_state, other=0.0), v)
                 z = tl.where(from_state, tl.load(prev_sc_ptr + prev, mask=from_state,
@@ -189,7 +206,7 @@ def _compress_insert_kernel(
     y = y * tl.rsqrt(tl.sum(y * y, 0) / D + eps) * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0)
     if BF16:
         y = round_bf16(y)
-    y = rope_row(y, ang_ptr + i * R2, D, R2, BLOCK_D)
+    y = rope_row(y, ang_ptr + i * R2, D, R2, BLOCK_D, position)
     if BF16:
         y = round_bf16(y)
     store_row(y, out_ptr + bi * stride_ob + i * stride_on, h_ptr, D, BF16, MODE, PACKED, NOPE,
@@ -296,7 +313,7 @@ def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, over
         prev_kv = prev_score = pooled
     _compress_insert_kernel[(b * n_blocks,)](
         pooled, prev_kv, prev_score, norm_weight.float().contiguous(),
-        angles.float().contiguous(), rotation_for(args, d, pooled.device, pooled), target,
+        angles.float().contiguous(), rotation_for(args, d, pooled.device, pooled), target, pooled,
         n_blocks, pooled.shape[1], ratio, d, angles.shape[-1],
         prev_kv.stride(0), prev_kv.stride(1), target.stride(0), target.stride(1), eps,
         OVERLAP=overlap, HAS_PREV=has_prev, **args,
@@ -304,3 +321,76 @@ def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, over
     if target is not out:
         out.copy_(target)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInsert:
+    """One sequence's block closing at a decode step, its insert deferred so that a layer's
+    closing blocks go in one launch (``compress_insert_rows``): its pooled rows [1, ratio, 2,
+    coff·d] fp32, the previous closed block's kv / score [1, ratio, coff·d] (None: its first
+    block), the block's first position (its RoPE position) and its row of the store
+    [1, 1, row_width]."""
+    pooled: torch.Tensor
+    prev_kv: torch.Tensor | None
+    prev_score: torch.Tensor | None
+    position: int
+    out: torch.Tensor
+
+
+def compress_insert_rows_reference(items: Sequence[BlockInsert], ratio: int, overlap: bool,
+                                   norm_weight: torch.Tensor, eps: float,
+                                   inv_freq: torch.Tensor, fmt: RowFormat) -> None:
+    """Each item through ``compress_insert_reference`` into its store row (its angles as
+    ``RotaryEmbedding.angles`` makes them from ``inv_freq``)."""
+    for it in items:
+        position = torch.tensor([it.position], device=it.pooled.device)
+        angles = position.float().unsqueeze(-1) * inv_freq
+        it.out.copy_(compress_insert_reference(it.pooled, 1, ratio, overlap, it.prev_kv,
+                                               it.prev_score, norm_weight, eps, angles, fmt))
+
+
+def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overlap: bool,
+                                norm_weight: torch.Tensor, eps: float, inv_freq: torch.Tensor,
+                                fmt: RowFormat) -> None:
+    """Same contract as ``compress_insert_rows_reference``, one launch (TABLE mode; the angles
+    computed in the kernel). Items the table cannot describe as they are (another stride of
+    the previous block, bf16 rows under the interpreter) go one by one."""
+    if not items:
+        return
+    d = norm_weight.shape[0]
+    width = d * (2 if overlap else 1)
+    out_dtype = items[0].out.dtype
+    direct = not (interpreting() and out_dtype == torch.bfloat16)
+    for it in items:
+        direct = direct and it.pooled.shape == (1, ratio, 2, width) and it.pooled.is_contiguous()
+        direct = direct and it.out.stride(-1) == 1 and it.out.dtype == out_dtype
+        if it.prev_kv is not None:   # kv and score rows: one stride, unit along a row
+            direct = direct and it.prev_kv.stride() == it.prev_score.stride()
+            direct = direct and it.prev_kv.stride(-1) == 1 and it.prev_kv.shape[0] == 1
+            direct = direct and it.prev_kv.dtype == it.prev_score.dtype == torch.float32
+    if not direct:
+        for it in items:
+            position = torch.tensor([it.position], device=it.pooled.device)
+            compress_insert_triton(it.pooled, 1, ratio, overlap, it.prev_kv, it.prev_score,
+                                   norm_weight, eps, position.float().unsqueeze(-1) * inv_freq,
+                                   fmt, out=it.out)
+        return
+    device = items[0].pooled.device
+    rows = [[it.pooled.data_ptr() for it in items],
+            [0 if it.prev_kv is None else it.prev_kv.data_ptr() for it in items],
+            [0 if it.prev_score is None else it.prev_score.data_ptr() for it in items],
+            [it.out.data_ptr() for it in items],
+            [it.position for it in items],
+            [0 if it.prev_kv is None else it.prev_kv.stride(1) for it in items]]
+    if device.type == "cuda":   # from pinned memory, not waiting for queued kernels
+        table = torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device,
+                                                                          non_blocking=True)
+    else:
+        table = torch.tensor(rows, dtype=torch.int64, device=device)
+    args = format_args(fmt, d)
+    first = items[0]
+    _compress_insert_kernel[(len(items),)](
+        first.pooled, first.pooled, first.pooled, norm_weight.float().contiguous(),
+        inv_freq.float().contiguous(), rotation_for(args, d, device, first.pooled), first.out,
+        table, len(items), ratio, ratio, d, inv_freq.shape[-1], 0, 0, 0, 0, eps,
+        OVERLAP=overlap, HAS_PREV=overlap, **args, BLOCK_W=8, TABLE=True)

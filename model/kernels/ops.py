@@ -393,6 +393,20 @@ def compress_insert(pooled: torch.Tensor, n_blocks: int, ratio: int, overlap: bo
     return rows if out is None else out.copy_(rows)
 
 
+def compress_insert_rows(items: Sequence[_compressor.BlockInsert], ratio: int, overlap: bool,
+                         norm_weight: torch.Tensor, eps: float, inv_freq: torch.Tensor,
+                         fmt: _cache_rows.RowFormat) -> None:
+    """``compress_insert`` of one block each for several sequences (a decode step's closing
+    blocks of one layer's compressor), each into its own store row; RoPE at each block's
+    position from ``inv_freq``. Triton: one launch."""
+    if items and backend(items[0].pooled) == "triton" and _cache_rows.supported(fmt):
+        _compressor.compress_insert_rows_triton(items, ratio, overlap, norm_weight, eps,
+                                                inv_freq, fmt)
+    else:
+        _compressor.compress_insert_rows_reference(items, ratio, overlap, norm_weight, eps,
+                                                   inv_freq, fmt)
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float,
            weights: torch.Tensor | None = None, dtype: torch.dtype | None = None
            ) -> torch.Tensor:

@@ -23,7 +23,7 @@ from model.cache import LayerCache, Span, kv_layout
 from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
-from model.kernels.compressor import HeadColumns, PoolColumns
+from model.kernels.compressor import BlockInsert, HeadColumns, PoolColumns
 from model.kernels.gemm import SplitK
 from model.kernels.kv_fp8 import KVLayout
 from model.kernels.sequence_rows import SequenceRows
@@ -178,14 +178,20 @@ class Attention(nn.Module):
         appended = ops.append_rows(items)
         per = len(items) // len(spans)
         windows, stores, keys = [], [], []
+        inserts: tuple[list[BlockInsert], list[BlockInsert]] = ([], [])
         for t, sp in enumerate(spans):
             window, rows, key_rows = self._advance(
                 kv[:, t:t + 1], None if pooled is None else pooled[:, t:t + 1],
                 None if index is None else index.span(t, t + 1), sp.start, sp.cache, layout,
-                memo, appended[t * per:(t + 1) * per])
+                memo, appended[t * per:(t + 1) * per], inserts)
             windows.append(window)
             stores.append(rows)
             keys.append(key_rows)
+        # the blocks that closed (a sequence's every ratio-th step), one launch per compressor
+        if self.compressor is not None:
+            self.compressor.insert(inserts[0], layout)
+        if self.indexer is not None:
+            self.indexer.compressor.insert(inserts[1], self.indexer.cache_layout())
         counts = tuple(0 if rows is None else rows.shape[1] for rows in stores)
         rows = SequenceRows(tuple(windows), tuple(stores), counts, self.window,
                             tuple(keys) if self.indexer is not None else None)
@@ -226,13 +232,15 @@ class Attention(nn.Module):
     def _advance(self, kv: torch.Tensor, pooled: torch.Tensor | None,
                  index: IndexerInputs | None, start_pos: int, cache: LayerCache,
                  layout: KVLayout | None, memo: dict,
-                 appended: Sequence[torch.Tensor] | None = None
+                 appended: Sequence[torch.Tensor] | None = None,
+                 inserts: tuple[list[BlockInsert], list[BlockInsert]] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """One sequence's s new tokens (their KV rows, the compressor's and the indexer's
         inputs) join its cache. → (its past window rows then the new ones, all its compressed
         rows, all its indexer keys; None on layers without them). ``appended``: the window's
         and the compressors' past rows then the new ones, made already (``ops.append_rows``:
-        a decode step of several sequences), in that order."""
+        a decode step of several sequences), in that order; ``inserts``: where the main and
+        the indexer's compressor defer a closing block's insert (``Compressor.forward``)."""
         past = cache.window
         _check_format(past, layout)
         n_past = 0 if past is None else past.shape[1]
@@ -248,9 +256,11 @@ class Attention(nn.Module):
         cache.window = kept.clone() if keys.shape[1] > self.window else kept
         rows = key_rows = None
         if self.compressor is not None:
-            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo, joined[1])
+            main, of_keys = (None, None) if inserts is None else inserts
+            rows = self.compressor(pooled, start_pos, cache.compressor, layout, memo, joined[1],
+                                   main)
             if self.indexer is not None:
-                key_rows = self.indexer.advance(index, start_pos, cache, memo, joined[2])
+                key_rows = self.indexer.advance(index, start_pos, cache, memo, joined[2], of_keys)
         return keys, rows, key_rows
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor,

@@ -16,6 +16,7 @@ from model.cache import CompressorState
 from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
+from model.kernels.compressor import BlockInsert
 from model.kernels.fp4_keys import IndexKeyLayout
 from model.kernels.kv_fp8 import KVLayout
 from model.layers.linear import Linear, Numerics
@@ -40,14 +41,17 @@ class Compressor(nn.Module):
 
     def forward(self, pooled: torch.Tensor, start_pos: int, state: CompressorState,
                 layout: KVLayout | IndexKeyLayout | None = None, memo: dict | None = None,
-                joined: torch.Tensor | None = None) -> torch.Tensor:
+                joined: torch.Tensor | None = None, inserts: list[BlockInsert] | None = None
+                ) -> torch.Tensor:
         """Consume one sequence's tokens [start_pos, start_pos+s) (their ``project``ions,
         [b, s, 2, coff·d]); return all its compressed rows [b, n, head_dim] (uint8
         [b, n, layout.row_bytes] when ``layout`` is given: native numerics only; a ``KVLayout``
         for the attention KV rows, an ``IndexKeyLayout`` when ``rotate``). ``memo``: the
         forward's memo (the blocks' RoPE angles are the same in every compressor of a ratio).
         ``joined``: the open block's tail then ``pooled``, when the caller appended them
-        already (a decode step of several sequences: ``ops.append_rows``, one launch)."""
+        already (a decode step of several sequences: ``ops.append_rows``, one launch).
+        ``inserts``: a decode step's one closing block is not written here but added to the
+        list, its row reserved (the caller writes a layer's in one launch: ``insert``)."""
         b, s = pooled.shape[:2]
         ratio, d = self.ratio, self.head_dim
         device = pooled.device
@@ -76,18 +80,23 @@ class Compressor(nn.Module):
             if state.rows is not None:
                 return state.rows
             return kv.new_empty(b, 0, fmt.row_width(d), dtype=fmt.row_dtype())
-        memo = {} if memo is None else memo
-        key = ("compressed block angles", ratio, first_block, n_blocks)
-        if key not in memo:
-            block_pos = (first_block + torch.arange(n_blocks, device=device)) * ratio
-            memo[key] = self.rope.angles(block_pos)
         # pooling → RMSNorm → RoPE at the block's first position → the cache's row format,
         # written into the store's next rows: one fused op
         store = state.reserve(state.count + n_blocks,
                               like=kv.new_empty(b, 0, fmt.row_width(d), dtype=fmt.row_dtype()))
-        ops.compress_insert(pooled, n_blocks, ratio, self.overlap, state.prev_kv,
-                            state.prev_score, self.norm.weight, self.norm.eps, memo[key], fmt,
-                            out=store[:, state.count:state.count + n_blocks])
+        out = store[:, state.count:state.count + n_blocks]
+        if inserts is not None and n_blocks == 1 and b == 1 and cutoff == pooled.shape[1]:
+            inserts.append(BlockInsert(pooled, state.prev_kv, state.prev_score,
+                                       first_block * ratio, out))
+        else:
+            memo = {} if memo is None else memo
+            key = ("compressed block angles", ratio, first_block, n_blocks)
+            if key not in memo:
+                block_pos = (first_block + torch.arange(n_blocks, device=device)) * ratio
+                memo[key] = self.rope.angles(block_pos)
+            ops.compress_insert(pooled, n_blocks, ratio, self.overlap, state.prev_kv,
+                                state.prev_score, self.norm.weight, self.norm.eps, memo[key],
+                                fmt, out=out)
         state.count += n_blocks
         if self.overlap:   # the next chunk's first block pools this chunk's last one: views
             # when that block is all of ``pooled`` (a decode step), else copies (as the tail)
@@ -96,3 +105,14 @@ class Compressor(nn.Module):
                 last = last.clone()
             state.prev_kv, state.prev_score = last[:, :, 0], last[:, :, 1]
         return state.rows
+
+    def insert(self, inserts: list[BlockInsert],
+               layout: KVLayout | IndexKeyLayout | None = None) -> None:
+        """Write the blocks ``forward`` deferred (several sequences' at one decode step) into
+        their store rows: one launch."""
+        if inserts:
+            fmt = RowFormat(self.numerics.dtype, self.numerics.native, layout, self.rotate,
+                            self.rope_head_dim)
+            ops.compress_insert_rows(inserts, self.ratio, self.overlap, self.norm.weight,
+                                     self.norm.eps, self.rope.inverse_frequencies(
+                                         inserts[0].pooled.device), fmt)

@@ -17,6 +17,7 @@ from model.cache import LayerCache, index_key_layout
 from model.config import ModelConfig
 from model.kernels import ops
 from model.kernels.cache_rows import RowFormat
+from model.kernels.compressor import BlockInsert
 from model.kernels.fp4_keys import IndexKeyLayout
 from model.kernels.sequence_rows import SequenceRows
 from model.layers.compressor import Compressor
@@ -87,15 +88,16 @@ class Indexer(nn.Module):
         return self.pick(inputs, self.advance(inputs, start_pos, cache, memo), visible)
 
     def advance(self, inputs: IndexerInputs, start_pos: int, cache: LayerCache,
-                memo: dict | None = None, joined: torch.Tensor | None = None) -> torch.Tensor:
+                memo: dict | None = None, joined: torch.Tensor | None = None,
+                inserts: list[BlockInsert] | None = None) -> torch.Tensor:
         """One sequence's new tokens' keys join its cache → all its keys [b, n, ..]
-        (``joined``: as ``Compressor.forward`` takes it)."""
+        (``joined``, ``inserts``: as ``Compressor.forward`` takes them)."""
         layout = self.cache_layout()
         held = cache.indexer.rows
         if held is not None and (held.dtype == torch.uint8) != (layout is not None):
             raise ValueError("this cache holds indexer keys in another format (packed FP4 vs float)")
         return self.compressor(inputs.key_pooled, start_pos, cache.indexer, layout, memo,
-                               joined)
+                               joined, inserts)
 
     def pick(self, inputs: IndexerInputs, keys: torch.Tensor, visible: torch.Tensor
              ) -> torch.Tensor:

@@ -46,10 +46,14 @@ class RotaryEmbedding:
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [n] (int) → angles [n, rope_dim/2] float32."""
-        inv = self.on_device.get(positions.device)
-        if inv is None:   # not a host→device copy per call
-            inv = self.on_device[positions.device] = self.inv_freq.to(positions.device)
-        return positions.float().unsqueeze(-1) * inv
+        return positions.float().unsqueeze(-1) * self.inverse_frequencies(positions.device)
+
+    def inverse_frequencies(self, device: torch.device) -> torch.Tensor:
+        """[rope_dim/2] fp32 on ``device``, kept there (not a host→device copy per call)."""
+        inv = self.on_device.get(device)
+        if inv is None:
+            inv = self.on_device[device] = self.inv_freq.to(device)
+        return inv
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor, inverse: bool = False) -> torch.Tensor:

@@ -23,7 +23,8 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     # tiny's FP8 siblings (wq_a 64 + wkv 128 rows, w1 / w3 32) are not whole scale blocks
     csa = [block.attn for block in lm.layers if block.attn.indexer is not None]
     assert csa and all(a.q_proj.fused is not None and a.pool_proj.fused is not None for a in csa)
-    prompts = [list(range(3, 40)), list(range(50, 121)), list(range(130, 150))]   # ragged
+    # ragged: 37, 71 and 41 tokens (the first and the last close their ratio-4 blocks together)
+    prompts = [list(range(3, 40)), list(range(50, 121)), list(range(130, 171))]
     on_ref = [lm.new_cache() for _ in prompts]
     on_triton = [lm.new_cache() for _ in prompts]
     kernels: collections.Counter[str] = collections.Counter()
@@ -82,9 +83,13 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     # compressor tails) and attention forward, and every CSA layer's indexer scores and pick,
     # once for both (append_rows.py, sequence_rows.py)
     assert len(decode_steps) == 4
+    hca = sum(1 for block in lm.layers if block.attn.compressor and not block.attn.indexer)
     for launched in decode_steps:
         assert launched["_sparse_attn_fwd"] == launched["_append_rows_kernel"] == layers
+        # the blocks that close, one launch per compressor whatever the sequences closing
+        assert launched.get("_compress_insert_kernel", 0) <= 2 * len(csa) + hca
         assert launched["_indexer_scores_block"] == launched["_topk_select"] == len(csa)
+    assert sum(launched.get("_compress_insert_kernel", 0) for launched in decode_steps) > 0
     # beside a prefill chunk, the decode tokens still attend together: per layer, one
     # append and one attention launch for them and one attention launch for the chunk
     for launched in mixed_steps:

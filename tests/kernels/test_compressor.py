@@ -151,3 +151,37 @@ def test_a_previous_block_in_another_dtype_or_layout_is_read_as_fp32():
     for kv, score in ((block[:, :, 0], block[:, :, 1]), (prev_kv.double(), prev_score)):
         got = compress_insert_triton(pooled, 1, 4, True, kv, score, weight, 1e-6, angles, fmt)
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt_name", ["float", "kv_packed", "keys_packed"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_decode_steps_closing_blocks_go_in_one_launch(fmt_name, overlap):
+    """Several sequences' one closing block each (a first block without a previous one among
+    them), each into its own store row at its own position: one launch, the rows of one
+    launch per sequence."""
+    from model.kernels.compressor import (
+        BlockInsert,
+        compress_insert_rows_reference,
+        compress_insert_rows_triton,
+    )
+
+    d, rope, ratio = 64, 32, 4 if overlap else 8
+    fmt = FORMATS[fmt_name](d, rope)
+    if fmt.rotate and not overlap:
+        pytest.skip("indexer keys come from ratio-4 compressors")
+    weight, _ = _norm_and_angles(d, rope, 1)
+    inv = 1.0 / 10000 ** (torch.arange(rope // 2).float() / (rope // 2))
+    items, stores, want_items, want = [], [], [], []
+    for seed, (prev, position) in enumerate([(True, 4 * 1000), (False, 0), (True, 4 * 77)]):
+        pooled, prev_kv, prev_score = _pooled(1, ratio, d, overlap, ratio, seed=seed, prev=prev)
+        for rows, chosen in ((stores, items), (want, want_items)):
+            rows.append(torch.zeros(1, 5, fmt.row_width(d), dtype=fmt.row_dtype()))
+            chosen.append(BlockInsert(pooled, prev_kv, prev_score, position,
+                                      rows[-1][:, 2 + seed:3 + seed]))
+    compress_insert_rows_reference(want_items, ratio, overlap, weight, 1e-6, inv, fmt)
+    with OpAudit() as audit:
+        compress_insert_rows_triton(items, ratio, overlap, weight, 1e-6, inv, fmt)
+    assert dict(audit.triton) == {"_compress_insert_kernel": 1}
+    for got, expected in zip(stores, want, strict=True):
+        assert_same_rows(got, expected, fmt)
+        assert (got != 0).any()
