@@ -302,6 +302,29 @@ def _compressor_case(name: str, n: int, ratio: int, dev: str, d: int = 512,
                 "none set (report only)")
 
 
+def _insert_rows_case(name: str, seqs: int, dev: str, d: int = 512,
+                      index_keys: bool = False) -> Case:
+    """A decode step's closing blocks of ``seqs`` sequences in one launch (compress_insert in
+    TABLE mode: each its own pooled rows, previous block, position and store row)."""
+    width = 2 * d
+    weight = torch.rand(d, device=dev) + 0.5
+    inv = 1.0 / 160000 ** (torch.arange(32, device=dev).float() / 32)
+    layout = fp4_keys.IndexKeyLayout(d) if index_keys else kv_fp8.KVLayout(d, 64)
+    fmt = cache_rows.RowFormat(torch.bfloat16, True, layout, index_keys, 64)
+    store = torch.zeros(1, seqs, layout.row_bytes, dtype=torch.uint8, device=dev)
+    items = []
+    for t in range(seqs):
+        pooled = torch.randn(1, 2 * 4, 2, width, device=dev)   # the previous block, then this
+        items.append(compressor.BlockInsert(pooled[:, 4:], pooled[:, :4, 0], pooled[:, :4, 1],
+                                            4 * (1000 + 97 * t), store[:, t:t + 1]))
+    args = (4, True, weight, 1e-6, inv, fmt)
+    return Case(name, {"sequences": seqs, "dim": d, "format": type(layout).__name__},
+                seqs * (8 * 2 * width * 4 + layout.row_bytes), 5.0 * seqs * 8 * width,
+                lambda: compressor.compress_insert_rows_reference(items, *args) or store.clone(),
+                lambda: compressor.compress_insert_rows_triton(items, *args) or store.clone(),
+                "none set (a batch's decode step: a launch per closing sequence before)")
+
+
 def _router_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
                  dim: int = 4096, topk: int = 6) -> Case:
     """MoE router (score-routed layer): the bf16 gate weight dominates the bytes at decode. On a
@@ -517,6 +540,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           packed=True, select="torch"),
         p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),
         p(_append_case, "append_rows_decode_csa_batch8", 8, dev, dtype),
+        p(_insert_rows_case, "compress_insert_decode_batch8", 8, dev),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),

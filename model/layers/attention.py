@@ -183,7 +183,7 @@ class Attention(nn.Module):
             window, rows, key_rows = self._advance(
                 kv[:, t:t + 1], None if pooled is None else pooled[:, t:t + 1],
                 None if index is None else index.span(t, t + 1), sp.start, sp.cache, layout,
-                memo, appended[t * per:(t + 1) * per], inserts)
+                memo, (*appended[t * per:(t + 1) * per], *(None,) * (3 - per)), inserts)
             windows.append(window)
             stores.append(rows)
             keys.append(key_rows)
@@ -232,19 +232,19 @@ class Attention(nn.Module):
     def _advance(self, kv: torch.Tensor, pooled: torch.Tensor | None,
                  index: IndexerInputs | None, start_pos: int, cache: LayerCache,
                  layout: KVLayout | None, memo: dict,
-                 appended: Sequence[torch.Tensor] | None = None,
+                 appended: tuple[torch.Tensor | None, ...] | None = None,
                  inserts: tuple[list[BlockInsert], list[BlockInsert]] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """One sequence's s new tokens (their KV rows, the compressor's and the indexer's
         inputs) join its cache. → (its past window rows then the new ones, all its compressed
-        rows, all its indexer keys; None on layers without them). ``appended``: the window's
-        and the compressors' past rows then the new ones, made already (``ops.append_rows``:
-        a decode step of several sequences), in that order; ``inserts``: where the main and
+        rows, all its indexer keys; None on layers without them). ``appended``: the window's,
+        the compressor's and the indexer's past rows then the new ones, made already
+        (``ops.append_rows``: a decode step of several sequences); ``inserts``: where the main and
         the indexer's compressor defer a closing block's insert (``Compressor.forward``)."""
         past = cache.window
         _check_format(past, layout)
         n_past = 0 if past is None else past.shape[1]
-        joined = [None, None, None] if appended is None else list(appended) + [None]
+        joined = appended or (None, None, None)
         # the window keeps a view of keys: never of the caller's (a decode graph's) buffer
         keys = joined[0]
         if keys is None:

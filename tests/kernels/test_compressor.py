@@ -153,8 +153,9 @@ def test_a_previous_block_in_another_dtype_or_layout_is_read_as_fp32():
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fmt_name", ["float", "kv_packed", "keys_packed"])
-@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("fmt_name,overlap", [  # indexer keys: ratio-4 compressors only
+    ("float", True), ("kv_packed", True), ("keys_packed", True), ("float", False),
+    ("kv_packed", False)])
 def test_a_decode_steps_closing_blocks_go_in_one_launch(fmt_name, overlap):
     """Several sequences' one closing block each (a first block without a previous one among
     them), each into its own store row at its own position: one launch, the rows of one
@@ -167,8 +168,6 @@ def test_a_decode_steps_closing_blocks_go_in_one_launch(fmt_name, overlap):
 
     d, rope, ratio = 64, 32, 4 if overlap else 8
     fmt = FORMATS[fmt_name](d, rope)
-    if fmt.rotate and not overlap:
-        pytest.skip("indexer keys come from ratio-4 compressors")
     weight, _ = _norm_and_angles(d, rope, 1)
     inv = 1.0 / 10000 ** (torch.arange(rope // 2).float() / (rope // 2))
     items, stores, want_items, want = [], [], [], []
