@@ -169,20 +169,21 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     token at a time."""
     t_count = q.shape[1]
     width = max(rows.counts)
-    out = torch.full((1, t_count, k), -1, dtype=torch.long, device=q.device)
     if k == 0 or width == 0:
-        return out
+        return torch.full((1, t_count, k), -1, dtype=torch.long, device=q.device)
     first = rows.keys[0]
     table = rows.table
     counts = table[1]
     qc, weights_c, keys, _, prec = _indexer._kernel_inputs(q, weights, first, counts)
     if first.dtype != torch.uint8 and first.dtype != qc.dtype:
+        out = torch.full((1, t_count, k), -1, dtype=torch.long, device=q.device)
         for t, n in enumerate(rows.counts):
             if n:
                 out[:, t:t + 1] = _indexer.indexer_topk_triton(
                     q[:, t:t + 1], weights[:, t:t + 1], rows.keys[t][:, :n], counts[t:t + 1],
                     k, causal=False)
         return out
+    out = torch.empty((1, t_count, k), dtype=torch.long, device=q.device)   # the picks fill it
     block_n = max(16, triton.next_power_of_2(block_n))
     # the scratch of a block of tokens is bounded as the prefill's is (one block but for a
     # large batch at long context)
