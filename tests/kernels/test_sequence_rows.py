@@ -84,15 +84,20 @@ def _keys(counts, packed, seed=3, spare=3, d=32):
     return tuple(keys)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_one_scores_launch_and_one_pick_for_every_sequence(packed):
-    counts = [0, 5, 70, 33]
+def _index_rows(counts, packed, seed):
+    """Sequences with counts[t] indexer keys each (4 heads × 32 dims) and their queries."""
     rows = SequenceRows(tuple(torch.zeros(1, 1, D) for _ in counts),
                         tuple(torch.zeros(1, n + 1, D) for n in counts), tuple(counts), W,
                         _keys(counts, packed))
-    g = torch.Generator().manual_seed(4)
-    q = torch.randn(1, 4, 4, 32, generator=g)
-    w = torch.randn(1, 4, 4, generator=g) * 0.5
+    g = torch.Generator().manual_seed(seed)
+    return rows, torch.randn(1, len(counts), 4, 32, generator=g), \
+        torch.randn(1, len(counts), 4, generator=g) * 0.5
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_one_scores_launch_and_one_pick_for_every_sequence(packed):
+    counts = [0, 5, 70, 33]
+    rows, q, w = _index_rows(counts, packed, seed=4)
     want = indexer_topk_rows_reference(q, w, rows, 16)
     with OpAudit() as audit:
         got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
@@ -110,13 +115,7 @@ def test_one_scores_launch_and_one_pick_for_every_sequence(packed):
 
 def test_a_large_batch_scores_a_block_of_tokens_at_a_time(monkeypatch):
     """The scores scratch stays under the prefill's bound: here 2 tokens × 70 keys a block."""
-    counts = [0, 5, 70, 33]
-    rows = SequenceRows(tuple(torch.zeros(1, 1, D) for _ in counts),
-                        tuple(torch.zeros(1, n + 1, D) for n in counts), tuple(counts), W,
-                        _keys(counts, True))
-    g = torch.Generator().manual_seed(5)
-    q = torch.randn(1, 4, 4, 32, generator=g)
-    w = torch.randn(1, 4, 4, generator=g)
+    rows, q, w = _index_rows([0, 5, 70, 33], True, seed=5)
     whole = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
     monkeypatch.setattr(indexer, "PREFILL_SCRATCH_BYTES", 4 * 2 * 70)
     with OpAudit() as audit:
