@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels.launch import device_table
+
 APPEND_BLOCK = 4096   # bytes a program copies per step of its loop
 APPEND_PROGRAMS = 8   # programs per item (the copies of a V4 window: 74 KB each)
 
@@ -73,12 +75,7 @@ def append_rows_triton(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
             row.append(value)
     if not outs:
         return outs
-    device = outs[0].device
-    if device.type == "cuda":   # from pinned memory, not waiting for queued kernels
-        table = torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device,
-                                                                          non_blocking=True)
-    else:
-        table = torch.tensor(rows, dtype=torch.int64, device=device)
+    table = device_table(rows, outs[0].device)
     most = max(p + m for p, m in zip(rows[1], rows[3], strict=True))
     parts = max(1, min(APPEND_PROGRAMS, triton.cdiv(most, APPEND_BLOCK)))
     _append_rows_kernel[(len(outs), parts)](table, len(outs), BLOCK=APPEND_BLOCK)

@@ -48,7 +48,7 @@ from model.kernels.cache_rows import (
     store_rows_reference,
 )
 from model.kernels.gemm import sum_parts, sum_splits
-from model.kernels.launch import interpreting
+from model.kernels.launch import device_table, interpreting
 from model.layers.rope import apply_rope
 
 
@@ -382,11 +382,7 @@ def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overla
             [it.out.data_ptr() for it in items],
             [it.position for it in items],
             [0 if it.prev_kv is None else it.prev_kv.stride(1) for it in items]]
-    if device.type == "cuda":   # from pinned memory, not waiting for queued kernels
-        table = torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device,
-                                                                          non_blocking=True)
-    else:
-        table = torch.tensor(rows, dtype=torch.int64, device=device)
+    table = device_table(rows, device)
     args = format_args(fmt, d)
     first = items[0]
     _compress_insert_kernel[(len(items),)](

@@ -2,7 +2,8 @@
 Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is imported; the
 interpreter mishandles bf16, so wrappers hand it fp32), and how many short rows one program
 takes so that a tile holds about ``TILE_ELEMENTS`` elements, and how a kernel that reads rows
-of unit stride finds them in a strided view (``rows_of``)."""
+of unit stride finds them in a strided view (``rows_of``), and how a table of addresses gets to
+the device (``device_table``)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,12 @@ def rows_of(x: torch.Tensor) -> torch.Tensor:
         return x.new_empty(math.prod(x.shape[:-1]), 0)
     rows = x.reshape(-1, d)
     return rows if rows.stride(-1) == 1 or d == 1 else rows.contiguous()
+
+
+def device_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """int64 [len(rows), n] on ``device``: a TABLE-mode kernel's addresses and counts. On a GPU
+    from pinned memory without waiting: a pageable copy would make the host wait for every
+    kernel queued before it."""
+    if device.type != "cuda":
+        return torch.tensor(rows, dtype=torch.int64, device=device)
+    return torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)

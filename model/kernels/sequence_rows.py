@@ -28,6 +28,7 @@ from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels import topk_select
 from model.kernels.kv_fp8 import KVLayout
+from model.kernels.launch import device_table
 from model.kernels.sparse_attn import WindowRows
 
 
@@ -54,12 +55,7 @@ class SequenceRows:
         keys = [k.data_ptr() for k in self.keys] if self.keys is not None else [0] * t
         rows = [stores, list(self.counts), [w.data_ptr() for w in self.windows],
                 [w.shape[1] for w in self.windows], keys]
-        device = self.windows[0].device
-        if device.type != "cuda":
-            return torch.tensor(rows, dtype=torch.int64, device=device)
-        # from pinned memory, not waiting: a pageable copy would make the host wait for every
-        # kernel queued before it, once per layer
-        return torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
+        return device_table(rows, self.windows[0].device)
 
 
 def window_slots(window: int, rows: int, device: torch.device) -> torch.Tensor:
