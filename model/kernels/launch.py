@@ -3,7 +3,7 @@ Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is impo
 interpreter mishandles bf16, so wrappers hand it fp32), and how many short rows one program
 takes so that a tile holds about ``TILE_ELEMENTS`` elements, and how a kernel that reads rows
 of unit stride finds them in a strided view (``rows_of``), and how a table of addresses gets to
-the device (``device_table``)."""
+the device (``device_table``), and a counting table kept there (``counting``)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,17 @@ def device_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return torch.tensor(rows, dtype=torch.int64, device=device)
     return torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
+
+
+_COUNTING: dict[torch.device, torch.Tensor] = {}
+
+
+def counting(n: int, device: torch.device) -> torch.Tensor:
+    """0, 1, …, n − 1 (int64) as a view of a table kept on the device (grown ×2): a decode
+    step's row indices and counts without a launch. Read-only."""
+    table = _COUNTING.get(device)
+    if table is None or table.numel() < n:
+        table = torch.arange(max(n, 2 * (0 if table is None else table.numel()), 1024),
+                             device=device)
+        _COUNTING[device] = table
+    return table[:n]

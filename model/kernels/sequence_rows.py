@@ -28,7 +28,7 @@ from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels import topk_select
 from model.kernels.kv_fp8 import KVLayout
-from model.kernels.launch import device_table
+from model.kernels.launch import counting, device_table
 from model.kernels.sparse_attn import WindowRows
 
 
@@ -58,9 +58,11 @@ class SequenceRows:
         return device_table(rows, self.windows[0].device)
 
 
+@functools.lru_cache(maxsize=64)
 def window_slots(window: int, rows: int, device: torch.device) -> torch.Tensor:
     """[1, 1, window]: a decode token's window slots as indices into its window's ``rows``
-    rows — the last ``rows`` slots, oldest first, −1 before them."""
+    rows — the last ``rows`` slots, oldest first, −1 before them. Kept (read-only): every
+    sequence past its first window asks for the same one, step after step."""
     slots = torch.arange(window, device=device) - (window - rows)
     return torch.where(slots >= 0, slots, -1).view(1, 1, window)
 
@@ -98,7 +100,7 @@ def _token_sources(rows: SequenceRows, t: int, picks: torch.Tensor | None,
     n = rows.counts[t]
     # the picks of a token's ≤ n rows: no −1 columns past them (the per-sequence call's k)
     indices = (picks[:, t:t + 1, :n] if picks is not None else
-               torch.arange(n, device=device).view(1, 1, n))
+               counting(n, device).view(1, 1, n))
     return store[:, :n], indices, WindowRows(win, slots[0])
 
 
@@ -146,13 +148,18 @@ def indexer_topk_rows_reference(q: torch.Tensor, weights: torch.Tensor, rows: Se
                                 k: int) -> torch.Tensor:
     """q [1, T, H, D], weights [1, T, H] → int64 [1, T, k]: token t's best k of its
     sequence's counts[t] keys (every one visible: a decode step), best first, −1 = none."""
+    return _each_sequence(q, weights, rows, k, _indexer.indexer_topk_reference)
+
+
+def _each_sequence(q, weights, rows, k, topk) -> torch.Tensor:
+    """Token t's picks by ``topk(q_t, weights_t, its keys, visible, k)``, one sequence at a
+    time (the reference, and the Triton path's fallback)."""
     out = torch.full((1, q.shape[1], k), -1, dtype=torch.long, device=q.device)
     for t, n in enumerate(rows.counts):
         if n and k:
-            keys = rows.keys[t][:, :n]
             visible = torch.full((1,), n, dtype=torch.long, device=q.device)
-            out[:, t:t + 1] = _indexer.indexer_topk_reference(
-                q[:, t:t + 1], weights[:, t:t + 1], keys, visible, k)
+            out[:, t:t + 1] = topk(q[:, t:t + 1], weights[:, t:t + 1], rows.keys[t][:, :n],
+                                   visible, k)
     return out
 
 
@@ -172,13 +179,8 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     counts = table[1]
     qc, weights_c, keys, _, prec = _indexer._kernel_inputs(q, weights, first, counts)
     if first.dtype != torch.uint8 and first.dtype != qc.dtype:
-        out = torch.full((1, t_count, k), -1, dtype=torch.long, device=q.device)
-        for t, n in enumerate(rows.counts):
-            if n:
-                out[:, t:t + 1] = _indexer.indexer_topk_triton(
-                    q[:, t:t + 1], weights[:, t:t + 1], rows.keys[t][:, :n], counts[t:t + 1],
-                    k, causal=False)
-        return out
+        return _each_sequence(q, weights, rows, k, functools.partial(
+            _indexer.indexer_topk_triton, causal=False))
     out = torch.empty((1, t_count, k), dtype=torch.long, device=q.device)   # the picks fill it
     block_n = max(16, triton.next_power_of_2(block_n))
     # the scratch of a block of tokens is bounded as the prefill's is (one block but for a

@@ -26,6 +26,7 @@ from model.kernels.cache_rows import RowFormat
 from model.kernels.compressor import BlockInsert, HeadColumns, PoolColumns
 from model.kernels.gemm import SplitK
 from model.kernels.kv_fp8 import KVLayout
+from model.kernels.launch import counting
 from model.kernels.sequence_rows import SequenceRows
 from model.kernels.sparse_attn import WindowRows
 from model.layers.compressor import Compressor
@@ -339,20 +340,6 @@ def window_indices(window: int, start_pos: int, s: int, n_past: int, device: tor
 # decode and speculative steps (a few tokens) ask for the same few tables step after step:
 # kept, read-only (at most 64 × 16 × window indices)
 _kept_window_indices = functools.lru_cache(maxsize=64)(window_indices)
-
-
-_COUNTING: dict[torch.device, torch.Tensor] = {}
-
-
-def counting(n: int, device: torch.device) -> torch.Tensor:
-    """0, 1, …, n − 1 (int64) as a view of a table kept on the device (grown ×2): a decode
-    step's row indices and counts without a launch. Read-only."""
-    table = _COUNTING.get(device)
-    if table is None or table.numel() < n:
-        table = torch.arange(max(n, 2 * (0 if table is None else table.numel()), 1024),
-                             device=device)
-        _COUNTING[device] = table
-    return table[:n]
 
 
 def step_positions(spans: Sequence[Span], device: torch.device, memo: dict) -> torch.Tensor:
