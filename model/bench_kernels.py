@@ -175,7 +175,7 @@ def _append_case(name: str, seqs: int, dev: str, dtype: torch.dtype) -> Case:
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
                   causal: bool = False, packed: bool = False, path: str = "scores",
-                  select: str = "triton") -> Case:
+                  select: str = "fused") -> Case:
     """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
     ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
     every query sees all n (decode). ``packed``: the keys are native numerics' FP4 cache rows
@@ -508,6 +508,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
     return [
         p(_attn_case, "sparse_attn_decode_csa", 1, ctx // 4, TOPK, False, dev, dtype, hbm),
         p(_attn_case, "sparse_attn_decode_csa_fp8", 1, ctx // 4, TOPK, True, dev, dtype, hbm),
+        # flash-decoding's combine as a kernel of its own (the default merges in the forward)
+        p(_attn_case, "sparse_attn_decode_csa_combine_kernel", 1, ctx // 4, TOPK, False, dev,
+          dtype, hbm, combine="kernel"),
+        p(_attn_case, "sparse_attn_decode_csa_fp8_combine_kernel", 1, ctx // 4, TOPK, True, dev,
+          dtype, hbm, combine="kernel"),
         p(_attn_case, "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, dev, dtype,
           none),
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
@@ -526,8 +531,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
-        # the scores path picking with torch.topk (≈ 15 kernels a row on a GPU) instead of
-        # topk_select's one
+        # the scores path picking in a kernel of its own (topk_select), or with torch.topk
+        # (≈ 15 kernels a row on a GPU), instead of in the scores kernel's last program
+        p(_indexer_case, "indexer_topk_decode_select_kernel", 1, ctx // 4, dev, dtype,
+          select="triton"),
         p(_indexer_case, "indexer_topk_decode_torch_select", 1, ctx // 4, dev, dtype,
           select="torch"),
         p(_indexer_case, "indexer_topk_prefill", *idx_prefill, dev, dtype, causal=True),
@@ -536,6 +543,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           packed=True),
         p(_indexer_case, "indexer_topk_decode_fp4_merge", 1, ctx // 4, dev, dtype, packed=True,
           path="merge"),
+        p(_indexer_case, "indexer_topk_decode_fp4_select_kernel", 1, ctx // 4, dev, dtype,
+          packed=True, select="triton"),
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,
           packed=True, select="torch"),
         p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),

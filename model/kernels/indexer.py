@@ -21,13 +21,16 @@ ReLU, the head weights and the head sum stay in registers; the program writes on
 (query, key) to a scratch of a block of queries × visible keys (≤ ``PREFILL_SCRATCH_BYTES``, never
 the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs of dot, and skips the
 key tiles past the block's last visible row (they are stored as −inf, never computed). The pick
-(model/kernels/topk_select.py: one radix-select kernel, a program per query) then reads each
-query's row four times from L2. Estimate for a 2048-query chunk at 8K keys,
+(``topk_select.select_row``, an exact radix select) then reads each query's row four times
+from L2, in the same launch: the last of a query block's chunk programs to finish (an arrival
+count per block, ``launch.arrivals``) picks for its queries, so scores and pick are one kernel
+(``select="triton"`` keeps ``topk_select`` as a kernel of its own, a program per query, until a
+GPU run compares them). Estimate for a 2048-query chunk at 8K keys,
 H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
 tensor cores, not by the per-tile sort of the merge path (not measured yet: `v4coder bench
 kernels` has a row for each path). At decode (1 query, 32K keys at 128K context) the same kernel
-spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores for one pick;
-the scratch width is the key count, so the host never reads ``visible`` (no sync).
+spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores, which the
+last of them picks from; the scratch width is the key count, so the host never reads ``visible`` (no sync).
 
 Keys come as float rows [b, n, D] or, in native numerics, as packed FP4 rows uint8 [b, n,
 IndexKeyLayout(D).row_bytes] (68 B at D = 128; model/kernels/fp4_keys.py): both paths then load
@@ -49,7 +52,7 @@ from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the c
     indexer_scores_reference,
     indexer_topk_reference,
 )
-from model.kernels.launch import interpreting
+from model.kernels.launch import arrivals, interpreting
 from model.kernels.topk_select import pack
 
 
@@ -125,15 +128,22 @@ PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewe
 
 
 @triton.jit
-def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, lo, hi, S, N, H, D,
-                          width, chunk, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_ptr, cnt_ptr,
+                          lo, hi, S, N, H, D, width, chunk, k, pick_batch, pick_row,
+                          BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
                           PACKED: tl.constexpr, KEY_BLOCK: tl.constexpr,
-                          TABLE: tl.constexpr = False):
+                          TABLE: tl.constexpr = False, PICK: tl.constexpr = False,
+                          CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
+                          SELECT_BLOCK: tl.constexpr = 1024, BINS: tl.constexpr = 2048):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
     out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
     TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the
-    query's own keys, at the address tab_ptr[t] (int64)."""
+    query's own keys, at the address tab_ptr[t] (int64).
+    PICK: the last of a query block's chunk programs to finish (an arrival count per block at
+    cnt_ptr, zero before and after the launch) picks each of its queries' k best from the
+    scores row (``topk_select.select_row``; up to visible[t] when CAUSAL) into picks
+    [b, hi − lo, k] (strides pick_batch, pick_row): scores and pick in one launch."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
@@ -172,6 +182,21 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, lo, hi
         offs_n = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + out_rows[:, None] + offs_n[None, :], invisible,
                  mask=mask_t[:, None] & (offs_n < stop)[None, :])
+    if PICK:
+        tl.debug_barrier()   # the block's scores are all stored before the arrival counts
+        group = cnt_ptr + batch * tl.num_programs(0) + pid_t
+        if tl.atomic_add(group, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every chunk's
+            tl.atomic_xchg(group, 0)
+            for r in range(0, BLOCK_T):
+                t = first + r
+                if t < hi:
+                    limit = width
+                    if CAUSAL:
+                        limit = tl.minimum(tl.load(vis_ptr + t), width)
+                    row = (batch * (hi - lo) + t - lo) * width
+                    dest = pick_ptr + batch * pick_batch + (t - lo).to(tl.int64) * pick_row
+                    topk_select.select_row(out_ptr + row, dest, limit, k, SELECT_BLOCK, BINS,
+                                           K_PAD)
 
 
 def default_chunks(tokens: int, n: int, block_n: int) -> int:
@@ -236,9 +261,11 @@ def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
 
 
 def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
-                   table=None) -> None:
+                   table=None, picks=None, k=0, causal=True) -> None:
     """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``);
-    ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format)."""
+    ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format);
+    ``picks`` (int64 [b, hi − lo, k], unit stride along k): each query's k best go there from
+    the same launch (PICK; up to its visible count when ``causal``)."""
     b, s, h, d = q.shape
     width = scores.shape[-1]
     query_programs = triton.cdiv(hi - lo, block_t)
@@ -246,20 +273,33 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
                         triton.cdiv(PREFILL_TARGET_PROGRAMS, b * query_programs)))
     chunk = triton.cdiv(triton.cdiv(width, chunks), block_n) * block_n
     block_h = max(triton.next_power_of_2(h), triton.cdiv(16, block_t))
+    pick = dict(PICK=False)
+    pick_args = (scores, vis, 0, 0, 0)
+    if picks is not None:
+        assert picks.dtype == torch.int64 and picks.stride(-1) == 1 and picks.shape == (
+            b, hi - lo, k), (picks.dtype, picks.shape)
+        pick_args = (picks, arrivals(b * query_programs, q.device), k, picks.stride(0),
+                     picks.stride(1))
+        pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
+                    SELECT_BLOCK=topk_select.SELECT_BLOCK, BINS=topk_select.RADIX_BINS)
+    pick_ptr, counts, k, pick_batch, pick_row = pick_args
     _indexer_scores_block[(query_programs, triton.cdiv(width, chunk), b)](
-        q, weights, keys, vis, scores, vis if table is None else table, lo, hi, s,
-        keys.shape[1], h, d, width, chunk, BLOCK_T=block_t, BLOCK_H=block_h,
-        BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n, PREC=prec,
-        PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK, TABLE=table is not None,
-        num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None else 4)
+        q, weights, keys, vis, scores, vis if table is None else table, pick_ptr, counts, lo,
+        hi, s, keys.shape[1], h, d, width, chunk, k, pick_batch, pick_row, BLOCK_T=block_t,
+        BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n,
+        PREC=prec, PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK,
+        TABLE=table is not None, **pick,
+        num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
+        or picks is not None else 4)
 
 
 def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
-                 select="triton") -> torch.Tensor:
-    """Block scores (Triton), then each query's pick from them (``topk_select``: one Triton
-    kernel, or torch.topk and a mask when ``select`` is "torch"), a block of queries at a
-    time → int64 [b, s, k]. The scratch is as wide as the keys (the kernel writes −inf past
-    each block's visible rows without computing them), so nothing here waits for the device.
+                 select="fused") -> torch.Tensor:
+    """Block scores (Triton) and each query's pick from them, a block of queries at a time →
+    int64 [b, s, k]. The pick: in the scores launch ("fused", the last program of each query
+    block picks), ``topk_select`` as a kernel of its own ("triton"), or torch.topk and a mask
+    ("torch"). The scratch is as wide as the keys (the kernel writes −inf past each block's
+    visible rows without computing them), so nothing here waits for the device.
     ``causal=False``: every query sees every key, so no pick is an invisible one to mask."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
@@ -273,24 +313,32 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
         scores = scratch[: b * (hi - lo) * n].view(b, hi - lo, n)
-        _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
-        pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
+        if select == "fused":
+            _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
+                           picks=out[:, lo:hi], k=k, causal=causal)
+        else:
+            _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
+            pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
     return out
+
+
+SELECTS = ("fused", "triton", "torch")
 
 
 def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "scores",
                         block_t: int | None = None, causal: bool = True,
-                        select: str = "triton") -> torch.Tensor:
+                        select: str = "fused") -> torch.Tensor:
     """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
     keys.dtype == torch.uint8). ``path``: "scores" (the default) or "merge" (see the module
     docstring). ``n_chunks`` applies to the merge path, ``block_t`` to the scores path;
     ``block_n`` to both (64 merge, 128 scores when None). ``causal=False`` says every query
     sees every key (``visible`` = n: a decode step's query sees every closed block), which
-    spares the scores path masking its picks. ``select`` (scores path): "triton" (the default,
-    one kernel) or "torch" (torch.topk, about fifteen kernels a long row on a GPU), until a GPU
-    run of `v4coder bench kernels` compares them (rows indexer_topk_decode and
+    spares the scores path masking its picks. ``select`` (scores path): "fused" (the default:
+    the scores kernel picks), "triton" (``topk_select``, one kernel of its own) or "torch"
+    (torch.topk, about fifteen kernels a long row on a GPU), until a GPU run of `v4coder bench
+    kernels` compares them (rows indexer_topk_decode, indexer_topk_decode_select_kernel and
     indexer_topk_decode_torch_select)."""
     b, s, h, d = q.shape
     n = keys.shape[1]
@@ -298,8 +346,8 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
         return torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     if path not in ("scores", "merge"):
         raise ValueError(f"indexer path must be scores or merge, not {path!r}")
-    if select not in ("triton", "torch"):
-        raise ValueError(f"indexer select must be triton or torch, not {select!r}")
+    if select not in SELECTS:
+        raise ValueError(f"indexer select must be one of {', '.join(SELECTS)}, not {select!r}")
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
     if path == "scores":
         return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal,

@@ -3,7 +3,8 @@ Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is impo
 interpreter mishandles bf16, so wrappers hand it fp32), and how many short rows one program
 takes so that a tile holds about ``TILE_ELEMENTS`` elements, and how a kernel that reads rows
 of unit stride finds them in a strided view (``rows_of``), and how a table of addresses gets to
-the device (``device_table``), and a counting table kept there (``counting``)."""
+the device (``device_table``), a counting table kept there (``counting``), and the arrival
+counts of kernels whose last program of a group finishes the group's work (``arrivals``)."""
 
 from __future__ import annotations
 
@@ -55,4 +56,21 @@ def counting(n: int, device: torch.device) -> torch.Tensor:
         table = torch.arange(max(n, 2 * (0 if table is None else table.numel()), 1024),
                              device=device)
         _COUNTING[device] = table
+    return table[:n]
+
+
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}
+
+
+def arrivals(n: int, device: torch.device) -> torch.Tensor:
+    """n int32 zeros kept on the device (grown ×2): a kernel's arrival counts, one per group of
+    programs. The last program of a group to arrive (``tl.atomic_add`` returns the group's
+    size − 1) finishes the group's work and sets its count back to zero, so the counts are zero
+    again when the kernel ends and the next launch on the stream reuses them without a memset.
+    Launches that use them must not overlap: one stream."""
+    table = _ARRIVALS.get(device)
+    if table is None or table.numel() < n:
+        table = torch.zeros(max(n, 2 * (0 if table is None else table.numel()), 1024),
+                            dtype=torch.int32, device=device)
+        _ARRIVALS[device] = table
     return table[:n]

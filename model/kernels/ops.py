@@ -8,8 +8,8 @@ kernel family in model/kernels/). Which one runs (``backend``):
   ``TRITON_INTERPRET=1`` (the interpreter; set it before model.kernels is imported).
 - unset / ``auto``: Triton when the tensors are on CUDA, the reference elsewhere.
 
-Launch options that only a GPU can choose (sparse attention's head tile in prefill, the indexer's
-decode path, the MoE grouped GEMM's row tile) come from that GPU's measured table
+Launch options that only a GPU can choose (sparse attention's head tile in prefill and its
+combine at decode, the indexer's decode path and pick, the MoE grouped GEMM's row tile) come from that GPU's measured table
 (model/kernels/choices.py); without one, each wrapper's defaults.
 """
 
@@ -265,7 +265,8 @@ def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indic
     lse is the log of the whole denominator (sink included).
     """
     if backend(q) == "triton":
-        tiles = choices.options("sparse_attn_prefill", q.device) if q.shape[1] > 1 else {}
+        tiles = choices.options("sparse_attn_prefill" if q.shape[1] > 1 else
+                                "sparse_attn_decode", q.device)
         return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, window=window,
                                                unrope=unrope, out=out, **tiles)
     o, lse = _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale, window, unrope)
@@ -287,7 +288,8 @@ def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
     """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly;
     the window's rows are FP8 rows too."""
     if backend(q) == "triton":
-        tiles = choices.options("sparse_attn_prefill_fp8", q.device) if q.shape[1] > 1 else {}
+        tiles = choices.options("sparse_attn_prefill_fp8" if q.shape[1] > 1 else
+                                "sparse_attn_decode_fp8", q.device)
         return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout,
                                                window=window, unrope=unrope, out=out, **tiles)
     o, lse = _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout,

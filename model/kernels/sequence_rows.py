@@ -7,8 +7,8 @@ Per-sequence launches cost the host one launch per sequence per op per layer. He
 where they are and a table says where: ``SequenceRows.table`` (int64 [5, T]: each sequence's
 compressed rows' address and count, window rows' address and count, indexer keys' address),
 copied to the device once per layer. The kernels read it in their TABLE mode
-(``sparse_attn._sparse_attn_fwd``, ``indexer._indexer_scores_block``), so attention with its
-combine and the indexer's scores with its pick are two launches each, whatever the batch.
+(``sparse_attn._sparse_attn_fwd``, ``indexer._indexer_scores_block``), so attention and the
+indexer's scores with its pick are one launch each, whatever the batch.
 
 Token t's window slots are the last NW_t of the layer's W (its window rows, oldest first:
 ``window_slots``); its compressed slots are the indexer's picks (CSA) or all its N_t rows
@@ -26,7 +26,6 @@ import triton
 
 from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
-from model.kernels import topk_select
 from model.kernels.kv_fp8 import KVLayout
 from model.kernels.launch import counting, device_table
 from model.kernels.sparse_attn import WindowRows
@@ -165,8 +164,8 @@ def _each_sequence(q, weights, rows, k, topk) -> torch.Tensor:
 
 def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows,
                              k: int, block_n: int = 128) -> torch.Tensor:
-    """Same contract as ``indexer_topk_rows_reference``: one scores launch over every token's
-    own keys (TABLE mode), then one pick (``topk_select``, each row up to its own count) — per
+    """Same contract as ``indexer_topk_rows_reference``: one launch over every token's own keys
+    (TABLE mode) that scores them and picks each row's best, up to its own count (PICK) — per
     block of tokens whose scores fit ``indexer.PREFILL_SCRATCH_BYTES``, one block unless the
     batch is large and the context long. Float keys in another dtype than the kernel's go one
     token at a time."""
@@ -192,6 +191,5 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
         hi = min(t_count, lo + rows_per_block)
         scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
         _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1, block_n,
-                                table=table[4])
-        topk_select.topk_select_triton(scores, k, counts[lo:hi], out[:, lo:hi])
+                                table=table[4], picks=out[:, lo:hi], k=k)
     return out

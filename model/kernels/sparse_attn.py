@@ -18,7 +18,9 @@ tensor.
 
 Triton: grid (tokens, head blocks, splits). Prefill uses one split (each program streams its
 token's k rows with an online softmax); decode splits the k rows over programs (flash-decoding)
-and a second kernel merges the partial (o, lse) pairs with the sink.
+and the last split program of each (token, head block) to finish merges the partial (o, lse)
+pairs with the sink, in the same launch (an arrival count per group, ``launch.arrivals``; a
+second kernel, ``combine="kernel"``, until a GPU run compares the two).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from model.kernels.blocks import query_blocks
 from model.kernels.cache_rows import round_bf16
 from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
-from model.kernels.launch import interpreting
+from model.kernels.launch import arrivals, interpreting
 from model.kernels.norm_rope import apply_rope_reference
 
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
@@ -209,14 +211,15 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
 
 @triton.jit
 def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_ptr, widx_ptr,
-                     o_ptr, lse_ptr, ang_ptr, tab_ptr,
+                     o_ptr, lse_ptr, ang_ptr, tab_ptr, fo_ptr, flse_ptr, cnt_ptr,
                      S, H, N, K, NW, W, widx_batch_stride, D, R2, chunk, scale,
                      KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                      QB: tl.constexpr, SCALE_OFF: tl.constexpr, SPLIT: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1,
                      UNROPE: tl.constexpr = False, BF16: tl.constexpr = False,
-                     TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False):
+                     TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False,
+                     COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -225,7 +228,11 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     TABLE (a decode step of several sequences, b = 1, token t = sequence t): the token's own
     rows, from tab_ptr int64 [4, S] (``SequenceRows.table``: its compressed rows' address and
     count N, its window rows' address and count NW); its window slots are the last NW of W, in
-    order; its K slots are idx_ptr's picks or, ALL_ROWS, its N rows in order."""
+    order; its K slots are idx_ptr's picks or, ALL_ROWS, its N rows in order.
+    SPLIT: o_ptr / lse_ptr take the split's partial (o, lse); COMBINE: the last split program of
+    a (token, head block, column slice) to finish (an arrival count per group at cnt_ptr, zero
+    before and after the launch) merges the group's partials with the sink into fo_ptr /
+    flse_ptr, as ``_sparse_attn_combine`` would: flash-decoding in one launch."""
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
     pid_h = tl.program_id(1)
@@ -286,9 +293,23 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         o = acc / safe_l[:, None]
         lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("-inf"))
         part = (pid_t * n_split + pid_c).to(tl.int64) * H + offs_h
-        tl.store(lse_ptr + part, lse, mask=mask_lse)
+        # COMBINE: every column slice stores the (same) lse, so each slice's group has them all
+        tl.store(lse_ptr + part, lse, mask=mask_h if COMBINE else mask_lse)
         tl.store(o_ptr + part[:, None] * D + offs_dv[None, :], o,
                  mask=mask_h[:, None] & mask_dv[None, :])
+        if COMBINE:
+            tl.debug_barrier()   # the partials are all stored before the arrival counts
+            group = cnt_ptr + (pid_t * tl.num_programs(1) + pid_h) * DV_PARTS + part_dv
+            if tl.atomic_add(group, 1) == n_split - 1:   # acq_rel: sees every split's partials
+                tl.atomic_xchg(group, 0)
+                # a column block at a time, as narrow as the combine kernel's (fewer registers)
+                BLOCK_C: tl.constexpr = min(BLOCK_DV, COMBINE_COLUMNS)
+                for c in tl.static_range(0, BLOCK_DV, BLOCK_C):
+                    col0 = part_dv * BLOCK_DV + c
+                    _merge_splits(o_ptr, lse_ptr, sink_ptr, fo_ptr, flse_ptr, ang_ptr, pid_t,
+                                  offs_h, col0 + tl.arange(0, BLOCK_C), col0,
+                                  mask_lse & (c == 0), S, H, D, R2, n_split, BLOCK_H, BLOCK_C,
+                                  UNROPE, BF16)
     else:
         sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
         m_f = tl.maximum(m_i, sink)
@@ -304,42 +325,54 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
 
 
 @triton.jit
-def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, S, H, D, R2, NS,
-                         BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                         UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
-    """Grid (tokens, head blocks, column blocks of BLOCK_D): a decode token has only
-    H / BLOCK_H head blocks, so its columns are split too (more programs in flight)."""
-    pid_t = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, offs_h, offs_d,
+                  col0, write_lse, S, H, D, R2, NS, BLOCK_H: tl.constexpr,
+                  BLOCK_D: tl.constexpr, UNROPE: tl.constexpr, BF16: tl.constexpr):
+    """Token ``token``'s NS partial (o, lse) of heads offs_h, columns offs_d (from col0), merged
+    with the sink → o (and, where ``write_lse``, the lse). Partials are read from L2 (``.cg``):
+    other programs of the same launch may have written them."""
     mask_h = offs_h < H
     mask = mask_h[:, None] & (offs_d < D)[None, :]
     sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
     m = sink
     for c in range(0, NS):
-        part = (pid_t * NS + c).to(tl.int64) * H + offs_h
-        m = tl.maximum(m, tl.load(plse_ptr + part, mask=mask_h, other=float("-inf")))
+        part = (token * NS + c).to(tl.int64) * H + offs_h
+        m = tl.maximum(m, tl.load(plse_ptr + part, mask=mask_h, other=float("-inf"),
+                                  cache_modifier=".cg"))
     denom = tl.exp(sink - m)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     for c in range(0, NS):
-        part = (pid_t * NS + c).to(tl.int64) * H + offs_h
-        w = tl.exp(tl.load(plse_ptr + part, mask=mask_h, other=float("-inf")) - m)
+        part = (token * NS + c).to(tl.int64) * H + offs_h
+        w = tl.exp(tl.load(plse_ptr + part, mask=mask_h, other=float("-inf"),
+                           cache_modifier=".cg") - m)
         denom += w
         acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + offs_d[None, :], mask=mask,
-                                    other=0.0)
-    rows = (pid_t * H + offs_h).to(tl.int64)
-    first = tl.zeros([BLOCK_H], dtype=tl.int32) + tl.program_id(2) == 0   # one column block
-    tl.store(lse_ptr + rows, m + tl.log(denom), mask=mask_h & first)       # writes the lse
+                                    other=0.0, cache_modifier=".cg")
+    rows = (token * H + offs_h).to(tl.int64)
+    tl.store(lse_ptr + rows, m + tl.log(denom), mask=write_lse)
     o = acc / denom[:, None]
     if UNROPE:
-        o = _unrope_tile(o, ang_ptr, pid_t % S, tl.program_id(2) * BLOCK_D, D, R2, BLOCK_H,
-                         BLOCK_D, BF16)
+        o = _unrope_tile(o, ang_ptr, token % S, col0, D, R2, BLOCK_H, BLOCK_D, BF16)
     tl.store(o_ptr + rows[:, None] * D + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
              mask=mask)
 
 
+@triton.jit
+def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, S, H, D, R2, NS,
+                         BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                         UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
+    """Grid (tokens, head blocks, column blocks of BLOCK_D): a decode token has only
+    H / BLOCK_H head blocks, so its columns are split too (more programs in flight)."""
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col0 = tl.program_id(2) * BLOCK_D
+    first = tl.zeros([BLOCK_H], dtype=tl.int32) + tl.program_id(2) == 0   # one column block
+    _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, tl.program_id(0), offs_h,
+                  col0 + tl.arange(0, BLOCK_D), col0, (offs_h < H) & first, S, H, D, R2, NS,
+                  BLOCK_H, BLOCK_D, UNROPE, BF16)                          # writes the lse
+
+
 COMBINE_BLOCK_D = 128   # output columns per combine program (a decode token: 4 × 4 programs)
+COMBINES = ("fused", "kernel")
 
 
 def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
@@ -355,7 +388,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        window: WindowRows | None = None, unrope: torch.Tensor | None = None,
                        out: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
-                       dv_parts: int = 1, num_warps: int = 4
+                       dv_parts: int = 1, num_warps: int = 4, combine: str = "fused"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
@@ -363,7 +396,10 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     goes ([b, s, h, d] in q's dtype; the kernel stores into it when it is contiguous).
     ``dv_parts`` > 1 splits the output columns over that many programs per (token, head block):
     each recomputes the scores over all D, and its accumulator is 1/dv_parts as wide — what lets
-    ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers."""
+    ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers. ``combine`` (when the rows
+    are split over programs, as at decode): "fused" (the default: the last split program of
+    each group merges them) or "kernel" (a combine kernel of its own), until a GPU run compares
+    them (rows sparse_attn_decode_csa and sparse_attn_decode_csa_combine_kernel)."""
     q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
@@ -376,7 +412,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         widx_stride = 0 if widx.dim() == 2 else q.shape[1] * w
     return _launch(q, out_dtype, (kv, kv16, win, win16, idx, widx), (n, idx.shape[-1], nw, w,
                    widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
-                   block_h, block_n, dv_parts, num_warps)
+                   block_h, block_n, dv_parts, num_warps, combine)
 
 
 def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
@@ -389,10 +425,15 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
 
 
 def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
-            n_splits, block_h, block_n, dv_parts, num_warps) -> tuple[torch.Tensor, torch.Tensor]:
+            n_splits, block_h, block_n, dv_parts, num_warps, combine="fused"
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
     (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
-    nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode)."""
+    nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode).
+    ``combine``: "fused" (the splits' last program merges them, one launch) or "kernel"
+    (``_sparse_attn_combine``, a launch of its own)."""
+    if combine not in COMBINES:
+        raise ValueError(f"sparse attention combine must be fused or kernel, not {combine!r}")
     b, s, h, d = q.shape
     kv, kv16, win, win16, idx, widx = sources
     n, k, nw, w, widx_stride = sizes
@@ -430,12 +471,19 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)
     if splits == 1:
         _sparse_attn_fwd[(b * s, head_blocks, dv_parts)](
-            *sources, out, lse, ang, tab, *sizes, SPLIT=False, **rotate, **consts)
+            *sources, out, lse, ang, tab, out, lse, lse, *sizes, SPLIT=False, **rotate, **consts)
+    elif combine == "fused":
+        po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
+        plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
+        groups = arrivals(b * s * head_blocks * dv_parts, q.device)
+        _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
+            *sources, po, plse, ang, tab, out, lse, groups, *sizes, SPLIT=True, COMBINE=True,
+            COMBINE_COLUMNS=COMBINE_BLOCK_D, **rotate, **consts)
     else:
         po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
         _sparse_attn_fwd[(b * s, head_blocks, splits * dv_parts)](
-            *sources, po, plse, ang, tab, *sizes, SPLIT=True, **consts)
+            *sources, po, plse, ang, tab, out, lse, plse, *sizes, SPLIT=True, **consts)
         block_dc = min(block_d, COMBINE_BLOCK_D)
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
             po, plse, sink, out, lse, ang, s, h, d, r2, splits, BLOCK_H=block_h,

@@ -53,7 +53,7 @@ def _digit(row_ptr, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr
     for n0 in range(0, limit, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
-        key = ordered(tl.load(row_ptr + offs, mask=valid, other=0.0))
+        key = ordered(tl.load(row_ptr + offs, mask=valid, other=0.0, cache_modifier=".cg"))
         if SHIFT + BITS < 32:
             valid = valid & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
         digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
@@ -62,6 +62,44 @@ def _digit(row_ptr, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr
     chosen = tl.sum((at_least >= need).to(tl.int32), 0) - 1
     higher = tl.sum(tl.where(tl.arange(0, BINS) == chosen, at_least - hist, 0), 0)
     return prefix + (chosen.to(tl.int64) << SHIFT), need - higher
+
+
+@triton.jit
+def select_row(row_ptr, dest, limit, k, BLOCK: tl.constexpr, BINS: tl.constexpr,
+               K_PAD: tl.constexpr):
+    """The k best of the ``limit`` scores at row_ptr, best first, −1 past them, into dest[:k]
+    (int64). One program's work; scores written by other programs of the same launch are read
+    from L2 (``.cg``): ``indexer``'s scores kernel picks in its last program of a query."""
+    picks = tl.maximum(tl.minimum(k, limit), 0)
+    offs_k = tl.arange(0, K_PAD)
+    if picks > 0:
+        thresh = tl.full([], 0, dtype=tl.int64)
+        need = picks
+        thresh, need = _digit(row_ptr, limit, thresh, need, 21, 11, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 10, 11, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 0, 10, BLOCK, BINS)
+        # the keys above the k-th, then its first ``need`` ties: packed into the output row
+        taken = tl.full([], 0, dtype=tl.int32)
+        ties = tl.full([], 0, dtype=tl.int32)
+        for n0 in range(0, limit, BLOCK):
+            offs = n0 + tl.arange(0, BLOCK)
+            valid = offs < limit
+            score = tl.load(row_ptr + offs, mask=valid, other=0.0, cache_modifier=".cg")
+            key = ordered(score)
+            tie = valid & (key == thresh)
+            tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0) - 1
+            keep = valid & ((key > thresh) | (tie & (tie_rank < need)))
+            slot = taken + tl.cumsum(keep.to(tl.int32), 0) - 1
+            tl.store(dest + slot, pack(score, offs), mask=keep)
+            taken += tl.sum(keep.to(tl.int32), 0)
+            ties += tl.sum(tie.to(tl.int32), 0)
+        tl.debug_barrier()   # every thread's packed picks are in place before any reads them
+        none = tl.full([K_PAD], -9223372036854775807 - 1, dtype=tl.int64)
+        best = tl.sort(tl.load(dest + offs_k, mask=offs_k < picks, other=none), descending=True)
+        rows = tl.where(offs_k < picks, best & 0xFFFFFFFF, -1)
+        tl.store(dest + offs_k, rows, mask=offs_k < k)
+    else:
+        tl.store(dest + offs_k, tl.full([K_PAD], -1, dtype=tl.int64), mask=offs_k < k)
 
 
 @triton.jit
@@ -78,36 +116,7 @@ def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch,
     limit = width
     if CAUSAL:
         limit = tl.minimum(tl.load(vis_ptr + t), width)
-    picks = tl.maximum(tl.minimum(k, limit), 0)
-    offs_k = tl.arange(0, K_PAD)
-    if picks > 0:
-        thresh = tl.full([], 0, dtype=tl.int64)
-        need = picks
-        thresh, need = _digit(row_ptr, limit, thresh, need, 21, 11, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 10, 11, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 0, 10, BLOCK, BINS)
-        # the keys above the k-th, then its first ``need`` ties: packed into the output row
-        taken = tl.full([], 0, dtype=tl.int32)
-        ties = tl.full([], 0, dtype=tl.int32)
-        for n0 in range(0, limit, BLOCK):
-            offs = n0 + tl.arange(0, BLOCK)
-            valid = offs < limit
-            score = tl.load(row_ptr + offs, mask=valid, other=0.0)
-            key = ordered(score)
-            tie = valid & (key == thresh)
-            tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0) - 1
-            keep = valid & ((key > thresh) | (tie & (tie_rank < need)))
-            slot = taken + tl.cumsum(keep.to(tl.int32), 0) - 1
-            tl.store(dest + slot, pack(score, offs), mask=keep)
-            taken += tl.sum(keep.to(tl.int32), 0)
-            ties += tl.sum(tie.to(tl.int32), 0)
-        tl.debug_barrier()   # every thread's packed picks are in place before any reads them
-        none = tl.full([K_PAD], -9223372036854775807 - 1, dtype=tl.int64)
-        best = tl.sort(tl.load(dest + offs_k, mask=offs_k < picks, other=none), descending=True)
-        rows = tl.where(offs_k < picks, best & 0xFFFFFFFF, -1)
-        tl.store(dest + offs_k, rows, mask=offs_k < k)
-    else:
-        tl.store(dest + offs_k, tl.full([K_PAD], -1, dtype=tl.int64), mask=offs_k < k)
+    select_row(row_ptr, dest, limit, k, BLOCK, BINS, K_PAD)
 
 
 def topk_select_reference(scores: torch.Tensor, k: int, visible: torch.Tensor | None = None,

@@ -80,15 +80,17 @@ def test_decode_steps_on_the_kernels_match_the_references(toy_ckpt, monkeypatch,
     layers = len(lm.layers)
     assert fp8_inputs["SplitK"] == (4 * layers if numerics == "native" else 0), fp8_inputs
     # the cache side of a decode step of three sequences: every layer's appends (window and
-    # compressor tails) and attention forward, and every CSA layer's indexer scores and pick,
-    # once for both (append_rows.py, sequence_rows.py)
+    # compressor tails) and attention (its splits merged in the same launch), and every CSA
+    # layer's indexer scores with their pick, once for all three (append_rows.py,
+    # sequence_rows.py); no combine or pick kernel of their own
     assert len(decode_steps) == 4
     hca = sum(1 for block in lm.layers if block.attn.compressor and not block.attn.indexer)
     for launched in decode_steps:
         assert launched["_sparse_attn_fwd"] == launched["_append_rows_kernel"] == layers
         # the blocks that close, one launch per compressor whatever the sequences closing
         assert launched.get("_compress_insert_kernel", 0) <= 2 * len(csa) + hca
-        assert launched["_indexer_scores_block"] == launched["_topk_select"] == len(csa)
+        assert launched["_indexer_scores_block"] == len(csa)
+        assert "_topk_select" not in launched and "_sparse_attn_combine" not in launched
     assert sum(launched.get("_compress_insert_kernel", 0) for launched in decode_steps) > 0
     # beside a prefill chunk, the decode tokens still attend together: per layer, one
     # append and one attention launch for them and one attention launch for the chunk

@@ -125,9 +125,9 @@ def test_scores_scratch_is_bounded_and_as_wide_as_the_keys(monkeypatch):
     blocks = []
     real = indexer._launch_scores
 
-    def recording(q_, w_, keys_, vis_, scores, lo, hi, *rest):
+    def recording(q_, w_, keys_, vis_, scores, lo, hi, *rest, **kw):
         blocks.append((lo, hi, tuple(scores.shape)))
-        return real(q_, w_, keys_, vis_, scores, lo, hi, *rest)
+        return real(q_, w_, keys_, vis_, scores, lo, hi, *rest, **kw)
 
     monkeypatch.setattr(indexer, "_launch_scores", recording)
     got = indexer_topk_triton(q, w, keys, visible, 16, path="scores", block_t=4, block_n=32)
@@ -145,9 +145,9 @@ def test_prefill_writes_minus_inf_past_each_blocks_last_visible_tile(monkeypatch
     q, w, keys, visible = _inputs(1, 40, 4, 16, 48, 0, ratio=1)
     real = indexer._launch_scores
 
-    def stale(q_, w_, keys_, vis_, scores, *rest):
+    def stale(q_, w_, keys_, vis_, scores, *rest, **kw):
         scores.fill_(float("nan"))
-        return real(q_, w_, keys_, vis_, scores, *rest)
+        return real(q_, w_, keys_, vis_, scores, *rest, **kw)
 
     monkeypatch.setattr(indexer, "_launch_scores", stale)
     got = indexer_topk_triton(q, w, keys, visible, 8, path="scores", block_t=4, block_n=16)
@@ -273,3 +273,33 @@ def test_decode_picks_need_no_mask_when_every_key_is_visible():
     masked = indexer_topk_triton(q, w, keys, early, 16)
     assert (masked[..., 10:] == -1).all()
     assert (indexer_topk_triton(q, w, keys, early, 16, causal=False) >= 10).any()
+
+
+@pytest.mark.parametrize(
+    "b,s,n,start,k,block_t,block_n,causal",
+    [
+        (1, 1, 300, 1199, 16, None, 16, False),   # decode: 19 chunk programs, the last picks
+        (2, 1, 90, 359, 40, None, 16, True),      # decode, k between tile sizes, b = 2
+        (1, 37, 150, 560, 16, 4, 32, True),       # prefill: 4 queries a block, causal limits
+        (2, 9, 48, 150, 64, 2, 16, True),         # k larger than every query's visible keys
+    ],
+)
+def test_the_scores_kernel_picks_as_topk_select_and_torch_do(b, s, n, start, k, block_t,
+                                                              block_n, causal):
+    """select="fused" (the default): the last program of each query block to finish picks from
+    the block's scores in the same launch — exactly topk_select's picks, and torch.topk's
+    scores in the same order; the arrival counts are zero again after the launch."""
+    from model.kernels import launch
+    from model.op_audit import OpAudit
+
+    q, w, keys, visible = _inputs(b, s, 4, 16, n, start)
+    opts = dict(block_t=block_t, block_n=block_n, causal=causal)
+    apart = indexer_topk_triton(q, w, keys, visible, k, select="triton", **opts)
+    with OpAudit() as audit:
+        fused = indexer_topk_triton(q, w, keys, visible, k, **opts)
+    assert dict(audit.triton) == {"_indexer_scores_block": 1}
+    assert torch.equal(fused, apart)
+    assert not launch.arrivals(1024, q.device).any()
+    _check(fused, q, w, keys, visible, k)
+    with pytest.raises(ValueError, match="select must be one of fused, triton, torch"):
+        indexer_topk_triton(q, w, keys, visible, k, select="heap")

@@ -200,3 +200,39 @@ def test_the_output_goes_where_the_caller_says():
     strided = torch.empty(1, 8, 4, 32).transpose(1, 2)
     got, _ = sparse_attn_triton(q, kv, sink, idx, 0.2, out=strided)
     assert got is strided and torch.equal(strided, want)
+
+
+@pytest.mark.parametrize(
+    "b,s,h,d,splits,block_h,dv_parts,fp8,unrope",
+    [
+        (1, 1, 16, 64, 3, 16, 1, False, False),   # decode: 3 splits, one group a token
+        (2, 1, 20, 64, 4, 16, 2, False, True),    # 2 head blocks × 2 column slices, unroped
+        (1, 2, 8, 64, 2, 16, 4, True, True),      # FP8 rows, 4 column slices of 16
+        (3, 1, 8, 48, 5, 16, 1, False, False),    # d not a power of two; more splits than tiles
+    ],
+)
+def test_the_last_split_program_merges_as_the_combine_kernel_does(b, s, h, d, splits, block_h,
+                                                                   dv_parts, fp8, unrope):
+    """combine="fused": flash-decoding's splits merged by the last of each group's programs in
+    the forward's own launch — the combine kernel's values exactly, one launch, and the arrival
+    counts back at zero for the next launch."""
+    from model.kernels import launch
+    from model.op_audit import OpAudit
+
+    q, kv, sink, idx = _inputs(b, s, h, d, 60, 40, seed=splits)
+    layout = KVLayout(d, 16, 16) if fp8 else None
+    rows = pack_kv_fp8(kv, layout) if fp8 else kv
+    angles = torch.rand(s, 8) * 6 if unrope else None
+    args = (q, rows, sink, idx, 0.2)
+    opts = dict(layout=layout, unrope=angles, n_splits=splits, block_h=block_h,
+                dv_parts=dv_parts)
+    apart = sparse_attn_triton(*args, combine="kernel", **opts)
+    with OpAudit() as audit:
+        fused = sparse_attn_triton(*args, **opts)
+    assert dict(audit.triton) == {"_sparse_attn_fwd": 1}
+    assert torch.equal(fused[0], apart[0]) and torch.equal(fused[1], apart[1])
+    assert not launch.arrivals(1024, q.device).any()
+    plain = unpack_kv_fp8(rows, layout) if fp8 else kv
+    _check(fused, sparse_attn_reference(q, plain, sink, idx, 0.2, unrope=angles), atol=1e-4)
+    with pytest.raises(ValueError, match="combine must be fused or kernel"):
+        sparse_attn_triton(*args, combine="tree", **opts)
