@@ -10,8 +10,8 @@ Row format of the attention KV (``LayerCache.window`` and the main ``compressor.
 - ``native`` numerics: packed FP8 rows, uint8 [b, n, layout.row_bytes] in the layout of
   ``kv_layout(cfg)`` (model/kernels/kv_fp8.py: e4m3 no-RoPE dims + bf16 RoPE dims + ue8m0
   scales; 584 B at V4's head_dim 512 / rope 64, 200 B at the toy's 128 / 64), read directly by
-  ``ops.sparse_attn_fp8``. Lossless: native numerics already round these rows to exactly what
-  the layout holds (e4m3 × power-of-two per 1×64 block, RoPE dims bf16).
+  ``ops.sparse_attn(..., layout=)``. Lossless: native numerics already round these rows to
+  exactly what the layout holds (e4m3 × power-of-two per 1×64 block, RoPE dims bf16).
 - ``dequant`` numerics: float rows [b, n, head_dim] in the compute dtype.
 
 Row format of the indexer keys (``LayerCache.indexer`` rows, CSA layers):

@@ -37,7 +37,7 @@ from model.kernels import sequence_rows as _sequence_rows
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.expert_bank import ExpertBank
 from model.kernels.gemv import SplitK
-from model.kernels.kv_fp8 import V4_KV_LAYOUT, KVLayout
+from model.kernels.kv_fp8 import KVLayout
 from model.kernels.launch import interpreting
 from model.kernels.sequence_rows import SequenceRows
 from model.kernels.sparse_attn import WindowRows
@@ -250,51 +250,33 @@ def hc_post_pre(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, com
     return (x, *_mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps))
 
 
-def sparse_attn_lse(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
-                    scale: float, window: WindowRows | None = None,
-                    unrope: torch.Tensor | None = None, out: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse MQA with attention sink → (o [b, s, h, d] in q.dtype, lse [b, s, h] fp32).
-
-    q [b, s, h, d]; kv [b, n, d] (K = V); sink [h] fp32; indices [b, s, k] int (−1 = none);
-    ``window``: the sliding window's rows and indices, a second source read in place;
-    ``unrope``: angles [s, r/2] — o's RoPE dims come back rotated by their inverse
-    (attention's output, ``apply_rope(o, angles, inverse=True)``; on Triton in the kernel that
-    stores o); ``out``: the tensor o is stored in (on Triton by the kernel itself).
-    o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪ {sink_h}, sink dropped;
-    lse is the log of the whole denominator (sink included).
-    """
-    if backend(q) == "triton":
-        tiles = choices.options("sparse_attn_prefill" if q.shape[1] > 1 else
-                                "sparse_attn_decode", q.device)
-        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, window=window,
-                                               unrope=unrope, out=out, **tiles)
-    o, lse = _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale, window, unrope)
-    return _sparse_attn.into(out, o), lse
-
-
 def sparse_attn(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,
                 scale: float, window: WindowRows | None = None,
-                unrope: torch.Tensor | None = None, out: torch.Tensor | None = None
-                ) -> torch.Tensor:
-    """Sparse MQA with attention sink (``sparse_attn_lse`` without the lse)."""
-    return sparse_attn_lse(q, kv, sink, indices, scale, window, unrope, out)[0]
+                unrope: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                layout: KVLayout | None = None) -> torch.Tensor:
+    """Sparse MQA with attention sink → o [b, s, h, d] in q.dtype.
 
-
-def sparse_attn_fp8(q: torch.Tensor, cache: torch.Tensor, sink: torch.Tensor,
-                    indices: torch.Tensor, scale: float, layout: KVLayout = V4_KV_LAYOUT,
-                    window: WindowRows | None = None, unrope: torch.Tensor | None = None,
-                    out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sparse_attn_lse`` reading the FP8 cache rows (uint8 [b, n, layout.row_bytes]) directly;
-    the window's rows are FP8 rows too."""
+    q [b, s, h, d]; kv [b, n, d] (K = V), or with ``layout`` the FP8 cache rows uint8
+    [b, n, layout.row_bytes] read directly (the window's rows are then FP8 rows too); sink [h]
+    fp32; indices [b, s, k] int (−1 = none); ``window``: the sliding window's rows and indices,
+    a second source read in place; ``unrope``: angles [s, r/2] — o's RoPE dims come back
+    rotated by their inverse (attention's output, ``apply_rope(o, angles, inverse=True)``; on
+    Triton in the kernel that stores o); ``out``: the tensor o is stored in (on Triton by the
+    kernel itself). o[t, h] = Σ_j p_j · kv[idx_j] with p = softmax over {q·k_j·scale} ∪
+    {sink_h}, sink dropped.
+    """
     if backend(q) == "triton":
-        tiles = choices.options("sparse_attn_prefill_fp8" if q.shape[1] > 1 else
-                                "sparse_attn_decode_fp8", q.device)
-        return _sparse_attn.sparse_attn_triton(q, cache, sink, indices, scale, layout=layout,
-                                               window=window, unrope=unrope, out=out, **tiles)
-    o, lse = _sparse_attn.sparse_attn_fp8_reference(q, cache, sink, indices, scale, layout,
-                                                    window, unrope)
-    return _sparse_attn.into(out, o), lse
+        decision = "sparse_attn_prefill" if q.shape[1] > 1 else "sparse_attn_decode"
+        tiles = choices.options(decision if layout is None else decision + "_fp8", q.device)
+        return _sparse_attn.sparse_attn_triton(q, kv, sink, indices, scale, layout=layout,
+                                               window=window, unrope=unrope, out=out,
+                                               **tiles)[0]
+    if layout is None:
+        o, _ = _sparse_attn.sparse_attn_reference(q, kv, sink, indices, scale, window, unrope)
+    else:
+        o, _ = _sparse_attn.sparse_attn_fp8_reference(q, kv, sink, indices, scale, layout,
+                                                      window, unrope)
+    return _sparse_attn.into(out, o)
 
 
 def append_rows(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]

@@ -5,9 +5,9 @@ per-head attention sink; inverse RoPE on the output; grouped low-rank output pro
 KV rows (fact sheet §2.8, §4): in ``native`` numerics the sliding-window rows and the main
 compressed rows are held in the FP8 cache layout (uint8, ``model.cache.kv_layout(cfg)``: 584 B
 per row for V4, vs 1024 B bf16 / 2048 B fp32) and attention reads them through
-``ops.sparse_attn_fp8``. Native numerics round each KV row to exactly the values the layout
-stores (no-RoPE dims e4m3 × power-of-two 1×64 scales, RoPE dims bf16), so the packed cache gives
-the same logits as float rows of those values (``pack_kv = False``; tests/model/
+``ops.sparse_attn(..., layout=)``. Native numerics round each KV row to exactly the values the
+layout stores (no-RoPE dims e4m3 × power-of-two 1×64 scales, RoPE dims bf16), so the packed
+cache gives the same logits as float rows of those values (``pack_kv = False``; tests/model/
 test_model_packed_kv.py). ``dequant`` numerics keep float rows in the compute dtype."""
 
 from __future__ import annotations
@@ -301,11 +301,7 @@ class Attention(nn.Module):
                     lambda: self._all_visible_rows(positions, n)))
         if indices.dim() == 2:
             indices = indices.unsqueeze(0).expand(b, -1, -1)
-        if layout is None:
-            ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window, angles, out)
-        else:
-            ops.sparse_attn_fp8(q, rows, self.attn_sink, indices, self.scale, layout, window,
-                                angles, out)
+        ops.sparse_attn(q, rows, self.attn_sink, indices, self.scale, window, angles, out, layout)
 
 
 def _decode_runs(spans: Sequence[Span]) -> list[list[Span]]:

@@ -34,6 +34,8 @@ def _rows() -> list[dict]:
         _row("sparse_attn_prefill_csa_fp8", 1.0),
         _row("sparse_attn_prefill_csa_fp8_h64", 2.0),
         _row("sparse_attn_prefill_csa_fp8_w8", 1.1),
+        _row("sparse_attn_decode_csa", 0.05, 0.03),
+        _row("sparse_attn_decode_csa_combine_kernel", 0.04, 0.02),  # a GPU may say so
         _row("moe_fp4_decode", 0.5, 0.30),
         _row("moe_fp4_decode_n16_w8", 0.5, 0.20),
         _row("moe_fp4_decode_k64_w8", 0.4, 0.25),
@@ -53,7 +55,9 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert got["sparse_attn_prefill"]["speedup_vs_default"] == 2.2        # 1.1 / 0.5 (graphs)
     assert got["sparse_attn_prefill_fp8"]["options"] == {}               # the default won
     assert got["moe_decode"]["options"] == {"block_n": 16, "num_warps": 8}   # 0.20 replayed
-    assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8", "moe_decode"}
+    assert got["sparse_attn_decode"]["options"] == {"combine": "kernel"}
+    assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8", "sparse_attn_decode",
+                        "moe_decode"}
     left = table["left_out"]
     assert left["moe_decode_native"] == "moe_fp4_decode_native: no row"
     assert "recall 0.9" in left["indexer_decode"]
@@ -61,6 +65,7 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert "relative error 0.05" in left["moe_prefill"]
     assert choices.validated(table) == {"sparse_attn_prefill": {"block_h": 64, "dv_parts": 2},
                                         "sparse_attn_prefill_fp8": {},
+                                        "sparse_attn_decode": {"combine": "kernel"},
                                         "moe_decode": {"block_n": 16, "num_warps": 8}}
 
 
@@ -111,7 +116,7 @@ def test_options_come_from_the_table_file(table_file, monkeypatch, capsys):
 def test_the_dispatch_point_launches_the_chosen_variant(table_file, monkeypatch):
     """Prefill attention on the Triton path (interpreter) with the table's 64-head tile: the
     wrapper gets the chosen options and the result still matches the reference; a decode query
-    keeps the defaults."""
+    gets the decode decision's (the combine as a kernel of its own)."""
     seen = []
     real = sparse_attn_module.sparse_attn_triton
 
@@ -129,7 +134,7 @@ def test_the_dispatch_point_launches_the_chosen_variant(table_file, monkeypatch)
     got = ops.sparse_attn(q, kv, sink, idx, 32**-0.5)
     ops.sparse_attn(q[:, :1], kv, sink, idx[:, :1], 32**-0.5)
     tiles = [{k: v for k, v in kwargs.items() if v is not None} for kwargs in seen]
-    assert tiles == [{"block_h": 64, "dv_parts": 2}, {}]
+    assert tiles == [{"block_h": 64, "dv_parts": 2}, {"combine": "kernel"}]
     want = sparse_attn_module.sparse_attn_reference(q, kv, sink, idx, 32**-0.5)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 

@@ -1,6 +1,6 @@
 """Native numerics hold the attention KV rows (window + compressed) packed in the FP8 layout and
-read them through ops.sparse_attn_fp8: the logits equal those of float rows of the same values,
-bit for bit, in fp32 and bf16, for full prefill, chunked prefill and token-by-token decode."""
+read them through ops.sparse_attn(..., layout=): the logits equal those of float rows of the
+same values, bit for bit, in fp32 and bf16, for full prefill, chunked prefill and token-by-token decode."""
 
 from __future__ import annotations
 
