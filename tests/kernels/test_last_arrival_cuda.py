@@ -1,0 +1,45 @@
+"""The kernels whose last program of a group finishes the group's work (decode attention merging
+its splits, the indexer's scores kernel picking) rely on the GPU's memory order: each program
+stores its part, then counts its arrival (``tl.atomic_add``, acq_rel); the last to arrive reads
+every part from L2. The interpreter runs programs one after another, so only a GPU can show a
+race. Here: many launches at V4-Flash's decode shapes, each equal to the separate-kernel path's
+result, and the arrival counts zero after every one. CUDA only (skipped on the CPU machine)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.kernels import indexer, launch, sparse_attn
+from model.kernels.kv_fp8 import V4_KV_LAYOUT, pack_kv_fp8
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="memory order between programs needs a GPU")
+LAUNCHES = 200
+
+
+def test_split_attention_merges_the_same_every_launch():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 1, 64, 512, device="cuda", generator=g).bfloat16()
+    kv = pack_kv_fp8(torch.randn(1, 8192, 512, device="cuda", generator=g), V4_KV_LAYOUT)
+    idx = torch.randint(0, 8192, (1, 1, 640), device="cuda", generator=g)
+    sink = torch.randn(64, device="cuda", generator=g)
+    args = (q, kv, sink, idx, 512**-0.5)
+    want = sparse_attn.sparse_attn_triton(*args, layout=V4_KV_LAYOUT, combine="kernel")
+    for _ in range(LAUNCHES):
+        got = sparse_attn.sparse_attn_triton(*args, layout=V4_KV_LAYOUT)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not launch.arrivals(1024, q.device).any()
+
+
+def test_the_scores_kernel_picks_the_same_every_launch():
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(1, 1, 64, 128, device="cuda", generator=g).bfloat16()
+    w = torch.randn(1, 1, 64, device="cuda", generator=g) * 0.125
+    keys = torch.randn(1, 32768, 128, device="cuda", generator=g).bfloat16()
+    visible = torch.full((1,), 32768, dtype=torch.int32, device="cuda")
+    args = (q, w, keys, visible, 512)
+    want = indexer.indexer_topk_triton(*args, causal=False, select="triton")
+    for _ in range(LAUNCHES):
+        assert torch.equal(indexer.indexer_topk_triton(*args, causal=False), want)
+    assert not launch.arrivals(1024, q.device).any()
