@@ -74,16 +74,26 @@ def sparse_attn_rows_reference(q: torch.Tensor, rows: SequenceRows, sink: torch.
     """q [1, T, h, d] → o [1, T, h, d] (into ``out`` when given): token t over its window slots
     and its compressed slots — ``picks`` [1, T, K] (−1 = none) or, None, all its rows — each
     sequence through ``sparse_attn(_fp8)_reference``, as the per-sequence path calls it."""
+    def attend(q_t, kv, indices, window, angles, dest):
+        if layout is None:
+            o, _ = _sparse_attn.sparse_attn_reference(q_t, kv, sink, indices, scale, window,
+                                                      angles)
+        else:
+            o, _ = _sparse_attn.sparse_attn_fp8_reference(q_t, kv, sink, indices, scale, layout,
+                                                          window, angles)
+        dest.copy_(o)
+
+    return _each_token(q, rows, picks, unrope, out, attend)
+
+
+def _each_token(q, rows, picks, unrope, out, attend) -> torch.Tensor:
+    """``attend(q_t, kv, indices, window, angles, dest)`` for each token t over its own
+    sources (``_token_sources``), its output into ``out``'s token t: the reference, and the
+    Triton path's per-sequence fallback."""
     out = torch.empty_like(q) if out is None else out
     for t in range(q.shape[1]):
         kv, indices, window = _token_sources(rows, t, picks, q.device)
-        args = (q[:, t:t + 1], kv, sink, indices, scale)
-        if layout is None:
-            o, _ = _sparse_attn.sparse_attn_reference(*args, window, unrope[t:t + 1])
-        else:
-            o, _ = _sparse_attn.sparse_attn_fp8_reference(*args, layout, window,
-                                                          unrope[t:t + 1])
-        out[:, t:t + 1] = o
+        attend(q[:, t:t + 1], kv, indices, window, unrope[t:t + 1], out[:, t:t + 1])
     return out
 
 
@@ -108,14 +118,15 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
                             layout: KVLayout | None, unrope: torch.Tensor,
                             out: torch.Tensor | None = None, n_splits: int | None = None,
                             block_n: int = 16) -> torch.Tensor:
-    """Same contract as ``sparse_attn_rows_reference``: one forward (and its combine) for every
-    token, each reading its own rows through ``rows.table``. Float rows
+    """Same contract as ``sparse_attn_rows_reference``: one launch (the forward, its splits
+    merged in it) for every token, each reading its own rows through ``rows.table``. Float rows
     must be in the kernel's compute dtype (fp32 under the interpreter); when they are not, the
     tokens go one by one through ``sparse_attn_triton``."""
     q, out_dtype = _sparse_attn._compute_queries(q)
     first = rows.windows[0]
     if layout is None and first.dtype != q.dtype:
-        return _each_token(q.to(out_dtype), rows, sink, picks, scale, layout, unrope, out)
+        return _each_token(q.to(out_dtype), rows, picks, unrope, out, functools.partial(
+            _per_sequence_triton, sink, scale, layout))
     d = q.shape[-1]
     kv, kv16, _ = _sparse_attn._rows(first, q.dtype, layout, d)
     table = rows.table
@@ -132,14 +143,10 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
                                 n_splits, 16, block_n, 1, 4)[0]
 
 
-def _each_token(q, rows, sink, picks, scale, layout, unrope, out) -> torch.Tensor:
-    """The per-sequence launches, for rows the TABLE mode cannot read as they are."""
-    out = torch.empty_like(q) if out is None else out
-    for t in range(q.shape[1]):
-        kv, indices, window = _token_sources(rows, t, picks, q.device)
-        _sparse_attn.sparse_attn_triton(q[:, t:t + 1], kv, sink, indices, scale, layout, window,
-                                        unrope[t:t + 1], out[:, t:t + 1])
-    return out
+def _per_sequence_triton(sink, scale, layout, q_t, kv, indices, window, angles, dest) -> None:
+    """One token through ``sparse_attn_triton`` (the fallback for rows TABLE mode cannot read
+    as they are), stored in ``dest``."""
+    _sparse_attn.sparse_attn_triton(q_t, kv, sink, indices, scale, layout, window, angles, dest)
 
 
 # -- the indexer's picks ----------------------------------------------------------------------

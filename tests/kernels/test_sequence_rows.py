@@ -74,6 +74,21 @@ def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, splits):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
 
 
+def test_float_rows_the_kernel_cannot_read_go_one_token_at_a_time():
+    """bf16 rows under the interpreter (which computes in fp32): no TABLE launch, a per-sequence
+    launch a token, the same values as the reference in the queries' dtype."""
+    rows, _ = _rows([2, W, 5], [3, 20, 0], "all", False)
+    rows = SequenceRows(tuple(w.bfloat16() for w in rows.windows),
+                        tuple(s.bfloat16() for s in rows.stores), rows.counts, W)
+    q, sink, angles = _queries(3)
+    q = q.bfloat16()
+    want = sparse_attn_rows_reference(q, rows, sink, None, 0.125, None, angles)
+    with OpAudit() as audit:
+        got = sparse_attn_rows_triton(q, rows, sink, None, 0.125, None, angles)
+    assert dict(audit.triton) == {"_sparse_attn_fwd": 3} and got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
 def _keys(counts, packed, seed=3, spare=3, d=32):
     g = torch.Generator().manual_seed(seed)
     keys = []
