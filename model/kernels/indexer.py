@@ -247,10 +247,12 @@ def _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tens
     return out
 
 
-def _prefill_block_t(h: int, block_t: int | None) -> int:
-    """Queries per score program: a power of two with BLOCK_T·BLOCK_H ≥ 16 (tl.dot's minimum)."""
+def _prefill_block_t(h: int, block_t: int | None, queries: int) -> int:
+    """Queries per score program: a power of two with BLOCK_T·BLOCK_H ≥ 16 (tl.dot's minimum),
+    by default PREFILL_DOT_ROWS dot rows but no more queries than there are (a decode step's
+    one query: its H heads alone, no masked rows in the dot)."""
     block_h = triton.next_power_of_2(h)
-    want = block_t or max(1, PREFILL_DOT_ROWS // block_h)
+    want = block_t or max(1, min(PREFILL_DOT_ROWS // block_h, triton.next_power_of_2(queries)))
     return max(triton.next_power_of_2(want), triton.cdiv(16, block_h))
 
 
@@ -303,7 +305,7 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
     ``causal=False``: every query sees every key, so no pick is an invisible one to mask."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
-    block_t = _prefill_block_t(h, block_t)
+    block_t = _prefill_block_t(h, block_t, s)
     block_n = max(16, triton.next_power_of_2(block_n))
     rows = _prefill_query_rows(b, s, n, block_t)
     scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
