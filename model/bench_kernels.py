@@ -513,6 +513,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dtype, hbm, combine="kernel"),
         p(_attn_case, "sparse_attn_decode_csa_fp8_combine_kernel", 1, ctx // 4, TOPK, True, dev,
           dtype, hbm, combine="kernel"),
+        # output columns in 4 slices: 4× the programs, each merging a quarter of the columns
+        p(_attn_case, "sparse_attn_decode_csa_dv4", 1, ctx // 4, TOPK, False, dev, dtype, hbm,
+          dv_parts=4),
+        p(_attn_case, "sparse_attn_decode_csa_fp8_dv4", 1, ctx // 4, TOPK, True, dev, dtype, hbm,
+          dv_parts=4),
         p(_attn_case, "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, dev, dtype,
           none),
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,

@@ -375,12 +375,23 @@ COMBINE_BLOCK_D = 128   # output columns per combine program (a decode token: 4 
 COMBINES = ("fused", "kernel")
 
 
-def default_splits(tokens: int, head_blocks: int, k: int, block_n: int) -> int:
-    """Split the k rows over programs when there are too few (token, head-block) programs."""
+MERGED_SPLIT_ROWS = 128   # rows per split at least, when the last split program merges them
+
+
+def default_splits(tokens: int, head_blocks: int, k: int, block_n: int,
+                   merged: bool = False) -> int:
+    """Split the k rows over programs when there are too few (token, head-block) programs.
+    ``merged`` (the last split program of a group merges the group's partials): at most one
+    split per ``MERGED_SPLIT_ROWS`` rows. Each split writes a partial o of BLOCK_H × D fp32
+    (32 KB at 16 heads × 512), more than the 16–32 rows it would read (a decode step's 640
+    slots in 20 splits: 2.6 MB of partials against 0.66 MB of bf16 rows), and one program reads
+    a group's every partial; at ≤ 5 splits that program reads what one program of the
+    separate combine kernel reads (164 KB)."""
     programs = tokens * head_blocks
     if programs >= 128 or k <= 2 * block_n:
         return 1
-    return max(1, min(triton.cdiv(k, 2 * block_n), triton.cdiv(256, programs), 64))
+    splits = max(1, min(triton.cdiv(k, 2 * block_n), triton.cdiv(256, programs), 64))
+    return min(splits, triton.cdiv(k, MERGED_SPLIT_ROWS)) if merged else splits
 
 
 def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
@@ -451,7 +462,8 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     block_h = max(16, min(block_h, triton.next_power_of_2(h)))
     block_d = max(16, triton.next_power_of_2(d))
     head_blocks = triton.cdiv(h, block_h)
-    splits = n_splits or default_splits(b * s, head_blocks, slots, block_n)
+    splits = n_splits or default_splits(b * s, head_blocks, slots, block_n,
+                                        merged=combine == "fused")
     splits = max(1, min(splits, triton.cdiv(max(slots, 1), block_n)))
     chunk = triton.cdiv(triton.cdiv(max(slots, 1), splits), block_n) * block_n
     splits = triton.cdiv(max(slots, 1), chunk)

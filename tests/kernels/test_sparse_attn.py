@@ -236,3 +236,15 @@ def test_the_last_split_program_merges_as_the_combine_kernel_does(b, s, h, d, sp
     _check(fused, sparse_attn_reference(q, plain, sink, idx, 0.2, unrope=angles), atol=1e-4)
     with pytest.raises(ValueError, match="combine must be fused or kernel"):
         sparse_attn_triton(*args, combine="tree", **opts)
+
+
+def test_a_merged_split_reads_at_least_128_rows():
+    """Decode at V4-Flash shapes (640 slots, 4 head blocks of 16): 20 splits when a combine
+    kernel merges them, 5 when the last split program does (its read: 5 partials, not 20)."""
+    from model.kernels.sparse_attn import default_splits
+
+    assert default_splits(1, 4, 640, 16) == 20
+    assert default_splits(1, 4, 640, 16, merged=True) == 5
+    assert default_splits(8, 4, 640, 16, merged=True) == 5      # a batch of 8: 8 splits apart
+    assert default_splits(1, 4, 100, 16, merged=True) == 1      # one split: nothing to merge
+    assert default_splits(64, 4, 640, 16, merged=True) == 1     # enough programs already
