@@ -21,7 +21,7 @@ ReLU, the head weights and the head sum stay in registers; the program writes on
 (query, key) to a scratch of a block of queries × visible keys (≤ ``PREFILL_SCRATCH_BYTES``, never
 the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs of dot, and skips the
 key tiles past the block's last visible row (they are stored as −inf, never computed). The pick
-(``topk_select.select_row``, an exact radix select) then reads each query's row four times
+(``topk_select.select_row``, an exact radix select) then reads each query's row five times
 from L2, in the same launch: the last of a query block's chunk programs to finish (an arrival
 count per block, ``launch.arrivals``) picks for its queries, so scores and pick are one kernel
 (``select="triton"`` keeps ``topk_select`` as a kernel of its own, a program per query, until a

@@ -8,14 +8,24 @@ a digit scan per 8-bit digit, counting kernels, cub scans, the gather and a sort
 ``topk_select_triton`` is one kernel, one program per row, exact:
 
 1. Each score's float bits become an unsigned key of the same order (``ordered``).
-2. Three passes of an 11 / 11 / 10-bit histogram (``tl.histogram``) over the keys that still
-   match the digits found so far pin the k-th largest key T and how many keys equal to T the
-   pick keeps (the lowest rows first).
-3. A fourth pass writes every key above T, and those ties, packed (score, row) into the output
+2. Four passes of an 8-bit histogram (``tl.histogram``) over the keys that still match the
+   digits found so far pin the k-th largest key T and how many keys equal to T the pick keeps
+   (the lowest rows first).
+3. A fifth pass writes every key above T, and those ties, packed (score, row) into the output
    row itself; the program reads the k back, sorts them best first (``tl.sort`` over the next
    power of two) and overwrites them with their rows.
 
-A row reads its scores four times (from L2: 128 KB at 32K keys), and writes k int64 twice.
+A row reads its scores five times (from L2: 128 KB at 32K keys), and writes k int64 twice.
+
+Why 8-bit digits, not fewer wider ones (read from the PTX that ``bench compile`` builds, not
+timed). Triton 3.6, the H200 machine's version, lowers ``tl.histogram`` to a warp-level ballot
+histogram: per warp-wide slot of keys it votes each bit of the digit, then each lane ANDs the
+votes into a mask for each bin it owns (bins / 32 of them) and counts it with ``popc``. One
+program does the whole row (128 keys a thread a pass at 32K keys), so the per-bin work is what
+counts: the kernel with 11-bit digits holds 772 ``popc`` (257 a pass: 64 bins a lane × 4 keys
+a thread a tile), with 8-bit digits 129 (32 a pass) — ≈ 6× less histogram work for the four
+passes than for three. Triton 3.9 uses shared-memory atomics instead (one per key), where 256
+bins are 8× fewer to clear and read back per tile than 2,048.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import triton
 import triton.language as tl
 
 SELECT_BLOCK = 1024   # scores per tile of a pass
-RADIX_BINS = 2048     # 11-bit digits: key bits 31..21, 20..10, then 9..0
+RADIX_BINS = 256      # 8-bit digits: key bits 31..24, 23..16, 15..8, 7..0
 
 
 @triton.jit
@@ -75,9 +85,10 @@ def select_row(row_ptr, dest, limit, k, BLOCK: tl.constexpr, BINS: tl.constexpr,
     if picks > 0:
         thresh = tl.full([], 0, dtype=tl.int64)
         need = picks
-        thresh, need = _digit(row_ptr, limit, thresh, need, 21, 11, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 10, 11, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 0, 10, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 24, 8, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 16, 8, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 8, 8, BLOCK, BINS)
+        thresh, need = _digit(row_ptr, limit, thresh, need, 0, 8, BLOCK, BINS)
         # the keys above the k-th, then its first ``need`` ties: packed into the output row
         taken = tl.full([], 0, dtype=tl.int32)
         ties = tl.full([], 0, dtype=tl.int32)
