@@ -206,23 +206,40 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
 
 
 @triton.jit
-def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K):
+def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL: tl.constexpr = False):
     """THE register decoder of FP4 weight tiles (used by every W4A16 kernel: ``fp4_gemm`` here and
     the MoE kernels in moe.py). Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes
     (int8 [N, K/2], low nibble = even k) start at ``w_base`` and ue8m0 scales (one per 1×32,
     [N, K/32]) at ``s_base``; byte columns ``col`` [BLOCK_K/2] → (even k, odd k) float32 halves
-    [BLOCK_N, BLOCK_K/2], zero where masked. One byte load per two weights, one scale byte per 16."""
+    [BLOCK_N, BLOCK_K/2], zero where masked. One byte load per two weights, one scale byte per 16.
+    FULL (the caller's promise: both bases 16-byte aligned, K % 32 == 0, ``col`` whole runs of
+    16 from a multiple of 16, every column in range — ``mask_j`` is not read): the bytes load as
+    16-byte vectors (the compiler is told the row stride, K/32 · 16, is a multiple of 16, and
+    the columns' runs), and each row's scales as one small [BLOCK_N, BLOCK_K/32] tile spread
+    over their 16 byte columns in registers — not a byte load per weight byte and per scale."""
     row = offs_n[:, None].to(tl.int64)
-    mw = mask_n[:, None] & mask_j[None, :]
-    byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
-    sc = e8m0_scale(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
+    if FULL:
+        RUNS: tl.constexpr = col.shape[0] // 16
+        col = tl.max_contiguous(tl.multiple_of(col, 16), 16)
+        w_row = (K // 32) * 16                      # = K / 2, known to be a multiple of 16
+        byte = tl.load(w_base + row * w_row + col[None, :], mask=mask_n[:, None],
+                       other=0).to(tl.int32) & 0xFF
+        s_col = tl.min(tl.reshape(col, [RUNS, 16]), axis=1) // 16
+        s = e8m0_scale(tl.load(s_base + row * (K // 32) + s_col[None, :], mask=mask_n[:, None],
+                               other=0))
+        sc = tl.reshape(tl.broadcast_to(s[:, :, None], [s.shape[0], RUNS, 16]),
+                        [s.shape[0], RUNS * 16])
+    else:
+        mw = mask_n[:, None] & mask_j[None, :]
+        byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
+        sc = e8m0_scale(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
     return _e2m1(byte & 0xF) * sc, _e2m1(byte >> 4) * sc
 
 
 @triton.jit
 def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PREC: tl.constexpr):
+                     PREC: tl.constexpr, FULL: tl.constexpr = False):
     """Program (m tile, n tile, k split) → out[split] tile = x[:, k slice] · W[:, k slice]ᵀ in
     fp32. With one split ``out`` is y itself; with several it holds fp32 partials [S, M, N]."""
     HALF: tl.constexpr = BLOCK_K // 2
@@ -241,15 +258,27 @@ def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
     for k0 in range(k_lo, k_hi, BLOCK_K):
         col = k0 // 2 + offs_j
         mask_j = col < k_hi // 2
-        mx = mask_m[:, None] & mask_j[None, :]
-        x_even = tl.load(x_rows + 2 * col[None, :], mask=mx, other=0.0)
-        x_odd = tl.load(x_rows + 2 * col[None, :] + 1, mask=mx, other=0.0)
-        w_even, w_odd = decode_fp4_tile(w_ptr, s_ptr, offs_n, mask_n, col, mask_j, K)
+        if FULL:   # one contiguous row slice, split into even / odd k in registers
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None], other=0.0)
+            x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, HALF, 2]))
+        else:
+            mx = mask_m[:, None] & mask_j[None, :]
+            x_even = tl.load(x_rows + 2 * col[None, :], mask=mx, other=0.0)
+            x_odd = tl.load(x_rows + 2 * col[None, :] + 1, mask=mx, other=0.0)
+        w_even, w_odd = decode_fp4_tile(w_ptr, s_ptr, offs_n, mask_n, col, mask_j, K, FULL)
         acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)), input_precision=PREC)
         acc += tl.dot(x_odd, tl.trans(w_odd.to(x_even.dtype)), input_precision=PREC)
     out = out_ptr + pid_k.to(tl.int64) * M * N
     tl.store(out + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def full_fp4_tiles(k: int, k_per_split: int, block_k: int, *parts: torch.Tensor) -> bool:
+    """Whether ``decode_fp4_tile``'s FULL promise holds: every K tile whole (K and each split a
+    multiple of BLOCK_K ≥ 32) and each part's bytes 16-byte aligned."""
+    return (block_k >= 32 and k % block_k == 0 and k_per_split % block_k == 0
+            and all(p.data_ptr() % 16 == 0 for p in parts))
 
 
 TARGET_PROGRAMS = 1024   # ≈ 8 per SM of a 132-SM H200: enough weight loads in flight for HBM
@@ -368,7 +397,8 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
         _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](
             x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), out,
             m, n, k, k_per_split, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            PREC="ieee" if x2.dtype == torch.float32 else "tf32")
+            PREC="ieee" if x2.dtype == torch.float32 else "tf32",
+            FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale))
         if splits > 1:
             y = out.sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

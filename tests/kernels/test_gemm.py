@@ -206,3 +206,28 @@ def test_fp8_gemm_sums_a_grouped_gemvs_splits_as_it_reads_them(m, groups, k_grou
     out = gemv_triton(x, w, None, groups, reduce=False)
     assert isinstance(out, SplitK) and out.lead == (m,)
     assert torch.allclose(out.sum(), gemv_triton(x, w, None, groups).reshape(m, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,k,block_k,split_k", [(1, 40, 512, 128, 2), (17, 64, 256, 64, 1)])
+def test_fp4_whole_tiles_load_as_vectors_and_agree_with_the_masked_path(m, n, k, block_k,
+                                                                        split_k, monkeypatch):
+    """FULL (every K tile whole, both parts 16-byte aligned): the weight bytes and scales load as
+    tiles of whole rows, x as one contiguous slice split into even / odd k in registers — the
+    same values as the masked path; a part that is not 16-byte aligned takes the masked path."""
+    from model.kernels import gemm
+
+    g = torch.Generator().manual_seed(m + n)
+    packed, scale = quant.quant_fp4(torch.randn(n, k, generator=g) * torch.logspace(-3, 2, k))
+    x = torch.randn(m, k, generator=g)
+    assert gemm.full_fp4_tiles(k, k // split_k, block_k, packed, scale)
+    full = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k)
+    taken = []
+    real = gemm.full_fp4_tiles
+    monkeypatch.setattr(gemm, "full_fp4_tiles", lambda *a: taken.append(real(*a)) or False)
+    masked = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k)
+    assert taken == [True]
+    assert torch.allclose(full, masked, rtol=1e-6, atol=1e-5)
+    assert torch.allclose(full, fp4_gemm_reference(x, packed, scale), rtol=1e-5, atol=1e-4)
+    shifted = torch.empty(packed.numel() + 1, dtype=torch.int8)[1:].view(n, k // 2)
+    shifted.copy_(packed)
+    assert not real(k, k // split_k, block_k, shifted, scale)
