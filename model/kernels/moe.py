@@ -125,34 +125,45 @@ def moe_align(indices: torch.Tensor, n_experts: int, block_m: int
 
 
 @triton.jit
-def _slot_base(ptr, off_ptr, e):
-    """Where slot e's bytes of one bank part start."""
-    return ptr + tl.load(off_ptr + e)
+def _slot_base(ptr, off_ptr, e, FULL: tl.constexpr = False):
+    """Where slot e's bytes of one bank part start. FULL: the bank's promise that every slot's
+    offset is a multiple of 16 (``bank_aligned``), told to the compiler for vector loads."""
+    off = tl.load(off_ptr + e)
+    if FULL:
+        off = tl.multiple_of(off, 16)
+    return ptr + off
 
 
 @triton.jit
 def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
                  QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr,
-                 QMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 QMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 FULL: tl.constexpr = False):
     """Σ_{k_lo ≤ k < k_hi} a[k]·W[n, k] for the rows ``offs_n`` of one FP4 weight → float32
     [BLOCK_N]: a GEMV slice for one activation row (``a_row`` points at a[0]). No tl.dot (it
     needs M ≥ 16): the decoded tile is multiplied by the broadcast row and summed over k.
     ``k_lo`` is a multiple of BLOCK_K; ``k_hi`` a multiple of 32 (or K). ``QUANT`` (BLOCK_K =
     128, the FP8 activation block): a is put on its FP8 grid as it is loaded — native numerics'
-    input quantisation of the experts, with no launch of its own."""
+    input quantisation of the experts, with no launch of its own. FULL: every tile whole and
+    the parts aligned (``decode_fp4_tile``'s FULL): the row slice loads contiguously and splits
+    into even / odd k in registers."""
     offs_j = tl.arange(0, BLOCK_K // 2)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         col = k0 // 2 + offs_j
         mask_j = col < k_hi // 2
-        a_even = tl.load(a_row + 2 * col, mask=mask_j, other=0.0).to(tl.float32)
-        a_odd = tl.load(a_row + 2 * col + 1, mask=mask_j, other=0.0).to(tl.float32)
+        if FULL:
+            a = tl.load(a_row + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
+            a_even, a_odd = tl.split(tl.reshape(a, [BLOCK_K // 2, 2]))
+        else:
+            a_even = tl.load(a_row + 2 * col, mask=mask_j, other=0.0).to(tl.float32)
+            a_odd = tl.load(a_row + 2 * col + 1, mask=mask_j, other=0.0).to(tl.float32)
         if QUANT:   # this chunk is one 1×128 block: amax of both halves, one pow2 scale
             ex = _scale_exponent(tl.maximum(tl.max(tl.abs(a_even), 0), tl.max(tl.abs(a_odd), 0)),
                                  FLOOR_BITS, INV_MAX_BITS)
             a_even = _e4m3_values(a_even, ex, QMAX)
             a_odd = _e4m3_values(a_odd, ex, QMAX)
-        w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K)
+        w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL)
         acc += tl.sum(w_even * a_even[None, :] + w_odd * a_odd[None, :], axis=1)
     return acc
 
@@ -162,7 +173,7 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
                      s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
                      UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
                      INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     BLOCK_K: tl.constexpr, FULL: tl.constexpr = False):
     """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
     UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
     Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N].
@@ -181,14 +192,15 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         k_lo = pid_k * K_PER_SPLIT
         k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
         out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
-        acc = _fp4_row_dot(a_row, _slot_base(w_ptr, w_off_ptr, e), _slot_base(s_ptr, s_off_ptr, e),
-                           offs_n, mask_n, k_lo, k_hi, K, QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX,
-                           BLOCK_N, BLOCK_K)
+        acc = _fp4_row_dot(a_row, _slot_base(w_ptr, w_off_ptr, e, FULL),
+                           _slot_base(s_ptr, s_off_ptr, e, FULL), offs_n, mask_n, k_lo, k_hi, K,
+                           QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K, FULL)
         tl.store(out, acc, mask=mask_n)
         if UP:
-            acc3 = _fp4_row_dot(a_row, _slot_base(w3_ptr, w3_off_ptr, e),
-                                _slot_base(s3_ptr, s3_off_ptr, e), offs_n, mask_n, k_lo, k_hi, K,
-                                QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K)
+            acc3 = _fp4_row_dot(a_row, _slot_base(w3_ptr, w3_off_ptr, e, FULL),
+                                _slot_base(s3_ptr, s3_off_ptr, e, FULL), offs_n, mask_n, k_lo,
+                                k_hi, K, QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K,
+                                FULL)
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
 
 
@@ -261,9 +273,9 @@ def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS
 def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr,
                      w3_ptr, w3_off_ptr, s3_ptr, s3_off_ptr, out_ptr, TOPK, N, K, limit,
                      UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK_K: tl.constexpr, PREC: tl.constexpr, FULL: tl.constexpr = False):
     """Grouped (prefill) tile of one expert. UP: out[pos] = swiglu(a[tok]·w1ᵀ, a[tok]·w3ᵀ)·rw;
-    else out[pos] = a[pos]·wᵀ."""
+    else out[pos] = a[pos]·wᵀ. FULL: ``decode_fp4_tile``'s (whole tiles, aligned bank)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(tile_e_ptr + pid_m)
@@ -279,23 +291,29 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
         mask_n = offs_n < N
         offs_j = tl.arange(0, BLOCK_K // 2)
         a_base = a_ptr + a_rows[:, None].to(tl.int64) * K
-        w_base = _slot_base(w_ptr, w_off_ptr, e)
-        s_base = _slot_base(s_ptr, s_off_ptr, e)
-        w3_base = _slot_base(w3_ptr, w3_off_ptr, e)
-        s3_base = _slot_base(s3_ptr, s3_off_ptr, e)
+        w_base = _slot_base(w_ptr, w_off_ptr, e, FULL)
+        s_base = _slot_base(s_ptr, s_off_ptr, e, FULL)
+        w3_base = _slot_base(w3_ptr, w3_off_ptr, e, FULL)
+        s3_base = _slot_base(s3_ptr, s3_off_ptr, e, FULL)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             col = k0 // 2 + offs_j
             mask_j = col < K // 2
-            ma = valid[:, None] & mask_j[None, :]
-            a_even = tl.load(a_base + 2 * col[None, :], mask=ma, other=0.0)
-            a_odd = tl.load(a_base + 2 * col[None, :] + 1, mask=ma, other=0.0)
-            w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K)
+            if FULL:   # one contiguous slice of each row, split into even / odd k
+                a = tl.load(a_base + k0 + tl.arange(0, BLOCK_K)[None, :], mask=valid[:, None],
+                            other=0.0)
+                a_even, a_odd = tl.split(tl.reshape(a, [BLOCK_M, BLOCK_K // 2, 2]))
+            else:
+                ma = valid[:, None] & mask_j[None, :]
+                a_even = tl.load(a_base + 2 * col[None, :], mask=ma, other=0.0)
+                a_odd = tl.load(a_base + 2 * col[None, :] + 1, mask=ma, other=0.0)
+            w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL)
             acc += tl.dot(a_even, tl.trans(w_even.to(a_even.dtype)), input_precision=PREC)
             acc += tl.dot(a_odd, tl.trans(w_odd.to(a_even.dtype)), input_precision=PREC)
             if UP:
-                u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col, mask_j, K)
+                u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col, mask_j,
+                                                K, FULL)
                 acc3 += tl.dot(a_even, tl.trans(u_even.to(a_even.dtype)), input_precision=PREC)
                 acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)), input_precision=PREC)
         if UP:
@@ -332,6 +350,14 @@ def _moe_combine_kernel(part_ptr, key_ptr, add_ptr, y_ptr, TOPK, N, ROWS, SPLITS
     tl.store(y_ptr + t.to(tl.int64) * N + cols, acc, mask=mask)
 
 
+def whole_tiles(k: int, k_per_split: int, block_k: int, *parts: PartBank) -> bool:
+    """``decode_fp4_tile``'s FULL promise for a bank: every K tile whole, every part's base and
+    every slot's offset 16-byte aligned (the offsets are on the host: no device read)."""
+    return (block_k >= 32 and k % block_k == 0 and k_per_split % block_k == 0
+            and all(p.base.data_ptr() % 16 == 0 and all(o % 16 == 0 for o in p.starts)
+                    for p in parts))
+
+
 def _bank_args(*parts: PartBank) -> tuple[torch.Tensor, ...]:
     """(base, offsets) of each part, flattened, as the kernels take them."""
     return tuple(t for p in parts for t in (p.base, p.offsets))
@@ -365,7 +391,9 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
         xin, flat, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), part, topk, p, inter, dim,
         k_per, n_exp, UP=True, QUANT=quantize_input and block_k == ACT_QUANT_BLOCK,
-        **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k, num_warps=num_warps)
+        **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+        FULL=whole_tiles(dim, k_per, block_k, bank.w1, bank.s1, bank.w3, bank.s3),
+        num_warps=num_warps)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
@@ -377,7 +405,7 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
         h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
         QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-        num_warps=num_warps)
+        FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), num_warps=num_warps)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
@@ -397,7 +425,8 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
                     device=xin.device)
     _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(inter, 32))](
         xin, pairs, tile_e, rw, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), h, topk, inter,
-        dim, float(limit), UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
+        dim, float(limit), UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
+        FULL=whole_tiles(dim, dim, 64, bank.w1, bank.s1, bank.w3, bank.s3))
     if quantize_input:
         # (a slice when inter < 128)
         h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
@@ -405,7 +434,8 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(dim, 32))](
         h, pairs, tile_e, rw, *down, *down, out, topk, dim, inter, 0.0, UP=False,
-        BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec)
+        BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
+        FULL=whole_tiles(inter, inter, 64, bank.w2, bank.s2))
     y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         out, pos, y if add is None else add, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False,

@@ -4,6 +4,8 @@ local experts only, a stacked copy that the experts' own buffers are re-pointed 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from host_syncs import sync_ops
@@ -335,3 +337,31 @@ def test_decode_gemv_tiles_of_the_launch_choices(quantize, block_n, block_k):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
     ref = moe_fp4_reference(x, weights, indices, bank, LIMIT, quantize_input=quantize)
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-3), (got - ref).abs().max()
+
+
+@pytest.mark.parametrize("decode,quantize,split_k", [(True, False, 1), (True, True, 2),
+                                                     (False, False, None)])
+def test_whole_tiles_of_an_aligned_bank_load_as_vectors(decode, quantize, split_k, monkeypatch):
+    """Every K tile whole and every slot 16-byte aligned (``whole_tiles``): the GEMV and the
+    grouped GEMM read the weight bytes and scales as tiles of whole rows and each activation
+    row as one contiguous slice (FULL) — the masked path's values, the reference's values; a
+    bank with a slot off the 16-byte grid takes the masked path."""
+    from model.kernels import moe
+
+    t, dim, inter = 3, 256, 128
+    bank, x, g = _bank_and_input(t, dim, inter, seed=31)
+    indices = torch.tensor([[0, 3], [1, -1], [3, 2]])
+    weights = torch.rand(t, 2, generator=g)
+    args = (x, weights, indices, bank, LIMIT)
+    opts = dict(quantize_input=quantize, decode=decode, split_k=split_k)
+    full = moe_fp4_triton(*args, **opts)
+    taken = []
+    real = moe.whole_tiles
+    monkeypatch.setattr(moe, "whole_tiles", lambda *a: taken.append(real(*a)) or False)
+    masked = moe_fp4_triton(*args, **opts)
+    assert taken == [True, True]          # gate/up and down
+    assert torch.allclose(full, masked, atol=1e-6, rtol=1e-6)
+    want = moe_fp4_reference(*args, quantize_input=quantize)
+    assert torch.allclose(full, want, atol=1e-5, rtol=1e-4), (full - want).abs().max()
+    off_grid = dataclasses.replace(bank.w2, starts=(8, *bank.w2.starts[1:]))
+    assert not real(inter, inter, 128, off_grid, bank.s2)
