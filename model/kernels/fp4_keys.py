@@ -86,19 +86,45 @@ def key_rows(keys: torch.Tensor, m: int, dim: int) -> torch.Tensor:
     return keys[:, :m].float()
 
 
+def key_rows_aligned(keys: torch.Tensor) -> bool:
+    """``load_key_tile``'s ALIGNED promise for packed keys uint8 [..., row_bytes]."""
+    return keys.dtype == torch.uint8 and keys.shape[-1] % 4 == 0 and keys.data_ptr() % 4 == 0
+
+
 @triton.jit
 def load_key_tile(k_ptr, rows, mask_n, offs_d, D, PACKED: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  BLOCK: tl.constexpr, ALIGNED: tl.constexpr = False):
     """Key rows ``rows`` [BLOCK_N] (int64, masked by ``mask_n``) × dims ``offs_d`` → tile
     [BLOCK_N, BLOCK_D], 0 where masked: float rows in their own dtype, or packed rows
-    (``IndexKeyLayout(D, BLOCK)``) decoded to fp32."""
+    (``IndexKeyLayout(D, BLOCK)``) decoded to fp32. ``offs_d`` is arange(0, BLOCK_D): a packed
+    row's code bytes load as one contiguous slice (each byte once, split into its two nibbles
+    in registers) and its scales as one small tile spread over their BLOCK dims — not a byte
+    load per dim for each (when BLOCK_D is a multiple of BLOCK; else per dim). ALIGNED: the
+    caller's promise that a packed row's bytes (D/2 + D/BLOCK) are a multiple of 4 and k_ptr
+    4-byte aligned (``key_rows_aligned``), told to the compiler for vector loads."""
     mask = mask_n[:, None] & (offs_d < D)[None, :]
     if PACKED:
         base = rows[:, None] * (D // 2 + D // BLOCK)
-        byte = tl.load(k_ptr + base + (offs_d // 2)[None, :], mask=mask, other=0).to(tl.int32)
-        code = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
-        exp = tl.load(k_ptr + base + (D // 2 + offs_d // BLOCK)[None, :], mask=mask,
-                      other=127).to(tl.int32)
+        BLOCK_N: tl.constexpr = rows.shape[0]
+        BLOCK_D: tl.constexpr = offs_d.shape[0]
+        if BLOCK_D % BLOCK == 0:
+            if ALIGNED:   # the compiler cannot see it through D // BLOCK
+                base = rows[:, None] * tl.multiple_of((D // 2 + D // BLOCK), 4)
+            cols = tl.arange(0, BLOCK_D // 2)
+            byte = tl.load(k_ptr + base + cols[None, :], mask=mask_n[:, None] &
+                           (cols < D // 2)[None, :], other=0).to(tl.int32)
+            code = tl.reshape(tl.join(byte & 0xF, (byte >> 4) & 0xF), [BLOCK_N, BLOCK_D])
+            blocks = tl.arange(0, BLOCK_D // BLOCK)
+            exp = tl.load(k_ptr + base + D // 2 + blocks[None, :], mask=mask_n[:, None] &
+                          (blocks < D // BLOCK)[None, :], other=127).to(tl.int32)
+            exp = tl.reshape(tl.broadcast_to(exp[:, :, None], [BLOCK_N, BLOCK_D // BLOCK, BLOCK]),
+                             [BLOCK_N, BLOCK_D])
+        else:
+            byte = tl.load(k_ptr + base + (offs_d // 2)[None, :], mask=mask,
+                           other=0).to(tl.int32)
+            code = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
+            exp = tl.load(k_ptr + base + (D // 2 + offs_d // BLOCK)[None, :], mask=mask,
+                          other=127).to(tl.int32)
         e = (code >> 1) & 3
         m = code & 1
         normal = (((e + 126) << 23) | (m << 22)).to(tl.float32, bitcast=True)  # 2^(e−1)·(1+m/2)

@@ -47,7 +47,12 @@ import triton.language as tl
 
 from model.kernels import topk_select
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
-from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout, load_key_tile
+from model.kernels.fp4_keys import (
+    INDEX_KEY_BLOCK,
+    IndexKeyLayout,
+    key_rows_aligned,
+    load_key_tile,
+)
 from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the contract)
     indexer_scores_reference,
     indexer_topk_reference,
@@ -75,7 +80,7 @@ def _merge(top, tile, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
 def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                      K_PAD: tl.constexpr, PREC: tl.constexpr, PACKED: tl.constexpr,
-                     KEY_BLOCK: tl.constexpr):
+                     KEY_BLOCK: tl.constexpr, KEY_ALIGNED: tl.constexpr = False):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = pid_t // S
@@ -95,7 +100,8 @@ def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         rows = batch.to(tl.int64) * N + offs_n
-        keys = load_key_tile(k_ptr, rows, mask_n, offs_d, D, PACKED, KEY_BLOCK).to(q.dtype)
+        keys = load_key_tile(k_ptr, rows, mask_n, offs_d, D, PACKED, KEY_BLOCK,
+                             KEY_ALIGNED).to(q.dtype)
         dots = tl.dot(q, tl.trans(keys), input_precision=PREC)        # [BLOCK_H, BLOCK_N]
         scores = tl.sum(tl.maximum(dots, 0.0) * w[:, None], 0)
         scores = tl.where(mask_n, scores, float("-inf"))
@@ -134,6 +140,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                           BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
                           PACKED: tl.constexpr, KEY_BLOCK: tl.constexpr,
                           TABLE: tl.constexpr = False, PICK: tl.constexpr = False,
+                          KEY_ALIGNED: tl.constexpr = False,
                           CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
                           SELECT_BLOCK: tl.constexpr = 1024, BINS: tl.constexpr = 2048):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
@@ -149,7 +156,11 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     batch = tl.program_id(2).to(tl.int64)
     first = lo + pid_t * BLOCK_T
     if TABLE:
-        k_ptr = tl.load(tab_ptr + first).to(tl.pointer_type(k_ptr.dtype.element_ty))
+        address = tl.load(tab_ptr + first)
+        if KEY_ALIGNED:   # as a byte offset from k_ptr (a cast pointer carries no alignment)
+            k_ptr = k_ptr + tl.multiple_of(address - k_ptr.to(tl.int64), 4)
+        else:
+            k_ptr = address.to(tl.pointer_type(k_ptr.dtype.element_ty))
     offs_t = first + tl.arange(0, BLOCK_T)
     mask_t = offs_t < hi
     vis = tl.load(vis_ptr + offs_t, mask=mask_t, other=0)
@@ -170,7 +181,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     for n0 in range(start, seen, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         keys = load_key_tile(k_ptr, batch * N + offs_n, offs_n < seen, offs_d, D, PACKED,
-                             KEY_BLOCK).to(q.dtype)
+                             KEY_BLOCK, KEY_ALIGNED).to(q.dtype)
         dots = tl.dot(q, tl.trans(keys), input_precision=PREC)      # [BLOCK_T·BLOCK_H, BLOCK_N]
         weighted = tl.maximum(dots, 0.0) * w[:, None]
         scores = tl.sum(tl.reshape(weighted, (BLOCK_T, BLOCK_H, BLOCK_N)), 1)
@@ -242,7 +253,7 @@ def _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tens
         q, weights, keys, vis, part, s, n, h, d, chunk,
         BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=block_n, K_PAD=k_pad, PREC=prec, PACKED=keys.dtype == torch.uint8,
-        KEY_BLOCK=INDEX_KEY_BLOCK)
+        KEY_BLOCK=INDEX_KEY_BLOCK, KEY_ALIGNED=key_rows_aligned(keys))
     _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad)
     return out
 
@@ -263,9 +274,10 @@ def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
 
 
 def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
-                   table=None, picks=None, k=0, causal=True) -> None:
+                   table=None, picks=None, k=0, causal=True, keys_aligned=None) -> None:
     """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``);
-    ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format);
+    ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format; then
+    ``keys_aligned`` says whether every query's packed keys are, as ``key_rows_aligned``);
     ``picks`` (int64 [b, hi − lo, k], unit stride along k): each query's k best go there from
     the same launch (PICK; up to its visible count when ``causal``)."""
     b, s, h, d = q.shape
@@ -290,6 +302,7 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         hi, s, keys.shape[1], h, d, width, chunk, k, pick_batch, pick_row, BLOCK_T=block_t,
         BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n,
         PREC=prec, PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK,
+        KEY_ALIGNED=key_rows_aligned(keys) if table is None else bool(keys_aligned),
         TABLE=table is not None, **pick,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
         or picks is not None else 4)

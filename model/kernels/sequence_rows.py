@@ -26,6 +26,7 @@ import triton
 
 from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
+from model.kernels.fp4_keys import key_rows_aligned
 from model.kernels.kv_fp8 import KVLayout
 from model.kernels.launch import counting, device_table
 from model.kernels.sparse_attn import WindowRows
@@ -192,11 +193,12 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     # the scratch of a block of tokens is bounded as the prefill's is (one block but for a
     # large batch at long context)
     rows_per_block = _indexer._prefill_query_rows(1, t_count, width, 1)
+    aligned = all(key_rows_aligned(keys_t) for keys_t in rows.keys)
     scratch = torch.empty(min(t_count, rows_per_block) * width, dtype=torch.float32,
                           device=q.device)
     for lo in range(0, t_count, rows_per_block):
         hi = min(t_count, lo + rows_per_block)
         scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
         _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1, block_n,
-                                table=table[4], picks=out[:, lo:hi], k=k)
+                                table=table[4], picks=out[:, lo:hi], k=k, keys_aligned=aligned)
     return out

@@ -208,6 +208,7 @@ PACKED_CASES = [  # b, s, h, d, n, start, k
     (2, 3, 4, 32, 50, 190, 16),      # b = 2, partial key tile
     (1, 37, 4, 32, 150, 560, 16),    # a prefill chunk, causal
     (2, 21, 6, 64, 90, 300, 24),     # ragged heads
+    (1, 1, 4, 128, 70, 279, 16),     # V4's 68-byte rows: 4-byte aligned, loaded as vectors
 ]
 
 

@@ -99,27 +99,28 @@ def _keys(counts, packed, seed=3, spare=3, d=32):
     return tuple(keys)
 
 
-def _index_rows(counts, packed, seed):
-    """Sequences with counts[t] indexer keys each (4 heads × 32 dims) and their queries."""
+def _index_rows(counts, packed, seed, d=32):
+    """Sequences with counts[t] indexer keys each (4 heads × d dims) and their queries."""
     rows = SequenceRows(tuple(torch.zeros(1, 1, D) for _ in counts),
                         tuple(torch.zeros(1, n + 1, D) for n in counts), tuple(counts), W,
-                        _keys(counts, packed))
+                        _keys(counts, packed, d=d))
     g = torch.Generator().manual_seed(seed)
-    return rows, torch.randn(1, len(counts), 4, 32, generator=g), \
+    return rows, torch.randn(1, len(counts), 4, d, generator=g), \
         torch.randn(1, len(counts), 4, generator=g) * 0.5
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_one_launch_scores_and_picks_for_every_sequence(packed):
+@pytest.mark.parametrize("packed,d", [(False, 32), (True, 32), (True, 128)])
+def test_one_launch_scores_and_picks_for_every_sequence(packed, d):
+    """d = 128: V4's 68-byte key rows, which the kernel reads as 4-byte vectors."""
     counts = [0, 5, 70, 33]
-    rows, q, w = _index_rows(counts, packed, seed=4)
+    rows, q, w = _index_rows(counts, packed, seed=4, d=d)
     want = indexer_topk_rows_reference(q, w, rows, 16)
     with OpAudit() as audit:
         got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
     assert dict(audit.triton) == {"_indexer_scores_block": 1}   # its last programs pick
     assert torch.equal(got < 0, want < 0)
     assert (got[0, 0] == -1).all() and (got[0, 1, 5:] == -1).all()
-    float_keys = tuple(fp4_keys.key_rows(k, k.shape[1], 32) if packed else k
+    float_keys = tuple(fp4_keys.key_rows(k, k.shape[1], d) if packed else k
                        for k in rows.keys)
     for t, n in enumerate(counts):   # the same scores in the same order (ties may swap rows)
         scores = torch.einsum("hd,nd->hn", q[0, t], float_keys[t][0, :n]).relu()
