@@ -142,8 +142,12 @@ def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.
 @triton.jit
 def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
                   KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
-                  QB: tl.constexpr, SCALE_OFF: tl.constexpr):
-    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers)."""
+                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, SCALE_TILE: tl.constexpr = False):
+    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers).
+    SCALE_TILE (FP8 rows; the split decode forward): each row's scale bytes load as one small
+    tile spread over their QB dims in registers, not a byte load per dim (on triton 3.6: 2
+    byte loads a thread a tile where there were 128; +16 registers at decode, but +32 B of
+    stack in the 16-head prefill tile, which keeps the per-dim loads)."""
     mask_d = offs_d < D
     if KV_FP8:
         base = rows[:, None] * ROW
@@ -151,8 +155,18 @@ def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
         m_nope = valid[:, None] & (is_nope & mask_d)[None, :]
         codes = tl.load(kv_ptr + base + offs_d[None, :], mask=m_nope, other=0)
         vals = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        sbyte = tl.load(kv_ptr + base + SCALE_OFF + (offs_d // QB)[None, :], mask=m_nope, other=0)
-        sval = e8m0_scale(sbyte)
+        BLOCK_N: tl.constexpr = rows.shape[0]
+        BLOCK_D: tl.constexpr = offs_d.shape[0]
+        if SCALE_TILE and BLOCK_D % QB == 0:
+            blocks = tl.min(tl.reshape(offs_d, [BLOCK_D // QB, QB]), axis=1) // QB
+            sbyte = tl.load(kv_ptr + base + SCALE_OFF + blocks[None, :],
+                            mask=valid[:, None] & (blocks < NOPE // QB)[None, :], other=0)
+            sval = tl.reshape(tl.broadcast_to(e8m0_scale(sbyte)[:, :, None],
+                                              [BLOCK_N, BLOCK_D // QB, QB]), [BLOCK_N, BLOCK_D])
+        else:   # a scale byte load per dim
+            sbyte = tl.load(kv_ptr + base + SCALE_OFF + (offs_d // QB)[None, :], mask=m_nope,
+                            other=0)
+            sval = e8m0_scale(sbyte)
         m_rope = valid[:, None] & ((~is_nope) & mask_d)[None, :]
         r16 = tl.load(kv16_ptr + rows[:, None] * (ROW // 2) + (NOPE // 2) + (offs_d - NOPE)[None, :],
                       mask=m_rope, other=0)
@@ -188,14 +202,14 @@ def _unrope_tile(o, ang_ptr, token, col0, D, R2, BLOCK_H: tl.constexpr, BLOCK_DV
 def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, D, scale,
                  KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
-                 DV_PARTS: tl.constexpr):
+                 DV_PARTS: tl.constexpr, SCALE_TILE: tl.constexpr = False):
     """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
     element; −1 or out of range = none) → the updated (m_i, l_i, acc)."""
     cdt = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
     kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
-                       KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
+                       KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_TILE).to(cdt)
     logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * scale
     logits = tl.where(valid[None, :], logits, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(logits, 1))
@@ -204,7 +218,7 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
     l_i = l_i * alpha + tl.sum(p, 1)
     if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
         kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
-                           KV_FP8, ROW, NOPE, QB, SCALE_OFF).to(cdt)
+                           KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_TILE).to(cdt)
     acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
     return m_new, l_i, acc
 
@@ -277,7 +291,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
             idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
-                                     SCALE_OFF, PREC, DV_PARTS)
+                                     SCALE_OFF, PREC, DV_PARTS, SPLIT)
     for n0 in range(tl.maximum(start, W), end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         if ALL_ROWS:
@@ -287,7 +301,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                           other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
-                                     SCALE_OFF, PREC, DV_PARTS)
+                                     SCALE_OFF, PREC, DV_PARTS, SPLIT)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         o = acc / safe_l[:, None]
