@@ -7,8 +7,9 @@ It drives the wrappers of ``bench kernels`` (V4-Flash shapes, bf16 inputs, the l
 run makes) inside ``CompileOnly`` (model/kernels/cross_compile.py): each launch is compiled by
 Triton's GPU compiler and ``ptxas``, not run. A row per distinct kernel specialization: its
 constexprs, warps, registers per thread, stack / local bytes (spills), shared memory, the
-occupancy those allow, and the tensor-core instruction its dots became (``wgmma``, or the
-slower ``mma.sync``). A kernel asking for more shared memory than a block may have counts as a
+occupancy those allow, the tensor-core instruction its dots became (``wgmma``, or the
+slower ``mma.sync``), and its global loads by width (``global_loads``: one-byte loads of a
+uint8 tile mean the compiler could not prove the addresses aligned and contiguous). A kernel asking for more shared memory than a block may have counts as a
 failure: it compiles but cannot launch. The summary says which launched kernels no case
 reached; the exit status is 1 when any kernel failed. The interpreter (CI's correctness
 check) accepts code the compiler rejects — a global that is not a constexpr, an unsupported op —
@@ -64,7 +65,7 @@ def bench_compile(arch: int = 90, full: bool = True,
                       "arch": f"sm_{arch}", "num_warps": c.num_warps, "num_stages": c.num_stages,
                       "constexprs": c.constexprs, "regs": use["regs"],
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
-                      "shared_bytes": shared, "mma": c.mma,
+                      "shared_bytes": shared, "mma": c.mma, "global_loads": c.loads,
                       **occupancy(use["regs"], c.num_warps, shared),
                       "compile_s": round(c.seconds, 2)})
     reached = {c.kernel for c in cc.compiled}

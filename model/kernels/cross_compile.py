@@ -44,6 +44,7 @@ class Compiled:
     cubin: bytes
     shared: int          # bytes of shared memory the kernel asks for (Triton's metadata)
     mma: str             # the tensor-core instruction its dots became: wgmma, mma.sync or none
+    loads: dict          # its global loads in the PTX by width (``global_loads``)
 
 
 class _CompileOnlyDriver:
@@ -83,7 +84,7 @@ class CompileOnly:
                 outer.compiled.append(Compiled(
                     fn.__name__, _constexprs(fn, args, kwargs), md.num_warps, md.num_stages,
                     time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared),
-                    mma_kind(kernel.asm["ptx"])))
+                    mma_kind(kernel.asm["ptx"]), global_loads(kernel.asm["ptx"])))
             return kernel
 
         JITFunction.run = compile_only
@@ -112,6 +113,29 @@ def mma_kind(ptx: str) -> str:
     if "wgmma.mma_async" in ptx:
         return "wgmma"
     return "mma.sync" if re.search(r"\bmma\.sync", ptx) else "none"
+
+
+_LOAD = re.compile(r"^\s*(?:@!?%p\d+\s+)?(ld\.global|cp\.async\.c[ag]\.shared\.global)"
+                   r"([.\w:]*)", re.M)
+
+
+def global_loads(ptx: str) -> dict:
+    """The kernel's global-memory load instructions in its PTX, counted by width: ``bytes``
+    (one byte each: what a load of a uint8 tile becomes when the compiler cannot prove the
+    addresses aligned and contiguous), ``b16``, ``b32``, ``b64``, ``vector`` (v2 / v4) and
+    ``async`` (``cp.async`` copies into shared memory: the software pipeline's loads). Static
+    counts (an unrolled loop body counts once per copy), not executed instructions."""
+    counts = {"bytes": 0, "b16": 0, "b32": 0, "b64": 0, "vector": 0, "async": 0}
+    for op, suffix in _LOAD.findall(ptx):
+        if op.startswith("cp.async"):
+            counts["async"] += 1
+        elif ".v2" in suffix or ".v4" in suffix:
+            counts["vector"] += 1
+        else:
+            width = re.search(r"\.[bsu](8|16|32|64)\b", suffix)
+            bits = width.group(1) if width else "32"
+            counts["bytes" if bits == "8" else f"b{bits}"] += 1
+    return counts
 
 
 def _tool(name: str) -> Path:

@@ -54,9 +54,17 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
         if FP8:
             w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0).to(tl.float8e4nv,
                                                                         bitcast=True)
-            scale = e8m0_scale(tl.load(s_ptr + (offs_n // 128)[:, None] * KB + (offs_k // 128)[None, :],
-                                  mask=mw, other=127))
-            w = w.to(tl.float32) * scale
+            # a tile's k lie in one 128-wide scale block (k0 is a multiple of BLOCK_K, which
+            # divides 128), and its rows in one when BLOCK_N divides 128: one scale a tile (a
+            # scale a row otherwise), not a byte load per weight
+            tl.static_assert(128 % BLOCK_K == 0)
+            if 128 % BLOCK_N == 0:
+                scale = e8m0_scale(tl.load(s_ptr + (pid_n * BLOCK_N // 128) * KB + k0 // 128))
+                w = w.to(tl.float32) * scale
+            else:
+                scale = e8m0_scale(tl.load(s_ptr + (offs_n // 128) * KB + k0 // 128, mask=mask_n,
+                                           other=127))
+                w = w.to(tl.float32) * scale[:, None]
         else:
             w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0.0).to(tl.float32)
         x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],

@@ -29,6 +29,26 @@ def test_gemv_matches_dequantised_product(m, n, k):
     torch.testing.assert_close(gemv_triton(x, wb), F.linear(x, wb.float()), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("block_n,groups", [(32, 1), (16, 4), (256, 1)])
+def test_fp8_gemv_on_the_gpus_tiles_reads_one_scale_a_tile(block_n, groups, monkeypatch):
+    """The GPU's row tiles (32 rows, dividing 128: one scale byte a tile) and a tile wider than
+    a scale block (a scale a row); the interpreter's own default tiles are wider still."""
+    monkeypatch.setattr(gemv, "_tiles", lambda m, n, g: (max(1, 1 << (m - 1).bit_length()),
+                                                         block_n, 128))
+    n, k = 64 * groups if groups > 1 else 300, 384
+    g = torch.Generator().manual_seed(block_n)
+    rows = torch.logspace(0, 3, n).view(-1, 1)                 # every 128-row block's scale differs
+    wq, ws = quant.quant_fp8_block(torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k) * rows)
+    x = torch.randn(2, groups, k) if groups > 1 else torch.randn(2, k)
+    dense = quant.dequant_fp8_block(wq, ws)
+    if groups > 1:
+        want = torch.einsum("mgd,grd->mgr", x, dense.view(groups, -1, k))
+    else:
+        want = F.linear(x, dense)
+    torch.testing.assert_close(gemv_triton(x, wq, ws, groups=groups), want, rtol=1e-4,
+                               atol=1e-3)   # values up to ≈ 1e4: fp32 summation order
+
+
 def test_gemv_splits_k_and_keeps_leading_dims(monkeypatch):
     monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 64)           # few row tiles → K splits
     w = torch.randn(8, 1000)
