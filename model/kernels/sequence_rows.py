@@ -139,9 +139,11 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
         idx = _sparse_attn._index_tensor(picks)
         k = idx.shape[-1]
     sizes = (0, k, 0, rows.window, 0)
+    aligned = all(t.data_ptr() % 16 == 0 for t in (*rows.windows, *rows.stores)
+                  if t is not None)
     return _sparse_attn._launch(q, out_dtype, (kv, kv16, kv, kv16, idx, idx), sizes, sink,
                                 scale, layout, unrope, out, table, compressed and picks is None,
-                                n_splits, 16, block_n, 1, 4)[0]
+                                n_splits, 16, block_n, 1, 4, table_aligned=aligned)[0]
 
 
 def _per_sequence_triton(sink, scale, layout, q_t, kv, indices, window, angles, dest) -> None:

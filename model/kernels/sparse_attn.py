@@ -224,6 +224,23 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
 
 
 @triton.jit
+def _table_rows(ptr, ptr16, address, ALIGNED: tl.constexpr):
+    """A TABLE entry's rows as (ptr, ptr16): pointers of ``ptr``'s and ``ptr16``'s types at the
+    byte ``address``. ALIGNED (the host checked every address is a multiple of 16): written as
+    offsets from the launch's own (aligned) pointers, so the compiler may load vectors — a
+    pointer cast from an integer carries no alignment."""
+    if ALIGNED:
+        SIZE: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
+        SIZE16: tl.constexpr = ptr16.dtype.element_ty.primitive_bitwidth // 8
+        rows = ptr + tl.multiple_of((address - ptr.to(tl.int64)) // SIZE, 16 // SIZE)
+        rows16 = ptr16 + tl.multiple_of((address - ptr16.to(tl.int64)) // SIZE16, 16 // SIZE16)
+    else:
+        rows = address.to(tl.pointer_type(ptr.dtype.element_ty))
+        rows16 = address.to(tl.pointer_type(ptr16.dtype.element_ty))
+    return rows, rows16
+
+
+@triton.jit
 def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_ptr, widx_ptr,
                      o_ptr, lse_ptr, ang_ptr, tab_ptr, fo_ptr, flse_ptr, cnt_ptr,
                      S, H, N, K, NW, W, widx_batch_stride, D, R2, chunk, scale,
@@ -233,7 +250,8 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      PREC: tl.constexpr, DV_PARTS: tl.constexpr = 1,
                      UNROPE: tl.constexpr = False, BF16: tl.constexpr = False,
                      TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False,
-                     COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128):
+                     COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
+                     TABLE_ALIGNED: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -263,11 +281,10 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     mask_lse = mask_h & (tl.zeros([BLOCK_H], dtype=tl.int32) + part_dv == 0)  # one slice writes it
     if TABLE:   # this token's sequence: its rows' addresses and counts
         seq = tab_ptr + pid_t
-        kv_ptr = tl.load(seq).to(tl.pointer_type(kv_ptr.dtype.element_ty))
-        kv16_ptr = tl.load(seq).to(tl.pointer_type(kv16_ptr.dtype.element_ty))
+        kv_ptr, kv16_ptr = _table_rows(kv_ptr, kv16_ptr, tl.load(seq), TABLE_ALIGNED)
         N = tl.load(seq + S).to(tl.int32)
-        win_ptr = tl.load(seq + 2 * S).to(tl.pointer_type(win_ptr.dtype.element_ty))
-        win16_ptr = tl.load(seq + 2 * S).to(tl.pointer_type(win16_ptr.dtype.element_ty))
+        win_ptr, win16_ptr = _table_rows(win_ptr, win16_ptr, tl.load(seq + 2 * S),
+                                         TABLE_ALIGNED)
         NW = tl.load(seq + 3 * S).to(tl.int32)
     q_rows = (pid_t * H + offs_h).to(tl.int64)
     q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
@@ -450,13 +467,14 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
 
 
 def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
-            n_splits, block_h, block_n, dv_parts, num_warps, combine="fused"
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            n_splits, block_h, block_n, dv_parts, num_warps, combine="fused",
+            table_aligned=False) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
     (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
     nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode).
     ``combine``: "fused" (the splits' last program merges them, one launch) or "kernel"
-    (``_sparse_attn_combine``, a launch of its own)."""
+    (``_sparse_attn_combine``, a launch of its own); ``table_aligned``: every address in
+    ``table`` is a multiple of 16 (``_table_rows``)."""
     if combine not in COMBINES:
         raise ValueError(f"sparse attention combine must be fused or kernel, not {combine!r}")
     b, s, h, d = q.shape
@@ -491,7 +509,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
                   DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
-                  num_warps=num_warps)
+                  TABLE_ALIGNED=table is not None and table_aligned, num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table
     sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)
