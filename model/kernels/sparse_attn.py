@@ -224,16 +224,24 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
 
 
 @triton.jit
+def _elements_to(address, ptr):
+    """Elements of ``ptr``'s type from ``ptr`` to the 16-byte aligned byte ``address``, known
+    to the compiler as a multiple of 16 bytes' worth (no division for bytes: it hides that)."""
+    SIZE: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
+    if SIZE == 1:
+        return tl.multiple_of(address - ptr.to(tl.int64), 16)
+    return tl.multiple_of((address - ptr.to(tl.int64)) // SIZE, 16 // SIZE)
+
+
+@triton.jit
 def _table_rows(ptr, ptr16, address, ALIGNED: tl.constexpr):
     """A TABLE entry's rows as (ptr, ptr16): pointers of ``ptr``'s and ``ptr16``'s types at the
     byte ``address``. ALIGNED (the host checked every address is a multiple of 16): written as
     offsets from the launch's own (aligned) pointers, so the compiler may load vectors — a
     pointer cast from an integer carries no alignment."""
     if ALIGNED:
-        SIZE: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
-        SIZE16: tl.constexpr = ptr16.dtype.element_ty.primitive_bitwidth // 8
-        rows = ptr + tl.multiple_of((address - ptr.to(tl.int64)) // SIZE, 16 // SIZE)
-        rows16 = ptr16 + tl.multiple_of((address - ptr16.to(tl.int64)) // SIZE16, 16 // SIZE16)
+        rows = ptr + _elements_to(address, ptr)
+        rows16 = ptr16 + _elements_to(address, ptr16)
     else:
         rows = address.to(tl.pointer_type(ptr.dtype.element_ty))
         rows16 = address.to(tl.pointer_type(ptr16.dtype.element_ty))
