@@ -214,9 +214,10 @@ def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL: tl.con
     [BLOCK_N, BLOCK_K/2], zero where masked. One byte load per two weights, one scale byte per 16.
     FULL (the caller's promise: both bases 16-byte aligned, K % 32 == 0, ``col`` whole runs of
     16 from a multiple of 16, every column in range — ``mask_j`` is not read): the bytes load as
-    16-byte vectors (the compiler is told the row stride, K/32 · 16, is a multiple of 16, and
-    the columns' runs), and each row's scales as one small [BLOCK_N, BLOCK_K/32] tile spread
-    over their 16 byte columns in registers — not a byte load per weight byte and per scale."""
+    vectors (the compiler is told the row stride, K/32 · 16, is a multiple of 16, and the
+    columns' runs; sm_90 PTX: 8-byte loads or ``cp.async`` copies), and each row's scales as one
+    small [BLOCK_N, BLOCK_K/32] tile spread over their 16 byte columns in registers — not a byte
+    load per weight byte and per scale."""
     row = offs_n[:, None].to(tl.int64)
     if FULL:
         RUNS: tl.constexpr = col.shape[0] // 16

@@ -30,7 +30,8 @@ H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of k
 tensor cores, not by the per-tile sort of the merge path (not measured yet: `v4coder bench
 kernels` has a row for each path). At decode (1 query, 32K keys at 128K context) the same kernel
 spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores, which the
-last of them picks from; the scratch width is the key count, so the host never reads ``visible`` (no sync).
+last of them picks from; the scratch width is the key count, so the host never reads
+``visible`` (no sync).
 
 Keys come as float rows [b, n, D] or, in native numerics, as packed FP4 rows uint8 [b, n,
 IndexKeyLayout(D).row_bytes] (68 B at D = 128; model/kernels/fp4_keys.py): both paths then load
@@ -142,7 +143,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                           TABLE: tl.constexpr = False, PICK: tl.constexpr = False,
                           KEY_ALIGNED: tl.constexpr = False,
                           CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
-                          SELECT_BLOCK: tl.constexpr = 1024, BINS: tl.constexpr = 2048):
+                          SELECT_BLOCK: tl.constexpr = 1024, BINS: tl.constexpr = 256):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
     out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
     TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the

@@ -127,7 +127,7 @@ def moe_align(indices: torch.Tensor, n_experts: int, block_m: int
 @triton.jit
 def _slot_base(ptr, off_ptr, e, FULL: tl.constexpr = False):
     """Where slot e's bytes of one bank part start. FULL: the bank's promise that every slot's
-    offset is a multiple of 16 (``bank_aligned``), told to the compiler for vector loads."""
+    offset is a multiple of 16 (``whole_tiles``), told to the compiler for vector loads."""
     off = tl.load(off_ptr + e)
     if FULL:
         off = tl.multiple_of(off, 16)

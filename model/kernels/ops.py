@@ -9,8 +9,9 @@ kernel family in model/kernels/). Which one runs (``backend``):
 - unset / ``auto``: Triton when the tensors are on CUDA, the reference elsewhere.
 
 Launch options that only a GPU can choose (sparse attention's head tile in prefill and its
-combine at decode, the indexer's decode path and pick, the MoE grouped GEMM's row tile) come from that GPU's measured table
-(model/kernels/choices.py); without one, each wrapper's defaults.
+combine at decode, the indexer's decode path and pick, the MoE grouped GEMM's row tile) come
+from that GPU's measured table (model/kernels/choices.py); without one, each wrapper's
+defaults.
 """
 
 from __future__ import annotations
