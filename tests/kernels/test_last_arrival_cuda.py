@@ -3,7 +3,8 @@ its splits, the indexer's scores kernel picking) rely on the GPU's memory order:
 stores its part, then counts its arrival (``tl.atomic_add``, acq_rel); the last to arrive reads
 every part from L2. The interpreter runs programs one after another, so only a GPU can show a
 race. Here: many launches at V4-Flash's decode shapes, each equal to the first (and to what the
-separate kernels give), and the arrival counts zero after them. CUDA only (skipped on the CPU machine)."""
+separate kernels give), and the arrival counts zero after them. CUDA only (skipped on the CPU
+machine)."""
 
 from __future__ import annotations
 
