@@ -297,10 +297,14 @@ def sparse_attn_rows(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
     each token over its own window rows and compressed rows — the indexer's ``picks``
     [1, T, K] (−1 = none) or, None, all of them (model/kernels/sequence_rows.py); FP8 rows
     given a ``layout``. → o [1, T, h, d] rotated back by ``unrope`` (into ``out``). One launch
-    (and its combine) for the whole batch on Triton."""
+    for the whole batch on Triton, with the decode decision's combine and column slices
+    (``sparse_attn_decode[_fp8]``)."""
     if backend(q) == "triton":
+        chosen = choices.options("sparse_attn_decode" if layout is None else
+                                 "sparse_attn_decode_fp8", q.device)
+        tiles = {key: chosen[key] for key in ("combine", "dv_parts") if key in chosen}
         return _sequence_rows.sparse_attn_rows_triton(q, rows, sink, picks, scale, layout,
-                                                      unrope, out)
+                                                      unrope, out, **tiles)
     return _sequence_rows.sparse_attn_rows_reference(q, rows, sink, picks, scale, layout, unrope,
                                                      out)
 
@@ -309,9 +313,14 @@ def indexer_topk_rows(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows
                       ) -> torch.Tensor:
     """A decode step of several sequences: token t's k best of its sequence's keys
     (``rows.keys[t]``, every one of its ``rows.counts[t]`` visible) → int64 [1, T, k], best
-    first, −1 = none. One scores launch and one pick for the whole batch on Triton."""
+    first, −1 = none. One launch that scores and picks for the whole batch on Triton, or the
+    pick the decode decision chose (``indexer_decode[_fp4]``'s ``select``; its merge path has
+    no batched form, so that choice leaves the batch on the default)."""
     if backend(q) == "triton":
-        return _sequence_rows.indexer_topk_rows_triton(q, weights, rows, k)
+        packed = rows.keys is not None and rows.keys[0].dtype == torch.uint8
+        chosen = choices.options("indexer_decode_fp4" if packed else "indexer_decode", q.device)
+        select = {"select": chosen["select"]} if "select" in chosen else {}
+        return _sequence_rows.indexer_topk_rows_triton(q, weights, rows, k, **select)
     return _sequence_rows.indexer_topk_rows_reference(q, weights, rows, k)
 
 

@@ -26,6 +26,7 @@ import triton
 
 from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
+from model.kernels import topk_select
 from model.kernels.fp4_keys import key_rows_aligned
 from model.kernels.kv_fp8 import KVLayout
 from model.kernels.launch import counting, device_table
@@ -118,16 +119,18 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
                             picks: torch.Tensor | None, scale: float,
                             layout: KVLayout | None, unrope: torch.Tensor,
                             out: torch.Tensor | None = None, n_splits: int | None = None,
-                            block_n: int = 16) -> torch.Tensor:
+                            block_n: int = 16, combine: str = "fused", dv_parts: int = 1
+                            ) -> torch.Tensor:
     """Same contract as ``sparse_attn_rows_reference``: one launch (the forward, its splits
     merged in it) for every token, each reading its own rows through ``rows.table``. Float rows
     must be in the kernel's compute dtype (fp32 under the interpreter); when they are not, the
-    tokens go one by one through ``sparse_attn_triton``."""
+    tokens go one by one through ``sparse_attn_triton``. ``combine`` / ``dv_parts``: as
+    ``sparse_attn_triton``'s (launch choices)."""
     q, out_dtype = _sparse_attn._compute_queries(q)
     first = rows.windows[0]
     if layout is None and first.dtype != q.dtype:
         return _each_token(q.to(out_dtype), rows, picks, unrope, out, functools.partial(
-            _per_sequence_triton, sink, scale, layout))
+            _per_sequence_triton, sink, scale, layout, combine, dv_parts))
     d = q.shape[-1]
     kv, kv16, _ = _sparse_attn._rows(first, q.dtype, layout, d)
     table = rows.table
@@ -143,13 +146,16 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
                   if t is not None)
     return _sparse_attn._launch(q, out_dtype, (kv, kv16, kv, kv16, idx, idx), sizes, sink,
                                 scale, layout, unrope, out, table, compressed and picks is None,
-                                n_splits, 16, block_n, 1, 4, table_aligned=aligned)[0]
+                                n_splits, 16, block_n, dv_parts, 4, combine,
+                                table_aligned=aligned)[0]
 
 
-def _per_sequence_triton(sink, scale, layout, q_t, kv, indices, window, angles, dest) -> None:
+def _per_sequence_triton(sink, scale, layout, combine, dv_parts, q_t, kv, indices, window,
+                         angles, dest) -> None:
     """One token through ``sparse_attn_triton`` (the fallback for rows TABLE mode cannot read
     as they are), stored in ``dest``."""
-    _sparse_attn.sparse_attn_triton(q_t, kv, sink, indices, scale, layout, window, angles, dest)
+    _sparse_attn.sparse_attn_triton(q_t, kv, sink, indices, scale, layout, window, angles, dest,
+                                    dv_parts=dv_parts, combine=combine)
 
 
 # -- the indexer's picks ----------------------------------------------------------------------
@@ -173,12 +179,16 @@ def _each_sequence(q, weights, rows, k, topk) -> torch.Tensor:
 
 
 def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows,
-                             k: int, block_n: int = 128) -> torch.Tensor:
+                             k: int, block_n: int = 128, select: str = "fused") -> torch.Tensor:
     """Same contract as ``indexer_topk_rows_reference``: one launch over every token's own keys
     (TABLE mode) that scores them and picks each row's best, up to its own count (PICK) — per
     block of tokens whose scores fit ``indexer.PREFILL_SCRATCH_BYTES``, one block unless the
     batch is large and the context long. Float keys in another dtype than the kernel's go one
-    token at a time."""
+    token at a time. ``select``: as ``indexer_topk_triton``'s — "fused" (the default), or the
+    pick after the scores launch: ``topk_select`` ("triton") or torch.topk ("torch")."""
+    if select not in _indexer.SELECTS:
+        raise ValueError(f"indexer select must be one of {', '.join(_indexer.SELECTS)}, "
+                         f"not {select!r}")
     t_count = q.shape[1]
     width = max(rows.counts)
     if k == 0 or width == 0:
@@ -201,6 +211,14 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     for lo in range(0, t_count, rows_per_block):
         hi = min(t_count, lo + rows_per_block)
         scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
+        if select == "fused":
+            _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1,
+                                    block_n, table=table[4], picks=out[:, lo:hi], k=k,
+                                    keys_aligned=aligned)
+            continue
         _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1, block_n,
-                                table=table[4], picks=out[:, lo:hi], k=k, keys_aligned=aligned)
+                                table=table[4], keys_aligned=aligned)
+        pick = (topk_select.topk_select_triton if select == "triton" else
+                topk_select.topk_select_reference)
+        pick(scores, k, counts[lo:hi], out[:, lo:hi])
     return out

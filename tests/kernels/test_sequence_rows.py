@@ -147,3 +147,68 @@ def test_the_table_says_where_each_sequences_rows_are():
     assert table[0].tolist() == [s.data_ptr() for s in rows.stores]
     assert table[1].tolist() == [4, 1] and table[3].tolist() == [2, 3]
     assert table[4].tolist() == [0, 0]   # no indexer keys on this layer
+
+
+@pytest.mark.parametrize("select,kernels", [
+    ("triton", {"_indexer_scores_block": 1, "_topk_select": 1}),
+    ("torch", {"_indexer_scores_block": 1}),
+])
+def test_the_batched_pick_takes_the_decode_decisions_select(select, kernels):
+    """select (a launch choice): the pick after the scores launch instead of in it — the same
+    scores as the fused launch's picks (tied keys may swap: every 7th key is zero)."""
+    counts = [0, 5, 70, 33]
+    rows, q, w = _index_rows(counts, True, seed=6, d=128)
+    fused = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
+    with OpAudit() as audit:
+        got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16, select=select)
+    assert dict(audit.triton) == kernels
+    assert torch.equal(got < 0, fused < 0)
+    for t, n in enumerate(counts):
+        keys = fp4_keys.key_rows(rows.keys[t], n, 128)[0]
+        scores = (w[0, t].view(-1, 1) * torch.einsum("hd,nd->hn", q[0, t], keys).relu()).sum(0)
+        mine, theirs = got[0, t][got[0, t] >= 0], fused[0, t][fused[0, t] >= 0]
+        assert torch.allclose(scores[mine].sort().values, scores[theirs].sort().values,
+                              atol=1e-5)
+    with pytest.raises(ValueError, match="select must be one of"):
+        indexer_topk_rows_triton(q, w, rows, 16, select="heap")
+
+
+def test_the_batched_attention_takes_the_decode_decisions_combine_and_slices():
+    rows, layout = _rows([1, W, 3, W], [0, 13, 2, 40], "all", True)
+    q, sink, angles = _queries(4)
+    want = sparse_attn_rows_reference(q, rows, sink, None, 0.125, layout, angles)
+    with OpAudit() as audit:
+        got = sparse_attn_rows_triton(q, rows, sink, None, 0.125, layout, angles, n_splits=3,
+                                      combine="kernel", dv_parts=2)
+    assert dict(audit.triton) == {"_sparse_attn_fwd": 1, "_sparse_attn_combine": 1}
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
+
+
+def test_ops_hand_the_batched_decode_its_chosen_options(tmp_path, monkeypatch):
+    """A choices table's decode decisions reach the batched path through ops; the indexer's
+    merge path, which has no batched form, leaves the batch on the fused default."""
+    import json
+
+    from model.kernels import choices, ops
+
+    table = tmp_path / "choices.json"
+    monkeypatch.setenv(choices.CHOICES_ENV, str(table))
+    monkeypatch.setenv(ops.BACKEND_ENV, "triton")
+    rows, layout = _rows([1, W, 3, W], [0, 13, 2, 40], "all", True)
+    q, sink, angles = _queries(4)
+    index_rows, iq, iw = _index_rows([0, 5, 70, 33], True, seed=7, d=128)
+    for decode, index, kernels in [
+        ({"combine": "kernel"}, {"select": "triton"},
+         {"_sparse_attn_fwd": 1, "_sparse_attn_combine": 1, "_indexer_scores_block": 1,
+          "_topk_select": 1}),
+        ({}, {"path": "merge"}, {"_sparse_attn_fwd": 1, "_indexer_scores_block": 1}),
+    ]:
+        table.write_text(json.dumps({"choices": {
+            "sparse_attn_decode_fp8": {"options": decode},
+            "indexer_decode_fp4": {"options": index}}}))
+        choices.clear_cache()
+        with OpAudit() as audit:
+            ops.sparse_attn_rows(q, rows, sink, None, 0.125, layout, angles)
+            ops.indexer_topk_rows(iq, iw, index_rows, 16)
+        assert dict(audit.triton) == kernels
+    choices.clear_cache()
