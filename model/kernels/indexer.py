@@ -341,6 +341,12 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
 SELECTS = ("fused", "triton", "torch")
 
 
+def check_select(select: str) -> None:
+    """The one check of a ``select`` launch choice (single and batched paths)."""
+    if select not in SELECTS:
+        raise ValueError(f"indexer select must be one of {', '.join(SELECTS)}, not {select!r}")
+
+
 def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "scores",
@@ -362,8 +368,7 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
         return torch.full((b, s, k), -1, dtype=torch.long, device=q.device)
     if path not in ("scores", "merge"):
         raise ValueError(f"indexer path must be scores or merge, not {path!r}")
-    if select not in SELECTS:
-        raise ValueError(f"indexer select must be one of {', '.join(SELECTS)}, not {select!r}")
+    check_select(select)
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
     if path == "scores":
         return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal,

@@ -186,9 +186,7 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     batch is large and the context long. Float keys in another dtype than the kernel's go one
     token at a time. ``select``: as ``indexer_topk_triton``'s — "fused" (the default), or the
     pick after the scores launch: ``topk_select`` ("triton") or torch.topk ("torch")."""
-    if select not in _indexer.SELECTS:
-        raise ValueError(f"indexer select must be one of {', '.join(_indexer.SELECTS)}, "
-                         f"not {select!r}")
+    _indexer.check_select(select)
     t_count = q.shape[1]
     width = max(rows.counts)
     if k == 0 or width == 0:
