@@ -20,7 +20,7 @@ No expert is copied when it can be avoided:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -37,6 +37,11 @@ class PartBank:
     starts: tuple[int, ...]      # the same offsets on the host
     shape: tuple[int, int]
     dtype: torch.dtype
+    aligned: bool = field(init=False)   # every slot's bytes start on a 16-byte boundary
+
+    def __post_init__(self) -> None:   # once per bank, not per kernel call
+        base = self.base.data_ptr()
+        object.__setattr__(self, "aligned", all((base + s) % 16 == 0 for s in self.starts))
 
     @property
     def slot_bytes(self) -> int:

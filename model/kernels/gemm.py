@@ -275,11 +275,16 @@ def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
              acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+def whole_k_tiles(k: int, k_per_split: int, block_k: int) -> bool:
+    """The tile half of ``decode_fp4_tile``'s FULL promise: every K tile whole (K and each
+    split a multiple of BLOCK_K ≥ 32)."""
+    return block_k >= 32 and k % block_k == 0 and k_per_split % block_k == 0
+
+
 def full_fp4_tiles(k: int, k_per_split: int, block_k: int, *parts: torch.Tensor) -> bool:
-    """Whether ``decode_fp4_tile``'s FULL promise holds: every K tile whole (K and each split a
-    multiple of BLOCK_K ≥ 32) and each part's bytes 16-byte aligned."""
-    return (block_k >= 32 and k % block_k == 0 and k_per_split % block_k == 0
-            and all(p.data_ptr() % 16 == 0 for p in parts))
+    """Whether ``decode_fp4_tile``'s FULL promise holds: whole K tiles and each part's bytes
+    16-byte aligned."""
+    return whole_k_tiles(k, k_per_split, block_k) and all(p.data_ptr() % 16 == 0 for p in parts)
 
 
 TARGET_PROGRAMS = 1024   # ≈ 8 per SM of a 132-SM H200: enough weight loads in flight for HBM

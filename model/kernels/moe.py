@@ -35,7 +35,7 @@ import triton.language as tl
 
 from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
-from model.kernels.gemm import clamped_swiglu, decode_fp4_tile, plan_split_k
+from model.kernels.gemm import clamped_swiglu, decode_fp4_tile, plan_split_k, whole_k_tiles
 from model.kernels.launch import interpreting
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
@@ -351,11 +351,9 @@ def _moe_combine_kernel(part_ptr, key_ptr, add_ptr, y_ptr, TOPK, N, ROWS, SPLITS
 
 
 def whole_tiles(k: int, k_per_split: int, block_k: int, *parts: PartBank) -> bool:
-    """``decode_fp4_tile``'s FULL promise for a bank: every K tile whole, every part's base and
-    every slot's offset 16-byte aligned (the offsets are on the host: no device read)."""
-    return (block_k >= 32 and k % block_k == 0 and k_per_split % block_k == 0
-            and all(p.base.data_ptr() % 16 == 0 and all(o % 16 == 0 for o in p.starts)
-                    for p in parts))
+    """``decode_fp4_tile``'s FULL promise for a bank: whole K tiles (``gemm.whole_k_tiles``)
+    and every slot of every part 16-byte aligned (``PartBank.aligned``, known on the host)."""
+    return whole_k_tiles(k, k_per_split, block_k) and all(p.aligned for p in parts)
 
 
 def _bank_args(*parts: PartBank) -> tuple[torch.Tensor, ...]:
