@@ -336,6 +336,11 @@ class BlockInsert:
     position: int
     out: torch.Tensor
 
+    def angles(self, inv_freq: torch.Tensor) -> torch.Tensor:
+        """[1, R/2]: the block's RoPE angles, as ``RotaryEmbedding.angles`` makes them."""
+        position = torch.tensor([self.position], device=self.pooled.device)
+        return position.float().unsqueeze(-1) * inv_freq
+
 
 def compress_insert_rows_reference(items: Sequence[BlockInsert], ratio: int, overlap: bool,
                                    norm_weight: torch.Tensor, eps: float,
@@ -343,10 +348,9 @@ def compress_insert_rows_reference(items: Sequence[BlockInsert], ratio: int, ove
     """Each item through ``compress_insert_reference`` into its store row (its angles as
     ``RotaryEmbedding.angles`` makes them from ``inv_freq``)."""
     for it in items:
-        position = torch.tensor([it.position], device=it.pooled.device)
-        angles = position.float().unsqueeze(-1) * inv_freq
         it.out.copy_(compress_insert_reference(it.pooled, 1, ratio, overlap, it.prev_kv,
-                                               it.prev_score, norm_weight, eps, angles, fmt))
+                                               it.prev_score, norm_weight, eps,
+                                               it.angles(inv_freq), fmt))
 
 
 def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overlap: bool,
@@ -370,10 +374,8 @@ def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overla
             direct = direct and it.prev_kv.dtype == it.prev_score.dtype == torch.float32
     if not direct:
         for it in items:
-            position = torch.tensor([it.position], device=it.pooled.device)
             compress_insert_triton(it.pooled, 1, ratio, overlap, it.prev_kv, it.prev_score,
-                                   norm_weight, eps, position.float().unsqueeze(-1) * inv_freq,
-                                   fmt, out=it.out)
+                                   norm_weight, eps, it.angles(inv_freq), fmt, out=it.out)
         return
     device = items[0].pooled.device
     rows = [[it.pooled.data_ptr() for it in items],
