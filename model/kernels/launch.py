@@ -45,18 +45,23 @@ def device_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
 
 
+def _kept(tables: dict[torch.device, torch.Tensor], n: int, device: torch.device,
+          make) -> torch.Tensor:
+    """The first n elements of a tensor kept per device in ``tables``, remade by ``make(size)``
+    at twice the size (at least 1024) when it is shorter."""
+    table = tables.get(device)
+    if table is None or table.numel() < n:
+        table = tables[device] = make(max(n, 2 * (0 if table is None else table.numel()), 1024))
+    return table[:n]
+
+
 _COUNTING: dict[torch.device, torch.Tensor] = {}
 
 
 def counting(n: int, device: torch.device) -> torch.Tensor:
     """0, 1, …, n − 1 (int64) as a view of a table kept on the device (grown ×2): a decode
     step's row indices and counts without a launch. Read-only."""
-    table = _COUNTING.get(device)
-    if table is None or table.numel() < n:
-        table = torch.arange(max(n, 2 * (0 if table is None else table.numel()), 1024),
-                             device=device)
-        _COUNTING[device] = table
-    return table[:n]
+    return _kept(_COUNTING, n, device, lambda size: torch.arange(size, device=device))
 
 
 _ARRIVALS: dict[torch.device, torch.Tensor] = {}
@@ -68,9 +73,5 @@ def arrivals(n: int, device: torch.device) -> torch.Tensor:
     size − 1) finishes the group's work and sets its count back to zero, so the counts are zero
     again when the kernel ends and the next launch on the stream reuses them without a memset.
     Launches that use them must not overlap: one stream."""
-    table = _ARRIVALS.get(device)
-    if table is None or table.numel() < n:
-        table = torch.zeros(max(n, 2 * (0 if table is None else table.numel()), 1024),
-                            dtype=torch.int32, device=device)
-        _ARRIVALS[device] = table
-    return table[:n]
+    return _kept(_ARRIVALS, n, device,
+                 lambda size: torch.zeros(size, dtype=torch.int32, device=device))
