@@ -21,11 +21,13 @@ ReLU, the head weights and the head sum stay in registers; the program writes on
 (query, key) to a scratch of a block of queries × visible keys (≤ ``PREFILL_SCRATCH_BYTES``, never
 the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs of dot, and skips the
 key tiles past the block's last visible row (they are stored as −inf, never computed). The pick
-(``topk_select.select_row``, an exact radix select) then reads each query's row five times
-from L2, in the same launch: the last of a query block's chunk programs to finish (an arrival
-count per block, ``launch.arrivals``) picks for its queries, so scores and pick are one kernel
-(``select="triton"`` keeps ``topk_select`` as a kernel of its own, a program per query, until a
-GPU run compares them). Estimate for a 2048-query chunk at 8K keys,
+(``topk_select.select_row``, an exact radix select) then reads each query's row from L2, in
+the same launch: the last of a query block's chunk programs to finish (an arrival count per
+block, ``launch.arrivals``) picks for its queries, so scores and pick are one kernel. Where the
+keys are split over at least ``COUNTED_MIN_CHUNKS`` programs (decode), each also counts its
+scores' top key digits into the query's histogram, so the pick reads the row once, not five
+times (``topk_select``'s module docstring). ``select="triton"`` keeps ``topk_select`` as a
+kernel of its own, a program per query, until a GPU run compares them. Estimate for a 2048-query chunk at 8K keys,
 H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
 tensor cores, not by the per-tile sort of the merge path (not measured yet: `v4coder bench
 kernels` has a row for each path). At decode (1 query, 32K keys at 128K context) the same kernel
@@ -132,18 +134,20 @@ def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr):
 PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
 PREFILL_DOT_ROWS = 128          # BLOCK_T·BLOCK_H rows of the score dot (the M side)
 PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewer programs
+COUNTED_MIN_CHUNKS = 8          # keys split at least this far: the score programs count digits
 
 
 @triton.jit
 def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_ptr, cnt_ptr,
-                          lo, hi, S, N, H, D, width, chunk, k, pick_batch, pick_row,
+                          hist_ptr, cand_ptr, cap, lo, hi, S, N, H, D, width, chunk, k,
+                          pick_batch, pick_row,
                           BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
                           PACKED: tl.constexpr, KEY_BLOCK: tl.constexpr,
                           TABLE: tl.constexpr = False, PICK: tl.constexpr = False,
                           KEY_ALIGNED: tl.constexpr = False,
                           CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
-                          SELECT_BLOCK: tl.constexpr = 1024, BINS: tl.constexpr = 256):
+                          SELECT_BLOCK: tl.constexpr = 1024, COUNTED: tl.constexpr = False):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
     out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
     TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the
@@ -151,7 +155,11 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     PICK: the last of a query block's chunk programs to finish (an arrival count per block at
     cnt_ptr, zero before and after the launch) picks each of its queries' k best from the
     scores row (``topk_select.select_row``; up to visible[t] when CAUSAL) into picks
-    [b, hi − lo, k] (strides pick_batch, pick_row): scores and pick in one launch."""
+    [b, hi − lo, k] (strides pick_batch, pick_row): scores and pick in one launch.
+    COUNTED (PICK, the keys split over several programs: a decode step): each program also
+    counts its scores' top key digits into its queries' histograms (hist_ptr, HIST_BINS int32
+    a query, zero before and after the launch), so the pick starts from them and keeps the
+    keys sharing the k-th's top digit in cand_ptr (``cap`` int64 a query)."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
@@ -176,6 +184,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                 mask=mask_r[:, None] & mask_d[None, :], other=0.0)
     w = tl.load(w_ptr + q_rows, mask=mask_r, other=0.0).to(tl.float32)
     out_rows = (batch * (hi - lo) + offs_t - lo) * width
+    hist_rows = hist_ptr + (batch * (hi - lo) + offs_t - lo) * topk_select.HIST_BINS
     start = pid_c * chunk
     stop = tl.minimum(start + chunk, width)
     seen = tl.minimum(stop, tl.maximum(tl.max(vis, 0), start))  # keys past it: seen by no query
@@ -194,6 +203,13 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
         offs_n = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + out_rows[:, None] + offs_n[None, :], invisible,
                  mask=mask_t[:, None] & (offs_n < stop)[None, :])
+    if COUNTED:   # from the stored scores: counting in the loop above costs its registers
+        tl.debug_barrier()
+        limits = tl.where(mask_t, stop, 0)
+        if CAUSAL:   # the pick's keys: up to each query's visible count
+            limits = tl.minimum(limits, vis)
+        for n0 in range(start, stop, BLOCK_N):
+            topk_select.count_top_digits(out_ptr + out_rows, n0, limits, hist_rows, BLOCK_N)
     if PICK:
         tl.debug_barrier()   # the block's scores are all stored before the arrival counts
         group = cnt_ptr + batch * tl.num_programs(0) + pid_t
@@ -205,10 +221,12 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                     limit = width
                     if CAUSAL:
                         limit = tl.minimum(tl.load(vis_ptr + t), width)
-                    row = (batch * (hi - lo) + t - lo) * width
+                    query = batch * (hi - lo) + t - lo
                     dest = pick_ptr + batch * pick_batch + (t - lo).to(tl.int64) * pick_row
-                    topk_select.select_row(out_ptr + row, dest, limit, k, SELECT_BLOCK, BINS,
-                                           K_PAD)
+                    topk_select.select_row(out_ptr + query * width, dest, limit, k,
+                                           hist_ptr + query * topk_select.HIST_BINS,
+                                           cand_ptr + query * cap, cap, SELECT_BLOCK, K_PAD,
+                                           COUNTED)
 
 
 def default_chunks(tokens: int, n: int, block_n: int) -> int:
@@ -288,19 +306,27 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
                         triton.cdiv(PREFILL_TARGET_PROGRAMS, b * query_programs)))
     chunk = triton.cdiv(triton.cdiv(width, chunks), block_n) * block_n
     block_h = max(triton.next_power_of_2(h), triton.cdiv(16, block_t))
+    chunks = triton.cdiv(width, chunk)
     pick = dict(PICK=False)
-    pick_args = (scores, vis, 0, 0, 0)
+    pick_args = (scores, vis, vis, vis, 0, 0, 0, 0)
     if picks is not None:
         assert picks.dtype == torch.int64 and picks.stride(-1) == 1 and picks.shape == (
             b, hi - lo, k), (picks.dtype, picks.shape)
-        pick_args = (picks, arrivals(b * query_programs, q.device), k, picks.stride(0),
-                     picks.stride(1))
+        counted = chunks >= COUNTED_MIN_CHUNKS
+        queries = b * (hi - lo)
+        zeros = arrivals(b * query_programs + (queries * topk_select.HIST_BINS.value
+                                               if counted else 0), q.device)
+        cap = min(topk_select.CANDIDATES, width) if counted else 0
+        cand = torch.empty(queries * cap if counted else 1, dtype=torch.int64, device=q.device)
+        pick_args = (picks, zeros[:b * query_programs], zeros[b * query_programs:], cand, cap,
+                     k, picks.stride(0), picks.stride(1))
         pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
-                    SELECT_BLOCK=topk_select.SELECT_BLOCK, BINS=topk_select.RADIX_BINS)
-    pick_ptr, counts, k, pick_batch, pick_row = pick_args
-    _indexer_scores_block[(query_programs, triton.cdiv(width, chunk), b)](
-        q, weights, keys, vis, scores, vis if table is None else table, pick_ptr, counts, lo,
-        hi, s, keys.shape[1], h, d, width, chunk, k, pick_batch, pick_row, BLOCK_T=block_t,
+                    SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted)
+    pick_ptr, counts, hist, cand, cap, k, pick_batch, pick_row = pick_args
+    _indexer_scores_block[(query_programs, chunks, b)](
+        q, weights, keys, vis, scores, vis if table is None else table, pick_ptr, counts, hist,
+        cand, cap, lo, hi, s, keys.shape[1], h, d, width, chunk, k, pick_batch, pick_row,
+        BLOCK_T=block_t,
         BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n,
         PREC=prec, PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK,
         KEY_ALIGNED=key_rows_aligned(keys) if table is None else bool(keys_aligned),

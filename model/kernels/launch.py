@@ -72,6 +72,7 @@ def arrivals(n: int, device: torch.device) -> torch.Tensor:
     programs. The last program of a group to arrive (``tl.atomic_add`` returns the group's
     size − 1) finishes the group's work and sets its count back to zero, so the counts are zero
     again when the kernel ends and the next launch on the stream reuses them without a memset.
-    Launches that use them must not overlap: one stream."""
+    Launches that use them must not overlap: one stream. A kernel's other tallies that its last
+    programs set back to zero (the indexer's digit histograms) ride in the same zeros."""
     return _kept(_ARRIVALS, n, device,
                  lambda size: torch.zeros(size, dtype=torch.int32, device=device))

@@ -17,6 +17,19 @@ a digit scan per 8-bit digit, counting kernels, cub scans, the gather and a sort
 
 A row reads its scores five times (from L2: 128 KB at 32K keys), and writes k int64 twice.
 
+Counted (``select_row(COUNTED=True)``: the indexer's scores kernel at decode, where a query's
+keys are split over many programs and the last to finish picks alone). The programs that
+write the scores also count their top 12 key bits (sign, exponent, 3 mantissa bits: bins an
+eighth of an octave wide) into the row's histogram of 4,096 int32 (``count_top_digits``, one
+atomic per distinct digit of a tile). The picking program reads the counts (16 KB) instead of
+a pass, and one pass over the row splits it: the keys above the k-th's top digit (all picked)
+go straight to the output, the ones sharing it (the candidates, in row order) to a scratch of
+``CANDIDATES``; the other 20 bits (digits of 8, 8, 4) are found among the candidates alone.
+So the picking program reads the row once (128 KB at 32K keys, was five times) plus a few KB
+of candidates. When more keys share the top digit than the scratch holds (scores bunched
+within an eighth of an octave around the k-th), the three digits are found over the row:
+four reads, still exact.
+
 Why 8-bit digits, not fewer wider ones (read from the PTX that ``bench compile`` builds, not
 timed). Triton 3.6, the H200 machine's version, lowers ``tl.histogram`` to a warp-level ballot
 histogram: per warp-wide slot of keys it votes each bit of the digit, then each lane ANDs the
@@ -35,7 +48,9 @@ import triton
 import triton.language as tl
 
 SELECT_BLOCK = 1024   # scores per tile of a pass
-RADIX_BINS = 256      # 8-bit digits: key bits 31..24, 23..16, 15..8, 7..0
+TOP_BITS = tl.constexpr(12)      # the digit the score programs count (``count_top_digits``)
+HIST_BINS = tl.constexpr(4096)   # 1 << TOP_BITS int32 counts per row
+CANDIDATES = 4096     # a row's keys sharing the k-th's top digit that fit the candidate scratch
 
 
 @triton.jit
@@ -54,56 +69,160 @@ def ordered(score):
 
 
 @triton.jit
-def _digit(row_ptr, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr,
-           BLOCK: tl.constexpr, BINS: tl.constexpr):
+def _keys(src, offs, valid, PACKED: tl.constexpr):
+    """Keys of a tile of a pick's source → (ordered key, packed (score, row)): an fp32 score row
+    (row = position), or PACKED candidates (``pack``'d; their key is the high half)."""
+    if PACKED:
+        packed = tl.load(src + offs, mask=valid, other=0, cache_modifier=".cg")
+        key = (packed >> 32) + 2147483648
+    else:
+        score = tl.load(src + offs, mask=valid, other=0.0, cache_modifier=".cg")
+        key = ordered(score)
+        packed = pack(score, offs)
+    return key, packed
+
+
+@triton.jit
+def _top_digits(row_ptrs, offs, limits):
+    """Top ``TOP_BITS`` key bits of the scores at row_ptrs [R] + offs [N] (−1 at or past each
+    row's limit) → int32 [R, N]."""
+    inside = offs[None, :] < limits[:, None]
+    score = tl.load(row_ptrs[:, None] + offs[None, :], mask=inside, other=0.0,
+                    cache_modifier=".cg")
+    return tl.where(inside, (ordered(score) >> (32 - TOP_BITS)).to(tl.int32), -1)
+
+
+@triton.jit
+def count_top_digits(row_ptrs, n0, limits, hist_rows, N: tl.constexpr,
+                     COLUMNS: tl.constexpr = 32):
+    """Add the top-digit counts of a tile of N stored scores (row_ptrs [R] + n0 + [0, N), each
+    row's up to its limit, limits [R]) to each row's histogram (hist_rows [R] pointers to
+    HIST_BINS int32). The first of the tile's entries with a digit adds how many share it: one
+    atomic per distinct digit, so a bin takes at most one atomic per tile (a hot digit is not
+    thousands of atomics on one address). Found COLUMNS entries at a time, each compared with
+    the whole tile (registers: [R, COLUMNS, N] booleans)."""
+    offs = n0 + tl.arange(0, N)
+    digits = _top_digits(row_ptrs, offs, limits)                    # [R, N]
+    for c0 in tl.static_range(0, N, COLUMNS):
+        cols = n0 + c0 + tl.arange(0, COLUMNS)
+        mine = _top_digits(row_ptrs, cols, limits)                  # [R, COLUMNS]
+        same = mine[:, :, None] == digits[:, None, :]               # [R, COLUMNS, N]
+        earlier = same & (offs[None, None, :] < cols[None, :, None])
+        first = (mine >= 0) & (tl.sum(earlier.to(tl.int32), 2) == 0)
+        tl.atomic_add(hist_rows[:, None] + mine, tl.sum(same.to(tl.int32), 2), mask=first,
+                      sem="relaxed")
+
+
+@triton.jit
+def _digit(src, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr,
+           BLOCK: tl.constexpr, PACKED: tl.constexpr = False):
     """One radix pass: among the keys whose bits above SHIFT + BITS equal ``prefix``'s, the digit
     (bits SHIFT.. of BITS) that holds the ``need``-th largest → (prefix with that digit, how many
     of the keys with the new prefix are still needed)."""
-    hist = tl.zeros([BINS], dtype=tl.int32)
+    hist = tl.zeros([1 << BITS], dtype=tl.int32)
     for n0 in range(0, limit, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
-        key = ordered(tl.load(row_ptr + offs, mask=valid, other=0.0, cache_modifier=".cg"))
+        key, _ = _keys(src, offs, valid, PACKED)
         if SHIFT + BITS < 32:
             valid = valid & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
         digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
-        hist += tl.histogram(digit, BINS, mask=valid)
+        hist += tl.histogram(digit, 1 << BITS, mask=valid)
+    return _choose(hist, prefix, need, SHIFT)
+
+
+@triton.jit
+def _choose(hist, prefix, need, SHIFT: tl.constexpr):
+    """The digit of ``hist`` (counts by digit) that holds the ``need``-th largest key → (prefix
+    with that digit at SHIFT, how many keys with the new prefix are still needed)."""
     at_least = tl.cumsum(hist, 0, reverse=True)     # keys in this digit or a higher one
     chosen = tl.sum((at_least >= need).to(tl.int32), 0) - 1
-    higher = tl.sum(tl.where(tl.arange(0, BINS) == chosen, at_least - hist, 0), 0)
+    higher = tl.sum(tl.where(tl.arange(0, hist.shape[0]) == chosen, at_least - hist, 0), 0)
     return prefix + (chosen.to(tl.int64) << SHIFT), need - higher
 
 
 @triton.jit
-def select_row(row_ptr, dest, limit, k, BLOCK: tl.constexpr, BINS: tl.constexpr,
-               K_PAD: tl.constexpr):
+def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
+          PACKED: tl.constexpr = False):
+    """Every key above ``thresh`` among src[:limit], then its first ``need`` ties, packed into
+    dest[taken:] in source order."""
+    ties = tl.full([], 0, dtype=tl.int32)
+    for n0 in range(0, limit, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        valid = offs < limit
+        key, packed = _keys(src, offs, valid, PACKED)
+        tie = valid & (key == thresh)
+        tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0) - 1
+        keep = valid & ((key > thresh) | (tie & (tie_rank < need)))
+        slot = taken + tl.cumsum(keep.to(tl.int32), 0) - 1
+        tl.store(dest + slot, packed, mask=keep)
+        taken += tl.sum(keep.to(tl.int32), 0)
+        ties += tl.sum(tie.to(tl.int32), 0)
+
+
+@triton.jit
+def _split(row_ptr, limit, top, dest, cand, BLOCK: tl.constexpr):
+    """One pass over the row: the keys whose top digit is above ``top`` (all picked) packed into
+    dest, those equal to it (the candidates) packed into cand, both in row order."""
+    taken = tl.full([], 0, dtype=tl.int32)
+    held = tl.full([], 0, dtype=tl.int32)
+    for n0 in range(0, limit, BLOCK):
+        offs = n0 + tl.arange(0, BLOCK)
+        valid = offs < limit
+        key, packed = _keys(row_ptr, offs, valid, False)
+        digit = key >> (32 - TOP_BITS)
+        above = valid & (digit > top)
+        same = valid & (digit == top)
+        tl.store(dest + taken + tl.cumsum(above.to(tl.int32), 0) - 1, packed, mask=above)
+        tl.store(cand + held + tl.cumsum(same.to(tl.int32), 0) - 1, packed, mask=same)
+        taken += tl.sum(above.to(tl.int32), 0)
+        held += tl.sum(same.to(tl.int32), 0)
+
+
+@triton.jit
+def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr,
+               K_PAD: tl.constexpr, COUNTED: tl.constexpr):
     """The k best of the ``limit`` scores at row_ptr, best first, −1 past them, into dest[:k]
     (int64). One program's work; scores written by other programs of the same launch are read
-    from L2 (``.cg``): ``indexer``'s scores kernel picks in its last program of a query."""
+    from L2 (``.cg``): ``indexer``'s scores kernel picks in its last program of a query.
+    COUNTED: the programs that wrote the row also counted its keys' top digits into hist_ptr
+    (``count_top_digits``; HIST_BINS int32, set back to zero here). Then one pass splits the
+    row: the keys above the k-th's top digit go to dest, those sharing it — when at most
+    ``cap`` — to cand (int64 [cap]), and the other digits are found among them alone; past
+    ``cap`` they are found over the row. Otherwise four 8-bit passes over the row."""
     picks = tl.maximum(tl.minimum(k, limit), 0)
     offs_k = tl.arange(0, K_PAD)
+    if COUNTED:   # read the counts and set them back to zero for the next launch
+        bins = tl.arange(0, HIST_BINS)
+        hist = tl.load(hist_ptr + bins, cache_modifier=".cg")
+        tl.store(hist_ptr + bins, tl.zeros([HIST_BINS], dtype=tl.int32))
     if picks > 0:
-        thresh = tl.full([], 0, dtype=tl.int64)
-        need = picks
-        thresh, need = _digit(row_ptr, limit, thresh, need, 24, 8, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 16, 8, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 8, 8, BLOCK, BINS)
-        thresh, need = _digit(row_ptr, limit, thresh, need, 0, 8, BLOCK, BINS)
-        # the keys above the k-th, then its first ``need`` ties: packed into the output row
-        taken = tl.full([], 0, dtype=tl.int32)
-        ties = tl.full([], 0, dtype=tl.int32)
-        for n0 in range(0, limit, BLOCK):
-            offs = n0 + tl.arange(0, BLOCK)
-            valid = offs < limit
-            score = tl.load(row_ptr + offs, mask=valid, other=0.0, cache_modifier=".cg")
-            key = ordered(score)
-            tie = valid & (key == thresh)
-            tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0) - 1
-            keep = valid & ((key > thresh) | (tie & (tie_rank < need)))
-            slot = taken + tl.cumsum(keep.to(tl.int32), 0) - 1
-            tl.store(dest + slot, pack(score, offs), mask=keep)
-            taken += tl.sum(keep.to(tl.int32), 0)
-            ties += tl.sum(tie.to(tl.int32), 0)
+        if COUNTED:   # the 20 bits below the top digit: digits of 8, 8 and 4 bits
+            thresh, need = _choose(hist, tl.full([], 0, dtype=tl.int64), picks, 32 - TOP_BITS)
+            above = picks - need   # keys with a higher top digit: all picked
+            top = thresh >> (32 - TOP_BITS)
+            held = tl.sum(tl.where(bins == top, hist, 0), 0)
+            if held <= cap:
+                _split(row_ptr, limit, top, dest, cand, BLOCK)
+                tl.debug_barrier()   # the candidates are in place before any thread reads them
+                thresh, need = _digit(cand, held, thresh, need, 12, 8, BLOCK, True)
+                thresh, need = _digit(cand, held, thresh, need, 4, 8, BLOCK, True)
+                thresh, need = _digit(cand, held, thresh, need, 0, 4, BLOCK, True)
+                _take(cand, held, thresh, need, dest, above, BLOCK, True)
+            else:
+                thresh, need = _digit(row_ptr, limit, thresh, need, 12, 8, BLOCK)
+                thresh, need = _digit(row_ptr, limit, thresh, need, 4, 8, BLOCK)
+                thresh, need = _digit(row_ptr, limit, thresh, need, 0, 4, BLOCK)
+                _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32),
+                      BLOCK)
+        else:
+            thresh = tl.full([], 0, dtype=tl.int64)
+            need = picks
+            thresh, need = _digit(row_ptr, limit, thresh, need, 24, 8, BLOCK)
+            thresh, need = _digit(row_ptr, limit, thresh, need, 16, 8, BLOCK)
+            thresh, need = _digit(row_ptr, limit, thresh, need, 8, 8, BLOCK)
+            thresh, need = _digit(row_ptr, limit, thresh, need, 0, 8, BLOCK)
+            _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32), BLOCK)
         tl.debug_barrier()   # every thread's packed picks are in place before any reads them
         none = tl.full([K_PAD], -9223372036854775807 - 1, dtype=tl.int64)
         best = tl.sort(tl.load(dest + offs_k, mask=offs_k < picks, other=none), descending=True)
@@ -115,8 +234,7 @@ def select_row(row_ptr, dest, limit, k, BLOCK: tl.constexpr, BINS: tl.constexpr,
 
 @triton.jit
 def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch, out_row,
-                 CAUSAL: tl.constexpr, BLOCK: tl.constexpr, BINS: tl.constexpr,
-                 K_PAD: tl.constexpr):
+                 CAUSAL: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr):
     """Program (t, batch): row t of scores [b, T, width] (its visible entries: the first
     vis[t] when CAUSAL, else all) → its k best rows, best first, −1 past them, into
     out[batch, t, :k] (strides out_batch, out_row)."""
@@ -127,7 +245,7 @@ def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch,
     limit = width
     if CAUSAL:
         limit = tl.minimum(tl.load(vis_ptr + t), width)
-    select_row(row_ptr, dest, limit, k, BLOCK, BINS, K_PAD)
+    select_row(row_ptr, dest, limit, k, vis_ptr, dest, 0, BLOCK, K_PAD, False)
 
 
 def topk_select_reference(scores: torch.Tensor, k: int, visible: torch.Tensor | None = None,
@@ -162,6 +280,6 @@ def topk_select_triton(scores: torch.Tensor, k: int, visible: torch.Tensor | Non
     vis = scores if visible is None else visible
     _topk_select[(t, b)](scores, vis, out, width, k, scores.stride(0), out.stride(0),
                          out.stride(1), CAUSAL=visible is not None, BLOCK=SELECT_BLOCK,
-                         BINS=RADIX_BINS, K_PAD=max(16, triton.next_power_of_2(k)),
+                         K_PAD=max(16, triton.next_power_of_2(k)),
                          num_warps=8)
     return out

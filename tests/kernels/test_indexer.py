@@ -304,3 +304,53 @@ def test_the_scores_kernel_picks_as_topk_select_and_torch_do(b, s, n, start, k, 
     _check(fused, q, w, keys, visible, k)
     with pytest.raises(ValueError, match="select must be one of fused, triton, torch"):
         indexer_topk_triton(q, w, keys, visible, k, select="heap")
+
+
+def _scoring(values: torch.Tensor, h=4, d=16):
+    """Indexer inputs whose decode query scores key j exactly max(values[j], 0): one head of
+    weight 1 reads the keys' first dimension, the others weigh 0."""
+    n = values.numel()
+    q = torch.zeros(1, 1, h, d)
+    q[0, 0, 0, 0] = 1.0
+    w = torch.zeros(1, 1, h)
+    w[0, 0, 0] = 1.0
+    keys = torch.randn(1, n, d, generator=torch.Generator().manual_seed(5))
+    keys[0, :, 0] = values
+    return q, w, keys, torch.tensor([n])
+
+
+def _low_bits(n):
+    """Scores equal in their top 22 key bits: only the last digits tell them apart."""
+    base = torch.full((n,), 1.0).view(torch.int32)
+    return (base + torch.randperm(1024, generator=torch.Generator().manual_seed(2))
+            .repeat(n // 1024)).view(torch.float32)
+
+
+@pytest.mark.parametrize("name,inputs,k,opts", [
+    ("decode", lambda: _inputs(2, 1, 4, 16, 300, 1199), 40, {}),
+    ("every key ties", lambda: _scoring(torch.full((300,), -1.0)), 16, {}),
+    ("low bits differ", lambda: _scoring(_low_bits(2048)), 100, dict(block_n=128)),
+    ("k past the keys", lambda: _scoring(torch.randn(200)), 256, dict(causal=False)),
+    ("3 queries, 0 and 1 visible", lambda: _inputs(1, 3, 4, 16, 300, 2), 8, dict(block_t=2)),
+])
+def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
+        monkeypatch, name, inputs, k, opts):
+    """When a query's keys are split over at least COUNTED_MIN_CHUNKS programs (a decode
+    step), each also counts its scores' top 12 key bits, and the pick splits the row once into
+    the keys above the k-th's top digit and the candidates that share it, among which the
+    other 20 bits are found — over the row instead when more share it than the candidate
+    scratch holds. Counted with candidates, counted past the cap, and not counted (four
+    8-bit passes over the row) pick exactly alike, and the counts are zero again after."""
+    from model.kernels import indexer, launch, topk_select
+
+    q, w, keys, visible = inputs()
+    opts = dict(block_n=16) | opts
+    got = indexer_topk_triton(q, w, keys, visible, k, **opts)
+    kept = launch._ARRIVALS[q.device]   # the counts and histograms: zero between launches
+    assert kept.numel() >= visible.numel() * topk_select.HIST_BINS.value and not kept.any()
+    _check(got, q, w, keys, visible, k)
+    monkeypatch.setattr(topk_select, "CANDIDATES", 3)
+    assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, **opts), got)
+    monkeypatch.setattr(indexer, "COUNTED_MIN_CHUNKS", 1 << 30)
+    assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, **opts), got)
+    assert not kept.any()
