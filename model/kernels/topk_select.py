@@ -163,13 +163,20 @@ def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
 @triton.jit
 def _split(row_ptr, limit, top, dest, cand, BLOCK: tl.constexpr):
     """One pass over the row: the keys whose top digit is above ``top`` (all picked) packed into
-    dest, those equal to it (the candidates) packed into cand, both in row order."""
+    dest, those equal to it (the candidates) packed into cand, both in row order. The next
+    tile's load is issued before this tile's scans, so one L2 round trip overlaps them."""
     taken = tl.full([], 0, dtype=tl.int32)
     held = tl.full([], 0, dtype=tl.int32)
+    head = tl.arange(0, BLOCK)
+    score = tl.load(row_ptr + head, mask=head < limit, other=0.0, cache_modifier=".cg")
     for n0 in range(0, limit, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
-        key, packed = _keys(row_ptr, offs, valid, False)
+        ahead = offs + BLOCK
+        following = tl.load(row_ptr + ahead, mask=ahead < limit, other=0.0, cache_modifier=".cg")
+        key = ordered(score)
+        packed = pack(score, offs)
+        score = following
         digit = key >> (32 - TOP_BITS)
         above = valid & (digit > top)
         same = valid & (digit == top)
