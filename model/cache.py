@@ -111,14 +111,77 @@ class CompressorState:
         return self.rows
 
 
+def window_capacity(window: int) -> int:
+    """Rows of a window's store: the window − 1 it keeps, and room for half a window more, so
+    that a decode step writes its one row in place and the kept rows move to a fresh store once
+    every window // 2 steps (two rows a step on average, not the whole window)."""
+    return window - 1 + max(1, window // 2)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowJoin:
+    """Where a step's new window rows go (``LayerCache.join_window``): ``dest`` receives
+    ``past`` (None: nothing to copy) then the new rows, after which ``keys`` are the window's
+    rows followed by the new ones — what this step's attention reads."""
+    past: torch.Tensor | None
+    dest: torch.Tensor
+    keys: torch.Tensor
+
+
 @dataclass(slots=True)
 class LayerCache:
-    # most recent raw KV rows: [b, ≤ window-1, head_dim] float, or uint8 [.., row_bytes] packed
+    # most recent raw KV rows: [b, ≤ window-1, head_dim] float, or uint8 [.., row_bytes] packed;
+    # a view of window_store
     window: torch.Tensor | None = None
     compressor: CompressorState = field(default_factory=CompressorState)
     indexer: CompressorState = field(default_factory=CompressorState)
     # when a list, attention appends (past window + new raw KV rows, first position); None = off
     tap: list[tuple[torch.Tensor, int]] | None = None
+    # [b, window_capacity(window), ...]: the window's rows and room past them. Written only past
+    # the window's end, so a shallow copy is a snapshot (as a compressor's store); a cache whose
+    # window is not a view of it (a snapshot without it, a prefix-cache copy) starts a fresh one
+    window_store: torch.Tensor | None = None
+
+    def join_window(self, new: torch.Tensor, window: int) -> WindowJoin:
+        """Where the new rows [b, s, ...] go after the window's: right past them in the store
+        when it has room (nothing else to copy), else a fresh store with the window's rows
+        first; a prefill chunk longer than the store, a tensor of its own."""
+        past = self.window
+        n, s = (0 if past is None else past.shape[1]), new.shape[1]
+        store = self.window_store
+        end = self._window_end()
+        if end is not None and end + s <= store.shape[1]:
+            return WindowJoin(None, store[:, end:end + s], store[:, end - n:end + s])
+        capacity = window_capacity(window)
+        if n + s <= capacity:
+            store = self.window_store = new.new_empty(new.shape[0], capacity, *new.shape[2:])
+            dest = store[:, :n + s]
+        else:
+            self.window_store = None
+            dest = new.new_empty(new.shape[0], n + s, *new.shape[2:])
+        return WindowJoin(past, dest, dest)
+
+    def keep_window(self, keys: torch.Tensor, window: int) -> None:
+        """After the step: the window is the last window − 1 rows of ``keys`` — a view, in the
+        store; a prefill chunk's keys (not in a store) leave a copy of them in a fresh one."""
+        kept = keys[:, max(0, keys.shape[1] - (window - 1)):]
+        if self.window_store is None:
+            store = self.window_store = kept.new_empty(kept.shape[0], window_capacity(window),
+                                                       *kept.shape[2:])
+            store[:, :kept.shape[1]] = kept
+            kept = store[:, :kept.shape[1]]
+        self.window = kept
+
+    def _window_end(self) -> int | None:
+        """The store's row right past the window's, when the window is a view of the store."""
+        store, past = self.window_store, self.window
+        if store is None or past is None or past.stride() != store.stride() or (
+                past.untyped_storage().data_ptr() != store.untyped_storage().data_ptr()):
+            return None
+        first, part = divmod(past.storage_offset() - store.storage_offset(), store.stride(1))
+        if part or first < 0 or first + past.shape[1] > store.shape[1]:
+            return None
+        return first + past.shape[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from model.cache import index_key_layout, kv_layout
+from model.cache import index_key_layout, kv_layout, window_capacity
 from model.config import ModelConfig
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
 
@@ -148,7 +148,8 @@ def cache_bytes_per_token(cfg: ModelConfig, element_size: int, numerics: str = "
 
 def fixed_bytes_per_sequence(cfg: ModelConfig, element_size: int, numerics: str = "dequant"
                              ) -> int:
-    window = cfg.n_layers * (cfg.window_size - 1) * kv_row_bytes(cfg, element_size, numerics)
+    window = (cfg.n_layers * window_capacity(cfg.window_size)
+              * kv_row_bytes(cfg, element_size, numerics))
     tails = 0
     for ratio in cfg.compress_ratios[:cfg.n_layers]:
         if ratio == 4:  # pending + previous block, kv and score, fp32, main and indexer

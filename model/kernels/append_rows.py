@@ -8,8 +8,10 @@ kernel copies each item's past bytes then its new bytes into its own, reading th
 from a table (int64 [5, items]: past address and bytes, new address and bytes, destination),
 which goes up once (pinned memory, no host wait). The copies move the same bytes as the cats.
 
-Items are (past or None, new): [1, n, ...] and [1, m, ...] of one dtype and row shape, each
-contiguous (b = 1: the rows of one sequence).
+Items are (past or None, new[, dest]): [1, n, ...] and [1, m, ...] of one dtype and row shape,
+each contiguous (b = 1: the rows of one sequence), and where they go ([1, n + m, ...]; a fresh
+tensor when not given). A window with room in its store names the store's rows right past it
+and no past (``LayerCache.join_window``): its step copies one row, not the window.
 """
 
 from __future__ import annotations
@@ -48,24 +50,46 @@ def _append_rows_kernel(tab_ptr, ITEMS, BLOCK: tl.constexpr):
         tl.store(dest + offs, data, mask=offs < total)
 
 
-def append_rows_reference(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
-                          ) -> list[torch.Tensor]:
-    """Per item: a fresh tensor of its past rows then its new ones (``new``'s copy without a
-    past), as ``torch.cat([past, new], dim=1)`` makes."""
-    return [new.clone() if past is None else torch.cat([past, new], dim=1)
-            for past, new in items]
+Item = tuple[torch.Tensor | None, torch.Tensor] | tuple[torch.Tensor | None, torch.Tensor,
+                                                          torch.Tensor | None]
 
 
-def append_rows_triton(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
-                       ) -> list[torch.Tensor]:
-    """Same contract as ``append_rows_reference``: one launch for all the items."""
-    outs, rows = [], [[], [], [], [], []]
-    for past, new in items:
+def _parts(item: Item) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(past, new, dest): an item's destination, or a fresh tensor when it names none."""
+    past, new, dest = (*item, None)[:3]
+    n = 0 if past is None else past.shape[1]
+    if dest is None:
+        dest = new.new_empty(new.shape[0], n + new.shape[1], *new.shape[2:])
+    elif dest.shape[1] != n + new.shape[1] or dest.shape[2:] != new.shape[2:]:
+        raise ValueError(f"cannot append {n} + {new.shape[1]} rows into {tuple(dest.shape)}")
+    return past, new, dest
+
+
+def append_rows_reference(items: Sequence[Item]) -> list[torch.Tensor]:
+    """Per item (past [1, n, ...] or None, new [1, m, ...], and where they go: dest [1, n + m,
+    ...], or a fresh tensor when it is None or left out): the past rows then the new ones, as
+    ``torch.cat([past, new], dim=1)`` makes them → the destinations. A window's row goes
+    straight into its store (past None, dest the store's rows past the window's)."""
+    outs = []
+    for item in items:
+        past, new, dest = _parts(item)
         n = 0 if past is None else past.shape[1]
         if past is not None:
+            dest[:, :n] = past
+        dest[:, n:] = new
+        outs.append(dest)
+    return outs
+
+
+def append_rows_triton(items: Sequence[Item]) -> list[torch.Tensor]:
+    """Same contract as ``append_rows_reference``: one launch for all the items (each item's
+    tensors contiguous)."""
+    outs, rows = [], [[], [], [], [], []]
+    for item in items:
+        past, new, out = _parts(item)
+        if past is not None:
             _check(past, new)
-        assert new.shape[0] == 1 and new.is_contiguous(), new.shape
-        out = new.new_empty(1, n + new.shape[1], *new.shape[2:])
+        assert new.shape[0] == 1 and new.is_contiguous() and out.is_contiguous(), new.shape
         outs.append(out)
         size = new.element_size()
         for row, value in zip(rows, (0 if past is None else past.data_ptr(),

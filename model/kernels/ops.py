@@ -280,11 +280,10 @@ def sparse_attn(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: 
     return _sparse_attn.into(out, o)
 
 
-def append_rows(items: Sequence[tuple[torch.Tensor | None, torch.Tensor]]
-                ) -> list[torch.Tensor]:
-    """Per item (past [1, n, ...] or None, new [1, m, ...]): a fresh tensor of the past rows
-    then the new ones — a decode step's window and compressor appends of every sequence, one
-    launch on Triton (model/kernels/append_rows.py)."""
+def append_rows(items: Sequence[_append_rows.Item]) -> list[torch.Tensor]:
+    """Per item (past [1, n, ...] or None, new [1, m, ...][, dest]): the past rows then the new
+    ones, into dest or a fresh tensor — a decode step's window and compressor appends of every
+    sequence, one launch on Triton (model/kernels/append_rows.py)."""
     if items and backend(items[0][1]) == "triton":
         return _append_rows.append_rows_triton(items)
     return _append_rows.append_rows_reference(items)

@@ -168,10 +168,11 @@ class Attention(nn.Module):
         caches hold them (model/kernels/sequence_rows.py)."""
         kv, pooled, index = inputs.kv, inputs.pooled, inputs.index
         # every sequence's window row and compressor inputs after its past ones: one launch
-        items = []
+        items, joins = [], []
         for t, sp in enumerate(spans):
             _check_format(sp.cache.window, layout)
-            items.append((sp.cache.window, kv[:, t:t + 1]))
+            joins.append(sp.cache.join_window(kv[:, t:t + 1], self.window))
+            items.append((joins[-1].past, kv[:, t:t + 1], joins[-1].dest))
             if pooled is not None:
                 items.append((sp.cache.compressor.pending, pooled[:, t:t + 1]))
             if index is not None:
@@ -184,7 +185,8 @@ class Attention(nn.Module):
             window, rows, key_rows = self._advance(
                 kv[:, t:t + 1], None if pooled is None else pooled[:, t:t + 1],
                 None if index is None else index.span(t, t + 1), sp.start, sp.cache, layout,
-                memo, (*appended[t * per:(t + 1) * per], *(None,) * (3 - per)), inserts)
+                memo, (joins[t].keys, *appended[t * per + 1:(t + 1) * per],
+                       *(None,) * (3 - per)), inserts)
             windows.append(window)
             stores.append(rows)
             keys.append(key_rows)
@@ -246,15 +248,18 @@ class Attention(nn.Module):
         _check_format(past, layout)
         n_past = 0 if past is None else past.shape[1]
         joined = appended or (None, None, None)
-        # the window keeps a view of keys: never of the caller's (a decode graph's) buffer
+        # the window's rows live in its store (LayerCache.join_window): a decode step copies
+        # its one new row there, never keeps a view of the caller's (a decode graph's) buffer
         keys = joined[0]
         if keys is None:
-            keys = kv.clone() if past is None else torch.cat([past, kv], dim=1)
+            join = cache.join_window(kv, self.window)
+            if join.past is not None:
+                join.dest[:, :n_past] = join.past
+            join.dest[:, join.dest.shape[1] - kv.shape[1]:] = kv
+            keys = join.keys
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
-        kept = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
-        # a prefill chunk's keys are far longer than the window: keep a copy, not a view of them
-        cache.window = kept.clone() if keys.shape[1] > self.window else kept
+        cache.keep_window(keys, self.window)
         rows = key_rows = None
         if self.compressor is not None:
             main, of_keys = (None, None) if inserts is None else inserts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.cache import index_key_layout, kv_layout
+from model.cache import index_key_layout, kv_layout, window_capacity
 from model.memory import (
     MAX_CONTEXT,
     ContextTooLong,
@@ -44,7 +44,7 @@ def test_native_plan_counts_packed_fp8_kv_rows(toy_lm):
     index_bytes = 2 * 68 / 4          # indexer keys packed FP4: 64 B of codes + 4 scale bytes
     assert plan.bytes_per_token == rows_per_token * 200 + index_bytes
     dequant = plan_memory(cfg, torch.float32, "cpu", available=64 << 30)
-    window_rows = cfg.n_layers * (cfg.window_size - 1)
+    window_rows = cfg.n_layers * window_capacity(cfg.window_size)   # the window's stores
     assert dequant.fixed_bytes - plan.fixed_bytes == window_rows * (128 * 4 - 200)
     bf16 = plan_memory(cfg, torch.bfloat16, "cpu", available=64 << 30, numerics="native")
     assert bf16.bytes_per_token == rows_per_token * 200 + index_bytes  # packed: dtype-free

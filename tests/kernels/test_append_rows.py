@@ -37,3 +37,23 @@ def test_rows_of_another_shape_or_dtype_are_refused():
         append_rows_triton([(rows, torch.zeros(1, 1, 9))])
     with pytest.raises(ValueError, match="cannot append rows"):
         append_rows_triton([(rows, torch.zeros(1, 1, 8, dtype=torch.float64))])
+
+
+@pytest.mark.parametrize("append", [append_rows_reference, append_rows_triton])
+def test_items_that_name_their_destination_are_written_there(append):
+    """A window with room in its store: its new row goes right past its rows (no past to
+    copy), into the store itself; an item with a past and a destination fills all of it."""
+    g = torch.Generator().manual_seed(1)
+    store = torch.randint(0, 256, (1, 12, 200), generator=g, dtype=torch.uint8)
+    before = store.clone()
+    fresh = torch.zeros(1, 12, 200, dtype=torch.uint8)
+    step = torch.randint(0, 256, (1, 2, 200), generator=g, dtype=torch.uint8)
+    got = append([(None, step[:, 0:1], store[:, 7:8]),
+                  (store[:, 2:7], step[:, 1:2], fresh[:, :6])])
+    assert got[0].data_ptr() == store[:, 7:8].data_ptr()
+    assert torch.equal(store[:, 7], step[:, 0]) and torch.equal(store[:, :7], before[:, :7])
+    assert torch.equal(store[:, 8:], before[:, 8:])     # nothing past the row it was given
+    assert torch.equal(fresh[:, :6], torch.cat([before[:, 2:7], step[:, 1:2]], dim=1))
+    assert not fresh[:, 6:].any()
+    with pytest.raises(ValueError, match="cannot append 0 \\+ 1 rows into"):
+        append([(None, step[:, 0:1], store[:, 7:9])])

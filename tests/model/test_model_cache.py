@@ -4,6 +4,7 @@ import pytest
 import torch
 from model_helpers import token_ids
 
+from model.cache import window_capacity
 from model.layers.attention import window_indices
 
 
@@ -60,8 +61,32 @@ def test_cache_state_is_bounded(tiny_model, reference):
             for views in held.values():
                 assert views[0].untyped_storage().nbytes() == sum(
                     t.numel() * t.element_size() for t in views)
-        window = layer.window
-        assert window.untyped_storage().nbytes() == window.numel() * window.element_size()
+        window, store = layer.window, layer.window_store   # the window's rows and room past them
+        assert store.shape[1] == window_capacity(cfg.window_size)
+        assert window.untyped_storage().data_ptr() == store.untyped_storage().data_ptr()
+        assert window.untyped_storage().nbytes() == store.numel() * store.element_size()
+
+
+def test_a_decode_step_writes_its_window_row_in_place(tiny_model, reference):
+    """The window's rows stay where they are while its store has room: a decode step copies its
+    one new row after them (the window is a view moving along the store), and the kept rows go
+    to a fresh store once every window // 2 steps — not the whole window every step."""
+    ids, full = reference
+    w = tiny_model.config.window_size
+    cache = tiny_model.new_cache()
+    tiny_model.logits(ids[:w + 3], cache)
+    layer = cache.layers[0]
+    stores, firsts = [], []
+    for t in ids[w + 3:w + 3 + w]:
+        tiny_model.logits([t], cache)
+        stores.append(layer.window_store.data_ptr())
+        firsts.append(layer.window.data_ptr())
+        assert layer.window.shape[1] == w - 1
+    fresh = sum(a != b for a, b in zip(stores, stores[1:], strict=False))
+    assert 1 <= fresh <= -(-w // (w // 2))   # a fresh store once every window // 2 steps
+    steps = list(zip(stores, firsts, strict=True))
+    moved = [b - a for (s, a), (t, b) in zip(steps, steps[1:], strict=False) if s == t]
+    assert moved and set(moved) == {layer.window[0, 0].numel() * layer.window.element_size()}
 
 
 def test_window_indices_depend_on_the_start_only_within_the_first_window(tiny_model):
