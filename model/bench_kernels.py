@@ -31,6 +31,7 @@ from functools import partial
 
 import torch
 
+from model.cache import window_capacity
 from model.kernels import (
     append_rows,
     cache_rows,
@@ -156,17 +157,23 @@ def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype)
 
 def _append_case(name: str, seqs: int, dev: str, dtype: torch.dtype) -> Case:
     """A CSA layer's cache appends at a decode step of ``seqs`` sequences (append_rows.py):
-    each one's full window (WINDOW − 1 FP8 rows) and its two compressors' open-block tails
-    (3 rows of fp32 pooling inputs each) gain one row. Bytes: read and written once each."""
+    each one's window gains its new FP8 row right past its WINDOW − 1 rows in its store
+    (``LayerCache.join_window``), and its two compressors' open blocks their new row of fp32
+    pooling inputs right past their 3 (``CompressorState.join_pending``): in place, one row
+    each (the steps that start a fresh store, one in WINDOW // 2 for the window and one a
+    block for the compressors, are not this case). Bytes: read and written once each."""
     row = kv_fp8.V4_KV_LAYOUT.row_bytes
     items = []
     for _ in range(seqs):
-        items.append((torch.randint(0, 256, (1, WINDOW - 1, row), dtype=torch.uint8, device=dev),
-                      torch.randint(0, 256, (1, 1, row), dtype=torch.uint8, device=dev)))
+        store = torch.randint(0, 256, (1, window_capacity(WINDOW), row), dtype=torch.uint8,
+                              device=dev)
+        items.append((None, torch.randint(0, 256, (1, 1, row), dtype=torch.uint8, device=dev),
+                      store[:, WINDOW - 1:WINDOW]))
         for width in (2 * HEAD_DIM, 2 * IDX_DIM):   # the overlapping halves: coff = 2
-            items.append((torch.randn(1, 3, 2, width, device=dev),
-                          torch.randn(1, 1, 2, width, device=dev)))
-    nbytes = 2.0 * sum((p.numel() + m.numel()) * m.element_size() for p, m in items)
+            block = torch.randn(1, 4, 2, width, device=dev)
+            items.append((None, torch.randn(1, 1, 2, width, device=dev), block[:, 3:4]))
+    nbytes = 2.0 * sum((0 if p is None else p.numel() * p.element_size())
+                       + m.numel() * m.element_size() for p, m, *_ in items)
     shape = {"sequences": seqs, "items": len(items), "window_rows": WINDOW - 1}
     return Case(name, shape, nbytes, 0.0, lambda: append_rows.append_rows_reference(items),
                 lambda: append_rows.append_rows_triton(items),

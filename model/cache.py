@@ -66,6 +66,16 @@ class CompressorState:
     # when a list, forward appends (kv, score, first position) of the open + new tokens
     # (the prefix cache reads block-boundary state from it); None = off
     tap: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
+    # [b, ratio, 2, coff·d]: the open block's rows and room for the rest of it, written only
+    # past ``pending``'s end (a shallow copy is a snapshot); a block that closes leaves its
+    # rows there (the overlap's ``prev`` views) and the next block starts a fresh store
+    pending_store: torch.Tensor | None = None
+
+    def join_pending(self, new: torch.Tensor, ratio: int) -> RowsJoin:
+        """Where new pooling inputs [b, s, 2, coff·d] go after the open block's (``join_rows``:
+        in place in its store while the block is open, one row a decode step)."""
+        join, self.pending_store = join_rows(self.pending, self.pending_store, new, ratio)
+        return join
 
     @property
     def pending_kv(self) -> torch.Tensor | None:
@@ -119,13 +129,41 @@ def window_capacity(window: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class WindowJoin:
-    """Where a step's new window rows go (``LayerCache.join_window``): ``dest`` receives
-    ``past`` (None: nothing to copy) then the new rows, after which ``keys`` are the window's
-    rows followed by the new ones — what this step's attention reads."""
+class RowsJoin:
+    """Where a step's new rows go after a cache's kept rows (a window, a compressor's open
+    block): ``dest`` receives ``past`` (None: nothing to copy) then the new rows, after which
+    ``keys`` are the kept rows followed by the new ones — what this step reads."""
     past: torch.Tensor | None
     dest: torch.Tensor
     keys: torch.Tensor
+
+
+def join_rows(past: torch.Tensor | None, store: torch.Tensor | None, new: torch.Tensor,
+              capacity: int) -> tuple[RowsJoin, torch.Tensor | None]:
+    """Where the new rows [b, s, ...] go after ``past`` (a view of ``store``, or not): right
+    past them in the store when it has room (nothing else to copy), else a fresh store of
+    ``capacity`` rows with the past rows first; past and new together longer than that (a
+    prefill chunk), a tensor of their own and no store. → (the join, the store now)."""
+    n, s = (0 if past is None else past.shape[1]), new.shape[1]
+    end = _end_in(past, store)
+    if end is not None and end + s <= store.shape[1]:
+        return RowsJoin(None, store[:, end:end + s], store[:, end - n:end + s]), store
+    if n + s <= capacity:
+        store = new.new_empty(new.shape[0], capacity, *new.shape[2:])
+        return RowsJoin(past, store[:, :n + s], store[:, :n + s]), store
+    dest = new.new_empty(new.shape[0], n + s, *new.shape[2:])
+    return RowsJoin(past, dest, dest), None
+
+
+def _end_in(view: torch.Tensor | None, store: torch.Tensor | None) -> int | None:
+    """The store's row right past ``view``'s, when the view is a run of the store's rows."""
+    if store is None or view is None or view.stride() != store.stride() or (
+            view.untyped_storage().data_ptr() != store.untyped_storage().data_ptr()):
+        return None
+    first, part = divmod(view.storage_offset() - store.storage_offset(), store.stride(1))
+    if part or first < 0 or first + view.shape[1] > store.shape[1]:
+        return None
+    return first + view.shape[1]
 
 
 @dataclass(slots=True)
@@ -142,24 +180,12 @@ class LayerCache:
     # window is not a view of it (a snapshot without it, a prefix-cache copy) starts a fresh one
     window_store: torch.Tensor | None = None
 
-    def join_window(self, new: torch.Tensor, window: int) -> WindowJoin:
-        """Where the new rows [b, s, ...] go after the window's: right past them in the store
-        when it has room (nothing else to copy), else a fresh store with the window's rows
-        first; a prefill chunk longer than the store, a tensor of its own."""
-        past = self.window
-        n, s = (0 if past is None else past.shape[1]), new.shape[1]
-        store = self.window_store
-        end = self._window_end()
-        if end is not None and end + s <= store.shape[1]:
-            return WindowJoin(None, store[:, end:end + s], store[:, end - n:end + s])
-        capacity = window_capacity(window)
-        if n + s <= capacity:
-            store = self.window_store = new.new_empty(new.shape[0], capacity, *new.shape[2:])
-            dest = store[:, :n + s]
-        else:
-            self.window_store = None
-            dest = new.new_empty(new.shape[0], n + s, *new.shape[2:])
-        return WindowJoin(past, dest, dest)
+    def join_window(self, new: torch.Tensor, window: int) -> RowsJoin:
+        """Where the new rows [b, s, ...] go after the window's (``join_rows``: in place in
+        its store while it has room)."""
+        join, self.window_store = join_rows(self.window, self.window_store, new,
+                                            window_capacity(window))
+        return join
 
     def keep_window(self, keys: torch.Tensor, window: int) -> None:
         """After the step: the window is the last window − 1 rows of ``keys`` — a view, in the
@@ -172,16 +198,6 @@ class LayerCache:
             kept = store[:, :kept.shape[1]]
         self.window = kept
 
-    def _window_end(self) -> int | None:
-        """The store's row right past the window's, when the window is a view of the store."""
-        store, past = self.window_store, self.window
-        if store is None or past is None or past.stride() != store.stride() or (
-                past.untyped_storage().data_ptr() != store.untyped_storage().data_ptr()):
-            return None
-        first, part = divmod(past.storage_offset() - store.storage_offset(), store.stride(1))
-        if part or first < 0 or first + past.shape[1] > store.shape[1]:
-            return None
-        return first + past.shape[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,24 +168,26 @@ class Attention(nn.Module):
         caches hold them (model/kernels/sequence_rows.py)."""
         kv, pooled, index = inputs.kv, inputs.pooled, inputs.index
         # every sequence's window row and compressor inputs after its past ones: one launch
-        items, joins = [], []
+        joins = []
         for t, sp in enumerate(spans):
             _check_format(sp.cache.window, layout)
             joins.append(sp.cache.join_window(kv[:, t:t + 1], self.window))
-            items.append((joins[-1].past, kv[:, t:t + 1], joins[-1].dest))
             if pooled is not None:
-                items.append((sp.cache.compressor.pending, pooled[:, t:t + 1]))
+                joins.append(sp.cache.compressor.join_pending(pooled[:, t:t + 1], self.ratio))
             if index is not None:
-                items.append((sp.cache.indexer.pending, index.key_pooled[:, t:t + 1]))
-        appended = ops.append_rows(items)
-        per = len(items) // len(spans)
+                joins.append(sp.cache.indexer.join_pending(index.key_pooled[:, t:t + 1],
+                                                           self.ratio))
+        per = len(joins) // len(spans)
+        news = [kv, pooled, None if index is None else index.key_pooled]
+        ops.append_rows([(join.past, news[i % per][:, i // per:i // per + 1], join.dest)
+                         for i, join in enumerate(joins)])
         windows, stores, keys = [], [], []
         inserts: tuple[list[BlockInsert], list[BlockInsert]] = ([], [])
         for t, sp in enumerate(spans):
             window, rows, key_rows = self._advance(
                 kv[:, t:t + 1], None if pooled is None else pooled[:, t:t + 1],
                 None if index is None else index.span(t, t + 1), sp.start, sp.cache, layout,
-                memo, (joins[t].keys, *appended[t * per + 1:(t + 1) * per],
+                memo, (*(join.keys for join in joins[t * per:(t + 1) * per]),
                        *(None,) * (3 - per)), inserts)
             windows.append(window)
             stores.append(rows)

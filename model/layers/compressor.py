@@ -55,12 +55,15 @@ class Compressor(nn.Module):
         b, s = pooled.shape[:2]
         ratio, d = self.ratio, self.head_dim
         device = pooled.device
-        if joined is not None:
-            pooled = joined
-        elif state.pending is not None:
-            pooled = torch.cat([state.pending, pooled], dim=1)
-        else:   # the state keeps views of this: never of the caller's (a decode graph's) buffer
-            pooled = pooled.clone()
+        if joined is None:   # the open block's rows then the new ones, in its store while
+            # it has room (a decode step copies one row); the state keeps views of them, never
+            # of the caller's (a decode graph's) buffer
+            join = state.join_pending(pooled, ratio)
+            if join.past is not None:
+                join.dest[:, :join.past.shape[1]] = join.past
+            join.dest[:, join.dest.shape[1] - s:] = pooled
+            joined = join.keys
+        pooled = joined
         kv, score = pooled[:, :, 0], pooled[:, :, 1]
         if state.tap is not None:
             state.tap.append((kv, score, start_pos + s - kv.shape[1]))

@@ -101,3 +101,25 @@ def test_window_indices_depend_on_the_start_only_within_the_first_window(tiny_mo
             assert torch.equal(got, window_indices(w, min(start, w - 1), s, n_past, cpu))
     assert not torch.equal(window_indices(w, 5, 1, 5, cpu),   # within it
                            window_indices(w, 6, 1, 6, cpu))
+
+
+def test_a_decode_step_adds_one_row_to_the_open_block_in_place(tiny_model, reference):
+    """A compressor's open block grows in its store, a row a decode step (the past rows stay
+    where they are: no copy of them per step); the next block starts a fresh store, so the
+    closed block's rows (the overlap's ``prev``) are never written over."""
+    ids, _ = reference
+    cfg = tiny_model.config
+    i = max(range(cfg.n_layers), key=lambda j: cfg.compress_ratios[j])   # an HCA layer
+    ratio = cfg.compress_ratios[i]
+    cache = tiny_model.new_cache()
+    tiny_model.logits(ids[:2 * ratio], cache)            # the block boundary: nothing open
+    state = cache.layers[i].compressor
+    stores, firsts = [], []
+    for t in ids[2 * ratio:3 * ratio + 1]:
+        tiny_model.logits([t], cache)
+        if state.pending.shape[1]:
+            stores.append(state.pending_store.data_ptr())
+            firsts.append(state.pending.data_ptr())
+    assert len(stores) == ratio                          # rows 1..ratio−1, then 1 of the next
+    assert len(set(stores[:ratio - 1])) == 1 and stores[-1] != stores[0]
+    assert len(set(firsts[:ratio - 1])) == 1             # the block's first row never moved
