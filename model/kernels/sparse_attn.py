@@ -142,12 +142,12 @@ def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.
 @triton.jit
 def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
                   KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
-                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, SCALE_TILE: tl.constexpr = False):
+                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, SCALE_WORDS: tl.constexpr = False):
     """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers).
-    SCALE_TILE (FP8 rows; the split decode forward): each row's scale bytes load as one small
-    tile spread over their QB dims in registers, not a byte load per dim (on triton 3.6: 2
-    byte loads a thread a tile where there were 128; +16 registers at decode, but +32 B of
-    stack in the 16-head prefill tile, which keeps the per-dim loads)."""
+    SCALE_WORDS (FP8 rows whose scale bytes start 8-byte aligned, at most 8 of them, checked on
+    the host: ``scale_words``): a row's scale bytes load as one 8-byte word and each dim shifts
+    its byte out in registers; else a byte load per dim (on triton 3.6: 128–160 one-byte loads
+    a thread a tile in prefill, 0 as words)."""
     mask_d = offs_d < D
     if KV_FP8:
         base = rows[:, None] * ROW
@@ -155,14 +155,11 @@ def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
         m_nope = valid[:, None] & (is_nope & mask_d)[None, :]
         codes = tl.load(kv_ptr + base + offs_d[None, :], mask=m_nope, other=0)
         vals = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        BLOCK_N: tl.constexpr = rows.shape[0]
-        BLOCK_D: tl.constexpr = offs_d.shape[0]
-        if SCALE_TILE and BLOCK_D % QB == 0:
-            blocks = tl.min(tl.reshape(offs_d, [BLOCK_D // QB, QB]), axis=1) // QB
-            sbyte = tl.load(kv_ptr + base + SCALE_OFF + blocks[None, :],
-                            mask=valid[:, None] & (blocks < NOPE // QB)[None, :], other=0)
-            sval = tl.reshape(tl.broadcast_to(e8m0_scale(sbyte)[:, :, None],
-                                              [BLOCK_N, BLOCK_D // QB, QB]), [BLOCK_N, BLOCK_D])
+        if SCALE_WORDS:
+            words = tl.load((kv_ptr + rows * ROW + SCALE_OFF).to(tl.pointer_type(tl.int64)),
+                            mask=valid, other=0)
+            shift = ((offs_d // QB) * 8).to(tl.int64)
+            sval = e8m0_scale((words[:, None] >> shift[None, :]) & 0xFF)
         else:   # a scale byte load per dim
             sbyte = tl.load(kv_ptr + base + SCALE_OFF + (offs_d // QB)[None, :], mask=m_nope,
                             other=0)
@@ -202,14 +199,14 @@ def _unrope_tile(o, ang_ptr, token, col0, D, R2, BLOCK_H: tl.constexpr, BLOCK_DV
 def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, D, scale,
                  KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
-                 DV_PARTS: tl.constexpr, SCALE_TILE: tl.constexpr = False):
+                 DV_PARTS: tl.constexpr, SCALE_WORDS: tl.constexpr = False):
     """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
     element; −1 or out of range = none) → the updated (m_i, l_i, acc)."""
     cdt = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
     kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
-                       KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_TILE).to(cdt)
+                       KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
     logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * scale
     logits = tl.where(valid[None, :], logits, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(logits, 1))
@@ -218,7 +215,7 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
     l_i = l_i * alpha + tl.sum(p, 1)
     if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
         kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
-                           KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_TILE).to(cdt)
+                           KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
     acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
     return m_new, l_i, acc
 
@@ -259,7 +256,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      UNROPE: tl.constexpr = False, BF16: tl.constexpr = False,
                      TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False,
                      COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
-                     TABLE_ALIGNED: tl.constexpr = False):
+                     TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -316,7 +313,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
             idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
-                                     SCALE_OFF, PREC, DV_PARTS, SPLIT)
+                                     SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS)
     for n0 in range(tl.maximum(start, W), end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         if ALL_ROWS:
@@ -326,7 +323,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                           other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
-                                     SCALE_OFF, PREC, DV_PARTS, SPLIT)
+                                     SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         o = acc / safe_l[:, None]
@@ -465,6 +462,15 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                    block_h, block_n, dv_parts, num_warps, combine)
 
 
+def scale_words(layout: KVLayout, rows: tuple) -> bool:
+    """Whether the kernels may load each FP8 row's scale bytes as one 8-byte word: at most 8 of
+    them, at an 8-byte multiple in rows of an 8-byte multiple, in tensors that start 8-byte
+    aligned (``rows``: the tensors, or TABLE mode's (every address 16-byte aligned,))."""
+    return (layout.row_bytes % 8 == 0 and layout.scale_offset % 8 == 0
+            and layout.nope // layout.block <= 8
+            and all(r if isinstance(r, bool) else r.data_ptr() % 8 == 0 for r in rows))
+
+
 def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
     """q as the kernel reads it (fp32 under the interpreter, which mishandles bf16), and the
     dtype the output comes back in."""
@@ -517,7 +523,10 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
                   DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
-                  TABLE_ALIGNED=table is not None and table_aligned, num_warps=num_warps)
+                  TABLE_ALIGNED=table is not None and table_aligned,
+                  SCALE_WORDS=layout is not None and scale_words(
+                      layout, (table_aligned,) if table is not None else (kv, win)),
+                  num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table
     sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)

@@ -70,6 +70,26 @@ def test_fp8_cache_rows(splits):
     _check(got, sparse_attn_reference(q, dense, sink, idx, 96**-0.5), atol=1e-4)
 
 
+def test_fp8_rows_not_8_byte_aligned_load_their_scales_a_byte_at_a_time():
+    """The kernels load a row's scale bytes as one 8-byte word (``scale_words``) only where the
+    rows start 8-byte aligned; rows that do not (a buffer viewed from an odd byte) give the same
+    output through the byte-per-dim loads."""
+    from model.kernels.sparse_attn import scale_words
+
+    layout = KVLayout(head_dim=96, rope_dim=32, block=32)
+    q, kv, sink, idx = _inputs(1, 2, 4, 96, 21, 20, seed=4)
+    cache = pack_kv_fp8(kv * torch.logspace(-2, 1, 96), layout)
+    shifted = torch.empty(cache.numel() + 2, dtype=torch.uint8)[2:].view(cache.shape)
+    shifted.copy_(cache)
+    assert scale_words(layout, (cache,)) and not scale_words(layout, (shifted,))
+    assert not scale_words(KVLayout(head_dim=96, rope_dim=32, block=4), (cache,))  # 16 scales
+    want = sparse_attn_triton(q, cache, sink, idx, 96**-0.5, layout=layout)
+    got = sparse_attn_triton(q, shifted, sink, idx, 96**-0.5, layout=layout)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    _check(got, sparse_attn_reference(q, unpack_kv_fp8(cache, layout), sink, idx, 96**-0.5),
+           atol=1e-4)
+
+
 def test_fp8_layout_is_584_bytes_and_lossless_for_fake_quant():
     from model.kernels import quant
 
