@@ -543,8 +543,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
-        # the scores path picking in a kernel of its own (topk_select), or with torch.topk
-        # (≈ 15 kernels a row on a GPU), instead of in the scores kernel's last program
+        # the scores kernel's last program picking by four passes over the row instead of from
+        # the digits its programs counted; in a kernel of its own (topk_select), or with
+        # torch.topk (≈ 15 kernels a row on a GPU)
+        p(_indexer_case, "indexer_topk_decode_passes", 1, ctx // 4, dev, dtype,
+          select="fused_passes"),
         p(_indexer_case, "indexer_topk_decode_select_kernel", 1, ctx // 4, dev, dtype,
           select="triton"),
         p(_indexer_case, "indexer_topk_decode_torch_select", 1, ctx // 4, dev, dtype,
@@ -555,6 +558,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           packed=True),
         p(_indexer_case, "indexer_topk_decode_fp4_merge", 1, ctx // 4, dev, dtype, packed=True,
           path="merge"),
+        p(_indexer_case, "indexer_topk_decode_fp4_passes", 1, ctx // 4, dev, dtype,
+          packed=True, select="fused_passes"),
         p(_indexer_case, "indexer_topk_decode_fp4_select_kernel", 1, ctx // 4, dev, dtype,
           packed=True, select="triton"),
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,

@@ -293,12 +293,15 @@ def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
 
 
 def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
-                   table=None, picks=None, k=0, causal=True, keys_aligned=None) -> None:
+                   table=None, picks=None, k=0, causal=True, keys_aligned=None,
+                   counted=True) -> None:
     """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``);
     ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format; then
     ``keys_aligned`` says whether every query's packed keys are, as ``key_rows_aligned``);
     ``picks`` (int64 [b, hi − lo, k], unit stride along k): each query's k best go there from
-    the same launch (PICK; up to its visible count when ``causal``)."""
+    the same launch (PICK; up to its visible count when ``causal``), from digit counts the
+    score programs make where the keys are split over at least COUNTED_MIN_CHUNKS programs
+    (COUNTED), unless ``counted`` is False (four passes over each row, "fused_passes")."""
     b, s, h, d = q.shape
     width = scores.shape[-1]
     query_programs = triton.cdiv(hi - lo, block_t)
@@ -312,7 +315,7 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
     if picks is not None:
         assert picks.dtype == torch.int64 and picks.stride(-1) == 1 and picks.shape == (
             b, hi - lo, k), (picks.dtype, picks.shape)
-        counted = chunks >= COUNTED_MIN_CHUNKS
+        counted = counted and chunks >= COUNTED_MIN_CHUNKS
         queries = b * (hi - lo)
         zeros = arrivals(b * query_programs + (queries * topk_select.HIST_BINS.value
                                                if counted else 0), q.device)
@@ -339,8 +342,9 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
                  select="fused") -> torch.Tensor:
     """Block scores (Triton) and each query's pick from them, a block of queries at a time →
     int64 [b, s, k]. The pick: in the scores launch ("fused", the last program of each query
-    block picks), ``topk_select`` as a kernel of its own ("triton"), or torch.topk and a mask
-    ("torch"). The scratch is as wide as the keys (the kernel writes −inf past each block's
+    block picks, from the digits its score programs counted where the keys are split;
+    "fused_passes", by four passes over the row however split), ``topk_select`` as a kernel of
+    its own ("triton"), or torch.topk and a mask ("torch"). The scratch is as wide as the keys (the kernel writes −inf past each block's
     visible rows without computing them), so nothing here waits for the device.
     ``causal=False``: every query sees every key, so no pick is an invisible one to mask."""
     b, s, h, _ = q.shape
@@ -355,16 +359,17 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
         scores = scratch[: b * (hi - lo) * n].view(b, hi - lo, n)
-        if select == "fused":
+        if select in FUSED:
             _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
-                           picks=out[:, lo:hi], k=k, causal=causal)
+                           picks=out[:, lo:hi], k=k, causal=causal, counted=select == "fused")
         else:
             _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
             pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
     return out
 
 
-SELECTS = ("fused", "triton", "torch")
+SELECTS = ("fused", "fused_passes", "triton", "torch")
+FUSED = ("fused", "fused_passes")   # the scores kernel picks: from counted digits, or passes
 
 
 def check_select(select: str) -> None:
@@ -384,10 +389,11 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
     ``block_n`` to both (64 merge, 128 scores when None). ``causal=False`` says every query
     sees every key (``visible`` = n: a decode step's query sees every closed block), which
     spares the scores path masking its picks. ``select`` (scores path): "fused" (the default:
-    the scores kernel picks), "triton" (``topk_select``, one kernel of its own) or "torch"
+    the scores kernel picks, from counted top digits at decode), "fused_passes" (it picks by
+    four passes over the row), "triton" (``topk_select``, one kernel of its own) or "torch"
     (torch.topk, about fifteen kernels a long row on a GPU), until a GPU run of `v4coder bench
-    kernels` compares them (rows indexer_topk_decode, indexer_topk_decode_select_kernel and
-    indexer_topk_decode_torch_select)."""
+    kernels` compares them (rows indexer_topk_decode, indexer_topk_decode_passes,
+    indexer_topk_decode_select_kernel and indexer_topk_decode_torch_select)."""
     b, s, h, d = q.shape
     n = keys.shape[1]
     if k == 0 or n == 0 or b * s == 0:

@@ -209,10 +209,10 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     for lo in range(0, t_count, rows_per_block):
         hi = min(t_count, lo + rows_per_block)
         scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
-        if select == "fused":
+        if select in _indexer.FUSED:
             _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1,
                                     block_n, table=table[4], picks=out[:, lo:hi], k=k,
-                                    keys_aligned=aligned)
+                                    keys_aligned=aligned, counted=select == "fused")
             continue
         _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1, block_n,
                                 table=table[4], keys_aligned=aligned)

@@ -302,7 +302,7 @@ def test_the_scores_kernel_picks_as_topk_select_and_torch_do(b, s, n, start, k, 
     assert torch.equal(fused, apart)
     assert not launch.arrivals(1024, q.device).any()
     _check(fused, q, w, keys, visible, k)
-    with pytest.raises(ValueError, match="select must be one of fused, triton, torch"):
+    with pytest.raises(ValueError, match="select must be one of fused, fused_passes, triton, torch"):
         indexer_topk_triton(q, w, keys, visible, k, select="heap")
 
 
@@ -339,9 +339,10 @@ def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
     step), each also counts its scores' top 12 key bits, and the pick splits the row once into
     the keys above the k-th's top digit and the candidates that share it, among which the
     other 20 bits are found — over the row instead when more share it than the candidate
-    scratch holds. Counted with candidates, counted past the cap, and not counted (four
-    8-bit passes over the row) pick exactly alike, and the counts are zero again after."""
-    from model.kernels import indexer, launch, topk_select
+    scratch holds. Counted with candidates, counted past the cap, and not counted
+    (select="fused_passes": four 8-bit passes over the row) pick exactly alike, and the counts
+    are zero again after."""
+    from model.kernels import launch, topk_select
 
     q, w, keys, visible = inputs()
     opts = dict(block_n=16) | opts
@@ -351,6 +352,6 @@ def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
     _check(got, q, w, keys, visible, k)
     monkeypatch.setattr(topk_select, "CANDIDATES", 3)
     assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, **opts), got)
-    monkeypatch.setattr(indexer, "COUNTED_MIN_CHUNKS", 1 << 30)
-    assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, **opts), got)
+    assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, select="fused_passes",
+                                           **opts), got)
     assert not kept.any()

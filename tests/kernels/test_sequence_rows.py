@@ -150,13 +150,16 @@ def test_the_table_says_where_each_sequences_rows_are():
 
 
 @pytest.mark.parametrize("select,kernels", [
+    ("fused_passes", {"_indexer_scores_block": 1}),
     ("triton", {"_indexer_scores_block": 1, "_topk_select": 1}),
     ("torch", {"_indexer_scores_block": 1}),
 ])
 def test_the_batched_pick_takes_the_decode_decisions_select(select, kernels):
-    """select (a launch choice): the pick after the scores launch instead of in it — the same
-    scores as the fused launch's picks (tied keys may swap: every 7th key is zero)."""
-    counts = [0, 5, 70, 33]
+    """select (a launch choice): the fused launch's pick by passes over the rows instead of
+    from counted digits (the widest row's keys span 9 programs: counted by default), or the
+    pick after the scores launch instead of in it — the same scores as the fused launch's picks
+    (tied keys may swap: every 7th key is zero)."""
+    counts = [0, 5, 140, 33]
     rows, q, w = _index_rows(counts, True, seed=6, d=128)
     fused = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
     with OpAudit() as audit:
