@@ -137,6 +137,14 @@ class RowsJoin:
     dest: torch.Tensor
     keys: torch.Tensor
 
+    def write(self, new: torch.Tensor) -> torch.Tensor:
+        """The copies, with torch (one sequence's step; a batch's decode step makes them in one
+        launch, ``ops.append_rows``) → ``keys``."""
+        if self.past is not None:
+            self.dest[:, :self.past.shape[1]] = self.past
+        self.dest[:, self.dest.shape[1] - new.shape[1]:] = new
+        return self.keys
+
 
 def join_rows(past: torch.Tensor | None, store: torch.Tensor | None, new: torch.Tensor,
               capacity: int) -> tuple[RowsJoin, torch.Tensor | None]:

@@ -254,11 +254,7 @@ class Attention(nn.Module):
         # its one new row there, never keeps a view of the caller's (a decode graph's) buffer
         keys = joined[0]
         if keys is None:
-            join = cache.join_window(kv, self.window)
-            if join.past is not None:
-                join.dest[:, :n_past] = join.past
-            join.dest[:, join.dest.shape[1] - kv.shape[1]:] = kv
-            keys = join.keys
+            keys = cache.join_window(kv, self.window).write(kv)
         if cache.tap is not None:
             cache.tap.append((keys, start_pos - n_past))
         cache.keep_window(keys, self.window)

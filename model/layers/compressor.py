@@ -58,11 +58,7 @@ class Compressor(nn.Module):
         if joined is None:   # the open block's rows then the new ones, in its store while
             # it has room (a decode step copies one row); the state keeps views of them, never
             # of the caller's (a decode graph's) buffer
-            join = state.join_pending(pooled, ratio)
-            if join.past is not None:
-                join.dest[:, :join.past.shape[1]] = join.past
-            join.dest[:, join.dest.shape[1] - s:] = pooled
-            joined = join.keys
+            joined = state.join_pending(pooled, ratio).write(pooled)
         pooled = joined
         kv, score = pooled[:, :, 0], pooled[:, :, 1]
         if state.tap is not None:
