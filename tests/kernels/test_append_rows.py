@@ -57,3 +57,17 @@ def test_items_that_name_their_destination_are_written_there(append):
     assert not fresh[:, 6:].any()
     with pytest.raises(ValueError, match="cannot append 0 \\+ 1 rows into"):
         append([(None, step[:, 0:1], store[:, 7:9])])
+
+
+def test_items_not_in_whole_words_are_copied_a_byte_at_a_time():
+    """Every address and size a multiple of 8 (FP8 rows of 584 or 200 bytes, fp32 rows): the
+    kernel copies 8-byte words; one item that is not (7-byte rows) and the launch copies bytes
+    — the same result either way."""
+    g = torch.Generator().manual_seed(2)
+    odd = torch.randint(0, 256, (1, 40, 7), generator=g, dtype=torch.uint8)
+    rows = torch.randint(0, 256, (1, 40, 200), generator=g, dtype=torch.uint8)
+    words = [(rows[:, 2:30], rows[:, 30:31]), (None, rows[:, 31:33])]
+    for items in (words, [*words, (odd[:, 1:20], odd[:, 20:21])]):
+        want = append_rows_reference(items)
+        for g_, w_ in zip(append_rows_triton(items), want, strict=True):
+            assert torch.equal(g_, w_)
