@@ -138,11 +138,15 @@ class RowsJoin:
     keys: torch.Tensor
 
     def write(self, new: torch.Tensor) -> torch.Tensor:
-        """The copies, with torch (one sequence's step; a batch's decode step makes them in one
-        launch, ``ops.append_rows``) → ``keys``."""
-        if self.past is not None:
+        """The copies, with torch, one op (one sequence's step; a batch's decode step makes
+        them in one launch, ``ops.append_rows``) → ``keys``."""
+        if self.past is None:
+            self.dest.copy_(new)
+        elif self.dest.is_contiguous():
+            torch.cat([self.past, new], dim=1, out=self.dest)
+        else:
             self.dest[:, :self.past.shape[1]] = self.past
-        self.dest[:, self.dest.shape[1] - new.shape[1]:] = new
+            self.dest[:, self.past.shape[1]:] = new
         return self.keys
 
 
@@ -156,6 +160,7 @@ def join_rows(past: torch.Tensor | None, store: torch.Tensor | None, new: torch.
     end = _end_in(past, store)
     if end is not None and end + s <= store.shape[1]:
         return RowsJoin(None, store[:, end:end + s], store[:, end - n:end + s]), store
+    past = past if n else None   # an empty past (a closed block's): nothing to copy
     if n + s <= capacity:
         store = new.new_empty(new.shape[0], capacity, *new.shape[2:])
         return RowsJoin(past, store[:, :n + s], store[:, :n + s]), store
