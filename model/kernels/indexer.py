@@ -27,13 +27,13 @@ block, ``launch.arrivals``) picks for its queries, so scores and pick are one ke
 keys are split over at least ``COUNTED_MIN_CHUNKS`` programs (decode), each also counts its
 scores' top key digits into the query's histogram, so the pick reads the row once, not five
 times (``topk_select``'s module docstring). ``select="triton"`` keeps ``topk_select`` as a
-kernel of its own, a program per query, until a GPU run compares them. Estimate for a 2048-query chunk at 8K keys,
-H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and read, 2 MiB of keys: bound by the
-tensor cores, not by the per-tile sort of the merge path (not measured yet: `v4coder bench
-kernels` has a row for each path). At decode (1 query, 32K keys at 128K context) the same kernel
-spreads the keys over ≈ 256 programs of one tile each and writes 128 KB of scores, which the
-last of them picks from; the scratch width is the key count, so the host never reads
-``visible`` (no sync).
+kernel of its own, a program per query, until a GPU run compares them. Estimate for a
+2048-query chunk at 8K keys, H = 64, D = 128: 275 GFLOP of dot, 64 MiB of scores written and
+read, 2 MiB of keys: bound by the tensor cores, not by the per-tile sort of the merge path (not
+measured yet: `v4coder bench kernels` has a row for each path). At decode (1 query, 32K keys
+at 128K context) the same kernel spreads the keys over ≈ 256 programs of one tile each and
+writes 128 KB of scores, which the last of them picks from (starting from the digits they
+counted); the scratch width is the key count, so the host never reads ``visible`` (no sync).
 
 Keys come as float rows [b, n, D] or, in native numerics, as packed FP4 rows uint8 [b, n,
 IndexKeyLayout(D).row_bytes] (68 B at D = 128; model/kernels/fp4_keys.py): both paths then load
@@ -344,8 +344,9 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
     int64 [b, s, k]. The pick: in the scores launch ("fused", the last program of each query
     block picks, from the digits its score programs counted where the keys are split;
     "fused_passes", by four passes over the row however split), ``topk_select`` as a kernel of
-    its own ("triton"), or torch.topk and a mask ("torch"). The scratch is as wide as the keys (the kernel writes −inf past each block's
-    visible rows without computing them), so nothing here waits for the device.
+    its own ("triton"), or torch.topk and a mask ("torch"). The scratch is as wide as the keys
+    (the kernel writes −inf past each block's visible rows without computing them), so nothing
+    here waits for the device.
     ``causal=False``: every query sees every key, so no pick is an invisible one to mask."""
     b, s, h, _ = q.shape
     n = keys.shape[1]
