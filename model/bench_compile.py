@@ -9,11 +9,12 @@ Triton's GPU compiler and ``ptxas``, not run. A row per distinct kernel speciali
 constexprs, warps, registers per thread, stack / local bytes (spills), shared memory, the
 occupancy those allow, the tensor-core instruction its dots became (``wgmma``, or the
 slower ``mma.sync``), and its global loads by width (``global_loads``: one-byte loads of a
-uint8 tile mean the compiler could not prove the addresses aligned and contiguous). A kernel asking for more shared memory than a block may have counts as a
-failure: it compiles but cannot launch. The summary says which launched kernels no case
-reached; the exit status is 1 when any kernel failed. The interpreter (CI's correctness
-check) accepts code the compiler rejects — a global that is not a constexpr, an unsupported op —
-so this is the check that a GPU session will not start with a compile error.
+uint8 tile mean the compiler could not prove the addresses aligned and contiguous). A kernel
+asking for more shared memory than a block may have counts as a failure: it compiles but
+cannot launch. The summary says which launched kernels no case reached; the exit status is 1
+when any kernel failed. The interpreter (CI's correctness check) accepts code the compiler
+rejects — a global that is not a constexpr, an unsupported op — so this is the check that a GPU
+session will not start with a compile error.
 """
 
 from __future__ import annotations

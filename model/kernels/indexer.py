@@ -354,19 +354,30 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
     block_n = max(16, triton.next_power_of_2(block_n))
     rows = _prefill_query_rows(b, s, n, block_t)
     scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
-    pick = topk_select.topk_select_triton if select == "triton" else \
-        topk_select.topk_select_reference
     out = torch.empty((b, s, k), dtype=torch.long, device=q.device)
     for lo in range(0, s, rows):
         hi = min(s, lo + rows)
         scores = scratch[: b * (hi - lo) * n].view(b, hi - lo, n)
-        if select in FUSED:
-            _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
-                           picks=out[:, lo:hi], k=k, causal=causal, counted=select == "fused")
-        else:
-            _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n)
-            pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
+        scores_and_picks(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, out, k,
+                         select, causal)
     return out
+
+
+def scores_and_picks(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, out, k,
+                     select, causal=True, **table) -> None:
+    """Scores of queries [lo, hi) into ``scores`` and their k best into out[:, lo:hi], as
+    ``select`` says (``_topk_scores``): in the scores launch (FUSED), or after it by
+    ``topk_select`` or torch.topk. ``table``: TABLE mode's ``_launch_scores`` arguments (the
+    batched decode path, model/kernels/sequence_rows.py)."""
+    if select in FUSED:
+        _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
+                       picks=out[:, lo:hi], k=k, causal=causal, counted=select == "fused",
+                       **table)
+        return
+    _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, **table)
+    pick = topk_select.topk_select_triton if select == "triton" else \
+        topk_select.topk_select_reference
+    pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
 
 
 SELECTS = ("fused", "fused_passes", "triton", "torch")

@@ -26,7 +26,6 @@ import triton
 
 from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
-from model.kernels import topk_select
 from model.kernels.fp4_keys import key_rows_aligned
 from model.kernels.kv_fp8 import KVLayout
 from model.kernels.launch import counting, device_table
@@ -209,14 +208,7 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
     for lo in range(0, t_count, rows_per_block):
         hi = min(t_count, lo + rows_per_block)
         scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
-        if select in _indexer.FUSED:
-            _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1,
-                                    block_n, table=table[4], picks=out[:, lo:hi], k=k,
-                                    keys_aligned=aligned, counted=select == "fused")
-            continue
-        _indexer._launch_scores(qc, weights_c, keys, counts, scores, lo, hi, prec, 1, block_n,
-                                table=table[4], keys_aligned=aligned)
-        pick = (topk_select.topk_select_triton if select == "triton" else
-                topk_select.topk_select_reference)
-        pick(scores, k, counts[lo:hi], out[:, lo:hi])
+        _indexer.scores_and_picks(qc, weights_c, keys, counts, scores, lo, hi, prec, 1,
+                                  block_n, out, k, select, table=table[4],
+                                  keys_aligned=aligned)
     return out

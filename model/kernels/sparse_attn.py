@@ -462,13 +462,12 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                    block_h, block_n, dv_parts, num_warps, combine)
 
 
-def scale_words(layout: KVLayout, rows: tuple) -> bool:
+def scale_words(layout: KVLayout, aligned: bool) -> bool:
     """Whether the kernels may load each FP8 row's scale bytes as one 8-byte word: at most 8 of
-    them, at an 8-byte multiple in rows of an 8-byte multiple, in tensors that start 8-byte
-    aligned (``rows``: the tensors, or TABLE mode's (every address 16-byte aligned,))."""
-    return (layout.row_bytes % 8 == 0 and layout.scale_offset % 8 == 0
-            and layout.nope // layout.block <= 8
-            and all(r if isinstance(r, bool) else r.data_ptr() % 8 == 0 for r in rows))
+    them, at an 8-byte multiple in rows of an 8-byte multiple, in row tensors that start 8-byte
+    aligned (``aligned``, which the caller checked)."""
+    return (aligned and layout.row_bytes % 8 == 0 and layout.scale_offset % 8 == 0
+            and layout.nope // layout.block <= 8)
 
 
 def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
@@ -525,7 +524,8 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
                   TABLE_ALIGNED=table is not None and table_aligned,
                   SCALE_WORDS=layout is not None and scale_words(
-                      layout, (table_aligned,) if table is not None else (kv, win)),
+                      layout, table_aligned if table is not None else
+                      kv.data_ptr() % 8 == win.data_ptr() % 8 == 0),
                   num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table

@@ -168,19 +168,21 @@ class Attention(nn.Module):
         caches hold them (model/kernels/sequence_rows.py)."""
         kv, pooled, index = inputs.kv, inputs.pooled, inputs.index
         # every sequence's window row and compressor inputs after its past ones: one launch
-        joins = []
+        joins, items = [], []
         for t, sp in enumerate(spans):
             _check_format(sp.cache.window, layout)
-            joins.append(sp.cache.join_window(kv[:, t:t + 1], self.window))
+            news = [kv[:, t:t + 1]]
+            joins.append(sp.cache.join_window(news[0], self.window))
             if pooled is not None:
-                joins.append(sp.cache.compressor.join_pending(pooled[:, t:t + 1], self.ratio))
+                news.append(pooled[:, t:t + 1])
+                joins.append(sp.cache.compressor.join_pending(news[-1], self.ratio))
             if index is not None:
-                joins.append(sp.cache.indexer.join_pending(index.key_pooled[:, t:t + 1],
-                                                           self.ratio))
+                news.append(index.key_pooled[:, t:t + 1])
+                joins.append(sp.cache.indexer.join_pending(news[-1], self.ratio))
+            items += [(j.past, new, j.dest) for j, new in zip(joins[-len(news):], news,
+                                                                strict=True)]
+        ops.append_rows(items)
         per = len(joins) // len(spans)
-        news = [kv, pooled, None if index is None else index.key_pooled]
-        ops.append_rows([(join.past, news[i % per][:, i // per:i // per + 1], join.dest)
-                         for i, join in enumerate(joins)])
         windows, stores, keys = [], [], []
         inserts: tuple[list[BlockInsert], list[BlockInsert]] = ([], [])
         for t, sp in enumerate(spans):

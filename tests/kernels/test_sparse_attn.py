@@ -81,8 +81,9 @@ def test_fp8_rows_not_8_byte_aligned_load_their_scales_a_byte_at_a_time():
     cache = pack_kv_fp8(kv * torch.logspace(-2, 1, 96), layout)
     shifted = torch.empty(cache.numel() + 2, dtype=torch.uint8)[2:].view(cache.shape)
     shifted.copy_(cache)
-    assert scale_words(layout, (cache,)) and not scale_words(layout, (shifted,))
-    assert not scale_words(KVLayout(head_dim=96, rope_dim=32, block=4), (cache,))  # 16 scales
+    assert cache.data_ptr() % 8 == 0 and shifted.data_ptr() % 8 == 2
+    assert scale_words(layout, True) and not scale_words(layout, False)
+    assert not scale_words(KVLayout(head_dim=96, rope_dim=32, block=4), True)  # 16 scales
     want = sparse_attn_triton(q, cache, sink, idx, 96**-0.5, layout=layout)
     got = sparse_attn_triton(q, shifted, sink, idx, 96**-0.5, layout=layout)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
