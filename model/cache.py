@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import ModelConfig
+from model.kernels.append_rows import append_rows_reference
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
 
@@ -138,15 +139,9 @@ class RowsJoin:
     keys: torch.Tensor
 
     def write(self, new: torch.Tensor) -> torch.Tensor:
-        """The copies, with torch, one op (one sequence's step; a batch's decode step makes
-        them in one launch, ``ops.append_rows``) → ``keys``."""
-        if self.past is None:
-            self.dest.copy_(new)
-        elif self.dest.is_contiguous():
-            torch.cat([self.past, new], dim=1, out=self.dest)
-        else:
-            self.dest[:, :self.past.shape[1]] = self.past
-            self.dest[:, self.past.shape[1]:] = new
+        """The copies, with torch (``append_rows_reference``: one sequence's step; a batch's
+        decode step makes them in one launch, ``ops.append_rows``) → ``keys``."""
+        append_rows_reference([(self.past, new, self.dest)])
         return self.keys
 
 

@@ -77,10 +77,13 @@ def append_rows_reference(items: Sequence[Item]) -> list[torch.Tensor]:
     outs = []
     for item in items:
         past, new, dest = _parts(item)
-        n = 0 if past is None else past.shape[1]
-        if past is not None:
-            dest[:, :n] = past
-        dest[:, n:] = new
+        if past is None:
+            dest.copy_(new)
+        elif dest.is_contiguous():   # one op
+            torch.cat([past, new], dim=1, out=dest)
+        else:
+            dest[:, :past.shape[1]] = past
+            dest[:, past.shape[1]:] = new
         outs.append(dest)
     return outs
 
