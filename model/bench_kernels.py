@@ -761,10 +761,31 @@ def run_case(case: Case, dev: str, peaks: tuple[float, float] | None) -> dict:
     return row
 
 
+class DeviceLost(RuntimeError):
+    """A case left the GPU unusable (e.g. an illegal address): later cases in this process would
+    only repeat the error, so the run stops; ``--start`` resumes after the case in a new one."""
+
+
+def _error_row(name: str, dev: str, exc: BaseException) -> dict:
+    error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return {"kernel": name, "device": dev, "error": error}
+
+
+def _device_usable() -> bool:
+    try:
+        torch.cuda.synchronize()
+        torch.empty(1, device="cuda").add_(1).item()
+    except Exception:
+        return False
+    return True
+
+
 def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None,
-                  names: Collection[str] | None = None) -> list[dict]:
+                  names: Collection[str] | None = None, start: int = 0) -> list[dict]:
     """One dict per kernel (also passed to ``on_row`` as soon as it is measured); ``names``:
-    only those cases (``bench choices --measure``)."""
+    only those cases (``bench choices --measure``); ``start``: from that case on (a run resumed
+    after a case lost the device). A case that raises gets a row with its one-line ``error``;
+    if the GPU is unusable after it, DeviceLost is raised after that row."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     builds = cases(full_size or dev == "cuda", dev)
     if names is not None:
@@ -780,10 +801,14 @@ def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None,
             print(f"v4coder bench kernels: no graph-node calibration ({type(e).__name__}: {e})",
                   file=sys.stderr)
     rows = []
-    for build in builds:
-        row = run_case(build(), dev, peaks)
+    for build in builds[start:]:
+        try:
+            row = run_case(build(), dev, peaks)
+        except Exception as e:  # the row says so; the bench goes on while the device works
+            row = _error_row(case_name(build), dev, e)
         if dev == "cuda":
-            torch.cuda.empty_cache()
+            if "error" not in row:
+                torch.cuda.empty_cache()
             if node_s is not None and row.get("graph_ms"):
                 row["graph_node_us"] = node_s * 1e6
                 row["launch_floor_ms"] = row["launches"] * node_s * 1e3
@@ -791,15 +816,61 @@ def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None,
         rows.append(row)
         if on_row is not None:
             on_row(row)
+        if "error" in row and dev == "cuda" and not _device_usable():
+            raise DeviceLost(f"the GPU is unusable after {row['kernel']}: {row['error']}")
     return rows
+
+
+def warm(shard: int, shards: int) -> int:
+    """Run every ``shards``-th case's Triton path once, from case ``shard``, untimed: ``shards``
+    such processes side by side fill Triton's compile cache (TRITON_CACHE_DIR) for the timed run,
+    which then loads each kernel instead of compiling it. One line per case: ``warm NAME SECONDS``
+    or ``warm-failed NAME ERROR``. Returns how many failed."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    failed = 0
+    for build in cases(True, dev)[shard::shards]:
+        t0 = time.perf_counter()
+        try:
+            build().triton()
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            print(f"warm {case_name(build)} {time.perf_counter() - t0:.1f}", flush=True)
+        except Exception as e:
+            failed += 1
+            print(f"warm-failed {case_name(build)} {_error_row('', dev, e)['error']}", flush=True)
+            if dev == "cuda" and not _device_usable():
+                return failed + 1
+    return failed
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        shard, shards = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be in 0..N-1")
+    return shard, shards
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="v4coder bench kernels", description=__doc__)
     parser.add_argument("--full-size", action="store_true",
                         help="V4-Flash shapes (128K context) even without a GPU (slow on CPU)")
+    parser.add_argument("--start", type=int, default=0, metavar="N",
+                        help="from case N on (0-based): resume after a case that lost the GPU")
+    parser.add_argument("--warm", type=_shard, metavar="I/N",
+                        help="no timing: run cases I, I+N, ... once each to fill Triton's "
+                        "compile cache (N such processes in parallel before the timed run)")
     args = parser.parse_args(argv)
-    bench_kernels(args.full_size, on_row=lambda row: print(json.dumps(row), flush=True))
+    if args.warm:
+        return 1 if warm(*args.warm) else 0
+    try:
+        bench_kernels(args.full_size, on_row=lambda row: print(json.dumps(row), flush=True),
+                      start=args.start)
+    except DeviceLost as e:
+        print(f"v4coder bench kernels: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import pytest
 import torch
 
 from model import bench_kernels as bk
@@ -77,3 +78,32 @@ def test_kernel_launches_counts_a_calls_kernels():
         case.triton()
     assert dict(audit.triton) == {"_sparse_attn_fwd": 1}
     assert bk.kernel_launches(case.triton) == audit.launches() >= 1
+
+
+def _small_cases():
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such\nkernel")
+    return [partial(bk._attn_case, "attn", 1, 64, 32, False, "cpu", torch.float32, "t"),
+            partial(broken, "broken"),
+            partial(bk._indexer_case, "idx", 1, 256, "cpu", torch.float32)]
+
+
+def test_a_case_that_raises_gets_an_error_row_and_the_run_goes_on(monkeypatch, capsys):
+    monkeypatch.setattr(bk, "cases", lambda full, dev: _small_cases())
+    assert bk.main(["--start", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["kernel"] for r in rows] == ["broken", "idx"]
+    assert rows[0]["error"] == "RuntimeError: no such kernel" and "time_ms" not in rows[0]
+    assert rows[1]["reference_ms"] > 0
+
+
+def test_warm_shards_run_each_case_once_and_name_failures(monkeypatch, capsys):
+    monkeypatch.setattr(bk, "cases", lambda full, dev: _small_cases())
+    assert bk.main(["--warm", "0/2"]) == 0  # cases 0 and 2
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [
+        ["warm", "attn"], ["warm", "idx"]]
+    assert bk.main(["--warm", "1/2"]) == 1  # case 1 raises
+    assert capsys.readouterr().out == "warm-failed broken RuntimeError: no such kernel\n"
+    for bad in ("2/2", "x", "1/0"):
+        with pytest.raises(SystemExit):
+            bk.main(["--warm", bad])
