@@ -265,7 +265,7 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     if t * topk <= moe.DECODE_MAX_PAIRS:  # per-pair split-K: K splits of gate/up and of down
         (up, _), (down, _) = moe.decode_plan(
             t * topk, dim, inter, tiles.get("block_k", moe.DECODE_BLOCK_K),
-            block_n=tiles.get("block_n", moe.DECODE_BLOCK_N))
+            tiles.get("split_k"), tiles.get("block_n", moe.DECODE_BLOCK_N))
         shape.update(path="decode", split_k=[up, down])
     return Case(name, shape, nbytes, 6.0 * t * topk * dim * inter,
                 lambda: moe.moe_fp4_reference(x, w, idx, bank, 10.0, quantize_input=native),

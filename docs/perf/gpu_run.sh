@@ -6,8 +6,9 @@
 #   bash docs/perf/gpu_run.sh            # device run: timeout_s 480 leaves room for one rerun
 #
 # Writes under $OUT (./gpu-out when unset): env.txt (versions, each step's exit status and
-# seconds), races.log, warm.log, kernels.jsonl (+ .err) and nvidia-h200.json, the launch-choices
-# table made from those rows. Then record the numbers in docs/PERF.md, the rows in
+# seconds), races.log, warm.log, kernels.jsonl (+ .err, which every step's stderr joins),
+# nvidia-h200.json (the launch-choices table made from those rows), split.jsonl (each case's
+# time kernel by kernel) and sweep_moe.jsonl (the FP4 MoE launch options). Then record the numbers in docs/PERF.md, the rows in
 # docs/perf/<date>-h200-kernels.jsonl, and the table in model/kernels/choices/ (what `ops` asks
 # on that GPU). Each step has its own limit, so a slow one still leaves the others' output.
 set -uo pipefail
@@ -61,3 +62,16 @@ done
 timeout 20 python3 -m model.kernels.choices --from "$OUT/kernels.jsonl" \
     --out "$OUT/nvidia-h200.json" >> "$OUT/kernels.err" 2>&1
 log "choices rc $?"
+
+# 5. Each case's GPU time kernel by kernel (docs/perf/kernel_split.py), then the FP4 MoE launch
+#    options (docs/perf/sweep_moe.py: compiled in 8 processes first, like step 2).
+timeout 120 python3 docs/perf/kernel_split.py > "$OUT/split.jsonl" 2>> "$OUT/kernels.err"
+log "split rc $?"
+warms=()
+for i in 0 1 2 3 4 5 6 7; do
+    timeout 100 python3 docs/perf/sweep_moe.py --warm "$i/8" 2>> "$OUT/kernels.err" &
+    warms+=($!)
+done
+for pid in "${warms[@]}"; do wait "$pid" || log "sweep warm pid $pid rc $?"; done
+timeout 120 python3 docs/perf/sweep_moe.py > "$OUT/sweep_moe.jsonl" 2>> "$OUT/kernels.err"
+log "sweep rc $?"

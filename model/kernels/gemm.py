@@ -28,6 +28,7 @@ from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
 from model.kernels.launch import interpreting, rows_of
 from model.kernels.norm_rope import rms_norm_reference
+from model.kernels.quant_triton import SIGN_BIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +132,15 @@ def _round_e4m3(v):
     return ((v / ulp + 12582912.0) - 12582912.0) * ulp  # 1.5·2^23: round-to-nearest-even
 
 
-@triton.jit
-def _e2m1(code):
-    """4-bit e2m1 codes (int32, sign = bit 3) → float32: 0, .5, 1, 1.5, 2, 3, 4, 6."""
-    m = code & 7
-    pow2 = (((m >> 1) + 126) << 23).to(tl.float32, bitcast=True)  # 2^((m>>1) - 1)
-    mag = tl.where(m < 2, m.to(tl.float32) * 0.5, pow2 * (1.0 + 0.5 * (m & 1).to(tl.float32)))
-    return tl.where((code & 8) != 0, -mag, mag)
+# e2m1 → float32 by placement: a nibble's 3 magnitude bits (e1 e0 m) put at float32 bits 24..22
+# and its sign at bit 31 read as 2^-126 × its e2m1 value (e = 0 lands in the subnormals, where
+# m = 1 is 2^-127 = 0.5 × 2^-126; fp32 multiplies keep subnormals: no ftz). 3 integer ops per
+# weight where a table-free decode took about 12. Of the 2^126, 2^63 is folded into the block's
+# scale and 2^63 into the caller's result, so the decoded tile holds weight × 2^-63: normal
+# floats (bf16 too, for tl.dot) and no overflow for every ue8m0 scale from 2^-62 to 2^64.
+FP4_TILE_SHIFT = tl.constexpr(2.0**63)    # × the scale: the decoded tile is weight / 2^63
+FP4_UNSHIFT = tl.constexpr(2.0**63)       # × a result of decoded tiles: back to weight units
+_E2M1_MAG = tl.constexpr(0x01C00000)      # float32 bits 24..22
 
 
 @triton.jit
@@ -211,7 +214,9 @@ def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL: tl.con
     the MoE kernels in moe.py). Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes
     (int8 [N, K/2], low nibble = even k) start at ``w_base`` and ue8m0 scales (one per 1×32,
     [N, K/32]) at ``s_base``; byte columns ``col`` [BLOCK_K/2] → (even k, odd k) float32 halves
-    [BLOCK_N, BLOCK_K/2], zero where masked. One byte load per two weights, one scale byte per 16.
+    [BLOCK_N, BLOCK_K/2] of weight / 2^63, zero where masked: a caller multiplies what it
+    computes from them by ``FP4_UNSHIFT`` (see ``FP4_TILE_SHIFT``). One byte load per two
+    weights, one scale byte per 16.
     FULL (the caller's promise: both bases 16-byte aligned, K % 32 == 0, ``col`` whole runs of
     16 from a multiple of 16, every column in range — ``mask_j`` is not read): the bytes load as
     vectors (the compiler is told the row stride, K/32 · 16, is a multiple of 16, and the
@@ -224,17 +229,20 @@ def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL: tl.con
         col = tl.max_contiguous(tl.multiple_of(col, 16), 16)
         w_row = (K // 32) * 16                      # = K / 2, known to be a multiple of 16
         byte = tl.load(w_base + row * w_row + col[None, :], mask=mask_n[:, None],
-                       other=0).to(tl.int32) & 0xFF
+                       other=0).to(tl.int32)
         s_col = tl.min(tl.reshape(col, [RUNS, 16]), axis=1) // 16
         s = e8m0_scale(tl.load(s_base + row * (K // 32) + s_col[None, :], mask=mask_n[:, None],
-                               other=0))
+                               other=0)) * FP4_TILE_SHIFT
         sc = tl.reshape(tl.broadcast_to(s[:, :, None], [s.shape[0], RUNS, 16]),
                         [s.shape[0], RUNS * 16])
     else:
         mw = mask_n[:, None] & mask_j[None, :]
-        byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32) & 0xFF
-        sc = e8m0_scale(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0))
-    return _e2m1(byte & 0xF) * sc, _e2m1(byte >> 4) * sc
+        byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32)
+        sc = e8m0_scale(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw,
+                                other=0)) * FP4_TILE_SHIFT
+    even = ((byte << 22) & _E2M1_MAG) | ((byte << 28) & SIGN_BIT)    # low nibble
+    odd = ((byte << 18) & _E2M1_MAG) | ((byte << 24) & SIGN_BIT)     # high nibble
+    return even.to(tl.float32, bitcast=True) * sc, odd.to(tl.float32, bitcast=True) * sc
 
 
 @triton.jit
@@ -272,7 +280,8 @@ def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
         acc += tl.dot(x_odd, tl.trans(w_odd.to(x_even.dtype)), input_precision=PREC)
     out = out_ptr + pid_k.to(tl.int64) * M * N
     tl.store(out + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+             (acc * FP4_UNSHIFT).to(out_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
 
 
 def whole_k_tiles(k: int, k_per_split: int, block_k: int) -> bool:

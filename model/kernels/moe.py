@@ -35,7 +35,13 @@ import triton.language as tl
 
 from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
-from model.kernels.gemm import clamped_swiglu, decode_fp4_tile, plan_split_k, whole_k_tiles
+from model.kernels.gemm import (
+    FP4_UNSHIFT,
+    clamped_swiglu,
+    decode_fp4_tile,
+    plan_split_k,
+    whole_k_tiles,
+)
 from model.kernels.launch import interpreting
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
@@ -165,7 +171,7 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
             a_odd = _e4m3_values(a_odd, ex, QMAX)
         w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL)
         acc += tl.sum(w_even * a_even[None, :] + w_odd * a_odd[None, :], axis=1)
-    return acc
+    return acc * FP4_UNSHIFT
 
 
 @triton.jit
@@ -316,9 +322,10 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
                                                 K, FULL)
                 acc3 += tl.dot(a_even, tl.trans(u_even.to(a_even.dtype)), input_precision=PREC)
                 acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)), input_precision=PREC)
+        acc *= FP4_UNSHIFT
         if UP:
             rw = tl.load(rw_ptr + tl.where(valid, pairs, 0), mask=valid, other=0.0)
-            acc = clamped_swiglu(acc, acc3, rw[:, None], limit)
+            acc = clamped_swiglu(acc, acc3 * FP4_UNSHIFT, rw[:, None], limit)
         tl.store(out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & mask_n[None, :])
 
