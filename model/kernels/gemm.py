@@ -209,11 +209,13 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
 
 
 @triton.jit
-def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL: tl.constexpr = False):
+def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
+                    FULL: tl.constexpr = False):
     """THE register decoder of FP4 weight tiles (used by every W4A16 kernel: ``fp4_gemm`` here and
     the MoE kernels in moe.py). Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes
     (int8 [N, K/2], low nibble = even k) start at ``w_base`` and ue8m0 scales (one per 1×32,
-    [N, K/32]) at ``s_base``; byte columns ``col`` [BLOCK_K/2] → (even k, odd k) float32 halves
+    [N, K/32]) at ``s_base``; byte columns ``col`` [BLOCK_K/2] (``col0`` + 0, 1, ...: the caller's
+    k0 / 2, passed as a scalar too) → (even k, odd k) float32 halves
     [BLOCK_N, BLOCK_K/2] of weight / 2^63, zero where masked: a caller multiplies what it
     computes from them by ``FP4_UNSHIFT`` (see ``FP4_TILE_SHIFT``). One byte load per two
     weights, one scale byte per 16.
@@ -230,7 +232,7 @@ def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL: tl.con
         w_row = (K // 32) * 16                      # = K / 2, known to be a multiple of 16
         byte = tl.load(w_base + row * w_row + col[None, :], mask=mask_n[:, None],
                        other=0).to(tl.int32)
-        s_col = tl.min(tl.reshape(col, [RUNS, 16]), axis=1) // 16
+        s_col = col0 // 16 + tl.arange(0, RUNS)    # arithmetic, not a reduction over col
         s = e8m0_scale(tl.load(s_base + row * (K // 32) + s_col[None, :], mask=mask_n[:, None],
                                other=0)) * FP4_TILE_SHIFT
         sc = tl.reshape(tl.broadcast_to(s[:, :, None], [s.shape[0], RUNS, 16]),
@@ -275,7 +277,8 @@ def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
             mx = mask_m[:, None] & mask_j[None, :]
             x_even = tl.load(x_rows + 2 * col[None, :], mask=mx, other=0.0)
             x_odd = tl.load(x_rows + 2 * col[None, :] + 1, mask=mx, other=0.0)
-        w_even, w_odd = decode_fp4_tile(w_ptr, s_ptr, offs_n, mask_n, col, mask_j, K, FULL)
+        w_even, w_odd = decode_fp4_tile(w_ptr, s_ptr, offs_n, mask_n, col, k0 // 2, mask_j, K,
+                                        FULL)
         acc += tl.dot(x_even, tl.trans(w_even.to(x_even.dtype)), input_precision=PREC)
         acc += tl.dot(x_odd, tl.trans(w_odd.to(x_even.dtype)), input_precision=PREC)
     out = out_ptr + pid_k.to(tl.int64) * M * N

@@ -154,7 +154,9 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
     the parts aligned (``decode_fp4_tile``'s FULL): the row slice loads contiguously and splits
     into even / odd k in registers."""
     offs_j = tl.arange(0, BLOCK_K // 2)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # products accumulate per (row, byte column) and are summed over k once, after the loop:
+    # no cross-lane reduction per step
+    acc = tl.zeros([BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         col = k0 // 2 + offs_j
         mask_j = col < k_hi // 2
@@ -169,9 +171,10 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
                                  FLOOR_BITS, INV_MAX_BITS)
             a_even = _e4m3_values(a_even, ex, QMAX)
             a_odd = _e4m3_values(a_odd, ex, QMAX)
-        w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL)
-        acc += tl.sum(w_even * a_even[None, :] + w_odd * a_odd[None, :], axis=1)
-    return acc * FP4_UNSHIFT
+        w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, k0 // 2, mask_j,
+                                        K, FULL)
+        acc += w_even * a_even[None, :] + w_odd * a_odd[None, :]
+    return tl.sum(acc, axis=1) * FP4_UNSHIFT
 
 
 @triton.jit
@@ -314,12 +317,13 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
                 ma = valid[:, None] & mask_j[None, :]
                 a_even = tl.load(a_base + 2 * col[None, :], mask=ma, other=0.0)
                 a_odd = tl.load(a_base + 2 * col[None, :] + 1, mask=ma, other=0.0)
-            w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, mask_j, K, FULL)
+            w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, k0 // 2,
+                                            mask_j, K, FULL)
             acc += tl.dot(a_even, tl.trans(w_even.to(a_even.dtype)), input_precision=PREC)
             acc += tl.dot(a_odd, tl.trans(w_odd.to(a_even.dtype)), input_precision=PREC)
             if UP:
-                u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col, mask_j,
-                                                K, FULL)
+                u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col, k0 // 2,
+                                                mask_j, K, FULL)
                 acc3 += tl.dot(a_even, tl.trans(u_even.to(a_even.dtype)), input_precision=PREC)
                 acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)), input_precision=PREC)
         acc *= FP4_UNSHIFT
