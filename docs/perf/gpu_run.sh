@@ -5,12 +5,14 @@
 #
 #   bash docs/perf/gpu_run.sh            # device run: timeout_s 480 leaves room for one rerun
 #
-# Writes under $OUT (./gpu-out when unset): env.txt (versions, each step's exit status and
-# seconds), races.log, warm.log, kernels.jsonl (+ .err, which every step's stderr joins),
-# nvidia-h200.json (the launch-choices table made from those rows), split.jsonl (each case's
-# time kernel by kernel) and sweep_moe.jsonl (the FP4 MoE launch options). Then record the numbers in docs/PERF.md, the rows in
-# docs/perf/<date>-h200-kernels.jsonl, and the table in model/kernels/choices/ (what `ops` asks
-# on that GPU). Each step has its own limit, so a slow one still leaves the others' output.
+# Writes under $OUT (./gpu-out when unset; at most 8 files come back from a device run):
+# env.txt (versions, each step's exit status and seconds), races.log, kernels.jsonl,
+# kernels.err (every step's stderr, and the warm-up's lines), nvidia-h200.json (the
+# launch-choices table made from those rows), split.jsonl (each case's time kernel by kernel)
+# and sweep_{moe,attn_decode}.jsonl (launch-option sweeps). Then record the numbers in
+# docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl, and the table in
+# model/kernels/choices/ (what `ops` asks on that GPU). Each step has its own limit, so a slow
+# one still leaves the others' output.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -32,7 +34,7 @@ races=$!
 #    time per process; the 16 cores would otherwise idle through minutes of compiles).
 warms=()
 for i in 0 1 2 3 4 5 6 7; do
-    timeout 150 python3 -m model.bench_kernels --warm "$i/8" >> "$OUT/warm.log" 2>> "$OUT/kernels.err" &
+    timeout 150 python3 -m model.bench_kernels --warm "$i/8" >> "$OUT/kernels.err" 2>&1 &
     warms+=($!)
 done
 for pid in "${warms[@]}"; do wait "$pid" || log "warm shard pid $pid rc $?"; done
@@ -63,15 +65,18 @@ timeout 20 python3 -m model.kernels.choices --from "$OUT/kernels.jsonl" \
     --out "$OUT/nvidia-h200.json" >> "$OUT/kernels.err" 2>&1
 log "choices rc $?"
 
-# 5. Each case's GPU time kernel by kernel (docs/perf/kernel_split.py), then the FP4 MoE launch
-#    options (docs/perf/sweep_moe.py: compiled in 8 processes first, like step 2).
+# 5. Each case's GPU time kernel by kernel (docs/perf/kernel_split.py), then the launch-option
+#    sweeps (docs/perf/sweep.py: each family compiled in 8 processes first, like step 2).
 timeout 120 python3 docs/perf/kernel_split.py > "$OUT/split.jsonl" 2>> "$OUT/kernels.err"
 log "split rc $?"
-warms=()
-for i in 0 1 2 3 4 5 6 7; do
-    timeout 100 python3 docs/perf/sweep_moe.py --warm "$i/8" 2>> "$OUT/kernels.err" &
-    warms+=($!)
+for family in moe attn_decode; do
+    warms=()
+    for i in 0 1 2 3 4 5 6 7; do
+        timeout 100 python3 docs/perf/sweep.py $family --warm "$i/8" 2>> "$OUT/kernels.err" &
+        warms+=($!)
+    done
+    for pid in "${warms[@]}"; do wait "$pid" || log "sweep $family warm pid $pid rc $?"; done
+    timeout 150 python3 docs/perf/sweep.py $family > "$OUT/sweep_$family.jsonl" \
+        2>> "$OUT/kernels.err"
+    log "sweep $family rc $?"
 done
-for pid in "${warms[@]}"; do wait "$pid" || log "sweep warm pid $pid rc $?"; done
-timeout 120 python3 docs/perf/sweep_moe.py > "$OUT/sweep_moe.jsonl" 2>> "$OUT/kernels.err"
-log "sweep rc $?"

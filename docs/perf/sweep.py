@@ -1,0 +1,100 @@
+"""Launch-option sweeps on a GPU (a device-session script, not a test): one JSON row per
+(case, options) with the CUDA-graph time, GB/s, fractions of the H200's peaks and the error
+against the torch reference. Families:
+
+- ``moe``: the FP4 MoE decode GEMV (6 experts of V4-Flash, batch 1: block_n, block_k,
+  num_warps, split_k) and the grouped prefill (2048 tokens over 256 experts: block_m);
+- ``attn_decode``: batch-1 sparse attention at 128K context (bf16 and FP8 rows: block_h,
+  dv_parts, num_warps, combine, n_splits).
+
+From the repository root (the first line compiles every variant in 8 processes side by side
+into Triton's cache, then the timed run loads them):
+
+    for i in 0 1 2 3 4 5 6 7; do python3 docs/perf/sweep.py moe --warm $i/8 & done; wait
+    python3 docs/perf/sweep.py moe > sweep_moe.jsonl
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from model import bench_kernels as bk
+
+PEAK_HBM, PEAK_BF16 = bk.PEAKS["H200"]
+Variant = tuple[str, Callable[[], bk.Case], dict]
+
+
+def moe() -> list[Variant]:
+    def case(name: str, tokens: int, tiles: dict) -> Callable[[], bk.Case]:
+        return lambda: bk._moe_case(name, tokens, "cuda", torch.bfloat16, **tiles)
+    decode = [dict(block_n=n, block_k=k, num_warps=w, split_k=s)
+              for n, k, w, s in itertools.product((16, 32, 64), (64, 128, 256), (2, 4, 8),
+                                                  (1, 2, 4))
+              if n * k // 2 <= 8192 and not (n == 64 and w == 2)]
+    return ([("moe_fp4_decode", case("moe_fp4_decode", 1, t), t) for t in decode]
+            + [("moe_fp4_prefill_2048", case("moe_fp4_prefill_2048", 2048, {"block_m": m}),
+                {"block_m": m}) for m in (16, 32, 64, 128)])
+
+
+def attn_decode() -> list[Variant]:
+    ctx = bk.CONTEXT
+    shapes = [(16, 1, 4), (16, 2, 4), (16, 4, 4), (16, 8, 4)] + [
+        (h, dv, w) for h, dv, w in itertools.product((32, 64), (2, 4, 8), (4, 8))
+        if not (h == 64 and dv == 2)]
+    out = []
+    for fp8, (h, dv, w), combine, splits in itertools.product(
+            (False, True), shapes, ("fused", "kernel"), (4, 8, 16)):
+        name = "sparse_attn_decode_csa" + ("_fp8" if fp8 else "")
+        opts = dict(block_h=h, dv_parts=dv, num_warps=w, combine=combine, n_splits=splits)
+        out.append((name, (lambda n=name, f=fp8, o=opts: bk._attn_case(
+            n, 1, ctx // 4, bk.TOPK, f, "cuda", torch.bfloat16, "", **o)), opts))
+    return out
+
+
+FAMILIES = {"moe": moe, "attn_decode": attn_decode}
+
+
+def row(name: str, build: Callable[[], bk.Case], options: dict) -> dict:
+    out: dict = {"case": name, "options": options}
+    try:
+        case = build()
+        out["shape"] = case.shape
+        err = bk._error(bk._first(case.triton()), bk._first(case.reference()))
+        seconds = bk._time_graph(case.triton)
+    except Exception as e:  # a row per failure; the sweep goes on
+        return {**out, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
+    return {**out, "graph_ms": seconds * 1e3, "gbps": case.bytes / seconds / 1e9,
+            "hbm_fraction": case.bytes / seconds / PEAK_HBM,
+            "bf16_peak_fraction": case.flops / seconds / PEAK_BF16, **err}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in FAMILIES:
+        print(f"usage: sweep.py {{{','.join(FAMILIES)}}} [--warm I/N]", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    todo = FAMILIES[argv[0]]()
+    if argv[1:2] == ["--warm"]:   # compile only: this process's share of the variants
+        shard, shards = (int(x) for x in argv[2].split("/"))
+        for name, build, options in todo[shard::shards]:
+            try:
+                build().triton()
+            except Exception as e:
+                print(f"sweep: {name} {options}: {type(e).__name__}: {e}", file=sys.stderr)
+        torch.cuda.synchronize()
+        return 0
+    for variant in todo:
+        print(json.dumps(row(*variant)), flush=True)
+    print(f"sweep {argv[0]}: {len(todo)} rows in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
