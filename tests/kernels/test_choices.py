@@ -239,3 +239,12 @@ def test_bench_choices_help_shows_measure(capsys):
     assert bench_main(["choices", "--help"]) == 0
     assert "--measure" in capsys.readouterr().out
     assert choices.main(["--measure", "--from", "rows.jsonl"]) == 2   # one source, not both
+
+
+def test_the_committed_h200_table_names_known_variants():
+    """The table measured on the H200 (model/kernels/choices/nvidia-h200.json) stays valid as
+    decisions and variants change: a renamed option would silently fall back to defaults."""
+    table = json.loads(choices.committed_path("NVIDIA H200").read_text())
+    picked = choices.validated(table)
+    assert picked["indexer_decode"] == {"select": "torch"} and "moe_prefill" in picked
+    assert table["measured_with"]["triton"] == "3.6.0"
