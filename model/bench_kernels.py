@@ -548,6 +548,9 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         # torch.topk (≈ 15 kernels a row on a GPU)
         p(_indexer_case, "indexer_topk_decode_passes", 1, ctx // 4, dev, dtype,
           select="fused_passes"),
+        # the pick in two launches of (query, 1024-key slice) programs (topk_select.pick_counted)
+        p(_indexer_case, "indexer_topk_decode_parallel", 1, ctx // 4, dev, dtype,
+          select="parallel"),
         p(_indexer_case, "indexer_topk_decode_select_kernel", 1, ctx // 4, dev, dtype,
           select="triton"),
         p(_indexer_case, "indexer_topk_decode_torch_select", 1, ctx // 4, dev, dtype,
@@ -560,6 +563,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           path="merge"),
         p(_indexer_case, "indexer_topk_decode_fp4_passes", 1, ctx // 4, dev, dtype,
           packed=True, select="fused_passes"),
+        p(_indexer_case, "indexer_topk_decode_fp4_parallel", 1, ctx // 4, dev, dtype,
+          packed=True, select="parallel"),
         p(_indexer_case, "indexer_topk_decode_fp4_select_kernel", 1, ctx // 4, dev, dtype,
           packed=True, select="triton"),
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,

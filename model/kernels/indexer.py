@@ -294,14 +294,17 @@ def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
 
 def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
                    table=None, picks=None, k=0, causal=True, keys_aligned=None,
-                   counted=True) -> None:
+                   counted=True, parallel=False) -> None:
     """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``);
     ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format; then
     ``keys_aligned`` says whether every query's packed keys are, as ``key_rows_aligned``);
     ``picks`` (int64 [b, hi − lo, k], unit stride along k): each query's k best go there from
     the same launch (PICK; up to its visible count when ``causal``), from digit counts the
     score programs make where the keys are split over at least COUNTED_MIN_CHUNKS programs
-    (COUNTED), unless ``counted`` is False (four passes over each row, "fused_passes")."""
+    (COUNTED), unless ``counted`` is False (four passes over each row, "fused_passes").
+    ``parallel`` (with ``picks``, "parallel"): where the score programs count, the pick is
+    ``topk_select.pick_counted``'s two launches of many programs a query instead of one program;
+    elsewhere (too few programs a query: prefill) the scores launch picks by passes."""
     b, s, h, d = q.shape
     width = scores.shape[-1]
     query_programs = triton.cdiv(hi - lo, block_t)
@@ -325,6 +328,11 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
                      k, picks.stride(0), picks.stride(1))
         pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
                     SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted)
+        if parallel and counted:   # this launch counts; two launches of their own pick
+            zeros = arrivals(queries * (1 + topk_select.HIST_BINS.value), q.device)
+            arrive, hist = zeros[:queries], zeros[queries:]
+            pick_args = (scores, vis, hist, vis, 0, k, 0, 0)
+            pick = dict(COUNTED=True, CAUSAL=causal)
     pick_ptr, counts, hist, cand, cap, k, pick_batch, pick_row = pick_args
     _indexer_scores_block[(query_programs, chunks, b)](
         q, weights, keys, vis, scores, vis if table is None else table, pick_ptr, counts, hist,
@@ -336,6 +344,8 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         TABLE=table is not None, **pick,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
         or picks is not None else 4)
+    if picks is not None and not pick.get("PICK"):
+        topk_select.pick_counted(scores, hist, arrive, k, vis[lo:hi] if causal else None, picks)
 
 
 def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
@@ -369,10 +379,10 @@ def scores_and_picks(q, weights, keys, vis, scores, lo, hi, prec, block_t, block
     ``select`` says (``_topk_scores``): in the scores launch (FUSED), or after it by
     ``topk_select`` or torch.topk. ``table``: TABLE mode's ``_launch_scores`` arguments (the
     batched decode path, model/kernels/sequence_rows.py)."""
-    if select in FUSED:
+    if select in FUSED or select == "parallel":
         _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
-                       picks=out[:, lo:hi], k=k, causal=causal, counted=select == "fused",
-                       **table)
+                       picks=out[:, lo:hi], k=k, causal=causal, counted=select != "fused_passes",
+                       parallel=select == "parallel", **table)
         return
     _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, **table)
     pick = topk_select.topk_select_triton if select == "triton" else \
@@ -380,7 +390,7 @@ def scores_and_picks(q, weights, keys, vis, scores, lo, hi, prec, block_t, block
     pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
 
 
-SELECTS = ("fused", "fused_passes", "triton", "torch")
+SELECTS = ("fused", "fused_passes", "parallel", "triton", "torch")
 FUSED = ("fused", "fused_passes")   # the scores kernel picks: from counted digits, or passes
 
 

@@ -198,7 +198,6 @@ def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr
     ``cap`` — to cand (int64 [cap]), and the other digits are found among them alone; past
     ``cap`` they are found over the row. Otherwise four 8-bit passes over the row."""
     picks = tl.maximum(tl.minimum(k, limit), 0)
-    offs_k = tl.arange(0, K_PAD)
     if COUNTED:   # read the counts and set them back to zero for the next launch
         bins = tl.arange(0, HIST_BINS)
         hist = tl.load(hist_ptr + bins, cache_modifier=".cg")
@@ -212,10 +211,7 @@ def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr
             if held <= cap:
                 _split(row_ptr, limit, top, dest, cand, BLOCK)
                 tl.debug_barrier()   # the candidates are in place before any thread reads them
-                thresh, need = _digit(cand, held, thresh, need, 12, 8, BLOCK, True)
-                thresh, need = _digit(cand, held, thresh, need, 4, 8, BLOCK, True)
-                thresh, need = _digit(cand, held, thresh, need, 0, 4, BLOCK, True)
-                _take(cand, held, thresh, need, dest, above, BLOCK, True)
+                _take_candidates(cand, held, thresh, need, dest, above, BLOCK)
             else:
                 thresh, need = _digit(row_ptr, limit, thresh, need, 12, 8, BLOCK)
                 thresh, need = _digit(row_ptr, limit, thresh, need, 4, 8, BLOCK)
@@ -230,13 +226,30 @@ def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr
             thresh, need = _digit(row_ptr, limit, thresh, need, 8, 8, BLOCK)
             thresh, need = _digit(row_ptr, limit, thresh, need, 0, 8, BLOCK)
             _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32), BLOCK)
-        tl.debug_barrier()   # every thread's packed picks are in place before any reads them
-        none = tl.full([K_PAD], -9223372036854775807 - 1, dtype=tl.int64)
-        best = tl.sort(tl.load(dest + offs_k, mask=offs_k < picks, other=none), descending=True)
-        rows = tl.where(offs_k < picks, best & 0xFFFFFFFF, -1)
-        tl.store(dest + offs_k, rows, mask=offs_k < k)
-    else:
-        tl.store(dest + offs_k, tl.full([K_PAD], -1, dtype=tl.int64), mask=offs_k < k)
+    _rows_best_first(dest, picks, k, K_PAD)
+
+
+@triton.jit
+def _take_candidates(cand, held, thresh, need, dest, above, BLOCK: tl.constexpr):
+    """The pick's end from its candidates (the ``held`` keys sharing the k-th's top digit,
+    packed in row order at cand; ``above`` keys with a higher top digit already at dest):
+    the other 20 bits (digits of 8, 8 and 4) among them, then the picked ones to dest[above:]."""
+    thresh, need = _digit(cand, held, thresh, need, 12, 8, BLOCK, True)
+    thresh, need = _digit(cand, held, thresh, need, 4, 8, BLOCK, True)
+    thresh, need = _digit(cand, held, thresh, need, 0, 4, BLOCK, True)
+    _take(cand, held, thresh, need, dest, above, BLOCK, True)
+
+
+@triton.jit
+def _rows_best_first(dest, picks, k, K_PAD: tl.constexpr):
+    """dest[:picks] packed (score, row) picks, in any order → their rows best first, −1 to k."""
+    offs_k = tl.arange(0, K_PAD)
+    tl.debug_barrier()   # every thread's packed picks are in place before any reads them
+    none = tl.full([K_PAD], -9223372036854775807 - 1, dtype=tl.int64)
+    best = tl.sort(tl.load(dest + offs_k, mask=offs_k < picks, other=none, cache_modifier=".cg"),
+                   descending=True)   # .cg: other programs may have stored some of them
+    rows = tl.where(offs_k < picks, best & 0xFFFFFFFF, -1)
+    tl.store(dest + offs_k, rows, mask=offs_k < k)
 
 
 @triton.jit
@@ -253,6 +266,120 @@ def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch,
     if CAUSAL:
         limit = tl.minimum(tl.load(vis_ptr + t), width)
     select_row(row_ptr, dest, limit, k, vis_ptr, dest, 0, BLOCK, K_PAD, False)
+
+
+@triton.jit
+def _row_picks(vis_ptr, t, width, k, CAUSAL: tl.constexpr):
+    """(limit, picks) of row t: its visible scores (all when not CAUSAL) and how many it picks."""
+    limit = width
+    if CAUSAL:
+        limit = tl.minimum(tl.load(vis_ptr + t), width)
+    return limit, tl.maximum(tl.minimum(k, limit), 0)
+
+
+@triton.jit
+def _slice_counts(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, width, k, T,
+                  CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (row, slice) of the parallel pick's first launch: from the row's counted top
+    digits (hist, complete: the scores launch is over), the k-th's top digit; how many keys of
+    this slice of BLOCK scores have a higher one (all picked) and how many share it (the
+    candidates) → counts[row, slice, 0:2]. Slice 0 also stores the row's (threshold prefix,
+    still needed) → meta[row, 0:2]."""
+    row = tl.program_id(0)
+    piece = tl.program_id(1)
+    limit, picks = _row_picks(vis_ptr, row % T, width, k, CAUSAL)
+    hist = tl.load(hist_ptr + row.to(tl.int64) * HIST_BINS + tl.arange(0, HIST_BINS),
+                   cache_modifier=".cg")
+    thresh, need = _choose(hist, tl.full([], 0, dtype=tl.int64), tl.maximum(picks, 1),
+                           32 - TOP_BITS)
+    offs = piece * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < tl.where(picks > 0, limit, 0)   # no pick: no key counts
+    score = tl.load(scores_ptr + row.to(tl.int64) * width + offs, mask=valid, other=0.0)
+    digit = ordered(score) >> (32 - TOP_BITS)
+    top = thresh >> (32 - TOP_BITS)
+    slot = counts_ptr + (row * tl.num_programs(1) + piece).to(tl.int64) * 2
+    tl.store(slot, tl.sum((valid & (digit > top)).to(tl.int32), 0))
+    tl.store(slot + 1, tl.sum((valid & (digit == top)).to(tl.int32), 0))
+    if piece == 0:
+        tl.store(meta_ptr + row.to(tl.int64) * 2, thresh)
+        tl.store(meta_ptr + row.to(tl.int64) * 2 + 1, need.to(tl.int64))
+
+
+@triton.jit
+def _slice_place(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, cnt_ptr, cand_ptr, out_ptr,
+                 width, k, T, out_batch, out_row, CAUSAL: tl.constexpr, BLOCK: tl.constexpr,
+                 K_PAD: tl.constexpr, SLICES_PAD: tl.constexpr):
+    """Program (row, slice) of the parallel pick's second launch: the slice's picked keys
+    (top digit above the k-th's) packed to out at their place in row order, its candidates
+    to cand likewise (places: the earlier slices' counts). The row's last slice program to
+    finish (an arrival count per row at cnt_ptr, zero before and after) finds the rest among
+    the row's candidates, writes the rows best first and sets the row's digit counts back to
+    zero for the next launch."""
+    row = tl.program_id(0)
+    piece = tl.program_id(1)
+    slices = tl.num_programs(1)
+    limit, picks = _row_picks(vis_ptr, row % T, width, k, CAUSAL)
+    dest = out_ptr + (row // T).to(tl.int64) * out_batch + (row % T).to(tl.int64) * out_row
+    cand = cand_ptr + row.to(tl.int64) * width
+    others = tl.arange(0, SLICES_PAD)
+    counts = counts_ptr + (row * slices + others).to(tl.int64) * 2
+    above_n = tl.load(counts, mask=others < slices, other=0)
+    held_n = tl.load(counts + 1, mask=others < slices, other=0)
+    thresh = tl.load(meta_ptr + row.to(tl.int64) * 2)
+    need = tl.load(meta_ptr + row.to(tl.int64) * 2 + 1).to(tl.int32)
+    if picks > 0:
+        offs = piece * BLOCK + tl.arange(0, BLOCK)
+        valid = offs < limit
+        score = tl.load(scores_ptr + row.to(tl.int64) * width + offs, mask=valid, other=0.0)
+        packed = pack(score, offs)
+        digit = ordered(score) >> (32 - TOP_BITS)
+        top = thresh >> (32 - TOP_BITS)
+        above = valid & (digit > top)
+        same = valid & (digit == top)
+        before = others < piece
+        taken = tl.sum(tl.where(before, above_n, 0), 0)
+        held = tl.sum(tl.where(before, held_n, 0), 0)
+        tl.store(dest + taken + tl.cumsum(above.to(tl.int32), 0) - 1, packed, mask=above)
+        tl.store(cand + held + tl.cumsum(same.to(tl.int32), 0) - 1, packed, mask=same)
+    tl.debug_barrier()   # the slice's picks and candidates are stored before it arrives
+    group = cnt_ptr + row
+    if tl.atomic_add(group, 1) == slices - 1:   # acq_rel: sees every slice's stores
+        tl.atomic_xchg(group, 0)
+        bins = tl.arange(0, HIST_BINS)
+        tl.store(hist_ptr + row.to(tl.int64) * HIST_BINS + bins,
+                 tl.zeros([HIST_BINS], dtype=tl.int32))
+        if picks > 0:
+            _take_candidates(cand, tl.sum(held_n, 0), thresh, need, dest, tl.sum(above_n, 0),
+                             BLOCK)
+        _rows_best_first(dest, picks, k, K_PAD)
+
+
+def pick_counted(scores: torch.Tensor, hist: torch.Tensor, arrive: torch.Tensor, k: int,
+                 visible: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """The parallel pick (``topk_select_triton``'s contract) of rows whose top key digits the
+    scores launch counted into ``hist`` (int32 [rows · HIST_BINS], set back to zero here):
+    two launches of (row, slice of SELECT_BLOCK) programs, so a row's keys are split, placed
+    and refined by many programs at once where ``select_row`` has one program per row.
+    ``arrive``: int32 [rows] zeros (``launch.arrivals``), zero again after."""
+    b, t, width = scores.shape
+    rows, slices = b * t, triton.cdiv(width, SELECT_BLOCK)
+    assert scores.dtype == torch.float32 and scores.stride(-1) == 1 and scores.stride(1) == width
+    assert out.dtype == torch.int64 and out.stride(-1) == 1 and out.shape == (b, t, k)
+    if k == 0 or rows == 0:
+        return out
+    dev = scores.device
+    meta = torch.empty(rows, 2, dtype=torch.int64, device=dev)
+    counts = torch.empty(rows, slices, 2, dtype=torch.int32, device=dev)
+    cand = torch.empty(rows, width, dtype=torch.int64, device=dev)
+    vis = scores if visible is None else visible
+    causal = visible is not None
+    _slice_counts[(rows, slices)](scores, vis, hist, meta, counts, width, k, t, CAUSAL=causal,
+                                  BLOCK=SELECT_BLOCK, num_warps=4)
+    _slice_place[(rows, slices)](scores, vis, hist, meta, counts, arrive, cand, out, width, k,
+                                 t, out.stride(0), out.stride(1), CAUSAL=causal,
+                                 BLOCK=SELECT_BLOCK, K_PAD=max(16, triton.next_power_of_2(k)),
+                                 SLICES_PAD=max(2, triton.next_power_of_2(slices)), num_warps=4)
+    return out
 
 
 def topk_select_reference(scores: torch.Tensor, k: int, visible: torch.Tensor | None = None,

@@ -300,9 +300,13 @@ def test_the_scores_kernel_picks_as_topk_select_and_torch_do(b, s, n, start, k, 
         fused = indexer_topk_triton(q, w, keys, visible, k, **opts)
     assert dict(audit.triton) == {"_indexer_scores_block": 1}
     assert torch.equal(fused, apart)
+    # the parallel pick where the score programs count, the passes where they do not
+    assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, select="parallel", **opts),
+                       apart)
     assert not launch.arrivals(1024, q.device).any()
     _check(fused, q, w, keys, visible, k)
-    with pytest.raises(ValueError, match="select must be one of fused, fused_passes, triton, torch"):
+    with pytest.raises(ValueError, match="select must be one of fused, fused_passes, parallel, "
+                       "triton, torch"):
         indexer_topk_triton(q, w, keys, visible, k, select="heap")
 
 
@@ -343,6 +347,7 @@ def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
     (select="fused_passes": four 8-bit passes over the row) pick exactly alike, and the counts
     are zero again after."""
     from model.kernels import launch, topk_select
+    from model.op_audit import OpAudit
 
     q, w, keys, visible = inputs()
     opts = dict(block_n=16) | opts
@@ -350,6 +355,12 @@ def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
     kept = launch._ARRIVALS[q.device]   # the counts and histograms: zero between launches
     assert kept.numel() >= visible.numel() * topk_select.HIST_BINS.value and not kept.any()
     _check(got, q, w, keys, visible, k)
+    with OpAudit() as audit:   # the parallel pick: two launches of (query, slice) programs
+        assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, select="parallel",
+                                               **opts), got)
+    assert dict(audit.triton) == {"_indexer_scores_block": 1, "_slice_counts": 1,
+                                  "_slice_place": 1}
+    assert not kept.any()
     monkeypatch.setattr(topk_select, "CANDIDATES", 3)
     assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, **opts), got)
     assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, select="fused_passes",

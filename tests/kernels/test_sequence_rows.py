@@ -151,6 +151,7 @@ def test_the_table_says_where_each_sequences_rows_are():
 
 @pytest.mark.parametrize("select,kernels", [
     ("fused_passes", {"_indexer_scores_block": 1}),
+    ("parallel", {"_indexer_scores_block": 1, "_slice_counts": 1, "_slice_place": 1}),
     ("triton", {"_indexer_scores_block": 1, "_topk_select": 1}),
     ("torch", {"_indexer_scores_block": 1}),
 ])
