@@ -731,9 +731,11 @@ def _graph_fields(case: Case, peaks: tuple[float, float] | None) -> dict:
 
 
 def _first(x: object) -> torch.Tensor:
-    """The output compared: a tuple's first; a list's tensors as their bytes, one after
-    another (``bytes_equal_fraction``)."""
+    """The output compared: a tuple's first; a list's tensors one after another, as values when
+    all are floats, else as their bytes (``bytes_equal_fraction``: packed rows)."""
     if isinstance(x, list):
+        if all(t.is_floating_point() for t in x):
+            return torch.cat([t.reshape(-1).float() for t in x])
         return torch.cat([t.reshape(-1).view(torch.uint8) for t in x])
     return x[0] if isinstance(x, tuple) else x  # type: ignore[index,return-value]
 
