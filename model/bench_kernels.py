@@ -591,6 +591,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           num_warps=8),
         p(_moe_case, "moe_fp4_decode_native_n16_w8", 1, dev, dtype, **moe_dims, native=True,
           block_n=16, num_warps=8),
+        # the GEMV asking for the next tile's bytes before its own arithmetic
+        p(_moe_case, "moe_fp4_decode_ahead", 1, dev, dtype, **moe_dims, ahead=True),
+        p(_moe_case, "moe_fp4_decode_native_ahead", 1, dev, dtype, **moe_dims, native=True,
+          ahead=True),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)
         p(_moe_case, "moe_fp4_prefill_2048", 2048 if gpu else 4, dev, dtype, **moe_dims),

@@ -140,6 +140,10 @@ def _round_e4m3(v):
 # floats (bf16 too, for tl.dot) and no overflow for every ue8m0 scale from 2^-62 to 2^64.
 FP4_TILE_SHIFT = tl.constexpr(2.0**63)    # × the scale: the decoded tile is weight / 2^63
 FP4_UNSHIFT = tl.constexpr(2.0**63)       # × a result of decoded tiles: back to weight units
+# The GEMV (moe.py) keeps the codes as placed and puts 2^100 of the 2^126 on the activation it
+# reads (exact for |a| < 2^28) and 2^26 on the scale it multiplies in after the products.
+FP4_ACT_SHIFT = tl.constexpr(2.0**100)
+FP4_GEMV_SCALE_SHIFT = tl.constexpr(2.0**26)
 _E2M1_MAG = tl.constexpr(0x01C00000)      # float32 bits 24..22
 
 
@@ -211,40 +215,68 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
 @triton.jit
 def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
                     FULL: tl.constexpr = False):
-    """THE register decoder of FP4 weight tiles (used by every W4A16 kernel: ``fp4_gemm`` here and
-    the MoE kernels in moe.py). Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes
-    (int8 [N, K/2], low nibble = even k) start at ``w_base`` and ue8m0 scales (one per 1×32,
-    [N, K/32]) at ``s_base``; byte columns ``col`` [BLOCK_K/2] (``col0`` + 0, 1, ...: the caller's
-    k0 / 2, passed as a scalar too) → (even k, odd k) float32 halves
-    [BLOCK_N, BLOCK_K/2] of weight / 2^63, zero where masked: a caller multiplies what it
-    computes from them by ``FP4_UNSHIFT`` (see ``FP4_TILE_SHIFT``). One byte load per two
-    weights, one scale byte per 16.
+    """THE register decoder of FP4 weight tiles for ``tl.dot`` (``fp4_gemm`` here, the MoE
+    grouped GEMM in moe.py): ``placed_fp4_tile``'s codes times their scales → (even k, odd k)
+    float32 halves [BLOCK_N, BLOCK_K/2] of weight / 2^63, zero where masked: a caller multiplies
+    what it computes from them by ``FP4_UNSHIFT`` (see ``FP4_TILE_SHIFT``)."""
+    even, odd, sc = placed_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
+                                    FP4_TILE_SHIFT, FULL)
+    return even * sc, odd * sc
+
+
+@triton.jit
+def placed_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
+                    SCALE_SHIFT: tl.constexpr, FULL: tl.constexpr = False):
+    """Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes (int8 [N, K/2], low nibble =
+    even k) start at ``w_base`` and ue8m0 scales (one per 1×32, [N, K/32]) at ``s_base``; byte
+    columns ``col`` [BLOCK_K/2] (``col0`` + 0, 1, ...: the caller's k0 / 2, passed as a scalar
+    too) → (even k, odd k) e2m1 values × 2^-126 as placed (``FP4_TILE_SHIFT``'s comment) and
+    their scales × ``SCALE_SHIFT``, each float32 [BLOCK_N, BLOCK_K/2], zero where masked:
+    ``place_fp4`` of ``load_fp4_tile``. The GEMV (moe.py) loads a tile ahead and places it a
+    step later; ``decode_fp4_tile`` multiplies the scale in before the dot."""
+    byte, s = load_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K, FULL)
+    return place_fp4(byte, s, SCALE_SHIFT, FULL)
+
+
+@triton.jit
+def load_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
+                  FULL: tl.constexpr = False):
+    """The raw bytes of ``placed_fp4_tile``'s tile: (packed bytes int32 [BLOCK_N, BLOCK_K/2],
+    scale bytes: [BLOCK_N, BLOCK_K/32] when FULL, else one per byte column), zero where
+    masked. One byte load per two weights, one scale byte per 16.
     FULL (the caller's promise: both bases 16-byte aligned, K % 32 == 0, ``col`` whole runs of
     16 from a multiple of 16, every column in range — ``mask_j`` is not read): the bytes load as
     vectors (the compiler is told the row stride, K/32 · 16, is a multiple of 16, and the
     columns' runs; sm_90 PTX: 8-byte loads or ``cp.async`` copies), and each row's scales as one
-    small [BLOCK_N, BLOCK_K/32] tile spread over their 16 byte columns in registers — not a byte
-    load per weight byte and per scale."""
+    small [BLOCK_N, BLOCK_K/32] tile — not a byte load per weight byte and per scale."""
     row = offs_n[:, None].to(tl.int64)
     if FULL:
         RUNS: tl.constexpr = col.shape[0] // 16
         col = tl.max_contiguous(tl.multiple_of(col, 16), 16)
         w_row = (K // 32) * 16                      # = K / 2, known to be a multiple of 16
-        byte = tl.load(w_base + row * w_row + col[None, :], mask=mask_n[:, None],
-                       other=0).to(tl.int32)
+        byte = tl.load(w_base + row * w_row + col[None, :], mask=mask_n[:, None], other=0)
         s_col = col0 // 16 + tl.arange(0, RUNS)    # arithmetic, not a reduction over col
-        s = e8m0_scale(tl.load(s_base + row * (K // 32) + s_col[None, :], mask=mask_n[:, None],
-                               other=0)) * FP4_TILE_SHIFT
-        sc = tl.reshape(tl.broadcast_to(s[:, :, None], [s.shape[0], RUNS, 16]),
-                        [s.shape[0], RUNS * 16])
+        s = tl.load(s_base + row * (K // 32) + s_col[None, :], mask=mask_n[:, None], other=0)
     else:
         mw = mask_n[:, None] & mask_j[None, :]
-        byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0).to(tl.int32)
-        sc = e8m0_scale(tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw,
-                                other=0)) * FP4_TILE_SHIFT
+        byte = tl.load(w_base + row * (K // 2) + col[None, :], mask=mw, other=0)
+        s = tl.load(s_base + row * (K // 32) + (col // 16)[None, :], mask=mw, other=0)
+    return byte.to(tl.int32), s
+
+
+@triton.jit
+def place_fp4(byte, s, SCALE_SHIFT: tl.constexpr, FULL: tl.constexpr = False):
+    """``load_fp4_tile``'s bytes → (even k, odd k) codes as placed and scales × SCALE_SHIFT,
+    float32 [BLOCK_N, BLOCK_K/2] each (FULL: each scale spread over its 16 byte columns in
+    registers)."""
+    sc = e8m0_scale(s) * SCALE_SHIFT
+    if FULL:
+        RUNS: tl.constexpr = s.shape[1]
+        sc = tl.reshape(tl.broadcast_to(sc[:, :, None], [sc.shape[0], RUNS, 16]),
+                        [sc.shape[0], RUNS * 16])
     even = ((byte << 22) & _E2M1_MAG) | ((byte << 28) & SIGN_BIT)    # low nibble
     odd = ((byte << 18) & _E2M1_MAG) | ((byte << 24) & SIGN_BIT)     # high nibble
-    return even.to(tl.float32, bitcast=True) * sc, odd.to(tl.float32, bitcast=True) * sc
+    return even.to(tl.float32, bitcast=True), odd.to(tl.float32, bitcast=True), sc
 
 
 @triton.jit

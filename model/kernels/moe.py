@@ -36,9 +36,13 @@ import triton.language as tl
 from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
 from model.kernels.gemm import (
+    FP4_ACT_SHIFT,
+    FP4_GEMV_SCALE_SHIFT,
     FP4_UNSHIFT,
     clamped_swiglu,
     decode_fp4_tile,
+    load_fp4_tile,
+    place_fp4,
     plan_split_k,
     whole_k_tiles,
 )
@@ -144,7 +148,7 @@ def _slot_base(ptr, off_ptr, e, FULL: tl.constexpr = False):
 def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
                  QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr,
                  QMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 FULL: tl.constexpr = False):
+                 FULL: tl.constexpr = False, AHEAD: tl.constexpr = False):
     """Σ_{k_lo ≤ k < k_hi} a[k]·W[n, k] for the rows ``offs_n`` of one FP4 weight → float32
     [BLOCK_N]: a GEMV slice for one activation row (``a_row`` points at a[0]). No tl.dot (it
     needs M ≥ 16): the decoded tile is multiplied by the broadcast row and summed over k.
@@ -152,29 +156,55 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
     128, the FP8 activation block): a is put on its FP8 grid as it is loaded — native numerics'
     input quantisation of the experts, with no launch of its own. FULL: every tile whole and
     the parts aligned (``decode_fp4_tile``'s FULL): the row slice loads contiguously and splits
-    into even / odd k in registers."""
+    into even / odd k in registers. AHEAD (a launch choice, untimed): each step asks for the
+    next tile's bytes before its own arithmetic — two tiles of loads in flight a program, for
+    about 35 more registers a thread on triton 3.6.
+    The codes stay as placed (``gemm.placed_fp4_tile``): 2^100 of their 2^126 goes on the
+    activation as it is read (exact for |a| < 2^28), 2^26 on the scale, which multiplies each
+    byte's two products once."""
     offs_j = tl.arange(0, BLOCK_K // 2)
     # products accumulate per (row, byte column) and are summed over k once, after the loop:
     # no cross-lane reduction per step
     acc = tl.zeros([BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
+    if AHEAD:
+        col = k_lo // 2 + offs_j
+        rows = mask_n & ((k_lo + 0 * offs_n) < k_hi)
+        byte, s = load_fp4_tile(w_base, s_base, offs_n, rows, col, k_lo // 2, col < k_hi // 2,
+                                K, FULL)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         col = k0 // 2 + offs_j
         mask_j = col < k_hi // 2
+        if AHEAD:   # the next tile's bytes asked for before this tile's arithmetic
+            ahead = col + BLOCK_K // 2
+            rows = mask_n & ((k0 + BLOCK_K + 0 * offs_n) < k_hi)
+            next_byte, next_s = load_fp4_tile(w_base, s_base, offs_n, rows, ahead,
+                                              k0 // 2 + BLOCK_K // 2, ahead < k_hi // 2, K, FULL)
+        else:
+            byte, s = load_fp4_tile(w_base, s_base, offs_n, mask_n, col, k0 // 2, mask_j, K,
+                                    FULL)
+        # a × FP4_ACT_SHIFT (the codes stay as placed), while it is one value a thread or two,
+        # before the split and the broadcast over the tile's rows
         if FULL:
             a = tl.load(a_row + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
+            if not QUANT:
+                a = a * FP4_ACT_SHIFT
             a_even, a_odd = tl.split(tl.reshape(a, [BLOCK_K // 2, 2]))
         else:
             a_even = tl.load(a_row + 2 * col, mask=mask_j, other=0.0).to(tl.float32)
             a_odd = tl.load(a_row + 2 * col + 1, mask=mask_j, other=0.0).to(tl.float32)
+            if not QUANT:
+                a_even, a_odd = a_even * FP4_ACT_SHIFT, a_odd * FP4_ACT_SHIFT
         if QUANT:   # this chunk is one 1×128 block: amax of both halves, one pow2 scale
             ex = _scale_exponent(tl.maximum(tl.max(tl.abs(a_even), 0), tl.max(tl.abs(a_odd), 0)),
                                  FLOOR_BITS, INV_MAX_BITS)
-            a_even = _e4m3_values(a_even, ex, QMAX)
-            a_odd = _e4m3_values(a_odd, ex, QMAX)
-        w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, k0 // 2, mask_j,
-                                        K, FULL)
-        acc += w_even * a_even[None, :] + w_odd * a_odd[None, :]
-    return tl.sum(acc, axis=1) * FP4_UNSHIFT
+            a_even = _e4m3_values(a_even, ex, QMAX) * FP4_ACT_SHIFT
+            a_odd = _e4m3_values(a_odd, ex, QMAX) * FP4_ACT_SHIFT
+        w_even, w_odd, sc = place_fp4(byte, s, FP4_GEMV_SCALE_SHIFT, FULL)
+        # the scale once per byte (two weights), after their products
+        acc += (w_even * a_even[None, :] + w_odd * a_odd[None, :]) * sc
+        if AHEAD:
+            byte, s = next_byte, next_s
+    return tl.sum(acc, axis=1)
 
 
 @triton.jit
@@ -182,7 +212,8 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
                      s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
                      UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
                      INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, FULL: tl.constexpr = False):
+                     BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
+                     AHEAD: tl.constexpr = False):
     """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
     UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
     Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N].
@@ -203,13 +234,13 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
         acc = _fp4_row_dot(a_row, _slot_base(w_ptr, w_off_ptr, e, FULL),
                            _slot_base(s_ptr, s_off_ptr, e, FULL), offs_n, mask_n, k_lo, k_hi, K,
-                           QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K, FULL)
+                           QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K, FULL, AHEAD)
         tl.store(out, acc, mask=mask_n)
         if UP:
             acc3 = _fp4_row_dot(a_row, _slot_base(w3_ptr, w3_off_ptr, e, FULL),
                                 _slot_base(s3_ptr, s3_off_ptr, e, FULL), offs_n, mask_n, k_lo,
                                 k_hi, K, QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K,
-                                FULL)
+                                FULL, AHEAD)
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
 
 
@@ -386,7 +417,8 @@ def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
 
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                 limit: float, quantize_input: bool, split_k: int | None, block_k: int,
-                add: torch.Tensor | None, block_n: int, num_warps: int) -> torch.Tensor:
+                add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool
+                ) -> torch.Tensor:
     """The per-pair split-K path (see the module docstring): 4 launches, no host sync."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
@@ -402,7 +434,7 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         k_per, n_exp, UP=True, QUANT=quantize_input and block_k == ACT_QUANT_BLOCK,
         **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
         FULL=whole_tiles(dim, k_per, block_k, bank.w1, bank.s1, bank.w3, bank.s3),
-        num_warps=num_warps)
+        AHEAD=ahead, num_warps=num_warps)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
@@ -414,7 +446,8 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
         h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
         QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-        FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), num_warps=num_warps)
+        FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
+        num_warps=num_warps)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
@@ -456,12 +489,14 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    bank: ExpertBank, limit: float, quantize_input: bool = False,
                    block_m: int = 16, decode: bool | None = None, split_k: int | None = None,
                    block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
-                   block_n: int = DECODE_BLOCK_N, num_warps: int = 4) -> torch.Tensor:
+                   block_n: int = DECODE_BLOCK_N, num_warps: int = 4,
+                   ahead: bool = False) -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
-    are the decode GEMV's tile and warps (launch choices, tests)."""
+    are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead (launch choices,
+    tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreting() else add).contiguous()
@@ -478,5 +513,5 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     rw = weights.float().reshape(-1).contiguous()
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
-                           block_n, num_warps)
+                           block_n, num_warps, ahead)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add)

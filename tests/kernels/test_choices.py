@@ -40,6 +40,7 @@ def _rows() -> list[dict]:
         _row("moe_fp4_decode", 0.5, 0.30),
         _row("moe_fp4_decode_n16_w8", 0.5, 0.20),
         _row("moe_fp4_decode_k64_w8", 0.4, 0.25),
+        _row("moe_fp4_decode_ahead", 0.5, 0.21),
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),

@@ -321,19 +321,20 @@ def test_decode_gemv_quantises_the_input_as_it_reads_it(split_k, block_k):
     assert not torch.allclose(plain, want, atol=1e-5, rtol=1e-4)   # the quantisation shows
 
 
-@pytest.mark.parametrize("quantize,block_n,block_k", [(False, 16, 64), (True, 16, 128),
-                                                      (False, 64, 32)])
-def test_decode_gemv_tiles_of_the_launch_choices(quantize, block_n, block_k):
+@pytest.mark.parametrize("quantize,block_n,block_k,ahead", [
+    (False, 16, 64, False), (True, 16, 128, False), (False, 64, 32, False),
+    (False, 32, 64, True), (True, 32, 128, True)])
+def test_decode_gemv_tiles_of_the_launch_choices(quantize, block_n, block_k, ahead):
     """The decode GEMV's other tiles (the `moe_decode*` launch choices: fewer rows, or a
-    shorter K step, per program) give the default tile's result; N = 96 is not a multiple of
-    the 64-row tile."""
+    shorter K step, per program, or each step's loads a tile ahead) give the default tile's
+    result; N = 96 is not a multiple of the 64-row tile, and K = 96 of the 64-column step."""
     t, topk, dim, inter = 1, 3, 96, 128
     bank, x, g = _bank_and_input(t, dim, inter, seed=11)
     indices = torch.randperm(N_EXP, generator=g)[:topk].view(1, topk)
     weights = torch.rand(t, topk, generator=g)
     want = moe_fp4_triton(x, weights, indices, bank, LIMIT, quantize_input=quantize, decode=True)
     got = moe_fp4_triton(x, weights, indices, bank, LIMIT, quantize_input=quantize, decode=True,
-                         block_n=block_n, block_k=block_k, num_warps=8)
+                         block_n=block_n, block_k=block_k, num_warps=8, ahead=ahead)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
     ref = moe_fp4_reference(x, weights, indices, bank, LIMIT, quantize_input=quantize)
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-3), (got - ref).abs().max()
