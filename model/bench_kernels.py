@@ -525,6 +525,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dv_parts=4),
         p(_attn_case, "sparse_attn_decode_csa_fp8_dv4", 1, ctx // 4, TOPK, True, dev, dtype, hbm,
           dv_parts=4),
+        # and in 8 splits of 80 rows (the default merged split reads at least 128: 5 splits),
+        # the fastest shape of session 12's H200 sweep (docs/perf/sweep.py attn_decode)
+        p(_attn_case, "sparse_attn_decode_csa_dv4_s8", 1, ctx // 4, TOPK, False, dev, dtype,
+          hbm, dv_parts=4, n_splits=8),
+        p(_attn_case, "sparse_attn_decode_csa_fp8_dv4_s8", 1, ctx // 4, TOPK, True, dev, dtype,
+          hbm, dv_parts=4, n_splits=8),
         p(_attn_case, "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, dev, dtype,
           none),
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,

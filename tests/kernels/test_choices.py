@@ -37,6 +37,7 @@ def _rows() -> list[dict]:
         _row("sparse_attn_decode_csa", 0.05, 0.03),
         _row("sparse_attn_decode_csa_combine_kernel", 0.04, 0.02),  # a GPU may say so
         _row("sparse_attn_decode_csa_dv4", 0.06, 0.04),
+        _row("sparse_attn_decode_csa_dv4_s8", 0.06, 0.03),
         _row("moe_fp4_decode", 0.5, 0.30),
         _row("moe_fp4_decode_n16_w8", 0.5, 0.20),
         _row("moe_fp4_decode_k64_w8", 0.4, 0.25),
