@@ -3,7 +3,8 @@ its splits, the indexer's scores kernel picking) rely on the GPU's memory order:
 stores its part, then counts its arrival (``tl.atomic_add``, acq_rel); the last to arrive reads
 every part from L2. The interpreter runs programs one after another, so only a GPU can show a
 race. At decode the indexer's score programs also count their scores' top key digits (relaxed
-atomics before the arrival) for the pick to start from. Here: many launches at V4-Flash's decode
+atomics before the arrival) for the pick to start from; the parallel pick's slice programs
+place their keys and the row's last one reads them all. Here: many launches at V4-Flash's decode
 shapes, each equal to the first (and to what the separate kernels give), and the arrival counts
 and digit histograms zero after them. CUDA only (skipped on the CPU machine)."""
 
@@ -47,4 +48,9 @@ def test_the_scores_kernel_picks_the_same_every_launch():
     assert torch.equal(want.sort(-1).values, apart.sort(-1).values)   # the same 512 keys
     for _ in range(LAUNCHES):
         assert torch.equal(indexer.indexer_topk_triton(*args, causal=False), want)
+    assert not launch._ARRIVALS[q.device].any()
+    # the parallel pick: slice programs place their keys, the row's last one refines and sorts
+    for _ in range(LAUNCHES):
+        assert torch.equal(indexer.indexer_topk_triton(*args, causal=False, select="parallel"),
+                           want)
     assert not launch._ARRIVALS[q.device].any()
