@@ -360,6 +360,10 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                  mask=mask_h[:, None] & mask_dv[None, :])
 
 
+MERGE_LSE = tl.constexpr(32)   # splits' lse read as one tile by the merge
+MERGE_GROUP = tl.constexpr(4)  # splits' partial o whose loads the merge issues together
+
+
 @triton.jit
 def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, offs_h, offs_d,
                   col0, write_lse, S, H, D, R2, NS, BLOCK_H: tl.constexpr,
@@ -370,20 +374,27 @@ def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, of
     mask_h = offs_h < H
     mask = mask_h[:, None] & (offs_d < D)[None, :]
     sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
+    # the lse of every split in one tile (one round trip to L2, not NS)
+    splits = tl.arange(0, MERGE_LSE)
+    lse_rows = (token * NS + splits).to(tl.int64)[:, None] * H + offs_h[None, :]
     m = sink
-    for c in range(0, NS):
-        part = (token * NS + c).to(tl.int64) * H + offs_h
-        m = tl.maximum(m, tl.load(plse_ptr + part, mask=mask_h, other=float("-inf"),
-                                  cache_modifier=".cg"))
+    for c0 in range(0, NS, MERGE_LSE):
+        inside = (c0 + splits < NS)[:, None] & mask_h[None, :]
+        lses = tl.load(plse_ptr + c0 * H + lse_rows, mask=inside, other=float("-inf"),
+                       cache_modifier=".cg")
+        m = tl.maximum(m, tl.max(lses, 0))
     denom = tl.exp(sink - m)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for c in range(0, NS):
-        part = (token * NS + c).to(tl.int64) * H + offs_h
-        w = tl.exp(tl.load(plse_ptr + part, mask=mask_h, other=float("-inf"),
-                           cache_modifier=".cg") - m)
-        denom += w
-        acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + offs_d[None, :], mask=mask,
-                                    other=0.0, cache_modifier=".cg")
+    for c0 in range(0, NS, MERGE_GROUP):   # a group's loads are issued together, then summed
+        for j in tl.static_range(MERGE_GROUP):
+            part = (token * NS + c0 + j).to(tl.int64) * H + offs_h
+            there = mask_h & (c0 + j + 0 * offs_h < NS)   # a tensor: the interpreter masks
+            w = tl.exp(tl.load(plse_ptr + part, mask=there, other=float("-inf"),
+                               cache_modifier=".cg") - m)
+            denom += w
+            acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + offs_d[None, :],
+                                        mask=mask & there[:, None], other=0.0,
+                                        cache_modifier=".cg")
     rows = (token * H + offs_h).to(tl.int64)
     tl.store(lse_ptr + rows, m + tl.log(denom), mask=write_lse)
     o = acc / denom[:, None]
