@@ -3,9 +3,12 @@ sigmoid / Sinkhorn split, stream collapse) and the post step (new X_j = post_j·
 
 ``hc_pre`` has two Triton paths; ``hc_pre_triton`` picks by token count (``DECODE_MAX_TOKENS``):
 
-- prefill (``_hc_pre_kernel``): one program per token, two passes over its hc·d values (the 24
-  mixes and the hc×hc Sinkhorn stay in registers). Many tokens fill the GPU; each program reads
-  the whole fn (fp32 [24, hc·d], 1.5 MiB at V4-Flash — from L2 after the first token).
+- prefill (``_hc_pre_tokens_kernel``), grid (token block, K-slice): the mixing projection as
+  GEMM tiles, BLOCK_T = 64 tokens × the 24 rows of fn × K_SLICE = 2048 stream values a program
+  (8 slices at V4-Flash), into the decode path's partials, then its finish kernel. fn (fp32
+  [24, hc·d], 1.5 MiB at V4-Flash) is read once per 64 tokens from L2. The program per token
+  this replaced read all of fn per token: 3 GB of L2 reads for 2048 tokens, 0.99 ms on the
+  H200 (session 12), ≈ 1/6 of that layer's routed-expert time.
 - decode (few tokens): one program per token cannot go faster than one SM streams 1.5 MiB, so
   the reduction is split. ``_hc_pre_partial_kernel``, grid (token, K-slice): each program reads
   K_SLICE stream values and the matching [24, K_SLICE] columns of fn (K_SLICE = 128: 12 KiB of fn
@@ -24,8 +27,8 @@ sigmoid / Sinkhorn split, stream collapse) and the post step (new X_j = post_j·
   ~100 MiB of L2 traffic where the prefill kernel would use under half of the SMs; tune it with
   the bench rows mhc_pre_decode / mhc_pre_prefill.
 
-Both paths share one implementation of the dot products (``_mix_chunk``), of the split
-(``_split_sinkhorn``) and of the collapse (``_collapse_block``). ``hc_post`` tiles (token, d-block).
+Both paths end in one finish kernel (the split, ``_split_sinkhorn``, and the collapse,
+``_collapse_block``); the decode partials and the post's fused partials share ``_mix_chunk``. ``hc_post`` tiles (token, d-block).
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from model.kernels.launch import interpreting
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
-D_BLOCK = 512           # decode: d columns collapsed per finish program
+D_BLOCK = 512           # decode and prefill: d columns collapsed per finish program
+PREFILL_BLOCK_T = 64    # prefill: tokens per partial program (one GEMM tile of fn's 24 rows)
+PREFILL_K_SLICE = 2048  # prefill: stream values per partial program (8 slices at V4-Flash)
+PREFILL_BLOCK_K = 64    # prefill: stream values per step of a partial program
 
 def hc_split_sinkhorn_reference(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                                 hc: int, iters: int, eps: float
@@ -131,28 +137,34 @@ def _collapse_block(x_ptr, y_ptr, t, D, pre, cols, HC: tl.constexpr):
 
 
 @triton.jit
-def _hc_pre_kernel(x_ptr, fn_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
-                   D, iters, eps, norm_eps, HC: tl.constexpr, BLOCK: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
+def _hc_pre_tokens_kernel(x_ptr, fn_ptr, part_ptr, T, D, n_slices, HC: tl.constexpr,
+                          K_SLICE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+                          MIX_PAD: tl.constexpr, PREC: tl.constexpr):
+    """Program (token block, K-slice), prefill: BLOCK_T tokens' 24 partial dots over K_SLICE
+    stream values and their partial sums of squares → part[t, slice, :] as
+    ``_hc_pre_partial_kernel`` writes them, as one GEMM tile (x [BLOCK_T, K] · fnᵀ): fn is read
+    once per block of tokens, where a program per token read all of it (1.5 MiB) per token."""
     F = HC * D
-    offs = tl.arange(0, BLOCK)
-    acc_pre = tl.zeros([HC], dtype=tl.float32)
-    acc_post = tl.zeros([HC], dtype=tl.float32)
-    acc_comb = tl.zeros([HC * HC], dtype=tl.float32)
-    ssq = tl.zeros([BLOCK], dtype=tl.float32)
-    for f0 in range(0, F, BLOCK):
-        cols = f0 + offs
-        xv, d_pre, d_post, d_comb = _mix_chunk(x_ptr + t * F, fn_ptr, cols, cols < F, F, HC)
-        ssq += xv * xv
-        acc_pre += d_pre
-        acc_post += d_post
-        acc_comb += d_comb
-    r = 1.0 / tl.sqrt(tl.sum(ssq, 0) / F + norm_eps)
-    pre, post, comb = _split_sinkhorn(acc_pre, acc_post, acc_comb, r, scale_ptr, base_ptr, iters,
-                                      eps, HC)
-    _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
-    for d0 in range(0, D, BLOCK):
-        _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + offs, HC)
+    W = (2 + HC) * HC + 1
+    slice_ = tl.program_id(1)
+    toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    in_t = toks < T
+    mix = tl.arange(0, MIX_PAD)
+    in_mix = mix < W - 1
+    acc = tl.zeros([BLOCK_T, MIX_PAD], dtype=tl.float32)
+    ssq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for c0 in range(slice_ * K_SLICE, tl.minimum(slice_ * K_SLICE + K_SLICE, F), BLOCK_K):
+        cols = c0 + tl.arange(0, BLOCK_K)
+        in_c = cols < F
+        xv = tl.load(x_ptr + toks.to(tl.int64)[:, None] * F + cols[None, :],
+                     mask=in_t[:, None] & in_c[None, :], other=0.0).to(tl.float32)
+        w = tl.load(fn_ptr + mix[:, None] * F + cols[None, :],
+                    mask=in_mix[:, None] & in_c[None, :], other=0.0)
+        acc += tl.dot(xv, tl.trans(w), input_precision=PREC)
+        ssq += tl.sum(xv * xv, 1)
+    rows = (toks.to(tl.int64) * n_slices + slice_) * W
+    tl.store(part_ptr + rows[:, None] + mix[None, :], acc, mask=in_t[:, None] & in_mix[None, :])
+    tl.store(part_ptr + rows + W - 1, ssq, mask=in_t)
 
 
 @triton.jit
@@ -270,10 +282,19 @@ def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, p
     tl.store(part + W - 1, tl.sum(xv * xv, 2).reshape(HC))
 
 
-def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, block):
+def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d_block):
+    """Block partials (``_hc_pre_tokens_kernel``), then the decode path's finish."""
     t, hc, d = xin.shape
-    _hc_pre_kernel[(t,)](xin, fn, scale, base, y, post, comb, d, iters, eps, norm_eps,
-                         HC=hc, BLOCK=block)
+    width = (2 + hc) * hc + 1
+    k_slice = min(PREFILL_K_SLICE, triton.next_power_of_2(hc * d))
+    n_slices = triton.cdiv(hc * d, k_slice)
+    part = torch.empty(t, n_slices, width, dtype=torch.float32, device=xin.device)
+    _hc_pre_tokens_kernel[(triton.cdiv(t, PREFILL_BLOCK_T), n_slices)](
+        xin, fn, part, t, d, n_slices, HC=hc, K_SLICE=k_slice, BLOCK_T=PREFILL_BLOCK_T,
+        BLOCK_K=min(PREFILL_BLOCK_K, k_slice), MIX_PAD=max(16, triton.next_power_of_2(width - 1)),
+        PREC="ieee" if interpreting() else "tf32x3")
+    _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
+                   part=part)
 
 
 def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
@@ -295,12 +316,12 @@ def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_
 
 
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
-                  iters: int, eps: float, norm_eps: float, block: int = 256,
-                  decode: bool | None = None, k_slice: int = K_SLICE, d_block: int = D_BLOCK
+                  iters: int, eps: float, norm_eps: float, decode: bool | None = None,
+                  k_slice: int = K_SLICE, d_block: int = D_BLOCK
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [b, s, hc, d] → (y [b, s, d] in x.dtype, post fp32 [b, s, hc], comb fp32 [b, s, hc, hc]).
-    ``decode`` picks the path (default: split reduction when b·s ≤ DECODE_MAX_TOKENS, else one
-    program per token with chunks of ``block``); ``k_slice`` / ``d_block`` size the decode grids."""
+    ``decode`` picks the path (default: per-token partials when b·s ≤ DECODE_MAX_TOKENS, else
+    token-block partials); ``k_slice`` sizes the decode partials, ``d_block`` the finish."""
     b, s, hc, d = x.shape
     assert hc & (hc - 1) == 0, "hc_mult must be a power of two"
     t = b * s
@@ -316,7 +337,7 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
         if decode:
             _launch_decode(*args, k_slice, d_block)
         else:
-            _launch_prefill(*args, block)
+            _launch_prefill(*args, d_block)
     return y.to(x.dtype), post, comb
 
 

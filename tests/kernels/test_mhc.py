@@ -1,7 +1,8 @@
 """mHC pre (RMS + mixing projection + Sinkhorn + collapse) and post: Triton vs torch.
 
-hc_pre has two paths: prefill (one program per token) and decode (split reduction over
-(token, K-slice) programs + a finish kernel over (token, d-block)); both are checked here."""
+hc_pre has two paths: prefill (partials over (token block, K-slice) programs) and decode
+(partials over (token, K-slice) programs), each then a finish kernel over (token, d-block);
+both are checked here."""
 
 from __future__ import annotations
 
@@ -31,10 +32,16 @@ def _assert_matches(got, want, y_tol: float = 1e-5) -> None:
     assert torch.allclose(got[2].sum(-2), ones, atol=1e-4)  # comb columns sum to 1
 
 
-@pytest.mark.parametrize("b,s,d,block", [(1, 1, 64, 64), (2, 3, 100, 64)])
-def test_hc_pre_prefill_matches_reference(b, s, d, block):
-    x, fn, scale, base = _inputs(b, s, 4, d)
-    got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, block=block, decode=False)
+@pytest.mark.parametrize("b,s,hc,d", [
+    (1, 1, 4, 64),     # one token in a block of 64
+    (2, 3, 4, 100),    # hc·d = 400: not a whole number of 64-value steps
+    (1, 70, 4, 24),    # 70 tokens: two token blocks, the second partly empty
+    (1, 2, 2, 1100),   # hc·d = 2200: two K-slices of 2048, the second short
+])
+def test_hc_pre_prefill_matches_reference(b, s, hc, d):
+    """The prefill path: token-block partials (x · fnᵀ tiles), then the decode path's finish."""
+    x, fn, scale, base = _inputs(b, s, hc, d)
+    got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=False)
     _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
 
 
@@ -64,7 +71,7 @@ def test_hc_pre_paths_agree():
     x, fn, scale, base = _inputs(1, 3, 4, 72)
     dec = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=True, k_slice=32,
                         d_block=32)
-    pre = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=False, block=64)
+    pre = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=False)
     for a, w in zip(dec, pre, strict=True):
         assert torch.allclose(a, w, atol=1e-5, rtol=1e-5), (a - w).abs().max()
 
@@ -74,13 +81,14 @@ def test_hc_pre_auto_choice_at_threshold(monkeypatch):
     for name in ("_launch_decode", "_launch_prefill"):
         real = getattr(mhc, name)
         monkeypatch.setattr(mhc, name,
-                            lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1])
+                            lambda *a, _n=name, _f=real, **kw: (calls.append(_n), _f(*a, **kw))[1])
     monkeypatch.setattr(mhc, "DECODE_MAX_TOKENS", 2)
     for s in (2, 3):
         x, fn, scale, base = _inputs(1, s, 4, 32)
         got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS)
         _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
-    assert calls == ["_launch_decode", "_launch_prefill"]
+    # (the prefill path's partials end in the decode path's finish)
+    assert calls == ["_launch_decode", "_launch_prefill", "_launch_decode"]
 
 
 def test_hc_post_matches_reference():
