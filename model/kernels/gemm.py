@@ -11,8 +11,9 @@
   columns are split into even / odd k so no interleave is needed: y = x_even·W_evenᵀ + x_odd·W_oddᵀ.
   At decode the K axis is split over programs (``plan_split_k``) and the fp32 partials summed.
 
-``decode_fp4_tile`` is the one register decoder of FP4 tiles (e2m1 nibbles × ue8m0 scales),
-used here and by the MoE kernels (moe.py).
+``load_fp4_tile`` and ``place_fp4`` are the one register decoder of FP4 tiles (e2m1 nibbles ×
+ue8m0 scales, by bit placement), used here and by the MoE kernels (moe.py); ``decode_fp4_tile``
+is the two with the scale multiplied in, for ``tl.dot``.
 """
 
 from __future__ import annotations
@@ -216,34 +217,23 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
 def decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
                     FULL: tl.constexpr = False):
     """THE register decoder of FP4 weight tiles for ``tl.dot`` (``fp4_gemm`` here, the MoE
-    grouped GEMM in moe.py): ``placed_fp4_tile``'s codes times their scales → (even k, odd k)
+    grouped GEMM in moe.py): ``place_fp4``'s codes times their scales → (even k, odd k)
     float32 halves [BLOCK_N, BLOCK_K/2] of weight / 2^63, zero where masked: a caller multiplies
     what it computes from them by ``FP4_UNSHIFT`` (see ``FP4_TILE_SHIFT``)."""
-    even, odd, sc = placed_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
-                                    FP4_TILE_SHIFT, FULL)
-    return even * sc, odd * sc
-
-
-@triton.jit
-def placed_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
-                    SCALE_SHIFT: tl.constexpr, FULL: tl.constexpr = False):
-    """Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes (int8 [N, K/2], low nibble =
-    even k) start at ``w_base`` and ue8m0 scales (one per 1×32, [N, K/32]) at ``s_base``; byte
-    columns ``col`` [BLOCK_K/2] (``col0`` + 0, 1, ...: the caller's k0 / 2, passed as a scalar
-    too) → (even k, odd k) e2m1 values × 2^-126 as placed (``FP4_TILE_SHIFT``'s comment) and
-    their scales × ``SCALE_SHIFT``, each float32 [BLOCK_N, BLOCK_K/2], zero where masked:
-    ``place_fp4`` of ``load_fp4_tile``. The GEMV (moe.py) loads a tile ahead and places it a
-    step later; ``decode_fp4_tile`` multiplies the scale in before the dot."""
     byte, s = load_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K, FULL)
-    return place_fp4(byte, s, SCALE_SHIFT, FULL)
+    even, odd, sc = place_fp4(byte, s, FP4_TILE_SHIFT, FULL)
+    return even * sc, odd * sc
 
 
 @triton.jit
 def load_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
                   FULL: tl.constexpr = False):
-    """The raw bytes of ``placed_fp4_tile``'s tile: (packed bytes int32 [BLOCK_N, BLOCK_K/2],
-    scale bytes: [BLOCK_N, BLOCK_K/32] when FULL, else one per byte column), zero where
-    masked. One byte load per two weights, one scale byte per 16.
+    """Rows ``offs_n`` of an FP4 weight [N, K] whose packed bytes (int8 [N, K/2], low nibble =
+    even k) start at ``w_base`` and ue8m0 scales (one per 1×32, [N, K/32]) at ``s_base``; byte
+    columns ``col`` [BLOCK_K/2] (``col0`` + 0, 1, ...: the caller's k0 / 2, passed as a scalar
+    too) → (packed bytes int32 [BLOCK_N, BLOCK_K/2], scale bytes: [BLOCK_N, BLOCK_K/32] when
+    FULL, else one per byte column), zero where masked: what ``place_fp4`` decodes, loaded a
+    step ahead by the GEMV (moe.py). One byte load per two weights, one scale byte per 16.
     FULL (the caller's promise: both bases 16-byte aligned, K % 32 == 0, ``col`` whole runs of
     16 from a multiple of 16, every column in range — ``mask_j`` is not read): the bytes load as
     vectors (the compiler is told the row stride, K/32 · 16, is a multiple of 16, and the
@@ -266,9 +256,10 @@ def load_fp4_tile(w_base, s_base, offs_n, mask_n, col, col0, mask_j, K,
 
 @triton.jit
 def place_fp4(byte, s, SCALE_SHIFT: tl.constexpr, FULL: tl.constexpr = False):
-    """``load_fp4_tile``'s bytes → (even k, odd k) codes as placed and scales × SCALE_SHIFT,
-    float32 [BLOCK_N, BLOCK_K/2] each (FULL: each scale spread over its 16 byte columns in
-    registers)."""
+    """``load_fp4_tile``'s bytes → (even k, odd k) e2m1 values × 2^-126 as placed
+    (``FP4_TILE_SHIFT``'s comment) and their scales × SCALE_SHIFT, float32 [BLOCK_N, BLOCK_K/2]
+    each (FULL: each scale spread over its 16 byte columns in registers). ``decode_fp4_tile``
+    multiplies the scale in before its dot; the GEMV (moe.py) after its products."""
     sc = e8m0_scale(s) * SCALE_SHIFT
     if FULL:
         RUNS: tl.constexpr = s.shape[1]

@@ -19,7 +19,8 @@ either (every grid is sized from host ints: T, k, the bank's shapes):
   one expert; grouped gate/up tl.dot GEMM with the SwiGLU fused, grouped down GEMM, combine.
   Tiles past the last expert's group are marked −1 and exit at once.
 
-FP4 tiles are decoded in registers by ``gemm.decode_fp4_tile`` (the one decoder of the runtime).
+FP4 tiles are decoded in registers by ``gemm.load_fp4_tile`` / ``place_fp4`` (the one decoder of
+the runtime; ``decode_fp4_tile`` for the grouped GEMM's dots).
 Expert weights come as an ``ExpertBank`` (model/kernels/expert_bank.py): per part a base byte
 tensor and each slot's byte offset in it — views of the mapped checkpoint, or one stacked copy —
 so the kernels read w1, w3 int8 [inter, dim/2] + ue8m0 [inter, dim/32] and w2 int8
@@ -159,7 +160,7 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
     into even / odd k in registers. AHEAD (a launch choice, untimed): each step asks for the
     next tile's bytes before its own arithmetic — two tiles of loads in flight a program, for
     about 35 more registers a thread on triton 3.6.
-    The codes stay as placed (``gemm.placed_fp4_tile``): 2^100 of their 2^126 goes on the
+    The codes stay as placed (``gemm.place_fp4``): 2^100 of their 2^126 goes on the
     activation as it is read (exact for |a| < 2^28), 2^26 on the scale, which multiplies each
     byte's two products once."""
     offs_j = tl.arange(0, BLOCK_K // 2)
