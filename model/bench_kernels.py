@@ -863,6 +863,12 @@ def warm(shard: int, shards: int) -> int:
     return failed
 
 
+def _case_index(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a case index (0, 1, ...)")
+    return int(text)
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         shard, shards = (int(x) for x in text.split("/"))
@@ -877,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="v4coder bench kernels", description=__doc__)
     parser.add_argument("--full-size", action="store_true",
                         help="V4-Flash shapes (128K context) even without a GPU (slow on CPU)")
-    parser.add_argument("--start", type=int, default=0, metavar="N",
+    parser.add_argument("--start", type=_case_index, default=0, metavar="N",
                         help="from case N on (0-based): resume after a case that lost the GPU")
     parser.add_argument("--warm", type=_shard, metavar="I/N",
                         help="no timing: run cases I, I+N, ... once each to fill Triton's "

@@ -107,3 +107,5 @@ def test_warm_shards_run_each_case_once_and_name_failures(monkeypatch, capsys):
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(SystemExit):
             bk.main(["--warm", bad])
+    with pytest.raises(SystemExit):
+        bk.main(["--start", "-1"])
