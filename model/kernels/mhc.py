@@ -8,7 +8,7 @@ sigmoid / Sinkhorn split, stream collapse) and the post step (new X_j = post_j·
   (8 slices at V4-Flash), into the decode path's partials, then its finish kernel. fn (fp32
   [24, hc·d], 1.5 MiB at V4-Flash) is read once per 64 tokens from L2. The program per token
   this replaced read all of fn per token: 3 GB of L2 reads for 2048 tokens, 0.99 ms on the
-  H200 (session 12), ≈ 1/6 of that layer's routed-expert time.
+  H200 (session 12), ≈ 1/5 of that layer's routed-expert time.
 - decode (few tokens): one program per token cannot go faster than one SM streams 1.5 MiB, so
   the reduction is split. ``_hc_pre_partial_kernel``, grid (token, K-slice): each program reads
   K_SLICE stream values and the matching [24, K_SLICE] columns of fn (K_SLICE = 128: 12 KiB of fn
@@ -28,7 +28,8 @@ sigmoid / Sinkhorn split, stream collapse) and the post step (new X_j = post_j·
   the bench rows mhc_pre_decode / mhc_pre_prefill.
 
 Both paths end in one finish kernel (the split, ``_split_sinkhorn``, and the collapse,
-``_collapse_block``); the decode partials and the post's fused partials share ``_mix_chunk``. ``hc_post`` tiles (token, d-block).
+``_collapse_block``); the decode partials take their dots from ``_mix_chunk``. ``hc_post`` tiles
+(token, d-block).
 """
 
 from __future__ import annotations
