@@ -3,7 +3,10 @@
 # a machine's start included). On the device machine, from the repository root, with its own
 # python3 (torch + triton 3.6; our package is imported from the tree, not installed):
 #
-#   bash docs/perf/gpu_run.sh            # device run: timeout_s 480 leaves room for one rerun
+#   bash docs/perf/gpu_run.sh            # device run: timeout_s 400 leaves room for one rerun
+#
+# Session 12's runs took 78 s (steps 1–4), 149 s and 216 s (all steps) of the command's own time,
+# plus ≈ 35 s for the machine's start and the copies.
 #
 # Writes under $OUT (./gpu-out when unset; at most 8 files come back from a device run):
 # env.txt (versions, each step's exit status and seconds), races.log, kernels.jsonl,
