@@ -545,6 +545,13 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         # the same tiles at 8 warps: fewer registers a thread, no spills on triton 3.6
         p(_attn_case, "sparse_attn_prefill_csa_h64_w8", prefill, ctx // 4, TOPK, False, dev,
           dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=2, num_warps=8),
+        # 64-head tiles over 32 or 64 rows a step: wider warp-group MMAs (8 warps: 236–237
+        # registers, 32 B of stack on triton 3.6, where 4 warps spill 104–168 B)
+        p(_attn_case, "sparse_attn_prefill_csa_h64_n32_w8", prefill, ctx // 4, TOPK, False, dev,
+          dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=2, block_n=32, num_warps=8),
+        p(_attn_case, "sparse_attn_prefill_csa_h64_dv4_n64_w8", prefill, ctx // 4, TOPK, False,
+          dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=4, block_n=64,
+          num_warps=8),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_w8", prefill, ctx // 4, TOPK, True, dev,
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),

@@ -31,6 +31,8 @@ def _rows() -> list[dict]:
         _row("sparse_attn_prefill_csa", 1.2, 1.1),
         _row("sparse_attn_prefill_csa_h64", 1.3, 0.5),        # slower called, faster replayed
         _row("sparse_attn_prefill_csa_h64_w8", 1.0, 0.6),
+        _row("sparse_attn_prefill_csa_h64_n32_w8", 1.0, 0.7),
+        _row("sparse_attn_prefill_csa_h64_dv4_n64_w8", 1.0, 0.8),
         _row("sparse_attn_prefill_csa_fp8", 1.0),
         _row("sparse_attn_prefill_csa_fp8_h64", 2.0),
         _row("sparse_attn_prefill_csa_fp8_w8", 1.1),

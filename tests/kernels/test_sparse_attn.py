@@ -102,19 +102,22 @@ def test_fp8_layout_is_584_bytes_and_lossless_for_fake_quant():
 
 
 @pytest.mark.parametrize(
-    "b,s,h,d,n,k,splits,block_h,dv_parts",
+    "b,s,h,d,n,k,splits,block_h,dv_parts,block_n",
     [
-        (1, 3, 64, 64, 40, 24, 1, 64, 2),   # prefill, one 64-head tile, output columns in 2
-        (2, 2, 20, 64, 33, 17, 1, 64, 4),   # 20 heads in a 64-head tile (masked), 4 slices
-        (1, 1, 16, 64, 70, 64, 3, 16, 2),   # decode split over programs × column slices
-        (1, 2, 8, 48, 9, 40, 2, 16, 2),     # d not a power of two (block 64: a slice is padding)
+        (1, 3, 64, 64, 40, 24, 1, 64, 2, 16),   # prefill, one 64-head tile, output columns in 2
+        (2, 2, 20, 64, 33, 17, 1, 64, 4, 16),   # 20 heads in a 64-head tile (masked), 4 slices
+        (1, 1, 16, 64, 70, 64, 3, 16, 2, 16),   # decode split over programs × column slices
+        (1, 2, 8, 48, 9, 40, 2, 16, 2, 16),     # d not a power of two (a slice is padding)
+        (1, 3, 64, 64, 90, 70, 1, 64, 2, 32),   # 32 rows a step: 70 slots, a short last step
+        (1, 2, 64, 64, 90, 70, 1, 64, 4, 64),   # 64 rows a step, 4 slices
     ],
 )
-def test_output_columns_split_over_programs(b, s, h, d, n, k, splits, block_h, dv_parts):
+def test_output_columns_split_over_programs(b, s, h, d, n, k, splits, block_h, dv_parts,
+                                            block_n):
     q, kv, sink, idx = _inputs(b, s, h, d, n, k)
     scale = d**-0.5
     got = sparse_attn_triton(q, kv, sink, idx, scale, n_splits=splits, block_h=block_h,
-                             dv_parts=dv_parts)
+                             dv_parts=dv_parts, block_n=block_n)
     _check(got, sparse_attn_reference(q, kv, sink, idx, scale))
 
 
