@@ -4,8 +4,8 @@ against the torch reference. Families:
 
 - ``moe``: the FP4 MoE decode GEMV (6 experts of V4-Flash, batch 1: block_n, block_k,
   num_warps, split_k) and the grouped prefill (2048 tokens over 256 experts: block_m);
-- ``attn_decode``: batch-1 sparse attention at 128K context (bf16 and FP8 rows: block_h,
-  dv_parts, num_warps, combine, n_splits).
+- ``attn_decode``: batch-1 sparse attention at 128K context (CSA, bf16 and FP8 rows: block_h,
+  dv_parts, num_warps, combine, n_splits; HCA, bf16 rows: dv_parts, combine, n_splits).
 
 From the repository root (the first line compiles every variant in 8 processes side by side
 into Triton's cache, then the timed run loads them):
@@ -54,6 +54,12 @@ def attn_decode() -> list[Variant]:
         opts = dict(block_h=h, dv_parts=dv, num_warps=w, combine=combine, n_splits=splits)
         out.append((name, (lambda n=name, f=fp8, o=opts: bk._attn_case(
             n, 1, ctx // 4, bk.TOPK, f, "cuda", torch.bfloat16, "", **o)), opts))
+    # HCA: every one of the 1,024 compressed rows at 128K (1,152 slots with the window)
+    for dv, combine, splits in itertools.product((1, 4), ("fused", "kernel"), (5, 9, 18, 36)):
+        opts = dict(dv_parts=dv, combine=combine, n_splits=splits)
+        out.append(("sparse_attn_decode_hca", (lambda o=opts: bk._attn_case(
+            "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, "cuda", torch.bfloat16,
+            "", **o)), opts))
     return out
 
 
