@@ -115,11 +115,13 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
                                                        unrope=angles, **tiles), target)
 
 
-def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype) -> Case:
+def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype,
+                select: str = "fused") -> Case:
     """A decode step of ``seqs`` sequences on a CSA layer in one launch per op (native numerics'
     rows: FP8 KV, FP4 indexer keys; model/kernels/sequence_rows.py): each token's indexer
-    scores and pick over its own n_comp keys, then attention over its own window ∪ top-k
-    rows. Bytes: every sequence's keys, the rows its token reads, q and o."""
+    scores and pick over its own n_comp keys (the pick as ``select`` says), then attention over
+    its own window ∪ top-k rows. Bytes: every sequence's keys, the rows its token reads, q and
+    o."""
     layout = kv_fp8.V4_KV_LAYOUT
     windows = tuple(kv_fp8.pack_kv_fp8(_rand(1, WINDOW, HEAD_DIM, dtype=dtype, device=dev))
                     for _ in range(seqs))
@@ -146,12 +148,13 @@ def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype)
                      + 2 * HEADS * HEAD_DIM * q.element_size())
     flops = seqs * (2.0 * IDX_HEADS * IDX_DIM * n_comp + 4.0 * HEADS * HEAD_DIM * (WINDOW + TOPK))
     shape = {"sequences": seqs, "keys": n_comp, "topk": TOPK, "window": WINDOW,
-             "kv": "fp8-584B", "keys_format": "fp4-68B"}
+             "kv": "fp8-584B", "keys_format": "fp4-68B", "select": select}
     return Case(name, shape, nbytes, flops,
                 lambda: step(sequence_rows.sparse_attn_rows_reference,
                              sequence_rows.indexer_topk_rows_reference),
                 lambda: step(sequence_rows.sparse_attn_rows_triton,
-                             sequence_rows.indexer_topk_rows_triton),
+                             partial(sequence_rows.indexer_topk_rows_triton,
+                                     select=select)),
                 "none set (a batch's decode step: per-sequence launches before)")
 
 
@@ -583,6 +586,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,
           packed=True, select="torch"),
         p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),
+        p(_batch_case, "indexer_attn_decode_csa_batch8_parallel", 8, ctx // 4, dev, dtype,
+          "parallel"),
+        p(_batch_case, "indexer_attn_decode_csa_batch8_torch_select", 8, ctx // 4, dev, dtype,
+          "torch"),
         p(_append_case, "append_rows_decode_csa_batch8", 8, dev, dtype),
         p(_insert_rows_case, "compress_insert_decode_batch8", 8, dev),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
