@@ -46,6 +46,7 @@ from model.kernels import (
     sequence_rows,
     sparse_attn,
 )
+from model.kernels.choices import one_line
 from model.kernels.expert_bank import ExpertBank
 
 # H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
@@ -745,7 +746,7 @@ def _graph_fields(case: Case, peaks: tuple[float, float] | None) -> dict:
     try:
         graph_s = _time_graph(case.triton)
     except Exception as e:  # any failure: the row says so and the bench goes on
-        error = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        error = one_line(e)[:200]
         return {"graph_ms": None, "graph_error": error}
     finally:
         torch.cuda.synchronize()
@@ -801,8 +802,7 @@ class DeviceLost(RuntimeError):
 
 
 def _error_row(name: str, dev: str, exc: BaseException) -> dict:
-    error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return {"kernel": name, "device": dev, "error": error}
+    return {"kernel": name, "device": dev, "error": one_line(exc)[:300]}
 
 
 def _device_usable() -> bool:
@@ -832,7 +832,7 @@ def bench_kernels(full_size: bool, on_row: Callable[[dict], None] | None = None,
         try:
             node_s = _graph_node_s()
         except Exception as e:  # no floor then; the rows still run
-            print(f"v4coder bench kernels: no graph-node calibration ({type(e).__name__}: {e})",
+            print(f"v4coder bench kernels: no graph-node calibration ({one_line(e)})",
                   file=sys.stderr)
     rows = []
     for build in builds[start:]:
@@ -871,7 +871,7 @@ def warm(shard: int, shards: int) -> int:
             print(f"warm {case_name(build)} {time.perf_counter() - t0:.1f}", flush=True)
         except Exception as e:
             failed += 1
-            print(f"warm-failed {case_name(build)} {_error_row('', dev, e)['error']}", flush=True)
+            print(f"warm-failed {case_name(build)} {one_line(e)[:300]}", flush=True)
             if dev == "cuda" and not _device_usable():
                 return failed + 1
     return failed

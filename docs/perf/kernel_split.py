@@ -42,8 +42,7 @@ def main(names: list[str]) -> int:
         try:
             print(json.dumps(split(build())), flush=True)
         except Exception as e:   # a row per failure
-            print(json.dumps({"kernel": bk.case_name(build), "error": f"{type(e).__name__}: {e}"[:200]}),
-                  flush=True)
+            print(json.dumps(bk._error_row(bk.case_name(build), "cuda", e)), flush=True)
     return 0
 
 

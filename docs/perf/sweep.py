@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from model import bench_kernels as bk
+from model.kernels.choices import one_line
 
 PEAK_HBM, PEAK_BF16 = bk.PEAKS["H200"]
 Variant = tuple[str, Callable[[], bk.Case], dict]
@@ -74,7 +75,7 @@ def row(name: str, build: Callable[[], bk.Case], options: dict) -> dict:
         err = bk._error(bk._first(case.triton()), bk._first(case.reference()))
         seconds = bk._time_graph(case.triton)
     except Exception as e:  # a row per failure; the sweep goes on
-        return {**out, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
+        return {**out, "error": one_line(e)[:200]}
     return {**out, "graph_ms": seconds * 1e3, "gbps": case.bytes / seconds / 1e9,
             "hbm_fraction": case.bytes / seconds / PEAK_HBM,
             "bf16_peak_fraction": case.flops / seconds / PEAK_BF16, **err}
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
             try:
                 build().triton()
             except Exception as e:
-                print(f"sweep: {name} {options}: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"sweep: {name} {options}: {one_line(e)}", file=sys.stderr)
         torch.cuda.synchronize()
         return 0
     for variant in todo:
