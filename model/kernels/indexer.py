@@ -320,19 +320,21 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
             b, hi - lo, k), (picks.dtype, picks.shape)
         counted = counted and chunks >= COUNTED_MIN_CHUNKS
         queries = b * (hi - lo)
-        zeros = arrivals(b * query_programs + (queries * topk_select.HIST_BINS.value
-                                               if counted else 0), q.device)
-        cap = min(topk_select.CANDIDATES, width) if counted else 0
-        cand = torch.empty(queries * cap if counted else 1, dtype=torch.int64, device=q.device)
-        pick_args = (picks, zeros[:b * query_programs], zeros[b * query_programs:], cand, cap,
-                     k, picks.stride(0), picks.stride(1))
-        pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
-                    SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted)
         if parallel and counted:   # this launch counts; two launches of their own pick
             zeros = arrivals(queries * (1 + topk_select.HIST_BINS.value), q.device)
             arrive, hist = zeros[:queries], zeros[queries:]
             pick_args = (scores, vis, hist, vis, 0, k, 0, 0)
             pick = dict(COUNTED=True, CAUSAL=causal)
+        else:
+            zeros = arrivals(b * query_programs + (queries * topk_select.HIST_BINS.value
+                                                   if counted else 0), q.device)
+            cap = min(topk_select.CANDIDATES, width) if counted else 0
+            cand = torch.empty(queries * cap if counted else 1, dtype=torch.int64,
+                               device=q.device)
+            pick_args = (picks, zeros[:b * query_programs], zeros[b * query_programs:], cand,
+                         cap, k, picks.stride(0), picks.stride(1))
+            pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
+                        SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted)
     pick_ptr, counts, hist, cand, cap, k, pick_batch, pick_row = pick_args
     _indexer_scores_block[(query_programs, chunks, b)](
         q, weights, keys, vis, scores, vis if table is None else table, pick_ptr, counts, hist,
