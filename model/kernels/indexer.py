@@ -218,9 +218,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
             for r in range(0, BLOCK_T):
                 t = first + r
                 if t < hi:
-                    limit = width
-                    if CAUSAL:
-                        limit = tl.minimum(tl.load(vis_ptr + t), width)
+                    limit = topk_select.row_limit(vis_ptr, t, width, CAUSAL)
                     query = batch * (hi - lo) + t - lo
                     dest = pick_ptr + batch * pick_batch + (t - lo).to(tl.int64) * pick_row
                     topk_select.select_row(out_ptr + query * width, dest, limit, k,

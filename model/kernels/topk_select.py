@@ -262,18 +262,23 @@ def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch,
     batch = tl.program_id(1).to(tl.int64)
     row_ptr = scores_ptr + batch * score_batch + t.to(tl.int64) * width
     dest = out_ptr + batch * out_batch + t.to(tl.int64) * out_row
+    select_row(row_ptr, dest, row_limit(vis_ptr, t, width, CAUSAL), k, vis_ptr, dest, 0, BLOCK,
+               K_PAD, False)
+
+
+@triton.jit
+def row_limit(vis_ptr, t, width, CAUSAL: tl.constexpr):
+    """How many of row t's ``width`` scores a pick reads: its first vis[t] (CAUSAL), else all."""
     limit = width
     if CAUSAL:
         limit = tl.minimum(tl.load(vis_ptr + t), width)
-    select_row(row_ptr, dest, limit, k, vis_ptr, dest, 0, BLOCK, K_PAD, False)
+    return limit
 
 
 @triton.jit
 def _row_picks(vis_ptr, t, width, k, CAUSAL: tl.constexpr):
-    """(limit, picks) of row t: its visible scores (all when not CAUSAL) and how many it picks."""
-    limit = width
-    if CAUSAL:
-        limit = tl.minimum(tl.load(vis_ptr + t), width)
+    """(limit, picks) of row t: ``row_limit`` and how many of them it picks."""
+    limit = row_limit(vis_ptr, t, width, CAUSAL)
     return limit, tl.maximum(tl.minimum(k, limit), 0)
 
 
