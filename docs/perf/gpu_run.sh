@@ -22,6 +22,17 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/v4coder-triton-cache}
 log() { echo "$* (at ${SECONDS} s)" >> "$OUT/env.txt"; }
+# in_eight LABEL LIMIT CMD...: CMD --warm I/8 for I = 0..7 side by side, each under LIMIT s,
+# their output into kernels.err; waits for all eight
+in_eight() {
+    local label=$1 limit=$2 pids=() i pid
+    shift 2
+    for i in 0 1 2 3 4 5 6 7; do
+        timeout "$limit" "$@" --warm "$i/8" >> "$OUT/kernels.err" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || log "$label pid $pid rc $?"; done
+}
 
 { nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__,
 torch.cuda.get_device_name())"; git log --oneline -1 2>/dev/null; } > "$OUT/env.txt" 2>&1
@@ -35,12 +46,7 @@ races=$!
 
 # 2. Compile every kernel specialisation once, 8 processes side by side (Triton compiles one at a
 #    time per process; the 16 cores would otherwise idle through minutes of compiles).
-warms=()
-for i in 0 1 2 3 4 5 6 7; do
-    timeout 150 python3 -m model.bench_kernels --warm "$i/8" >> "$OUT/kernels.err" 2>&1 &
-    warms+=($!)
-done
-for pid in "${warms[@]}"; do wait "$pid" || log "warm shard pid $pid rc $?"; done
+in_eight "warm shard" 150 python3 -m model.bench_kernels
 log "warm done"
 wait "$races"   # the GPU is quiet for the timed run
 
@@ -73,12 +79,7 @@ log "choices rc $?"
 timeout 120 python3 docs/perf/kernel_split.py > "$OUT/split.jsonl" 2>> "$OUT/kernels.err"
 log "split rc $?"
 for family in moe attn_decode; do
-    warms=()
-    for i in 0 1 2 3 4 5 6 7; do
-        timeout 100 python3 docs/perf/sweep.py $family --warm "$i/8" 2>> "$OUT/kernels.err" &
-        warms+=($!)
-    done
-    for pid in "${warms[@]}"; do wait "$pid" || log "sweep $family warm pid $pid rc $?"; done
+    in_eight "sweep $family warm" 100 python3 docs/perf/sweep.py $family
     timeout 150 python3 docs/perf/sweep.py $family > "$OUT/sweep_$family.jsonl" \
         2>> "$OUT/kernels.err"
     log "sweep $family rc $?"
