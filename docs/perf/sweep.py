@@ -27,7 +27,6 @@ import torch
 from model import bench_kernels as bk
 from model.kernels.choices import one_line
 
-PEAK_HBM, PEAK_BF16 = bk.PEAKS["H200"]
 Variant = tuple[str, Callable[[], bk.Case], dict]
 
 
@@ -77,8 +76,7 @@ def row(name: str, build: Callable[[], bk.Case], options: dict) -> dict:
     except Exception as e:  # a row per failure; the sweep goes on
         return {**out, "error": one_line(e)[:200]}
     return {**out, "graph_ms": seconds * 1e3, "gbps": case.bytes / seconds / 1e9,
-            "hbm_fraction": case.bytes / seconds / PEAK_HBM,
-            "bf16_peak_fraction": case.flops / seconds / PEAK_BF16, **err}
+            **bk._fractions(case, seconds, bk.PEAKS["H200"]), **err}
 
 
 def main(argv: list[str]) -> int:
