@@ -214,14 +214,17 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
 
-def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype) -> Case:
+def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
+              mma: bool = False) -> Case:
+    """``mma``: up to 16 rows on tensor cores (``gemm._fp4_gemm_mma_kernel``)."""
     packed, scale = quant.quant_fp4(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     nbytes = n * k // 2 + n * k // 32 + (m * k + m * n) * x.element_size()
-    split_k = gemm.fp4_gemm_plan(m, n, k)[3]  # K splits (fp32 partials, not in bytes)
-    return Case(name, {"m": m, "n": n, "k": k, "split_k": split_k}, nbytes, 2.0 * m * n * k,
-                lambda: gemm.fp4_gemm_reference(x, packed, scale),
-                lambda: gemm.fp4_gemm_triton(x, packed, scale), ">= 60% of HBM bandwidth")
+    split_k = (gemm.fp4_mma_plan(m, n, k) if mma else gemm.fp4_gemm_plan(m, n, k))[-2]
+    return Case(name, {"m": m, "n": n, "k": k, "split_k": split_k, "mma": mma}, nbytes,
+                2.0 * m * n * k, lambda: gemm.fp4_gemm_reference(x, packed, scale),
+                lambda: gemm.fp4_gemm_triton(x, packed, scale, mma=mma),
+                ">= 60% of HBM bandwidth")
 
 
 def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
@@ -595,6 +598,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_insert_rows_case, "compress_insert_decode_batch8", 8, dev),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
+        p(_fp4_case, "fp4_expert_gemm_w13_decode_mma", 1, 2048, 4096, dev, dtype, True),
+        p(_fp4_case, "fp4_expert_gemm_w2_decode_mma", 1, 4096, 2048, dev, dtype, True),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
         p(_fp8_case, "fp8_gemm_wq_b_decode", 1, 32768 if full else 4096, 1024, dev, dtype),
         p(_fp8_case, "fp8_gemm_wo_b_prefill", 512 if gpu else 16, 4096, 8192, dev, dtype),
@@ -616,6 +621,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_moe_case, "moe_fp4_decode_ahead", 1, dev, dtype, **moe_dims, ahead=True),
         p(_moe_case, "moe_fp4_decode_native_ahead", 1, dev, dtype, **moe_dims, native=True,
           ahead=True),
+        # the decode GEMVs on tensor cores: 2 bf16 weights decoded a register
+        p(_moe_case, "moe_fp4_decode_mma", 1, dev, dtype, **moe_dims, mma=True, block_n=128),
+        p(_moe_case, "moe_fp4_decode_mma_n64", 1, dev, dtype, **moe_dims, mma=True, block_n=64),
+        p(_moe_case, "moe_fp4_decode_native_mma", 1, dev, dtype, **moe_dims, native=True,
+          mma=True, block_n=128),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),
         # 64-row expert tiles (Hopper warp-group MMA) for a 2048-token chunk (≈ 48 rows/expert)
         p(_moe_case, "moe_fp4_prefill_2048", 2048 if gpu else 4, dev, dtype, **moe_dims),

@@ -103,11 +103,14 @@ DECISIONS = {d.name: d for d in (
              (Variant("moe_fp4_decode", {}),
               Variant("moe_fp4_decode_n16_w8", {"block_n": 16, "num_warps": 8}),
               Variant("moe_fp4_decode_k64_w8", {"block_k": 64, "num_warps": 8}),
-              Variant("moe_fp4_decode_ahead", {"ahead": True}))),
+              Variant("moe_fp4_decode_ahead", {"ahead": True}),
+              Variant("moe_fp4_decode_mma", {"mma": True, "block_n": 128}),
+              Variant("moe_fp4_decode_mma_n64", {"mma": True, "block_n": 64}))),
     Decision("moe_decode_native", "routed experts, a decode step (per-pair GEMV quantising x)",
              (Variant("moe_fp4_decode_native", {}),
               Variant("moe_fp4_decode_native_n16_w8", {"block_n": 16, "num_warps": 8}),
-              Variant("moe_fp4_decode_native_ahead", {"ahead": True}))),
+              Variant("moe_fp4_decode_native_ahead", {"ahead": True}),
+              Variant("moe_fp4_decode_native_mma", {"mma": True, "block_n": 128}))),
 )}
 MOE_PREFILL_TOKENS = 1024
 

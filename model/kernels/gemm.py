@@ -11,9 +11,13 @@
   columns are split into even / odd k so no interleave is needed: y = x_even·W_evenᵀ + x_odd·W_oddᵀ.
   At decode the K axis is split over programs (``plan_split_k``) and the fp32 partials summed.
 
-``load_fp4_tile`` and ``place_fp4`` are the one register decoder of FP4 tiles (e2m1 nibbles ×
-ue8m0 scales, by bit placement), used here and by the MoE kernels (moe.py); ``decode_fp4_tile``
-is the two with the scale multiplied in, for ``tl.dot``.
+``load_fp4_tile`` and ``place_fp4`` are the register decoder of FP4 tiles to float32 (e2m1
+nibbles × ue8m0 scales, by bit placement), used here and by the MoE kernels (moe.py);
+``decode_fp4_tile`` is the two with the scale multiplied in, for ``tl.dot``.
+``load_fp4_mma_tile`` decodes for tensor cores instead: two bf16 weights placed in one register,
+one packed multiply by their scale, the tile's columns in the pairs' order (the activation is
+loaded in that order) — about half the instructions a weight; the GEMMs of up to 16 rows and
+the MoE decode GEMVs use it as a launch choice (``mma``).
 """
 
 from __future__ import annotations
@@ -270,6 +274,102 @@ def place_fp4(byte, s, SCALE_SHIFT: tl.constexpr, FULL: tl.constexpr = False):
     return even.to(tl.float32, bitcast=True), odd.to(tl.float32, bitcast=True), sc
 
 
+# The tensor-core decoder (``load_fp4_mma_tile``). A 32-bit word holds eight e2m1 codes; one
+# register can hold two bf16 weights. Placing code i of the word in the low half and code i + 4 in
+# the high half moves both the same distance, so a code pair costs three integer operations (and
+# a bf16 register pair one packed multiply by the scale) where ``place_fp4`` spent eight on two
+# float32 weights, plus their multiplies and the float32 → bf16 conversion. The tile's columns
+# come out in the order of the pairs (``fp4_mma_order``): the caller loads its activation in that
+# order, which a dot product over k does not see.
+FP4_MMA_ACT_SHIFT = tl.constexpr(2.0**63)   # × the activation: the decoded tile is weight × 2^-63
+_PAIR_MASK = tl.constexpr(0x81C081C0 - (1 << 32))   # sign, exponent's low 2, mantissa's top bit
+_NEG_ZERO_PAIR = tl.constexpr(0x80008000 - (1 << 32))   # bf16 (−0, −0): fma(a, b, −0) = a·b
+
+
+@triton.jit
+def place_fp4_pairs(words):
+    """int32 words of eight e2m1 codes (code i in bits 4i..4i+3: a weight byte's low nibble first,
+    little-endian bytes) → four int32 registers of two bf16 bit patterns each, (low, high) =
+    codes (0, 4), (1, 5), (2, 6), (3, 7), each the code's value × 2^-126: its magnitude bits
+    (e1 e0 m) at bf16 bits 8..6 (the exponent's low two and the mantissa's top bit: e = 0 lands
+    in the subnormals, where m = 1 reads 0.5 × 2^-126) and its sign at bit 15. A code's
+    magnitude and sign move by different distances (6 and 12 for code 0), so the pair's two
+    nibbles are masked out and multiplied by 2^6 + 2^12: the two shifted copies never overlap,
+    the mask keeps the wanted bits of each. Codes 2, 3, 6, 7 the same after one shift by 8."""
+    upper = words >> 8   # arithmetic: the bits it smears in from the sign are masked off
+    p0 = ((words & 0x000F000F) * 4160) & _PAIR_MASK
+    p1 = ((words & 0x00F000F0) * 260) & _PAIR_MASK
+    p2 = ((upper & 0x000F000F) * 4160) & _PAIR_MASK
+    p3 = ((upper & 0x00F000F0) * 260) & _PAIR_MASK
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def fp4_mma_order(BLOCK_K: tl.constexpr):
+    """The k (0 .. BLOCK_K−1, within the tile) of each column of ``load_fp4_mma_tile``: column
+    8q + 4a + 2b + c holds code a + 2b + 4c of word q (the joins' order)."""
+    col = tl.arange(0, BLOCK_K)
+    r = col % 8
+    return (col - r) + r // 4 + 2 * ((r // 2) % 2) + 4 * (r % 2)
+
+
+@triton.jit
+def _scaled_halves(pairs, bits, BF16: tl.constexpr):
+    """``place_fp4_pairs``' registers × 2^(e + 63) (``bits``: its bf16 exponent field, << 7) →
+    (low, high) bf16 — one packed multiply per register, then each half read as it lies (the
+    GPU) — or float32 (the interpreter, which has no inline assembly and mishandles bf16)."""
+    if BF16:
+        scaled = tl.inline_asm_elementwise(
+            "fma.rn.bf16x2 $0, $1, $2, $3;", "=r,r,r,r",
+            [pairs, bits | (bits << 16), tl.full(pairs.shape, _NEG_ZERO_PAIR, tl.int32)],
+            dtype=tl.int32, is_pure=True, pack=1)
+        low = scaled.to(tl.int16).to(tl.bfloat16, bitcast=True)
+        high = (scaled >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:   # bf16 bits << 16 are the same value as float32
+        scale = (bits << 16).to(tl.float32, bitcast=True)
+        low = (pairs << 16).to(tl.float32, bitcast=True) * scale
+        high = (pairs & -65536).to(tl.float32, bitcast=True) * scale
+    return low, high
+
+
+@triton.jit
+def load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K: tl.constexpr,
+                      BF16: tl.constexpr):
+    """Rows ``offs_n`` (zero where not ``mask_n``), k0 .. k0 + BLOCK_K of an FP4 weight [N, K]
+    (packed bytes int8 [N, K/2] at ``w_base``, ue8m0 [N, K/32] at ``s_base``; ``mma_fp4_tiles``:
+    K a multiple of BLOCK_K, a multiple of 32, and w_base 4-byte aligned) → weight × 2^-63,
+    [BLOCK_N, BLOCK_K] bf16 (BF16) or float32, in ``fp4_mma_order``'s columns: a tl.dot
+    operand, against an activation tile loaded at k0 + fp4_mma_order(BLOCK_K) × FP4_MMA_ACT_SHIFT.
+    Exact for every ue8m0 scale from 2^-62 to 2^64 (the products stay normal bf16)."""
+    WORDS: tl.constexpr = BLOCK_K // 8
+    GROUPS: tl.constexpr = BLOCK_K // 32
+    row = offs_n[:, None].to(tl.int64)
+    words = tl.load(w_base.to(tl.pointer_type(tl.int32)) + row * (K // 8) + k0 // 8
+                    + tl.arange(0, WORDS)[None, :], mask=mask_n[:, None], other=0)
+    s = tl.load(s_base + row * (K // 32) + k0 // 32 + tl.arange(0, GROUPS)[None, :],
+                mask=mask_n[:, None], other=0).to(tl.int32)
+    # a 32-code scale group is four words; 2^(e + 63) as a bf16 exponent field (e = s − 127)
+    bits = tl.reshape(tl.broadcast_to(((s + 63) << 7)[:, :, None], [s.shape[0], GROUPS, 4]),
+                      [s.shape[0], WORDS])
+    p0, p1, p2, p3 = place_fp4_pairs(words)
+    l0, h0 = _scaled_halves(p0, bits, BF16)
+    l1, h1 = _scaled_halves(p1, bits, BF16)
+    l2, h2 = _scaled_halves(p2, bits, BF16)
+    l3, h3 = _scaled_halves(p3, bits, BF16)
+    # each register's halves end adjacent (the last join): no repacking before the MMA
+    tile = tl.join(tl.join(tl.join(l0, l1), tl.join(l2, l3)), tl.join(tl.join(h0, h1),
+                                                                       tl.join(h2, h3)))
+    return tl.reshape(tile, [s.shape[0], BLOCK_K])
+
+
+def mma_fp4_tiles(k: int, k_per_split: int, block_k: int, *parts: torch.Tensor) -> bool:
+    """Whether ``load_fp4_mma_tile`` can read these weights: every K tile whole (K and each
+    split multiples of BLOCK_K ≥ 32) and every part's bytes 4-byte aligned (``parts``: tensors,
+    or the ``aligned`` flags of a bank's parts)."""
+    return whole_k_tiles(k, k_per_split, block_k) and all(
+        p if isinstance(p, bool) else p.data_ptr() % 4 == 0 for p in parts)
+
+
 @triton.jit
 def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -308,6 +408,38 @@ def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
     tl.store(out + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
              (acc * FP4_UNSHIFT).to(out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _fp4_gemm_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr,
+                         PREC: tl.constexpr):
+    """Program (n tile, k split) of a GEMM with at most 16 rows, on tensor cores with the
+    operands swapped: the decoded weight tile (``load_fp4_mma_tile``) is the MMA's M side and
+    x's rows its 16 N columns, so no MMA row is padding when M = 16 (and 15 columns are at
+    decode). out[split] tile = (W[n tile, k slice] · x[:, k slice]ᵀ)ᵀ in fp32."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, 16)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+    order = fp4_mma_order(BLOCK_K)
+    acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        xt = tl.load(x_ptr + offs_m[None, :].to(tl.int64) * K + (k0 + order)[:, None],
+                     mask=mask_m[None, :], other=0.0).to(tl.float32)
+        w = load_fp4_mma_tile(w_ptr, s_ptr, offs_n, mask_n, k0, K, BLOCK_K, BF16)
+        acc = tl.dot(w, (xt * FP4_MMA_ACT_SHIFT).to(w.dtype), acc, input_precision=PREC)
+    out = out_ptr + pid_k.to(tl.int64) * M * N
+    tl.store(out + offs_m[None, :].to(tl.int64) * N + offs_n[:, None],
+             acc.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+
+
+MMA_BLOCK_N = 128   # the tensor-core GEMV's weight rows a program (one warp group's 64 × 2)
+MMA_BLOCK_K = 128
 
 
 def whole_k_tiles(k: int, k_per_split: int, block_k: int) -> bool:
@@ -417,8 +549,16 @@ def fp4_gemm_plan(m: int, n: int, k: int, block_k: int | None = None,
     return bm, bn, bk, splits, k_per_split
 
 
+def fp4_mma_plan(m: int, n: int, k: int, block_k: int | None = None,
+                 split_k: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK_K, splits, k_per_split) of ``fp4_gemm_triton``'s tensor-core path (m ≤ 16)."""
+    bk = block_k or MMA_BLOCK_K
+    return bk, *plan_split_k(triton.cdiv(n, MMA_BLOCK_N), m, k, bk, split_k)
+
+
 def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                    block_k: int | None = None, split_k: int | None = None) -> torch.Tensor:
+                    block_k: int | None = None, split_k: int | None = None,
+                    mma: bool = False) -> torch.Tensor:
     """x [..., K] · FP4 weight (int8 [N, K/2], ue8m0 [N, K/32])ᵀ → [..., N] in x.dtype.
 
     Grid (M tiles, N tiles, K splits) from ``fp4_gemm_plan`` (``split_k`` forces the splits).
@@ -426,11 +566,24 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
     streaming 32 weight rows × 2 KB — far too few to keep HBM busy; split-K gives each program
     32 rows × one K slice, so ~1024 programs load the 4 MB weight in parallel. Split partials
     are fp32 [S, M, N], summed in a fixed order by one torch reduction (deterministic, no
-    atomics)."""
+    atomics). ``mma`` (a launch choice, untimed): up to 16 rows on tensor cores
+    (``_fp4_gemm_mma_kernel``, 128-row weight tiles) where ``mma_fp4_tiles`` allows."""
     k, n = x.shape[-1], packed.shape[0]
     assert packed.shape[1] * 2 == k and k % 32 == 0, (x.shape, packed.shape)
     x2, y = _rows_and_output(x, n, half_or_fp32=True)
     m = x2.shape[0]
+    if mma and 0 < m <= 16 and n:
+        bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, split_k)
+        if mma_fp4_tiles(k, k_per_split, bk, packed, scale):
+            out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32,
+                                                    device=x.device)
+            _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](
+                x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8),
+                out, m, n, k, k_per_split, BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk,
+                BF16=x2.dtype == torch.bfloat16,
+                PREC="ieee" if x2.dtype == torch.float32 else "tf32")
+            y = out if splits == 1 else out.sum(0)
+            return y.to(x.dtype).reshape(*x.shape[:-1], n)
     if m and n:
         bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, split_k)
         out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32,

@@ -19,8 +19,9 @@ either (every grid is sized from host ints: T, k, the bank's shapes):
   one expert; grouped gate/up tl.dot GEMM with the SwiGLU fused, grouped down GEMM, combine.
   Tiles past the last expert's group are marked −1 and exit at once.
 
-FP4 tiles are decoded in registers by ``gemm.load_fp4_tile`` / ``place_fp4`` (the one decoder of
-the runtime; ``decode_fp4_tile`` for the grouped GEMM's dots).
+FP4 tiles are decoded in registers by ``gemm.load_fp4_tile`` / ``place_fp4`` (``decode_fp4_tile``
+for the grouped GEMM's dots), or, with ``mma`` (a launch choice), by ``gemm.load_fp4_mma_tile``
+for the decode GEMVs on tensor cores (``_moe_gemv_mma_kernel``).
 Expert weights come as an ``ExpertBank`` (model/kernels/expert_bank.py): per part a base byte
 tensor and each slot's byte offset in it — views of the mapped checkpoint, or one stacked copy —
 so the kernels read w1, w3 int8 [inter, dim/2] + ue8m0 [inter, dim/32] and w2 int8
@@ -39,10 +40,14 @@ from model.kernels.expert_bank import ExpertBank, PartBank
 from model.kernels.gemm import (
     FP4_ACT_SHIFT,
     FP4_GEMV_SCALE_SHIFT,
+    FP4_MMA_ACT_SHIFT,
     FP4_UNSHIFT,
     clamped_swiglu,
     decode_fp4_tile,
+    fp4_mma_order,
+    load_fp4_mma_tile,
     load_fp4_tile,
+    mma_fp4_tiles,
     place_fp4,
     plan_split_k,
     whole_k_tiles,
@@ -246,6 +251,54 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
 
 
 @triton.jit
+def _moe_gemv_mma_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_ptr, w3_off_ptr,
+                         s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
+                         UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
+                         INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
+    """``_moe_gemv_kernel``'s programs and partials on tensor cores (a launch choice, untimed):
+    the weight tile is the MMA's M side (``gemm.load_fp4_mma_tile``: 2 weights a register,
+    about 2 instructions a weight where the FMA loop spends about 8), the activation its
+    16-column N side with only column 0 non-zero (tl.dot's least N). Needs ``mma_fp4_tiles``."""
+    pair = tl.program_id(0)
+    pid_k = tl.program_id(2)
+    splits = tl.num_programs(2)
+    e = tl.load(slots_ptr + pair)
+    if (e >= 0) & (e < N_SLOTS):
+        if UP:
+            a_row = a_ptr + (pair // TOPK).to(tl.int64) * K
+        else:
+            a_row = a_ptr + pair.to(tl.int64) * K
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        k_lo = pid_k * K_PER_SPLIT
+        k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+        order = fp4_mma_order(BLOCK_K)
+        first = (tl.arange(0, 16) == 0)[None, :]
+        w_base = _slot_base(w_ptr, w_off_ptr, e)
+        s_base = _slot_base(s_ptr, s_off_ptr, e)
+        w3_base = _slot_base(w3_ptr, w3_off_ptr, e)
+        s3_base = _slot_base(s3_ptr, s3_off_ptr, e)
+        acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            a = tl.load(a_row + k0 + order).to(tl.float32)
+            if QUANT:   # this tile is one 1×128 block (in another order: the same amax)
+                a = _e4m3_values(a, _scale_exponent(tl.max(tl.abs(a), 0), FLOOR_BITS,
+                                                    INV_MAX_BITS), QMAX)
+            w = load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
+            b = tl.where(first, (a * FP4_MMA_ACT_SHIFT)[:, None], 0.0).to(w.dtype)
+            acc = tl.dot(w, b, acc, input_precision=PREC)
+            if UP:
+                w3 = load_fp4_mma_tile(w3_base, s3_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
+                acc3 = tl.dot(w3, b, acc3, input_precision=PREC)
+        out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
+        tl.store(out, tl.sum(acc, axis=1), mask=mask_n)
+        if UP:
+            tl.store(out + (splits * P).to(tl.int64) * N, tl.sum(acc3, axis=1), mask=mask_n)
+
+
+@triton.jit
 def _swiglu_kernel(gate_ptr, up_ptr, w_ptr, out_ptr, N, stride_g, stride_u, limit,
                    HAS_WEIGHTS: tl.constexpr, BLOCK: tl.constexpr):
     """One row's BLOCK columns: out = clamped SwiGLU(gate, up) (× the row's weight)."""
@@ -404,6 +457,14 @@ def _bank_args(*parts: PartBank) -> tuple[torch.Tensor, ...]:
     return tuple(t for p in parts for t in (p.base, p.offsets))
 
 
+def _mma_numerics(a: torch.Tensor) -> dict:
+    """The MMA GEMV's operand type for activations ``a``: bf16 tiles for bf16 (exact: the
+    decoded weights have 2 significant bits), else float32 tiles, tf32 dots for fp16 (exact
+    too) and IEEE ones for float32 (the interpreter's)."""
+    return {"BF16": a.dtype == torch.bfloat16,
+            "PREC": "ieee" if a.dtype == torch.float32 else "tf32"}
+
+
 def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
                 split_k: int | None = None, block_n: int = DECODE_BLOCK_N
                 ) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -418,9 +479,10 @@ def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
 
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                 limit: float, quantize_input: bool, split_k: int | None, block_k: int,
-                add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool
-                ) -> torch.Tensor:
-    """The per-pair split-K path (see the module docstring): 4 launches, no host sync."""
+                add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool,
+                mma: bool) -> torch.Tensor:
+    """The per-pair split-K path (see the module docstring): 4 launches, no host sync. ``mma``:
+    the GEMVs on tensor cores (``_moe_gemv_mma_kernel``) where the bank's tiles allow it."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     flat = slots.reshape(-1).contiguous()
@@ -430,12 +492,18 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
     # native numerics: x is put on its FP8 grid as the programs read it (one 1×128 block per
     # K step), so there is no quantisation launch before this one
-    _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
-        xin, flat, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), part, topk, p, inter, dim,
-        k_per, n_exp, UP=True, QUANT=quantize_input and block_k == ACT_QUANT_BLOCK,
-        **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-        FULL=whole_tiles(dim, k_per, block_k, bank.w1, bank.s1, bank.w3, bank.s3),
-        AHEAD=ahead, num_warps=num_warps)
+    up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
+    quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
+    if mma and mma_fp4_tiles(dim, k_per, block_k, *(q.aligned for q in up_parts)):
+        _moe_gemv_mma_kernel[(p, triton.cdiv(inter, bn), splits)](
+            xin, flat, *_bank_args(*up_parts), part, topk, p, inter, dim, k_per, n_exp, UP=True,
+            QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+            **_mma_numerics(xin), num_warps=num_warps)
+    else:
+        _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
+            xin, flat, *_bank_args(*up_parts), part, topk, p, inter, dim, k_per, n_exp, UP=True,
+            QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+            FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead, num_warps=num_warps)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
@@ -444,11 +512,17 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK)
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
-    _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
-        h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
-        QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-        FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
-        num_warps=num_warps)
+    if mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned, bank.s2.aligned):
+        _moe_gemv_mma_kernel[(p, triton.cdiv(dim, bn), splits_down)](
+            h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
+            QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+            **_mma_numerics(h), num_warps=num_warps)
+    else:
+        _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
+            h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
+            QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+            FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
+            num_warps=num_warps)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
@@ -491,13 +565,13 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    block_m: int = 16, decode: bool | None = None, split_k: int | None = None,
                    block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
                    block_n: int = DECODE_BLOCK_N, num_warps: int = 4,
-                   ahead: bool = False) -> torch.Tensor:
+                   ahead: bool = False, mma: bool = False) -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
-    are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead (launch choices,
-    tests)."""
+    are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` it on tensor
+    cores (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreting() else add).contiguous()
@@ -514,5 +588,5 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     rw = weights.float().reshape(-1).contiguous()
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
-                           block_n, num_warps, ahead)
+                           block_n, num_warps, ahead, mma)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add)

@@ -44,6 +44,8 @@ def _rows() -> list[dict]:
         _row("moe_fp4_decode_n16_w8", 0.5, 0.20),
         _row("moe_fp4_decode_k64_w8", 0.4, 0.25),
         _row("moe_fp4_decode_ahead", 0.5, 0.21),
+        _row("moe_fp4_decode_mma", 0.5, 0.22),
+        _row("moe_fp4_decode_mma_n64", 0.5, 0.23),
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),

@@ -121,6 +121,54 @@ def test_fp4_decode_covers_every_code():
     assert torch.equal(got, quant.dequant_fp4(packed, scale)[0])
 
 
+def _spy_mma_tiles(monkeypatch):
+    """Record ``mma_fp4_tiles``' answers (the real ones, passed through): whether the
+    tensor-core path ran."""
+    from model.kernels import gemm
+
+    taken, real = [], gemm.mma_fp4_tiles
+    monkeypatch.setattr(gemm, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
+    return taken
+
+
+def test_fp4_tensor_core_tile_reads_every_code_at_every_scale(monkeypatch):
+    """``load_fp4_mma_tile`` (two bf16 weights placed a register, columns in pair order):
+    one-hot rows read each weight back alone — every byte value (both nibbles) under ue8m0
+    scales from 2^-62 to 2^64, exactly the reference's dequantised weight."""
+    n, k = 32, 128
+    packed = torch.arange(n * k // 2).remainder(256).to(torch.uint8).view(torch.int8).view(n, -1)
+    exps = torch.linspace(-62, 64, n * k // 32).round().view(n, k // 32)
+    scale = quant.float_to_e8m0(torch.exp2(exps))
+    taken = _spy_mma_tiles(monkeypatch)
+    got = torch.cat([fp4_gemm_triton(torch.eye(k)[i:i + 16], packed, scale, mma=True)
+                     for i in range(0, k, 16)])          # got[i, r] = W[r, i]
+    assert taken == [True] * (k // 16)
+    assert torch.equal(got.t(), quant.dequant_fp4(packed, scale))
+
+
+@pytest.mark.parametrize(
+    "m,n,k,block_k,split_k,mma_runs",
+    [
+        (1, 200, 256, 128, None, True),   # decode row; the second 128-row tile half masked
+        (5, 64, 512, 64, 3, True),        # 8 K tiles over 3 wanted splits → 3 + 3 + 2
+        (16, 130, 256, 32, 1, True),      # 16 rows: every MMA column a row of x
+        (2, 40, 96, 64, 1, False),        # K not a multiple of the tile: the FMA path
+    ],
+)
+def test_fp4_gemm_on_tensor_cores_matches_reference(m, n, k, block_k, split_k, mma_runs,
+                                                     monkeypatch):
+    g = torch.Generator().manual_seed(5 * m + n)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-3, 2, k)
+    packed, scale = quant.quant_fp4(w)
+    x = torch.randn(m, k, generator=g)
+    taken = _spy_mma_tiles(monkeypatch)
+    got = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k, mma=True)
+    assert taken == [mma_runs]
+    want = fp4_gemm_reference(x, packed, scale)
+    assert got.shape == (m, n)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), (got - want).abs().max()
+
+
 @pytest.mark.parametrize(
     "m,n,k,block_k,split_k",
     [

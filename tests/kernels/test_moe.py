@@ -340,6 +340,37 @@ def test_decode_gemv_tiles_of_the_launch_choices(quantize, block_n, block_k, ahe
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-3), (got - ref).abs().max()
 
 
+@pytest.mark.parametrize("quantize,dim,inter,block_n,block_k,split_k", [
+    (False, 256, 96, 64, 32, None),   # N = 96: the second 64-row tile half masked; down K = 3 tiles
+    (True, 256, 128, 64, 128, 2),     # native numerics: x quantised per 128-block in pair order
+    (False, 128, 64, 16, 64, 1),      # 16-row tiles, one split
+])
+def test_decode_gemv_on_tensor_cores_matches_the_fma_gemv(quantize, dim, inter, block_n, block_k,
+                                                          split_k, monkeypatch):
+    """``mma=True``: both decode GEMVs on tensor cores (``_moe_gemv_mma_kernel``: the weight
+    tile the MMA's M side, the activation loaded in the decoded columns' pair order) give the
+    FMA GEMV's and the reference's result, with a dropped slot (−1) in the batch; a bank off
+    the 4-byte grid or a K that is not whole tiles keeps the FMA GEMV."""
+    from model.kernels import moe
+
+    t = 2
+    bank, x, g = _bank_and_input(t, dim, inter, seed=block_n + block_k)
+    indices = torch.tensor([[2, 0], [3, -1]])
+    weights = torch.rand(t, 2, generator=g)
+    args = (x, weights, indices, bank, LIMIT)
+    opts = dict(quantize_input=quantize, decode=True, split_k=split_k, block_n=block_n,
+                block_k=block_k)
+    fma = moe_fp4_triton(*args, **opts)
+    taken, real = [], moe.mma_fp4_tiles
+    monkeypatch.setattr(moe, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
+    got = moe_fp4_triton(*args, **opts, mma=True)
+    assert taken == [True, True]          # gate/up and down
+    assert torch.allclose(got, fma, atol=1e-5, rtol=1e-4), (got - fma).abs().max()
+    want = moe_fp4_reference(*args, quantize_input=quantize)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+    assert not real(dim, dim, block_k, False, True) and not real(96, 96, 64, True)
+
+
 @pytest.mark.parametrize("decode,quantize,split_k", [(True, False, 1), (True, True, 2),
                                                      (False, False, None)])
 def test_whole_tiles_of_an_aligned_bank_load_as_vectors(decode, quantize, split_k, monkeypatch):
