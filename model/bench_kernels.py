@@ -631,6 +631,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_moe_case, "moe_fp4_prefill_2048", 2048 if gpu else 4, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_prefill_m64", 2048 if gpu else 4, dev, dtype, **moe_dims,
           block_m=64),
+        # the grouped GEMM's tiles from the tensor-core decoder (2 bf16 weights a register)
+        p(_moe_case, "moe_fp4_prefill_mma", 2048 if gpu else 4, dev, dtype, **moe_dims,
+          mma=True),
+        p(_moe_case, "moe_fp4_prefill_m64_mma", 2048 if gpu else 4, dev, dtype, **moe_dims,
+          block_m=64, mma=True),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
         p(_mhc_case, "mhc_pre_prefill", 2048 if gpu or full else 128, dev, dtype),
         p(_compressor_case, "compressor_csa_prefill", 512 if gpu else 64, 4, dev),

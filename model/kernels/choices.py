@@ -96,7 +96,9 @@ DECISIONS = {d.name: d for d in (
               Variant("indexer_topk_decode_fp4_torch_select", {"select": "torch"}))),
     Decision("moe_prefill", "routed experts, at least MOE_PREFILL_TOKENS tokens (grouped GEMM)",
              (Variant("moe_fp4_prefill_2048", {}),
-              Variant("moe_fp4_prefill_m64", {"block_m": 64}))),
+              Variant("moe_fp4_prefill_m64", {"block_m": 64}),
+              Variant("moe_fp4_prefill_mma", {"mma": True}),
+              Variant("moe_fp4_prefill_m64_mma", {"block_m": 64, "mma": True}))),
     # the decode GEMV's 4-warp 32-row tile holds 198–227 registers a thread on triton 3.6
     # (occupancy 0.125); these compile spill-free at 2–4× the occupancy (bench compile)
     Decision("moe_decode", "routed experts, a decode step (per-pair GEMV), dequant numerics",

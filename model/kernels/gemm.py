@@ -314,6 +314,17 @@ def fp4_mma_order(BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def to_mma_order(a):
+    """Rows of an activation tile [R, BLOCK_K] loaded in k order → its columns in
+    ``fp4_mma_order`` (a permutation within each 8 columns, in registers: a contiguous load
+    where a gather would load each element alone)."""
+    R: tl.constexpr = a.shape[0]
+    BLOCK_K: tl.constexpr = a.shape[1]
+    return tl.reshape(tl.permute(tl.reshape(a, [R, BLOCK_K // 8, 2, 2, 2]), (0, 1, 4, 3, 2)),
+                      [R, BLOCK_K])
+
+
+@triton.jit
 def _scaled_halves(pairs, bits, BF16: tl.constexpr):
     """``place_fp4_pairs``' registers × 2^(e + 63) (``bits``: its bf16 exponent field, << 7) →
     (low, high) bf16 — one packed multiply per register, then each half read as it lies (the
@@ -426,13 +437,13 @@ def _fp4_gemm_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
     mask_m = offs_m < M
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-    order = fp4_mma_order(BLOCK_K)
     acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        xt = tl.load(x_ptr + offs_m[None, :].to(tl.int64) * K + (k0 + order)[:, None],
-                     mask=mask_m[None, :], other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * K + k0 + tl.arange(0, BLOCK_K)[None, :],
+                    mask=mask_m[:, None], other=0.0).to(tl.float32)
         w = load_fp4_mma_tile(w_ptr, s_ptr, offs_n, mask_n, k0, K, BLOCK_K, BF16)
-        acc = tl.dot(w, (xt * FP4_MMA_ACT_SHIFT).to(w.dtype), acc, input_precision=PREC)
+        xt = tl.trans(to_mma_order(x * FP4_MMA_ACT_SHIFT).to(w.dtype))
+        acc = tl.dot(w, xt, acc, input_precision=PREC)
     out = out_ptr + pid_k.to(tl.int64) * M * N
     tl.store(out + offs_m[None, :].to(tl.int64) * N + offs_n[:, None],
              acc.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])

@@ -50,6 +50,7 @@ from model.kernels.gemm import (
     mma_fp4_tiles,
     place_fp4,
     plan_split_k,
+    to_mma_order,
     whole_k_tiles,
 )
 from model.kernels.launch import interpreting
@@ -367,9 +368,12 @@ def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS
 def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr,
                      w3_ptr, w3_off_ptr, s3_ptr, s3_off_ptr, out_ptr, TOPK, N, K, limit,
                      UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, PREC: tl.constexpr, FULL: tl.constexpr = False):
+                     BLOCK_K: tl.constexpr, PREC: tl.constexpr, FULL: tl.constexpr = False,
+                     MMA: tl.constexpr = False, BF16: tl.constexpr = False):
     """Grouped (prefill) tile of one expert. UP: out[pos] = swiglu(a[tok]·w1ᵀ, a[tok]·w3ᵀ)·rw;
-    else out[pos] = a[pos]·wᵀ. FULL: ``decode_fp4_tile``'s (whole tiles, aligned bank)."""
+    else out[pos] = a[pos]·wᵀ. FULL: ``decode_fp4_tile``'s (whole tiles, aligned bank). MMA
+    (``mma_fp4_tiles``; a launch choice, untimed): tiles from ``load_fp4_mma_tile`` (bf16 when
+    BF16), one dot a step against the activation read in their columns' order."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(tile_e_ptr + pid_m)
@@ -394,27 +398,43 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
         for k0 in range(0, K, BLOCK_K):
             col = k0 // 2 + offs_j
             mask_j = col < K // 2
-            if FULL:   # one contiguous slice of each row, split into even / odd k
+            if MMA:
                 a = tl.load(a_base + k0 + tl.arange(0, BLOCK_K)[None, :], mask=valid[:, None],
                             other=0.0)
-                a_even, a_odd = tl.split(tl.reshape(a, [BLOCK_M, BLOCK_K // 2, 2]))
+                w = load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
+                a = to_mma_order(a.to(tl.float32) * FP4_MMA_ACT_SHIFT).to(w.dtype)
+                acc = tl.dot(a, tl.trans(w), acc, input_precision=PREC)
+                if UP:
+                    w3 = load_fp4_mma_tile(w3_base, s3_base, offs_n, mask_n, k0, K, BLOCK_K,
+                                           BF16)
+                    acc3 = tl.dot(a, tl.trans(w3), acc3, input_precision=PREC)
             else:
-                ma = valid[:, None] & mask_j[None, :]
-                a_even = tl.load(a_base + 2 * col[None, :], mask=ma, other=0.0)
-                a_odd = tl.load(a_base + 2 * col[None, :] + 1, mask=ma, other=0.0)
-            w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, k0 // 2,
-                                            mask_j, K, FULL)
-            acc += tl.dot(a_even, tl.trans(w_even.to(a_even.dtype)), input_precision=PREC)
-            acc += tl.dot(a_odd, tl.trans(w_odd.to(a_even.dtype)), input_precision=PREC)
-            if UP:
-                u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col, k0 // 2,
+                if FULL:   # one contiguous slice of each row, split into even / odd k
+                    a = tl.load(a_base + k0 + tl.arange(0, BLOCK_K)[None, :],
+                                mask=valid[:, None], other=0.0)
+                    a_even, a_odd = tl.split(tl.reshape(a, [BLOCK_M, BLOCK_K // 2, 2]))
+                else:
+                    ma = valid[:, None] & mask_j[None, :]
+                    a_even = tl.load(a_base + 2 * col[None, :], mask=ma, other=0.0)
+                    a_odd = tl.load(a_base + 2 * col[None, :] + 1, mask=ma, other=0.0)
+                w_even, w_odd = decode_fp4_tile(w_base, s_base, offs_n, mask_n, col, k0 // 2,
                                                 mask_j, K, FULL)
-                acc3 += tl.dot(a_even, tl.trans(u_even.to(a_even.dtype)), input_precision=PREC)
-                acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)), input_precision=PREC)
-        acc *= FP4_UNSHIFT
+                acc += tl.dot(a_even, tl.trans(w_even.to(a_even.dtype)), input_precision=PREC)
+                acc += tl.dot(a_odd, tl.trans(w_odd.to(a_even.dtype)), input_precision=PREC)
+                if UP:
+                    u_even, u_odd = decode_fp4_tile(w3_base, s3_base, offs_n, mask_n, col,
+                                                    k0 // 2, mask_j, K, FULL)
+                    acc3 += tl.dot(a_even, tl.trans(u_even.to(a_even.dtype)),
+                                   input_precision=PREC)
+                    acc3 += tl.dot(a_odd, tl.trans(u_odd.to(a_even.dtype)),
+                                   input_precision=PREC)
+        if not MMA:   # (the MMA tiles' shift is on the activation)
+            acc *= FP4_UNSHIFT
+            if UP:
+                acc3 *= FP4_UNSHIFT
         if UP:
             rw = tl.load(rw_ptr + tl.where(valid, pairs, 0), mask=valid, other=0.0)
-            acc = clamped_swiglu(acc, acc3 * FP4_UNSHIFT, rw[:, None], limit)
+            acc = clamped_swiglu(acc, acc3, rw[:, None], limit)
         tl.store(out_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & mask_n[None, :])
 
@@ -531,19 +551,23 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
 
 
 def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
-                 limit: float, quantize_input: bool, block_m: int, add: torch.Tensor | None
-                 ) -> torch.Tensor:
-    """The expert-aligned tl.dot path (see the module docstring)."""
+                 limit: float, quantize_input: bool, block_m: int, add: torch.Tensor | None,
+                 mma: bool) -> torch.Tensor:
+    """The expert-aligned tl.dot path (see the module docstring); ``mma``: its tiles from
+    ``load_fp4_mma_tile`` where the bank allows it."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     prec = "ieee" if xin.dtype == torch.float32 else "tf32"
     pairs, tile_e, pos = moe_align(slots, n_exp, block_m)
     h = torch.zeros(pairs.numel(), inter, dtype=torch.float32 if quantize_input else xin.dtype,
                     device=xin.device)
+    up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
     _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(inter, 32))](
-        xin, pairs, tile_e, rw, *_bank_args(bank.w1, bank.s1, bank.w3, bank.s3), h, topk, inter,
-        dim, float(limit), UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
-        FULL=whole_tiles(dim, dim, 64, bank.w1, bank.s1, bank.w3, bank.s3))
+        xin, pairs, tile_e, rw, *_bank_args(*up_parts), h, topk, inter, dim, float(limit),
+        UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
+        FULL=whole_tiles(dim, dim, 64, *up_parts),
+        MMA=mma and mma_fp4_tiles(dim, dim, 64, *(q.aligned for q in up_parts)),
+        BF16=xin.dtype == torch.bfloat16)
     if quantize_input:
         # (a slice when inter < 128)
         h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
@@ -552,7 +576,9 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
     _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(dim, 32))](
         h, pairs, tile_e, rw, *down, *down, out, topk, dim, inter, 0.0, UP=False,
         BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
-        FULL=whole_tiles(inter, inter, 64, bank.w2, bank.s2))
+        FULL=whole_tiles(inter, inter, 64, bank.w2, bank.s2),
+        MMA=mma and mma_fp4_tiles(inter, inter, 64, bank.w2.aligned, bank.s2.aligned),
+        BF16=h.dtype == torch.bfloat16)
     y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         out, pos, y if add is None else add, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False,
@@ -570,8 +596,9 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
-    are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` it on tensor
-    cores (launch choices, tests)."""
+    are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` the decode
+    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder (launch
+    choices, tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreting() else add).contiguous()
@@ -589,4 +616,4 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
                            block_n, num_warps, ahead, mma)
-    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add)
+    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add, mma)

@@ -371,6 +371,24 @@ def test_decode_gemv_on_tensor_cores_matches_the_fma_gemv(quantize, dim, inter, 
     assert not real(dim, dim, block_k, False, True) and not real(96, 96, 64, True)
 
 
+@pytest.mark.parametrize("quantize,block_m", [(False, 16), (True, 64)])
+def test_grouped_gemm_with_tensor_core_tiles_matches_reference(quantize, block_m, monkeypatch):
+    """``mma=True`` on the grouped path: the gate/up and down GEMMs' weight tiles from
+    ``load_fp4_mma_tile``, the activation rows loaded whole and permuted in registers into the
+    tiles' column order (``to_mma_order``) — the reference's result, ragged slots included."""
+    from model.kernels import moe
+
+    bank, x, g = _bank_and_input(5, 128, 64, seed=block_m)
+    weights = torch.rand(5, 3, generator=g)
+    taken, real = [], moe.mma_fp4_tiles
+    monkeypatch.setattr(moe, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
+    got = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize,
+                         decode=False, block_m=block_m, mma=True)
+    assert taken == [True, True]
+    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
 @pytest.mark.parametrize("decode,quantize,split_k", [(True, False, 1), (True, True, 2),
                                                      (False, False, None)])
 def test_whole_tiles_of_an_aligned_bank_load_as_vectors(decode, quantize, split_k, monkeypatch):
