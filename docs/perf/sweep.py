@@ -3,7 +3,8 @@
 against the torch reference. Families:
 
 - ``moe``: the FP4 MoE decode GEMV (6 experts of V4-Flash, batch 1: block_n, block_k,
-  num_warps, split_k) and the grouped prefill (2048 tokens over 256 experts: block_m);
+  num_warps, split_k; on FMA units and on tensor cores, ``mma``) and the grouped prefill (2048
+  tokens over 256 experts: block_m, with and without the tensor-core decoder);
 - ``attn_decode``: batch-1 sparse attention at 128K context (CSA, bf16 and FP8 rows: block_h,
   dv_parts, num_warps, combine, n_splits; HCA, bf16 rows: dv_parts, combine, n_splits).
 
@@ -37,9 +38,15 @@ def moe() -> list[Variant]:
               for n, k, w, s in itertools.product((16, 32, 64), (64, 128, 256), (2, 4, 8),
                                                   (1, 2, 4))
               if n * k // 2 <= 8192 and not (n == 64 and w == 2)]
+    # the GEMVs on tensor cores (gemm.load_fp4_mma_tile): weight rows × k a step, warps, splits
+    decode += [dict(mma=True, block_n=n, block_k=k, num_warps=w, split_k=s)
+               for (n, k), w, s in itertools.product(((64, 128), (128, 64), (128, 128)), (4, 8),
+                                                     (4, 8, 16))]
+    prefill = [dict(block_m=m, mma=mma) for mma, m in itertools.product((False, True),
+                                                                         (16, 32, 64, 128))]
     return ([("moe_fp4_decode", case("moe_fp4_decode", 1, t), t) for t in decode]
-            + [("moe_fp4_prefill_2048", case("moe_fp4_prefill_2048", 2048, {"block_m": m}),
-                {"block_m": m}) for m in (16, 32, 64, 128)])
+            + [("moe_fp4_prefill_2048", case("moe_fp4_prefill_2048", 2048, t), t)
+               for t in prefill])
 
 
 def attn_decode() -> list[Variant]:
