@@ -435,9 +435,10 @@ def _pool_inputs_case(name: str, tokens: int, dev: str, splits: int = 12) -> Cas
 
 
 def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: bool,
-               groups: int = 1) -> Case:
+               groups: int = 1, mma: bool = False) -> Case:
     """Decode GEMV with the weight as mapped (one token): FP8 e4m3 + 128×128 scales (wq_b) or
-    bf16 with one input vector per group (wo_a: 8 groups)."""
+    bf16 with one input vector per group (wo_a: 8 groups; the LM head: 1). ``mma``: on tensor
+    cores (``gemv._gemv_mma_kernel``)."""
     from model.kernels import gemv
     x = _rand(1, groups, k, dtype=dtype, device=dev) if groups > 1 else _rand(1, k, dtype=dtype,
                                                                              device=dev)
@@ -454,9 +455,10 @@ def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: boo
             *x.shape[:-1], n)
 
     nbytes = w.numel() * w.element_size() + (0 if ws is None else ws.numel()) + x.numel() * 2
-    return Case(name, {"n": n, "k": k, "groups": groups, "weight": "fp8" if fp8 else "bf16"},
+    return Case(name, {"n": n, "k": k, "groups": groups, "weight": "fp8" if fp8 else "bf16",
+                       "mma": mma},
                 nbytes, 2.0 * groups * n * k, reference,
-                lambda: gemv.gemv_triton(x, w, ws, groups), "none set (report only)")
+                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma), "none set (report only)")
 
 
 def _act_quant_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096
@@ -658,6 +660,15 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_gemv_case, "gemv_fp8_wq_b_decode", 32768 if full else 4096, 1024, dev, dtype, True),
         p(_gemv_case, "gemv_bf16_wo_a_decode", 1024, 4096 if full else 1024, dev, dtype, False,
           groups=8),
+        p(_gemv_case, "gemv_fp8_wq_b_decode_mma", 32768 if full else 4096, 1024, dev, dtype,
+          True, mma=True),
+        p(_gemv_case, "gemv_bf16_wo_a_decode_mma", 1024, 4096 if full else 1024, dev, dtype,
+          False, groups=8, mma=True),
+        # the LM head (V4-Flash: 129,280 × 4,096 bf16, 1.06 GB a decoded token)
+        p(_gemv_case, "gemv_bf16_lm_head_decode", 129280 if full else 4096, 4096, dev, dtype,
+          False),
+        p(_gemv_case, "gemv_bf16_lm_head_decode_mma", 129280 if full else 4096, 4096, dev,
+          dtype, False, mma=True),
         p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
         p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),

@@ -78,6 +78,61 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
              mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
+                     FP8: tl.constexpr, BF16: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """``_gemv_kernel``'s programs and partials on tensor cores, operands swapped: the weight
+    tile [BLOCK_N, BLOCK_K] is the MMA's M side (bf16 as loaded, or FP8 cast to bf16: exact),
+    x's ≤ 16 rows its N columns. An FP8 tile's rows lie in one 128-row scale block (BLOCK_N
+    divides 128) and its k in one 128-column block (BLOCK_K = 128), so its one scale goes on
+    the x tile — a power of two, exact in bf16 — and the MMA accumulates across K steps. A
+    loop of loads feeding a dot is what Triton pipelines (asynchronous copies a few steps
+    ahead), which the FMA GEMV's loads are not. BF16: bf16 tiles (the GPU), else float32
+    (the interpreter)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    group = (pid_n * BLOCK_N) // N
+    offs_m = tl.arange(0, 16)
+    mask_n = offs_n < ROWS
+    mask_m = offs_m < M
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+    x_cols = x_ptr + (group * M + offs_m)[None, :].to(tl.int64) * K
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
+    acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < k_hi
+        w = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0)
+        xt = tl.load(x_cols + offs_k[:, None], mask=mask_k[:, None] & mask_m[None, :],
+                     other=0.0).to(tl.float32)
+        if FP8:
+            w = w.to(tl.float8e4nv, bitcast=True)
+            xt = xt * e8m0_scale(tl.load(s_ptr + (pid_n * BLOCK_N // 128) * KB + k0 // 128))
+        if BF16:
+            acc = tl.dot(w.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
+        else:
+            acc = tl.dot(w.to(tl.float32), xt, acc, input_precision="ieee")
+    out = out_ptr + pid_k.to(tl.int64) * (ROWS // N) * M * N + group * M * N
+    cols = offs_n - group * N
+    tl.store(out + offs_m[None, :] * N + cols[:, None], acc,
+             mask=mask_m[None, :] & mask_n[:, None])
+
+
+MMA_BLOCK_N = 128   # weight rows a tensor-core program (two 64-row warp-group tiles)
+
+
+def mma_gemv(m: int, n: int, groups: int, weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``_gemv_mma_kernel`` takes this GEMV: ≤ 16 rows of bf16 x against a bf16 or FP8
+    weight (an exact bf16 operand; fp16 / fp32 weights keep the FMA kernel) whose groups are
+    whole 128-row tiles (under the interpreter x is fp32 and so are the tiles)."""
+    exact = weight.dtype in (torch.bfloat16, torch.float8_e4m3fn) and (
+        x.dtype == torch.bfloat16 or interpreting())
+    return exact and m <= 16 and (groups == 1 or n % MMA_BLOCK_N == 0)
+
+
 def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K) for m rows: the product stays ≈ TILE_ELEMENTS; with groups,
     BLOCK_N divides n (a tile never straddles two groups)."""
@@ -92,13 +147,15 @@ def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                groups: int = 1, reduce: bool = True) -> torch.Tensor | SplitK:
+                groups: int = 1, reduce: bool = True, mma: bool = False
+                ) -> torch.Tensor | SplitK:
     """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
     weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
     ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N].
     ``reduce=False``: the K splits' fp32 partial sums instead, for a consumer kernel that sums
     them as it reads them (one launch fewer): [S, ..., N] when ``groups`` = 1, else a
-    ``SplitK`` (its ``dtype`` x's)."""
+    ``SplitK`` (its ``dtype`` x's). ``mma`` (a launch choice, untimed): on tensor cores
+    (``_gemv_mma_kernel``) where ``mma_gemv`` allows."""
     k = x.shape[-1]
     rows_w = weight.shape[0]
     n = rows_w // groups
@@ -106,11 +163,12 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     m = x3.shape[1]
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} vectors per group, got {m}")
+    mma = mma and mma_gemv(m, n, groups, weight, x3)
     if interpreting() and weight.dtype in (torch.bfloat16, torch.float16):
         weight = weight.float()   # the interpreter mishandles bf16 (an exact up-cast)
     x3 = (x3.float() if interpreting() else x3).contiguous()
     fp8 = scale is not None
-    block_m, block_n, block_k = _tiles(m, n, groups)
+    block_m, block_n, block_k = (16, MMA_BLOCK_N, 128) if mma else _tiles(m, n, groups)
     tiles = triton.cdiv(rows_w, block_n)
     splits = max(1, min(triton.cdiv(k, block_k), TARGET_PROGRAMS // tiles))
     k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
@@ -118,9 +176,15 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     partial = torch.empty(splits, groups, m, n, dtype=torch.float32, device=x.device)
     w = weight.contiguous().view(torch.uint8) if fp8 else weight.contiguous()
     s = scale.contiguous().view(torch.uint8) if fp8 else w
-    _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
-                                  k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
-                                  BLOCK_K=block_k)
+    if mma:
+        _gemv_mma_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128),
+                                          rows_w, k_per_split, FP8=fp8,
+                                          BF16=x3.dtype == torch.bfloat16, BLOCK_N=block_n,
+                                          BLOCK_K=block_k)
+    else:
+        _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
+                                      k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
+                                      BLOCK_K=block_k)
     if not reduce:
         if groups > 1:
             return SplitK(partial, tuple(x.shape[:-2]), x.dtype)

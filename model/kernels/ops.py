@@ -141,7 +141,8 @@ def dequant_linear(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.
     if quantize_input:
         x = fp8_fake_quant(x, 128)
     if _decode_gemv(x, x.numel() // x.shape[-1]):   # few rows: read W once, as mapped (gemv.py)
-        return _gemv.gemv_triton(x.to(dtype), weight, scale).to(dtype)
+        return _gemv.gemv_triton(x.to(dtype), weight, scale,
+                                 **_gemv_options(weight, scale)).to(dtype)
     rows = weight.shape[0] if x.is_cuda else DEQUANT_ROWS
     parts = []
     for r in range(0, weight.shape[0], rows):
@@ -160,7 +161,8 @@ def linear_partials(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor |
     over S is y: the decode GEMV's K splits unsummed, for a consumer kernel that sums them as it
     reads them (one launch fewer); S = 1 (y itself, in fp32) on every other path."""
     if _decode_gemv(x, x.numel() // x.shape[-1]):
-        return _gemv.gemv_triton(x.to(dtype), weight, scale, reduce=False)
+        return _gemv.gemv_triton(x.to(dtype), weight, scale, reduce=False,
+                                 **_gemv_options(weight, scale))
     return dequant_linear(x, weight, scale, dtype).float().unsqueeze(0)
 
 
@@ -174,7 +176,8 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
     K splits unsummed (``SplitK``, the groups flattened: [..., G·N] once summed) for the FP8
     GEMM that reads them to sum; a tensor [..., G, N] on every other path."""
     if _decode_gemv(x, x.numel() // (x.shape[-1] * groups)):
-        y = _gemv.gemv_triton(x.to(dtype), weight, scale, groups, reduce)
+        y = _gemv.gemv_triton(x.to(dtype), weight, scale, groups, reduce,
+                              **_gemv_options(weight, scale))
         return SplitK(y.parts, y.lead, x.dtype) if isinstance(y, SplitK) else y.to(x.dtype)
     w = dequant_fp8_block(weight, scale, dtype=dtype) if scale is not None else quant.bf16_to(
         weight, dtype)
@@ -187,6 +190,12 @@ def _decode_gemv(x: torch.Tensor, rows: int) -> bool:
     return backend(x) == "triton" and 0 < rows <= _gemv.MAX_ROWS
 
 
+def _gemv_options(weight: torch.Tensor, scale: torch.Tensor | None) -> dict:
+    """The decode GEMV's launch choice for this weight's format (``gemv_decode_fp8`` / _bf16)."""
+    return choices.options("gemv_decode_fp8" if scale is not None else "gemv_decode_bf16",
+                           weight.device)
+
+
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
                quantize_input: bool = False) -> torch.Tensor:
     """y = x · W4ᵀ for an FP4 expert weight (int8 [N, K/2], ue8m0 [N, K/32]). Triton decodes the
@@ -194,7 +203,9 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype
     if backend(x) == "triton":
         if quantize_input:
             x = fp8_fake_quant(x, 128)
-        return _gemm.fp4_gemm_triton(x, packed, scale)
+        rows = x.numel() // x.shape[-1]
+        tiles = choices.options("fp4_gemm_decode", x.device) if rows <= 16 else {}
+        return _gemm.fp4_gemm_triton(x, packed, scale, **tiles)
     return linear(x, dequant_fp4(packed, scale).to(dtype), quantize_input=quantize_input)
 
 

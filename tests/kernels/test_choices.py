@@ -49,6 +49,8 @@ def _rows() -> list[dict]:
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),
+        _row("gemv_fp8_wq_b_decode", 0.1, 0.057),
+        _row("gemv_fp8_wq_b_decode_mma", 0.1, 0.02),
         _row("moe_fp4_prefill_2048", 9.0),
         _row("moe_fp4_prefill_m64", 3.0, max_rel_err=0.05),       # fast and too far off
     ]
@@ -63,8 +65,9 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert got["sparse_attn_prefill_fp8"]["options"] == {}               # the default won
     assert got["moe_decode"]["options"] == {"block_n": 16, "num_warps": 8}   # 0.20 replayed
     assert got["sparse_attn_decode"]["options"] == {"combine": "kernel"}
+    assert got["gemv_decode_fp8"]["options"] == {"mma": True}
     assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8", "sparse_attn_decode",
-                        "moe_decode"}
+                        "moe_decode", "gemv_decode_fp8"}
     left = table["left_out"]
     assert left["moe_decode_native"] == "moe_fp4_decode_native: no row"
     assert "recall 0.9" in left["indexer_decode"]
@@ -73,7 +76,8 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert choices.validated(table) == {"sparse_attn_prefill": {"block_h": 64, "dv_parts": 2},
                                         "sparse_attn_prefill_fp8": {},
                                         "sparse_attn_decode": {"combine": "kernel"},
-                                        "moe_decode": {"block_n": 16, "num_warps": 8}}
+                                        "moe_decode": {"block_n": 16, "num_warps": 8},
+                                        "gemv_decode_fp8": {"mma": True}}
 
 
 def test_the_h200_run_of_session_2_had_no_variant_rows():
@@ -144,6 +148,27 @@ def test_the_dispatch_point_launches_the_chosen_variant(table_file, monkeypatch)
     assert tiles == [{"block_h": 64, "dv_parts": 2}, {"combine": "kernel"}]
     want = sparse_attn_module.sparse_attn_reference(q, kv, sink, idx, 32**-0.5)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_decode_gemv_takes_the_chosen_tensor_core_path(table_file, monkeypatch):
+    """An FP8 linear of one row in dequant numerics (``ops.dequant_linear`` → the decode GEMV):
+    the table's choice (``gemv_decode_fp8``: mma) reaches ``gemv_triton``, the tensor-core
+    kernel runs (interpreter), and the result is the dequantise-then-linear reference's; a bf16
+    weight has no row in this table and keeps the default."""
+    from model.kernels import gemv, quant
+
+    seen, real = [], gemv.gemv_triton
+    monkeypatch.setattr(gemv, "gemv_triton", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    monkeypatch.setenv("V4CODER_KERNELS", "triton")
+    gen = torch.Generator().manual_seed(3)
+    w, ws = quant.quant_fp8_block(torch.randn(200, 256, generator=gen))
+    x = torch.randn(1, 256, generator=gen)
+    got = ops.dequant_linear(x, w, ws, torch.float32)
+    ops.dequant_linear(x, w.float().to(torch.bfloat16), None, torch.float32)
+    assert seen == [{"mma": True}, {}]
+    assert gemv.mma_gemv(1, 200, 1, w, x)     # what the wrapper asks before the MMA kernel
+    want = x @ quant.dequant_fp8_block(w, ws).t()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_bench_choices_cli(tmp_path, capsys):

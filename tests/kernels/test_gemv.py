@@ -49,6 +49,32 @@ def test_fp8_gemv_on_the_gpus_tiles_reads_one_scale_a_tile(block_n, groups, monk
                                atol=1e-3)   # values up to ≈ 1e4: fp32 summation order
 
 
+@pytest.mark.parametrize("m,n,k,groups,fp8", [
+    (1, 300, 384, 1, True),     # 3 row tiles of 128 (the last masked), every scale block differs
+    (3, 128, 200, 2, True),     # grouped, K not a multiple of 128 (a masked K tail)
+    (16, 200, 256, 1, False),   # 16 rows: every MMA column a row of x; bf16 weight
+    (1, 256, 640, 4, False),    # grouped wo_a-like, K split over programs
+])
+def test_gemv_on_tensor_cores_matches_dequantised_product(m, n, k, groups, fp8, monkeypatch):
+    """``mma=True`` (``_gemv_mma_kernel``: the weight tile the MMA's M side, an FP8 tile's one
+    scale put on x's tile): the dequantise-then-multiply result; fp16 weights and groups that
+    are not whole 128-row tiles keep the FMA kernel (``mma_gemv``)."""
+    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 8)            # K splits on small shapes too
+    g = torch.Generator().manual_seed(m + n + k)
+    rows = torch.logspace(0, 2, groups * n).view(-1, 1)
+    w = torch.randn(groups * n, k, generator=g) * torch.logspace(-2, 1, k) * rows
+    wq, ws = quant.quant_fp8_block(w) if fp8 else (w.to(torch.bfloat16), None)
+    dense = quant.dequant_fp8_block(wq, ws) if fp8 else wq.float()
+    x = torch.randn(m, groups, k, generator=g) if groups > 1 else torch.randn(m, k, generator=g)
+    want = torch.einsum("mgd,grd->mgr", x.reshape(m, groups, k), dense.view(groups, n, k))
+    assert gemv.mma_gemv(m, n, groups, wq, x)
+    got = gemv_triton(x, wq, ws, groups=groups, mma=True)
+    assert got.shape == x.shape[:-1] + (n,)
+    torch.testing.assert_close(got, want.reshape(got.shape), rtol=1e-4, atol=1e-3)
+    assert not gemv.mma_gemv(1, 64, 2, wq, x)                  # 64-row groups: half a tile
+    assert not gemv.mma_gemv(1, n, 1, w.half(), x)
+
+
 def test_gemv_splits_k_and_keeps_leading_dims(monkeypatch):
     monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 64)           # few row tiles → K splits
     w = torch.randn(8, 1000)
