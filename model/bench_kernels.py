@@ -561,6 +561,13 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_attn_case, "sparse_attn_prefill_csa_h64_dv4_n64_w8", prefill, ctx // 4, TOPK, False,
           dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=4, block_n=64,
           num_warps=8),
+        # all 512 output columns a program over 8 warps (two warp groups, 128 accumulator
+        # registers a thread): the scores once a row tile, where column slices recompute them
+        p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n16_w8", prefill, ctx // 4, TOPK, False,
+          dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, num_warps=8),
+        p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n32_w8", prefill, ctx // 4, TOPK, False,
+          dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, block_n=32,
+          num_warps=8),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_w8", prefill, ctx // 4, TOPK, True, dev,
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),

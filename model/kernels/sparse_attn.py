@@ -195,29 +195,44 @@ def _unrope_tile(o, ang_ptr, token, col0, D, R2, BLOCK_H: tl.constexpr, BLOCK_DV
     return tl.reshape(tl.join(new_even, new_odd), [BLOCK_H, BLOCK_DV])
 
 
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+RESCALE_SLACK = tl.constexpr(8.0)   # log2 units: p ≤ 256 between rescales (bf16, fp32: safe)
+
+
 @triton.jit
 def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, D, scale,
                  KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
                  DV_PARTS: tl.constexpr, SCALE_WORDS: tl.constexpr = False):
     """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
-    element; −1 or out of range = none) → the updated (m_i, l_i, acc)."""
+    element; −1 or out of range = none) → the updated (m_i, l_i, acc): m_i a running max of
+    the scores in log2 units, at most RESCALE_SLACK below the true one; l_i, acc the sums of
+    2^(score − m_i) and their rows."""
     cdt = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
     kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
                        KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
-    logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * scale
+    # scores in log2 units (scale · log2 e folded in): exp2 is the GPU's one-instruction exp
+    logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * (scale * LOG2E)
     logits = tl.where(valid[None, :], logits, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(logits, 1))
-    alpha = tl.exp(m_i - m_new)
-    p = tl.exp(logits - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
+        # the running max moves only when some row's grew by more than the slack: until then
+        # p = 2^(logit − m_i) ≤ 2^RESCALE_SLACK, and acc and l need no rescale (a multiply of
+        # the whole BLOCK_H × BLOCK_DV accumulator every row tile otherwise)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha
+        acc = acc * alpha[:, None]
+        m_i = m_new
+    p = tl.exp2(logits - m_i[:, None])
+    l_i = l_i + tl.sum(p, 1)
     if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
         kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
                            KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
-    acc = acc * alpha[:, None] + tl.dot(p.to(cdt), kv, input_precision=PREC)
-    return m_new, l_i, acc
+    acc = acc + tl.dot(p.to(cdt), kv, input_precision=PREC)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -324,6 +339,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                      offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
                                      SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS)
+    m_i = m_i * LN2   # natural-log units from here (the sink's, the lse's)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         o = acc / safe_l[:, None]
