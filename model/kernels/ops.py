@@ -308,11 +308,14 @@ def sparse_attn_rows(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
     [1, T, K] (−1 = none) or, None, all of them (model/kernels/sequence_rows.py); FP8 rows
     given a ``layout``. → o [1, T, h, d] rotated back by ``unrope`` (into ``out``). One launch
     for the whole batch on Triton, with the decode decision's combine and column slices
-    (``sparse_attn_decode[_fp8]``)."""
+    (``sparse_attn_decode[_fp8]``), and its splits where it chose a count: that count was
+    measured for one token, so T tokens take 1/T of it (rounded up) — the programs it measured."""
     if backend(q) == "triton":
         chosen = choices.options("sparse_attn_decode" if layout is None else
                                  "sparse_attn_decode_fp8", q.device)
         tiles = {key: chosen[key] for key in ("combine", "dv_parts") if key in chosen}
+        if "n_splits" in chosen:
+            tiles["n_splits"] = -(-chosen["n_splits"] // max(q.shape[1], 1))
         return _sequence_rows.sparse_attn_rows_triton(q, rows, sink, picks, scale, layout,
                                                       unrope, out, **tiles)
     return _sequence_rows.sparse_attn_rows_reference(q, rows, sink, picks, scale, layout, unrope,

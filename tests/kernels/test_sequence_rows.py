@@ -216,3 +216,32 @@ def test_ops_hand_the_batched_decode_its_chosen_options(tmp_path, monkeypatch):
             ops.indexer_topk_rows(iq, iw, index_rows, 16)
         assert dict(audit.triton) == kernels
     choices.clear_cache()
+
+
+@pytest.mark.parametrize("tokens,splits", [(1, 8), (2, 4), (3, 3), (8, 1), (12, 1)])
+def test_a_chosen_split_count_is_shared_by_the_batchs_tokens(tokens, splits, tmp_path,
+                                                            monkeypatch):
+    """The decode decision's 8 splits were measured for one token: a batch of T tokens takes
+    ⌈8 / T⌉ a token (the programs measured), and the result is the reference's."""
+    import json
+
+    from model.kernels import choices, ops, sequence_rows
+
+    table = tmp_path / "choices.json"
+    table.write_text(json.dumps({"choices": {"sparse_attn_decode_fp8": {
+        "options": {"dv_parts": 4, "n_splits": 8}}}}))
+    monkeypatch.setenv(choices.CHOICES_ENV, str(table))
+    monkeypatch.setenv(ops.BACKEND_ENV, "triton")
+    choices.clear_cache()
+    seen, real = [], sequence_rows.sparse_attn_rows_triton
+    monkeypatch.setattr(sequence_rows, "sparse_attn_rows_triton",
+                        lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    windows = ([1, W, 3, W] * 3)[:tokens]
+    counts = ([0, 13, 2, 40] * 3)[:tokens]
+    rows, layout = _rows(windows, counts, "all", True)
+    q, sink, angles = _queries(tokens)
+    got = ops.sparse_attn_rows(q, rows, sink, None, 0.125, layout, angles)
+    choices.clear_cache()
+    assert seen == [{"dv_parts": 4, "n_splits": splits}]
+    want = sparse_attn_rows_reference(q, rows, sink, None, 0.125, layout, angles)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
