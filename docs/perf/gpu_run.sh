@@ -12,8 +12,8 @@
 # env.txt (versions, each step's exit status and seconds), races.log, kernels.jsonl,
 # kernels.err (every step's stderr, and the warm-up's lines), nvidia-h200.json (the
 # launch-choices table made from those rows), split.jsonl (each case's time kernel by kernel)
-# and sweep_{moe,attn_decode}.jsonl (launch-option sweeps). Then record the numbers in
-# docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl, and the table in
+# and sweep_{moe,attn}.jsonl (launch-option sweeps; attn: decode, then prefill). Then record
+# the numbers in docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl, and the table in
 # model/kernels/choices/ (what `ops` asks on that GPU). Each step has its own limit, so a slow
 # one still leaves the others' output.
 set -uo pipefail
@@ -78,9 +78,11 @@ log "choices rc $?"
 #    sweeps (docs/perf/sweep.py: each family compiled in 8 processes first, like step 2).
 timeout 120 python3 docs/perf/kernel_split.py > "$OUT/split.jsonl" 2>> "$OUT/kernels.err"
 log "split rc $?"
-for family in moe attn_decode; do
-    in_eight "sweep $family warm" 100 python3 docs/perf/sweep.py $family
-    timeout 150 python3 docs/perf/sweep.py $family > "$OUT/sweep_$family.jsonl" \
+# (the attention families share one file: at most 8 files come back from a device run)
+for family in moe:sweep_moe:150 attn_decode:sweep_attn:150 attn_prefill:sweep_attn:90; do
+    IFS=: read -r name file limit <<< "$family"
+    in_eight "sweep $name warm" 100 python3 docs/perf/sweep.py "$name"
+    timeout "$limit" python3 docs/perf/sweep.py "$name" >> "$OUT/$file.jsonl" \
         2>> "$OUT/kernels.err"
-    log "sweep $family rc $?"
+    log "sweep $name rc $?"
 done

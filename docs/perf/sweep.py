@@ -6,7 +6,9 @@ against the torch reference. Families:
   num_warps, split_k; on FMA units and on tensor cores, ``mma``) and the grouped prefill (2048
   tokens over 256 experts: block_m, with and without the tensor-core decoder);
 - ``attn_decode``: batch-1 sparse attention at 128K context (CSA, bf16 and FP8 rows: block_h,
-  dv_parts, num_warps, combine, n_splits; HCA, bf16 rows: dv_parts, combine, n_splits).
+  dv_parts, num_warps, combine, n_splits; HCA, bf16 rows: dv_parts, combine, n_splits);
+- ``attn_prefill``: a 1,024-query prefill chunk (CSA, bf16 rows, 64-head tiles: dv_parts,
+  block_n, num_warps).
 
 From the repository root (the first line compiles every variant in 8 processes side by side
 into Triton's cache, then the timed run loads them):
@@ -70,7 +72,21 @@ def attn_decode() -> list[Variant]:
     return out
 
 
-FAMILIES = {"moe": moe, "attn_decode": attn_decode}
+def attn_prefill() -> list[Variant]:
+    """Prefill sparse attention (the bench's 1,024-query chunk at 128K, CSA, bf16 rows):
+    64-head tiles with the output columns whole or in 2 / 4 slices, 16 / 32 / 64 rows a step,
+    4 / 8 warps (a shape asking for more shared memory than a block may have is an error
+    row)."""
+    out = []
+    for dv, n, w in itertools.product((1, 2, 4), (16, 32, 64), (4, 8)):
+        opts = dict(block_h=64, dv_parts=dv, block_n=n, num_warps=w)
+        out.append(("sparse_attn_prefill_csa", (lambda o=opts: bk._attn_case(
+            "sparse_attn_prefill_csa", 1024, bk.CONTEXT // 4, bk.TOPK, False, "cuda",
+            torch.bfloat16, "", **o)), opts))
+    return out
+
+
+FAMILIES = {"moe": moe, "attn_decode": attn_decode, "attn_prefill": attn_prefill}
 
 
 def row(name: str, build: Callable[[], bk.Case], options: dict) -> dict:
