@@ -645,6 +645,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           mma=True),
         p(_moe_case, "moe_fp4_prefill_m64_mma", 2048 if gpu else 4, dev, dtype, **moe_dims,
           block_m=64, mma=True),
+        # wider weight tiles: the decoder's per-step work over more rows (SASS: 5.8 → 3.7
+        # instructions a weight at 128 rows)
+        p(_moe_case, "moe_fp4_prefill_mma_n128", 2048 if gpu else 4, dev, dtype, **moe_dims,
+          mma=True, group_n=128),
+        p(_moe_case, "moe_fp4_prefill_m64_mma_n64", 2048 if gpu else 4, dev, dtype, **moe_dims,
+          block_m=64, mma=True, group_n=64),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
         p(_mhc_case, "mhc_pre_prefill", 2048 if gpu or full else 128, dev, dtype),
         p(_compressor_case, "compressor_csa_prefill", 512 if gpu else 64, 4, dev),

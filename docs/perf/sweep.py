@@ -4,7 +4,7 @@ against the torch reference. Families:
 
 - ``moe``: the FP4 MoE decode GEMV (6 experts of V4-Flash, batch 1: block_n, block_k,
   num_warps, split_k; on FMA units and on tensor cores, ``mma``) and the grouped prefill (2048
-  tokens over 256 experts: block_m, with and without the tensor-core decoder);
+  tokens over 256 experts: block_m; with the tensor-core decoder, its group_n × group_k tile);
 - ``attn_decode``: batch-1 sparse attention at 128K context (CSA, bf16 and FP8 rows: block_h,
   dv_parts, num_warps, combine, n_splits; HCA, bf16 rows: dv_parts, combine, n_splits);
 - ``attn_prefill``: a 1,024-query prefill chunk (CSA, bf16 rows, 64-head tiles: dv_parts,
@@ -44,8 +44,10 @@ def moe() -> list[Variant]:
     decode += [dict(mma=True, block_n=n, block_k=k, num_warps=w, split_k=s)
                for (n, k), w, s in itertools.product(((64, 128), (128, 64), (128, 128)), (4, 8),
                                                      (4, 8, 16))]
-    prefill = [dict(block_m=m, mma=mma) for mma, m in itertools.product((False, True),
-                                                                         (16, 32, 64, 128))]
+    prefill = [dict(block_m=m) for m in (16, 32, 64, 128)] + [
+        dict(block_m=m, mma=True, group_n=n, group_k=k)
+        for m, n, k in itertools.product((16, 32, 64), (32, 64, 128), (64, 128))
+        if m * n * k <= 64 * 64 * 128]
     return ([("moe_fp4_decode", case("moe_fp4_decode", 1, t), t) for t in decode]
             + [("moe_fp4_prefill_2048", case("moe_fp4_prefill_2048", 2048, t), t)
                for t in prefill])

@@ -111,7 +111,10 @@ DECISIONS = {d.name: d for d in (
              (Variant("moe_fp4_prefill_2048", {}),
               Variant("moe_fp4_prefill_m64", {"block_m": 64}),
               Variant("moe_fp4_prefill_mma", {"mma": True}),
-              Variant("moe_fp4_prefill_m64_mma", {"block_m": 64, "mma": True}))),
+              Variant("moe_fp4_prefill_m64_mma", {"block_m": 64, "mma": True}),
+              Variant("moe_fp4_prefill_mma_n128", {"mma": True, "group_n": 128}),
+              Variant("moe_fp4_prefill_m64_mma_n64",
+                      {"block_m": 64, "mma": True, "group_n": 64}))),
     # the decode GEMV's 4-warp 32-row tile holds 198–227 registers a thread on triton 3.6
     # (occupancy 0.125); these compile spill-free at 2–4× the occupancy (bench compile)
     Decision("moe_decode", "routed experts, a decode step (per-pair GEMV), dequant numerics",

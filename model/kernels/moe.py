@@ -61,6 +61,8 @@ DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
 DECODE_BLOCK_K = 128
 ACT_QUANT_BLOCK = 128  # native numerics' FP8 activation block (1×128, power-of-two scales)
 EPILOGUE_BLOCK = ACT_QUANT_BLOCK   # the decode epilogue quantises h in place, block by block
+GROUP_BLOCK_N = 32     # the grouped GEMM's weight rows a tile
+GROUP_BLOCK_K = 64     # and K a step
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, quantize_input: bool) -> torch.Tensor:
@@ -552,8 +554,9 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
 
 def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                  limit: float, quantize_input: bool, block_m: int, add: torch.Tensor | None,
-                 mma: bool) -> torch.Tensor:
-    """The expert-aligned tl.dot path (see the module docstring); ``mma``: its tiles from
+                 mma: bool, group_n: int, group_k: int) -> torch.Tensor:
+    """The expert-aligned tl.dot path (see the module docstring): tiles of block_m pairs ×
+    group_n weight rows, group_k of K a step; ``mma``: the weight tiles from
     ``load_fp4_mma_tile`` where the bank allows it."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
@@ -562,22 +565,22 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
     h = torch.zeros(pairs.numel(), inter, dtype=torch.float32 if quantize_input else xin.dtype,
                     device=xin.device)
     up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
-    _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(inter, 32))](
+    _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(inter, group_n))](
         xin, pairs, tile_e, rw, *_bank_args(*up_parts), h, topk, inter, dim, float(limit),
-        UP=True, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
-        FULL=whole_tiles(dim, dim, 64, *up_parts),
-        MMA=mma and mma_fp4_tiles(dim, dim, 64, *(q.aligned for q in up_parts)),
+        UP=True, BLOCK_M=block_m, BLOCK_N=group_n, BLOCK_K=group_k, PREC=prec,
+        FULL=whole_tiles(dim, dim, group_k, *up_parts),
+        MMA=mma and mma_fp4_tiles(dim, dim, group_k, *(q.aligned for q in up_parts)),
         BF16=xin.dtype == torch.bfloat16)
     if quantize_input:
         # (a slice when inter < 128)
         h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
     out = torch.empty(pairs.numel(), dim, dtype=torch.float32, device=xin.device)
     down = _bank_args(bank.w2, bank.s2)
-    _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(dim, 32))](
+    _moe_gemm_kernel[(tile_e.numel(), triton.cdiv(dim, group_n))](
         h, pairs, tile_e, rw, *down, *down, out, topk, dim, inter, 0.0, UP=False,
-        BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=64, PREC=prec,
-        FULL=whole_tiles(inter, inter, 64, bank.w2, bank.s2),
-        MMA=mma and mma_fp4_tiles(inter, inter, 64, bank.w2.aligned, bank.s2.aligned),
+        BLOCK_M=block_m, BLOCK_N=group_n, BLOCK_K=group_k, PREC=prec,
+        FULL=whole_tiles(inter, inter, group_k, bank.w2, bank.s2),
+        MMA=mma and mma_fp4_tiles(inter, inter, group_k, bank.w2.aligned, bank.s2.aligned),
         BF16=h.dtype == torch.bfloat16)
     y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
@@ -591,14 +594,15 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    block_m: int = 16, decode: bool | None = None, split_k: int | None = None,
                    block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
                    block_n: int = DECODE_BLOCK_N, num_warps: int = 4,
-                   ahead: bool = False, mma: bool = False) -> torch.Tensor:
+                   ahead: bool = False, mma: bool = False, group_n: int = GROUP_BLOCK_N,
+                   group_k: int = GROUP_BLOCK_K) -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
     are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` the decode
-    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder (launch
-    choices, tests)."""
+    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder;
+    ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreting() else add).contiguous()
@@ -616,4 +620,5 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
                            block_n, num_warps, ahead, mma)
-    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add, mma)
+    return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add, mma,
+                        group_n, group_k)

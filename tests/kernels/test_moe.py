@@ -371,19 +371,24 @@ def test_decode_gemv_on_tensor_cores_matches_the_fma_gemv(quantize, dim, inter, 
     assert not real(dim, dim, block_k, False, True) and not real(96, 96, 64, True)
 
 
-@pytest.mark.parametrize("quantize,block_m", [(False, 16), (True, 64)])
-def test_grouped_gemm_with_tensor_core_tiles_matches_reference(quantize, block_m, monkeypatch):
+@pytest.mark.parametrize("quantize,block_m,group_n,group_k,dim,inter", [
+    (False, 16, 32, 64, 128, 64), (True, 64, 64, 64, 128, 64),
+    (False, 16, 128, 128, 256, 128)])
+def test_grouped_gemm_with_tensor_core_tiles_matches_reference(quantize, block_m, group_n,
+                                                               group_k, dim, inter, monkeypatch):
     """``mma=True`` on the grouped path: the gate/up and down GEMMs' weight tiles from
     ``load_fp4_mma_tile``, the activation rows loaded whole and permuted in registers into the
-    tiles' column order (``to_mma_order``) — the reference's result, ragged slots included."""
+    tiles' column order (``to_mma_order``) — the reference's result, ragged slots included, for
+    weight tiles wider than the default (a 128-row tile over 64 rows: half masked)."""
     from model.kernels import moe
 
-    bank, x, g = _bank_and_input(5, 128, 64, seed=block_m)
+    bank, x, g = _bank_and_input(5, dim, inter, seed=block_m)
     weights = torch.rand(5, 3, generator=g)
     taken, real = [], moe.mma_fp4_tiles
     monkeypatch.setattr(moe, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
     got = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize,
-                         decode=False, block_m=block_m, mma=True)
+                         decode=False, block_m=block_m, mma=True, group_n=group_n,
+                         group_k=group_k)
     assert taken == [True, True]
     want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
