@@ -677,11 +677,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           True, mma=True),
         p(_gemv_case, "gemv_bf16_wo_a_decode_mma", 1024, 4096 if full else 1024, dev, dtype,
           False, groups=8, mma=True),
-        # the LM head (V4-Flash: 129,280 × 4,096 bf16, 1.06 GB a decoded token)
-        p(_gemv_case, "gemv_bf16_lm_head_decode", 129280 if full else 4096, 4096, dev, dtype,
-          False),
+        # the LM head (V4-Flash: 129,280 × 4,096 bf16, 1.06 GB a decoded token), computed in
+        # fp32 as the model does (the MMA path splits x into three bf16 columns)
+        p(_gemv_case, "gemv_bf16_lm_head_decode", 129280 if full else 4096, 4096, dev,
+          torch.float32, False),
         p(_gemv_case, "gemv_bf16_lm_head_decode_mma", 129280 if full else 4096, 4096, dev,
-          dtype, False, mma=True),
+          torch.float32, False, mma=True),
         p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
         p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),

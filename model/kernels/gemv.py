@@ -80,57 +80,82 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
 
 @triton.jit
 def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
-                     FP8: tl.constexpr, BF16: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     FP8: tl.constexpr, BF16: tl.constexpr, SPLIT3: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """``_gemv_kernel``'s programs and partials on tensor cores, operands swapped: the weight
     tile [BLOCK_N, BLOCK_K] is the MMA's M side (bf16 as loaded, or FP8 cast to bf16: exact),
     x's ≤ 16 rows its N columns. An FP8 tile's rows lie in one 128-row scale block (BLOCK_N
     divides 128) and its k in one 128-column block (BLOCK_K = 128), so its one scale goes on
-    the x tile — a power of two, exact in bf16 — and the MMA accumulates across K steps. A
-    loop of loads feeding a dot is what Triton pipelines (asynchronous copies a few steps
-    ahead), which the FMA GEMV's loads are not. BF16: bf16 tiles (the GPU), else float32
-    (the interpreter)."""
+    the x tile — a power of two, exact — and the MMA accumulates across K steps. A loop of
+    loads feeding a dot is what Triton pipelines (asynchronous copies a few steps ahead), which
+    the FMA GEMV's loads are not. BF16: bf16 tiles (the GPU), else float32 (the interpreter).
+    SPLIT3 (float32 x, ≤ 4 rows: the LM head's fp32 compute): column 4p + m holds part p of
+    row m, x = hi + mid + lo in three bf16 (24 significant bits: float32's), and the three
+    columns' sums add up to x's — the MMA's otherwise idle columns make the product exact to
+    float32 summation."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     group = (pid_n * BLOCK_N) // N
-    offs_m = tl.arange(0, 16)
+    cols = tl.arange(0, 16)
+    if SPLIT3:
+        rows_m = cols % 4
+        part = cols // 4
+        mask_c = (rows_m < M) & (part < 3)
+    else:
+        rows_m = cols
+        mask_c = cols < M
     mask_n = offs_n < ROWS
-    mask_m = offs_m < M
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-    x_cols = x_ptr + (group * M + offs_m)[None, :].to(tl.int64) * K
+    x_cols = x_ptr + (group * M + rows_m)[None, :].to(tl.int64) * K
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
     acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < k_hi
         w = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0)
-        xt = tl.load(x_cols + offs_k[:, None], mask=mask_k[:, None] & mask_m[None, :],
+        xt = tl.load(x_cols + offs_k[:, None], mask=mask_k[:, None] & mask_c[None, :],
                      other=0.0).to(tl.float32)
         if FP8:
             w = w.to(tl.float8e4nv, bitcast=True)
             xt = xt * e8m0_scale(tl.load(s_ptr + (pid_n * BLOCK_N // 128) * KB + k0 // 128))
         if BF16:
+            if SPLIT3:   # each part what the earlier ones left, rounded to bf16
+                hi = xt.to(tl.bfloat16).to(tl.float32)
+                mid = (xt - hi).to(tl.bfloat16).to(tl.float32)
+                xt = tl.where(part[None, :] == 0, hi,
+                              tl.where(part[None, :] == 1, mid, xt - hi - mid))
             acc = tl.dot(w.to(tl.bfloat16), xt.to(tl.bfloat16), acc)
-        else:
+        else:   # (the interpreter: x whole in part 0's column)
+            if SPLIT3:
+                xt = tl.where(part[None, :] == 0, xt, 0.0)
             acc = tl.dot(w.to(tl.float32), xt, acc, input_precision="ieee")
     out = out_ptr + pid_k.to(tl.int64) * (ROWS // N) * M * N + group * M * N
-    cols = offs_n - group * N
-    tl.store(out + offs_m[None, :] * N + cols[:, None], acc,
-             mask=mask_m[None, :] & mask_n[:, None])
+    rows_w = offs_n - group * N
+    if SPLIT3:   # row m's three parts: columns m, 4 + m, 8 + m
+        y = tl.sum(tl.reshape(acc, [BLOCK_N, 4, 4]), 1)
+        m4 = tl.arange(0, 4)
+        tl.store(out + m4[None, :] * N + rows_w[:, None], y,
+                 mask=(m4 < M)[None, :] & mask_n[:, None])
+    else:
+        tl.store(out + cols[None, :] * N + rows_w[:, None], acc,
+                 mask=mask_c[None, :] & mask_n[:, None])
 
 
 MMA_BLOCK_N = 128   # weight rows a tensor-core program (two 64-row warp-group tiles)
 
 
+SPLIT3_ROWS = 4     # float32 rows the tensor-core GEMV takes (3 bf16 columns each, of 16)
+
+
 def mma_gemv(m: int, n: int, groups: int, weight: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether ``_gemv_mma_kernel`` takes this GEMV: ≤ 16 rows of bf16 x against a bf16 or FP8
-    weight (an exact bf16 operand; fp16 / fp32 weights keep the FMA kernel) whose groups are
-    whole 128-row tiles (under the interpreter x is fp32 and so are the tiles)."""
-    exact = weight.dtype in (torch.bfloat16, torch.float8_e4m3fn) and (
-        x.dtype == torch.bfloat16 or interpreting())
-    return exact and m <= 16 and (groups == 1 or n % MMA_BLOCK_N == 0)
+    """Whether ``_gemv_mma_kernel`` takes this GEMV: a bf16 or FP8 weight (an exact bf16
+    operand; fp16 / fp32 weights keep the FMA kernel) whose groups are whole 128-row tiles,
+    against ≤ 16 rows of bf16 x or ≤ SPLIT3_ROWS of float32 x (split in three bf16)."""
+    rows = {torch.bfloat16: 16, torch.float32: SPLIT3_ROWS}.get(x.dtype, 0)
+    return (weight.dtype in (torch.bfloat16, torch.float8_e4m3fn) and m <= rows
+            and (groups == 1 or n % MMA_BLOCK_N == 0))
 
 
 def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
@@ -164,6 +189,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} vectors per group, got {m}")
     mma = mma and mma_gemv(m, n, groups, weight, x3)
+    split3 = x3.dtype == torch.float32   # (x in bf16 goes as it is)
     if interpreting() and weight.dtype in (torch.bfloat16, torch.float16):
         weight = weight.float()   # the interpreter mishandles bf16 (an exact up-cast)
     x3 = (x3.float() if interpreting() else x3).contiguous()
@@ -179,8 +205,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     if mma:
         _gemv_mma_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128),
                                           rows_w, k_per_split, FP8=fp8,
-                                          BF16=x3.dtype == torch.bfloat16, BLOCK_N=block_n,
-                                          BLOCK_K=block_k)
+                                          BF16=not interpreting(), SPLIT3=split3,
+                                          BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
                                       k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
