@@ -21,7 +21,7 @@ either (every grid is sized from host ints: T, k, the bank's shapes):
 
 FP4 tiles are decoded in registers by ``gemm.load_fp4_tile`` / ``place_fp4`` (``decode_fp4_tile``
 for the grouped GEMM's dots), or, with ``mma`` (a launch choice), by ``gemm.load_fp4_mma_tile``
-for the decode GEMVs on tensor cores (``_moe_gemv_mma_kernel``).
+for the decode GEMVs on tensor cores (``_fp4_mma_row_dots``).
 Expert weights come as an ``ExpertBank`` (model/kernels/expert_bank.py): per part a base byte
 tensor and each slot's byte offset in it — views of the mapped checkpoint, or one stacked copy —
 so the kernels read w1, w3 int8 [inter, dim/2] + ue8m0 [inter, dim/32] and w2 int8
@@ -222,11 +222,13 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
                      UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
                      INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
-                     AHEAD: tl.constexpr = False):
+                     AHEAD: tl.constexpr = False, MMA: tl.constexpr = False,
+                     BF16: tl.constexpr = False, PREC: tl.constexpr = "ieee"):
     """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
     UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
     Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N].
-    QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``)."""
+    QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``). MMA (a launch
+    choice, untimed): on tensor cores (``_fp4_mma_row_dots``; BF16 / PREC its operands)."""
     pair = tl.program_id(0)
     pid_k = tl.program_id(2)
     splits = tl.num_programs(2)
@@ -241,64 +243,52 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         k_lo = pid_k * K_PER_SPLIT
         k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
         out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
-        acc = _fp4_row_dot(a_row, _slot_base(w_ptr, w_off_ptr, e, FULL),
-                           _slot_base(s_ptr, s_off_ptr, e, FULL), offs_n, mask_n, k_lo, k_hi, K,
-                           QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K, FULL, AHEAD)
+        w_base = _slot_base(w_ptr, w_off_ptr, e, FULL)
+        s_base = _slot_base(s_ptr, s_off_ptr, e, FULL)
+        w3_base = _slot_base(w3_ptr, w3_off_ptr, e, FULL)
+        s3_base = _slot_base(s3_ptr, s3_off_ptr, e, FULL)
+        if MMA:
+            acc, acc3 = _fp4_mma_row_dots(a_row, w_base, s_base, w3_base, s3_base, offs_n,
+                                          mask_n, k_lo, k_hi, K, UP, QUANT, FLOOR_BITS,
+                                          INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K, BF16, PREC)
+        else:
+            acc = _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K, QUANT,
+                               FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K, FULL, AHEAD)
+            if UP:
+                acc3 = _fp4_row_dot(a_row, w3_base, s3_base, offs_n, mask_n, k_lo, k_hi, K,
+                                    QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K,
+                                    FULL, AHEAD)
         tl.store(out, acc, mask=mask_n)
         if UP:
-            acc3 = _fp4_row_dot(a_row, _slot_base(w3_ptr, w3_off_ptr, e, FULL),
-                                _slot_base(s3_ptr, s3_off_ptr, e, FULL), offs_n, mask_n, k_lo,
-                                k_hi, K, QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX, BLOCK_N, BLOCK_K,
-                                FULL, AHEAD)
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
 
 
 @triton.jit
-def _moe_gemv_mma_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_ptr, w3_off_ptr,
-                         s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
-                         UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
-                         INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
-    """``_moe_gemv_kernel``'s programs and partials on tensor cores (a launch choice, untimed):
-    the weight tile is the MMA's M side (``gemm.load_fp4_mma_tile``: 2 weights a register,
-    about 2 instructions a weight where the FMA loop spends about 8), the activation its
-    16-column N side with only column 0 non-zero (tl.dot's least N). Needs ``mma_fp4_tiles``."""
-    pair = tl.program_id(0)
-    pid_k = tl.program_id(2)
-    splits = tl.num_programs(2)
-    e = tl.load(slots_ptr + pair)
-    if (e >= 0) & (e < N_SLOTS):
+def _fp4_mma_row_dots(a_row, w_base, s_base, w3_base, s3_base, offs_n, mask_n, k_lo, k_hi, K,
+                      UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
+                      INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
+    """``_fp4_row_dot`` on tensor cores, for W and (UP) W3 at once → float32 [BLOCK_N] each
+    (W3's zero without UP): the weight tile is the MMA's M side (``gemm.load_fp4_mma_tile``,
+    two weights a register), the activation its N side, 16 columns of which only column 0 is
+    non-zero (tl.dot's least N), read in the tile's column order and shared by W and W3.
+    Needs ``mma_fp4_tiles``."""
+    order = fp4_mma_order(BLOCK_K)
+    first = (tl.arange(0, 16) == 0)[None, :]
+    acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        a = tl.load(a_row + k0 + order).to(tl.float32)
+        if QUANT:   # this tile is one 1×128 block (in another order: the same amax)
+            a = _e4m3_values(a, _scale_exponent(tl.max(tl.abs(a), 0), FLOOR_BITS,
+                                                INV_MAX_BITS), QMAX)
+        w = load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
+        b = tl.where(first, (a * FP4_MMA_ACT_SHIFT)[:, None], 0.0).to(w.dtype)
+        acc = tl.dot(w, b, acc, input_precision=PREC)
         if UP:
-            a_row = a_ptr + (pair // TOPK).to(tl.int64) * K
-        else:
-            a_row = a_ptr + pair.to(tl.int64) * K
-        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        k_lo = pid_k * K_PER_SPLIT
-        k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-        order = fp4_mma_order(BLOCK_K)
-        first = (tl.arange(0, 16) == 0)[None, :]
-        w_base = _slot_base(w_ptr, w_off_ptr, e)
-        s_base = _slot_base(s_ptr, s_off_ptr, e)
-        w3_base = _slot_base(w3_ptr, w3_off_ptr, e)
-        s3_base = _slot_base(s3_ptr, s3_off_ptr, e)
-        acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
-        acc3 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            a = tl.load(a_row + k0 + order).to(tl.float32)
-            if QUANT:   # this tile is one 1×128 block (in another order: the same amax)
-                a = _e4m3_values(a, _scale_exponent(tl.max(tl.abs(a), 0), FLOOR_BITS,
-                                                    INV_MAX_BITS), QMAX)
-            w = load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
-            b = tl.where(first, (a * FP4_MMA_ACT_SHIFT)[:, None], 0.0).to(w.dtype)
-            acc = tl.dot(w, b, acc, input_precision=PREC)
-            if UP:
-                w3 = load_fp4_mma_tile(w3_base, s3_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
-                acc3 = tl.dot(w3, b, acc3, input_precision=PREC)
-        out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
-        tl.store(out, tl.sum(acc, axis=1), mask=mask_n)
-        if UP:
-            tl.store(out + (splits * P).to(tl.int64) * N, tl.sum(acc3, axis=1), mask=mask_n)
+            w3 = load_fp4_mma_tile(w3_base, s3_base, offs_n, mask_n, k0, K, BLOCK_K, BF16)
+            acc3 = tl.dot(w3, b, acc3, input_precision=PREC)
+    return tl.sum(acc, axis=1), tl.sum(acc3, axis=1)
 
 
 @triton.jit
@@ -479,11 +469,11 @@ def _bank_args(*parts: PartBank) -> tuple[torch.Tensor, ...]:
     return tuple(t for p in parts for t in (p.base, p.offsets))
 
 
-def _mma_numerics(a: torch.Tensor) -> dict:
-    """The MMA GEMV's operand type for activations ``a``: bf16 tiles for bf16 (exact: the
-    decoded weights have 2 significant bits), else float32 tiles, tf32 dots for fp16 (exact
-    too) and IEEE ones for float32 (the interpreter's)."""
-    return {"BF16": a.dtype == torch.bfloat16,
+def _mma_numerics(a: torch.Tensor, mma: bool) -> dict:
+    """The GEMV's MMA flag and, on tensor cores, its operand type for activations ``a``:
+    bf16 tiles for bf16 (exact: the decoded weights have 2 significant bits), else float32
+    tiles, tf32 dots for fp16 (exact too) and IEEE ones for float32 (the interpreter's)."""
+    return {"MMA": mma, "BF16": mma and a.dtype == torch.bfloat16,
             "PREC": "ieee" if a.dtype == torch.float32 else "tf32"}
 
 
@@ -504,7 +494,7 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
                 add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool,
                 mma: bool) -> torch.Tensor:
     """The per-pair split-K path (see the module docstring): 4 launches, no host sync. ``mma``:
-    the GEMVs on tensor cores (``_moe_gemv_mma_kernel``) where the bank's tiles allow it."""
+    the GEMVs on tensor cores (``_fp4_mma_row_dots``) where the bank's tiles allow it."""
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     flat = slots.reshape(-1).contiguous()
@@ -516,16 +506,13 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     # K step), so there is no quantisation launch before this one
     up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
     quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
-    if mma and mma_fp4_tiles(dim, k_per, block_k, *(q.aligned for q in up_parts)):
-        _moe_gemv_mma_kernel[(p, triton.cdiv(inter, bn), splits)](
-            xin, flat, *_bank_args(*up_parts), part, topk, p, inter, dim, k_per, n_exp, UP=True,
-            QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-            **_mma_numerics(xin), num_warps=num_warps)
-    else:
-        _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
-            xin, flat, *_bank_args(*up_parts), part, topk, p, inter, dim, k_per, n_exp, UP=True,
-            QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-            FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead, num_warps=num_warps)
+    _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
+        xin, flat, *_bank_args(*up_parts), part, topk, p, inter, dim, k_per, n_exp, UP=True,
+        QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+        FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
+        **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
+                                                   *(q.aligned for q in up_parts))),
+        num_warps=num_warps)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
@@ -534,17 +521,13 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK)
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
-    if mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned, bank.s2.aligned):
-        _moe_gemv_mma_kernel[(p, triton.cdiv(dim, bn), splits_down)](
-            h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
-            QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-            **_mma_numerics(h), num_warps=num_warps)
-    else:
-        _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
-            h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
-            QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-            FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
-            num_warps=num_warps)
+    _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
+        h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
+        QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+        FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
+        **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned,
+                                                 bank.s2.aligned)),
+        num_warps=num_warps)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,

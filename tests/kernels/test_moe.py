@@ -347,7 +347,7 @@ def test_decode_gemv_tiles_of_the_launch_choices(quantize, block_n, block_k, ahe
 ])
 def test_decode_gemv_on_tensor_cores_matches_the_fma_gemv(quantize, dim, inter, block_n, block_k,
                                                           split_k, monkeypatch):
-    """``mma=True``: both decode GEMVs on tensor cores (``_moe_gemv_mma_kernel``: the weight
+    """``mma=True``: both decode GEMVs on tensor cores (``_fp4_mma_row_dots``: the weight
     tile the MMA's M side, the activation loaded in the decoded columns' pair order) give the
     FMA GEMV's and the reference's result, with a dropped slot (−1) in the batch; a bank off
     the 4-byte grid or a K that is not whole tiles keeps the FMA GEMV."""
