@@ -439,7 +439,8 @@ def _fp4_gemm_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
     acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * K + k0 + tl.arange(0, BLOCK_K)[None, :],
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * K + offs_k[None, :],
                     mask=mask_m[:, None], other=0.0).to(tl.float32)
         w = load_fp4_mma_tile(w_ptr, s_ptr, offs_n, mask_n, k0, K, BLOCK_K, BF16)
         xt = tl.trans(to_mma_order(x * FP4_MMA_ACT_SHIFT).to(w.dtype))
