@@ -348,17 +348,26 @@ def load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K: tl.constex
                       BF16: tl.constexpr):
     """Rows ``offs_n`` (zero where not ``mask_n``), k0 .. k0 + BLOCK_K of an FP4 weight [N, K]
     (packed bytes int8 [N, K/2] at ``w_base``, ue8m0 [N, K/32] at ``s_base``; ``mma_fp4_tiles``:
-    K a multiple of BLOCK_K, a multiple of 32, and w_base 4-byte aligned) → weight × 2^-63,
+    K and k0 multiples of BLOCK_K, a multiple of 32, and both bases 4-byte aligned — the
+    caller's pointers known as such, as ``_slot_base``'s FULL tells) → weight × 2^-63,
     [BLOCK_N, BLOCK_K] bf16 (BF16) or float32, in ``fp4_mma_order``'s columns: a tl.dot
     operand, against an activation tile loaded at k0 + fp4_mma_order(BLOCK_K) × FP4_MMA_ACT_SHIFT.
     Exact for every ue8m0 scale from 2^-62 to 2^64 (the products stay normal bf16)."""
     WORDS: tl.constexpr = BLOCK_K // 8
     GROUPS: tl.constexpr = BLOCK_K // 32
     row = offs_n[:, None].to(tl.int64)
-    words = tl.load(w_base.to(tl.pointer_type(tl.int32)) + row * (K // 8) + k0 // 8
-                    + tl.arange(0, WORDS)[None, :], mask=mask_n[:, None], other=0)
-    s = tl.load(s_base + row * (K // 32) + k0 // 32 + tl.arange(0, GROUPS)[None, :],
-                mask=mask_n[:, None], other=0).to(tl.int32)
+    # told to the compiler as the promise has it — rows of K/8 words, a multiple of 4, and runs
+    # of 4 words (16 bytes) — so the words load as vectors
+    q = tl.max_contiguous(tl.multiple_of(k0 // 8 + tl.arange(0, WORDS), 4), 4)
+    words = tl.load(w_base.to(tl.pointer_type(tl.int32)) + row * ((K // 32) * 4) + q[None, :],
+                    mask=mask_n[:, None], other=0)
+    if GROUPS % 4 == 0:   # K a multiple of 128 too: each row's scale bytes in aligned runs of 4
+        g = tl.max_contiguous(tl.multiple_of(k0 // 32 + tl.arange(0, GROUPS), 4), 4)
+        s = tl.load(s_base + row * ((K // 128) * 4) + g[None, :], mask=mask_n[:, None], other=0)
+    else:
+        s = tl.load(s_base + row * (K // 32) + k0 // 32 + tl.arange(0, GROUPS)[None, :],
+                    mask=mask_n[:, None], other=0)
+    s = s.to(tl.int32)
     # a 32-code scale group is four words; 2^(e + 63) as a bf16 exponent field (e = s − 127)
     bits = tl.reshape(tl.broadcast_to(((s + 63) << 7)[:, :, None], [s.shape[0], GROUPS, 4]),
                       [s.shape[0], WORDS])
@@ -376,7 +385,7 @@ def load_fp4_mma_tile(w_base, s_base, offs_n, mask_n, k0, K, BLOCK_K: tl.constex
 def mma_fp4_tiles(k: int, k_per_split: int, block_k: int, *parts: torch.Tensor) -> bool:
     """Whether ``load_fp4_mma_tile`` can read these weights: every K tile whole (K and each
     split multiples of BLOCK_K ≥ 32) and every part's bytes 4-byte aligned (``parts``: tensors,
-    or the ``aligned`` flags of a bank's parts)."""
+    or the ``aligned`` flags of a bank's parts: 16-byte)."""
     return whole_k_tiles(k, k_per_split, block_k) and all(
         p if isinstance(p, bool) else p.data_ptr() % 4 == 0 for p in parts)
 
