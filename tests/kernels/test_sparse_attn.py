@@ -42,6 +42,23 @@ def test_sparse_attn_matches_reference(b, s, h, d, n, k, splits):
 
 
 @pytest.mark.parametrize("splits", [1, 2])
+def test_the_running_max_rescales_only_past_the_slack_and_stays_exact(splits):
+    """Scores that grow from one 16-row tile to the next, by less than the rescale slack (2^8,
+    log2 units: the accumulator keeps a stale max) and by far more (it rescales), and fall
+    again: the output and lse are the reference's, split or not."""
+    g = torch.Generator().manual_seed(5)
+    d, h = 32, 4
+    v = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    steps = torch.tensor([0.0, 3.0, 5.0, 40.0, 44.0, 120.0, 10.0, 125.0])   # score per tile
+    kv = (steps.repeat_interleave(16)[:, None] * v + 0.3 * torch.randn(128, d, generator=g))
+    q = v.expand(1, 1, h, d) * torch.tensor([1.0, 0.9, 0.5, -0.2]).view(1, 1, h, 1)
+    idx = torch.arange(128).view(1, 1, 128)
+    sink = torch.zeros(h)
+    got = sparse_attn_triton(q, kv[None], sink, idx, 1.0, n_splits=splits)
+    _check(got, sparse_attn_reference(q, kv[None], sink, idx, 1.0), atol=1e-4)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
 def test_all_padding_gives_sink_only(splits):
     q, kv, sink, idx = _inputs(1, 2, 4, 32, 8, 32)
     idx[0, 1] = -1  # the second token sees nothing: output 0, lse = sink
