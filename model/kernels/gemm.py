@@ -459,7 +459,7 @@ def _fp4_gemm_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
              acc.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
 
 
-MMA_BLOCK_N = 128   # the tensor-core GEMV's weight rows a program (one warp group's 64 × 2)
+MMA_BLOCK_N = 128   # weight rows a tensor-core program here and in gemv.py (2 × 64-row MMAs)
 MMA_BLOCK_K = 128
 
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.gemm import SplitK, e8m0_scale, sum_splits
+from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
 from model.kernels.launch import interpreting
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
@@ -141,9 +141,6 @@ def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLI
     else:
         tl.store(out + cols[None, :] * N + rows_w[:, None], acc,
                  mask=mask_c[None, :] & mask_n[:, None])
-
-
-MMA_BLOCK_N = 128   # weight rows a tensor-core program (two 64-row warp-group tiles)
 
 
 SPLIT3_ROWS = 4     # float32 rows the tensor-core GEMV takes (3 bf16 columns each, of 16)

@@ -203,9 +203,9 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, dtype
     if backend(x) == "triton":
         if quantize_input:
             x = fp8_fake_quant(x, 128)
-        rows = x.numel() // x.shape[-1]
-        tiles = choices.options("fp4_gemm_decode", x.device) if rows <= 16 else {}
-        return _gemm.fp4_gemm_triton(x, packed, scale, **tiles)
+        # (the wrapper takes the decision's tensor-core path for ≤ 16 rows only)
+        return _gemm.fp4_gemm_triton(x, packed, scale,
+                                     **choices.options("fp4_gemm_decode", x.device))
     return linear(x, dequant_fp4(packed, scale).to(dtype), quantize_input=quantize_input)
 
 
