@@ -33,7 +33,7 @@ import triton.language as tl
 from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
-from model.kernels.launch import interpreting, rows_of
+from model.kernels.launch import interpreter_fp32, rows_of
 from model.kernels.quant_triton import (
     FP4_CONSTANTS,
     FP8_CONSTANTS,
@@ -271,10 +271,10 @@ def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: flo
     rope = angles is not None
     assert not rope or (angles.shape[0] == t and 0 < 2 * angles.shape[-1] <= d), (
         x.shape, None if angles is None else angles.shape)
-    src = x.float() if interpreting() else x
+    src = x.float() if interpreter_fp32() else x
     src = rows_of(src.flatten(-2) if x.dim() == 4 else src)   # [b·T, heads·d], tokens apart
     args = format_args(fmt, d)
-    out_dtype = torch.float32 if interpreting() and fmt.row_dtype() == torch.bfloat16 else \
+    out_dtype = torch.float32 if interpreter_fp32() and fmt.row_dtype() == torch.bfloat16 else \
         fmt.row_dtype()
     out = torch.empty(*x.shape[:-1], fmt.row_width(d), dtype=out_dtype, device=x.device)
     rows = x.numel() // d

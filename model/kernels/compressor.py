@@ -48,7 +48,7 @@ from model.kernels.cache_rows import (
     store_rows_reference,
 )
 from model.kernels.gemm import sum_parts, sum_splits
-from model.kernels.launch import device_table, interpreting
+from model.kernels.launch import device_table, interpreter_fp32
 from model.layers.rope import apply_rope
 
 
@@ -300,7 +300,7 @@ def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, over
     assert out.shape == (b, n_blocks, fmt.row_width(d)) and out.stride(-1) == 1, out.shape
     if b * n_blocks == 0:
         return out
-    target = out.float() if interpreting() and out.dtype == torch.bfloat16 else out
+    target = out.float() if interpreter_fp32() and out.dtype == torch.bfloat16 else out
     args = format_args(fmt, d)
     pooled = pooled.contiguous()
     has_prev = overlap and prev_kv is not None
@@ -364,7 +364,7 @@ def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overla
     d = norm_weight.shape[0]
     width = d * (2 if overlap else 1)
     out_dtype = items[0].out.dtype
-    direct = not (interpreting() and out_dtype == torch.bfloat16)
+    direct = not (interpreter_fp32() and out_dtype == torch.bfloat16)
     for it in items:
         direct = direct and it.pooled.shape == (1, ratio, 2, width) and it.pooled.is_contiguous()
         direct = direct and it.out.stride(-1) == 1 and it.out.dtype == out_dtype

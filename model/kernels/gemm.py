@@ -31,7 +31,7 @@ import triton.language as tl
 
 from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
-from model.kernels.launch import interpreting, rows_of
+from model.kernels.launch import interpreter_fp32, interpreting, rows_of
 from model.kernels.norm_rope import rms_norm_reference
 from model.kernels.quant_triton import SIGN_BIT
 
@@ -486,7 +486,7 @@ def _rows_and_output(x: torch.Tensor, n: int, half_or_fp32: bool
     interpreter; with ``half_or_fp32`` any dtype but bf16/fp16 becomes fp32 — and the empty
     [M, N] output in that dtype."""
     x2 = x.reshape(-1, x.shape[-1])
-    if interpreting() or (half_or_fp32 and x2.dtype not in (torch.bfloat16, torch.float16)):
+    if interpreter_fp32() or (half_or_fp32 and x2.dtype not in (torch.bfloat16, torch.float16)):
         x2 = x2.float()
     x2 = x2.contiguous()
     return x2, torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x.device)
@@ -508,7 +508,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
     assert glu is None or norm is None
     split = x if isinstance(x, SplitK) else None
     n = weight.shape[0]
-    cast = torch.float32 if interpreting() else None
+    cast = torch.float32 if interpreter_fp32() else None
     if split is not None:
         assert glu is None and norm is None
         parts = split.parts.contiguous()                       # [S, G, M, Ng] fp32

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
-from model.kernels.launch import interpreting
+from model.kernels.launch import interpreter_fp32, interpreting
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
 TARGET_PROGRAMS = 1024   # split K until the grid has about this many programs
@@ -187,9 +187,9 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
         raise ValueError(f"gemv takes at most {MAX_ROWS} vectors per group, got {m}")
     mma = mma and mma_gemv(m, n, groups, weight, x3)
     split3 = x3.dtype == torch.float32   # (x in bf16 goes as it is)
-    if interpreting() and weight.dtype in (torch.bfloat16, torch.float16):
+    if interpreter_fp32() and weight.dtype in (torch.bfloat16, torch.float16):
         weight = weight.float()   # the interpreter mishandles bf16 (an exact up-cast)
-    x3 = (x3.float() if interpreting() else x3).contiguous()
+    x3 = (x3.float() if interpreter_fp32() else x3).contiguous()
     fp8 = scale is not None
     block_m, block_n, block_k = (16, MMA_BLOCK_N, 128) if mma else _tiles(m, n, groups)
     tiles = triton.cdiv(rows_w, block_n)
@@ -202,7 +202,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     if mma:
         _gemv_mma_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128),
                                           rows_w, k_per_split, FP8=fp8,
-                                          BF16=not interpreting(), SPLIT3=split3,
+                                          BF16=not interpreter_fp32(), SPLIT3=split3,
                                           BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,

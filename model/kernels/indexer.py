@@ -60,7 +60,7 @@ from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the c
     indexer_scores_reference,
     indexer_topk_reference,
 )
-from model.kernels.launch import arrivals, interpreting
+from model.kernels.launch import arrivals, interpreter_fp32
 from model.kernels.topk_select import pack
 
 
@@ -238,7 +238,7 @@ def _kernel_inputs(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     """Contiguous q and keys in the compute dtype (fp32 under the interpreter, which mishandles
     bf16; packed FP4 keys stay packed), fp32 weights, visible as int32 or int64 on q's device,
     and the tl.dot precision."""
-    if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
+    if interpreter_fp32() or q.dtype not in (torch.bfloat16, torch.float16):
         q = q.float()
     q = q.contiguous()
     if keys.dtype == torch.uint8:

@@ -1,6 +1,7 @@
 """What every Triton wrapper in model/kernels/ shares about launching: whether kernels run in
 Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is imported; the
-interpreter mishandles bf16, so wrappers hand it fp32), and how many short rows one program
+interpreter mishandles bf16, so wrappers hand it fp32 — unless ``V4CODER_INTERPRET_BF16=1`` has
+``interpret_bf16`` compute bf16 there as a GPU does, and the kernels run their bf16 branches), and how many short rows one program
 takes so that a tile holds about ``TILE_ELEMENTS`` elements, and how a kernel that reads rows
 of unit stride finds them in a strided view (``rows_of``), and how a table of addresses gets to
 the device (``device_table``), a counting table kept there (``counting``), and the arrival
@@ -17,8 +18,27 @@ import triton
 TILE_ELEMENTS = 4096  # elements per program: small rows are batched into one tile
 
 
+BF16_ENV = "V4CODER_INTERPRET_BF16"
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreter_bf16() -> bool:
+    """Whether the interpreter runs the kernels' bf16 branches (``V4CODER_INTERPRET_BF16=1``);
+    installs ``interpret_bf16``'s emulation the first time it says yes."""
+    if not (interpreting() and os.environ.get(BF16_ENV) == "1"):
+        return False
+    from model.kernels import interpret_bf16
+    interpret_bf16.install()
+    return True
+
+
+def interpreter_fp32() -> bool:
+    """Whether wrappers hand the kernels fp32 for bf16 / fp16 tensors: in the interpreter, unless
+    it computes bf16 faithfully (``interpreter_bf16``)."""
+    return interpreting() and not interpreter_bf16()
 
 
 def rows_per_program(n_rows: int, row_elements: int) -> int:

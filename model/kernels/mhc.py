@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from model.kernels.cache_rows import round_bf16
-from model.kernels.launch import interpreting
+from model.kernels.launch import interpreter_fp32, interpreting
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
@@ -328,7 +328,7 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
     t = b * s
     if decode is None:
         decode = t <= DECODE_MAX_TOKENS
-    xin = (x.float() if interpreting() else x).reshape(t, hc, d).contiguous()
+    xin = (x.float() if interpreter_fp32() else x).reshape(t, hc, d).contiguous()
     y = torch.empty(b, s, d, dtype=xin.dtype, device=x.device)
     post = torch.empty(b, s, hc, dtype=torch.float32, device=x.device)
     comb = torch.empty(b, s, hc, hc, dtype=torch.float32, device=x.device)
@@ -345,7 +345,7 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
 def hc_post_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor,
                    comb: torch.Tensor, block: int = 256) -> torch.Tensor:
     b, s, hc, d = residual.shape
-    cast = torch.float32 if interpreting() else None
+    cast = torch.float32 if interpreter_fp32() else None
     yin = (y.to(cast) if cast else y).contiguous()
     xin = (residual.to(cast) if cast else residual).contiguous()
     out = torch.empty(b, s, hc, d, dtype=yin.dtype, device=y.device)
@@ -384,7 +384,7 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
         x = hc_post_triton(y, residual, post, comb)
         return (x, *hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps, decode=decode,
                                   k_slice=k_slice, d_block=d_block))
-    cast = torch.float32 if interpreting() else None
+    cast = torch.float32 if interpreter_fp32() else None
     yin = (y.to(cast) if cast else y).contiguous()
     rin = (residual.to(cast) if cast else residual).contiguous()
     x = torch.empty(t, hc, d, dtype=yin.dtype, device=y.device)

@@ -53,7 +53,7 @@ from model.kernels.gemm import (
     to_mma_order,
     whole_k_tiles,
 )
-from model.kernels.launch import interpreting
+from model.kernels.launch import interpreter_fp32
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
@@ -314,12 +314,12 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float,
     weights [...] or [..., 1] per row."""
     n = gate.shape[-1]
     g2, u2 = gate.reshape(-1, n), up.reshape(-1, n)
-    if interpreting():   # the interpreter mishandles bf16
+    if interpreter_fp32():   # the interpreter mishandles bf16
         g2, u2 = g2.float(), u2.float()
     g2 = g2 if g2.stride(-1) == 1 else g2.contiguous()
     u2 = u2 if u2.stride(-1) == 1 else u2.contiguous()
     rows = g2.shape[0]
-    out_dtype = torch.float32 if interpreting() else dtype
+    out_dtype = torch.float32 if interpreter_fp32() else dtype
     out = torch.empty(rows, n, dtype=out_dtype, device=gate.device)
     w = weights.reshape(rows).float().contiguous() if weights is not None else out
     if rows and n:
@@ -588,11 +588,11 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
-        add = (add.float() if interpreting() else add).contiguous()
+        add = (add.float() if interpreter_fp32() else add).contiguous()
     if t == 0 or slots.shape[1] == 0:
         y = torch.zeros(t, dim, dtype=torch.float32, device=x.device)
         return y if add is None else y + add.float()
-    interp = interpreting()
+    interp = interpreter_fp32()
     act = torch.float32 if interp or x.dtype not in (torch.bfloat16, torch.float16) else x.dtype
     if decode is None:
         decode = t * slots.shape[1] <= DECODE_MAX_PAIRS

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import interpreting, rows_of, rows_per_program
+from model.kernels.launch import interpreter_fp32, rows_of, rows_per_program
 
 MAX_BLOCK_D = 8192  # widest row chunk held in registers by one RMSNorm program
 
@@ -95,7 +95,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) ->
     """Same as ``rms_norm_reference`` in one launch; any leading shape, contiguous output. Rows
     of unit stride are read where they lie (a column slice of a stacked projection's output)."""
     dtype = x.dtype
-    interp = interpreting()
+    interp = interpreter_fp32()
     d = x.shape[-1]
     src = rows_of(x.float() if interp else x)
     n_rows = src.shape[0]
@@ -170,7 +170,7 @@ def apply_rope_triton(x: torch.Tensor, angles: torch.Tensor, inverse: bool = Fal
     heads, seq = _rope_layout(x)
     assert d % 2 == 0 and 0 < 2 * r2 <= d and angles.shape[0] == seq, (x.shape, angles.shape)
     dtype = x.dtype
-    interp = interpreting()
+    interp = interpreter_fp32()
     src = (x.float() if interp else x).contiguous()
     out = torch.empty(x.shape, dtype=torch.float32 if interp else dtype, device=x.device)
     n_rows = x.numel() // d

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import TILE_ELEMENTS, interpreting, rows_of
+from model.kernels.launch import TILE_ELEMENTS, interpreter_fp32, rows_of
 from model.kernels.quant import FP4_MAX, FP8_MAX
 
 SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000 as int32 (a constexpr: kernels may read it)
@@ -160,7 +160,7 @@ def _fake_quant_kernel(x_ptr, out_ptr, n_segs, segs_per_row, n, row_stride,
 
 
 def _kernel_input(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if interpreting() and x.dtype != torch.float32 else x
+    return x.float() if interpreter_fp32() and x.dtype != torch.float32 else x
 
 
 def fake_quant_triton(x: torch.Tensor, block: int, fp4: bool) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from model.kernels.launch import interpreting
+from model.kernels.launch import interpreter_fp32
 
 SCORE_FUNCS = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2}  # anything else: sqrtsoftplus, as Gate
 
@@ -250,7 +250,7 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     out_i = torch.empty(n, topk, dtype=torch.int64, device=x.device)
     if n == 0:
         return out_w, out_i
-    if interpreting():
+    if interpreter_fp32():
         x, weight = x.float(), weight.float()  # the interpreter mishandles bf16
     x, weight = x.contiguous(), weight.contiguous()
     hashed = tid2eid is not None

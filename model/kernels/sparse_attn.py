@@ -35,7 +35,7 @@ from model.kernels.blocks import query_blocks
 from model.kernels.cache_rows import round_bf16
 from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
-from model.kernels.launch import arrivals, interpreting
+from model.kernels.launch import arrivals, interpreter_fp32
 from model.kernels.norm_rope import apply_rope_reference
 
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
@@ -501,7 +501,7 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
     """q as the kernel reads it (fp32 under the interpreter, which mishandles bf16), and the
     dtype the output comes back in."""
     out_dtype = q.dtype
-    if interpreting() or q.dtype not in (torch.bfloat16, torch.float16):
+    if interpreter_fp32() or q.dtype not in (torch.bfloat16, torch.float16):
         q = q.float()
     return q.contiguous(), out_dtype
 

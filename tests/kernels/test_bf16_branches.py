@@ -1,0 +1,267 @@
+"""The kernels' bf16 branches — what a GPU runs — in the interpreter (``bf16_interpreter``:
+bf16 computed as a GPU does, the inline PTX emulated), against the torch references at bf16's
+precision. The rest of tests/kernels runs the same kernels in fp32, where the bf16 branches
+(the tensor-core FP4 decoder's packed registers, bf16 tiles, bf16 stores) never run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.kernels import gemm, gemv, moe, quant
+from model.kernels.expert_bank import ExpertBank
+from model.kernels.gemm import fp4_gemm_reference, fp4_gemm_triton
+from model.kernels.moe import moe_fp4_reference, moe_fp4_triton
+
+pytestmark = [
+    pytest.mark.usefixtures("bf16_interpreter"),
+    # fp16 rows whose FP4 rounding passes 65504 store inf, as the reference and a GPU do; numpy
+    # says so when the interpreter casts them (fp16 is no longer handed over as fp32)
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]
+
+BF16_TOL = dict(rtol=2e-2, atol=2e-2)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-2) -> None:
+    """Within ``rel`` of the largest |want| (bf16 rounds each output to 2^-8 of itself)."""
+    err = (got.float() - want.float()).abs().max().item()
+    assert err <= rel * want.float().abs().max().item(), err
+
+
+def _spy(monkeypatch, module, name):
+    """Record the answers of module.name (the real function, passed through)."""
+    taken, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: taken.append(real(*a)) or taken[-1])
+    return taken
+
+
+# -- the FP4 decoder on tensor cores: packed bf16 registers, the scale by fma.rn.bf16x2 ----------
+
+def test_fp4_tile_in_bf16_reads_every_code_at_every_scale_exactly(monkeypatch, ptx_calls):
+    """One-hot bf16 rows read each weight back alone — every byte value under ue8m0 scales
+    from 2^-62 to 2^64, the subnormal codes (±0.5, code e = 0) included: exactly the
+    reference's weight, through the packed bf16 registers and the emulated PTX."""
+    n, k = 32, 128
+    packed = torch.arange(n * k // 2).remainder(256).to(torch.uint8).view(torch.int8).view(n, -1)
+    exps = torch.linspace(-62, 64, n * k // 32).round().view(n, k // 32)
+    scale = quant.float_to_e8m0(torch.exp2(exps))
+    taken = _spy(monkeypatch, gemm, "mma_fp4_tiles")
+    eye = torch.eye(k, dtype=torch.bfloat16)
+    got = torch.cat([fp4_gemm_triton(eye[i:i + 16], packed, scale, mma=True)
+                     for i in range(0, k, 16)])
+    assert taken == [True] * (k // 16) and ptx_calls
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.t().float(), quant.dequant_fp4(packed, scale))
+
+
+def _fp4_weight(n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-3, 2, k)
+    return (*quant.quant_fp4(w), g)
+
+
+@pytest.mark.parametrize("m,n,k,block_k,split_k", [
+    (1, 200, 256, 128, None),   # decode row; the second 128-row tile half masked
+    (5, 64, 512, 64, 3),        # K split over programs, fp32 partials
+    (16, 130, 256, 32, 1),      # 16 rows: every MMA column a row of x
+])
+def test_fp4_gemm_in_bf16_on_tensor_cores_matches_the_fma_kernel(m, n, k, block_k, split_k,
+                                                                 monkeypatch, ptx_calls):
+    packed, scale, g = _fp4_weight(n, k, 7 * m + n)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    taken = _spy(monkeypatch, gemm, "mma_fp4_tiles")
+    got = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k, mma=True)
+    assert taken == [True] and ptx_calls and got.dtype == torch.bfloat16
+    fma = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k)
+    want = fp4_gemm_reference(x.float(), packed, scale)
+    _close(fma, want)
+    _close(got, want)
+
+
+# -- MoE: the decode GEMVs and the grouped prefill GEMM, FMA and tensor-core tiles ---------------
+
+N_EXP, LIMIT = 4, 7.0
+
+
+def _bank_and_input(t, dim, inter, seed):
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for shape in ((N_EXP, inter, dim), (N_EXP, inter, dim), (N_EXP, dim, inter)):
+        w = torch.randn(*shape, generator=g) / shape[-1] ** 0.5
+        packed, scale = quant.quant_fp4(w.reshape(-1, shape[-1]))
+        parts += [packed.view(*shape[:2], -1), scale.view(*shape[:2], -1)]
+    bank = ExpertBank.from_stacked(*parts)
+    return bank, torch.randn(t, dim, generator=g).bfloat16(), g
+
+
+@pytest.mark.parametrize("decode,quantize,mma", [
+    (True, False, False), (True, False, True), (True, True, True),
+    (False, False, False), (False, False, True), (False, True, True)])
+def test_moe_in_bf16_matches_reference(decode, quantize, mma, monkeypatch, ptx_calls):
+    """bf16 activations through routing's slots, the GEMVs (decode) or the grouped GEMM, the
+    clamped SwiGLU and the combine: the reference's result computed in fp32, to bf16's
+    precision; the tensor-core tiles run the emulated PTX, the FMA kernels do not."""
+    t = 2 if decode else 5
+    bank, x, g = _bank_and_input(t, 256, 128, seed=11 + t)
+    slots = torch.tensor([[2, 0], [3, -1]]) if decode else torch.tensor(
+        [[0, 3, -1], [0, 1, 3], [3, 0, -1], [0, -1, -1], [-1, -1, -1]])
+    weights = torch.rand(*slots.shape, generator=g)
+    taken = _spy(monkeypatch, moe, "mma_fp4_tiles") if mma else []
+    got = moe_fp4_triton(x, weights, slots, bank, LIMIT, quantize_input=quantize, decode=decode,
+                         mma=mma)
+    assert taken == ([True, True] if mma else []) and bool(ptx_calls) == mma
+    want = moe_fp4_reference(x.float(), weights, slots, bank, LIMIT, quantize_input=quantize)
+    _close(got, want)
+    assert decode or torch.count_nonzero(got[4]) == 0
+
+
+# -- the dequant-numerics GEMV: bf16 weight tiles straight to the MMA, FP8 tiles cast -----------
+
+@pytest.mark.parametrize("m,n,k,groups,fp8,dtype", [
+    (1, 300, 384, 1, True, torch.float32),    # FP8 tiles, fp32 x as three bf16 columns
+    (3, 128, 200, 2, True, torch.bfloat16),   # grouped, K not a multiple of 128 (masked tail)
+    (16, 200, 256, 1, False, torch.bfloat16),  # bf16 weight tiles as loaded, 16 rows of x
+    (4, 130, 256, 1, False, torch.float32),   # the most fp32 rows in three columns each
+])
+def test_gemv_in_bf16_on_tensor_cores_matches_dequantised_product(m, n, k, groups, fp8, dtype,
+                                                                  monkeypatch):
+    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 8)
+    g = torch.Generator().manual_seed(m + n + k)
+    w = torch.randn(groups * n, k, generator=g) * torch.logspace(-2, 1, k)
+    wq, ws = quant.quant_fp8_block(w) if fp8 else (w.to(torch.bfloat16), None)
+    dense = quant.dequant_fp8_block(wq, ws) if fp8 else wq.float()
+    x = torch.randn(*((m, groups, k) if groups > 1 else (m, k)), generator=g).to(dtype)
+    want = torch.einsum("mgd,grd->mgr", x.float().reshape(m, groups, k),
+                        dense.view(groups, n, k)).reshape(*x.shape[:-1], n)
+    got = gemv.gemv_triton(x, wq, ws, groups=groups, mma=True)
+    fma = gemv.gemv_triton(x, wq, ws, groups=groups)
+    assert got.dtype == fma.dtype == torch.float32
+    # bf16 × bf16 products are exact in the fp32 accumulator, an FP8 tile's power-of-two scale
+    # on x is exact, and fp32 x in three bf16 parts loses nothing: fp32 summation's error only
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fma, want, rtol=1e-4, atol=1e-3)
+
+
+def test_fp8_gemm_in_bf16_quantises_the_bf16_input_as_the_reference_does():
+    """The FP8 GEMM's prologue on a bf16 activation (1×128 blocks, e4m3): the same as
+    quantising the activation in torch and multiplying the dequantised operands."""
+    g = torch.Generator().manual_seed(3)
+    wq, ws = quant.quant_fp8_block(torch.randn(192, 256, generator=g))
+    x = torch.randn(5, 256, generator=g).bfloat16()
+    got = gemm.fp8_gemm_triton(x, wq, ws)
+    assert got.dtype == torch.bfloat16
+    want = F.linear(quant.fp8_fake_quant(x.float(), 128), quant.dequant_fp8_block(wq, ws))
+    _close(got, want)
+
+
+# -- sparse attention: bf16 queries and rows (or FP8 rows), P rounded to bf16 for P·V ---------
+
+def _attn_inputs(b, s, h, d, n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, s, h, d, generator=g).bfloat16()
+    kv = torch.randn(b, n, d, generator=g).bfloat16()
+    sink = torch.randn(h, generator=g)
+    idx = torch.randint(0, n, (b, s, k), generator=g)
+    return q, kv, sink, torch.where(torch.rand(b, s, k, generator=g) < 0.25, -1, idx)
+
+
+@pytest.mark.parametrize("b,s,h,splits,block_h,dv_parts,block_n", [
+    (1, 1, 16, 3, 16, 1, 16),    # decode split over programs, merged by the last one
+    (1, 1, 16, 2, 16, 2, 16),    # decode, output columns in two slices
+    (1, 3, 64, 1, 64, 1, 16),    # prefill, one 64-head tile holding all the columns
+    (2, 2, 64, 1, 64, 2, 32),    # prefill, 32 rows a step, two column slices
+])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv_parts, block_n,
+                                                    fp8):
+    from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
+    from model.kernels.sparse_attn import sparse_attn_reference, sparse_attn_triton
+
+    d = 128
+    q, kv, sink, idx = _attn_inputs(b, s, h, d, 70, 40, seed=h + splits + dv_parts)
+    layout = KVLayout(head_dim=d, rope_dim=32, block=32) if fp8 else None
+    rows = pack_kv_fp8(kv.float(), layout) if fp8 else kv
+    dense = unpack_kv_fp8(rows, layout) if fp8 else kv.float()
+    out, lse = sparse_attn_triton(q, rows, sink, idx, d**-0.5, layout=layout, n_splits=splits,
+                                  block_h=block_h, dv_parts=dv_parts, block_n=block_n)
+    want, want_lse = sparse_attn_reference(q.float(), dense, sink, idx, d**-0.5)
+    assert out.dtype == torch.bfloat16
+    _close(out, want, rel=2e-2)
+    torch.testing.assert_close(lse.float(), want_lse, rtol=1e-4, atol=1e-4)
+
+
+# -- the lightning indexer: bf16 queries and keys, fp32 scores --------------------------------
+
+@pytest.mark.parametrize("s,n,start,k,path", [
+    (1, 100, 399, 8, "scores"),    # decode: the scores kernel picks
+    (1, 70, 279, 32, "merge"),     # decode through the merge path
+    (4, 40, 156, 8, "scores"),     # prefill rows
+])
+def test_indexer_in_bf16_picks_what_the_reference_picks(s, n, start, k, path):
+    from test_indexer import _check, _inputs
+
+    from model.kernels.indexer import indexer_topk_triton
+
+    q, w, keys, visible = _inputs(1, s, 8, 64, n, start, seed=n)
+    q, keys = q.bfloat16(), keys.bfloat16()
+    got = indexer_topk_triton(q, w, keys, visible, k, block_n=16, path=path)
+    _check(got, q.float(), w, keys.float(), visible, k)
+
+
+@pytest.mark.parametrize("limit,weighted", [(7.0, True), (0.0, False)])
+def test_swiglu_in_bf16_is_the_reference_to_one_rounding(limit, weighted):
+    """The shared expert's activation on bf16 gate / up views, stored in bf16."""
+    from model.kernels.gemm import swiglu_reference
+    from model.kernels.moe import swiglu_triton
+
+    g = torch.Generator().manual_seed(6)
+    both = (torch.randn(3, 2 * 200, generator=g) * 6).bfloat16()
+    gate, up = both[:, :200], both[:, 200:]
+    weights = torch.rand(3, 1, generator=g) if weighted else None
+    got = swiglu_triton(gate, up, limit, weights, torch.bfloat16)
+    want = swiglu_reference(gate.float(), up.float(), limit, weights, torch.float32)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=1e-6)
+
+
+# -- routing: a bf16 activation against bf16 gate weights ------------------------------------
+
+@pytest.mark.parametrize("n,score_func", [(1, "sqrtsoftplus"), (5, "softmax"), (37, "sigmoid")])
+def test_routing_in_bf16_matches_reference(n, score_func):
+    from test_router import _assert_tie_free, _inputs
+
+    from model.kernels.router import route_reference, route_triton
+
+    x, weight, bias, ids, _ = _inputs(n, 64, 24, 6, seed=n)
+    x = x.bfloat16()
+    _assert_tie_free(x, weight, bias, 6, score_func)
+    got_w, got_i = route_triton(x, weight, bias, ids, None, 6, score_func, 1.5)
+    want_w, want_i = route_reference(x.float(), weight, bias, ids, None, 6, score_func, 1.5)
+    assert torch.equal(got_i, want_i)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+
+
+# -- the kernel tests elsewhere whose inputs are bf16, run again here with bf16 computed as a GPU
+# computes it (there the wrappers hand the interpreter fp32) ----------------------------------
+
+def _rerun(module: str, *names: str) -> None:
+    tests = __import__(module)
+    for name in names:
+        globals()[name] = getattr(tests, name)
+
+
+_rerun("test_cache_rows", "test_a_packed_kv_row_is_the_layouts_bytes",
+       "test_a_packed_key_row_is_the_layouts_bytes_of_the_rotated_key")
+_rerun("test_compressor", "test_bf16_entries_round_like_the_reference_up_to_one_rounding")
+_rerun("test_gemm", "test_fp8_gemm_swiglu_prologue_rounds_the_activation_to_bf16",
+       "test_fp8_gemm_with_the_norm_prologue_is_rms_norm_then_the_gemm",
+       "test_fp8_gemm_sums_a_grouped_gemvs_splits_as_it_reads_them")
+_rerun("test_gemv", "test_gemv_on_tensor_cores_matches_dequantised_product")
+_rerun("test_mhc", "test_hc_pre_decode_bf16_input",
+       "test_post_then_pre_bf16_rounds_the_streams_before_the_pre")
+_rerun("test_norm_rope", "test_rms_norm_bf16_rounds_like_reference",
+       "test_apply_rope_non_contiguous_bf16")
+_rerun("test_quant_triton", "test_fake_quant_matches_reference")
+_rerun("test_sparse_attn", "test_output_rotated_back_in_the_kernel_that_stores_it")
