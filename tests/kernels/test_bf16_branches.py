@@ -265,3 +265,39 @@ _rerun("test_norm_rope", "test_rms_norm_bf16_rounds_like_reference",
        "test_apply_rope_non_contiguous_bf16")
 _rerun("test_quant_triton", "test_fake_quant_matches_reference")
 _rerun("test_sparse_attn", "test_output_rotated_back_in_the_kernel_that_stores_it")
+
+
+@pytest.mark.parametrize("kind", ["all", "picks"])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_a_batch_of_sequences_in_bf16_is_one_launch_over_their_own_rows(kind, fp8):
+    """TABLE mode as a GPU runs it: bf16 queries over each sequence's bf16 (or FP8) rows, one
+    launch for the batch — where the fp32 interpreter takes one launch a token."""
+    from test_sequence_rows import W, _queries, _rows
+
+    from model.kernels.sequence_rows import (
+        SequenceRows,
+        sparse_attn_rows_reference,
+        sparse_attn_rows_triton,
+    )
+    from model.op_audit import OpAudit
+
+    windows, counts = [1, W, 3], [0, 13, 40]
+    rows, layout = _rows(windows, counts, kind, fp8)
+    if not fp8:
+        rows = SequenceRows(tuple(w.bfloat16() for w in rows.windows),
+                            tuple(s.bfloat16() for s in rows.stores), rows.counts, W)
+    q, sink, angles = _queries(3)
+    picks = None
+    if kind == "picks":
+        g = torch.Generator().manual_seed(2)
+        picks = torch.full((1, 3, 12), -1, dtype=torch.long)
+        for t, n in enumerate(counts):
+            picks[0, t, :min(12, n)] = torch.randperm(n, generator=g)[:12]
+    q = q.bfloat16()
+    want = sparse_attn_rows_reference(q.float(), rows if fp8 else SequenceRows(
+        tuple(w.float() for w in rows.windows), tuple(s.float() for s in rows.stores),
+        rows.counts, W), sink, picks, 0.125, layout, angles)
+    with OpAudit() as audit:
+        got = sparse_attn_rows_triton(q, rows, sink, picks, 0.125, layout, angles)
+    assert dict(audit.triton) == {"_sparse_attn_fwd": 1} and got.dtype == torch.bfloat16
+    _close(got, want, rel=2e-2)
