@@ -15,6 +15,16 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_hints_checked():
+    """Every interpreted Triton launch checks the kernels' tl.multiple_of / tl.max_contiguous
+    promises against its values (``interpret_hints``): a GPU builds vector loads on them."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from model.kernels import interpret_hints
+
+        interpret_hints.install()
+
+
 @pytest.fixture
 def make_repo(tmp_path):
     """make_repo({"path": "text", ...}, name="repo") -> a committed git repository."""

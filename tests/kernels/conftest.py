@@ -15,6 +15,7 @@ def _interpreter_and_seed():
     torch.manual_seed(0)
 
 
+
 @pytest.fixture
 def bf16_interpreter(monkeypatch):
     """The interpreter computing bf16 as a GPU does (``interpret_bf16``): wrappers keep bf16
