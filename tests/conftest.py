@@ -16,13 +16,15 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _kernel_hints_checked():
+def _kernel_promises_checked():
     """Every interpreted Triton launch checks the kernels' tl.multiple_of / tl.max_contiguous
-    promises against its values (``interpret_hints``): a GPU builds vector loads on them."""
+    promises against its values (``interpret_hints``: a GPU builds vector loads on them) and
+    each access against the memory the launch may touch (``interpret_bounds``)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        from model.kernels import interpret_hints
+        from model.kernels import interpret_bounds, interpret_hints
 
         interpret_hints.install()
+        interpret_bounds.install()
 
 
 @pytest.fixture

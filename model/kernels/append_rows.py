@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import device_table
+from model.kernels.launch import address, device_table
 
 APPEND_BLOCK = 4096   # bytes a program copies per step of its loop
 APPEND_PROGRAMS = 8   # programs per item (the copies of a V4 window: 74 KB each)
@@ -99,9 +99,8 @@ def append_rows_triton(items: Sequence[Item]) -> list[torch.Tensor]:
         assert new.shape[0] == 1 and new.is_contiguous() and out.is_contiguous(), new.shape
         outs.append(out)
         size = new.element_size()
-        for row, value in zip(rows, (0 if past is None else past.data_ptr(),
-                                     0 if past is None else past.numel() * size,
-                                     new.data_ptr(), new.numel() * size, out.data_ptr()),
+        for row, value in zip(rows, (address(past), 0 if past is None else past.numel() * size,
+                                     address(new), new.numel() * size, address(out)),
                               strict=True):
             row.append(value)
     if not outs:

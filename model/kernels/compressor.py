@@ -48,7 +48,7 @@ from model.kernels.cache_rows import (
     store_rows_reference,
 )
 from model.kernels.gemm import sum_parts, sum_splits
-from model.kernels.launch import device_table, interpreter_fp32
+from model.kernels.launch import address, device_table, interpreter_fp32
 from model.layers.rope import apply_rope
 
 
@@ -378,10 +378,10 @@ def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overla
                                    norm_weight, eps, it.angles(inv_freq), fmt, out=it.out)
         return
     device = items[0].pooled.device
-    rows = [[it.pooled.data_ptr() for it in items],
-            [0 if it.prev_kv is None else it.prev_kv.data_ptr() for it in items],
-            [0 if it.prev_score is None else it.prev_score.data_ptr() for it in items],
-            [it.out.data_ptr() for it in items],
+    rows = [[address(it.pooled) for it in items],
+            [address(it.prev_kv) for it in items],
+            [address(it.prev_score) for it in items],
+            [address(it.out) for it in items],
             [it.position for it in items],
             [0 if it.prev_kv is None else it.prev_kv.stride(1) for it in items]]
     table = device_table(rows, device)

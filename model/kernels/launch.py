@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 
 import torch
 import triton
@@ -54,6 +55,32 @@ def rows_of(x: torch.Tensor) -> torch.Tensor:
         return x.new_empty(math.prod(x.shape[:-1]), 0)
     rows = x.reshape(-1, d)
     return rows if rows.stride(-1) == 1 or d == 1 else rows.contiguous()
+
+
+# id → tensor, weakly; kept only when a checker asks (a WeakSet would compare tensors with ==)
+_ADDRESSED: weakref.WeakValueDictionary[int, torch.Tensor] | None = None
+
+
+def address(t: torch.Tensor | None) -> int:
+    """The address a kernel will dereference from a table (0 for none): ``t.data_ptr()``, and
+    under ``interpret_bounds`` a note that the launch may touch t's storage."""
+    if t is None:
+        return 0
+    if _ADDRESSED is not None:
+        _ADDRESSED[id(t)] = t
+    return t.data_ptr()
+
+
+def record_addresses() -> None:
+    """From now on ``address`` keeps (weakly) the tensors it was asked about."""
+    global _ADDRESSED
+    if _ADDRESSED is None:
+        _ADDRESSED = weakref.WeakValueDictionary()
+
+
+def addressed() -> list[torch.Tensor]:
+    """The live tensors ``address`` was asked about since ``record_addresses``."""
+    return list(_ADDRESSED.values()) if _ADDRESSED is not None else []
 
 
 def device_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:

@@ -28,7 +28,7 @@ from model.kernels import indexer as _indexer
 from model.kernels import sparse_attn as _sparse_attn
 from model.kernels.fp4_keys import key_rows_aligned
 from model.kernels.kv_fp8 import KVLayout
-from model.kernels.launch import counting, device_table
+from model.kernels.launch import address, counting, device_table
 from model.kernels.sparse_attn import WindowRows
 
 
@@ -51,9 +51,9 @@ class SequenceRows:
         (one host → device copy, which the host does not wait for), read by every TABLE-mode
         launch of the step's layer."""
         t = len(self.windows)
-        stores = [s.data_ptr() if s is not None else 0 for s in self.stores]
-        keys = [k.data_ptr() for k in self.keys] if self.keys is not None else [0] * t
-        rows = [stores, list(self.counts), [w.data_ptr() for w in self.windows],
+        stores = [address(s) for s in self.stores]
+        keys = [address(k) for k in self.keys] if self.keys is not None else [0] * t
+        rows = [stores, list(self.counts), [address(w) for w in self.windows],
                 [w.shape[1] for w in self.windows], keys]
         return device_table(rows, self.windows[0].device)
 
