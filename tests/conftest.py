@@ -19,12 +19,14 @@ import pytest  # noqa: E402
 def _kernel_promises_checked():
     """Every interpreted Triton launch checks the kernels' tl.multiple_of / tl.max_contiguous
     promises against its values (``interpret_hints``: a GPU builds vector loads on them) and
-    each access against the memory the launch may touch (``interpret_bounds``)."""
+    each access against the memory the launch may touch (``interpret_bounds``), and runs its
+    programs in a shuffled order (``interpret_order``), as a GPU may."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        from model.kernels import interpret_bounds, interpret_hints
+        from model.kernels import interpret_bounds, interpret_hints, interpret_order
 
         interpret_hints.install()
         interpret_bounds.install()
+        interpret_order.install()
 
 
 @pytest.fixture
