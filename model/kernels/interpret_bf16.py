@@ -8,9 +8,9 @@ truncates. ``install()`` patches its builder (class attributes of Triton's
 ``InterpreterBuilder`` and ``ReduceOps``, once per process) so that
 
 - an op on bf16 operands reads them as the float32 values they are (exact), computes in float32
-  and rounds the result to bf16 to nearest even — the GPU's bf16 arithmetic (exact for +, −, ×,
-  min, max of one pair; a division or a transcendental rounds twice, as ``div.rn.f32`` then
-  ``cvt.rn.bf16`` do);
+  and rounds the result to bf16 to nearest even — the GPU's bf16 arithmetic (one rounding for
+  ×, min and max; + and − of values 2^16 apart or more, a division or a transcendental round
+  twice, as the float32 op then ``cvt.rn.bf16`` do); ``tl.fma`` on bf16 rounds once;
 - casts to bf16 round to nearest even (``cvt.rn.bf16.f32``), from bf16 are exact;
 - ``tl.dot`` on bf16 operands multiplies their values and accumulates in float32;
 - ``fma.rn.bf16x2`` (``gemm._scaled_halves``) is emulated: each half a·b + c with one rounding
@@ -41,6 +41,7 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
     uint16 bit patterns. float64 goes through float32 rounded to odd: 16 more bits than bf16
     at every exponent, so the second rounding is the correct one."""
     v = np.asarray(values)
+    shape = v.shape
     if v.dtype == np.float64:
         f = v.astype(np.float32)
         inexact = (f.astype(np.float64) != v) & np.isfinite(v)
@@ -50,7 +51,7 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
         v = odd.view(np.float32)
     t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(-1))
     out = t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return out.reshape(np.shape(v))
+    return out.reshape(shape)
 
 
 def _is_bf16(h) -> bool:
@@ -81,8 +82,8 @@ def _fma(original):
     def fma(self, x, y, z):
         if not _is_bf16(z):
             return original(self, x, y, z)
-        exact = (bf16_values(x.data).astype(np.float64) * bf16_values(y.data)
-                 + bf16_values(z.data))
+        product = bf16_values(x.data).astype(np.float64) * bf16_values(y.data)
+        exact = _sum_to_odd(*np.broadcast_arrays(product, bf16_values(z.data).astype(np.float64)))
         return ti.TensorHandle(bf16_bits(exact), tl.bfloat16)
     return fma
 

@@ -1,10 +1,11 @@
 """What every Triton wrapper in model/kernels/ shares about launching: whether kernels run in
 Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads when it is imported; the
-interpreter mishandles bf16, so wrappers hand it fp32 — unless ``V4CODER_INTERPRET_BF16=1`` has
-``interpret_bf16`` compute bf16 there as a GPU does, and the kernels run their bf16 branches), and how many short rows one program
-takes so that a tile holds about ``TILE_ELEMENTS`` elements, and how a kernel that reads rows
-of unit stride finds them in a strided view (``rows_of``), and how a table of addresses gets to
-the device (``device_table``), a counting table kept there (``counting``), and the arrival
+interpreter mishandles bf16, so wrappers hand it fp32 — unless ``V4CODER_INTERPRET_BF16=1``
+has ``interpret_bf16`` compute bf16 there as a GPU does, and the kernels run their bf16
+branches), and how many short rows one program takes so that a tile holds about
+``TILE_ELEMENTS`` elements, and how a kernel that reads rows of unit stride finds them in a
+strided view (``rows_of``), and how a table of addresses gets to the device (``address``,
+``device_table``), a counting table kept there (``counting``), and the arrival
 counts of kernels whose last program of a group finishes the group's work (``arrivals``)."""
 
 from __future__ import annotations

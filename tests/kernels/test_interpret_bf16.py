@@ -85,17 +85,19 @@ def _elementwise_kernel(a_ptr, b_ptr, out_ptr, mx_ptr, N: tl.constexpr):
     b = tl.load(b_ptr + i)
     tl.store(out_ptr + i, tl.where(a < b, a * b, a - b))
     tl.store(out_ptr + N + i, (a / b).to(tl.float32).to(tl.bfloat16))
+    tl.store(out_ptr + 2 * N + i, tl.fma(a, b, a))
     tl.store(mx_ptr, tl.max(a, axis=0))
     tl.store(mx_ptr + 1, tl.min(b, axis=0))
 
 
 def test_bf16_arithmetic_comparisons_and_reductions_are_on_values(bf16_interpreter):
     a, b = _bf16_sample(64, 5, -4, 4), _bf16_sample(64, 6, -4, 4)
-    out = torch.empty(128, dtype=torch.bfloat16)
+    out = torch.empty(192, dtype=torch.bfloat16)
     mx = torch.empty(2, dtype=torch.bfloat16)
     _elementwise_kernel[(1,)](a, b, out, mx, N=64)
     assert torch.equal(out[:64], torch.where(a < b, a * b, a - b))
-    assert torch.equal(out[64:], (a.float() / b.float()).to(torch.bfloat16))
+    assert torch.equal(out[64:128], (a.float() / b.float()).to(torch.bfloat16))
+    assert torch.equal(out[128:], _nearest_bf16(a.double() * b.double() + a.double()))
     assert mx.tolist() == [a.max().item(), b.min().item()]
 
 
