@@ -165,15 +165,17 @@ def _attn_inputs(b, s, h, d, n, k, seed=0):
     return q, kv, sink, torch.where(torch.rand(b, s, k, generator=g) < 0.25, -1, idx)
 
 
-@pytest.mark.parametrize("b,s,h,splits,block_h,dv_parts,block_n", [
-    (1, 1, 16, 3, 16, 1, 16),    # decode split over programs, merged by the last one
-    (1, 1, 16, 2, 16, 2, 16),    # decode, output columns in two slices
-    (1, 3, 64, 1, 64, 1, 16),    # prefill, one 64-head tile holding all the columns
-    (2, 2, 64, 1, 64, 2, 32),    # prefill, 32 rows a step, two column slices
+@pytest.mark.parametrize("b,s,h,splits,block_h,dv_parts,block_n,combine", [
+    (1, 1, 16, 3, 16, 1, 16, "fused"),    # decode split over programs, merged by the last one
+    (1, 1, 16, 3, 16, 1, 16, "kernel"),   # ... merged by flash-decoding's combine kernel
+    (1, 1, 16, 2, 16, 2, 16, "fused"),    # decode, output columns in two slices
+    (1, 1, 16, 2, 16, 2, 16, "kernel"),
+    (1, 3, 64, 1, 64, 1, 16, "fused"),    # prefill, one 64-head tile holding all the columns
+    (2, 2, 64, 1, 64, 2, 32, "fused"),    # prefill, 32 rows a step, two column slices
 ])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv_parts, block_n,
-                                                    fp8):
+                                                    combine, fp8):
     from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
     from model.kernels.sparse_attn import sparse_attn_reference, sparse_attn_triton
 
@@ -183,7 +185,8 @@ def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv
     rows = pack_kv_fp8(kv.float(), layout) if fp8 else kv
     dense = unpack_kv_fp8(rows, layout) if fp8 else kv.float()
     out, lse = sparse_attn_triton(q, rows, sink, idx, d**-0.5, layout=layout, n_splits=splits,
-                                  block_h=block_h, dv_parts=dv_parts, block_n=block_n)
+                                  block_h=block_h, dv_parts=dv_parts, block_n=block_n,
+                                  combine=combine)
     want, want_lse = sparse_attn_reference(q.float(), dense, sink, idx, d**-0.5)
     assert out.dtype == torch.bfloat16
     _close(out, want, rel=2e-2)
@@ -192,19 +195,27 @@ def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv
 
 # -- the lightning indexer: bf16 queries and keys, fp32 scores --------------------------------
 
-@pytest.mark.parametrize("s,n,start,k,path", [
-    (1, 100, 399, 8, "scores"),    # decode: the scores kernel picks
-    (1, 70, 279, 32, "merge"),     # decode through the merge path
-    (4, 40, 156, 8, "scores"),     # prefill rows
+@pytest.mark.parametrize("s,n,start,k,path,select", [
+    (1, 100, 399, 8, "scores", "fused"),          # decode: the scores kernel picks
+    (1, 100, 399, 8, "scores", "fused_passes"),   # ... by four passes over the row
+    (1, 100, 399, 8, "scores", "parallel"),       # ... in two launches of slice programs
+    (1, 100, 399, 8, "scores", "triton"),         # ... in topk_select, a kernel of its own
+    (1, 70, 279, 32, "merge", "fused"),           # decode through the merge path
+    (4, 40, 156, 8, "scores", "fused"),           # prefill rows
 ])
-def test_indexer_in_bf16_picks_what_the_reference_picks(s, n, start, k, path):
-    from test_indexer import _check, _inputs
+@pytest.mark.parametrize("packed", [False, True])
+def test_indexer_in_bf16_picks_what_the_reference_picks(s, n, start, k, path, select, packed):
+    """bf16 queries over bf16 keys, or over FP4-packed keys (the native cache's), on every
+    decode pick the launch choices offer."""
+    from test_indexer import _check, _packed_inputs
 
     from model.kernels.indexer import indexer_topk_triton
 
-    q, w, keys, visible = _inputs(1, s, 8, 64, n, start, seed=n)
-    q, keys = q.bfloat16(), keys.bfloat16()
-    got = indexer_topk_triton(q, w, keys, visible, k, block_n=16, path=path)
+    q, w, keys, packed_keys, visible = _packed_inputs(1, s, 8, 64, n, start, seed=n)
+    q = q.bfloat16()
+    keys = keys.bfloat16()              # FP4-grid values: exact in bf16
+    got = indexer_topk_triton(q, w, packed_keys if packed else keys, visible, k, block_n=16,
+                              path=path, select=select)
     _check(got, q.float(), w, keys.float(), visible, k)
 
 
