@@ -93,13 +93,24 @@ def _bank_and_input(t, dim, inter, seed):
     return bank, torch.randn(t, dim, generator=g).bfloat16(), g
 
 
-@pytest.mark.parametrize("decode,quantize,mma", [
-    (True, False, False), (True, False, True), (True, True, True),
-    (False, False, False), (False, False, True), (False, True, True)])
-def test_moe_in_bf16_matches_reference(decode, quantize, mma, monkeypatch, ptx_calls):
+@pytest.mark.parametrize("decode,quantize,mma,options", [
+    (True, False, False, {}), (True, False, True, {}), (True, True, True, {}),
+    (False, False, False, {}), (False, False, True, {}), (False, True, True, {}),
+    # the other launch choices the H200 run times (bench rows moe_fp4_*)
+    (True, False, False, {"block_n": 16, "num_warps": 8}),
+    (True, False, False, {"block_k": 64}),
+    (True, False, False, {"ahead": True}), (True, True, False, {"ahead": True}),
+    (True, False, True, {"block_n": 64}),
+    (False, False, False, {"block_m": 64}),
+    (False, False, True, {"block_m": 64}),
+    (False, False, True, {"group_n": 128}),
+    (False, False, True, {"block_m": 64, "group_n": 64}),
+])
+def test_moe_in_bf16_matches_reference(decode, quantize, mma, options, monkeypatch, ptx_calls):
     """bf16 activations through routing's slots, the GEMVs (decode) or the grouped GEMM, the
     clamped SwiGLU and the combine: the reference's result computed in fp32, to bf16's
-    precision; the tensor-core tiles run the emulated PTX, the FMA kernels do not."""
+    precision, on each launch choice; the tensor-core tiles run the emulated PTX, the FMA
+    kernels do not."""
     t = 2 if decode else 5
     bank, x, g = _bank_and_input(t, 256, 128, seed=11 + t)
     slots = torch.tensor([[2, 0], [3, -1]]) if decode else torch.tensor(
@@ -107,7 +118,7 @@ def test_moe_in_bf16_matches_reference(decode, quantize, mma, monkeypatch, ptx_c
     weights = torch.rand(*slots.shape, generator=g)
     taken = _spy(monkeypatch, moe, "mma_fp4_tiles") if mma else []
     got = moe_fp4_triton(x, weights, slots, bank, LIMIT, quantize_input=quantize, decode=decode,
-                         mma=mma)
+                         mma=mma, **options)
     assert taken == ([True, True] if mma else []) and bool(ptx_calls) == mma
     want = moe_fp4_reference(x.float(), weights, slots, bank, LIMIT, quantize_input=quantize)
     _close(got, want)
