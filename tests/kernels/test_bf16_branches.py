@@ -183,6 +183,8 @@ def _attn_inputs(b, s, h, d, n, k, seed=0):
     (1, 1, 16, 2, 16, 2, 16, "kernel"),
     (1, 3, 64, 1, 64, 1, 16, "fused"),    # prefill, one 64-head tile holding all the columns
     (2, 2, 64, 1, 64, 2, 32, "fused"),    # prefill, 32 rows a step, two column slices
+    (1, 3, 64, 1, 64, 1, 32, "fused"),    # all the columns a program, 32 rows a step
+    (1, 2, 64, 1, 64, 4, 64, "fused"),    # four column slices, 64 rows a step
 ])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv_parts, block_n,
