@@ -1,5 +1,6 @@
 """Kernel tests run every Triton kernel under TRITON_INTERPRET=1 (set by tests/conftest.py) on
-CPU tensors in float32, against the pure-torch reference beside it."""
+CPU tensors in float32, against the pure-torch reference beside it; test_bf16_branches.py runs
+them again in bf16 (``bf16_interpreter``), as a GPU computes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 def _interpreter_and_seed():
     assert os.environ.get("TRITON_INTERPRET") == "1", "kernel tests need the Triton interpreter"
     torch.manual_seed(0)
-
 
 
 @pytest.fixture
