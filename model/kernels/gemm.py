@@ -328,7 +328,8 @@ def to_mma_order(a):
 def _scaled_halves(pairs, bits, BF16: tl.constexpr):
     """``place_fp4_pairs``' registers × 2^(e + 63) (``bits``: its bf16 exponent field, << 7) →
     (low, high) bf16 — one packed multiply per register, then each half read as it lies (the
-    GPU) — or float32 (the interpreter, which has no inline assembly and mishandles bf16)."""
+    GPU, and the interpreter with ``interpret_bf16``, which emulates the instruction) — or
+    float32 (the fp32 interpreter)."""
     if BF16:
         scaled = tl.inline_asm_elementwise(
             "fma.rn.bf16x2 $0, $1, $2, $3;", "=r,r,r,r",

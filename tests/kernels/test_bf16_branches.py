@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from spies import answers
 
 from model.kernels import gemm, gemv, moe, quant
 from model.kernels.expert_bank import ExpertBank
@@ -27,13 +28,6 @@ def _close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-2) -> None:
     assert err <= rel * want.float().abs().max().item(), err
 
 
-def _spy(monkeypatch, module, name):
-    """Record the answers of module.name (the real function, passed through)."""
-    taken, real = [], getattr(module, name)
-    monkeypatch.setattr(module, name, lambda *a: taken.append(real(*a)) or taken[-1])
-    return taken
-
-
 # -- the FP4 decoder on tensor cores: packed bf16 registers, the scale by fma.rn.bf16x2 ----------
 
 def test_fp4_tile_in_bf16_reads_every_code_at_every_scale_exactly(monkeypatch, ptx_calls):
@@ -44,7 +38,7 @@ def test_fp4_tile_in_bf16_reads_every_code_at_every_scale_exactly(monkeypatch, p
     packed = torch.arange(n * k // 2).remainder(256).to(torch.uint8).view(torch.int8).view(n, -1)
     exps = torch.linspace(-62, 64, n * k // 32).round().view(n, k // 32)
     scale = quant.float_to_e8m0(torch.exp2(exps))
-    taken = _spy(monkeypatch, gemm, "mma_fp4_tiles")
+    taken = answers(monkeypatch, gemm, "mma_fp4_tiles")
     eye = torch.eye(k, dtype=torch.bfloat16)
     got = torch.cat([fp4_gemm_triton(eye[i:i + 16], packed, scale, mma=True)
                      for i in range(0, k, 16)])
@@ -68,7 +62,7 @@ def test_fp4_gemm_in_bf16_on_tensor_cores_matches_the_fma_kernel(m, n, k, block_
                                                                  monkeypatch, ptx_calls):
     packed, scale, g = _fp4_weight(n, k, 7 * m + n)
     x = torch.randn(m, k, generator=g).bfloat16()
-    taken = _spy(monkeypatch, gemm, "mma_fp4_tiles")
+    taken = answers(monkeypatch, gemm, "mma_fp4_tiles")
     got = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k, mma=True)
     assert taken == [True] and ptx_calls and got.dtype == torch.bfloat16
     fma = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k)
@@ -116,7 +110,7 @@ def test_moe_in_bf16_matches_reference(decode, quantize, mma, options, monkeypat
     slots = torch.tensor([[2, 0], [3, -1]]) if decode else torch.tensor(
         [[0, 3, -1], [0, 1, 3], [3, 0, -1], [0, -1, -1], [-1, -1, -1]])
     weights = torch.rand(*slots.shape, generator=g)
-    taken = _spy(monkeypatch, moe, "mma_fp4_tiles") if mma else []
+    taken = answers(monkeypatch, moe, "mma_fp4_tiles") if mma else []
     got = moe_fp4_triton(x, weights, slots, bank, LIMIT, quantize_input=quantize, decode=decode,
                          mma=mma, **options)
     assert taken == ([True, True] if mma else []) and bool(ptx_calls) == mma

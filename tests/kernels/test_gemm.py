@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spies import answers
 
-from model.kernels import quant
+from model.kernels import gemm, quant
 from model.kernels.gemm import (
     fp4_gemm_reference,
     fp4_gemm_triton,
@@ -121,16 +122,6 @@ def test_fp4_decode_covers_every_code():
     assert torch.equal(got, quant.dequant_fp4(packed, scale)[0])
 
 
-def _spy_mma_tiles(monkeypatch):
-    """Record ``mma_fp4_tiles``' answers (the real ones, passed through): whether the
-    tensor-core path ran."""
-    from model.kernels import gemm
-
-    taken, real = [], gemm.mma_fp4_tiles
-    monkeypatch.setattr(gemm, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
-    return taken
-
-
 def test_fp4_tensor_core_tile_reads_every_code_at_every_scale(monkeypatch):
     """``load_fp4_mma_tile`` (two bf16 weights placed a register, columns in pair order):
     one-hot rows read each weight back alone — every byte value (both nibbles) under ue8m0
@@ -139,7 +130,7 @@ def test_fp4_tensor_core_tile_reads_every_code_at_every_scale(monkeypatch):
     packed = torch.arange(n * k // 2).remainder(256).to(torch.uint8).view(torch.int8).view(n, -1)
     exps = torch.linspace(-62, 64, n * k // 32).round().view(n, k // 32)
     scale = quant.float_to_e8m0(torch.exp2(exps))
-    taken = _spy_mma_tiles(monkeypatch)
+    taken = answers(monkeypatch, gemm, "mma_fp4_tiles")
     got = torch.cat([fp4_gemm_triton(torch.eye(k)[i:i + 16], packed, scale, mma=True)
                      for i in range(0, k, 16)])          # got[i, r] = W[r, i]
     assert taken == [True] * (k // 16)
@@ -161,7 +152,7 @@ def test_fp4_gemm_on_tensor_cores_matches_reference(m, n, k, block_k, split_k, m
     w = torch.randn(n, k, generator=g) * torch.logspace(-3, 2, k)
     packed, scale = quant.quant_fp4(w)
     x = torch.randn(m, k, generator=g)
-    taken = _spy_mma_tiles(monkeypatch)
+    taken = answers(monkeypatch, gemm, "mma_fp4_tiles")
     got = fp4_gemm_triton(x, packed, scale, block_k=block_k, split_k=split_k, mma=True)
     assert taken == [mma_runs]
     want = fp4_gemm_reference(x, packed, scale)
@@ -262,8 +253,6 @@ def test_fp4_whole_tiles_load_as_vectors_and_agree_with_the_masked_path(m, n, k,
     """FULL (every K tile whole, both parts 16-byte aligned): the weight bytes and scales load as
     tiles of whole rows, x as one contiguous slice split into even / odd k in registers — the
     same values as the masked path; a part that is not 16-byte aligned takes the masked path."""
-    from model.kernels import gemm
-
     g = torch.Generator().manual_seed(m + n)
     packed, scale = quant.quant_fp4(torch.randn(n, k, generator=g) * torch.logspace(-3, 2, k))
     x = torch.randn(m, k, generator=g)

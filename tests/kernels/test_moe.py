@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 from host_syncs import sync_ops
+from spies import answers
 
 from model.kernels import ops, quant
 from model.kernels.expert_bank import ExpertBank
@@ -361,8 +362,8 @@ def test_decode_gemv_on_tensor_cores_matches_the_fma_gemv(quantize, dim, inter, 
     opts = dict(quantize_input=quantize, decode=True, split_k=split_k, block_n=block_n,
                 block_k=block_k)
     fma = moe_fp4_triton(*args, **opts)
-    taken, real = [], moe.mma_fp4_tiles
-    monkeypatch.setattr(moe, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
+    real = moe.mma_fp4_tiles
+    taken = answers(monkeypatch, moe, "mma_fp4_tiles")
     got = moe_fp4_triton(*args, **opts, mma=True)
     assert taken == [True, True]          # gate/up and down
     assert torch.allclose(got, fma, atol=1e-5, rtol=1e-4), (got - fma).abs().max()
@@ -384,8 +385,7 @@ def test_grouped_gemm_with_tensor_core_tiles_matches_reference(quantize, block_m
 
     bank, x, g = _bank_and_input(5, dim, inter, seed=block_m)
     weights = torch.rand(5, 3, generator=g)
-    taken, real = [], moe.mma_fp4_tiles
-    monkeypatch.setattr(moe, "mma_fp4_tiles", lambda *a: taken.append(real(*a)) or taken[-1])
+    taken = answers(monkeypatch, moe, "mma_fp4_tiles")
     got = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize,
                          decode=False, block_m=block_m, mma=True, group_n=group_n,
                          group_k=group_k)
