@@ -53,6 +53,7 @@ def test_fp8_gemv_on_the_gpus_tiles_reads_one_scale_a_tile(block_n, groups, monk
     (1, 300, 384, 1, True, torch.float32),    # 3 row tiles of 128 (the last masked), each
                                               # scale block differs; fp32 x in 3 bf16 columns
     (3, 128, 200, 2, True, torch.float32),    # grouped, K not a multiple of 128 (masked tail)
+    (3, 128, 200, 2, True, torch.bfloat16),   # the same for bf16 x
     (4, 130, 256, 1, False, torch.float32),   # the most fp32 rows (4 × 3 of 16 columns)
     (16, 200, 256, 1, False, torch.bfloat16),  # 16 bf16 rows: every MMA column a row of x
     (1, 256, 640, 4, False, torch.bfloat16),   # grouped wo_a-like, K split over programs
@@ -61,8 +62,8 @@ def test_gemv_on_tensor_cores_matches_dequantised_product(m, n, k, groups, fp8, 
                                                           monkeypatch):
     """``mma=True`` (``_gemv_mma_kernel``: the weight tile the MMA's M side, an FP8 tile's one
     scale put on x's tile, float32 x as three bf16 columns a row): the dequantise-then-multiply
-    result; fp16 weights, more float32 rows than SPLIT3_ROWS and groups that are not whole
-    128-row tiles keep the FMA kernel (``mma_gemv``)."""
+    result, as the FMA kernel's is; fp16 weights, more float32 rows than SPLIT3_ROWS and groups
+    that are not whole 128-row tiles keep the FMA kernel (``mma_gemv``)."""
     monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 8)            # K splits on small shapes too
     g = torch.Generator().manual_seed(m + n + k)
     rows = torch.logspace(0, 2, groups * n).view(-1, 1)
@@ -77,6 +78,8 @@ def test_gemv_on_tensor_cores_matches_dequantised_product(m, n, k, groups, fp8, 
     got = gemv_triton(x, wq, ws, groups=groups, mma=True)
     assert got.shape == x.shape[:-1] + (n,)
     torch.testing.assert_close(got.float(), want.reshape(got.shape), rtol=1e-4, atol=1e-3)
+    fma = gemv_triton(x, wq, ws, groups=groups)
+    torch.testing.assert_close(fma.float(), want.reshape(got.shape), rtol=1e-4, atol=1e-3)
     assert not gemv.mma_gemv(1, 64, 2, wq, x)                  # 64-row groups: half a tile
     assert not gemv.mma_gemv(1, n, 1, w.half(), x)
     assert not gemv.mma_gemv(gemv.SPLIT3_ROWS + 1, n, 1, wq, x.float())
