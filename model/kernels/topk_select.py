@@ -94,23 +94,28 @@ def _top_digits(row_ptrs, offs, limits):
 
 @triton.jit
 def count_top_digits(row_ptrs, n0, limits, hist_rows, N: tl.constexpr,
-                     COLUMNS: tl.constexpr = 32):
+                     WINDOW: tl.constexpr = 256):
     """Add the top-digit counts of a tile of N stored scores (row_ptrs [R] + n0 + [0, N), each
     row's up to its limit, limits [R]) to each row's histogram (hist_rows [R] pointers to
-    HIST_BINS int32). The first of the tile's entries with a digit adds how many share it: one
-    atomic per distinct digit, so a bin takes at most one atomic per tile (a hot digit is not
-    thousands of atomics on one address). Found COLUMNS entries at a time, each compared with
-    the whole tile (registers: [R, COLUMNS, N] booleans)."""
+    HIST_BINS int32): one atomic per distinct digit, so a bin takes at most one atomic per tile
+    (a hot digit is not thousands of atomics on one address). The tile's digits within WINDOW
+    of its row's highest (32 octaves at 8 bins an octave) are counted by one ``tl.histogram``
+    of all R rows (bin = row · WINDOW + distance below the row's top); the rare digits farther
+    below it take an atomic each, so the counts stay exact for any scores."""
     offs = n0 + tl.arange(0, N)
-    digits = _top_digits(row_ptrs, offs, limits)                    # [R, N]
-    for c0 in tl.static_range(0, N, COLUMNS):
-        cols = n0 + c0 + tl.arange(0, COLUMNS)
-        mine = _top_digits(row_ptrs, cols, limits)                  # [R, COLUMNS]
-        same = mine[:, :, None] == digits[:, None, :]               # [R, COLUMNS, N]
-        earlier = same & (offs[None, None, :] < cols[None, :, None])
-        first = (mine >= 0) & (tl.sum(earlier.to(tl.int32), 2) == 0)
-        tl.atomic_add(hist_rows[:, None] + mine, tl.sum(same.to(tl.int32), 2), mask=first,
-                      sem="relaxed")
+    digits = _top_digits(row_ptrs, offs, limits)                    # [R, N], −1 outside
+    R: tl.constexpr = digits.shape[0]
+    top = tl.max(digits, 1)                                         # [R]
+    below = top[:, None] - digits
+    near = (digits >= 0) & (below < WINDOW)
+    row_bins = tl.arange(0, R)[:, None] * WINDOW + below
+    counts = tl.histogram(tl.reshape(row_bins, (R * N,)), R * WINDOW,
+                          mask=tl.reshape(near, (R * N,)))
+    counts = tl.reshape(counts, (R, WINDOW))
+    bin_digits = top[:, None] - tl.arange(0, WINDOW)[None, :]       # [R, WINDOW]
+    tl.atomic_add(hist_rows[:, None] + bin_digits, counts, mask=counts > 0, sem="relaxed")
+    tl.atomic_add(hist_rows[:, None] + digits, tl.full([R, N], 1, tl.int32),
+                  mask=(digits >= 0) & ~near, sem="relaxed")
 
 
 @triton.jit
@@ -142,6 +147,19 @@ def _choose(hist, prefix, need, SHIFT: tl.constexpr):
 
 
 @triton.jit
+def _running_counts(a, b):
+    """Boolean tiles a, b [BLOCK] (BLOCK < 2^16) → how many of each are set up to and including
+    every position, and in the whole tile: one scan and one sum of both packed in an int32
+    (a in the low 16 bits, b in the high), where two of each took twice the cross-warp passes
+    and barriers."""
+    tl.static_assert(a.shape[0] < 65536)
+    flags = a.to(tl.int32) + (b.to(tl.int32) << 16)
+    upto = tl.cumsum(flags, 0)
+    total = tl.sum(flags, 0)
+    return upto & 0xFFFF, upto >> 16, total & 0xFFFF, total >> 16
+
+
+@triton.jit
 def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
           PACKED: tl.constexpr = False):
     """Every key above ``thresh`` among src[:limit], then its first ``need`` ties, packed into
@@ -151,13 +169,17 @@ def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
         key, packed = _keys(src, offs, valid, PACKED)
+        above = valid & (key > thresh)
         tie = valid & (key == thresh)
-        tie_rank = ties + tl.cumsum(tie.to(tl.int32), 0) - 1
-        keep = valid & ((key > thresh) | (tie & (tie_rank < need)))
-        slot = taken + tl.cumsum(keep.to(tl.int32), 0) - 1
-        tl.store(dest + slot, packed, mask=keep)
-        taken += tl.sum(keep.to(tl.int32), 0)
-        ties += tl.sum(tie.to(tl.int32), 0)
+        above_upto, ties_upto, above_n, ties_n = _running_counts(above, tie)
+        # the kept ties are the row's first ``need``: a tie is kept when at most ``need`` ties
+        # come up to it, and a kept key's slot counts the kept keys up to it
+        kept_before = tl.minimum(ties, need)
+        kept_upto = tl.minimum(ties + ties_upto, need)
+        keep = above | (tie & (ties + ties_upto <= need))
+        tl.store(dest + taken + above_upto + kept_upto - kept_before - 1, packed, mask=keep)
+        taken += above_n + tl.minimum(ties + ties_n, need) - kept_before
+        ties += ties_n
 
 
 @triton.jit
@@ -180,10 +202,11 @@ def _split(row_ptr, limit, top, dest, cand, BLOCK: tl.constexpr):
         digit = key >> (32 - TOP_BITS)
         above = valid & (digit > top)
         same = valid & (digit == top)
-        tl.store(dest + taken + tl.cumsum(above.to(tl.int32), 0) - 1, packed, mask=above)
-        tl.store(cand + held + tl.cumsum(same.to(tl.int32), 0) - 1, packed, mask=same)
-        taken += tl.sum(above.to(tl.int32), 0)
-        held += tl.sum(same.to(tl.int32), 0)
+        above_upto, same_upto, above_n, same_n = _running_counts(above, same)
+        tl.store(dest + taken + above_upto - 1, packed, mask=above)
+        tl.store(cand + held + same_upto - 1, packed, mask=same)
+        taken += above_n
+        held += same_n
 
 
 @triton.jit
@@ -344,8 +367,9 @@ def _slice_place(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, cnt_ptr, c
         before = others < piece
         taken = tl.sum(tl.where(before, above_n, 0), 0)
         held = tl.sum(tl.where(before, held_n, 0), 0)
-        tl.store(dest + taken + tl.cumsum(above.to(tl.int32), 0) - 1, packed, mask=above)
-        tl.store(cand + held + tl.cumsum(same.to(tl.int32), 0) - 1, packed, mask=same)
+        above_upto, same_upto, _, _ = _running_counts(above, same)
+        tl.store(dest + taken + above_upto - 1, packed, mask=above)
+        tl.store(cand + held + same_upto - 1, packed, mask=same)
     tl.debug_barrier()   # the slice's picks and candidates are stored before it arrives
     group = cnt_ptr + row
     if tl.atomic_add(group, 1) == slices - 1:   # acq_rel: sees every slice's stores

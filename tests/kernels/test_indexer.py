@@ -330,8 +330,16 @@ def _low_bits(n):
             .repeat(n // 1024)).view(torch.float32)
 
 
+def _octaves(n):
+    """Positive scores over 160 octaves: a tile's digits far below its top are common."""
+    gen = torch.Generator().manual_seed(3)
+    exponents = torch.randint(-80, 80, (n,), generator=gen).float()
+    return torch.rand(n, generator=gen).add(1.0) * exponents.exp2()
+
+
 @pytest.mark.parametrize("name,inputs,k,opts", [
     ("decode", lambda: _inputs(2, 1, 4, 16, 300, 1199), 40, {}),
+    ("scores over 160 octaves", lambda: _scoring(_octaves(600)), 150, {}),
     ("every key ties", lambda: _scoring(torch.full((300,), -1.0)), 16, {}),
     ("low bits differ", lambda: _scoring(_low_bits(2048)), 100, dict(block_n=128)),
     ("k past the keys", lambda: _scoring(torch.randn(200)), 256, dict(causal=False)),
