@@ -117,12 +117,12 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
 
 
 def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype,
-                select: str = "fused") -> Case:
+                select: str = "fused", pairs: bool = False) -> Case:
     """A decode step of ``seqs`` sequences on a CSA layer in one launch per op (native numerics'
     rows: FP8 KV, FP4 indexer keys; model/kernels/sequence_rows.py): each token's indexer
     scores and pick over its own n_comp keys (the pick as ``select`` says), then attention over
-    its own window ∪ top-k rows. Bytes: every sequence's keys, the rows its token reads, q and
-    o."""
+    its own window ∪ top-k rows (``pairs``: the keys decoded two codes a register). Bytes: every
+    sequence's keys, the rows its token reads, q and o."""
     layout = kv_fp8.V4_KV_LAYOUT
     windows = tuple(kv_fp8.pack_kv_fp8(_rand(1, WINDOW, HEAD_DIM, dtype=dtype, device=dev))
                     for _ in range(seqs))
@@ -149,13 +149,13 @@ def _batch_case(name: str, seqs: int, n_comp: int, dev: str, dtype: torch.dtype,
                      + 2 * HEADS * HEAD_DIM * q.element_size())
     flops = seqs * (2.0 * IDX_HEADS * IDX_DIM * n_comp + 4.0 * HEADS * HEAD_DIM * (WINDOW + TOPK))
     shape = {"sequences": seqs, "keys": n_comp, "topk": TOPK, "window": WINDOW,
-             "kv": "fp8-584B", "keys_format": "fp4-68B", "select": select}
+             "kv": "fp8-584B", "keys_format": "fp4-68B", "select": select, "pairs": pairs}
     return Case(name, shape, nbytes, flops,
                 lambda: step(sequence_rows.sparse_attn_rows_reference,
                              sequence_rows.indexer_topk_rows_reference),
                 lambda: step(sequence_rows.sparse_attn_rows_triton,
                              partial(sequence_rows.indexer_topk_rows_triton,
-                                     select=select)),
+                                     select=select, pairs=pairs)),
                 "none set (a batch's decode step: per-sequence launches before)")
 
 
@@ -186,11 +186,12 @@ def _append_case(name: str, seqs: int, dev: str, dtype: torch.dtype) -> Case:
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
                   causal: bool = False, packed: bool = False, path: str = "scores",
-                  select: str = "fused") -> Case:
+                  select: str = "fused", pairs: bool = False) -> Case:
     """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
     ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
     every query sees all n (decode). ``packed``: the keys are native numerics' FP4 cache rows
-    (68 B each, fp4_keys.py) instead of ``dtype`` rows. Bytes: q, weights, keys and picks, each
+    (68 B each, fp4_keys.py) instead of ``dtype`` rows, decoded two codes a register when
+    ``pairs`` (``fp4_keys.load_key_pairs``). Bytes: q, weights, keys and picks, each
     once (the prefill path's fp32 score scratch, 8 bytes per query·key written and read, is not
     counted)."""
     q = _rand(1, s, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
@@ -201,7 +202,7 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     pos = torch.arange(4 * n - s, 4 * n, device=dev).clamp(min=0)
     visible = ((pos + 1) // 4 if causal else torch.full_like(pos, n)).to(torch.int32)
     shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK,
-             "causal": causal, "path": path, "select": select,
+             "causal": causal, "path": path, "select": select, "pairs": pairs,
              "keys_format": "fp4-68B" if packed else str(dtype).removeprefix("torch.")}
     key_bytes = keys.shape[-1] * keys.element_size()
     nbytes = (n * key_bytes + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4) + s * TOPK * 8)
@@ -209,7 +210,8 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     return Case(name, shape, nbytes, flops,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
                 lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK, path=path,
-                                                    causal=causal, select=select),
+                                                    causal=causal, select=select,
+                                                    pairs=pairs),
                 "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if not causal
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
@@ -598,11 +600,19 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           packed=True, select="triton"),
         p(_indexer_case, "indexer_topk_decode_fp4_torch_select", 1, ctx // 4, dev, dtype,
           packed=True, select="torch"),
+        p(_indexer_case, "indexer_topk_decode_fp4_pairs", 1, ctx // 4, dev, dtype, packed=True,
+          pairs=True),
+        p(_indexer_case, "indexer_topk_decode_fp4_parallel_pairs", 1, ctx // 4, dev, dtype,
+          packed=True, select="parallel", pairs=True),
+        p(_indexer_case, "indexer_topk_prefill_fp4_pairs", *idx_prefill, dev, dtype,
+          causal=True, packed=True, pairs=True),
         p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),
         p(_batch_case, "indexer_attn_decode_csa_batch8_parallel", 8, ctx // 4, dev, dtype,
           "parallel"),
         p(_batch_case, "indexer_attn_decode_csa_batch8_torch_select", 8, ctx // 4, dev, dtype,
           "torch"),
+        p(_batch_case, "indexer_attn_decode_csa_batch8_parallel_pairs", 8, ctx // 4, dev, dtype,
+          "parallel", True),
         p(_append_case, "append_rows_decode_csa_batch8", 8, dev, dtype),
         p(_insert_rows_case, "compress_insert_decode_batch8", 8, dev),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),

@@ -15,6 +15,10 @@ and equals x itself for any x already on that grid.
 
 ``load_key_tile`` is the Triton side: the indexer kernels load a tile of key rows through it,
 float rows as they are or packed rows decoded in registers (nibble → e2m1 bits, × 2^scale).
+``load_key_pairs`` decodes packed rows as the FP4 expert GEMMs' tensor-core decoder does
+(``fp4_pairs.fp4_words_tile``: two codes a register, about 1.5 instructions a value where
+``load_key_tile`` spends about fifteen), in that decoder's column order, which the caller's query
+tile takes too (``key_pairs``: where the rows allow it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import triton
 import triton.language as tl
 
 from model.kernels import quant
+from model.kernels.fp4_pairs import fp4_words_tile
 
 INDEX_KEY_BLOCK = 32  # indexer keys share one power-of-two scale per 1×32 block (§2.8)
 
@@ -89,6 +94,29 @@ def key_rows(keys: torch.Tensor, m: int, dim: int) -> torch.Tensor:
 def key_rows_aligned(keys: torch.Tensor) -> bool:
     """``load_key_tile``'s ALIGNED promise for packed keys uint8 [..., row_bytes]."""
     return keys.dtype == torch.uint8 and keys.shape[-1] % 4 == 0 and keys.data_ptr() % 4 == 0
+
+
+def key_pairs(dim: int, block_d: int, block: int, aligned: bool) -> bool:
+    """Whether ``load_key_pairs`` reads these packed rows: 4-byte aligned (``key_rows_aligned``),
+    scales per 32 dims, and the whole row one tile of whole scale words (dim a multiple of 128)."""
+    return aligned and block == 32 and dim % 128 == 0 and block_d == dim
+
+
+@triton.jit
+def load_key_pairs(k_ptr, rows, mask_n, D, BLOCK_D: tl.constexpr, BF16: tl.constexpr):
+    """Packed key rows ``rows`` [BLOCK_N] (int64, zero where not ``mask_n``; ``key_pairs``: D =
+    BLOCK_D, a multiple of 128, rows 4-byte aligned) → their values × 2^-63, [BLOCK_N, D] bf16
+    (BF16) or float32, in ``fp4_pairs.fp4_mma_order``'s columns: a tl.dot operand against a
+    query tile taken to that order and × 2^63 (``to_mma_order``, ``FP4_MMA_ACT_SHIFT``).
+    A row is D/8 words of codes then D/128 words of four scale bytes: 17 words at D = 128."""
+    WORDS: tl.constexpr = BLOCK_D // 8
+    SCALE_WORDS: tl.constexpr = BLOCK_D // 128
+    row = k_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * ((D // 128) * 17)
+    words = tl.load(row + tl.arange(0, WORDS)[None, :], mask=mask_n[:, None], other=0)
+    packed = tl.load(row + WORDS + tl.arange(0, SCALE_WORDS)[None, :], mask=mask_n[:, None],
+                     other=0)
+    s = (packed[:, :, None] >> (8 * tl.arange(0, 4))[None, None, :]) & 0xFF   # little-endian
+    return fp4_words_tile(words, tl.reshape(s, [rows.shape[0], SCALE_WORDS * 4]), BF16)
 
 
 @triton.jit

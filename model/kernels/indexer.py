@@ -53,9 +53,12 @@ from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
 from model.kernels.fp4_keys import (
     INDEX_KEY_BLOCK,
     IndexKeyLayout,
+    key_pairs,
     key_rows_aligned,
+    load_key_pairs,
     load_key_tile,
 )
+from model.kernels.fp4_pairs import FP4_MMA_ACT_SHIFT, to_mma_order
 from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the contract)
     indexer_scores_reference,
     indexer_topk_reference,
@@ -147,7 +150,8 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                           TABLE: tl.constexpr = False, PICK: tl.constexpr = False,
                           KEY_ALIGNED: tl.constexpr = False,
                           CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
-                          SELECT_BLOCK: tl.constexpr = 1024, COUNTED: tl.constexpr = False):
+                          SELECT_BLOCK: tl.constexpr = 1024, COUNTED: tl.constexpr = False,
+                          PAIRS: tl.constexpr = False, PAIRS_BF16: tl.constexpr = False):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
     out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
     TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the
@@ -159,7 +163,10 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     COUNTED (PICK, the keys split over several programs: a decode step): each program also
     counts its scores' top key digits into its queries' histograms (hist_ptr, HIST_BINS int32
     a query, zero before and after the launch), so the pick starts from them and keeps the
-    keys sharing the k-th's top digit in cand_ptr (``cap`` int64 a query)."""
+    keys sharing the k-th's top digit in cand_ptr (``cap`` int64 a query).
+    PAIRS (packed keys that ``fp4_keys.key_pairs`` allows): the keys decoded two codes a register
+    (``fp4_keys.load_key_pairs``; bf16 tiles when PAIRS_BF16), the queries taken to their column
+    order once."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
@@ -183,6 +190,8 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     q = tl.load(q_ptr + q_rows[:, None] * D + offs_d[None, :],
                 mask=mask_r[:, None] & mask_d[None, :], other=0.0)
     w = tl.load(w_ptr + q_rows, mask=mask_r, other=0.0).to(tl.float32)
+    if PAIRS:   # exact: a permutation of the dims and a power of two
+        q = (to_mma_order(q.to(tl.float32)) * FP4_MMA_ACT_SHIFT).to(q_ptr.dtype.element_ty)
     out_rows = (batch * (hi - lo) + offs_t - lo) * width
     hist_rows = hist_ptr + (batch * (hi - lo) + offs_t - lo) * topk_select.HIST_BINS
     start = pid_c * chunk
@@ -190,8 +199,12 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     seen = tl.minimum(stop, tl.maximum(tl.max(vis, 0), start))  # keys past it: seen by no query
     for n0 in range(start, seen, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        keys = load_key_tile(k_ptr, batch * N + offs_n, offs_n < seen, offs_d, D, PACKED,
-                             KEY_BLOCK, KEY_ALIGNED).to(q.dtype)
+        if PAIRS:
+            keys = load_key_pairs(k_ptr, batch * N + offs_n, offs_n < seen, D, BLOCK_D,
+                                  PAIRS_BF16)
+        else:
+            keys = load_key_tile(k_ptr, batch * N + offs_n, offs_n < seen, offs_d, D, PACKED,
+                                 KEY_BLOCK, KEY_ALIGNED).to(q.dtype)
         dots = tl.dot(q, tl.trans(keys), input_precision=PREC)      # [BLOCK_T·BLOCK_H, BLOCK_N]
         weighted = tl.maximum(dots, 0.0) * w[:, None]
         scores = tl.sum(tl.reshape(weighted, (BLOCK_T, BLOCK_H, BLOCK_N)), 1)
@@ -292,7 +305,7 @@ def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
 
 def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
                    table=None, picks=None, k=0, causal=True, keys_aligned=None,
-                   counted=True, parallel=False) -> None:
+                   counted=True, parallel=False, pairs=False) -> None:
     """Fill scores [b, hi − lo, width] for queries [lo, hi) (``_indexer_scores_block``);
     ``table``: each query's own keys (TABLE mode: ``keys`` only gives their format; then
     ``keys_aligned`` says whether every query's packed keys are, as ``key_rows_aligned``);
@@ -302,7 +315,9 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
     (COUNTED), unless ``counted`` is False (four passes over each row, "fused_passes").
     ``parallel`` (with ``picks``, "parallel"): where the score programs count, the pick is
     ``topk_select.pick_counted``'s two launches of many programs a query instead of one program;
-    elsewhere (too few programs a query: prefill) the scores launch picks by passes."""
+    elsewhere (too few programs a query: prefill) the scores launch picks by passes.
+    ``pairs``: packed keys decoded two codes a register where ``fp4_keys.key_pairs`` allows
+    (PAIRS; a launch choice until a GPU run times it)."""
     b, s, h, d = q.shape
     width = scores.shape[-1]
     query_programs = triton.cdiv(hi - lo, block_t)
@@ -334,14 +349,18 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
             pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
                         SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted)
     pick_ptr, counts, hist, cand, cap, k, pick_batch, pick_row = pick_args
+    block_d = max(16, triton.next_power_of_2(d))
+    aligned = key_rows_aligned(keys) if table is None else bool(keys_aligned)
+    pairs = (pairs and keys.dtype == torch.uint8 and q.dtype in (torch.bfloat16, torch.float32)
+             and key_pairs(d, block_d, INDEX_KEY_BLOCK, aligned))
     _indexer_scores_block[(query_programs, chunks, b)](
         q, weights, keys, vis, scores, vis if table is None else table, pick_ptr, counts, hist,
         cand, cap, lo, hi, s, keys.shape[1], h, d, width, chunk, k, pick_batch, pick_row,
         BLOCK_T=block_t,
-        BLOCK_H=block_h, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_N=block_n,
+        BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_N=block_n,
         PREC=prec, PACKED=keys.dtype == torch.uint8, KEY_BLOCK=INDEX_KEY_BLOCK,
-        KEY_ALIGNED=key_rows_aligned(keys) if table is None else bool(keys_aligned),
-        TABLE=table is not None, **pick,
+        KEY_ALIGNED=aligned, TABLE=table is not None, **pick,
+        PAIRS=pairs, PAIRS_BF16=pairs and q.dtype == torch.bfloat16,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
         or picks is not None else 4)
     if picks is not None and not pick.get("PICK"):
@@ -349,7 +368,7 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
 
 
 def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
-                 select="fused") -> torch.Tensor:
+                 select="fused", pairs=False) -> torch.Tensor:
     """Block scores (Triton) and each query's pick from them, a block of queries at a time →
     int64 [b, s, k]. The pick: in the scores launch ("fused", the last program of each query
     block picks, from the digits its score programs counted where the keys are split;
@@ -369,22 +388,23 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
         hi = min(s, lo + rows)
         scores = scratch[: b * (hi - lo) * n].view(b, hi - lo, n)
         scores_and_picks(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, out, k,
-                         select, causal)
+                         select, causal, pairs=pairs)
     return out
 
 
 def scores_and_picks(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, out, k,
-                     select, causal=True, **table) -> None:
+                     select, causal=True, pairs=False, **table) -> None:
     """Scores of queries [lo, hi) into ``scores`` and their k best into out[:, lo:hi], as
     ``select`` says (``_topk_scores``): in the scores launch (FUSED), or after it by
     ``topk_select`` or torch.topk. ``table``: TABLE mode's ``_launch_scores`` arguments (the
-    batched decode path, model/kernels/sequence_rows.py)."""
+    batched decode path, model/kernels/sequence_rows.py); ``pairs``: ``_launch_scores``'."""
     if select in FUSED or select == "parallel":
         _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n,
                        picks=out[:, lo:hi], k=k, causal=causal, counted=select != "fused_passes",
-                       parallel=select == "parallel", **table)
+                       parallel=select == "parallel", pairs=pairs, **table)
         return
-    _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, **table)
+    _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n, pairs=pairs,
+                   **table)
     pick = topk_select.topk_select_triton if select == "triton" else \
         topk_select.topk_select_reference
     pick(scores, k, vis[lo:hi] if causal else None, out[:, lo:hi])
@@ -404,7 +424,7 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "scores",
                         block_t: int | None = None, causal: bool = True,
-                        select: str = "fused") -> torch.Tensor:
+                        select: str = "fused", pairs: bool = False) -> torch.Tensor:
     """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
     keys.dtype == torch.uint8). ``path``: "scores" (the default) or "merge" (see the module
     docstring). ``n_chunks`` applies to the merge path, ``block_t`` to the scores path;
@@ -415,7 +435,9 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
     four passes over the row), "triton" (``topk_select``, one kernel of its own) or "torch"
     (torch.topk, about fifteen kernels a long row on a GPU), until a GPU run of `v4coder bench
     kernels` compares them (rows indexer_topk_decode, indexer_topk_decode_passes,
-    indexer_topk_decode_select_kernel and indexer_topk_decode_torch_select)."""
+    indexer_topk_decode_select_kernel and indexer_topk_decode_torch_select). ``pairs`` (scores
+    path, packed keys): decode them two codes a register (``fp4_keys.load_key_pairs``; row
+    indexer_topk_decode_fp4_pairs)."""
     b, s, h, d = q.shape
     n = keys.shape[1]
     if k == 0 or n == 0 or b * s == 0:
@@ -426,5 +448,5 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
     if path == "scores":
         return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal,
-                            select)
+                            select, pairs)
     return _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n or 64).long()

@@ -13,7 +13,7 @@ truncates. ``install()`` patches its builder (class attributes of Triton's
   twice, as the float32 op then ``cvt.rn.bf16`` do); ``tl.fma`` on bf16 rounds once;
 - casts to bf16 round to nearest even (``cvt.rn.bf16.f32``), from bf16 are exact;
 - ``tl.dot`` on bf16 operands multiplies their values and accumulates in float32;
-- ``fma.rn.bf16x2`` (``gemm._scaled_halves``) is emulated: each half a·b + c with one rounding
+- ``fma.rn.bf16x2`` (``fp4_pairs._scaled_halves``) is emulated: each half a·b + c with one rounding
   to nearest even, subnormal inputs and results kept (the bf16 forms of ``fma`` have no
   ``.ftz``: only ``.rn`` and ``.rn.relu`` exist). Any other inline assembly still raises.
 

@@ -37,20 +37,18 @@ import triton.language as tl
 
 from model.kernels import quant, quant_triton
 from model.kernels.expert_bank import ExpertBank, PartBank
+from model.kernels.fp4_pairs import FP4_MMA_ACT_SHIFT, fp4_mma_order, to_mma_order
 from model.kernels.gemm import (
     FP4_ACT_SHIFT,
     FP4_GEMV_SCALE_SHIFT,
-    FP4_MMA_ACT_SHIFT,
     FP4_UNSHIFT,
     clamped_swiglu,
     decode_fp4_tile,
-    fp4_mma_order,
     load_fp4_mma_tile,
     load_fp4_tile,
     mma_fp4_tiles,
     place_fp4,
     plan_split_k,
-    to_mma_order,
     whole_k_tiles,
 )
 from model.kernels.launch import interpreter_fp32

@@ -327,12 +327,12 @@ def indexer_topk_rows(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows
     """A decode step of several sequences: token t's k best of its sequence's keys
     (``rows.keys[t]``, every one of its ``rows.counts[t]`` visible) → int64 [1, T, k], best
     first, −1 = none. One launch that scores and picks for the whole batch on Triton, or the
-    pick the decode decision chose (``indexer_decode[_fp4]``'s ``select``; its merge path has
-    no batched form, so that choice leaves the batch on the default)."""
+    pick the decode decision chose (``indexer_decode[_fp4]``'s ``select`` and ``pairs``; its
+    merge path has no batched form, so that choice leaves the batch on the default)."""
     if backend(q) == "triton":
         packed = rows.keys is not None and rows.keys[0].dtype == torch.uint8
         chosen = choices.options("indexer_decode_fp4" if packed else "indexer_decode", q.device)
-        select = {"select": chosen["select"]} if "select" in chosen else {}
+        select = {key: chosen[key] for key in ("select", "pairs") if key in chosen}
         return _sequence_rows.indexer_topk_rows_triton(q, weights, rows, k, **select)
     return _sequence_rows.indexer_topk_rows_reference(q, weights, rows, k)
 

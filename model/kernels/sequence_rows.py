@@ -178,13 +178,15 @@ def _each_sequence(q, weights, rows, k, topk) -> torch.Tensor:
 
 
 def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows,
-                             k: int, block_n: int = 128, select: str = "fused") -> torch.Tensor:
+                             k: int, block_n: int = 128, select: str = "fused",
+                             pairs: bool = False) -> torch.Tensor:
     """Same contract as ``indexer_topk_rows_reference``: one launch over every token's own keys
     (TABLE mode) that scores them and picks each row's best, up to its own count (PICK) — per
     block of tokens whose scores fit ``indexer.PREFILL_SCRATCH_BYTES``, one block unless the
     batch is large and the context long. Float keys in another dtype than the kernel's go one
     token at a time. ``select``: as ``indexer_topk_triton``'s — "fused" (the default), or the
-    pick after the scores launch: ``topk_select`` ("triton") or torch.topk ("torch")."""
+    pick after the scores launch: ``topk_select`` ("triton") or torch.topk ("torch"); ``pairs``:
+    packed keys decoded two codes a register (``indexer_topk_triton``'s)."""
     _indexer.check_select(select)
     t_count = q.shape[1]
     width = max(rows.counts)
@@ -209,6 +211,6 @@ def indexer_topk_rows_triton(q: torch.Tensor, weights: torch.Tensor, rows: Seque
         hi = min(t_count, lo + rows_per_block)
         scores = scratch[: (hi - lo) * width].view(1, hi - lo, width)
         _indexer.scores_and_picks(qc, weights_c, keys, counts, scores, lo, hi, prec, 1,
-                                  block_n, out, k, select, table=table[4],
+                                  block_n, out, k, select, pairs=pairs, table=table[4],
                                   keys_aligned=aligned)
     return out

@@ -178,7 +178,7 @@ def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
         kept_upto = tl.minimum(ties + ties_upto, need)
         keep = above | (tie & (ties + ties_upto <= need))
         tl.store(dest + taken + above_upto + kept_upto - kept_before - 1, packed, mask=keep)
-        taken += above_n + tl.minimum(ties + ties_n, need) - kept_before
+        taken += (above_n + tl.minimum(ties + ties_n, need) - kept_before).to(tl.int32)
         ties += ties_n
 
 

@@ -246,6 +246,7 @@ _rerun("test_compressor", "test_bf16_entries_round_like_the_reference_up_to_one_
 _rerun("test_gemm", "test_fp8_gemm_swiglu_prologue_rounds_the_activation_to_bf16",
        "test_fp8_gemm_with_the_norm_prologue_is_rms_norm_then_the_gemm",
        "test_fp8_gemm_sums_a_grouped_gemvs_splits_as_it_reads_them")
+_rerun("test_indexer", "test_fp4_keys_decoded_as_register_pairs_pick_what_the_reference_picks")
 _rerun("test_gemv", "test_gemv_matches_dequantised_product",
        "test_gemv_on_tensor_cores_matches_dequantised_product")
 _rerun("test_mhc", "test_hc_pre_decode_bf16_input",

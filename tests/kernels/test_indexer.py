@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from host_syncs import sync_ops
+from spies import answers
 
 from model.kernels import blocks, fp4_keys, indexer, ops
 from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
@@ -222,6 +223,34 @@ def test_packed_keys_pick_what_float_keys_of_the_same_values_pick(b, s, h, d, n,
     got = indexer_topk_triton(q, w, packed, visible, k, path=path, block_n=16, n_chunks=2)
     assert torch.equal(got, want)  # bit-identical scores: even tied picks agree
     _check(got, q, w, keys, visible, k)
+
+
+@pytest.mark.parametrize("s,d,n,start,k,select", [
+    (1, 128, 300, 1199, 16, "fused"),        # a decode query, the pick from counted digits
+    (1, 256, 100, 399, 8, "parallel"),       # two words of scales a row; the parallel pick
+    (20, 128, 150, 560, 16, "fused"),        # a prefill chunk, causal
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp4_keys_decoded_as_register_pairs_pick_what_the_reference_picks(
+        monkeypatch, s, d, n, start, k, select, dtype):
+    """``pairs``: packed keys decoded two codes a register (``fp4_keys.load_key_pairs``, the FP4
+    GEMMs' tensor-core decoder) against queries taken to its column order — the same values,
+    summed in another order: the same picks but for ties. bf16 queries are the GPU's case
+    (test_bf16_branches runs this again with bf16 computed as a GPU does it, and the decoder's
+    inline PTX)."""
+    q, w, keys, packed, visible = _packed_inputs(1, s, 4, d, n, start, seed=d)
+    allowed = answers(monkeypatch, indexer, "key_pairs")
+    got = indexer_topk_triton(q.to(dtype), w, packed, visible, k, block_n=16, select=select,
+                              pairs=True)
+    assert allowed and all(allowed)   # the pairs decoder read the keys
+    _check(got, q.to(dtype).float(), w, keys, visible, k)
+    row = packed.shape[-1]
+    misaligned = torch.empty(n * row + 1, dtype=torch.uint8)[1:].view(1, n, row)
+    misaligned.copy_(packed)   # rows off the 4-byte grid: the byte decoder reads them
+    got = indexer_topk_triton(q.to(dtype), w, misaligned, visible, k, block_n=16, select=select,
+                              pairs=True)
+    assert allowed[-1] is False
+    _check(got, q.to(dtype).float(), w, keys, visible, k)
 
 
 @pytest.mark.parametrize("b,s,h,d,n,start,k", PACKED_CASES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spies import answers
 
 from model.kernels import fp4_keys, indexer
 from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
@@ -109,14 +110,18 @@ def _index_rows(counts, packed, seed, d=32):
         torch.randn(1, len(counts), 4, generator=g) * 0.5
 
 
-@pytest.mark.parametrize("packed,d", [(False, 32), (True, 32), (True, 128)])
-def test_one_launch_scores_and_picks_for_every_sequence(packed, d):
-    """d = 128: V4's 68-byte key rows, which the kernel reads as 4-byte vectors."""
+@pytest.mark.parametrize("packed,d,pairs", [(False, 32, False), (True, 32, False),
+                                            (True, 128, False), (True, 128, True)])
+def test_one_launch_scores_and_picks_for_every_sequence(monkeypatch, packed, d, pairs):
+    """d = 128: V4's 68-byte key rows, which the kernel reads as 4-byte vectors, or decodes as
+    register pairs (``pairs``: each sequence's rows through its own address)."""
     counts = [0, 5, 70, 33]
     rows, q, w = _index_rows(counts, packed, seed=4, d=d)
     want = indexer_topk_rows_reference(q, w, rows, 16)
+    allowed = answers(monkeypatch, indexer, "key_pairs")
     with OpAudit() as audit:
-        got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16)
+        got = indexer_topk_rows_triton(q, w, rows, 16, block_n=16, pairs=pairs)
+    assert allowed == ([True] if pairs else [])
     assert dict(audit.triton) == {"_indexer_scores_block": 1}   # its last programs pick
     assert torch.equal(got < 0, want < 0)
     assert (got[0, 0] == -1).all() and (got[0, 1, 5:] == -1).all()
