@@ -13,11 +13,16 @@ truncates. ``install()`` patches its builder (class attributes of Triton's
   twice, as the float32 op then ``cvt.rn.bf16`` do); ``tl.fma`` on bf16 rounds once;
 - casts to bf16 round to nearest even (``cvt.rn.bf16.f32``), from bf16 are exact;
 - ``tl.dot`` on bf16 operands multiplies their values and accumulates in float32;
+- ``tl.dot`` on float32 operands at ``input_precision="tf32"`` reads them as tf32 (the tensor
+  core drops the low 13 mantissa bits), and at ``"tf32x3"`` is Triton's three tf32 dots (its
+  F32DotTC pass: big = ``cvt.rna.tf32.f32`` of each operand, small = the rest; small·big, then
+  big·small, then big·big, accumulated in that order) — where the fp32 interpreter computes
+  every float32 dot in full float32 (the mHC's token-block GEMM runs tf32x3 on a GPU);
 - ``fma.rn.bf16x2`` (``fp4_pairs._scaled_halves``) is emulated: each half a·b + c with one rounding
   to nearest even, subnormal inputs and results kept (the bf16 forms of ``fma`` have no
   ``.ftz``: only ``.rn`` and ``.rn.relu`` exist). Any other inline assembly still raises.
 
-Ops that never saw a bf16 operand run as before. Nothing here is used on a GPU: the wrappers
+Other ops that never saw a bf16 operand run as before. Nothing here is used on a GPU: the wrappers
 ask ``launch.interpreter_fp32()`` whether to hand the interpreter fp32 instead, and it says no
 when ``V4CODER_INTERPRET_BF16=1`` (``launch.interpreter_bf16()``, which installs this)."""
 
@@ -117,8 +122,39 @@ def _fp_to_fp(original):
     return fp_to_fp
 
 
+def tf32_truncated(x: np.ndarray) -> np.ndarray:
+    """float32 → what a tf32 tensor core reads of it: the low 13 mantissa bits dropped."""
+    return (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
+            ).view(np.float32)
+
+
+def tf32_rounded(x: np.ndarray) -> np.ndarray:
+    """``cvt.rna.tf32.f32``: float32 to 10 mantissa bits, to nearest, ties away from zero (a
+    finite x: the carry of the half-unit add may step the exponent, as the rounding does)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isfinite(x), rounded, x)
+
+
+def tf32_dot(a: np.ndarray, b: np.ndarray, acc: np.ndarray, triple: bool) -> np.ndarray:
+    """acc + a @ b as a tf32 tensor core computes it (``triple``: tf32x3), float32 sums."""
+    def mma(x, y, c):
+        return np.matmul(tf32_truncated(x), tf32_truncated(y), dtype=np.float32) + c
+    if not triple:
+        return mma(a, b, acc)
+    a_big, b_big = tf32_rounded(a), tf32_rounded(b)
+    a_small, b_small = a - a_big, b - b_big
+    partial = mma(a_big, b_small, mma(a_small, b_big, acc))
+    return mma(a_big, b_big, np.where(np.isnan(partial), np.float32(0), partial))
+
+
 def _dot(original):
     def dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        precision = getattr(input_precision, "name", "")
+        if (precision in ("TF32", "TF32x3") and a.dtype.scalar == tl.float32 ==
+                b.dtype.scalar and d.dtype.scalar == tl.float32):
+            return ti.TensorHandle(tf32_dot(a.data, b.data, d.data, precision == "TF32x3"),
+                                   tl.float32)
         return original(self, _as_fp32(a), _as_fp32(b), d, input_precision, max_num_imprecise_acc)
     return dot
 

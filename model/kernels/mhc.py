@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from model.kernels.cache_rows import round_bf16
-from model.kernels.launch import interpreter_fp32, interpreting
+from model.kernels.launch import interpreter_fp32
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
@@ -293,7 +293,7 @@ def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d
     _hc_pre_tokens_kernel[(triton.cdiv(t, PREFILL_BLOCK_T), n_slices)](
         xin, fn, part, t, d, n_slices, HC=hc, K_SLICE=k_slice, BLOCK_T=PREFILL_BLOCK_T,
         BLOCK_K=min(PREFILL_BLOCK_K, k_slice), MIX_PAD=max(16, triton.next_power_of_2(width - 1)),
-        PREC="ieee" if interpreting() else "tf32x3")
+        PREC="ieee" if interpreter_fp32() else "tf32x3")
     _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
                    part=part)
 

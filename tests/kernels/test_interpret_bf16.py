@@ -118,6 +118,43 @@ def test_bf16_dot_multiplies_values_and_accumulates_in_fp32(bf16_interpreter):
 
 
 @triton.jit
+def _f32_dot_kernel(a_ptr, b_ptr, out_ptr, N: tl.constexpr, PREC: tl.constexpr):
+    r = tl.arange(0, N)
+    a = tl.load(a_ptr + r[:, None] * N + r[None, :])
+    b = tl.load(b_ptr + r[:, None] * N + r[None, :])
+    tl.store(out_ptr + r[:, None] * N + r[None, :], tl.dot(a, b, input_precision=PREC))
+
+
+def test_tf32_rounds_to_nearest_ties_away_and_the_tensor_core_truncates():
+    x = np.array([1 + 2.0**-11, -(1 + 2.0**-11), 1 + 3 * 2.0**-11, 1 + 2.0**-11 - 2.0**-23,
+                  2.0 - 2.0**-23, np.inf, np.nan], dtype=np.float32)
+    got = interpret_bf16.tf32_rounded(x)
+    assert got[:5].tolist() == [1 + 2.0**-10, -(1 + 2.0**-10), 1 + 2.0**-9, 1.0, 2.0]
+    assert got[5] == np.inf and np.isnan(got[6])
+    assert interpret_bf16.tf32_truncated(x[:5]).tolist() == [1.0, -1.0, 1 + 2.0**-10, 1.0,
+                                                              2.0 - 2.0**-10]
+
+
+def test_float32_dots_at_tf32_precisions_compute_as_the_tensor_cores_do(bf16_interpreter):
+    """"tf32": the operands as the tensor core reads them (up to 2^-10 of each dropped), float32
+    sums; "tf32x3": Triton's three tf32 dots, near float32; "ieee": float32."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(32, 32, generator=g), torch.randn(32, 32, generator=g)
+    exact = a.double() @ b.double()
+    out = {}
+    for prec in ("ieee", "tf32", "tf32x3"):
+        out[prec] = torch.empty(32, 32)
+        _f32_dot_kernel[(1,)](a, b, out[prec], N=32, PREC=prec)
+    truncated = [torch.from_numpy(interpret_bf16.tf32_truncated(t.numpy())).double()
+                 for t in (a, b)]
+    assert torch.allclose(out["tf32"].double(), truncated[0] @ truncated[1], rtol=1e-6,
+                          atol=1e-5)
+    err = {p: float((o.double() - exact).abs().max()) for p, o in out.items()}
+    assert 1e-3 < err["tf32"] < 3e-2 and err["tf32x3"] < 2e-5 and err["ieee"] < 2e-5, err
+    assert not torch.equal(out["tf32x3"], out["ieee"])   # three dots, not one
+
+
+@triton.jit
 def _asm_kernel(a_ptr, b_ptr, out_ptr, N: tl.constexpr):
     i = tl.arange(0, N)
     out = tl.inline_asm_elementwise("fma.rn.bf16x2 $0, $1, $2, $3;", "=r,r,r,r",
