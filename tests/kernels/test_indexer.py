@@ -339,17 +339,17 @@ def test_the_scores_kernel_picks_as_topk_select_and_torch_do(b, s, n, start, k, 
         indexer_topk_triton(q, w, keys, visible, k, select="heap")
 
 
-def _scoring(values: torch.Tensor, h=4, d=16):
-    """Indexer inputs whose decode query scores key j exactly max(values[j], 0): one head of
-    weight 1 reads the keys' first dimension, the others weigh 0."""
+def _scoring(values: torch.Tensor, h=4, d=16, queries=1):
+    """Indexer inputs whose decode queries (all alike) score key j exactly max(values[j], 0):
+    one head of weight 1 reads the keys' first dimension, the others weigh 0."""
     n = values.numel()
-    q = torch.zeros(1, 1, h, d)
-    q[0, 0, 0, 0] = 1.0
-    w = torch.zeros(1, 1, h)
-    w[0, 0, 0] = 1.0
+    q = torch.zeros(1, queries, h, d)
+    q[0, :, 0, 0] = 1.0
+    w = torch.zeros(1, queries, h)
+    w[0, :, 0] = 1.0
     keys = torch.randn(1, n, d, generator=torch.Generator().manual_seed(5))
     keys[0, :, 0] = values
-    return q, w, keys, torch.tensor([n])
+    return q, w, keys, torch.full((queries,), n)
 
 
 def _low_bits(n):
@@ -369,6 +369,8 @@ def _octaves(n):
 @pytest.mark.parametrize("name,inputs,k,opts", [
     ("decode", lambda: _inputs(2, 1, 4, 16, 300, 1199), 40, {}),
     ("scores over 160 octaves", lambda: _scoring(_octaves(600)), 150, {}),
+    ("two queries a program, 160 octaves", lambda: _scoring(_octaves(600), queries=2), 150,
+     dict(block_t=2)),
     ("every key ties", lambda: _scoring(torch.full((300,), -1.0)), 16, {}),
     ("low bits differ", lambda: _scoring(_low_bits(2048)), 100, dict(block_n=128)),
     ("k past the keys", lambda: _scoring(torch.randn(200)), 256, dict(causal=False)),
