@@ -155,6 +155,47 @@ def usage(cubin: bytes) -> dict:
             "static_shared": int(fields.get("SHARED", 0))}
 
 
+_SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+([^;]*);", re.M)
+_PREDICATE = re.compile(r"^@!?U?P[T\d]+\s+")
+_BRANCH = re.compile(r"\bBRA\b[^;]*?0x([0-9a-f]+)")
+# what each loop is counted for: the instruction's opcode (before its first dot)
+_LOOP_OPS = {"barriers": ("BAR",), "global_loads": ("LDG", "LDGSTS"), "global_stores": ("STG",),
+             "shared": ("LDS", "STS", "LDSM"), "shuffles": ("SHFL",),
+             "mma": ("HGMMA", "HMMA", "QGMMA", "IMMA"), "atomics": ("ATOMG", "RED", "ATOMS")}
+
+
+def sass_loops(sass: str, least: int = 16) -> list[dict]:
+    """The loops of a kernel's SASS (``cuobjdump -sass``): each backward branch's range, in
+    address order, with its instruction count and what they are (``_LOOP_OPS``); an outer
+    loop's counts include its inner loops'. Ranges under ``least`` instructions (spin waits,
+    tiny copies) are left out. Static counts a warp issues per iteration, not a profile: the
+    currency of "instructions a tile" in docs/PERF.md."""
+    lines = [(int(a, 16), text.strip()) for a, text in _SASS_LINE.findall(sass)]
+    index = {address: i for i, (address, _) in enumerate(lines)}
+    loops = []
+    for i, (address, text) in enumerate(lines):
+        branch = _BRANCH.search(text)
+        if branch is None or int(branch.group(1), 16) > address:
+            continue
+        start = index.get(int(branch.group(1), 16))
+        if start is None or i - start + 1 < least:
+            continue
+        ops = [_PREDICATE.sub("", t).split(" ")[0].split(".")[0] for _, t in lines[start:i + 1]]
+        loops.append({"at": f"{lines[start][0]:#x}", "instructions": len(ops),
+                      **{name: sum(op in kinds for op in ops) for name, kinds in
+                         _LOOP_OPS.items()}})
+    return sorted(loops, key=lambda loop: int(loop["at"], 16))
+
+
+def sass(cubin: bytes) -> str:
+    """The cubin's SASS, as ``cuobjdump -sass`` prints it."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(_tool("cuobjdump")), "-sass", f.name],
+                              capture_output=True, text=True, check=True).stdout
+
+
 def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dict:
     """Blocks of ``warps`` warps resident per SM and the fraction of its warp slots they fill,
     with the limit that binds (registers, shared memory or warps); a kernel asking for more

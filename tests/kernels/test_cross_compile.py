@@ -72,6 +72,12 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     assert len(streaming) >= 12
     for r in streaming:
         assert r["global_loads"]["bytes"] <= 4, (r["case"], r["kernel"], r["global_loads"])
+    # each row's SASS loops: a GEMM's K loop issues tensor-core MMAs; a GEMV's has none
+    assert all(isinstance(r["loops"], list) for r in kernels)
+    assert any(loop["mma"] for r in kernels if r["kernel"] == "_fp4_gemm_kernel"
+               for loop in r["loops"])
+    assert not any(loop["mma"] for r in kernels if r["kernel"] == "_gemv_kernel"
+                   for loop in r["loops"])
     for r in kernels:
         assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255 and r["mma"] in ("wgmma", "mma.sync",
                                                                              "none"), r
@@ -109,3 +115,28 @@ def test_occupancy_follows_the_sm90_limits():
     assert occupancy(16, 4, 0)["occupancy"] == 1.0
     # more than 227 KiB of shared memory: the launch would fail
     assert occupancy(32, 4, 240 * 1024)["blocks_per_sm"] == 0
+
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_TID.X ;
+        /*0020*/              @!P0 BRA 0x90 ;
+        /*0030*/                   LDG.E R2, desc[UR4][R2.64] ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0050*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR12], RZ, !UPT ;
+        /*0060*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;
+        /*0070*/               @P1 BRA 0x30 ;
+        /*0080*/                   STG.E desc[UR4][R2.64], R5 ;
+        /*0090*/                   EXIT ;
+        /*00a0*/                   BRA 0xa0;
+"""
+
+
+def test_sass_loops_are_the_backward_branches_ranges_counted_by_kind():
+    from model.kernels.cross_compile import sass_loops
+
+    loops = sass_loops(SASS, least=2)
+    assert loops == [{"at": "0x30", "instructions": 5, "barriers": 1, "global_loads": 1,
+                      "global_stores": 0, "shared": 0, "shuffles": 1, "mma": 1,
+                      "atomics": 0}]   # the forward branch and the one-line spin are no loop
+    assert sass_loops(SASS) == []     # under 16 instructions: left out by default
