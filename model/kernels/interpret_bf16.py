@@ -28,10 +28,14 @@ when ``V4CODER_INTERPRET_BF16=1`` (``launch.interpreter_bf16()``, which installs
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import triton.language as tl
 from triton.runtime import interpreter as ti
+
+from model.kernels.launch import BF16_ENV
 
 _installed = False
 
@@ -151,8 +155,10 @@ def tf32_dot(a: np.ndarray, b: np.ndarray, acc: np.ndarray, triple: bool) -> np.
 def _dot(original):
     def dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         precision = getattr(input_precision, "name", "")
+        # (float32 dots only while the switch is on: the patch outlives it in the process)
         if (precision in ("TF32", "TF32x3") and a.dtype.scalar == tl.float32 ==
-                b.dtype.scalar and d.dtype.scalar == tl.float32):
+                b.dtype.scalar and d.dtype.scalar == tl.float32 and
+                os.environ.get(BF16_ENV) == "1"):
             return ti.TensorHandle(tf32_dot(a.data, b.data, d.data, precision == "TF32x3"),
                                    tl.float32)
         return original(self, _as_fp32(a), _as_fp32(b), d, input_precision, max_num_imprecise_acc)

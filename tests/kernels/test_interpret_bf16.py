@@ -135,7 +135,8 @@ def test_tf32_rounds_to_nearest_ties_away_and_the_tensor_core_truncates():
                                                               2.0 - 2.0**-10]
 
 
-def test_float32_dots_at_tf32_precisions_compute_as_the_tensor_cores_do(bf16_interpreter):
+def test_float32_dots_at_tf32_precisions_compute_as_the_tensor_cores_do(bf16_interpreter,
+                                                                        monkeypatch):
     """"tf32": the operands as the tensor core reads them (up to 2^-10 of each dropped), float32
     sums; "tf32x3": Triton's three tf32 dots, near float32; "ieee": float32."""
     g = torch.Generator().manual_seed(3)
@@ -152,6 +153,9 @@ def test_float32_dots_at_tf32_precisions_compute_as_the_tensor_cores_do(bf16_int
     err = {p: float((o.double() - exact).abs().max()) for p, o in out.items()}
     assert 1e-3 < err["tf32"] < 3e-2 and err["tf32x3"] < 2e-5 and err["ieee"] < 2e-5, err
     assert not torch.equal(out["tf32x3"], out["ieee"])   # three dots, not one
+    monkeypatch.delenv(BF16_ENV)   # the switch off (the patch stays): float32 dots as before
+    _f32_dot_kernel[(1,)](a, b, out["tf32"], N=32, PREC="tf32")
+    assert torch.equal(out["tf32"], out["ieee"])
 
 
 @triton.jit
