@@ -15,8 +15,8 @@ import triton.language as tl
 # The tensor-core decoder (``fp4_words_tile``). A 32-bit word holds eight e2m1 codes; one
 # register can hold two bf16 weights. Placing code i of the word in the low half and code i + 4 in
 # the high half moves both the same distance, so a code pair costs three integer operations (and
-# a bf16 register pair one packed multiply by the scale) where ``place_fp4`` spent eight on two
-# float32 weights, plus their multiplies and the float32 → bf16 conversion. The tile's columns
+# a bf16 register pair one packed multiply by the scale) where ``gemm.place_fp4`` spends eight
+# on two float32 weights, plus their multiplies and the float32 → bf16 conversion. The tile's columns
 # come out in the order of the pairs (``fp4_mma_order``): the caller loads its activation in that
 # order, which a dot product over k does not see.
 FP4_MMA_ACT_SHIFT = tl.constexpr(2.0**63)   # × the activation: the decoded tile is weight × 2^-63
@@ -44,7 +44,7 @@ def place_fp4_pairs(words):
 
 @triton.jit
 def fp4_mma_order(BLOCK_K: tl.constexpr):
-    """The k (0 .. BLOCK_K−1, within the tile) of each column of ``load_fp4_mma_tile``: column
+    """The k (0 .. BLOCK_K−1, within the tile) of each column of ``fp4_words_tile``: column
     8q + 4a + 2b + c holds code a + 2b + 4c of word q (the joins' order)."""
     col = tl.arange(0, BLOCK_K)
     r = col % 8
