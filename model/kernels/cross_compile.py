@@ -142,13 +142,18 @@ def _tool(name: str) -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
 
 
-def usage(cubin: bytes) -> dict:
-    """Registers per thread, local memory per thread (spills, bytes), static shared memory."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """What Triton's ``cuobjdump`` prints for the cubin with ``flag``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(_tool("cuobjdump")), "--dump-resource-usage", f.name],
-                             capture_output=True, text=True, check=True).stdout
+        return subprocess.run([str(_tool("cuobjdump")), flag, f.name],
+                              capture_output=True, text=True, check=True).stdout
+
+
+def usage(cubin: bytes) -> dict:
+    """Registers per thread, local memory per thread (spills, bytes), static shared memory."""
+    out = _cuobjdump(cubin, "--dump-resource-usage")
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
     return {"regs": int(fields.get("REG", 0)), "local_bytes": int(fields.get("LOCAL", 0)),
             "stack_bytes": int(fields.get("STACK", 0)),
@@ -189,11 +194,7 @@ def sass_loops(sass: str, least: int = 16) -> list[dict]:
 
 def sass(cubin: bytes) -> str:
     """The cubin's SASS, as ``cuobjdump -sass`` prints it."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([str(_tool("cuobjdump")), "-sass", f.name],
-                              capture_output=True, text=True, check=True).stdout
+    return _cuobjdump(cubin, "-sass")
 
 
 def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dict:
