@@ -612,7 +612,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_batch_case, "indexer_attn_decode_csa_batch8_torch_select", 8, ctx // 4, dev, dtype,
           "torch"),
         p(_batch_case, "indexer_attn_decode_csa_batch8_parallel_pairs", 8, ctx // 4, dev, dtype,
-          "parallel", True),
+          "parallel", pairs=True),
         p(_append_case, "append_rows_decode_csa_batch8", 8, dev, dtype),
         p(_insert_rows_case, "compress_insert_decode_batch8", 8, dev),
         p(_fp4_case, "fp4_expert_gemm_w13_decode", 1, 2048, 4096, dev, dtype),

@@ -18,13 +18,13 @@ truncates. ``install()`` patches its builder (class attributes of Triton's
   F32DotTC pass: big = ``cvt.rna.tf32.f32`` of each operand, small = the rest; small·big, then
   big·small, then big·big, accumulated in that order) — where the fp32 interpreter computes
   every float32 dot in full float32 (the mHC's token-block GEMM runs tf32x3 on a GPU);
-- ``fma.rn.bf16x2`` (``fp4_pairs._scaled_halves``) is emulated: each half a·b + c with one rounding
-  to nearest even, subnormal inputs and results kept (the bf16 forms of ``fma`` have no
-  ``.ftz``: only ``.rn`` and ``.rn.relu`` exist). Any other inline assembly still raises.
+- ``fma.rn.bf16x2`` (``fp4_pairs._scaled_halves``) is emulated: each half a·b + c with one
+  rounding to nearest even, subnormal inputs and results kept (the bf16 forms of ``fma`` have
+  no ``.ftz``: only ``.rn`` and ``.rn.relu`` exist). Any other inline assembly still raises.
 
-Other ops that never saw a bf16 operand run as before. Nothing here is used on a GPU: the wrappers
-ask ``launch.interpreter_fp32()`` whether to hand the interpreter fp32 instead, and it says no
-when ``V4CODER_INTERPRET_BF16=1`` (``launch.interpreter_bf16()``, which installs this)."""
+Other ops that never saw a bf16 operand run as before. Nothing here is used on a GPU: the
+wrappers ask ``launch.interpreter_fp32()`` whether to hand the interpreter fp32 instead, and it
+says no when ``V4CODER_INTERPRET_BF16=1`` (``launch.interpreter_bf16()``, which installs this)."""
 
 from __future__ import annotations
 

@@ -332,8 +332,8 @@ def indexer_topk_rows(q: torch.Tensor, weights: torch.Tensor, rows: SequenceRows
     if backend(q) == "triton":
         packed = rows.keys is not None and rows.keys[0].dtype == torch.uint8
         chosen = choices.options("indexer_decode_fp4" if packed else "indexer_decode", q.device)
-        select = {key: chosen[key] for key in ("select", "pairs") if key in chosen}
-        return _sequence_rows.indexer_topk_rows_triton(q, weights, rows, k, **select)
+        options = {key: chosen[key] for key in ("select", "pairs") if key in chosen}
+        return _sequence_rows.indexer_topk_rows_triton(q, weights, rows, k, **options)
     return _sequence_rows.indexer_topk_rows_reference(q, weights, rows, k)
 
 
