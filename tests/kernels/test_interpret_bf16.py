@@ -102,11 +102,11 @@ def test_bf16_arithmetic_comparisons_and_reductions_are_on_values(bf16_interpret
 
 
 @triton.jit
-def _dot_kernel(a_ptr, b_ptr, out_ptr, N: tl.constexpr):
+def _dot_kernel(a_ptr, b_ptr, out_ptr, N: tl.constexpr, PREC: tl.constexpr = "tf32"):
     r = tl.arange(0, N)
     a = tl.load(a_ptr + r[:, None] * N + r[None, :])
     b = tl.load(b_ptr + r[:, None] * N + r[None, :])
-    tl.store(out_ptr + r[:, None] * N + r[None, :], tl.dot(a, b))
+    tl.store(out_ptr + r[:, None] * N + r[None, :], tl.dot(a, b, input_precision=PREC))
 
 
 def test_bf16_dot_multiplies_values_and_accumulates_in_fp32(bf16_interpreter):
@@ -115,14 +115,6 @@ def test_bf16_dot_multiplies_values_and_accumulates_in_fp32(bf16_interpreter):
     out = torch.empty(16, 16)
     _dot_kernel[(1,)](a, b, out, N=16)
     assert torch.allclose(out, a.float() @ b.float(), rtol=1e-6, atol=1e-6)
-
-
-@triton.jit
-def _f32_dot_kernel(a_ptr, b_ptr, out_ptr, N: tl.constexpr, PREC: tl.constexpr):
-    r = tl.arange(0, N)
-    a = tl.load(a_ptr + r[:, None] * N + r[None, :])
-    b = tl.load(b_ptr + r[:, None] * N + r[None, :])
-    tl.store(out_ptr + r[:, None] * N + r[None, :], tl.dot(a, b, input_precision=PREC))
 
 
 def test_tf32_rounds_to_nearest_ties_away_and_the_tensor_core_truncates():
@@ -145,7 +137,7 @@ def test_float32_dots_at_tf32_precisions_compute_as_the_tensor_cores_do(bf16_int
     out = {}
     for prec in ("ieee", "tf32", "tf32x3"):
         out[prec] = torch.empty(32, 32)
-        _f32_dot_kernel[(1,)](a, b, out[prec], N=32, PREC=prec)
+        _dot_kernel[(1,)](a, b, out[prec], N=32, PREC=prec)
     truncated = [torch.from_numpy(interpret_bf16.tf32_truncated(t.numpy())).double()
                  for t in (a, b)]
     assert torch.allclose(out["tf32"].double(), truncated[0] @ truncated[1], rtol=1e-6,
@@ -154,7 +146,7 @@ def test_float32_dots_at_tf32_precisions_compute_as_the_tensor_cores_do(bf16_int
     assert 1e-3 < err["tf32"] < 3e-2 and err["tf32x3"] < 2e-5 and err["ieee"] < 2e-5, err
     assert not torch.equal(out["tf32x3"], out["ieee"])   # three dots, not one
     monkeypatch.delenv(BF16_ENV)   # the switch off (the patch stays): float32 dots as before
-    _f32_dot_kernel[(1,)](a, b, out["tf32"], N=32, PREC="tf32")
+    _dot_kernel[(1,)](a, b, out["tf32"], N=32, PREC="tf32")
     assert torch.equal(out["tf32"], out["ieee"])
 
 
