@@ -63,7 +63,7 @@ def to_mma_order(a):
 
 
 @triton.jit
-def _scaled_halves(pairs, bits, BF16: tl.constexpr):
+def scaled_halves(pairs, bits, BF16: tl.constexpr):
     """``place_fp4_pairs``' registers × 2^(e + 63) (``bits``: its bf16 exponent field, << 7) →
     (low, high) bf16 — one packed multiply per register, then each half read as it lies (the
     GPU, and the interpreter with ``interpret_bf16``, which emulates the instruction) — or
@@ -95,10 +95,10 @@ def fp4_words_tile(words, s, BF16: tl.constexpr):
     bits = tl.reshape(tl.broadcast_to(((s + 63) << 7)[:, :, None], [s.shape[0], GROUPS, 4]),
                       [s.shape[0], WORDS])
     p0, p1, p2, p3 = place_fp4_pairs(words)
-    l0, h0 = _scaled_halves(p0, bits, BF16)
-    l1, h1 = _scaled_halves(p1, bits, BF16)
-    l2, h2 = _scaled_halves(p2, bits, BF16)
-    l3, h3 = _scaled_halves(p3, bits, BF16)
+    l0, h0 = scaled_halves(p0, bits, BF16)
+    l1, h1 = scaled_halves(p1, bits, BF16)
+    l2, h2 = scaled_halves(p2, bits, BF16)
+    l3, h3 = scaled_halves(p3, bits, BF16)
     # each register's halves end adjacent (the last join): no repacking before the MMA
     tile = tl.join(tl.join(tl.join(l0, l1), tl.join(l2, l3)), tl.join(tl.join(h0, h1),
                                                                        tl.join(h2, h3)))

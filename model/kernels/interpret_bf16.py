@@ -18,7 +18,7 @@ truncates. ``install()`` patches its builder (class attributes of Triton's
   F32DotTC pass: big = ``cvt.rna.tf32.f32`` of each operand, small = the rest; small·big, then
   big·small, then big·big, accumulated in that order) — where the fp32 interpreter computes
   every float32 dot in full float32 (the mHC's token-block GEMM runs tf32x3 on a GPU);
-- ``fma.rn.bf16x2`` (``fp4_pairs._scaled_halves``) is emulated: each half a·b + c with one
+- ``fma.rn.bf16x2`` (``fp4_pairs.scaled_halves``) is emulated: each half a·b + c with one
   rounding to nearest even, subnormal inputs and results kept (the bf16 forms of ``fma`` have
   no ``.ftz``: only ``.rn`` and ``.rn.relu`` exist). Any other inline assembly still raises.
 

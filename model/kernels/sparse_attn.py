@@ -33,6 +33,7 @@ import triton.language as tl
 
 from model.kernels.blocks import query_blocks
 from model.kernels.cache_rows import round_bf16
+from model.kernels.fp8_pairs import FP8_PAIRS_UNSHIFT, load_fp8_row_pairs
 from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
 from model.kernels.launch import arrivals, interpreter_fp32
@@ -143,7 +144,8 @@ def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.
 def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
                   KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                   QB: tl.constexpr, SCALE_OFF: tl.constexpr, SCALE_WORDS: tl.constexpr = False):
-    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers).
+    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers), the
+    columns ``offs_d``.
     SCALE_WORDS (FP8 rows whose scale bytes start 8-byte aligned, at most 8 of them, checked on
     the host: ``scale_words``): a row's scale bytes load as one 8-byte word and each dim shifts
     its byte out in registers; else a byte load per dim (on triton 3.6: 128–160 one-byte loads
@@ -201,21 +203,37 @@ RESCALE_SLACK = tl.constexpr(8.0)   # log2 units: p ≤ 256 between rescales (bf
 
 
 @triton.jit
-def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, D, scale,
-                 KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
+def _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs, col0, D, cdt: tl.constexpr,
+             KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr, QB: tl.constexpr,
+             SCALE_OFF: tl.constexpr, SCALE_WORDS: tl.constexpr, FP8_PAIRS: tl.constexpr):
+    """The rows' columns ``offs`` (col0 .. col0 + len) in the compute dtype ``cdt``; FP8_PAIRS:
+    FP8 rows decoded by bit placement, the values × 2^-60 (``fp8_pairs.load_fp8_row_pairs``)."""
+    if FP8_PAIRS:
+        return load_fp8_row_pairs(kv_ptr, rows, valid, col0, D, offs.shape[0], ROW, NOPE, QB,
+                                  SCALE_OFF, cdt == tl.bfloat16).to(cdt)
+    return _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs, D,
+                         KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
+
+
+@triton.jit
+def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs_dv, dv0, D,
+                 scale, KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
-                 DV_PARTS: tl.constexpr, SCALE_WORDS: tl.constexpr = False):
+                 DV_PARTS: tl.constexpr, SCALE_WORDS: tl.constexpr = False,
+                 FP8_PAIRS: tl.constexpr = False):
     """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
     element; −1 or out of range = none) → the updated (m_i, l_i, acc): m_i a running max of
     the scores in log2 units, at most RESCALE_SLACK below the true one; l_i, acc the sums of
-    2^(score − m_i) and their rows."""
-    cdt = q.dtype
+    2^(score − m_i) and their rows. ``offs_dv``: the output columns, from dv0. FP8_PAIRS: the
+    tiles come × 2^-60; the scores' multiplier and the probabilities put 2^60 back (exact)."""
+    cdt: tl.constexpr = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
-    kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
-                       KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
+    kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_d, 0, D, cdt, KV_FP8, ROW, NOPE, QB,
+                  SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
+    unshift: tl.constexpr = FP8_PAIRS_UNSHIFT if FP8_PAIRS else 1.0
     # scores in log2 units (scale · log2 e folded in): exp2 is the GPU's one-instruction exp
-    logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * (scale * LOG2E)
+    logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * (scale * (LOG2E * unshift))
     logits = tl.where(valid[None, :], logits, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(logits, 1))
     if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
@@ -229,8 +247,10 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
     p = tl.exp2(logits - m_i[:, None])
     l_i = l_i + tl.sum(p, 1)
     if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
-        kv = _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_dv, D,
-                           KV_FP8, ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS).to(cdt)
+        kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_dv, dv0, D, cdt, KV_FP8, ROW, NOPE,
+                      QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
+    if FP8_PAIRS:
+        p = p * unshift
     acc = acc + tl.dot(p.to(cdt), kv, input_precision=PREC)
     return m_i, l_i, acc
 
@@ -271,7 +291,8 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      UNROPE: tl.constexpr = False, BF16: tl.constexpr = False,
                      TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False,
                      COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
-                     TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False):
+                     TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False,
+                     FP8_PAIRS: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -327,8 +348,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         else:
             idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
-                                     offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
-                                     SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS)
+                                     offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
+                                     ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
+                                     FP8_PAIRS)
     for n0 in range(tl.maximum(start, W), end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         if ALL_ROWS:
@@ -337,8 +359,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
             idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
                           other=-1)
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
-                                     offs_d, offs_dv, D, scale, KV_FP8, ROW, NOPE, QB,
-                                     SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS)
+                                     offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
+                                     ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
+                                     FP8_PAIRS)
     m_i = m_i * LN2   # natural-log units from here (the sink's, the lse's)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
@@ -462,8 +485,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        window: WindowRows | None = None, unrope: torch.Tensor | None = None,
                        out: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
-                       dv_parts: int = 1, num_warps: int = 4, combine: str = "fused"
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       dv_parts: int = 1, num_warps: int = 4, combine: str = "fused",
+                       fp8_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
     [s, r/2] the output's RoPE dims are rotated back by (module docstring); ``out``: where o
@@ -473,7 +496,9 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     ``block_h = 64`` (a Hopper warp-group MMA tile) fit in registers. ``combine`` (when the rows
     are split over programs, as at decode): "fused" (the default: the last split program of
     each group merges them) or "kernel" (a combine kernel of its own), until a GPU run compares
-    them (rows sparse_attn_decode_csa and sparse_attn_decode_csa_combine_kernel)."""
+    them (rows sparse_attn_decode_csa and sparse_attn_decode_csa_combine_kernel).
+    ``fp8_pairs``: FP8 rows decoded by bit placement, two values a register
+    (model/kernels/fp8_pairs.py), where the rows allow it (``fp8_row_pairs``)."""
     q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
@@ -486,7 +511,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         widx_stride = 0 if widx.dim() == 2 else q.shape[1] * w
     return _launch(q, out_dtype, (kv, kv16, win, win16, idx, widx), (n, idx.shape[-1], nw, w,
                    widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
-                   block_h, block_n, dv_parts, num_warps, combine)
+                   block_h, block_n, dv_parts, num_warps, combine, fp8_pairs=fp8_pairs)
 
 
 def scale_words(layout: KVLayout, aligned: bool) -> bool:
@@ -495,6 +520,13 @@ def scale_words(layout: KVLayout, aligned: bool) -> bool:
     aligned (``aligned``, which the caller checked)."""
     return (aligned and layout.row_bytes % 8 == 0 and layout.scale_offset % 8 == 0
             and layout.nope // layout.block <= 8)
+
+
+def fp8_row_pairs(layout: KVLayout, aligned: bool) -> bool:
+    """Whether the kernels may decode FP8 rows by bit placement (``fp8_pairs``): a row's scales
+    are one word (``scale_words``), and a column quad is one word of codes or 8 bytes of RoPE
+    dims (the codes a multiple of 8, a scale block of 4)."""
+    return scale_words(layout, aligned) and layout.nope % 8 == 0 and layout.block % 4 == 0
 
 
 def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
@@ -508,13 +540,13 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
 
 def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
             n_splits, block_h, block_n, dv_parts, num_warps, combine="fused",
-            table_aligned=False) -> tuple[torch.Tensor, torch.Tensor]:
+            table_aligned=False, fp8_pairs=False) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
     (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
     nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode).
     ``combine``: "fused" (the splits' last program merges them, one launch) or "kernel"
     (``_sparse_attn_combine``, a launch of its own); ``table_aligned``: every address in
-    ``table`` is a multiple of 16 (``_table_rows``)."""
+    ``table`` is a multiple of 16 (``_table_rows``); ``fp8_pairs``: as ``sparse_attn_triton``'s."""
     if combine not in COMBINES:
         raise ValueError(f"sparse attention combine must be fused or kernel, not {combine!r}")
     b, s, h, d = q.shape
@@ -546,13 +578,14 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
         assert unrope.shape[0] == s and 0 < 2 * r2 <= d and d % 2 == 0, (unrope.shape, q.shape)
     ang = q if unrope is None else unrope.float().contiguous()
     rotate = dict(UNROPE=unrope is not None, BF16=out_dtype == torch.bfloat16)
+    aligned = (table_aligned if table is not None else
+               kv.data_ptr() % 8 == win.data_ptr() % 8 == 0)
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
                   DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
                   TABLE_ALIGNED=table is not None and table_aligned,
-                  SCALE_WORDS=layout is not None and scale_words(
-                      layout, table_aligned if table is not None else
-                      kv.data_ptr() % 8 == win.data_ptr() % 8 == 0),
+                  SCALE_WORDS=layout is not None and scale_words(layout, aligned),
+                  FP8_PAIRS=fp8_pairs and layout is not None and fp8_row_pairs(layout, aligned),
                   num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table

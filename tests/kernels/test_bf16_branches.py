@@ -152,22 +152,23 @@ def _attn_inputs(b, s, h, d, n, k, seed=0):
     (1, 3, 64, 1, 64, 1, 32, "fused"),    # all the columns a program, 32 rows a step
     (1, 2, 64, 1, 64, 4, 64, "fused"),    # four column slices, 64 rows a step
 ])
-@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("rows_format", ["bf16", "fp8", "fp8_pairs"])
 def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv_parts, block_n,
-                                                    combine, fp8):
+                                                    combine, rows_format, ptx_calls):
+    """``fp8_pairs``: the FP8 rows decoded by placement, scaled by the emulated PTX."""
     from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
     from model.kernels.sparse_attn import sparse_attn_reference, sparse_attn_triton
 
-    d = 128
+    d, fp8 = 128, rows_format != "bf16"
     q, kv, sink, idx = _attn_inputs(b, s, h, d, 70, 40, seed=h + splits + dv_parts)
     layout = KVLayout(head_dim=d, rope_dim=32, block=32) if fp8 else None
     rows = pack_kv_fp8(kv.float(), layout) if fp8 else kv
     dense = unpack_kv_fp8(rows, layout) if fp8 else kv.float()
     out, lse = sparse_attn_triton(q, rows, sink, idx, d**-0.5, layout=layout, n_splits=splits,
                                   block_h=block_h, dv_parts=dv_parts, block_n=block_n,
-                                  combine=combine)
+                                  combine=combine, fp8_pairs=rows_format == "fp8_pairs")
     want, want_lse = sparse_attn_reference(q.float(), dense, sink, idx, d**-0.5)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16 and bool(ptx_calls) == (rows_format == "fp8_pairs")
     _close(out, want, rel=2e-2)
     torch.testing.assert_close(lse.float(), want_lse, rtol=1e-4, atol=1e-4)
 

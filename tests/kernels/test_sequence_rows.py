@@ -7,7 +7,7 @@ import pytest
 import torch
 from spies import answers
 
-from model.kernels import fp4_keys, indexer
+from model.kernels import fp4_keys, indexer, sparse_attn
 from model.kernels.fp4_keys import IndexKeyLayout, pack_index_keys
 from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8
 from model.kernels.quant import fp4_fake_quant
@@ -51,10 +51,12 @@ def test_window_slots_are_the_last_rows_oldest_first():
 
 
 @pytest.mark.parametrize("kind", ["window", "all", "picks"])
-@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("fp8,fp8_pairs", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, splits):
-    """Young sequences (a window not yet full, no compressed rows) beside long ones."""
+def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, fp8_pairs, splits,
+                                                             monkeypatch):
+    """Young sequences (a window not yet full, no compressed rows) beside long ones; FP8 rows
+    also decoded by placement (``fp8_pairs``), through the table's addresses."""
     windows, counts = [1, W, 3, W], [0, 13, 2, 40]
     rows, layout = _rows(windows, counts, kind, fp8)
     q, sink, angles = _queries(len(windows))
@@ -66,10 +68,11 @@ def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, splits):
             picks[0, t, :min(12, n)] = torch.randperm(n, generator=g)[:12]
     want = sparse_attn_rows_reference(q, rows, sink, picks, 0.125, layout, angles)
     out = torch.full_like(q, float("nan"))
+    decoded = answers(monkeypatch, sparse_attn, "fp8_row_pairs")
     with OpAudit() as audit:
         got = sparse_attn_rows_triton(q, rows, sink, picks, 0.125, layout, angles, out,
-                                      n_splits=splits)
-    assert got is out
+                                      n_splits=splits, fp8_pairs=fp8_pairs)
+    assert got is out and decoded == ([True] if fp8_pairs else [])
     # split or not (a window of 8 slots is one 16-row tile), the forward merges its splits
     assert dict(audit.triton) == {"_sparse_attn_fwd": 1}
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()

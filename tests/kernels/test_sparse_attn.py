@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spies import answers
 
+from model.kernels import sparse_attn
 from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
-from model.kernels.sparse_attn import sparse_attn_reference, sparse_attn_triton
+from model.kernels.sparse_attn import (
+    WindowRows,
+    sparse_attn_fp8_reference,
+    sparse_attn_reference,
+    sparse_attn_triton,
+)
 
 
 def _inputs(b, s, h, d, n, k, pad_frac=0.25, seed=0):
@@ -108,6 +115,56 @@ def test_fp8_rows_not_8_byte_aligned_load_their_scales_a_byte_at_a_time():
            atol=1e-4)
 
 
+@pytest.mark.parametrize("layout,b,s,h,n,k,splits,block_h,dv_parts,window", [
+    (KVLayout(96, 32, 32), 2, 2, 4, 21, 20, 1, 16, 1, False),    # prefill, 2 scale blocks
+    (KVLayout(96, 32, 32), 1, 1, 4, 40, 37, 3, 16, 1, True),     # decode split, with a window
+    (KVLayout(128, 64, 64), 1, 3, 64, 50, 36, 1, 64, 4, False),  # column slices: RoPE in one
+    (KVLayout(), 1, 1, 8, 24, 20, 2, 16, 2, True),               # V4's 584-byte rows
+])
+def test_fp8_rows_decoded_by_placement_are_the_cast_paths_rows(monkeypatch, layout, b, s, h, n,
+                                                               k, splits, block_h, dv_parts,
+                                                               window):
+    """``fp8_pairs``: the rows decoded two codes a register, × 2^-60, and the 2^60 put back on
+    the scores and the probabilities — exact, so the output is the cast path's to the bit.
+    Values span 2^-30 .. 2^12 across scale blocks, and within a block down to e4m3's
+    subnormal codes."""
+    d = layout.head_dim
+    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=d + splits)
+    kv = kv * torch.logspace(-9, 3.5, d) * torch.where(torch.rand(n, d) < 0.2, 1e-3, 1.0)
+    cache = pack_kv_fp8(kv, layout)
+    win = None
+    if window:
+        rows = pack_kv_fp8(torch.randn(b, 5, d) * torch.logspace(-2, 1, d), layout)
+        win = WindowRows(rows, torch.tensor([[-1, 0, 3, 4, 2, -1]]).expand(s, -1))
+    opts = dict(layout=layout, window=win, n_splits=splits, block_h=block_h, dv_parts=dv_parts)
+    plain = sparse_attn_triton(q, cache, sink, idx, d**-0.5, **opts)
+    decoded = answers(monkeypatch, sparse_attn, "fp8_row_pairs")
+    got = sparse_attn_triton(q, cache, sink, idx, d**-0.5, fp8_pairs=True, **opts)
+    assert decoded == [True]
+    assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
+    want = sparse_attn_fp8_reference(q, cache, sink, idx, d**-0.5, layout, win)
+    assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max()   # values span 2^42
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
+
+
+def test_fp8_rows_the_placement_cannot_read_take_the_cast_path():
+    """Rows off the 8-byte grid, codes not a multiple of 8, or a scale block not of 4: the cast
+    path, the same output."""
+    from model.kernels.sparse_attn import fp8_row_pairs
+
+    layout = KVLayout(head_dim=96, rope_dim=32, block=32)
+    assert fp8_row_pairs(layout, True) and not fp8_row_pairs(layout, False)
+    assert not fp8_row_pairs(KVLayout(head_dim=46, rope_dim=2, block=44), True)  # 44 codes
+    assert not fp8_row_pairs(KVLayout(head_dim=96, rope_dim=32, block=10), True)
+    q, kv, sink, idx = _inputs(1, 2, 4, 96, 21, 20, seed=5)
+    cache = pack_kv_fp8(kv, layout)
+    shifted = torch.empty(cache.numel() + 4, dtype=torch.uint8)[4:].view(cache.shape)
+    shifted.copy_(cache)
+    want = sparse_attn_triton(q, cache, sink, idx, 96**-0.5, layout=layout)
+    got = sparse_attn_triton(q, shifted, sink, idx, 96**-0.5, layout=layout, fp8_pairs=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_fp8_layout_is_584_bytes_and_lossless_for_fake_quant():
     from model.kernels import quant
 
@@ -168,7 +225,6 @@ def test_output_column_split_must_divide_the_block():
 def test_window_rows_read_in_place(b, s, n, k, nw, w, shared, splits, fp8):
     """The window as a second source of rows equals one joined row tensor and index set, the
     window's rows shifted past the compressed ones, in either row format."""
-    from model.kernels.sparse_attn import WindowRows, sparse_attn_fp8_reference
 
     g = torch.Generator().manual_seed(7)
     d = 64
