@@ -9,11 +9,13 @@ codes (0, 2) and (1, 3), each half in place — in three integer operations, and
 (``sparse_attn._load_kv_rows``) converts each code to float32 (an unpack to f16 per two codes
 then a conversion per code), multiplies it by a scale shifted out per column, selects it
 against the RoPE dims' conversion (both are computed for every column), and packs the result
-back to bf16: about 8 instructions a value on sm_90, against about 3 here.
+back to bf16. On sm_90 attention's decode step over 16 FP8 rows is 1,317 instructions that way
+and 1,022 this way, where bf16 rows take 621 (docs/PERF.md, session 16).
 
-``load_fp8_row_pairs`` returns the tile as value × 2^-60 (``FP8_PAIRS_SHIFT``): every ue8m0 scale
-from 2^-127 to 2^67 is then one bf16 multiplier (exponent field e + 60); the caller puts 2^60
-back where it is exact (the scores' fp32 multiplier, the probabilities before their cast).
+``load_fp8_row_pairs`` returns the tile as value × 2^-60: every ue8m0 scale from 2^-127 to 2^67
+is then one bf16 multiplier (exponent field e + 60); the caller puts ``FP8_PAIRS_UNSHIFT`` back
+where it is exact (the scores' fp32 multiplier, the probabilities before their cast). bf16 or
+float32 tiles only: × 2^-60 is below every fp16 value.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import triton.language as tl
 
 from model.kernels.fp4_pairs import scaled_halves
 
-FP8_PAIRS_SHIFT = tl.constexpr(2.0**-60)   # the decoded tile is value × FP8_PAIRS_SHIFT
-FP8_PAIRS_UNSHIFT = tl.constexpr(2.0**60)
+FP8_PAIRS_UNSHIFT = tl.constexpr(2.0**60)   # the decoded tile is value / FP8_PAIRS_UNSHIFT
 _MAGNITUDES = tl.constexpr(0x07F007F0)     # both halves' exponent low 4 and mantissa top 3
 _SIGNS = tl.constexpr(0x80008000 - (1 << 32))
 _LOW_HALF = tl.constexpr(0xFFFF)

@@ -144,8 +144,7 @@ def sparse_attn_fp8_reference(q: torch.Tensor, cache: torch.Tensor, sink: torch.
 def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
                   KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                   QB: tl.constexpr, SCALE_OFF: tl.constexpr, SCALE_WORDS: tl.constexpr = False):
-    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers), the
-    columns ``offs_d``.
+    """Gather kv rows [BLOCK_N, BLOCK_D] as float32 (rows: int64 global row numbers).
     SCALE_WORDS (FP8 rows whose scale bytes start 8-byte aligned, at most 8 of them, checked on
     the host: ``scale_words``): a row's scale bytes load as one 8-byte word and each dim shifts
     its byte out in registers; else a byte load per dim (on triton 3.6: 128–160 one-byte loads
@@ -498,7 +497,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     each group merges them) or "kernel" (a combine kernel of its own), until a GPU run compares
     them (rows sparse_attn_decode_csa and sparse_attn_decode_csa_combine_kernel).
     ``fp8_pairs``: FP8 rows decoded by bit placement, two values a register
-    (model/kernels/fp8_pairs.py), where the rows allow it (``fp8_row_pairs``)."""
+    (model/kernels/fp8_pairs.py), where the rows allow it (``fp8_row_pairs``) and the queries
+    are not fp16 (its tile is the values × 2^-60)."""
     q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
@@ -585,7 +585,8 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
                   TABLE_ALIGNED=table is not None and table_aligned,
                   SCALE_WORDS=layout is not None and scale_words(layout, aligned),
-                  FP8_PAIRS=fp8_pairs and layout is not None and fp8_row_pairs(layout, aligned),
+                  FP8_PAIRS=(fp8_pairs and layout is not None and q.dtype != torch.float16
+                             and fp8_row_pairs(layout, aligned)),
                   num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table

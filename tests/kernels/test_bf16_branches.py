@@ -173,6 +173,23 @@ def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv
     torch.testing.assert_close(lse.float(), want_lse, rtol=1e-4, atol=1e-4)
 
 
+def test_fp16_queries_read_fp8_rows_through_the_cast_path(monkeypatch):
+    """The placement's tile is the values × 2^-60, below every fp16 value: fp16 queries ask
+    for it and get the cast path's output."""
+    from model.kernels import sparse_attn
+    from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8
+
+    q, kv, sink, idx = _attn_inputs(1, 1, 16, 128, 70, 40, seed=9)
+    layout = KVLayout(head_dim=128, rope_dim=32, block=32)
+    rows = pack_kv_fp8(kv.float(), layout)
+    decoded = answers(monkeypatch, sparse_attn, "fp8_row_pairs")
+    got, _ = sparse_attn.sparse_attn_triton(q.half(), rows, sink, idx, 0.1, layout=layout,
+                                            fp8_pairs=True)
+    want, _ = sparse_attn.sparse_attn_triton(q.half(), rows, sink, idx, 0.1, layout=layout)
+    assert decoded == [] and got.dtype == torch.float16
+    assert torch.equal(got, want) and got.abs().max() > 0
+
+
 # -- the lightning indexer: bf16 queries and keys, fp32 scores --------------------------------
 
 @pytest.mark.parametrize("s,n,start,k,path,select", [
