@@ -12,10 +12,11 @@
 # env.txt (versions, each step's exit status and seconds), races.log, kernels.jsonl,
 # kernels.err (every step's stderr, and the warm-up's lines), nvidia-h200.json (the
 # launch-choices table made from those rows), split.jsonl (each case's time kernel by kernel)
-# and sweep_{moe,attn}.jsonl (launch-option sweeps; attn: decode, then prefill). Then record
-# the numbers in docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl, and the table in
-# model/kernels/choices/ (what `ops` asks on that GPU). Each step has its own limit, so a slow
-# one still leaves the others' output.
+# and sweep_{moe,attn}.jsonl (launch-option sweeps; attn: the decode call's anatomy — its cost
+# before the first row and a row's, from lines through 45 timed calls — then decode, then
+# prefill). Then record the numbers in docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl,
+# and the table in model/kernels/choices/ (what `ops` asks on that GPU). Each step has its own
+# limit, so a slow one still leaves the others' output.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -79,7 +80,8 @@ log "choices rc $?"
 timeout 120 python3 docs/perf/kernel_split.py > "$OUT/split.jsonl" 2>> "$OUT/kernels.err"
 log "split rc $?"
 # (the attention families share one file: at most 8 files come back from a device run)
-for family in moe:sweep_moe:150 attn_decode:sweep_attn:150 attn_prefill:sweep_attn:90; do
+for family in attn_anatomy:sweep_attn:60 moe:sweep_moe:150 attn_decode:sweep_attn:150 \
+              attn_prefill:sweep_attn:90; do
     IFS=: read -r name file limit <<< "$family"
     in_eight "sweep $name warm" 100 python3 docs/perf/sweep.py "$name"
     timeout "$limit" python3 docs/perf/sweep.py "$name" >> "$OUT/$file.jsonl" \

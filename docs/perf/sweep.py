@@ -8,7 +8,10 @@ against the torch reference. Families:
 - ``attn_decode``: batch-1 sparse attention at 128K context (CSA, bf16 and FP8 rows: block_h,
   dv_parts, num_warps, combine, n_splits; HCA, bf16 rows: dv_parts, combine, n_splits);
 - ``attn_prefill``: a 1,024-query prefill chunk (CSA, bf16 rows, 64-head tiles: dv_parts,
-  block_n, num_warps).
+  block_n, num_warps);
+- ``attn_anatomy``: where a batch-1 decode call's time goes — the compressed rows a query
+  reads varied at fixed options, then a straight-line fit per options (``fit`` rows: what the
+  call costs before its first row, and what a row costs).
 
 From the repository root (the first line compiles every variant in 8 processes side by side
 into Triton's cache, then the timed run loads them):
@@ -88,7 +91,55 @@ def attn_prefill() -> list[Variant]:
     return out
 
 
-FAMILIES = {"moe": moe, "attn_decode": attn_decode, "attn_prefill": attn_prefill}
+ANATOMY_ROWS = (0, 128, 256, 512, 1024)   # compressed rows a query reads (+ its 128 window rows)
+
+
+def attn_anatomy() -> list[Variant]:
+    """Batch-1 decode attention at 128K (the bench's case: 64 heads, 128 window rows) over 0 to
+    1,024 compressed rows, for bf16 rows, FP8 rows and FP8 rows by placement (``fp8_pairs``):
+    in one split (no merge), and in 8 splits merged by the forward's last program or by the
+    combine kernel. Run 3 timed the default call at 19–34 µs for under 1 MB; the fit of each
+    (format, options) line says how much of that is per row and how much is not."""
+    out = []
+    formats = (("", False, {}), ("_fp8", True, {}), ("_fp8_pairs", True, {"fp8_pairs": True}))
+    settings = ({"n_splits": 1}, {"n_splits": 8, "combine": "fused"},
+                {"n_splits": 8, "combine": "kernel"})
+    for (suffix, fp8, extra), setting, k in itertools.product(formats, settings, ANATOMY_ROWS):
+        name = f"sparse_attn_decode_csa{suffix}_k{k}"
+        opts = {**setting, **extra}
+        out.append((name, (lambda n=name, f=fp8, k=k, o=opts: bk._attn_case(
+            n, 1, bk.CONTEXT // 4, k, f, "cuda", torch.bfloat16, "", **o)), opts))
+    return out
+
+
+def fit(rows: list[dict]) -> list[dict]:
+    """Least-squares lines through the timed ``attn_anatomy`` rows: one per case name (without
+    its ``_k`` suffix) and options, graph time against the rows a query reads → µs before the
+    first row (``fixed_us``) and µs a row (``per_row_us``), with the worst residual."""
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in rows:
+        if "graph_ms" in r:
+            key = (r["case"].rsplit("_k", 1)[0], json.dumps(r["options"], sort_keys=True))
+            groups.setdefault(key, []).append((r["shape"]["rows_per_query"], r["graph_ms"] * 1e3))
+    out = []
+    for (case, options), points in groups.items():
+        if len(points) < 2:
+            continue
+        n = len(points)
+        mx = sum(x for x, _ in points) / n
+        my = sum(y for _, y in points) / n
+        sxx = sum((x - mx) ** 2 for x, _ in points)
+        slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+        fixed = my - slope * mx
+        out.append({"fit": case, "options": json.loads(options), "points": n,
+                    "fixed_us": round(fixed, 2), "per_row_us": round(slope, 5),
+                    "worst_residual_us": round(max(abs(y - fixed - slope * x)
+                                                   for x, y in points), 2)})
+    return out
+
+
+FAMILIES = {"moe": moe, "attn_decode": attn_decode, "attn_prefill": attn_prefill,
+            "attn_anatomy": attn_anatomy}
 
 
 def row(name: str, build: Callable[[], bk.Case], options: dict) -> dict:
@@ -119,8 +170,13 @@ def main(argv: list[str]) -> int:
                 print(f"sweep: {name} {options}: {one_line(e)}", file=sys.stderr)
         torch.cuda.synchronize()
         return 0
+    rows = []
     for variant in todo:
-        print(json.dumps(row(*variant)), flush=True)
+        rows.append(row(*variant))
+        print(json.dumps(rows[-1]), flush=True)
+    if argv[0] == "attn_anatomy":
+        for line in fit(rows):
+            print(json.dumps(line), flush=True)
     print(f"sweep {argv[0]}: {len(todo)} rows in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
     return 0
