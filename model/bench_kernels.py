@@ -79,7 +79,8 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
     """Each of ``s`` queries over its window (WINDOW rows, a separate source as the model
     passes it: ``sparse_attn.WindowRows``) ∪ k_comp of n_comp compressed rows; the output's
     RoPE dims rotated back in the kernel that stores it (``unrope``), as the model asks.
-    ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps, fp8_pairs)."""
+    ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps, fp8_pairs,
+    qk_split)."""
     q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
     kv = _rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev)
     sink = torch.randn(HEADS, device=dev)
@@ -549,6 +550,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dev, dtype, hbm, combine="kernel", fp8_pairs=True),
         p(_attn_case, "sparse_attn_decode_csa_fp8_dv4_s8_pairs", 1, ctx // 4, TOPK, True, dev,
           dtype, hbm, dv_parts=4, n_splits=8, fp8_pairs=True),
+        # and the scores as a dot batched over 4 slices of the head dim, a slice a warp
+        p(_attn_case, "sparse_attn_decode_csa_fp8_pairs_qk4", 1, ctx // 4, TOPK, True, dev,
+          dtype, hbm, fp8_pairs=True, qk_split=4),
+        p(_attn_case, "sparse_attn_decode_csa_fp8_dv4_s8_pairs_qk4", 1, ctx // 4, TOPK, True,
+          dev, dtype, hbm, dv_parts=4, n_splits=8, fp8_pairs=True, qk_split=4),
         p(_attn_case, "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, dev, dtype,
           none),
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
@@ -581,6 +587,9 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_pairs", prefill, ctx // 4, TOPK, True, dev,
           dtype, "none set (the native cache's prefill path)", fp8_pairs=True),
+        p(_attn_case, "sparse_attn_prefill_csa_fp8_pairs_qk4", prefill, ctx // 4, TOPK, True,
+          dev, dtype, "none set (the native cache's prefill path)", fp8_pairs=True,
+          qk_split=4),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_h64_pairs", prefill, ctx // 4, TOPK, True,
           dev, dtype, "none set (the native cache's prefill path)", block_h=64, dv_parts=4,
           fp8_pairs=True),

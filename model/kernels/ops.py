@@ -313,7 +313,7 @@ def sparse_attn_rows(q: torch.Tensor, rows: SequenceRows, sink: torch.Tensor,
     if backend(q) == "triton":
         chosen = choices.options("sparse_attn_decode" if layout is None else
                                  "sparse_attn_decode_fp8", q.device)
-        tiles = {key: chosen[key] for key in ("combine", "dv_parts", "fp8_pairs")
+        tiles = {key: chosen[key] for key in ("combine", "dv_parts", "fp8_pairs", "qk_split")
                  if key in chosen}
         if "n_splits" in chosen:
             tiles["n_splits"] = -(-chosen["n_splits"] // max(q.shape[1], 1))

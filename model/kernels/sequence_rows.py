@@ -119,17 +119,17 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
                             layout: KVLayout | None, unrope: torch.Tensor,
                             out: torch.Tensor | None = None, n_splits: int | None = None,
                             block_n: int = 16, combine: str = "fused", dv_parts: int = 1,
-                            fp8_pairs: bool = False) -> torch.Tensor:
+                            fp8_pairs: bool = False, qk_split: int = 1) -> torch.Tensor:
     """Same contract as ``sparse_attn_rows_reference``: one launch (the forward, its splits
     merged in it) for every token, each reading its own rows through ``rows.table``. Float rows
     must be in the kernel's compute dtype (fp32 under the interpreter); when they are not, the
     tokens go one by one through ``sparse_attn_triton``. ``combine`` / ``dv_parts`` /
-    ``fp8_pairs``: as ``sparse_attn_triton``'s (launch choices)."""
+    ``fp8_pairs`` / ``qk_split``: as ``sparse_attn_triton``'s (launch choices)."""
     q, out_dtype = _sparse_attn._compute_queries(q)
     first = rows.windows[0]
     if layout is None and first.dtype != q.dtype:
         return _each_token(q.to(out_dtype), rows, picks, unrope, out, functools.partial(
-            _per_sequence_triton, sink, scale, layout, combine, dv_parts, fp8_pairs))
+            _per_sequence_triton, sink, scale, layout, combine, dv_parts, fp8_pairs, qk_split))
     d = q.shape[-1]
     kv, kv16, _ = _sparse_attn._rows(first, q.dtype, layout, d)
     table = rows.table
@@ -146,15 +146,17 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
     return _sparse_attn._launch(q, out_dtype, (kv, kv16, kv, kv16, idx, idx), sizes, sink,
                                 scale, layout, unrope, out, table, compressed and picks is None,
                                 n_splits, 16, block_n, dv_parts, 4, combine,
-                                table_aligned=aligned, fp8_pairs=fp8_pairs)[0]
+                                table_aligned=aligned, fp8_pairs=fp8_pairs,
+                                qk_split=qk_split)[0]
 
 
-def _per_sequence_triton(sink, scale, layout, combine, dv_parts, fp8_pairs, q_t, kv, indices,
-                         window, angles, dest) -> None:
+def _per_sequence_triton(sink, scale, layout, combine, dv_parts, fp8_pairs, qk_split, q_t, kv,
+                         indices, window, angles, dest) -> None:
     """One token through ``sparse_attn_triton`` (the fallback for rows TABLE mode cannot read
     as they are), stored in ``dest``."""
     _sparse_attn.sparse_attn_triton(q_t, kv, sink, indices, scale, layout, window, angles, dest,
-                                    dv_parts=dv_parts, combine=combine, fp8_pairs=fp8_pairs)
+                                    dv_parts=dv_parts, combine=combine, fp8_pairs=fp8_pairs,
+                                    qk_split=qk_split)
 
 
 # -- the indexer's picks ----------------------------------------------------------------------

@@ -219,12 +219,15 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
                  scale, KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
                  DV_PARTS: tl.constexpr, SCALE_WORDS: tl.constexpr = False,
-                 FP8_PAIRS: tl.constexpr = False):
+                 FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1):
     """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
     element; −1 or out of range = none) → the updated (m_i, l_i, acc): m_i a running max of
     the scores in log2 units, at most RESCALE_SLACK below the true one; l_i, acc the sums of
     2^(score − m_i) and their rows. ``offs_dv``: the output columns, from dv0. FP8_PAIRS: the
-    tiles come × 2^-60; the scores' multiplier and the probabilities put 2^60 back (exact)."""
+    tiles come × 2^-60; the scores' multiplier and the probabilities put 2^60 back (exact).
+    QK_SPLIT > 1: the scores as a batched dot over QK_SPLIT slices of D, summed — its batch
+    spread over the warps, each warp 1/QK_SPLIT of the dims, where the one dot has every warp
+    load all of them (its 16 × 16 output is too small to split the other way)."""
     cdt: tl.constexpr = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
@@ -232,7 +235,16 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
                   SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
     unshift: tl.constexpr = FP8_PAIRS_UNSHIFT if FP8_PAIRS else 1.0
     # scores in log2 units (scale · log2 e folded in): exp2 is the GPU's one-instruction exp
-    logits = tl.dot(q, tl.trans(kv), input_precision=PREC) * (scale * (LOG2E * unshift))
+    if QK_SPLIT > 1:
+        BH: tl.constexpr = q.shape[0]
+        BN: tl.constexpr = kv.shape[0]
+        PART: tl.constexpr = q.shape[1] // QK_SPLIT
+        q_parts = tl.permute(tl.reshape(q, [BH, QK_SPLIT, PART]), (1, 0, 2))
+        kv_parts = tl.permute(tl.reshape(kv, [BN, QK_SPLIT, PART]), (1, 2, 0))
+        dots = tl.sum(tl.dot(q_parts, kv_parts, input_precision=PREC), 0)
+    else:
+        dots = tl.dot(q, tl.trans(kv), input_precision=PREC)
+    logits = dots * (scale * (LOG2E * unshift))
     logits = tl.where(valid[None, :], logits, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(logits, 1))
     if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
@@ -291,7 +303,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False,
                      COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
                      TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False,
-                     FP8_PAIRS: tl.constexpr = False):
+                     FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -349,7 +361,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
                                      offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
                                      ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
-                                     FP8_PAIRS)
+                                     FP8_PAIRS, QK_SPLIT)
     for n0 in range(tl.maximum(start, W), end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         if ALL_ROWS:
@@ -360,7 +372,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                      offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
                                      ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
-                                     FP8_PAIRS)
+                                     FP8_PAIRS, QK_SPLIT)
     m_i = m_i * LN2   # natural-log units from here (the sink's, the lse's)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
@@ -485,7 +497,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        out: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4, combine: str = "fused",
-                       fp8_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       fp8_pairs: bool = False, qk_split: int = 1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
     [s, r/2] the output's RoPE dims are rotated back by (module docstring); ``out``: where o
@@ -498,7 +511,9 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     them (rows sparse_attn_decode_csa and sparse_attn_decode_csa_combine_kernel).
     ``fp8_pairs``: FP8 rows decoded by bit placement, two values a register
     (model/kernels/fp8_pairs.py), where the rows allow it (``fp8_row_pairs``) and the queries
-    are not fp16 (its tile is the values × 2^-60)."""
+    are not fp16 (its tile is the values × 2^-60). ``qk_split``: the scores as a dot batched
+    over that many slices of the head dim, the slices spread over the warps (``_attend_tile``;
+    for the 16-head tiles of mma.sync, not the 64-head warp-group tiles)."""
     q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
@@ -511,7 +526,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
         widx_stride = 0 if widx.dim() == 2 else q.shape[1] * w
     return _launch(q, out_dtype, (kv, kv16, win, win16, idx, widx), (n, idx.shape[-1], nw, w,
                    widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
-                   block_h, block_n, dv_parts, num_warps, combine, fp8_pairs=fp8_pairs)
+                   block_h, block_n, dv_parts, num_warps, combine, fp8_pairs=fp8_pairs,
+                   qk_split=qk_split)
 
 
 def scale_words(layout: KVLayout, aligned: bool) -> bool:
@@ -540,13 +556,15 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
 
 def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
             n_splits, block_h, block_n, dv_parts, num_warps, combine="fused",
-            table_aligned=False, fp8_pairs=False) -> tuple[torch.Tensor, torch.Tensor]:
+            table_aligned=False, fp8_pairs=False, qk_split=1
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
     (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
     nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode).
     ``combine``: "fused" (the splits' last program merges them, one launch) or "kernel"
     (``_sparse_attn_combine``, a launch of its own); ``table_aligned``: every address in
-    ``table`` is a multiple of 16 (``_table_rows``); ``fp8_pairs``: as ``sparse_attn_triton``'s."""
+    ``table`` is a multiple of 16 (``_table_rows``); ``fp8_pairs``, ``qk_split``: as
+    ``sparse_attn_triton``'s."""
     if combine not in COMBINES:
         raise ValueError(f"sparse attention combine must be fused or kernel, not {combine!r}")
     b, s, h, d = q.shape
@@ -573,6 +591,8 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     splits = triton.cdiv(max(slots, 1), chunk)
     if block_d % dv_parts or block_d // dv_parts < 16:
         raise ValueError(f"dv_parts={dv_parts} does not split {block_d} columns into ≥ 16")
+    if qk_split < 1 or block_d % qk_split or block_d // qk_split < 16:
+        raise ValueError(f"qk_split={qk_split} does not split {block_d} dims into ≥ 16")
     r2 = 0 if unrope is None else unrope.shape[-1]
     if unrope is not None:
         assert unrope.shape[0] == s and 0 < 2 * r2 <= d and d % 2 == 0, (unrope.shape, q.shape)
@@ -587,6 +607,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   SCALE_WORDS=layout is not None and scale_words(layout, aligned),
                   FP8_PAIRS=(fp8_pairs and layout is not None and q.dtype != torch.float16
                              and fp8_row_pairs(layout, aligned)),
+                  QK_SPLIT=qk_split,
                   num_warps=num_warps)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table

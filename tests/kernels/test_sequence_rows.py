@@ -51,12 +51,14 @@ def test_window_slots_are_the_last_rows_oldest_first():
 
 
 @pytest.mark.parametrize("kind", ["window", "all", "picks"])
-@pytest.mark.parametrize("fp8,fp8_pairs", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("fp8,fp8_pairs,qk_split", [(False, False, 1), (True, False, 1),
+                                                     (True, True, 4), (False, False, 2)])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, fp8_pairs, splits,
-                                                             monkeypatch):
+def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, fp8_pairs, qk_split,
+                                                             splits, monkeypatch):
     """Young sequences (a window not yet full, no compressed rows) beside long ones; FP8 rows
-    also decoded by placement (``fp8_pairs``), through the table's addresses."""
+    also decoded by placement (``fp8_pairs``), through the table's addresses; the scores also
+    as a batched dot (``qk_split``)."""
     windows, counts = [1, W, 3, W], [0, 13, 2, 40]
     rows, layout = _rows(windows, counts, kind, fp8)
     q, sink, angles = _queries(len(windows))
@@ -71,7 +73,7 @@ def test_one_launch_attends_every_sequence_over_its_own_rows(kind, fp8, fp8_pair
     decoded = answers(monkeypatch, sparse_attn, "fp8_row_pairs")
     with OpAudit() as audit:
         got = sparse_attn_rows_triton(q, rows, sink, picks, 0.125, layout, angles, out,
-                                      n_splits=splits, fp8_pairs=fp8_pairs)
+                                      n_splits=splits, fp8_pairs=fp8_pairs, qk_split=qk_split)
     assert got is out and decoded == ([True] if fp8_pairs else [])
     # split or not (a window of 8 slots is one 16-row tile), the forward merges its splits
     assert dict(audit.triton) == {"_sparse_attn_fwd": 1}

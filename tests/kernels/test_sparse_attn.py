@@ -165,6 +165,35 @@ def test_fp8_rows_the_placement_cannot_read_take_the_cast_path():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("fp8,b,s,h,d,n,k,splits,dv_parts,qk_split", [
+    (False, 1, 1, 16, 64, 70, 64, 3, 1, 4),    # decode split over programs
+    (False, 2, 2, 20, 48, 33, 17, 1, 2, 2),    # ragged heads, d not a power of two, 2 slices
+    (False, 2, 2, 20, 48, 33, 17, 1, 2, 4),    # ... 16 dims a slice, the last one padding
+    (True, 1, 3, 8, 128, 50, 36, 1, 1, 4),     # FP8 rows by placement, prefill
+    (True, 1, 1, 16, 128, 40, 37, 2, 2, 8),    # ... decode split, 2 column slices
+])
+def test_scores_as_a_dot_batched_over_slices_of_the_head_dim(fp8, b, s, h, d, n, k, splits,
+                                                            dv_parts, qk_split):
+    """``qk_split``: q·k summed over slices of D (a batched dot, a slice a warp) — the one dot's
+    scores up to the order of an fp32 sum."""
+    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=qk_split + d)
+    layout = KVLayout(d, 32, 32) if fp8 else None
+    rows = pack_kv_fp8(kv, layout) if fp8 else kv
+    opts = dict(layout=layout, n_splits=splits, dv_parts=dv_parts, fp8_pairs=fp8)
+    got = sparse_attn_triton(q, rows, sink, idx, d**-0.5, qk_split=qk_split, **opts)
+    one = sparse_attn_triton(q, rows, sink, idx, d**-0.5, **opts)
+    _check(got, one, atol=1e-5)
+    _check(got, sparse_attn_reference(q, unpack_kv_fp8(rows, layout) if fp8 else kv, sink, idx,
+                                      d**-0.5), atol=1e-4)
+
+
+def test_the_head_dim_split_must_leave_16_dims_a_slice():
+    q, kv, sink, idx = _inputs(1, 1, 4, 64, 8, 4)
+    for bad in (0, 3, 8):   # 64 dims: 3 does not divide, 8 leaves 8
+        with pytest.raises(ValueError, match="qk_split"):
+            sparse_attn_triton(q, kv, sink, idx, 0.2, qk_split=bad)
+
+
 def test_fp8_layout_is_584_bytes_and_lossless_for_fake_quant():
     from model.kernels import quant
 
