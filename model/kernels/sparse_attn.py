@@ -390,12 +390,10 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                 tl.atomic_xchg(group, 0)
                 # a column block at a time, as narrow as the combine kernel's (fewer registers)
                 BLOCK_C: tl.constexpr = min(BLOCK_DV, COMBINE_COLUMNS)
-                for c in tl.static_range(0, BLOCK_DV, BLOCK_C):
-                    col0 = part_dv * BLOCK_DV + c
-                    _merge_splits(o_ptr, lse_ptr, sink_ptr, fo_ptr, flse_ptr, ang_ptr, pid_t,
-                                  offs_h, col0 + tl.arange(0, BLOCK_C), col0,
-                                  mask_lse & (c == 0), S, H, D, R2, n_split, BLOCK_H, BLOCK_C,
-                                  UNROPE, BF16)
+                col0 = part_dv * BLOCK_DV
+                _merge_splits(o_ptr, lse_ptr, sink_ptr, fo_ptr, flse_ptr, ang_ptr, pid_t,
+                              offs_h, col0 + tl.arange(0, BLOCK_C), col0, mask_lse, S, H, D, R2,
+                              n_split, BLOCK_H, BLOCK_C, UNROPE, BF16, BLOCK_DV // BLOCK_C)
     else:
         sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
         m_f = tl.maximum(m_i, sink)
@@ -417,12 +415,13 @@ MERGE_GROUP = tl.constexpr(4)  # splits' partial o whose loads the merge issues 
 @triton.jit
 def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, offs_h, offs_d,
                   col0, write_lse, S, H, D, R2, NS, BLOCK_H: tl.constexpr,
-                  BLOCK_D: tl.constexpr, UNROPE: tl.constexpr, BF16: tl.constexpr):
-    """Token ``token``'s NS partial (o, lse) of heads offs_h, columns offs_d (from col0), merged
-    with the sink → o (and, where ``write_lse``, the lse). Partials are read from L2 (``.cg``):
-    other programs of the same launch may have written them."""
+                  BLOCK_D: tl.constexpr, UNROPE: tl.constexpr, BF16: tl.constexpr,
+                  COLUMN_BLOCKS: tl.constexpr = 1):
+    """Token ``token``'s NS partial (o, lse) of heads offs_h, columns offs_d (from col0) and the
+    COLUMN_BLOCKS − 1 blocks of BLOCK_D after them, merged with the sink → o (and, where
+    ``write_lse``, the lse). The splits' lse are read once for every block. Partials are read
+    from L2 (``.cg``): other programs of the same launch may have written them."""
     mask_h = offs_h < H
-    mask = mask_h[:, None] & (offs_d < D)[None, :]
     sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
     # the lse of every split in one tile (one round trip to L2, not NS)
     splits = tl.arange(0, MERGE_LSE)
@@ -433,25 +432,30 @@ def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, of
         lses = tl.load(plse_ptr + c0 * H + lse_rows, mask=inside, other=float("-inf"),
                        cache_modifier=".cg")
         m = tl.maximum(m, tl.max(lses, 0))
-    denom = tl.exp(sink - m)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for c0 in range(0, NS, MERGE_GROUP):   # a group's loads are issued together, then summed
-        for j in tl.static_range(MERGE_GROUP):
-            part = (token * NS + c0 + j).to(tl.int64) * H + offs_h
-            there = mask_h & (c0 + j + 0 * offs_h < NS)   # a tensor: the interpreter masks
-            w = tl.exp(tl.load(plse_ptr + part, mask=there, other=float("-inf"),
-                               cache_modifier=".cg") - m)
-            denom += w
-            acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + offs_d[None, :],
-                                        mask=mask & there[:, None], other=0.0,
-                                        cache_modifier=".cg")
     rows = (token * H + offs_h).to(tl.int64)
-    tl.store(lse_ptr + rows, m + tl.log(denom), mask=write_lse)
-    o = acc / denom[:, None]
-    if UNROPE:
-        o = _unrope_tile(o, ang_ptr, token % S, col0, D, R2, BLOCK_H, BLOCK_D, BF16)
-    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
-             mask=mask)
+    for block in tl.static_range(COLUMN_BLOCKS):
+        cols = offs_d + block * BLOCK_D
+        mask = mask_h[:, None] & (cols < D)[None, :]
+        denom = tl.exp(sink - m)
+        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+        for c0 in range(0, NS, MERGE_GROUP):   # a group's loads are issued together, then summed
+            for j in tl.static_range(MERGE_GROUP):
+                part = (token * NS + c0 + j).to(tl.int64) * H + offs_h
+                there = mask_h & (c0 + j + 0 * offs_h < NS)   # a tensor: the interpreter masks
+                w = tl.exp(tl.load(plse_ptr + part, mask=there, other=float("-inf"),
+                                   cache_modifier=".cg") - m)
+                denom += w
+                acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + cols[None, :],
+                                            mask=mask & there[:, None], other=0.0,
+                                            cache_modifier=".cg")
+        if block == 0:
+            tl.store(lse_ptr + rows, m + tl.log(denom), mask=write_lse)
+        o = acc / denom[:, None]
+        if UNROPE:
+            o = _unrope_tile(o, ang_ptr, token % S, col0 + block * BLOCK_D, D, R2, BLOCK_H,
+                             BLOCK_D, BF16)
+        tl.store(o_ptr + rows[:, None] * D + cols[None, :], o.to(o_ptr.dtype.element_ty),
+                 mask=mask)
 
 
 @triton.jit

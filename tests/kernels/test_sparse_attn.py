@@ -335,6 +335,8 @@ def test_the_output_goes_where_the_caller_says():
         (2, 1, 20, 64, 4, 16, 2, False, True),    # 2 head blocks × 2 column slices, unroped
         (1, 2, 8, 64, 2, 16, 4, True, True),      # FP8 rows, 4 column slices of 16
         (3, 1, 8, 48, 5, 16, 1, False, False),    # d not a power of two; more splits than tiles
+        (1, 1, 16, 256, 3, 16, 1, False, True),   # 2 column blocks of 128 merged in turn
+        (1, 1, 8, 200, 2, 16, 1, True, True),     # ... the second one part padding, FP8 rows
     ],
 )
 def test_the_last_split_program_merges_as_the_combine_kernel_does(b, s, h, d, splits, block_h,
