@@ -8,12 +8,13 @@ run makes) inside ``CompileOnly`` (model/kernels/cross_compile.py): each launch 
 Triton's GPU compiler and ``ptxas``, not run. A row per distinct kernel specialization: its
 constexprs, warps, registers per thread, stack / local bytes (spills), shared memory, the
 occupancy those allow, the tensor-core instruction its dots became (``wgmma``, or the
-slower ``mma.sync``), and its global loads by width (``global_loads``: one-byte loads of a
-uint8 tile mean the compiler could not prove the addresses aligned and contiguous), and its
-loops in the SASS (``loops``, ``cross_compile.sass_loops``: each loop body's instructions a
-warp, barriers, loads, MMAs — the counts docs/PERF.md reasons with). A kernel
-asking for more shared memory than a block may have counts as a failure: it compiles but
-cannot launch. The summary says which launched kernels no case reached; the exit status is 1
+slower ``mma.sync``), how its warps share each dot's tile (``dots``,
+``cross_compile.dot_layouts``: ``replicated`` > 1 means warps computing the same MMAs), its
+global loads by width (``global_loads``: one-byte loads of a uint8 tile mean the compiler
+could not prove the addresses aligned and contiguous), and its loops in the SASS (``loops``,
+``cross_compile.sass_loops``: each loop body's instructions a warp, barriers, loads, MMAs —
+the counts docs/PERF.md reasons with). A kernel asking for more shared memory than a block may
+have counts as a failure: it compiles but cannot launch. The summary says which launched kernels no case reached; the exit status is 1
 when any kernel failed. The interpreter (CI's correctness check) accepts code the compiler
 rejects — a global that is not a constexpr, an unsupported op — so this is the check that a GPU
 session will not start with a compile error.
@@ -77,7 +78,8 @@ def bench_compile(arch: int = 90, full: bool = True,
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
                       "shared_bytes": shared, "mma": c.mma, "global_loads": c.loads,
                       **occupancy(use["regs"], c.num_warps, shared),
-                      "loops": sass_loops(sass(c.cubin)), "compile_s": round(c.seconds, 2)})
+                      "dots": c.dots, "loops": sass_loops(sass(c.cubin)),
+                      "compile_s": round(c.seconds, 2)})
     reached = {c.kernel for c in cc.compiled}
     launched = launched_kernels()
     emit({"bench": "compile", "summary": True, "arch": f"sm_{arch}",

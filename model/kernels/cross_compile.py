@@ -45,6 +45,7 @@ class Compiled:
     shared: int          # bytes of shared memory the kernel asks for (Triton's metadata)
     mma: str             # the tensor-core instruction its dots became: wgmma, mma.sync or none
     loads: dict          # its global loads in the PTX by width (``global_loads``)
+    dots: list           # each dot's output tile and warp layout (``dot_layouts``)
 
 
 class _CompileOnlyDriver:
@@ -84,7 +85,8 @@ class CompileOnly:
                 outer.compiled.append(Compiled(
                     fn.__name__, _constexprs(fn, args, kwargs), md.num_warps, md.num_stages,
                     time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared),
-                    mma_kind(kernel.asm["ptx"]), global_loads(kernel.asm["ptx"])))
+                    mma_kind(kernel.asm["ptx"]), global_loads(kernel.asm["ptx"]),
+                    dot_layouts(kernel.asm["ttgir"])))
             return kernel
 
         JITFunction.run = compile_only
@@ -113,6 +115,39 @@ def mma_kind(ptx: str) -> str:
     if "wgmma.mma_async" in ptx:
         return "wgmma"
     return "mma.sync" if re.search(r"\bmma\.sync", ptx) else "none"
+
+
+_MMA_LAYOUT = re.compile(r"^(#mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d+), versionMinor = "
+                         r"\d+, warpsPerCTA = \[([\d, ]+)\], instrShape = \[([\d, ]+)\]", re.M)
+_DOT = re.compile(r"\b(?:tt\.dot|ttng\.warp_group_dot) .*-> tensor<([\dx]+)x[a-z]+\d+, (#mma\d*)>")
+
+
+def dot_layouts(ttgir: str) -> list[dict]:
+    """Each distinct tensor-core dot in a kernel's TTGIR: its output tile (``shape``), how
+    Triton spread the warps over it (``warps``: ``warpsPerCTA``), the MMA generation (2:
+    ``mma.sync``, 3: ``wgmma``) and ``replicated``: how many warps compute each output element.
+    A warp's MMA tile is 16 rows by the instruction's N (``instrShape``); more warps along a dim
+    than that dim has tiles compute the same tiles again. A 16 × 16 tile over 4 warps along N
+    (8 columns a warp) is computed twice, and so is a 64-row warp-group tile laid over 8 warps
+    along M. Both happened in sparse attention (docs/PERF.md, session 16)."""
+    layouts = {name: (int(major), [int(w) for w in warps.split(",")],
+                      [int(i) for i in instr.split(",")])
+               for name, major, warps, instr in _MMA_LAYOUT.findall(ttgir)}
+    dots: list[dict] = []
+    for shape_text, layout in _DOT.findall(ttgir):
+        if layout not in layouts:
+            continue
+        major, warps, instr = layouts[layout]
+        shape = [int(n) for n in shape_text.split("x")]
+        # a warp's tile along each dim: v2 [(1,) 16, N]; v3 [16, N, K] (its K is not a dim)
+        unit = instr[:len(shape)] if major == 2 else [1] * (len(shape) - 2) + instr[:2]
+        replicated = 1
+        for n, w, u in zip(shape, warps, unit, strict=True):
+            replicated *= w // max(1, min(w, n // u))
+        dot = {"shape": shape, "warps": warps, "mma": major, "replicated": replicated}
+        if dot not in dots:
+            dots.append(dot)
+    return dots
 
 
 _LOAD = re.compile(r"^\s*(?:@!?%p\d+\s+)?(ld\.global|cp\.async\.c[ag]\.shared\.global)"

@@ -72,6 +72,10 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     assert len(streaming) >= 12
     for r in streaming:
         assert r["global_loads"]["bytes"] <= 4, (r["case"], r["kernel"], r["global_loads"])
+    # each dot's warp layout: every attention forward has its scores and PV dots
+    assert all(isinstance(r["dots"], list) for r in kernels)
+    assert all(len(r["dots"]) >= 2 and all(d["replicated"] >= 1 for d in r["dots"])
+               for r in kernels if r["kernel"] == "_sparse_attn_fwd")
     # each row's SASS loops: a GEMM's K loop issues tensor-core MMAs; a GEMV's has none
     assert all(isinstance(r["loops"], list) for r in kernels)
     assert any(loop["mma"] for r in kernels if r["kernel"] == "_fp4_gemm_kernel"
@@ -140,3 +144,33 @@ def test_sass_loops_are_the_backward_branches_ranges_counted_by_kind():
                       "global_stores": 0, "shared": 0, "shuffles": 1, "mma": 1,
                       "atomics": 0}]   # the forward branch and the one-line spin are no loop
     assert sass_loops(SASS) == []     # under 16 instructions: left out by default
+
+
+TTGIR = """
+#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [1, 4], instrShape = [16, 8]}>
+#mma1 = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [4, 1, 1], instrShape = [1, 16, 8]}>
+#mma2 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], instrShape = [16, 16, 16]}>
+#mma3 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], instrShape = [16, 256, 16]}>
+      %a = tt.dot %q, %k, %c : tensor<16x512xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 4}>> * tensor<512x16xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 4}>> -> tensor<16x16xf32, #mma> loc(#loc1)
+      %b = tt.dot %p, %v, %acc : tensor<16x16xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 4}>> * tensor<16x512xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 4}>> -> tensor<16x512xf32, #mma> loc(#loc2)
+      %b2 = tt.dot %p, %v, %acc : tensor<16x16xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 4}>> * tensor<16x512xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 4}>> -> tensor<16x512xf32, #mma> loc(#loc3)
+      %c = tt.dot %q3, %k3, %c3 : tensor<4x16x128xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma1, kWidth = 4}>> * tensor<4x128x16xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma1, kWidth = 4}>> -> tensor<4x16x16xf32, #mma1> loc(#loc4)
+      %d = ttng.warp_group_dot %q4, %k4, %c4 {inputPrecision = 0 : i32, isAsync = true} : !ttg.memdesc<64x512xbf16, #shared, #smem> * !ttg.memdesc<512x32xbf16, #shared2, #smem, mutable> -> tensor<64x32xf32, #mma2> loc(#loc5)
+      %e = ttng.warp_group_dot %p4, %v4, %acc4 {inputPrecision = 0 : i32, isAsync = true} : tensor<64x32xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma3, kWidth = 2}>> * !ttg.memdesc<32x512xbf16, #shared, #smem, mutable> -> tensor<64x512xf32, #mma3> loc(#loc6)
+"""
+
+
+def test_dot_layouts_say_which_warps_compute_the_same_tiles():
+    """The 16 × 16 scores over 4 warps along N (8 columns a warp): twice; the same as a dot
+    batched over 4 slices, a slice a warp: once; a 64-row warp-group tile over 8 warps along M:
+    twice; the PV products: once. A dot in two loops is one entry."""
+    from model.kernels.cross_compile import dot_layouts
+
+    assert dot_layouts(TTGIR) == [
+        {"shape": [16, 16], "warps": [1, 4], "mma": 2, "replicated": 2},
+        {"shape": [16, 512], "warps": [1, 4], "mma": 2, "replicated": 1},
+        {"shape": [4, 16, 16], "warps": [4, 1, 1], "mma": 2, "replicated": 1},
+        {"shape": [64, 32], "warps": [8, 1], "mma": 3, "replicated": 2},
+        {"shape": [64, 512], "warps": [4, 2], "mma": 3, "replicated": 1},
+    ]
+    assert dot_layouts("") == []
