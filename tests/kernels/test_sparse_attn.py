@@ -150,8 +150,7 @@ def test_fp8_rows_decoded_by_placement_are_the_cast_paths_rows(monkeypatch, layo
 def test_fp8_rows_the_placement_cannot_read_take_the_cast_path():
     """Rows off the 8-byte grid, codes not a multiple of 8, or a scale block not of 4: the cast
     path, the same output."""
-    from model.kernels.sparse_attn import fp8_row_pairs
-
+    fp8_row_pairs = sparse_attn.fp8_row_pairs
     layout = KVLayout(head_dim=96, rope_dim=32, block=32)
     assert fp8_row_pairs(layout, True) and not fp8_row_pairs(layout, False)
     assert not fp8_row_pairs(KVLayout(head_dim=46, rope_dim=2, block=44), True)  # 44 codes
