@@ -557,6 +557,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dev, dtype, hbm, dv_parts=4, n_splits=8, fp8_pairs=True, qk_split=4),
         p(_attn_case, "sparse_attn_decode_hca", 1, ctx // 128, ctx // 128, False, dev, dtype,
           none),
+        # HCA over the native cache's FP8 rows (every one of the 1,024 compressed rows), cast
+        # and by placement with the batched scores: FP8 decode's choices also serve HCA layers
+        p(_attn_case, "sparse_attn_decode_hca_fp8", 1, ctx // 128, ctx // 128, True, dev, dtype,
+          none),
+        p(_attn_case, "sparse_attn_decode_hca_fp8_pairs_qk4", 1, ctx // 128, ctx // 128, True,
+          dev, dtype, none, fp8_pairs=True, qk_split=4),
         p(_attn_case, "sparse_attn_prefill_csa", prefill, ctx // 4, TOPK, False, dev, dtype,
           ">= 40% of dense bf16 peak"),
         p(_attn_case, "sparse_attn_prefill_csa_fp8", prefill, ctx // 4, TOPK, True, dev, dtype,
