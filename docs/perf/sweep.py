@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -123,15 +124,10 @@ def fit(rows: list[dict]) -> list[dict]:
             groups.setdefault(key, []).append((r["shape"]["rows_per_query"], r["graph_ms"] * 1e3))
     out = []
     for (case, options), points in groups.items():
-        if len(points) < 2:
+        if len({x for x, _ in points}) < 2:
             continue
-        n = len(points)
-        mx = sum(x for x, _ in points) / n
-        my = sum(y for _, y in points) / n
-        sxx = sum((x - mx) ** 2 for x, _ in points)
-        slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-        fixed = my - slope * mx
-        out.append({"fit": case, "options": json.loads(options), "points": n,
+        slope, fixed = statistics.linear_regression(*zip(*points, strict=True))
+        out.append({"fit": case, "options": json.loads(options), "points": len(points),
                     "fixed_us": round(fixed, 2), "per_row_us": round(slope, 5),
                     "worst_residual_us": round(max(abs(y - fixed - slope * x)
                                                    for x, y in points), 2)})
