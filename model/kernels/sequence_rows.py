@@ -128,8 +128,9 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
     q, out_dtype = _sparse_attn._compute_queries(q)
     first = rows.windows[0]
     if layout is None and first.dtype != q.dtype:
+        tiles = dict(combine=combine, dv_parts=dv_parts, fp8_pairs=fp8_pairs, qk_split=qk_split)
         return _each_token(q.to(out_dtype), rows, picks, unrope, out, functools.partial(
-            _per_sequence_triton, sink, scale, layout, combine, dv_parts, fp8_pairs, qk_split))
+            _per_sequence_triton, sink, scale, layout, tiles))
     d = q.shape[-1]
     kv, kv16, _ = _sparse_attn._rows(first, q.dtype, layout, d)
     table = rows.table
@@ -150,13 +151,12 @@ def sparse_attn_rows_triton(q: torch.Tensor, rows: SequenceRows, sink: torch.Ten
                                 qk_split=qk_split)[0]
 
 
-def _per_sequence_triton(sink, scale, layout, combine, dv_parts, fp8_pairs, qk_split, q_t, kv,
-                         indices, window, angles, dest) -> None:
-    """One token through ``sparse_attn_triton`` (the fallback for rows TABLE mode cannot read
-    as they are), stored in ``dest``."""
+def _per_sequence_triton(sink, scale, layout, tiles, q_t, kv, indices, window, angles,
+                         dest) -> None:
+    """One token through ``sparse_attn_triton`` with the launch options ``tiles`` (the fallback
+    for rows TABLE mode cannot read as they are), stored in ``dest``."""
     _sparse_attn.sparse_attn_triton(q_t, kv, sink, indices, scale, layout, window, angles, dest,
-                                    dv_parts=dv_parts, combine=combine, fp8_pairs=fp8_pairs,
-                                    qk_split=qk_split)
+                                    **tiles)
 
 
 # -- the indexer's picks ----------------------------------------------------------------------
