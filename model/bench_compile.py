@@ -14,10 +14,10 @@ global loads by width (``global_loads``: one-byte loads of a uint8 tile mean the
 could not prove the addresses aligned and contiguous), and its loops in the SASS (``loops``,
 ``cross_compile.sass_loops``: each loop body's instructions a warp, barriers, loads, MMAs —
 the counts docs/PERF.md reasons with). A kernel asking for more shared memory than a block may
-have counts as a failure: it compiles but cannot launch. The summary says which launched kernels no case reached; the exit status is 1
-when any kernel failed. The interpreter (CI's correctness check) accepts code the compiler
-rejects — a global that is not a constexpr, an unsupported op — so this is the check that a GPU
-session will not start with a compile error.
+have counts as a failure: it compiles but cannot launch. The summary says which launched
+kernels no case reached; the exit status is 1 when any kernel failed. The interpreter (CI's
+correctness check) accepts code the compiler rejects — a global that is not a constexpr, an
+unsupported op — so this is the check that a GPU session will not start with a compile error.
 """
 
 from __future__ import annotations

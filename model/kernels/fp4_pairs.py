@@ -13,12 +13,12 @@ import triton
 import triton.language as tl
 
 # The tensor-core decoder (``fp4_words_tile``). A 32-bit word holds eight e2m1 codes; one
-# register can hold two bf16 weights. Placing code i of the word in the low half and code i + 4 in
-# the high half moves both the same distance, so a code pair costs three integer operations (and
-# a bf16 register pair one packed multiply by the scale) where ``gemm.place_fp4`` spends eight
-# on two float32 weights, plus their multiplies and the float32 → bf16 conversion. The tile's columns
-# come out in the order of the pairs (``fp4_mma_order``): the caller loads its activation in that
-# order, which a dot product over k does not see.
+# register can hold two bf16 weights. Placing code i of the word in the low half and code i + 4
+# in the high half moves both the same distance, so a code pair costs three integer operations
+# (and a bf16 register pair one packed multiply by the scale) where ``gemm.place_fp4`` spends
+# eight on two float32 weights, plus their multiplies and the float32 → bf16 conversion. The
+# tile's columns come out in the order of the pairs (``fp4_mma_order``): the caller loads its
+# activation in that order, which a dot product over k does not see.
 FP4_MMA_ACT_SHIFT = tl.constexpr(2.0**63)   # × the activation: the decoded tile is weight × 2^-63
 _PAIR_MASK = tl.constexpr(0x81C081C0 - (1 << 32))   # sign, exponent's low 2, mantissa's top bit
 _NEG_ZERO_PAIR = tl.constexpr(0x80008000 - (1 << 32))   # bf16 (−0, −0): fma(a, b, −0) = a·b
@@ -64,7 +64,8 @@ def to_mma_order(a):
 
 @triton.jit
 def scaled_halves(pairs, bits, BF16: tl.constexpr):
-    """``place_fp4_pairs``' registers × 2^(e + 63) (``bits``: its bf16 exponent field, << 7) →
+    """Registers of two bf16 bit patterns (``place_fp4_pairs``', ``fp8_pairs.place_e4m3_pairs``')
+    × the power of two whose bf16 exponent field is ``bits`` >> 7 (2^(e + 63) for FP4 tiles) →
     (low, high) bf16 — one packed multiply per register, then each half read as it lies (the
     GPU, and the interpreter with ``interpret_bf16``, which emulates the instruction) — or
     float32 (the fp32 interpreter)."""
