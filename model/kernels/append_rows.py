@@ -23,18 +23,20 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import address, device_table
+from model.kernels.launch import address, device_table, grid_entry, pdl
 
 APPEND_BLOCK = 4096   # bytes a program copies per step of its loop
 APPEND_PROGRAMS = 8   # programs per item (the copies of a V4 window: 74 KB each)
 
 
 @triton.jit
-def _append_rows_kernel(tab_ptr, ITEMS, BLOCK: tl.constexpr, WORDS: tl.constexpr = False):
+def _append_rows_kernel(tab_ptr, ITEMS, BLOCK: tl.constexpr, WORDS: tl.constexpr = False,
+                        PDL: tl.constexpr = False):
     """Program (item, part): its share of item's destination — the past's first, then the new
     rows' — from table rows past address, past size, new address, new size, dest; sizes in
     bytes, or in 8-byte words when WORDS (every address and size a multiple of 8: a word a
     load, not a byte)."""
+    grid_entry(PDL)
     item = tl.program_id(0)
     part = tl.program_id(1)
     parts = tl.num_programs(1)
@@ -114,7 +116,7 @@ def append_rows_triton(items: Sequence[Item]) -> list[torch.Tensor]:
     table = device_table(rows, outs[0].device)
     _append_rows_kernel[(len(outs), parts)](table, len(outs),
                                             BLOCK=APPEND_BLOCK // 8 if words else APPEND_BLOCK,
-                                            WORDS=words)
+                                            WORDS=words, **pdl(outs[0].device))
     return outs
 
 

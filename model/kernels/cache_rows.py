@@ -33,7 +33,7 @@ import triton.language as tl
 from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
-from model.kernels.launch import interpreter_fp32, rows_of
+from model.kernels.launch import grid_entry, interpreter_fp32, pdl, rows_of
 from model.kernels.quant_triton import (
     FP4_CONSTANTS,
     FP8_CONSTANTS,
@@ -240,7 +240,8 @@ def _norm_rope_rows_kernel(x_ptr, w_ptr, ang_ptr, h_ptr, out_ptr, HEADS, T, D, R
                            SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr,
                            PAD_P: tl.constexpr, FLOOR_BITS: tl.constexpr,
                            INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
+                           BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
+    grid_entry(PDL)
     row = tl.program_id(0).to(tl.int64)      # ((batch · T) + token) · HEADS + head
     token = (row // HEADS) % T
     offs_d = tl.arange(0, BLOCK_D)
@@ -284,5 +285,5 @@ def norm_rope_rows_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: flo
             angles.float().contiguous() if rope else src, rotation_for(args, d, x.device, src),
             out, heads, t, d, angles.shape[-1] if rope else 0, 0.0 if eps is None else eps,
             src.stride(0), fmt.row_width(d), NORM=eps is not None,
-            HAS_WEIGHT=weight is not None, ROPE=rope, **args)
+            HAS_WEIGHT=weight is not None, ROPE=rope, **args, **pdl(x.device))
     return out if out.dtype == fmt.row_dtype() else out.to(fmt.row_dtype())

@@ -48,7 +48,7 @@ from model.kernels.cache_rows import (
     store_rows_reference,
 )
 from model.kernels.gemm import sum_parts, sum_splits
-from model.kernels.launch import address, device_table, interpreter_fp32
+from model.kernels.launch import address, device_table, grid_entry, interpreter_fp32, pdl
 from model.layers.rope import apply_rope
 
 
@@ -139,11 +139,13 @@ def _compress_insert_kernel(
         MODE: tl.constexpr, PACKED: tl.constexpr, NOPE: tl.constexpr, QBLOCK: tl.constexpr,
         N_SCALES: tl.constexpr, SCALE_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr, PAD_P: tl.constexpr,
         FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
-        BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, TABLE: tl.constexpr = False):
+        BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, TABLE: tl.constexpr = False,
+                            PDL: tl.constexpr = False):
     """TABLE (a decode step of several sequences): entry e is N items' e-th, one block each
     (L = R rows), its pooled rows, previous block (address 0: none), store row, position and
     previous block's row stride from tab_ptr int64 [6, N] (``compress_insert_rows_triton``);
     ang_ptr is then the inverse frequencies."""
+    grid_entry(PDL)
     e = tl.program_id(0).to(tl.int64)     # entry = batch·N + block
     bi = e // N
     i = e % N
@@ -231,9 +233,10 @@ def _pool_inputs_kernel(part_ptr, S, part_stride, N, pos_ptr, T,
                         kv1, gate1, w1, ape1_ptr, ratio1, out1_ptr,
                         h_start, H, h_scale, h_out_ptr,
                         N_COMP: tl.constexpr, HEADS: tl.constexpr, BF16_HEADS: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program (token, output, column block): output 0 / 1 = compressor 0 / 1, N_COMP = the
     head weights. Every value is the sum of the S partials (S = 1: the projection itself)."""
+    grid_entry(PDL)
     e = tl.program_id(0).to(tl.int64)      # b·T + t
     which = tl.program_id(1)
     cols = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
@@ -279,7 +282,8 @@ def pool_inputs_triton(parts: torch.Tensor, compressors: Sequence[PoolColumns],
             heads.start if heads else 0, heads.heads if heads else 0,
             heads.scale if heads else 1.0, h_out, N_COMP=len(compressors),
             HEADS=heads is not None,
-            BF16_HEADS=heads is not None and heads.dtype == torch.bfloat16, BLOCK=block)
+            BF16_HEADS=heads is not None and heads.dtype == torch.bfloat16, BLOCK=block,
+            **pdl(positions.device))
     return outs + ([h_out] if heads is not None else [])
 
 
@@ -317,7 +321,7 @@ def compress_insert_triton(pooled: torch.Tensor, n_blocks: int, ratio: int, over
         n_blocks, pooled.shape[1], ratio, d, angles.shape[-1],
         prev_kv.stride(0), prev_kv.stride(1), target.stride(0), target.stride(1), eps,
         OVERLAP=overlap, HAS_PREV=has_prev, **args,
-        BLOCK_W=block_w)
+        BLOCK_W=block_w, **pdl(pooled.device))
     if target is not out:
         out.copy_(target)
     return out
@@ -391,4 +395,4 @@ def compress_insert_rows_triton(items: Sequence[BlockInsert], ratio: int, overla
         first.pooled, first.pooled, first.pooled, norm_weight.float().contiguous(),
         inv_freq.float().contiguous(), rotation_for(args, d, device, first.pooled), first.out,
         table, len(items), ratio, ratio, d, inv_freq.shape[-1], 0, 0, 0, 0, eps,
-        OVERLAP=overlap, HAS_PREV=overlap, **args, BLOCK_W=8, TABLE=True)
+        OVERLAP=overlap, HAS_PREV=overlap, **args, BLOCK_W=8, TABLE=True, **pdl(device))

@@ -32,7 +32,7 @@ import triton.language as tl
 from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
 from model.kernels.fp4_pairs import FP4_MMA_ACT_SHIFT, fp4_words_tile, to_mma_order
-from model.kernels.launch import interpreter_fp32, interpreting, rows_of
+from model.kernels.launch import grid_entry, interpreter_fp32, interpreting, pdl, rows_of
 from model.kernels.norm_rope import rms_norm_reference
 from model.kernels.quant_triton import SIGN_BIT
 
@@ -158,12 +158,13 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
                      nw_ptr, eps, parts, stride_part, stride_group, group_k,
                      GLU: tl.constexpr, NORM: tl.constexpr, SPLITK: tl.constexpr,
                      BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     EXACT_CAST: tl.constexpr):
+                     EXACT_CAST: tl.constexpr, PDL: tl.constexpr = False):
     """Prologues (the activation before it is quantised; rounded to bf16 when BF16, where the
     separate op would have stored it): GLU — the clamped SwiGLU of x (gate) and u (up); NORM —
     RMSNorm of x with weight nw (a first pass over K sums each row's squares); SPLITK — the sum
     of a grouped GEMV's ``parts`` K-split partials (x [S, G, M, group_k] fp32: column k of row
     m is group k // group_k's column k % group_k), summed in split order."""
+    grid_entry(PDL)
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -313,9 +314,10 @@ def mma_fp4_tiles(k: int, k_per_split: int, block_k: int, *parts: torch.Tensor) 
 @triton.jit
 def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PREC: tl.constexpr, FULL: tl.constexpr = False):
+                     PREC: tl.constexpr, FULL: tl.constexpr = False, PDL: tl.constexpr = False):
     """Program (m tile, n tile, k split) → out[split] tile = x[:, k slice] · W[:, k slice]ᵀ in
     fp32. With one split ``out`` is y itself; with several it holds fp32 partials [S, M, N]."""
+    grid_entry(PDL)
     HALF: tl.constexpr = BLOCK_K // 2
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -353,11 +355,12 @@ def _fp4_gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
 @triton.jit
 def _fp4_gemm_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, K_PER_SPLIT,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, PDL: tl.constexpr = False):
     """Program (n tile, k split) of a GEMM with at most 16 rows, on tensor cores with the
     operands swapped: the decoded weight tile (``load_fp4_mma_tile``) is the MMA's M side and
     x's rows its 16 N columns, so no MMA row is padding when M = 16 (and 15 columns are at
     decode). out[split] tile = (W[n tile, k slice] · x[:, k slice]ᵀ)ᵀ in fp32."""
+    grid_entry(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -451,7 +454,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
             norm[0].float().contiguous() if norm is not None else x2,
             float(norm[1]) if norm is not None else 0.0, *part_strides, GLU=glu is not None,
             NORM=norm is not None, SPLITK=split is not None, BF16=dtype == torch.bfloat16,
-            BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting())
+            BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting(), **pdl(x2.device))
     return y.to(dtype).reshape(*lead, n)
 
 
@@ -522,7 +525,7 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
                 x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8),
                 out, m, n, k, k_per_split, BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk,
                 BF16=x2.dtype == torch.bfloat16,
-                PREC="ieee" if x2.dtype == torch.float32 else "tf32")
+                PREC="ieee" if x2.dtype == torch.float32 else "tf32", **pdl(x2.device))
             y = out if splits == 1 else out.sum(0)
             return y.to(x.dtype).reshape(*x.shape[:-1], n)
     if m and n:
@@ -533,7 +536,7 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
             x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), out,
             m, n, k, k_per_split, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
             PREC="ieee" if x2.dtype == torch.float32 else "tf32",
-            FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale))
+            FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale), **pdl(x2.device))
         if splits > 1:
             y = out.sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
-from model.kernels.launch import interpreter_fp32, interpreting
+from model.kernels.launch import grid_entry, interpreter_fp32, interpreting, pdl
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
 TARGET_PROGRAMS = 1024   # split K until the grid has about this many programs
@@ -33,8 +33,9 @@ TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
                  FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row tile of W [ROWS = G·N, K], k split) → fp32 partial[split, g, m, n]."""
+    grid_entry(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # rows of W (all groups)
@@ -81,7 +82,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
 @triton.jit
 def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
                      FP8: tl.constexpr, BF16: tl.constexpr, SPLIT3: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
     """``_gemv_kernel``'s programs and partials on tensor cores, operands swapped: the weight
     tile [BLOCK_N, BLOCK_K] is the MMA's M side (bf16 as loaded, or FP8 cast to bf16: exact),
     x's ≤ 16 rows its N columns. An FP8 tile's rows lie in one 128-row scale block (BLOCK_N
@@ -93,6 +94,7 @@ def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLI
     row m, x = hi + mid + lo in three bf16 (24 significant bits: float32's), and the three
     columns' sums add up to x's — the MMA's otherwise idle columns make the product exact to
     float32 summation."""
+    grid_entry(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -203,11 +205,11 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
         _gemv_mma_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128),
                                           rows_w, k_per_split, FP8=fp8,
                                           BF16=not interpreter_fp32(), SPLIT3=split3,
-                                          BLOCK_N=block_n, BLOCK_K=block_k)
+                                          BLOCK_N=block_n, BLOCK_K=block_k, **pdl(w.device))
     else:
         _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
                                       k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
-                                      BLOCK_K=block_k)
+                                      BLOCK_K=block_k, **pdl(w.device))
     if not reduce:
         if groups > 1:
             return SplitK(partial, tuple(x.shape[:-2]), x.dtype)

@@ -63,7 +63,7 @@ from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the c
     indexer_scores_reference,
     indexer_topk_reference,
 )
-from model.kernels.launch import arrivals, interpreter_fp32
+from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, pdl
 from model.kernels.topk_select import pack
 
 
@@ -86,7 +86,9 @@ def _merge(top, tile, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
 def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                      K_PAD: tl.constexpr, PREC: tl.constexpr, PACKED: tl.constexpr,
-                     KEY_BLOCK: tl.constexpr, KEY_ALIGNED: tl.constexpr = False):
+                     KEY_BLOCK: tl.constexpr, KEY_ALIGNED: tl.constexpr = False,
+                     PDL: tl.constexpr = False):
+    grid_entry(PDL)
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = pid_t // S
@@ -119,8 +121,9 @@ def _indexer_partial(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, S, N, H, D, chunk,
 
 
 @triton.jit
-def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr):
+def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr, PDL: tl.constexpr = False):
     """Merge the per-chunk candidates of one query and write its k rows (−1 for −inf)."""
+    grid_entry(PDL)
     pid_t = tl.program_id(0)
     offs_k = tl.arange(0, K_PAD)
     top = pack(tl.full([K_PAD], float("-inf"), tl.float32), tl.full([K_PAD], -1, tl.int32))
@@ -151,7 +154,8 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                           KEY_ALIGNED: tl.constexpr = False,
                           CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
                           SELECT_BLOCK: tl.constexpr = 1024, COUNTED: tl.constexpr = False,
-                          PAIRS: tl.constexpr = False, PAIRS_BF16: tl.constexpr = False):
+                          PAIRS: tl.constexpr = False, PAIRS_BF16: tl.constexpr = False,
+                          PDL: tl.constexpr = False):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
     out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
     TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the
@@ -167,6 +171,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     PAIRS (packed keys that ``fp4_keys.key_pairs`` allows): the keys decoded two codes a register
     (``fp4_keys.load_key_pairs``; bf16 tiles when PAIRS_BF16), the queries taken to their column
     order once."""
+    grid_entry(PDL)
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
@@ -283,8 +288,8 @@ def _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tens
         q, weights, keys, vis, part, s, n, h, d, chunk,
         BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=block_n, K_PAD=k_pad, PREC=prec, PACKED=keys.dtype == torch.uint8,
-        KEY_BLOCK=INDEX_KEY_BLOCK, KEY_ALIGNED=key_rows_aligned(keys))
-    _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad)
+        KEY_BLOCK=INDEX_KEY_BLOCK, KEY_ALIGNED=key_rows_aligned(keys), **pdl(q.device))
+    _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad, **pdl(q.device))
     return out
 
 
@@ -362,7 +367,7 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         KEY_ALIGNED=aligned, TABLE=table is not None, **pick,
         PAIRS=pairs, PAIRS_BF16=pairs and q.dtype == torch.bfloat16,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
-        or picks is not None else 4)
+        or picks is not None else 4, **pdl(q.device))
     if picks is not None and not pick.get("PICK"):
         topk_select.pick_counted(scores, hist, arrive, k, vis[lo:hi] if causal else None, picks)
 

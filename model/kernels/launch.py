@@ -5,17 +5,21 @@ has ``interpret_bf16`` compute bf16 there as a GPU does, and the kernels run the
 branches), and how many short rows one program takes so that a tile holds about
 ``TILE_ELEMENTS`` elements, and how a kernel that reads rows of unit stride finds them in a
 strided view (``rows_of``), and how a table of addresses gets to the device (``address``,
-``device_table``), a counting table kept there (``counting``), and the arrival
-counts of kernels whose last program of a group finishes the group's work (``arrivals``)."""
+``device_table``), a counting table kept there (``counting``), the arrival
+counts of kernels whose last program of a group finishes the group's work (``arrivals``), and
+whether a launch may overlap the one before it (``pdl``, ``grid_entry``)."""
 
 from __future__ import annotations
 
 import math
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import triton
+import triton.language as tl
 
 TILE_ELEMENTS = 4096  # elements per program: small rows are batched into one tile
 
@@ -124,3 +128,78 @@ def arrivals(n: int, device: torch.device) -> torch.Tensor:
     programs set back to zero (the indexer's digit histograms) ride in the same zeros."""
     return _kept(_ARRIVALS, n, device,
                  lambda size: torch.zeros(size, dtype=torch.int32, device=device))
+
+
+# -- programmatic dependent launch ---------------------------------------------------------------
+PDL_ENV = "V4CODER_PDL"
+PDL_SETTINGS = {"1": True, "on": True, "0": False, "off": False}
+_PDL: dict[tuple[str, str], dict[str, bool]] = {}
+_PDL_FORCED: list[bool] = []
+
+
+def pdl(device: torch.device) -> dict[str, bool]:
+    """The launch options that let a kernel on ``device`` overlap the launch before it on the
+    stream: ``{"PDL": True, "launch_pdl": True}``, else ``{}``. Every launch site passes them.
+
+    Programmatic dependent launch (Hopper on): a kernel launched with ``launch_pdl`` may start
+    while the one before it still runs, once every program of that one has passed its
+    ``grid_entry``. Its programs then wait in their own ``grid_entry`` until that launch has
+    finished and its writes are visible, before they touch memory. What overlaps is the launch
+    itself, the programs' scheduling and their setup: a decode step of a few µs per kernel is
+    bound by exactly that (docs/PERF.md). Results are unchanged, bit for bit.
+
+    ``V4CODER_PDL=1`` / ``0`` turns it on / off; unset, the GPU's launch-choices table decides
+    (``choices``: decision "pdl"; off without a table). A GPU before sm_90 never gets it. On CPU
+    tensors ``=1`` also holds: in Triton's interpreter (the grid-dependency instructions become
+    no-ops, ``interpret_gdc``) and for ``bench compile``'s sm_90 code. ``overlapping`` forces it
+    within a block (bench rows). Resolved once per (setting, device): this runs per launch."""
+    setting = ("1" if _PDL_FORCED[-1] else "0") if _PDL_FORCED else os.environ.get(PDL_ENV, "")
+    key = (setting, str(device))
+    options = _PDL.get(key)
+    if options is None:
+        options = _PDL[key] = _pdl_options(setting.strip().lower(), torch.device(device))
+    return options
+
+
+def _pdl_options(setting: str, device: torch.device) -> dict[str, bool]:
+    if setting and setting not in PDL_SETTINGS:
+        raise ValueError(f"{PDL_ENV}={setting!r}: expected 1 (overlapping launches) or 0")
+    if setting:
+        wanted = PDL_SETTINGS[setting]
+    else:
+        from model.kernels import choices
+        wanted = bool(choices.options("pdl", device).get("pdl"))
+    if not wanted:
+        return {}
+    if device.type == "cuda":
+        if torch.cuda.get_device_capability(device)[0] < 9:
+            return {}
+    elif interpreting():
+        from model.kernels import interpret_gdc
+        interpret_gdc.install()
+    return {"PDL": True, "launch_pdl": True}
+
+
+@contextmanager
+def overlapping(on: bool = True) -> Iterator[None]:
+    """Within the block, ``pdl`` answers as if ``V4CODER_PDL`` were 1 (``on``) or 0."""
+    _PDL_FORCED.append(on)
+    try:
+        yield
+    finally:
+        _PDL_FORCED.pop()
+
+
+@triton.jit
+def grid_entry(PDL: tl.constexpr):
+    """Every kernel's first statement. PDL (launched with ``pdl``'s options): let the next
+    launch start, whose programs wait in their own entry, then wait until the launch before this
+    one has finished and its writes are visible. Nothing before it touches memory, which
+    ``bench compile`` checks in every kernel's PTX (``cross_compile.grid_wait``). The two PTX
+    instructions as inline asm (Triton 3.6's own form of them; its ``extra.cuda`` functions
+    are not ones the interpreter runs), with side effects, so nothing moves above them."""
+    if PDL:
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)

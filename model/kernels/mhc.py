@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from model.kernels.cache_rows import round_bf16
-from model.kernels.launch import interpreter_fp32
+from model.kernels.launch import grid_entry, interpreter_fp32, pdl
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
@@ -140,11 +140,12 @@ def _collapse_block(x_ptr, y_ptr, t, D, pre, cols, HC: tl.constexpr):
 @triton.jit
 def _hc_pre_tokens_kernel(x_ptr, fn_ptr, part_ptr, T, D, n_slices, HC: tl.constexpr,
                           K_SLICE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
-                          MIX_PAD: tl.constexpr, PREC: tl.constexpr):
+                          MIX_PAD: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False):
     """Program (token block, K-slice), prefill: BLOCK_T tokens' 24 partial dots over K_SLICE
     stream values and their partial sums of squares → part[t, slice, :] as
     ``_hc_pre_partial_kernel`` writes them, as one GEMM tile (x [BLOCK_T, K] · fnᵀ): fn is read
     once per block of tokens, where a program per token read all of it (1.5 MiB) per token."""
+    grid_entry(PDL)
     F = HC * D
     W = (2 + HC) * HC + 1
     slice_ = tl.program_id(1)
@@ -170,8 +171,9 @@ def _hc_pre_tokens_kernel(x_ptr, fn_ptr, part_ptr, T, D, n_slices, HC: tl.conste
 
 @triton.jit
 def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, D, n_slices,
-                           HC: tl.constexpr, K_SLICE: tl.constexpr):
+                           HC: tl.constexpr, K_SLICE: tl.constexpr, PDL: tl.constexpr = False):
     """Program (token, slice): 24 partial dots + partial sum of squares → part[t, slice, :]."""
+    grid_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     F = HC * D
@@ -209,9 +211,11 @@ def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr
 @triton.jit
 def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
                           D, n_slices, iters, eps, norm_eps, HC: tl.constexpr,
-                          PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr):
+                          PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
+                          PDL: tl.constexpr = False):
     """Program (token, d-block): reduce partials, split, collapse one d-block; block 0 stores
     post / comb."""
+    grid_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
     W = (2 + HC) * HC + 1
     mix_pre, mix_post, mix_comb, ssq = _sum_partials(part_ptr + t * n_slices * W, n_slices, HC,
@@ -240,7 +244,8 @@ def _post_block(y_ptr, x_ptr, post_ptr, comb_ptr, t, D, cols, mask, HC: tl.const
 
 @triton.jit
 def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
-                    HC: tl.constexpr, BLOCK: tl.constexpr):
+                    HC: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    grid_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
@@ -253,12 +258,13 @@ def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
 @triton.jit
 def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, part_ptr, D,
                             n_slices, HC: tl.constexpr, K_SLICE: tl.constexpr,
-                            BF16: tl.constexpr):
+                            BF16: tl.constexpr, PDL: tl.constexpr = False):
     """Program (token, d-block of K_SLICE columns): the post of these columns of every stream
     (stored in out's dtype; BF16: rounded to bf16 first, for an fp32 buffer in the interpreter),
     then, from the stored values, the next pre's partials of the HC slices they are — stream
     j's is slice j·D/K_SLICE + block of the flattened hc·d row — written to part[t, slice, :]
     as ``_hc_pre_partial_kernel`` writes them (D % K_SLICE = 0)."""
+    grid_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     F = HC * D
@@ -293,7 +299,7 @@ def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d
     _hc_pre_tokens_kernel[(triton.cdiv(t, PREFILL_BLOCK_T), n_slices)](
         xin, fn, part, t, d, n_slices, HC=hc, K_SLICE=k_slice, BLOCK_T=PREFILL_BLOCK_T,
         BLOCK_K=min(PREFILL_BLOCK_K, k_slice), MIX_PAD=max(16, triton.next_power_of_2(width - 1)),
-        PREC="ieee" if interpreter_fp32() else "tf32x3")
+        PREC="ieee" if interpreter_fp32() else "tf32x3", **pdl(xin.device))
     _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
                    part=part)
 
@@ -309,11 +315,12 @@ def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_
         part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32,
                            device=xin.device)
         _hc_pre_partial_kernel[(t, n_slices)](xin, fn, part, d, n_slices, HC=hc,
-                                              K_SLICE=k_slice)
+                                              K_SLICE=k_slice, **pdl(xin.device))
     n_slices = part.shape[1]
     _hc_pre_finish_kernel[(t, triton.cdiv(d, d_block))](
         xin, part, scale, base, y, post, comb, d, n_slices, iters, eps, norm_eps, HC=hc,
-        PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block)
+        PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block,
+        **pdl(xin.device))
 
 
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
@@ -352,7 +359,7 @@ def hc_post_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor,
     if b * s:
         _hc_post_kernel[(b * s, triton.cdiv(d, block))](
             yin, xin, post.float().contiguous(), comb.float().contiguous(), out, d,
-            HC=hc, BLOCK=block)
+            HC=hc, BLOCK=block, **pdl(xin.device))
     return out.to(y.dtype)
 
 
@@ -393,7 +400,7 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
     part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=y.device)
     _hc_post_partial_kernel[(t, d // ks)](
         yin, rin, post.float().contiguous(), comb.float().contiguous(), x, fn32, part, d,
-        n_slices, HC=hc, K_SLICE=ks, BF16=y.dtype == torch.bfloat16)
+        n_slices, HC=hc, K_SLICE=ks, BF16=y.dtype == torch.bfloat16, **pdl(y.device))
     collapsed = torch.empty(b, s, d, dtype=x.dtype, device=y.device)
     post2 = torch.empty(b, s, hc, dtype=torch.float32, device=y.device)
     comb2 = torch.empty(b, s, hc, hc, dtype=torch.float32, device=y.device)

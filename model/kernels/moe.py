@@ -51,7 +51,7 @@ from model.kernels.gemm import (
     plan_split_k,
     whole_k_tiles,
 )
-from model.kernels.launch import interpreter_fp32
+from model.kernels.launch import grid_entry, interpreter_fp32, pdl
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
@@ -221,12 +221,14 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
                      INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
                      AHEAD: tl.constexpr = False, MMA: tl.constexpr = False,
-                     BF16: tl.constexpr = False, PREC: tl.constexpr = "ieee"):
+                     BF16: tl.constexpr = False, PREC: tl.constexpr = "ieee",
+                     PDL: tl.constexpr = False):
     """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
     UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
     Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N].
     QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``). MMA (a launch
     choice, untimed): on tensor cores (``_fp4_mma_row_dots``; BF16 / PREC its operands)."""
+    grid_entry(PDL)
     pair = tl.program_id(0)
     pid_k = tl.program_id(2)
     splits = tl.num_programs(2)
@@ -291,8 +293,9 @@ def _fp4_mma_row_dots(a_row, w_base, s_base, w3_base, s3_base, offs_n, mask_n, k
 
 @triton.jit
 def _swiglu_kernel(gate_ptr, up_ptr, w_ptr, out_ptr, N, stride_g, stride_u, limit,
-                   HAS_WEIGHTS: tl.constexpr, BLOCK: tl.constexpr):
+                   HAS_WEIGHTS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """One row's BLOCK columns: out = clamped SwiGLU(gate, up) (× the row's weight)."""
+    grid_entry(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -323,18 +326,20 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor, limit: float,
     if rows and n:
         _swiglu_kernel[(rows, triton.cdiv(n, EPILOGUE_BLOCK))](
             g2, u2, w, out, n, g2.stride(0), u2.stride(0), float(limit),
-            HAS_WEIGHTS=weights is not None, BLOCK=EPILOGUE_BLOCK)
+            HAS_WEIGHTS=weights is not None, BLOCK=EPILOGUE_BLOCK, **pdl(g2.device))
     return out.view(*gate.shape[:-1], n).to(dtype)
 
 
 @triton.jit
 def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS, limit,
                        QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
-                       INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr):
+                       INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """Decode gate/up epilogue: h[pair] = clamped SwiGLU(Σ_split gate, Σ_split up) × rw[pair],
     splits summed in order (deterministic); 0 for a dropped pair. part: fp32 [2, S, P, N].
     QUANT (native numerics): h leaves on the FP8 grid, the down projection's input quantisation
     (e4m3 per 1×BLOCK = 1×128, power-of-two scale), as ``fp8_fake_quant`` would make it."""
+    grid_entry(PDL)
     pair = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -359,11 +364,13 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
                      w3_ptr, w3_off_ptr, s3_ptr, s3_off_ptr, out_ptr, TOPK, N, K, limit,
                      UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, PREC: tl.constexpr, FULL: tl.constexpr = False,
-                     MMA: tl.constexpr = False, BF16: tl.constexpr = False):
+                     MMA: tl.constexpr = False, BF16: tl.constexpr = False,
+                     PDL: tl.constexpr = False):
     """Grouped (prefill) tile of one expert. UP: out[pos] = swiglu(a[tok]·w1ᵀ, a[tok]·w3ᵀ)·rw;
     else out[pos] = a[pos]·wᵀ. FULL: ``decode_fp4_tile``'s (whole tiles, aligned bank). MMA
     (``mma_fp4_tiles``; a launch choice, untimed): tiles from ``load_fp4_mma_tile`` (bf16 when
     BF16), one dot a step against the activation read in their columns' order."""
+    grid_entry(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(tile_e_ptr + pid_m)
@@ -431,11 +438,13 @@ def _moe_gemm_kernel(a_ptr, pairs_ptr, tile_e_ptr, rw_ptr, w_ptr, w_off_ptr, s_p
 
 @triton.jit
 def _moe_combine_kernel(part_ptr, key_ptr, add_ptr, y_ptr, TOPK, N, ROWS, SPLITS, N_SLOTS,
-                        BY_SLOT: tl.constexpr, ADD: tl.constexpr, BLOCK: tl.constexpr):
+                        BY_SLOT: tl.constexpr, ADD: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr = False):
     """y[t] = Σ_slot Σ_split part[split, row(t·k + slot)] in fp32, in a fixed order, then
     + add[t] when ADD (the shared expert). part: fp32 [S, ROWS, N]. BY_SLOT (decode): key =
     slots, row = the pair itself unless its slot is −1; else (grouped): key = pair_pos, the
     pair's sorted row, −1 = dropped."""
+    grid_entry(PDL)
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -510,13 +519,13 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
         **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
                                                    *(q.aligned for q in up_parts))),
-        num_warps=num_warps)
+        num_warps=num_warps, **pdl(dev))
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
     _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
         part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
-        **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK)
+        **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **pdl(dev))
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
@@ -525,11 +534,11 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
         **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned,
                                                  bank.s2.aligned)),
-        num_warps=num_warps)
+        num_warps=num_warps, **pdl(dev))
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
-        ADD=add is not None, BLOCK=EPILOGUE_BLOCK)
+        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **pdl(dev))
     return y
 
 
@@ -551,7 +560,7 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
         UP=True, BLOCK_M=block_m, BLOCK_N=group_n, BLOCK_K=group_k, PREC=prec,
         FULL=whole_tiles(dim, dim, group_k, *up_parts),
         MMA=mma and mma_fp4_tiles(dim, dim, group_k, *(q.aligned for q in up_parts)),
-        BF16=xin.dtype == torch.bfloat16)
+        BF16=xin.dtype == torch.bfloat16, **pdl(xin.device))
     if quantize_input:
         # (a slice when inter < 128)
         h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
@@ -562,11 +571,11 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
         BLOCK_M=block_m, BLOCK_N=group_n, BLOCK_K=group_k, PREC=prec,
         FULL=whole_tiles(inter, inter, group_k, bank.w2, bank.s2),
         MMA=mma and mma_fp4_tiles(inter, inter, group_k, bank.w2.aligned, bank.s2.aligned),
-        BF16=h.dtype == torch.bfloat16)
+        BF16=h.dtype == torch.bfloat16, **pdl(xin.device))
     y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         out, pos, y if add is None else add, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False,
-        ADD=add is not None, BLOCK=EPILOGUE_BLOCK)
+        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **pdl(xin.device))
     return y
 
 

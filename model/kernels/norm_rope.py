@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import interpreter_fp32, rows_of, rows_per_program
+from model.kernels.launch import grid_entry, interpreter_fp32, pdl, rows_of, rows_per_program
 
 MAX_BLOCK_D = 8192  # widest row chunk held in registers by one RMSNorm program
 
@@ -60,8 +60,10 @@ def _scale_and_store(x, inv, w_ptr, out_ptr, offs, cols, mask, col_mask,
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, D, x_stride, eps, HAS_WEIGHT: tl.constexpr,
-                     BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr):
+                     BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
+                     PDL: tl.constexpr = False):
     """Rows x_stride apart in x (a column slice of a wider tensor reads in place), dense out."""
+    grid_entry(PDL)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = rows < n_rows
     row_start = rows[:, None] * x_stride
@@ -107,7 +109,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) ->
         _rms_norm_kernel[(triton.cdiv(n_rows, rows),)](
             src, w, out, n_rows, d, src.stride(0), eps, HAS_WEIGHT=weight is not None,
             BLOCK_ROWS=rows, BLOCK_D=block_d, ONE_CHUNK=d <= block_d,
-            num_warps=_warps(rows * block_d))
+            num_warps=_warps(rows * block_d), **pdl(x.device))
     return out.to(dtype) if out.dtype != dtype else out
 
 
@@ -134,7 +136,9 @@ def apply_rope_reference(x: torch.Tensor, angles: torch.Tensor, inverse: bool = 
 
 @triton.jit
 def _rope_kernel(x_ptr, ang_ptr, out_ptr, n_rows, HEADS, SEQ, D, NOPE_PAIRS, R2,
-                 INVERSE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_P: tl.constexpr):
+                 INVERSE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_P: tl.constexpr,
+                 PDL: tl.constexpr = False):
+    grid_entry(PDL)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     token = (rows // HEADS) % SEQ  # row = ((batch · SEQ) + token) · HEADS + head
     pairs = tl.arange(0, BLOCK_P)
@@ -180,5 +184,5 @@ def apply_rope_triton(x: torch.Tensor, angles: torch.Tensor, inverse: bool = Fal
         _rope_kernel[(triton.cdiv(n_rows, rows),)](
             src, angles.float().contiguous(), out, n_rows, heads, seq, d, d // 2 - r2, r2,
             INVERSE=inverse, BLOCK_ROWS=rows, BLOCK_P=block_p,
-            num_warps=_warps(rows * 2 * block_p))
+            num_warps=_warps(rows * 2 * block_p), **pdl(x.device))
     return out.to(dtype) if out.dtype != dtype else out

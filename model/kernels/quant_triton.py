@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import TILE_ELEMENTS, interpreter_fp32, rows_of
+from model.kernels.launch import TILE_ELEMENTS, grid_entry, interpreter_fp32, pdl, rows_of
 from model.kernels.quant import FP4_MAX, FP8_MAX
 
 SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000 as int32 (a constexpr: kernels may read it)
@@ -142,8 +142,9 @@ def _e8m0_byte(e):
 def _fake_quant_kernel(x_ptr, out_ptr, n_segs, segs_per_row, n, row_stride,
                        QBLOCK: tl.constexpr, FP4: tl.constexpr, FLOOR_BITS: tl.constexpr,
                        INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
-                       SEGS: tl.constexpr, BLOCK: tl.constexpr):
+                       SEGS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """One program: SEGS quantisation blocks (a row's 1×QBLOCK pieces, the last maybe partial)."""
+    grid_entry(PDL)
     seg = tl.program_id(0).to(tl.int64) * SEGS + tl.arange(0, SEGS)
     row = seg // segs_per_row
     j = tl.arange(0, BLOCK)
@@ -177,7 +178,7 @@ def fake_quant_triton(x: torch.Tensor, block: int, fp4: bool) -> torch.Tensor:
     consts = FP4_CONSTANTS if fp4 else FP8_CONSTANTS
     _fake_quant_kernel[(triton.cdiv(n_segs, segs),)](
         src, out, n_segs, segs_per_row, n, src.stride(0), QBLOCK=block, FP4=fp4, **consts,
-        SEGS=segs, BLOCK=tile)
+        SEGS=segs, BLOCK=tile, **pdl(x.device))
     return out.view(x.shape).to(x.dtype)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from model.kernels.launch import interpreter_fp32
+from model.kernels.launch import grid_entry, interpreter_fp32, pdl
 
 SCORE_FUNCS = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2}  # anything else: sqrtsoftplus, as Gate
 
@@ -171,8 +171,9 @@ def _route_kernel(x_ptr, w_ptr, bias_ptr, ids_ptr, tid2eid_ptr, out_w_ptr, out_i
                   K: tl.constexpr, K_PAD: tl.constexpr, SCORE: tl.constexpr,
                   HASH: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                   BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr, DOT_BF16: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, PDL: tl.constexpr = False):
     """Fused: gate logits of BLOCK_T tokens over all experts, then the epilogue."""
+    grid_entry(PDL)
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = offs_t < T
     offs_e = tl.arange(0, BLOCK_E)
@@ -185,8 +186,9 @@ def _route_kernel(x_ptr, w_ptr, bias_ptr, ids_ptr, tid2eid_ptr, out_w_ptr, out_i
 
 @triton.jit
 def _gate_logits_kernel(x_ptr, w_ptr, logits_ptr, T, E, D, BLOCK_E: tl.constexpr,
-                        BLOCK_D: tl.constexpr):
+                        BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
     """Split decode, step 1: fp32 logits of one token × BLOCK_E experts (GEMV)."""
+    grid_entry(PDL)
     offs_t = tl.program_id(0) + tl.arange(0, 1)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_t = offs_t < T
@@ -200,8 +202,10 @@ def _gate_logits_kernel(x_ptr, w_ptr, logits_ptr, T, E, D, BLOCK_E: tl.constexpr
 @triton.jit
 def _route_from_logits_kernel(logits_ptr, bias_ptr, ids_ptr, tid2eid_ptr, out_w_ptr, out_i_ptr,
                               T, E, route_scale, K: tl.constexpr, K_PAD: tl.constexpr,
-                              SCORE: tl.constexpr, HASH: tl.constexpr, BLOCK_E: tl.constexpr):
+                              SCORE: tl.constexpr, HASH: tl.constexpr, BLOCK_E: tl.constexpr,
+                              PDL: tl.constexpr = False):
     """Split decode, step 2: the epilogue of one token from its stored logits."""
+    grid_entry(PDL)
     offs_t = tl.program_id(0) + tl.arange(0, 1)
     offs_e = tl.arange(0, BLOCK_E)
     mask_t = offs_t < T
@@ -265,9 +269,9 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         logits = torch.empty(n, e, dtype=torch.float32, device=x.device)
         _gate_logits_kernel[(n, triton.cdiv(e, SPLIT_EXPERT_ROWS))](
             x, weight, logits, n, e, d, BLOCK_E=SPLIT_EXPERT_ROWS,
-            BLOCK_D=min(512, triton.next_power_of_2(d)))
+            BLOCK_D=min(512, triton.next_power_of_2(d)), **pdl(x.device))
         _route_from_logits_kernel[(n,)](logits, *epilogue_args, n, e, float(route_scale),
-                                        **common)
+                                        **common, **pdl(x.device))
         return out_w, out_i
     bt, use_dot = route_blocks(n)
     if block_t is not None:
@@ -276,5 +280,5 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         x, weight, *epilogue_args, n, e, d, float(route_scale), BLOCK_T=bt,
         BLOCK_D=64 if use_dot else 32, USE_DOT=use_dot,
         DOT_BF16=x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16, PREC="ieee",
-        **common)
+        **common, **pdl(x.device))
     return out_w, out_i

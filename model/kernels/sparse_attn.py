@@ -36,7 +36,7 @@ from model.kernels.cache_rows import round_bf16
 from model.kernels.fp8_pairs import FP8_PAIRS_UNSHIFT, load_fp8_row_pairs
 from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
-from model.kernels.launch import arrivals, interpreter_fp32
+from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, pdl
 from model.kernels.norm_rope import apply_rope_reference
 
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
@@ -303,7 +303,8 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      TABLE: tl.constexpr = False, ALL_ROWS: tl.constexpr = False,
                      COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
                      TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False,
-                     FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1):
+                     FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1,
+                     PDL: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -317,6 +318,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     a (token, head block, column slice) to finish (an arrival count per group at cnt_ptr, zero
     before and after the launch) merges the group's partials with the sink into fo_ptr /
     flse_ptr, as ``_sparse_attn_combine`` would: flash-decoding in one launch."""
+    grid_entry(PDL)
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
     pid_h = tl.program_id(1)
@@ -461,9 +463,11 @@ def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, of
 @triton.jit
 def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, S, H, D, R2, NS,
                          BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                         UNROPE: tl.constexpr = False, BF16: tl.constexpr = False):
+                         UNROPE: tl.constexpr = False, BF16: tl.constexpr = False,
+                         PDL: tl.constexpr = False):
     """Grid (tokens, head blocks, column blocks of BLOCK_D): a decode token has only
     H / BLOCK_H head blocks, so its columns are split too (more programs in flight)."""
+    grid_entry(PDL)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col0 = tl.program_id(2) * BLOCK_D
     first = tl.zeros([BLOCK_H], dtype=tl.int32) + tl.program_id(2) == 0   # one column block
@@ -612,7 +616,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   FP8_PAIRS=(fp8_pairs and layout is not None and q.dtype != torch.float16
                              and fp8_row_pairs(layout, aligned)),
                   QK_SPLIT=qk_split,
-                  num_warps=num_warps)
+                  num_warps=num_warps, **pdl(q.device))
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table
     sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)
@@ -634,7 +638,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
         block_dc = min(block_d, COMBINE_BLOCK_D)
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
             po, plse, sink, out, lse, ang, s, h, d, r2, splits, BLOCK_H=block_h,
-            BLOCK_D=block_dc, **rotate)
+            BLOCK_D=block_dc, **rotate, **pdl(q.device))
     return into(dest, out.to(out_dtype)), lse
 
 

@@ -47,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels.launch import grid_entry, pdl
+
 SELECT_BLOCK = 1024   # scores per tile of a pass
 TOP_BITS = tl.constexpr(12)      # the digit the score programs count (``count_top_digits``)
 HIST_BINS = tl.constexpr(4096)   # 1 << TOP_BITS int32 counts per row
@@ -277,10 +279,12 @@ def _rows_best_first(dest, picks, k, K_PAD: tl.constexpr):
 
 @triton.jit
 def _topk_select(scores_ptr, vis_ptr, out_ptr, width, k, score_batch, out_batch, out_row,
-                 CAUSAL: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr):
+                 CAUSAL: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
+                 PDL: tl.constexpr = False):
     """Program (t, batch): row t of scores [b, T, width] (its visible entries: the first
     vis[t] when CAUSAL, else all) → its k best rows, best first, −1 past them, into
     out[batch, t, :k] (strides out_batch, out_row)."""
+    grid_entry(PDL)
     t = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     row_ptr = scores_ptr + batch * score_batch + t.to(tl.int64) * width
@@ -307,12 +311,13 @@ def _row_picks(vis_ptr, t, width, k, CAUSAL: tl.constexpr):
 
 @triton.jit
 def _slice_counts(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, width, k, T,
-                  CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
+                  CAUSAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row, slice) of the parallel pick's first launch: from the row's counted top
     digits (hist, complete: the scores launch is over), the k-th's top digit; how many keys of
     this slice of BLOCK scores have a higher one (all picked) and how many share it (the
     candidates) → counts[row, slice, 0:2]. Slice 0 also stores the row's (threshold prefix,
     still needed) → meta[row, 0:2]."""
+    grid_entry(PDL)
     row = tl.program_id(0)
     piece = tl.program_id(1)
     limit, picks = _row_picks(vis_ptr, row % T, width, k, CAUSAL)
@@ -336,13 +341,14 @@ def _slice_counts(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, width, k,
 @triton.jit
 def _slice_place(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, cnt_ptr, cand_ptr, out_ptr,
                  width, k, T, out_batch, out_row, CAUSAL: tl.constexpr, BLOCK: tl.constexpr,
-                 K_PAD: tl.constexpr, SLICES_PAD: tl.constexpr):
+                 K_PAD: tl.constexpr, SLICES_PAD: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row, slice) of the parallel pick's second launch: the slice's picked keys
     (top digit above the k-th's) packed to out at their place in row order, its candidates
     to cand likewise (places: the earlier slices' counts). The row's last slice program to
     finish (an arrival count per row at cnt_ptr, zero before and after) finds the rest among
     the row's candidates, writes the rows best first and sets the row's digit counts back to
     zero for the next launch."""
+    grid_entry(PDL)
     row = tl.program_id(0)
     piece = tl.program_id(1)
     slices = tl.num_programs(1)
@@ -403,11 +409,12 @@ def pick_counted(scores: torch.Tensor, hist: torch.Tensor, arrive: torch.Tensor,
     vis = scores if visible is None else visible
     causal = visible is not None
     _slice_counts[(rows, slices)](scores, vis, hist, meta, counts, width, k, t, CAUSAL=causal,
-                                  BLOCK=SELECT_BLOCK, num_warps=4)
+                                  BLOCK=SELECT_BLOCK, num_warps=4, **pdl(scores.device))
     _slice_place[(rows, slices)](scores, vis, hist, meta, counts, arrive, cand, out, width, k,
                                  t, out.stride(0), out.stride(1), CAUSAL=causal,
                                  BLOCK=SELECT_BLOCK, K_PAD=max(16, triton.next_power_of_2(k)),
-                                 SLICES_PAD=max(2, triton.next_power_of_2(slices)), num_warps=4)
+                                 SLICES_PAD=max(2, triton.next_power_of_2(slices)), num_warps=4,
+                                 **pdl(scores.device))
     return out
 
 
@@ -444,5 +451,5 @@ def topk_select_triton(scores: torch.Tensor, k: int, visible: torch.Tensor | Non
     _topk_select[(t, b)](scores, vis, out, width, k, scores.stride(0), out.stride(0),
                          out.stride(1), CAUSAL=visible is not None, BLOCK=SELECT_BLOCK,
                          K_PAD=max(16, triton.next_power_of_2(k)),
-                         num_warps=8)
+                         num_warps=8, **pdl(scores.device))
     return out

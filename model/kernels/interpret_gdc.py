@@ -1,0 +1,41 @@
+"""Triton's interpreter runs kernels launched to overlap their neighbours (``launch.pdl``).
+
+Programmatic dependent launch adds two instructions at a kernel's entry (``launch.grid_entry``):
+let the next launch start, and wait for the one before to finish. The interpreter runs each
+launch to its end before the next begins, so both have nothing to do; it has no rule for
+either: it refuses inline PTX, the form ``grid_entry`` writes them in. ``install()`` makes
+them no-ops, so that CI runs every launch site and kernel with ``PDL`` on, as a GPU
+would, and checks the results do not change. Installed by ``launch.pdl`` the first time it
+says yes under the interpreter; process-wide, once."""
+
+from __future__ import annotations
+
+import numpy as np
+import triton.language as tl
+from triton.runtime import interpreter as ti
+
+_installed = False
+
+
+class _NoResult:
+    """What the interpreter's inline-asm call hands back: an int32 zero (the ops' dummy)."""
+
+    def get_result(self, i: int) -> ti.TensorHandle:
+        return ti.TensorHandle(np.zeros((), dtype=np.int32), tl.int32)
+
+
+def install() -> None:
+    """The grid-dependency instructions as no-ops in the interpreter (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    b = ti.InterpreterBuilder
+    inline_asm = b.create_inline_asm
+
+    def create_inline_asm(self, asm, constraints, values, type, is_pure, pack):
+        if asm.strip().startswith("griddepcontrol."):
+            return _NoResult()
+        return inline_asm(self, asm, constraints, values, type, is_pure, pack)
+
+    b.create_inline_asm = create_inline_asm
+    _installed = True
