@@ -13,8 +13,10 @@ slower ``mma.sync``), how its warps share each dot's tile (``dots``,
 global loads by width (``global_loads``: one-byte loads of a uint8 tile mean the compiler
 could not prove the addresses aligned and contiguous), and its loops in the SASS (``loops``,
 ``cross_compile.sass_loops``: each loop body's instructions a warp, barriers, loads, MMAs —
-the counts docs/PERF.md reasons with). A kernel asking for more shared memory than a block may
-have counts as a failure: it compiles but cannot launch. The summary says which launched
+the counts docs/PERF.md reasons with), and where it waits for the launch before it (``grid``,
+``cross_compile.grid_wait``; with ``--pdl`` every launch overlaps the one before it, and a
+kernel that touches global memory before that wait is a failure). A kernel asking for more
+shared memory than a block may have counts as a failure: it compiles but cannot launch. The summary says which launched
 kernels no case reached; the exit status is 1 when any kernel failed. The interpreter (CI's
 correctness check) accepts code the compiler rejects — a global that is not a constexpr, an
 unsupported op — so this is the check that a GPU session will not start with a compile error.
@@ -34,19 +36,22 @@ CHILD_ENV = "V4CODER_COMPILE_CHILD"
 
 
 def bench_compile(arch: int = 90, full: bool = True,
-                  on_row: Callable[[dict], None] | None = None) -> list[dict]:
+                  on_row: Callable[[dict], None] | None = None, pdl: bool = False) -> list[dict]:
+    """``pdl``: every launch as a launch that overlaps the one before it (``launch.pdl``)."""
     import torch
     import triton
 
     from model import bench_kernels
     from model.kernels.cross_compile import (
         CompileOnly,
+        grid_wait,
         launched_kernels,
         occupancy,
         sass,
         sass_loops,
         usage,
     )
+    from model.kernels.launch import overlapping
 
     rows: list[dict] = []
 
@@ -58,7 +63,7 @@ def bench_compile(arch: int = 90, full: bool = True,
     t0 = time.perf_counter()
     failures = 0
     torch.manual_seed(0)
-    with CompileOnly(arch) as cc:
+    with CompileOnly(arch) as cc, overlapping(pdl):
         for build in bench_kernels.cases(full, "cpu", torch.bfloat16):
             case_name = build.args[0]
             before = len(cc.compiled)
@@ -69,6 +74,10 @@ def bench_compile(arch: int = 90, full: bool = True,
                 emit({"bench": "compile", "case": case_name, "error": _first_line(exc)})
             for c in cc.compiled[before:]:
                 use = usage(c.cubin)
+                code = sass(c.cubin)
+                grid = grid_wait(code)
+                if c.launch_pdl and grid["wait"] != "first":
+                    failures += 1   # overlaps the launch before it without waiting for it
                 shared = max(c.shared, use["static_shared"])
                 if occupancy(use["regs"], c.num_warps, shared)["blocks_per_sm"] == 0:
                     failures += 1   # compiles, but asks for more shared memory than a block has
@@ -78,7 +87,8 @@ def bench_compile(arch: int = 90, full: bool = True,
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
                       "shared_bytes": shared, "mma": c.mma, "global_loads": c.loads,
                       **occupancy(use["regs"], c.num_warps, shared),
-                      "dots": c.dots, "loops": sass_loops(sass(c.cubin)),
+                      "dots": c.dots, "loops": sass_loops(code),
+                      "grid": {"launch_pdl": c.launch_pdl, **grid},
                       "compile_s": round(c.seconds, 2)})
     reached = {c.kernel for c in cc.compiled}
     launched = launched_kernels()
@@ -105,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(90: H100/H200)")
     parser.add_argument("--reduced", action="store_true",
                         help="the CPU bench's reduced shapes instead of V4-Flash's")
+    parser.add_argument("--pdl", action="store_true",
+                        help="every launch overlapping the one before it (programmatic "
+                             "dependent launch, V4CODER_PDL=1): each kernel must wait for it "
+                             "before it touches global memory (row field grid.wait)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get(CHILD_ENV):
         # the interpreter replaces the compiler at import: compile in a child without it
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     rows = bench_compile(args.arch, not args.reduced,
-                         on_row=lambda row: print(json.dumps(row), flush=True))
+                         on_row=lambda row: print(json.dumps(row), flush=True), pdl=args.pdl)
     return 1 if rows[-1]["failures"] else 0
 
 

@@ -46,6 +46,7 @@ class Compiled:
     mma: str             # the tensor-core instruction its dots became: wgmma, mma.sync or none
     loads: dict          # its global loads in the PTX by width (``global_loads``)
     dots: list           # each dot's output tile and warp layout (``dot_layouts``)
+    launch_pdl: bool = False   # launched to overlap the launch before it (``launch.pdl``)
 
 
 class _CompileOnlyDriver:
@@ -86,7 +87,7 @@ class CompileOnly:
                     fn.__name__, _constexprs(fn, args, kwargs), md.num_warps, md.num_stages,
                     time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared),
                     mma_kind(kernel.asm["ptx"]), global_loads(kernel.asm["ptx"]),
-                    dot_layouts(kernel.asm["ttgir"])))
+                    dot_layouts(kernel.asm["ttgir"]), bool(getattr(md, "launch_pdl", False))))
             return kernel
 
         JITFunction.run = compile_only
@@ -225,6 +226,29 @@ def sass_loops(sass: str, least: int = 16) -> list[dict]:
                       **{name: sum(op in kinds for op in ops) for name, kinds in
                          _LOOP_OPS.items()}})
     return sorted(loops, key=lambda loop: int(loop["at"], 16))
+
+
+# instructions that may touch global memory (generic LD / ST included); shared memory's are the
+# program's own and may come before the grid's wait
+_GLOBAL_MEMORY = {"LDG", "STG", "LDGSTS", "ATOMG", "ATOM", "RED", "REDG", "LD", "ST", "UBLKCP",
+                  "UTMALDG", "UTMASTG"}
+
+
+def grid_wait(sass: str) -> dict:
+    """Where a kernel launched to overlap the launch before it (``launch.pdl``) waits for that
+    launch: ``wait`` — "first" (``ACQBULK``, PTX ``griddepcontrol.wait``, before the first
+    instruction that may touch global memory: the kernel cannot read what the launch before
+    it has not finished writing, nor overwrite what it still reads), "late" (some such
+    instruction comes before it: a race) or "none" (no wait: the kernel must not be launched
+    that way); ``lets_next_start``: it has ``PREEXIT`` (``griddepcontrol.launch_dependents``)."""
+    ops = [_PREDICATE.sub("", text.strip()).split(" ")[0].split(".")[0]
+           for _, text in _SASS_LINE.findall(sass)]
+    lets_next_start = "PREEXIT" in ops
+    if "ACQBULK" not in ops:
+        return {"wait": "none", "lets_next_start": lets_next_start}
+    before = ops[:ops.index("ACQBULK")]
+    return {"wait": "late" if _GLOBAL_MEMORY & set(before) else "first",
+            "lets_next_start": lets_next_start}
 
 
 def sass(cubin: bytes) -> str:
