@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import statistics
 import sys
@@ -48,6 +49,7 @@ from model.kernels import (
 )
 from model.kernels.choices import one_line
 from model.kernels.expert_bank import ExpertBank
+from model.kernels.launch import overlapping
 
 # H200 SXM (runtime-anchors §4): 4.8 TB/s HBM3e, 989.5 TFLOP/s dense bf16
 PEAKS = {"H200": (4.8e12, 989.5e12), "H100": (3.35e12, 989.5e12)}
@@ -217,6 +219,64 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
 
+def _csa_pair_case(name: str, n_comp: int, native: bool, dev: str, dtype: torch.dtype) -> Case:
+    """Target 1 as one call: a CSA layer's decode step from the query to attention's output —
+    the indexer's top-TOPK of ``n_comp`` compressed keys, then sparse attention over the window
+    ∪ those picks — each with its wrapper's defaults (the scores kernel picks: two kernels in
+    all). ``native``: the native cache's FP4 indexer keys and FP8 KV rows, else bf16 ones.
+    Bytes: both halves' (``_indexer_case``'s and ``_attn_case``'s counts)."""
+    qi = _rand(1, 1, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
+    w = torch.randn(1, 1, IDX_HEADS, device=dev) * IDX_HEADS**-0.5
+    keys = _rand(1, n_comp, IDX_DIM, dtype=dtype, device=dev)
+    if native:
+        keys = fp4_keys.pack_index_keys(keys, fp4_keys.IndexKeyLayout(IDX_DIM))
+    visible = torch.full((1,), n_comp, dtype=torch.int32, device=dev)
+    q = _rand(1, 1, HEADS, HEAD_DIM, dtype=dtype, device=dev)
+    kv = _rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev)
+    win_rows = _rand(1, WINDOW, HEAD_DIM, dtype=dtype, device=dev)
+    sink = torch.randn(HEADS, device=dev)
+    angles = torch.rand(1, ROPE_DIM // 2, device=dev) * 6.0
+    layout = kv_fp8.V4_KV_LAYOUT if native else None
+    if native:
+        kv, win_rows = kv_fp8.pack_kv_fp8(kv), kv_fp8.pack_kv_fp8(win_rows)
+    window = sparse_attn.WindowRows(win_rows, torch.arange(WINDOW, device=dev).view(1, -1))
+    scale = HEAD_DIM**-0.5
+
+    def reference() -> object:
+        picks = indexer.indexer_topk_reference(qi, w, keys, visible, TOPK)
+        if native:
+            return sparse_attn.sparse_attn_fp8_reference(q, kv, sink, picks, scale, layout,
+                                                         window, angles)
+        return sparse_attn.sparse_attn_reference(q, kv, sink, picks, scale, window, angles)
+
+    def triton_call() -> object:
+        picks = indexer.indexer_topk_triton(qi, w, keys, visible, TOPK, causal=False)
+        return sparse_attn.sparse_attn_triton(q, kv, sink, picks, scale, layout=layout,
+                                              window=window, unrope=angles)
+
+    row_bytes = layout.row_bytes if native else HEAD_DIM * kv.element_size()
+    nbytes = (keys.shape[1] * keys.shape[2] * keys.element_size()
+              + IDX_HEADS * (IDX_DIM * qi.element_size() + 4) + TOPK * 8
+              + (WINDOW + TOPK) * row_bytes + 2 * HEADS * HEAD_DIM * q.element_size())
+    flops = 2.0 * IDX_HEADS * IDX_DIM * n_comp + 4.0 * HEADS * HEAD_DIM * (WINDOW + TOPK)
+    shape = {"keys": n_comp, "topk": TOPK, "window": WINDOW, "heads": HEADS,
+             "head_dim": HEAD_DIM, "cache": "fp4 keys, fp8-584B rows" if native else
+             str(dtype).removeprefix("torch.")}
+    return Case(name, shape, nbytes, flops, reference, triton_call, ">= 60% of HBM bandwidth")
+
+
+def _overlapped(name: str, build: Callable[..., Case], *args: object, **kwargs: object) -> Case:
+    """``build``'s case with its Triton call's launches overlapping the launch before each
+    (programmatic dependent launch, ``launch.pdl``), in its graph the previous copy's last."""
+    case = build(name, *args, **kwargs)
+    call = case.triton
+
+    def overlapping_call() -> object:
+        with overlapping():
+            return call()
+    return dataclasses.replace(case, shape={**case.shape, "pdl": True}, triton=overlapping_call)
+
+
 def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
               mma: bool = False) -> Case:
     """``mma``: up to 16 rows on tensor cores (``gemm._fp4_gemm_mma_kernel``)."""
@@ -371,6 +431,28 @@ def _rms_norm_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int 
     return Case(name, {"rows": rows, "dim": dim}, 2 * x.numel() * x.element_size() + dim * 4,
                 4.0 * x.numel(), lambda: norm_rope.rms_norm_reference(x, w, 1e-6),
                 lambda: norm_rope.rms_norm_triton(x, w, 1e-6), "none set (latency-bound)")
+
+
+NORM_CHAIN = 32   # launches in the norm chain case
+
+
+def _norm_chain_case(name: str, dev: str, dtype: torch.dtype, dim: int = 4096) -> Case:
+    """NORM_CHAIN RMSNorms of one decode token's row, each reading the one before's output: a
+    chain of the smallest kernels a decode step has, where the time is the launches' own (the
+    per-launch floor, ``graph_ms`` / NORM_CHAIN), and what overlapping them buys (its ``_pdl``
+    row). Without a weight: a weight would scale each value by its power NORM_CHAIN."""
+    from model.kernels import norm_rope
+    x = _rand(1, dim, dtype=dtype, device=dev)
+
+    def chain(norm: Callable[..., torch.Tensor]) -> torch.Tensor:
+        y = x
+        for _ in range(NORM_CHAIN):
+            y = norm(y, None, 1e-6)
+        return y
+    return Case(name, {"rows": 1, "dim": dim, "launches": NORM_CHAIN},
+                NORM_CHAIN * 2 * x.numel() * x.element_size(),
+                NORM_CHAIN * 4.0 * x.numel(), lambda: chain(norm_rope.rms_norm_reference),
+                lambda: chain(norm_rope.rms_norm_triton), "none set (report only)")
 
 
 def _rope_case(name: str, tokens: int, dev: str, dtype: torch.dtype, heads: int = HEADS,
@@ -599,6 +681,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_attn_case, "sparse_attn_prefill_csa_fp8_h64_pairs", prefill, ctx // 4, TOPK, True,
           dev, dtype, "none set (the native cache's prefill path)", block_h=64, dv_parts=4,
           fp8_pairs=True),
+        # target 1 as one call: indexer top-k then attention over its picks (two kernels), bf16
+        # and the native cache; and each launch overlapping the one before it (launch.pdl)
+        p(_csa_pair_case, "csa_decode_pair", ctx // 4, False, dev, dtype),
+        p(_overlapped, "csa_decode_pair_pdl", _csa_pair_case, ctx // 4, False, dev, dtype),
+        p(_csa_pair_case, "csa_decode_pair_native", ctx // 4, True, dev, dtype),
+        p(_overlapped, "csa_decode_pair_native_pdl", _csa_pair_case, ctx // 4, True, dev, dtype),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
         # the scores kernel's last program picking by four passes over the row instead of from
@@ -655,6 +743,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp8_case, "fp8_gemm_wo_b_splitk_decode", 1, 4096 if full else 1024, 8192, dev, dtype,
           "splitk"),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
+        # its four kernels, each launched to overlap the one before it (launch.pdl)
+        p(_overlapped, "moe_fp4_decode_pdl", _moe_case, 1, dev, dtype, **moe_dims),
         p(_moe_case, "moe_fp4_decode_native", 1, dev, dtype, **moe_dims, native=True),
         # decode GEMV tiles with more programs / warps in flight (launch choices)
         p(_moe_case, "moe_fp4_decode_n16_w8", 1, dev, dtype, **moe_dims, block_n=16,
@@ -698,6 +788,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_router_case, "router_decode", 1, dev, dtype),
         p(_router_case, "router_prefill", 2048 if full else 64, dev, dtype),
         p(_rms_norm_case, "rms_norm_decode", 1, dev, dtype),
+        # the per-launch floor of a chain of tiny kernels, and with each launch overlapping the
+        # one before it (launch.pdl)
+        p(_norm_chain_case, "norm_chain_decode", dev, dtype),
+        p(_overlapped, "norm_chain_decode_pdl", _norm_chain_case, dev, dtype),
         p(_rms_norm_case, "rms_norm_prefill", 2048 if gpu or full else 256, dev, dtype),
         p(_rope_case, "rope_decode", 1, dev, dtype),
         p(_norm_rope_rows_case, "norm_rope_queries_decode", 1, dev, dtype, "queries"),

@@ -4,6 +4,7 @@
         engine.forward(seq, [token])
     audit.launches()      # torch ops that launch a kernel + Triton kernel launches
     audit.syncs           # ops after which the host waits for the device, by op
+    audit.overlapped      # Triton launches that may overlap the one before (launch.pdl)
 
 A decode step on a GPU is bound by the host when it issues thousands of small kernels (each
 costs the host microseconds to launch) or waits for the device (a sync also rules out CUDA
@@ -59,6 +60,8 @@ class OpAudit(TorchDispatchMode):
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
         self.triton: collections.Counter[str] = collections.Counter()
+        # of those, the launches that may overlap the one before (``launch.pdl``'s options)
+        self.overlapped: collections.Counter[str] = collections.Counter()
         self.syncs: collections.Counter[str] = collections.Counter()   # op → host syncs
         self._inside_triton = 0
         self._restore: list[tuple[Any, str, Any]] = []
@@ -68,7 +71,10 @@ class OpAudit(TorchDispatchMode):
             real = cls.run
 
             def run(fn: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
-                self.triton[getattr(getattr(fn, "fn", fn), "__name__", "kernel")] += 1
+                name = getattr(getattr(fn, "fn", fn), "__name__", "kernel")
+                self.triton[name] += 1
+                if kwargs.get("launch_pdl"):
+                    self.overlapped[name] += 1
                 self._inside_triton += 1
                 try:
                     return _real(fn, *args, **kwargs)

@@ -141,6 +141,11 @@ DECISIONS = {d.name: d for d in (
               Variant("moe_fp4_decode_ahead", {"ahead": True}),
               Variant("moe_fp4_decode_mma", {"mma": True, "block_n": 128}),
               Variant("moe_fp4_decode_mma_n64", {"mma": True, "block_n": 64}))),
+    # every launch (sm_90 on): each kernel may start while the one before it finishes
+    # (launch.pdl); measured on target 1's pair, whose two kernels a decode step repeats per layer
+    Decision("pdl", "every kernel launch on a GPU that has programmatic dependent launch",
+             (Variant("csa_decode_pair", {}),
+              Variant("csa_decode_pair_pdl", {"pdl": True}))),
     Decision("moe_decode_native", "routed experts, a decode step (per-pair GEMV quantising x)",
              (Variant("moe_fp4_decode_native", {}),
               Variant("moe_fp4_decode_native_n16_w8", {"block_n": 16, "num_warps": 8}),

@@ -5,16 +5,20 @@ let the next launch start, and wait for the one before to finish. The interprete
 launch to its end before the next begins, so both have nothing to do; it has no rule for
 either: it refuses inline PTX, the form ``grid_entry`` writes them in. ``install()`` makes
 them no-ops, so that CI runs every launch site and kernel with ``PDL`` on, as a GPU
-would, and checks the results do not change. Installed by ``launch.pdl`` the first time it
-says yes under the interpreter; process-wide, once."""
+would, and checks the results do not change; ``executed`` counts the instructions the programs
+ran, so a test can tell the kernels took their PDL branch. Installed by ``launch.pdl`` the
+first time it says yes under the interpreter; process-wide, once."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import triton.language as tl
 from triton.runtime import interpreter as ti
 
 _installed = False
+executed: Counter[str] = Counter()   # instruction ("griddepcontrol.wait", …) → programs that ran it
 
 
 class _NoResult:
@@ -34,6 +38,7 @@ def install() -> None:
 
     def create_inline_asm(self, asm, constraints, values, type, is_pure, pack):
         if asm.strip().startswith("griddepcontrol."):
+            executed[asm.split(";")[0].strip()] += 1
             return _NoResult()
         return inline_asm(self, asm, constraints, values, type, is_pure, pack)
 

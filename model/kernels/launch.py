@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels import choices
+
 TILE_ELEMENTS = 4096  # elements per program: small rows are batched into one tile
 
 
@@ -153,23 +155,23 @@ def pdl(device: torch.device) -> dict[str, bool]:
     tensors ``=1`` also holds: in Triton's interpreter (the grid-dependency instructions become
     no-ops, ``interpret_gdc``) and for ``bench compile``'s sm_90 code. ``overlapping`` forces it
     within a block (bench rows). Resolved once per (setting, device): this runs per launch."""
-    setting = ("1" if _PDL_FORCED[-1] else "0") if _PDL_FORCED else os.environ.get(PDL_ENV, "")
+    if _PDL_FORCED:
+        setting = "1" if _PDL_FORCED[-1] else "0"
+    else:
+        setting = os.environ.get(PDL_ENV, "").strip().lower()
+        if not setting:   # the GPU's table decides (resolved once per device there)
+            setting = "1" if choices.options("pdl", device).get("pdl") else "0"
     key = (setting, str(device))
     options = _PDL.get(key)
     if options is None:
-        options = _PDL[key] = _pdl_options(setting.strip().lower(), torch.device(device))
+        options = _PDL[key] = _pdl_options(setting, torch.device(device))
     return options
 
 
 def _pdl_options(setting: str, device: torch.device) -> dict[str, bool]:
-    if setting and setting not in PDL_SETTINGS:
+    if setting not in PDL_SETTINGS:
         raise ValueError(f"{PDL_ENV}={setting!r}: expected 1 (overlapping launches) or 0")
-    if setting:
-        wanted = PDL_SETTINGS[setting]
-    else:
-        from model.kernels import choices
-        wanted = bool(choices.options("pdl", device).get("pdl"))
-    if not wanted:
+    if not PDL_SETTINGS[setting]:
         return {}
     if device.type == "cuda":
         if torch.cuda.get_device_capability(device)[0] < 9:

@@ -109,3 +109,42 @@ def test_warm_shards_run_each_case_once_and_name_failures(monkeypatch, capsys):
             bk.main(["--warm", bad])
     with pytest.raises(SystemExit):
         bk.main(["--start", "-1"])
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["bf16-cache", "native-cache"])
+def test_the_csa_pair_row_runs_the_indexer_then_attention_on_its_picks(native):
+    """Target 1's pair as one call (``csa_decode_pair``), its launches overlapping (the ``_pdl``
+    row): the kernels' pair equals the references', and the kernels' programs took their PDL
+    entry (the grid-dependency wait); the plain row's did not."""
+    from model.kernels import interpret_gdc
+    from model.kernels.launch import overlapping
+
+    case = bk._overlapped("pair", bk._csa_pair_case, 1024, native, "cpu", torch.float32)
+    assert case.shape["pdl"] and case.bytes > 0
+    waits = interpret_gdc.executed["griddepcontrol.wait"]
+    got, got_lse = case.triton()
+    ran = interpret_gdc.executed["griddepcontrol.wait"] - waits
+    want, want_lse = case.reference()
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(got_lse, want_lse, atol=2e-3, rtol=2e-3)
+    assert ran >= 2   # a program a kernel at least
+    plain = bk._csa_pair_case("pair", 1024, native, "cpu", torch.float32)
+    before = interpret_gdc.executed["griddepcontrol.wait"]
+    with overlapping(False):
+        plain.triton()
+    assert interpret_gdc.executed["griddepcontrol.wait"] == before   # not overlapped: no wait
+
+
+def test_the_norm_chain_row_is_a_chain_of_launches_each_reading_the_last():
+    """``norm_chain_decode``: NORM_CHAIN launches of one kernel, each on the one before's
+    output (so their overlap is a dependency, as in a decode step); the ``_pdl`` row's chain
+    computes the same values."""
+    from model.op_audit import OpAudit
+
+    plain = bk._norm_chain_case("chain", "cpu", torch.float32)
+    overlapped = bk._overlapped("chain_pdl", bk._norm_chain_case, "cpu", torch.float32)
+    with OpAudit() as audit:
+        got = overlapped.triton()
+    assert audit.triton == {"_rms_norm_kernel": bk.NORM_CHAIN} == audit.overlapped
+    torch.testing.assert_close(got, overlapped.reference(), atol=1e-5, rtol=1e-5)
+    assert plain.shape["launches"] == bk.NORM_CHAIN and overlapped.shape["pdl"]

@@ -40,9 +40,11 @@ def _run(code: str, tmp_path: Path, interpret: bool) -> subprocess.CompletedProc
 
 
 def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
+    """Each launch as a GPU with overlapping launches on makes it (``--pdl``), so each kernel's
+    wait for the launch before it is checked too: the one way a launch can race it."""
     env = dict(os.environ, TRITON_INTERPRET="1")   # as under pytest: main() re-runs without it
-    proc = subprocess.run([sys.executable, "-m", "model.bench_compile", "--reduced"], env=env,
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "model.bench_compile", "--reduced", "--pdl"],
+                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     summary = rows[-1]
@@ -82,6 +84,10 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
                for loop in r["loops"])
     assert not any(loop["mma"] for r in kernels if r["kernel"] == "_gemv_kernel"
                    for loop in r["loops"])
+    # every kernel was launched to overlap the one before it, and waits for it before it
+    # touches global memory (a failure otherwise), and lets the next one start
+    assert all(r["grid"] == {"launch_pdl": True, "wait": "first", "lets_next_start": True}
+               for r in kernels)
     for r in kernels:
         assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255 and r["mma"] in ("wgmma", "mma.sync",
                                                                              "none"), r
@@ -144,6 +150,32 @@ def test_sass_loops_are_the_backward_branches_ranges_counted_by_kind():
                       "global_stores": 0, "shared": 0, "shuffles": 1, "mma": 1,
                       "atomics": 0}]   # the forward branch and the one-line spin are no loop
     assert sass_loops(SASS) == []     # under 16 instructions: left out by default
+
+
+def test_grid_wait_is_first_only_before_any_global_memory_access():
+    """``ACQBULK`` (``griddepcontrol.wait``) before the first instruction that may touch global
+    memory: "first"; after a load, a store, an atomic or a generic access: "late"; shared memory
+    and constants before it are the program's own."""
+    from model.kernels.cross_compile import grid_wait
+
+    head = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_TID.X ;
+        /*0020*/                   STS [R0], R1 ;
+        /*0030*/                   PREEXIT ;"""
+    tail = """
+        /*0050*/                   LDG.E R2, desc[UR4][R2.64] ;
+        /*0060*/                   EXIT ;"""
+    assert grid_wait(head + "\n        /*0040*/                   ACQBULK ;" + tail) == {
+        "wait": "first", "lets_next_start": True}
+    assert grid_wait(SASS) == {"wait": "none", "lets_next_start": False}
+    for early in ("LDG.E.64 R4, desc[UR4][R6.64]", "@P0 STG.E desc[UR4][R2.64], R5",
+                  "ATOMG.E.ADD.STRONG.GPU PT, R3, desc[UR4][R2.64], R7", "LD.E R4, [R2.64]",
+                  "LDGSTS.E.BYPASS.128 [R9], desc[UR4][R2.64]",
+                  "RED.E.ADD.STRONG.GPU desc[UR4][R2.64], R7"):
+        code = (head + f"\n        /*0038*/                   {early} ;"
+                "\n        /*0040*/                   ACQBULK ;" + tail)
+        assert grid_wait(code)["wait"] == "late", early
 
 
 TTGIR = """

@@ -107,3 +107,39 @@ def test_toy_native_packed_kv_same_through_triton(toy_path, monkeypatch):
     n_layers = toy_native.config.n_layers
     assert packed_reads == [200] * (3 * n_layers)  # every layer, prefill + 2 decode steps
     assert torch.allclose(got, ref, atol=1e-3, rtol=1e-3), (got - ref).abs().max()
+
+
+def test_overlapping_launches_follow_the_setting_then_the_gpus_table(monkeypatch, tmp_path):
+    """``launch.pdl``: V4CODER_PDL says 1 or 0; unset, the launch-choices table's "pdl"
+    decision (none on a CPU: off); a bad value is one line; ``overlapping`` overrides both."""
+    import json
+
+    from model.kernels import choices, launch
+
+    cpu = torch.device("cpu")
+    on = {"PDL": True, "launch_pdl": True}
+    monkeypatch.delenv(launch.PDL_ENV, raising=False)
+    monkeypatch.delenv(choices.CHOICES_ENV, raising=False)
+    choices.clear_cache()
+    assert launch.pdl(cpu) == {}
+    monkeypatch.setenv(launch.PDL_ENV, "1")
+    assert launch.pdl(cpu) == on   # here: the interpreter, its waits no-ops
+    with launch.overlapping(False):
+        assert launch.pdl(cpu) == {}
+    monkeypatch.setenv(launch.PDL_ENV, "0")
+    assert launch.pdl(cpu) == {}
+    with launch.overlapping():
+        assert launch.pdl(cpu) == on
+    monkeypatch.setenv(launch.PDL_ENV, "sometimes")
+    with pytest.raises(ValueError, match=r"V4CODER_PDL='sometimes': expected 1"):
+        launch.pdl(cpu)
+    monkeypatch.delenv(launch.PDL_ENV)
+    table = tmp_path / "choices.json"
+    table.write_text(json.dumps({"choices": {"pdl": {"options": {"pdl": True}}}}))
+    monkeypatch.setenv(choices.CHOICES_ENV, str(table))   # a table for any device
+    choices.clear_cache()
+    assert launch.pdl(cpu) == on
+    table.write_text(json.dumps({"choices": {"pdl": {"options": {}}}}))
+    choices.clear_cache()
+    assert launch.pdl(cpu) == {}
+    choices.clear_cache()
