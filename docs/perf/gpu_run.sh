@@ -40,9 +40,14 @@ torch.cuda.get_device_name())"; git log --oneline -1 2>/dev/null; } > "$OUT/env.
 
 # 1. Memory order between programs (the last-arrival merges, the counted pick): compiled kernels,
 #    not the interpreter, so without the kernel tests' conftest (which asserts the interpreter).
-#    In the background, beside step 2: it checks results, it times nothing.
+#    In the background, beside step 2: it checks results, it times nothing. Then again with each
+#    launch overlapping the one before it (launch.pdl): 200 launches back to back, each reusing
+#    the arrival counts the one before set back to zero.
 ( timeout 150 python3 -m pytest -q -x --noconftest -p no:cacheprovider \
-    tests/kernels/test_last_arrival_cuda.py > "$OUT/races.log" 2>&1; log "races rc $?" ) &
+    tests/kernels/test_last_arrival_cuda.py > "$OUT/races.log" 2>&1; log "races rc $?"
+  V4CODER_PDL=1 timeout 100 python3 -m pytest -q -x --noconftest -p no:cacheprovider \
+    tests/kernels/test_last_arrival_cuda.py >> "$OUT/races.log" 2>&1
+  log "races (overlapping launches) rc $?" ) &
 races=$!
 
 # 2. Compile every kernel specialisation once, 8 processes side by side (Triton compiles one at a

@@ -58,6 +58,8 @@ def _rows() -> list[dict]:
         _row("gemv_fp8_wq_b_decode_mma", 0.1, 0.02),
         _row("moe_fp4_prefill_2048", 9.0),
         _row("moe_fp4_prefill_m64", 3.0, max_rel_err=0.05),       # fast and too far off
+        _row("csa_decode_pair", 0.2, 0.1),
+        _row("csa_decode_pair_pdl", 0.1, graph_error="RuntimeError: capture failed"),
     ]
 
 
@@ -78,11 +80,21 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert "recall 0.9" in left["indexer_decode"]
     assert left["indexer_decode_fp4"] == "indexer_topk_decode_fp4_merge: no row"
     assert "relative error 0.05" in left["moe_prefill"]
+    # faster called, but the engine's graphs could not replay it
+    assert left["pdl"] == ("csa_decode_pair_pdl: not capturable in a CUDA graph "
+                           "(RuntimeError: capture failed)")
     assert choices.validated(table) == {"sparse_attn_prefill": {"block_h": 64, "dv_parts": 2},
                                         "sparse_attn_prefill_fp8": {},
                                         "sparse_attn_decode": {"combine": "kernel"},
                                         "moe_decode": {"block_n": 16, "num_warps": 8},
                                         "gemv_decode_fp8": {"mma": True}}
+
+
+def test_overlapping_launches_are_chosen_on_the_pairs_replayed_time():
+    rows = [_row("csa_decode_pair", 0.2, 0.1), _row("csa_decode_pair_pdl", 0.3, 0.07)]
+    got = choices.choose(rows)["choices"]
+    assert got == {"pdl": {"options": {"pdl": True}, "row": "csa_decode_pair_pdl", "ms": 0.07,
+                           "default_ms": 0.1, "speedup_vs_default": 1.429}}
 
 
 def test_the_h200_run_of_session_2_had_no_variant_rows():
