@@ -13,7 +13,11 @@ did before) and ``max_batch = requests``. Reported:
 * that the batched run produced exactly the one-at-a-time tokens (greedy): ``same_tokens``;
 * ``graphs``: the batched run and the decode steps again with decode steps as graph pieces
   (model/decode_graphs.py): captured CUDA graphs on a GPU; on a CPU the ``emulate`` mode (the
-  same pieces eagerly plus static-buffer copies: a cost, not a gain), its tokens checked too.
+  same pieces eagerly plus static-buffer copies: a cost, not a gain), its tokens checked too;
+* ``overlapping``: the graph pieces captured again with every Triton launch overlapping the one
+  before it (programmatic dependent launch, ``launch.pdl``; Hopper on): the batched run's tokens
+  (the same as one at a time?) and the decode steps' times against the plain pieces'. Where no
+  Triton kernel runs (a CPU) it changes nothing.
 
 On the toy checkpoint on a CPU absolute times mean little; the ratios come from the same run.
 """
@@ -33,6 +37,7 @@ from model.bench_cli import random_ids, toy_bench_main
 from model.decode_graphs import DecodeGraphs
 from model.engine import Engine, EngineConfig, load_tokenizer
 from model.generate import load_model
+from model.kernels.launch import overlapping
 from model.sampling import SamplingParams, generation_defaults
 
 
@@ -99,6 +104,12 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
         graph_one = _decode_step_s(engine, prompts[:1], 9)
         graph_all = _decode_step_s(engine, prompts, 9)
         graphs = engine.graphs
+        with overlapping():   # captured with the launch attribute, replayed with it
+            engine.graphs = DecodeGraphs(lm.model)
+            engine.graphs.prepare(range(1, requests + 1))
+            over_s, over_tokens, _ = _serve_all(engine, requests, prompts, params)
+            over_one = _decode_step_s(engine, prompts[:1], 9)
+            over_all = _decode_step_s(engine, prompts, 9)
     generated = sum(map(len, all_tokens))
     c = batched.counters
     return {
@@ -123,6 +134,12 @@ def bench_batch(checkpoint: str | Path | None = None, requests: int = 8,
                    "step_speedup_1": round(step_one / graph_one, 3),
                    f"step_speedup_{requests}": round(step_all / graph_all, 3),
                    "same_tokens": graph_tokens == one_tokens},
+        "overlapping": {"batched_s": round(over_s, 3),
+                        "decode_step_1_s": round(over_one, 5),
+                        f"decode_step_{requests}_s": round(over_all, 5),
+                        "step_speedup_1": round(graph_one / over_one, 3),
+                        f"step_speedup_{requests}": round(graph_all / over_all, 3),
+                        "same_tokens": over_tokens == one_tokens},
     }
 
 

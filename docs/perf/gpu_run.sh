@@ -11,10 +11,11 @@
 # Writes under $OUT (./gpu-out when unset; at most 8 files come back from a device run):
 # env.txt (versions, each step's exit status and seconds), races.log, kernels.jsonl,
 # kernels.err (every step's stderr, and the warm-up's lines), nvidia-h200.json (the
-# launch-choices table made from those rows), split.jsonl (each case's time kernel by kernel)
-# and sweep_{moe,attn}.jsonl (launch-option sweeps; attn: the decode call's anatomy — its cost
-# before the first row and a row's, from lines through 45 timed calls — then decode, then
-# prefill). Then record the numbers in docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl,
+# launch-choices table made from those rows), batch.jsonl (`bench batch` on the toy: decode
+# steps as graph pieces, plain and with every launch overlapping the one before it),
+# split.jsonl (each case's time kernel by kernel) and sweeps.jsonl (launch-option sweeps, each
+# row naming its case: the decode call's anatomy — its cost before the first row and a row's,
+# from lines through 45 timed calls — then the MoE's, attention decode's and prefill's). Then record the numbers in docs/PERF.md, the rows in docs/perf/<date>-h200-*.jsonl,
 # and the table in model/kernels/choices/ (what `ops` asks on that GPU). Each step has its own
 # limit, so a slow one still leaves the others' output.
 set -uo pipefail
@@ -80,16 +81,22 @@ timeout 20 python3 -m model.kernels.choices --from "$OUT/kernels.jsonl" \
     --out "$OUT/nvidia-h200.json" >> "$OUT/kernels.err" 2>&1
 log "choices rc $?"
 
+# 4b. A whole decode step of the toy (`small`, fp32) as CUDA graph pieces, plain and captured
+#     with every launch overlapping the one before it (launch.pdl): the steps' times and whether
+#     the tokens stay the same (model/bench_batch.py, field "overlapping").
+timeout 90 python3 -m model.bench_batch --device cuda --preset small --requests 4 \
+    --new-tokens 16 > "$OUT/batch.jsonl" 2>> "$OUT/kernels.err"
+log "batch rc $?"
+
 # 5. Each case's GPU time kernel by kernel (docs/perf/kernel_split.py), then the launch-option
 #    sweeps (docs/perf/sweep.py: each family compiled in 8 processes first, like step 2).
 timeout 120 python3 docs/perf/kernel_split.py > "$OUT/split.jsonl" 2>> "$OUT/kernels.err"
 log "split rc $?"
-# (the attention families share one file: at most 8 files come back from a device run)
-for family in attn_anatomy:sweep_attn:60 moe:sweep_moe:150 attn_decode:sweep_attn:150 \
-              attn_prefill:sweep_attn:90; do
-    IFS=: read -r name file limit <<< "$family"
+# (the families share one file: at most 8 files come back from a device run)
+for family in attn_anatomy:60 moe:150 attn_decode:150 attn_prefill:90; do
+    IFS=: read -r name limit <<< "$family"
     in_eight "sweep $name warm" 100 python3 docs/perf/sweep.py "$name"
-    timeout "$limit" python3 docs/perf/sweep.py "$name" >> "$OUT/$file.jsonl" \
+    timeout "$limit" python3 docs/perf/sweep.py "$name" >> "$OUT/sweeps.jsonl" \
         2>> "$OUT/kernels.err"
     log "sweep $name rc $?"
 done

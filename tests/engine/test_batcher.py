@@ -214,3 +214,5 @@ def test_bench_batch_small_run():
     graphs = result["graphs"]   # the batched run again, decode steps as (emulated) graph pieces
     assert graphs["mode"] == "emulate" and graphs["disabled"] is None
     assert graphs["same_tokens"] is True and graphs["step_speedup_3"] > 0
+    overlapped = result["overlapping"]   # and captured with every launch overlapping
+    assert overlapped["same_tokens"] is True and overlapped["step_speedup_3"] > 0
