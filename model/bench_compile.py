@@ -16,8 +16,9 @@ could not prove the addresses aligned and contiguous), and its loops in the SASS
 the counts docs/PERF.md reasons with), and where it waits for the launch before it (``grid``,
 ``cross_compile.grid_wait``; with ``--pdl`` every launch overlaps the one before it, and a
 kernel that touches global memory before that wait is a failure). A kernel asking for more
-shared memory than a block may have counts as a failure: it compiles but cannot launch. The summary says which launched
-kernels no case reached; the exit status is 1 when any kernel failed. The interpreter (CI's
+shared memory than a block may have counts as a failure: it compiles but cannot launch. The
+summary says which launched kernels no case reached; the exit status is 1 when any kernel
+failed. The interpreter (CI's
 correctness check) accepts code the compiler rejects — a global that is not a constexpr, an
 unsupported op — so this is the check that a GPU session will not start with a compile error.
 """

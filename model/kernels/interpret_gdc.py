@@ -18,7 +18,7 @@ import triton.language as tl
 from triton.runtime import interpreter as ti
 
 _installed = False
-executed: Counter[str] = Counter()   # instruction ("griddepcontrol.wait", …) → programs that ran it
+executed: Counter[str] = Counter()   # "griddepcontrol.wait", … → programs that ran it
 
 
 class _NoResult:

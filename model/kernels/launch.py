@@ -184,7 +184,8 @@ def _pdl_options(setting: str, device: torch.device) -> dict[str, bool]:
 
 @contextmanager
 def overlapping(on: bool = True) -> Iterator[None]:
-    """Within the block, ``pdl`` answers as if ``V4CODER_PDL`` were 1 (``on``) or 0."""
+    """Within the block, ``pdl`` answers as if ``V4CODER_PDL`` were 1 (``on``) or 0, in every
+    thread (a batcher's worker too)."""
     _PDL_FORCED.append(on)
     try:
         yield
@@ -197,7 +198,7 @@ def grid_entry(PDL: tl.constexpr):
     """Every kernel's first statement. PDL (launched with ``pdl``'s options): let the next
     launch start, whose programs wait in their own entry, then wait until the launch before this
     one has finished and its writes are visible. Nothing before it touches memory, which
-    ``bench compile`` checks in every kernel's PTX (``cross_compile.grid_wait``). The two PTX
+    ``bench compile --pdl`` checks in every kernel's SASS (``cross_compile.grid_wait``). The PTX
     instructions as inline asm (Triton 3.6's own form of them; its ``extra.cuda`` functions
     are not ones the interpreter runs), with side effects, so nothing moves above them."""
     if PDL:
