@@ -8,8 +8,8 @@ rows and keeps, for every decision whose rows are all there and correct, the fas
 (``graph_ms`` where the row has it — the kernels' own time, as the engine's decode graphs run
 them — else ``time_ms``; a row whose call could not be captured in a graph is not correct).
 ``v4coder bench choices --from ROWS.jsonl --out FILE`` writes that table; ``v4coder bench
-choices --measure`` runs only the variants' rows, on this machine's GPU
-at full V4-Flash size (about a minute), and writes the table to the user's cache.
+choices --measure`` runs only the variants' rows, on this machine's GPU at full V4-Flash size
+(about a minute), and writes the table to the user's cache.
 model/kernels/choices/<gpu>.json is the committed table for a GPU model
 (``torch.cuda.get_device_name``, lower-cased, non-alphanumerics as ``-``).
 
