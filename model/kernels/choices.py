@@ -143,7 +143,7 @@ DECISIONS = {d.name: d for d in (
               Variant("moe_fp4_decode_mma", {"mma": True, "block_n": 128}),
               Variant("moe_fp4_decode_mma_n64", {"mma": True, "block_n": 64}))),
     # every launch (sm_90 on): each kernel may start while the one before it finishes
-    # (launch.pdl); measured on target 1's pair, whose two kernels a decode step repeats per layer
+    # (launch.pdl); measured on target 1's pair, two kernels a decode step runs per CSA layer
     Decision("pdl", "every kernel launch on a GPU that has programmatic dependent launch",
              (Variant("csa_decode_pair", {}),
               Variant("csa_decode_pair_pdl", {"pdl": True}))),
