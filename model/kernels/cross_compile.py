@@ -205,6 +205,11 @@ _LOOP_OPS = {"barriers": ("BAR",), "global_loads": ("LDG", "LDGSTS"), "global_st
              "mma": ("HGMMA", "HMMA", "QGMMA", "IMMA"), "atomics": ("ATOMG", "RED", "ATOMS")}
 
 
+def _opcode(text: str) -> str:
+    """A SASS instruction's opcode before its first dot, its predicate dropped."""
+    return _PREDICATE.sub("", text.strip()).split(" ")[0].split(".")[0]
+
+
 def sass_loops(sass: str, least: int = 16) -> list[dict]:
     """The loops of a kernel's SASS (``cuobjdump -sass``): each backward branch's range, in
     address order, with its instruction count and what they are (``_LOOP_OPS``); an outer
@@ -221,7 +226,7 @@ def sass_loops(sass: str, least: int = 16) -> list[dict]:
         start = index.get(int(branch.group(1), 16))
         if start is None or i - start + 1 < least:
             continue
-        ops = [_PREDICATE.sub("", t).split(" ")[0].split(".")[0] for _, t in lines[start:i + 1]]
+        ops = [_opcode(t) for _, t in lines[start:i + 1]]
         loops.append({"at": f"{lines[start][0]:#x}", "instructions": len(ops),
                       **{name: sum(op in kinds for op in ops) for name, kinds in
                          _LOOP_OPS.items()}})
@@ -241,8 +246,7 @@ def grid_wait(sass: str) -> dict:
     it has not finished writing, nor overwrite what it still reads), "late" (some such
     instruction comes before it: a race) or "none" (no wait: the kernel must not be launched
     that way); ``lets_next_start``: it has ``PREEXIT`` (``griddepcontrol.launch_dependents``)."""
-    ops = [_PREDICATE.sub("", text.strip()).split(" ")[0].split(".")[0]
-           for _, text in _SASS_LINE.findall(sass)]
+    ops = [_opcode(text) for _, text in _SASS_LINE.findall(sass)]
     lets_next_start = "PREEXIT" in ops
     if "ACQBULK" not in ops:
         return {"wait": "none", "lets_next_start": lets_next_start}

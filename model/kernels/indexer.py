@@ -284,12 +284,13 @@ def _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tens
     chunk = triton.cdiv(triton.cdiv(n, chunks), block_n) * block_n
     chunks = triton.cdiv(n, chunk)
     part = torch.empty(b * s, chunks, k_pad, dtype=torch.int64, device=q.device)
+    overlap = pdl(q.device)   # both launches' options (launch.pdl)
     _indexer_partial[(b * s, chunks)](
         q, weights, keys, vis, part, s, n, h, d, chunk,
         BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_N=block_n, K_PAD=k_pad, PREC=prec, PACKED=keys.dtype == torch.uint8,
-        KEY_BLOCK=INDEX_KEY_BLOCK, KEY_ALIGNED=key_rows_aligned(keys), **pdl(q.device))
-    _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad, **pdl(q.device))
+        KEY_BLOCK=INDEX_KEY_BLOCK, KEY_ALIGNED=key_rows_aligned(keys), **overlap)
+    _indexer_finish[(b * s,)](part, out, chunks, k, K_PAD=k_pad, **overlap)
     return out
 
 

@@ -309,18 +309,18 @@ def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_
     """The split reduction: partials (unless ``part`` already holds them) → finish."""
     t, hc, d = xin.shape
     d_block = min(d_block, triton.next_power_of_2(d))
+    overlap = pdl(xin.device)   # both launches' options (launch.pdl)
     if part is None:
         k_slice = min(k_slice, triton.next_power_of_2(hc * d))
         n_slices = triton.cdiv(hc * d, k_slice)
         part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32,
                            device=xin.device)
         _hc_pre_partial_kernel[(t, n_slices)](xin, fn, part, d, n_slices, HC=hc,
-                                              K_SLICE=k_slice, **pdl(xin.device))
+                                              K_SLICE=k_slice, **overlap)
     n_slices = part.shape[1]
     _hc_pre_finish_kernel[(t, triton.cdiv(d, d_block))](
         xin, part, scale, base, y, post, comb, d, n_slices, iters, eps, norm_eps, HC=hc,
-        PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block,
-        **pdl(xin.device))
+        PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block, **overlap)
 
 
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,

@@ -506,6 +506,7 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     flat = slots.reshape(-1).contiguous()
     p, bn, dev = flat.numel(), block_n, xin.device
+    overlap = pdl(dev)   # every launch's options (launch.pdl)
     (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k,
                                                              block_n)
     part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
@@ -519,13 +520,13 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
         **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
                                                    *(q.aligned for q in up_parts))),
-        num_warps=num_warps, **pdl(dev))
+        num_warps=num_warps, **overlap)
     # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
     # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
     _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
         part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
-        **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **pdl(dev))
+        **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **overlap)
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
     _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
@@ -534,11 +535,11 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
         **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned,
                                                  bank.s2.aligned)),
-        num_warps=num_warps, **pdl(dev))
+        num_warps=num_warps, **overlap)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
-        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **pdl(dev))
+        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **overlap)
     return y
 
 
@@ -551,6 +552,7 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     prec = "ieee" if xin.dtype == torch.float32 else "tf32"
+    overlap = pdl(xin.device)   # every launch's options (launch.pdl)
     pairs, tile_e, pos = moe_align(slots, n_exp, block_m)
     h = torch.zeros(pairs.numel(), inter, dtype=torch.float32 if quantize_input else xin.dtype,
                     device=xin.device)
@@ -560,7 +562,7 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
         UP=True, BLOCK_M=block_m, BLOCK_N=group_n, BLOCK_K=group_k, PREC=prec,
         FULL=whole_tiles(dim, dim, group_k, *up_parts),
         MMA=mma and mma_fp4_tiles(dim, dim, group_k, *(q.aligned for q in up_parts)),
-        BF16=xin.dtype == torch.bfloat16, **pdl(xin.device))
+        BF16=xin.dtype == torch.bfloat16, **overlap)
     if quantize_input:
         # (a slice when inter < 128)
         h = quant_triton.fp8_fake_quant_triton(h, 128).to(xin.dtype).contiguous()
@@ -571,11 +573,11 @@ def _moe_grouped(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank:
         BLOCK_M=block_m, BLOCK_N=group_n, BLOCK_K=group_k, PREC=prec,
         FULL=whole_tiles(inter, inter, group_k, bank.w2, bank.s2),
         MMA=mma and mma_fp4_tiles(inter, inter, group_k, bank.w2.aligned, bank.s2.aligned),
-        BF16=h.dtype == torch.bfloat16, **pdl(xin.device))
+        BF16=h.dtype == torch.bfloat16, **overlap)
     y = torch.empty(t, dim, dtype=torch.float32, device=xin.device)
     _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
         out, pos, y if add is None else add, y, topk, dim, pairs.numel(), 1, n_exp, BY_SLOT=False,
-        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **pdl(xin.device))
+        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **overlap)
     return y
 
 

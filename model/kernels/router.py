@@ -265,13 +265,14 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     common = dict(K=topk, K_PAD=max(2, triton.next_power_of_2(topk)),
                   SCORE=SCORE_FUNCS.get(score_func, 2), HASH=hashed,
                   BLOCK_E=max(16, triton.next_power_of_2(e)))
+    overlap = pdl(x.device)   # every launch's options (launch.pdl)
     if split if split is not None else (block_t is None and n < SPLIT_BELOW_TOKENS):
         logits = torch.empty(n, e, dtype=torch.float32, device=x.device)
         _gate_logits_kernel[(n, triton.cdiv(e, SPLIT_EXPERT_ROWS))](
             x, weight, logits, n, e, d, BLOCK_E=SPLIT_EXPERT_ROWS,
-            BLOCK_D=min(512, triton.next_power_of_2(d)), **pdl(x.device))
+            BLOCK_D=min(512, triton.next_power_of_2(d)), **overlap)
         _route_from_logits_kernel[(n,)](logits, *epilogue_args, n, e, float(route_scale),
-                                        **common, **pdl(x.device))
+                                        **common, **overlap)
         return out_w, out_i
     bt, use_dot = route_blocks(n)
     if block_t is not None:
@@ -280,5 +281,5 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         x, weight, *epilogue_args, n, e, d, float(route_scale), BLOCK_T=bt,
         BLOCK_D=64 if use_dot else 32, USE_DOT=use_dot,
         DOT_BF16=x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16, PREC="ieee",
-        **common, **pdl(x.device))
+        **common, **overlap)
     return out_w, out_i

@@ -608,6 +608,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     rotate = dict(UNROPE=unrope is not None, BF16=out_dtype == torch.bfloat16)
     aligned = (table_aligned if table is not None else
                kv.data_ptr() % 8 == win.data_ptr() % 8 == 0)
+    overlap = pdl(q.device)   # every launch's options (launch.pdl)
     consts = dict(KV_FP8=layout is not None, ROW=row, NOPE=nope, QB=qb, SCALE_OFF=soff,
                   BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d, PREC=prec,
                   DV_PARTS=dv_parts, TABLE=table is not None, ALL_ROWS=all_rows,
@@ -616,7 +617,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   FP8_PAIRS=(fp8_pairs and layout is not None and q.dtype != torch.float16
                              and fp8_row_pairs(layout, aligned)),
                   QK_SPLIT=qk_split,
-                  num_warps=num_warps, **pdl(q.device))
+                  num_warps=num_warps, **overlap)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table
     sizes = (s, h, n, k, nw, w, widx_stride, d, r2, chunk, scale)
@@ -638,7 +639,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
         block_dc = min(block_d, COMBINE_BLOCK_D)
         _sparse_attn_combine[(b * s, head_blocks, triton.cdiv(d, block_dc))](
             po, plse, sink, out, lse, ang, s, h, d, r2, splits, BLOCK_H=block_h,
-            BLOCK_D=block_dc, **rotate, **pdl(q.device))
+            BLOCK_D=block_dc, **rotate, **overlap)
     return into(dest, out.to(out_dtype)), lse
 
 

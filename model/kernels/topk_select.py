@@ -403,18 +403,19 @@ def pick_counted(scores: torch.Tensor, hist: torch.Tensor, arrive: torch.Tensor,
     if k == 0 or rows == 0:
         return out
     dev = scores.device
+    overlap = pdl(dev)   # both launches' options (launch.pdl)
     meta = torch.empty(rows, 2, dtype=torch.int64, device=dev)
     counts = torch.empty(rows, slices, 2, dtype=torch.int32, device=dev)
     cand = torch.empty(rows, width, dtype=torch.int64, device=dev)
     vis = scores if visible is None else visible
     causal = visible is not None
     _slice_counts[(rows, slices)](scores, vis, hist, meta, counts, width, k, t, CAUSAL=causal,
-                                  BLOCK=SELECT_BLOCK, num_warps=4, **pdl(scores.device))
+                                  BLOCK=SELECT_BLOCK, num_warps=4, **overlap)
     _slice_place[(rows, slices)](scores, vis, hist, meta, counts, arrive, cand, out, width, k,
                                  t, out.stride(0), out.stride(1), CAUSAL=causal,
                                  BLOCK=SELECT_BLOCK, K_PAD=max(16, triton.next_power_of_2(k)),
                                  SLICES_PAD=max(2, triton.next_power_of_2(slices)), num_warps=4,
-                                 **pdl(scores.device))
+                                 **overlap)
     return out
 
 
