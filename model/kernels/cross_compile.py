@@ -236,7 +236,9 @@ def sass_loops(sass: str, least: int = 16) -> list[dict]:
 # instructions that may touch global memory (generic LD / ST included); shared memory's are the
 # program's own and may come before the grid's wait
 _GLOBAL_MEMORY = {"LDG", "STG", "LDGSTS", "ATOMG", "ATOM", "RED", "REDG", "LD", "ST", "UBLKCP",
-                  "UTMALDG", "UTMASTG"}
+                  "UTMALDG", "UTMASTG", "CCTL"}
+# an L2 prefetch (PTX ``prefetch.global.L2``): the one cache-control form allowed before the wait
+_PREFETCH = re.compile(r"CCTL\.E\.PF2\b")
 
 
 def grid_wait(sass: str) -> dict:
@@ -245,14 +247,19 @@ def grid_wait(sass: str) -> dict:
     instruction that may touch global memory: the kernel cannot read what the launch before
     it has not finished writing, nor overwrite what it still reads), "late" (some such
     instruction comes before it: a race) or "none" (no wait: the kernel must not be launched
-    that way); ``lets_next_start``: it has ``PREEXIT`` (``griddepcontrol.launch_dependents``)."""
-    ops = [_opcode(text) for _, text in _SASS_LINE.findall(sass)]
+    that way); ``lets_next_start``: it has ``PREEXIT`` (``griddepcontrol.launch_dependents``);
+    ``prefetches``: the L2 prefetches before the wait (``CCTL.E.PF2``,
+    ``launch.grid_entry_prefetching``), which read nothing into the program and may come first."""
+    lines = [_PREDICATE.sub("", text.strip()) for _, text in _SASS_LINE.findall(sass)]
+    ops = [_opcode(text) for text in lines]
     lets_next_start = "PREEXIT" in ops
     if "ACQBULK" not in ops:
-        return {"wait": "none", "lets_next_start": lets_next_start}
-    before = ops[:ops.index("ACQBULK")]
-    return {"wait": "late" if _GLOBAL_MEMORY & set(before) else "first",
-            "lets_next_start": lets_next_start}
+        return {"wait": "none", "lets_next_start": lets_next_start, "prefetches": 0}
+    before = lines[:ops.index("ACQBULK")]
+    prefetches = sum(bool(_PREFETCH.match(text)) for text in before)
+    touches = {_opcode(text) for text in before if not _PREFETCH.match(text)}
+    return {"wait": "late" if _GLOBAL_MEMORY & touches else "first",
+            "lets_next_start": lets_next_start, "prefetches": prefetches}
 
 
 def sass(cubin: bytes) -> str:

@@ -32,7 +32,14 @@ import triton.language as tl
 from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
 from model.kernels.fp4_pairs import FP4_MMA_ACT_SHIFT, fp4_words_tile, to_mma_order
-from model.kernels.launch import grid_entry, interpreter_fp32, interpreting, pdl, rows_of
+from model.kernels.launch import (
+    grid_entry,
+    grid_entry_prefetching,
+    interpreter_fp32,
+    interpreting,
+    pdl,
+    rows_of,
+)
 from model.kernels.norm_rope import rms_norm_reference
 from model.kernels.quant_triton import SIGN_BIT
 
@@ -164,14 +171,15 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
     RMSNorm of x with weight nw (a first pass over K sums each row's squares); SPLITK — the sum
     of a grouped GEMV's ``parts`` K-split partials (x [S, G, M, group_k] fp32: column k of row
     m is group k // group_k's column k % group_k), summed in split order."""
-    grid_entry(PDL)
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
     mask_n = offs_n < N
+    # the weight rows' first bytes into L2 while the launch before runs (PDL)
+    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K, K, mask_n, PDL)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if NORM:
         squares = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)

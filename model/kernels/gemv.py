@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
-from model.kernels.launch import grid_entry, interpreter_fp32, interpreting, pdl
+from model.kernels.launch import grid_entry_prefetching, interpreter_fp32, interpreting, pdl
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
 TARGET_PROGRAMS = 1024   # split K until the grid has about this many programs
@@ -34,17 +34,20 @@ TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
                  FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
-    """Program (row tile of W [ROWS = G·N, K], k split) → fp32 partial[split, g, m, n]."""
-    grid_entry(PDL)
+    """Program (row tile of W [ROWS = G·N, K], k split) → fp32 partial[split, g, m, n]. Its
+    weight slice's first bytes are asked into L2 before the grid's wait (PDL)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # rows of W (all groups)
-    group = (pid_n * BLOCK_N) // N                         # BLOCK_N divides N
-    offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < ROWS
-    mask_m = offs_m < M
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + k_lo,
+                           (k_hi - k_lo) * w_ptr.dtype.element_ty.primitive_bitwidth // 8, mask_n,
+                           PDL)
+    group = (pid_n * BLOCK_N) // N                         # BLOCK_N divides N
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
     x_rows = x_ptr + (group * M + offs_m)[:, None].to(tl.int64) * K
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
     # products accumulate per (row, column, k) and are summed over k once, after the loop: no
@@ -94,10 +97,15 @@ def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLI
     row m, x = hi + mid + lo in three bf16 (24 significant bits: float32's), and the three
     columns' sums add up to x's — the MMA's otherwise idle columns make the product exact to
     float32 summation."""
-    grid_entry(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+    mask_n = offs_n < ROWS
+    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + k_lo,
+                           (k_hi - k_lo) * w_ptr.dtype.element_ty.primitive_bitwidth // 8, mask_n,
+                           PDL)
     group = (pid_n * BLOCK_N) // N
     cols = tl.arange(0, 16)
     if SPLIT3:
@@ -107,9 +115,6 @@ def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLI
     else:
         rows_m = cols
         mask_c = cols < M
-    mask_n = offs_n < ROWS
-    k_lo = pid_k * K_PER_SPLIT
-    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
     x_cols = x_ptr + (group * M + rows_m)[None, :].to(tl.int64) * K
     w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
     acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)

@@ -194,6 +194,18 @@ def overlapping(on: bool = True) -> Iterator[None]:
 
 
 @triton.jit
+def _let_next_start():
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _wait_for_previous():
+    tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def grid_entry(PDL: tl.constexpr):
     """Every kernel's first statement. PDL (launched with ``pdl``'s options): let the next
     launch start, whose programs wait in their own entry, then wait until the launch before this
@@ -202,7 +214,33 @@ def grid_entry(PDL: tl.constexpr):
     instructions as inline asm (Triton 3.6's own form of them; its ``extra.cuda`` functions
     are not ones the interpreter runs), with side effects, so nothing moves above them."""
     if PDL:
-        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32,
-                                  is_pure=False, pack=1)
+        _let_next_start()
+        _wait_for_previous()
+
+
+# a program's weight bytes asked into L2 before its wait: about what HBM delivers to one
+# program of a full first wave (≈ 4 a SM) in the few µs a latency-bound kernel before it runs
+PREFETCH_LINES = tl.constexpr(128)   # of 128 bytes: 16 KB
+LINE_BYTES = tl.constexpr(128)
+
+
+@triton.jit
+def grid_entry_prefetching(rows, row_bytes, keep, PDL: tl.constexpr):
+    """``grid_entry`` for a kernel that streams a weight, which no launch writes: between its
+    two instructions, while the launch before still runs, the program asks L2 for the first
+    bytes of its own weight rows — ``rows`` [R] (pointers of any element type: where each row's
+    part this program reads begins), ``row_bytes`` of it each (runtime), rows where ``keep``:
+    PREFETCH_LINES lines in all, spread over the rows (one line a row at least). A prefetch
+    reads nothing into the program and cannot fault, so it is not an access before the wait;
+    ``cross_compile.grid_wait`` counts them (``CCTL.E.PF2``), and ``interpret_gdc`` records
+    their addresses in the interpreter. Without PDL nothing overlaps, and nothing is asked."""
+    if PDL:
+        _let_next_start()
+        LINES: tl.constexpr = max(1, PREFETCH_LINES // rows.shape[0])
+        line = tl.arange(0, LINES) * LINE_BYTES
+        at = rows.to(tl.pointer_type(tl.uint8))[:, None] + line[None, :]
+        ask = keep[:, None] & (line[None, :] < row_bytes)
+        tl.inline_asm_elementwise(
+            "{ .reg .pred ask; setp.ne.b32 ask, $2, 0; @ask prefetch.global.L2 [$1]; } // $0",
+            "=r,l,r", [at, ask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        _wait_for_previous()

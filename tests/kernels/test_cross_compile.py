@@ -85,9 +85,14 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     assert not any(loop["mma"] for r in kernels if r["kernel"] == "_gemv_kernel"
                    for loop in r["loops"])
     # every kernel was launched to overlap the one before it, and waits for it before it
-    # touches global memory (a failure otherwise), and lets the next one start
-    assert all(r["grid"] == {"launch_pdl": True, "wait": "first", "lets_next_start": True}
+    # touches global memory (a failure otherwise), and lets the next one start; the kernels
+    # that stream a weight first ask L2 for its first lines (one prefetch a thread)
+    streaming = {"_gemv_kernel", "_gemv_mma_kernel", "_fp8_gemm_kernel"}
+    assert all({k: v for k, v in r["grid"].items() if k != "prefetches"}
+               == {"launch_pdl": True, "wait": "first", "lets_next_start": True}
                for r in kernels)
+    assert all((r["grid"]["prefetches"] > 0) == (r["kernel"] in streaming) for r in kernels)
+    assert streaming <= {r["kernel"] for r in kernels}
     for r in kernels:
         assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255 and r["mma"] in ("wgmma", "mma.sync",
                                                                              "none"), r
@@ -167,10 +172,15 @@ def test_grid_wait_is_first_only_before_any_global_memory_access():
         /*0050*/                   LDG.E R2, desc[UR4][R2.64] ;
         /*0060*/                   EXIT ;"""
     assert grid_wait(head + "\n        /*0040*/                   ACQBULK ;" + tail) == {
-        "wait": "first", "lets_next_start": True}
-    assert grid_wait(SASS) == {"wait": "none", "lets_next_start": False}
-    for early in ("LDG.E.64 R4, desc[UR4][R6.64]", "@P0 STG.E desc[UR4][R2.64], R5",
-                  "ATOMG.E.ADD.STRONG.GPU PT, R3, desc[UR4][R2.64], R7", "LD.E R4, [R2.64]",
+        "wait": "first", "lets_next_start": True, "prefetches": 0}
+    assert grid_wait(SASS) == {"wait": "none", "lets_next_start": False, "prefetches": 0}
+    # L2 prefetches of a weight (``grid_entry_prefetching``) read nothing in: counted, not late
+    prefetching = (head + "\n        /*0034*/               @P0 CCTL.E.PF2 [R10] ;"
+                   "\n        /*0038*/                   CCTL.E.PF2 [R12] ;"
+                   "\n        /*0040*/                   ACQBULK ;" + tail)
+    assert grid_wait(prefetching) == {"wait": "first", "lets_next_start": True, "prefetches": 2}
+    for early in ("CCTL.E.IVALL", "CCTL.IVALL", "LDG.E.64 R4, desc[UR4][R6.64]",
+                  "@P0 STG.E desc[UR4][R2.64], R5", "ATOMG.E.ADD.STRONG.GPU PT, R3, desc[UR4][R2.64], R7", "LD.E R4, [R2.64]",
                   "LDGSTS.E.BYPASS.128 [R9], desc[UR4][R2.64]",
                   "RED.E.ADD.STRONG.GPU desc[UR4][R2.64], R7"):
         code = (head + f"\n        /*0038*/                   {early} ;"
