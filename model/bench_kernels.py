@@ -39,6 +39,7 @@ from model.kernels import (
     compressor,
     fp4_keys,
     gemm,
+    gemv,
     indexer,
     kv_fp8,
     mhc,
@@ -275,6 +276,39 @@ def _overlapped(name: str, build: Callable[..., Case], *args: object, **kwargs: 
         with overlapping():
             return call()
     return dataclasses.replace(case, shape={**case.shape, "pdl": True}, triton=overlapping_call)
+
+
+def _attn_output_case(name: str, n_comp: int, dev: str, dtype: torch.dtype, groups: int = 8,
+                      rank: int = 1024, dim: int = 4096) -> Case:
+    """A decode step's attention and its output projection, as ``Attention.attend`` and
+    ``output`` run them: sparse attention over the window ∪ TOPK of ``n_comp`` FP8 rows (the
+    native cache), then ``wo_a`` (FP8 [groups·rank, heads·head_dim / groups], the grouped GEMV,
+    its K splits left unsummed) and ``wo_b`` (FP8 [dim, groups·rank], the FP8 GEMM summing
+    them as it reads). Two weight streams (2 × 32 MB at V4-Flash) after a latency-bound kernel:
+    what a GEMV's weight asked into L2 before its wait (``launch.grid_entry_prefetching``)
+    saves when its launch overlaps the one before (the ``_pdl`` row)."""
+    attn = _attn_case(name, 1, n_comp, TOPK, True, dev, dtype, "")
+    k_a = HEADS * HEAD_DIM // groups
+    wo_a, wo_a_s = quant.quant_fp8_block(torch.randn(groups * rank, k_a, device=dev) * k_a**-0.5)
+    wo_b, wo_b_s = quant.quant_fp8_block(torch.randn(dim, groups * rank, device=dev)
+                                         * (groups * rank)**-0.5)
+    dense_a = quant.dequant_fp8_block(wo_a, wo_a_s).view(groups, rank, k_a)
+
+    def reference() -> torch.Tensor:
+        o, _ = attn.reference()
+        z = torch.einsum("gk,gnk->gn", o.float().reshape(groups, k_a), dense_a)
+        return gemm.fp8_gemm_reference(z.reshape(1, groups * rank).to(dtype), wo_b, wo_b_s)
+
+    def triton_call() -> torch.Tensor:
+        o, _ = attn.triton()
+        z = gemv.gemv_triton(o.reshape(1, groups, k_a), wo_a, wo_a_s, groups, reduce=False)
+        return gemm.fp8_gemm_triton(z, wo_b, wo_b_s)
+
+    weights = wo_a.numel() + wo_a_s.numel() + wo_b.numel() + wo_b_s.numel()
+    shape = {**attn.shape, "wo_a": [groups * rank, k_a], "wo_b": [dim, groups * rank],
+             "weights": "fp8"}
+    return Case(name, shape, attn.bytes + weights, attn.flops + 2.0 * weights, reference,
+                triton_call, "none set (report only: the _pdl row's ratio)")
 
 
 def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
@@ -524,7 +558,6 @@ def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: boo
     """Decode GEMV with the weight as mapped (one token): FP8 e4m3 + 128×128 scales (wq_b) or
     bf16 with one input vector per group (wo_a: 8 groups; the LM head: 1). ``mma``: on tensor
     cores (``gemv._gemv_mma_kernel``)."""
-    from model.kernels import gemv
     x = _rand(1, groups, k, dtype=dtype, device=dev) if groups > 1 else _rand(1, k, dtype=dtype,
                                                                              device=dev)
     if fp8:
@@ -687,6 +720,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_overlapped, "csa_decode_pair_pdl", _csa_pair_case, ctx // 4, False, dev, dtype),
         p(_csa_pair_case, "csa_decode_pair_native", ctx // 4, True, dev, dtype),
         p(_overlapped, "csa_decode_pair_native_pdl", _csa_pair_case, ctx // 4, True, dev, dtype),
+        # attention, then its output projection's two weight streams: what prefetching a
+        # weight before the grid's wait saves (launch.grid_entry_prefetching)
+        p(_attn_output_case, "attn_output_decode", ctx // 4, dev, dtype),
+        p(_overlapped, "attn_output_decode_pdl", _attn_output_case, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode", 1, ctx // 4, dev, dtype),
         p(_indexer_case, "indexer_topk_decode_merge", 1, ctx // 4, dev, dtype, path="merge"),
         # the scores kernel's last program picking by four passes over the row instead of from

@@ -148,3 +148,26 @@ def test_the_norm_chain_row_is_a_chain_of_launches_each_reading_the_last():
     assert audit.triton == {"_rms_norm_kernel": bk.NORM_CHAIN} == audit.overlapped
     torch.testing.assert_close(got, overlapped.reference(), atol=1e-5, rtol=1e-5)
     assert plain.shape["launches"] == bk.NORM_CHAIN and overlapped.shape["pdl"]
+
+
+def test_the_attention_output_row_runs_attention_then_wo_a_then_wo_b():
+    """``attn_output_decode``: sparse attention over FP8 rows, ``wo_a``'s grouped GEMV and
+    ``wo_b``'s FP8 GEMM summing its splits, equal to the references'; in the ``_pdl`` row every
+    launch overlaps the one before, and the two weight-streaming kernels ask L2 for their
+    weights' first lines before their wait (1 KB-wide rows: the whole of each)."""
+    from model.kernels import interpret_gdc
+    from model.op_audit import OpAudit
+
+    case = bk._overlapped("out", bk._attn_output_case, 1024, "cpu", torch.float32, groups=2,
+                          rank=64, dim=128)
+    with OpAudit() as audit, interpret_gdc.recording_prefetches() as lines:
+        got = case.triton()
+    assert audit.overlapped == audit.triton
+    assert {"_gemv_kernel", "_fp8_gemm_kernel"} <= set(audit.triton)
+    torch.testing.assert_close(got, case.reference(), atol=2e-2, rtol=2e-2)
+    k_a = bk.HEADS * bk.HEAD_DIM // 2
+    # wo_a: 128 rows of 16 KB, a line at each K split's start; wo_b: 128 rows of 128 B, whole
+    assert len(lines) >= 128 + 128
+    plain = bk._attn_output_case("out", 1024, "cpu", torch.float32, groups=2, rank=64, dim=128)
+    assert plain.shape["wo_a"] == [128, k_a] and plain.shape["wo_b"] == [128, 128]
+    assert plain.bytes > 128 * k_a + 128 * 128   # both FP8 weights, and attention's rows
