@@ -325,11 +325,13 @@ def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
 
 
 def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
-              prologue: str = "") -> Case:
+              prologue: str = "", k_splits: bool = True) -> Case:
     """``prologue``: "swiglu" — the shared expert's down projection, its activation computed
     from gate and up as the GEMM reads them; "norm" — attention's query up-projections (its and
     the indexer's, stacked) with q_norm as the prologue; "splitk" — attention's ``wo_b``
-    summing ``wo_a``'s grouped GEMV partials (3 K splits × 8 groups) as it reads them."""
+    summing ``wo_a``'s grouped GEMV partials (3 K splits × 8 groups) as it reads them.
+    ``k_splits``: the GEMM's own K over more programs at decode (``gemm.fp8_k_splits``; off:
+    the ``_whole_k`` rows, one program a tile)."""
     w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if prologue == "swiglu" else None
@@ -339,12 +341,14 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
         parts = torch.randn(3, 8, m, k // 8, device=dev)
         x = gemm.SplitK(parts, (m,), dtype)
         reads = m * n + parts.numel() * 2        # fp32 partials: 2 × a bf16 value each
-    return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None},
+    splits = gemm.fp8_k_splits(m, n, k)[0] if k_splits else 1
+    return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None, "k_splits": splits},
                 n * k + ws.numel() + reads * dtype.itemsize,
                 2.0 * m * n * k,
                 lambda: gemm.fp8_gemm_reference(x.sum() if prologue == "splitk" else x, w, ws,
                                                 glu, norm),
-                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm), "none set (report only)")
+                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits),
+                "none set (report only)")
 
 
 def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
@@ -779,6 +783,15 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           "norm"),
         p(_fp8_case, "fp8_gemm_wo_b_splitk_decode", 1, 4096 if full else 1024, 8192, dev, dtype,
           "splitk"),
+        # one program a tile over all of K (before session 18; the fp8_gemm_decode choice)
+        p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode_whole_k", 1, 4096, 2048, dev, dtype,
+          "swiglu", k_splits=False),
+        p(_fp8_case, "fp8_gemm_wo_b_splitk_decode_whole_k", 1, 4096 if full else 1024, 8192, dev,
+          dtype, "splitk", k_splits=False),
+        # attention's wq_a and wkv stacked: 48 tiles of 32 K blocks (report only)
+        p(_fp8_case, "fp8_gemm_x_proj_decode", 1, 1536, 4096, dev, dtype),
+        p(_fp8_case, "fp8_gemm_x_proj_decode_whole_k", 1, 1536, 4096, dev, dtype,
+          k_splits=False),
         p(_moe_case, "moe_fp4_decode", 1, dev, dtype, **moe_dims),
         # its four kernels, each launched to overlap the one before it (launch.pdl)
         p(_overlapped, "moe_fp4_decode_pdl", _moe_case, 1, dev, dtype, **moe_dims),

@@ -129,6 +129,14 @@ DECISIONS = {d.name: d for d in (
     Decision("gemv_decode_fp8", "a decode GEMV over an FP8 weight as mapped (dequant numerics)",
              (Variant("gemv_fp8_wq_b_decode", {}),
               Variant("gemv_fp8_wq_b_decode_mma", {"mma": True}))),
+    # the FP8 GEMM's K over more programs where a decode's output tiles are few (wo_b: 128
+    # tiles of 64 K blocks each); measured on wo_b (summing wo_a's splits) and the shared
+    # expert's down projection
+    Decision("fp8_gemm_decode", "an FP8 GEMM of at most 16 rows (native numerics)",
+             (Variant("fp8_gemm_wo_b_splitk_decode", {},
+                      ("fp8_gemm_shared_w2_swiglu_decode",)),
+              Variant("fp8_gemm_wo_b_splitk_decode_whole_k", {"k_splits": False},
+                      ("fp8_gemm_shared_w2_swiglu_decode_whole_k",)))),
     Decision("gemv_decode_bf16", "a decode GEMV over a bf16 weight (the LM head, wo_a)",
              (Variant("gemv_bf16_lm_head_decode", {}),
               Variant("gemv_bf16_lm_head_decode_mma", {"mma": True}))),

@@ -33,6 +33,7 @@ from model.kernels import quant
 from model.kernels.cache_rows import round_bf16
 from model.kernels.fp4_pairs import FP4_MMA_ACT_SHIFT, fp4_words_tile, to_mma_order
 from model.kernels.launch import (
+    arrivals,
     grid_entry,
     grid_entry_prefetching,
     interpreter_fp32,
@@ -162,22 +163,34 @@ _E2M1_MAG = tl.constexpr(0x01C00000)      # float32 bits 24..22
 
 @triton.jit
 def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, stride_u, limit,
-                     nw_ptr, eps, parts, stride_part, stride_group, group_k,
+                     nw_ptr, eps, parts, stride_part, stride_group, group_k, kb_per_split,
+                     acc_ptr, cnt_ptr,
                      GLU: tl.constexpr, NORM: tl.constexpr, SPLITK: tl.constexpr,
                      BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     EXACT_CAST: tl.constexpr, PDL: tl.constexpr = False):
+                     EXACT_CAST: tl.constexpr, K_SPLITS: tl.constexpr = False,
+                     PDL: tl.constexpr = False):
     """Prologues (the activation before it is quantised; rounded to bf16 when BF16, where the
     separate op would have stored it): GLU — the clamped SwiGLU of x (gate) and u (up); NORM —
     RMSNorm of x with weight nw (a first pass over K sums each row's squares); SPLITK — the sum
     of a grouped GEMV's ``parts`` K-split partials (x [S, G, M, group_k] fp32: column k of row
-    m is group k // group_k's column k % group_k), summed in split order."""
+    m is group k // group_k's column k % group_k), summed in split order.
+
+    K_SPLITS (decode: few output tiles over a long K): program (m tile, n tile, split) takes
+    ``kb_per_split`` of the K blocks and stores its fp32 tile in acc [split, M, N]; the last
+    split of a tile to arrive (its count in ``cnt``, ``launch.arrivals``) sums the tile's
+    splits in split order (deterministic) and stores y. Each K block's activation scale is its
+    own, so a split's products are the unsplit kernel's."""
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    kb_lo = pid_k * kb_per_split
+    kb_hi = tl.minimum(KB, kb_lo + kb_per_split)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     # the weight rows' first bytes into L2 while the launch before runs (PDL)
-    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K, K, mask_n, PDL)
+    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + kb_lo * BLOCK_K,
+                           tl.minimum(K, kb_hi * BLOCK_K) - kb_lo * BLOCK_K, mask_n, PDL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -189,7 +202,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
                         mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
             squares += x * x
         inv = tl.rsqrt(tl.sum(squares, 1) / K + eps)
-    for kb in range(0, KB):
+    for kb in range(kb_lo, kb_hi):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         mask_x = mask_m[:, None] & mask_k[None, :]
@@ -223,8 +236,19 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
                                                                          bitcast=True)
         sw = e8m0_scale(tl.load(s_ptr + (offs_n // 128) * KB + kb, mask=mask_n, other=0))
         acc += tl.dot(xq, tl.trans(wq)) * sx[:, None] * sw[None, :]
-    tl.store(y_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :],
-             acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tile = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if K_SPLITS:
+        splits = tl.num_programs(2)
+        tl.store(acc_ptr + pid_k.to(tl.int64) * M * N + tile, acc, mask=mask)
+        tl.debug_barrier()   # the tile's partial is all stored before the arrival count
+        group = cnt_ptr + pid_m * tl.num_programs(1) + pid_n
+        if tl.atomic_add(group, 1) == splits - 1:   # acq_rel: sees every split's partial
+            tl.atomic_xchg(group, 0)
+            acc = sum_parts(acc_ptr, splits, M * N, tile, mask)
+            tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -430,12 +454,15 @@ def _blocks(m: int) -> tuple[int, int]:
 
 def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tensor,
                     glu: tuple[torch.Tensor, float] | None = None,
-                    norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+                    norm: tuple[torch.Tensor, float] | None = None,
+                    k_splits: bool = True) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
     activation is swiglu(x, up) (an expert's down projection); ``norm`` = (weight, eps): it is
     RMSNorm(x) (attention's q_norm before the query up-projections); a ``SplitK`` x is summed
     (``wo_a``'s K splits, before ``wo_b``) — no separate launch any way. Rows of unit stride are
-    read where they lie (a stacked projection's column slices)."""
+    read where they lie (a stacked projection's column slices). ``k_splits`` (a launch choice):
+    at decode, K split over programs where the output tiles are few (``fp8_k_splits``), the
+    last split of each tile summing them."""
     assert glu is None or norm is None
     split = x if isinstance(x, SplitK) else None
     n = weight.shape[0]
@@ -455,15 +482,37 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
                     device=weight.device)
     if m and n:
         bm, bn = _blocks(m)
-        _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        tiles = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+        kb = triton.cdiv(k, 128)
+        splits, kb_per_split = fp8_k_splits(m, n, k) if k_splits else (1, kb)
+        acc, counts = ((torch.empty(splits, m, n, dtype=torch.float32, device=y.device),
+                        arrivals(tiles[0] * tiles[1], y.device)) if splits > 1 else (y, y))
+        _fp8_gemm_kernel[(*tiles, splits)](
             x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
-            m, n, k, triton.cdiv(k, 128), stride_x, u2, u2.stride(0),
+            m, n, k, kb, stride_x, u2, u2.stride(0),
             float(glu[1]) if glu is not None else 0.0,
             norm[0].float().contiguous() if norm is not None else x2,
-            float(norm[1]) if norm is not None else 0.0, *part_strides, GLU=glu is not None,
-            NORM=norm is not None, SPLITK=split is not None, BF16=dtype == torch.bfloat16,
-            BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting(), **pdl(x2.device))
+            float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split, acc,
+            counts, GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
+            BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting(),
+            K_SPLITS=splits > 1, **pdl(x2.device))
     return y.to(dtype).reshape(*lead, n)
+
+
+def fp8_k_splits(m: int, n: int, k: int) -> tuple[int, int]:
+    """(splits, K blocks of 128 per split) of the FP8 GEMM's K: at decode (m ≤ 16, one row
+    tile) enough splits that the grid has about TARGET_PROGRAMS programs — wo_b's 4,096 rows are
+    128 tiles of 32, each 64 K blocks in a row where ``wq_b``'s 1,024 tiles run 8 (run 3: 90 µs
+    against 18 for the same bytes) — and at least 2 K blocks a split. A function of (n, k) for
+    every decode batch: a row's result does not depend on the rows beside it. Prefill tiles
+    (m > 16) are enough programs already: one split."""
+    kb = triton.cdiv(k, 128)
+    tiles = triton.cdiv(n, _blocks(m)[1])
+    if m > 16:
+        return 1, kb
+    splits = max(1, min(TARGET_PROGRAMS // max(tiles, 1), kb // 2))
+    per = triton.cdiv(kb, splits)
+    return triton.cdiv(kb, per), per
 
 
 def plan_split_k(tiles: int, rows: int, k: int, block_k: int, splits: int | None = None

@@ -217,7 +217,8 @@ def fp8_linear(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tens
     (up, limit): x is first swiglu(x, up); ``norm`` = (weight, eps): RMSNorm(x); a ``SplitK`` x:
     its sum — in x's dtype, on Triton inside the GEMM."""
     if backend(weight) == "triton":
-        return _gemm.fp8_gemm_triton(x, weight, scale, glu, norm)
+        return _gemm.fp8_gemm_triton(x, weight, scale, glu, norm,
+                                     **choices.options("fp8_gemm_decode", weight.device))
     if isinstance(x, SplitK):
         x = x.sum()
     return _gemm.fp8_gemm_reference(x, weight, scale, glu, norm)

@@ -268,3 +268,64 @@ def test_fp4_whole_tiles_load_as_vectors_and_agree_with_the_masked_path(m, n, k,
     shifted = torch.empty(packed.numel() + 1, dtype=torch.int8)[1:].view(n, k // 2)
     shifted.copy_(packed)
     assert not real(k, k // split_k, block_k, shifted, scale)
+
+
+def test_fp8_k_splits_give_a_decodes_few_tiles_more_programs():
+    """wo_b (4,096 rows: 128 tiles of 32, 64 K blocks) in 8 splits of 8 blocks: wq_b's shape
+    (1,024 tiles of 8 blocks), which run 3 timed at 18 µs where wo_b took 90; a GEMM with
+    tiles enough keeps one split, so does every prefill; the plan is the same for every decode
+    batch (a row's result does not depend on the rows beside it)."""
+    from model.kernels.gemm import fp8_k_splits
+
+    assert fp8_k_splits(1, 4096, 8192) == (8, 8)      # wo_b
+    assert fp8_k_splits(1, 4096, 2048) == (8, 2)      # the shared expert's w2
+    assert fp8_k_splits(1, 1536, 4096) == (16, 2)     # wq_a and wkv, stacked
+    assert fp8_k_splits(1, 32768, 1024) == (1, 8)     # wq_b: 1,024 tiles already
+    assert fp8_k_splits(17, 4096, 8192) == (1, 64)    # prefill
+    assert fp8_k_splits(1, 64, 128) == (1, 1)         # one K block: nothing to split
+    for n, k in ((4096, 8192), (70, 1300), (40, 256)):
+        assert len({fp8_k_splits(m, n, k) for m in range(1, 17)}) == 1
+        splits, per = fp8_k_splits(1, n, k)
+        kb = -(-k // 128)
+        assert (splits - 1) * per < kb <= splits * per   # covers K, the last split non-empty
+
+
+@pytest.mark.parametrize("prologue", ["", "norm", "swiglu", "groups"])
+def test_fp8_gemm_split_over_k_at_decode_is_the_whole_k_gemm(prologue):
+    """70 rows of 1,300 (11 K blocks, the last 20 wide) in 4 splits of 3 blocks, one launch:
+    the last split of each tile to arrive (any of them: the interpreter shuffles the programs)
+    sums the tiles' partials in split order. Equal to the one-program-a-tile GEMM up to fp32
+    summation order, for every prologue; each row equal, bit for bit, to its own decode; the
+    arrival counts zero again after."""
+    from model.kernels.gemm import SplitK, fp8_k_splits, swiglu_reference
+    from model.kernels.launch import arrivals
+    from model.kernels.norm_rope import rms_norm_reference
+    from model.op_audit import OpAudit
+
+    n, k = 70, 1300
+    assert fp8_k_splits(1, n, k) == (4, 3)
+    g = torch.Generator().manual_seed(len(prologue))
+    wq, ws = quant.quant_fp8_block(torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k))
+    x = torch.randn(5, k, generator=g) * torch.logspace(-1, 1, 5).unsqueeze(-1)
+    up = torch.randn(5, k, generator=g)
+    nw = torch.rand(k, generator=g) + 0.5
+
+    def gemm(rows: slice, **kw) -> torch.Tensor:
+        if prologue == "groups":   # wo_a's splits (2 of 4 groups of 325) summed as it reads
+            parts = x[rows].reshape(-1, 4, 325).transpose(0, 1).unsqueeze(0) / 2
+            split = SplitK(torch.cat([parts, parts]), (x[rows].shape[0],), torch.float32)
+            return fp8_gemm_triton(split, wq, ws, **kw)
+        return fp8_gemm_triton(x[rows], wq, ws, (up[rows], 3.0) if prologue == "swiglu" else None,
+                               (nw, 1e-6) if prologue == "norm" else None, **kw)
+
+    with OpAudit() as audit:
+        got = gemm(slice(None))
+    assert sum(audit.triton.values()) == 1 and got.shape == (5, n)
+    torch.testing.assert_close(got, gemm(slice(None), k_splits=False), rtol=1e-5, atol=1e-4)
+    base = x if prologue in ("", "groups") else (
+        rms_norm_reference(x, nw, 1e-6) if prologue == "norm"
+        else swiglu_reference(x, up, 3.0, None, x.dtype))
+    torch.testing.assert_close(got, fp8_gemm_reference(base, wq, ws), rtol=1e-5, atol=1e-4)
+    for i in range(5):
+        assert torch.equal(gemm(slice(i, i + 1))[0], got[i]), i
+    assert torch.count_nonzero(arrivals(64, x.device)) == 0

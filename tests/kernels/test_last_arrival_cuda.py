@@ -1,5 +1,5 @@
 """The kernels whose last program of a group finishes the group's work (decode attention merging
-its splits, the indexer's scores kernel picking) rely on the GPU's memory order: each program
+its splits, the indexer's scores kernel picking, the FP8 GEMM summing its K splits) rely on the GPU's memory order: each program
 stores its part, then counts its arrival (``tl.atomic_add``, acq_rel); the last to arrive reads
 every part from L2. The interpreter runs programs one after another, so only a GPU can show a
 race. At decode the indexer's score programs also count their scores' top key digits (relaxed
@@ -54,3 +54,19 @@ def test_the_scores_kernel_picks_the_same_every_launch():
         assert torch.equal(indexer.indexer_topk_triton(*args, causal=False, select="parallel"),
                            want)
     assert not launch._ARRIVALS[q.device].any()
+
+
+def test_the_fp8_gemm_sums_its_k_splits_the_same_every_launch():
+    """wo_b at decode: 128 tiles, 8 K splits each; the last split of a tile sums the tile's."""
+    from model.kernels import gemm, quant
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    wq, ws = quant.quant_fp8_block(torch.randn(4096, 8192, device="cuda", generator=g) / 90)
+    x = torch.randn(1, 8192, device="cuda", generator=g).bfloat16()
+    assert gemm.fp8_k_splits(1, 4096, 8192)[0] == 8
+    want = gemm.fp8_gemm_triton(x, wq, ws)
+    whole = gemm.fp8_gemm_triton(x, wq, ws, k_splits=False)
+    torch.testing.assert_close(want.float(), whole.float(), rtol=2e-2, atol=2e-2)
+    for _ in range(LAUNCHES):
+        assert torch.equal(gemm.fp8_gemm_triton(x, wq, ws), want)
+    assert not launch._ARRIVALS[x.device].any()
