@@ -82,6 +82,16 @@ def sum_parts(ptr, S, part_stride, offs, mask):
     return acc
 
 
+@triton.jit
+def sum_parts_unrolled(ptr, S: tl.constexpr, part_stride, offs, mask):
+    """``sum_parts`` for S known when compiling: unrolled, so that a loop around it stays an
+    innermost loop, the only kind Triton's software pipeliner takes."""
+    acc = tl.zeros(offs.shape, dtype=tl.float32)
+    for s in tl.static_range(S):
+        acc += tl.load(ptr + s * part_stride + offs, mask=mask, other=0.0)
+    return acc
+
+
 def fp8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                        glu: tuple[torch.Tensor, float] | None = None,
                        norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
@@ -163,17 +173,18 @@ _E2M1_MAG = tl.constexpr(0x01C00000)      # float32 bits 24..22
 
 @triton.jit
 def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, stride_u, limit,
-                     nw_ptr, eps, parts, stride_part, stride_group, group_k, kb_per_split,
+                     nw_ptr, eps, stride_part, stride_group, group_k, kb_per_split,
                      acc_ptr, cnt_ptr,
                      GLU: tl.constexpr, NORM: tl.constexpr, SPLITK: tl.constexpr,
                      BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      EXACT_CAST: tl.constexpr, K_SPLITS: tl.constexpr = False,
-                     PDL: tl.constexpr = False):
+                     PARTS: tl.constexpr = 1, PDL: tl.constexpr = False):
     """Prologues (the activation before it is quantised; rounded to bf16 when BF16, where the
     separate op would have stored it): GLU — the clamped SwiGLU of x (gate) and u (up); NORM —
     RMSNorm of x with weight nw (a first pass over K sums each row's squares); SPLITK — the sum
-    of a grouped GEMV's ``parts`` K-split partials (x [S, G, M, group_k] fp32: column k of row
-    m is group k // group_k's column k % group_k), summed in split order.
+    of a grouped GEMV's PARTS K-split partials (x [PARTS, G, M, group_k] fp32: column k of row
+    m is group k // group_k's column k % group_k), summed in split order — unrolled, so that
+    the K loop's loads are pipelined (a loop inside it would stop that: run 3's ``wo_b``).
 
     K_SPLITS (decode: few output tiles over a long K): program (m tile, n tile, split) takes
     ``kb_per_split`` of the K blocks and stores its fp32 tile in acc [split, M, N]; the last
@@ -209,7 +220,7 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
         if SPLITK:
             at = (offs_m[:, None].to(tl.int64) * stride_x + (offs_k // group_k)[None, :]
                   * stride_group + (offs_k % group_k)[None, :])
-            x = sum_parts(x_ptr, parts, stride_part, at, mask_x)
+            x = sum_parts_unrolled(x_ptr, PARTS, stride_part, at, mask_x)
             if BF16:
                 x = round_bf16(x)
         else:
@@ -472,11 +483,11 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
         parts = split.parts.contiguous()                       # [S, G, M, Ng] fp32
         n_parts, _, m, group_k = parts.shape
         x2, dtype, lead, k = parts, split.dtype, split.lead, split.shape[-1]
-        stride_x, part_strides = group_k, (n_parts, parts.stride(0), parts.stride(1), group_k)
+        stride_x, part_strides = group_k, (parts.stride(0), parts.stride(1), group_k)
     else:
         k, dtype, lead = x.shape[-1], x.dtype, tuple(x.shape[:-1])
         x2 = rows_of(x.to(cast) if cast else x)
-        m, stride_x, part_strides = x2.shape[0], x2.stride(0), (1, 0, 0, k)
+        m, stride_x, part_strides, n_parts = x2.shape[0], x2.stride(0), (0, 0, k), 1
     u2 = rows_of(glu[0].to(cast) if cast else glu[0]) if glu is not None else x2
     y = torch.empty(m, n, dtype=cast or (dtype if split is not None else x2.dtype),
                     device=weight.device)
@@ -495,7 +506,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
             float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split, acc,
             counts, GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
             BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting(),
-            K_SPLITS=splits > 1, **pdl(x2.device))
+            K_SPLITS=splits > 1, PARTS=n_parts, **pdl(x2.device))
     return y.to(dtype).reshape(*lead, n)
 
 
