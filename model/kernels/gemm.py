@@ -171,6 +171,9 @@ FP4_GEMV_SCALE_SHIFT = tl.constexpr(2.0**26)
 _E2M1_MAG = tl.constexpr(0x01C00000)      # float32 bits 24..22
 
 
+NORM_LOADS = tl.constexpr(4)   # K blocks of the norm prologue's first pass loaded together
+
+
 @triton.jit
 def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, stride_u, limit,
                      nw_ptr, eps, stride_part, stride_group, group_k, kb_per_split,
@@ -206,12 +209,15 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
     mask_m = offs_m < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if NORM:
+        # NORM_LOADS blocks' loads a step, issued together (a loop without a dot is not
+        # pipelined: one block a step waited for each load in turn); the same order of sums
         squares = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        for kb in range(0, KB):
-            offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
-                        mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
-            squares += x * x
+        for kb0 in range(0, KB, NORM_LOADS):
+            for j in tl.static_range(NORM_LOADS):
+                offs_k = (kb0 + j) * BLOCK_K + tl.arange(0, BLOCK_K)
+                x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
+                            mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+                squares += x.to(tl.float32) * x.to(tl.float32)
         inv = tl.rsqrt(tl.sum(squares, 1) / K + eps)
     for kb in range(kb_lo, kb_hi):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
