@@ -16,7 +16,9 @@ could not prove the addresses aligned and contiguous), and its loops in the SASS
 the counts docs/PERF.md reasons with), and where it waits for the launch before it (``grid``,
 ``cross_compile.grid_wait``; with ``--pdl`` every launch overlaps the one before it, and a
 kernel that touches global memory before that wait is a failure). A kernel asking for more
-shared memory than a block may have counts as a failure: it compiles but cannot launch. The
+shared memory than a block may have counts as a failure: it compiles but cannot launch; so does
+one whose loops issue tensor-core MMAs with no asynchronous load (``pipelined``: its loads
+wait at every step, as ``wo_b``'s did until session 18). The
 summary says which launched kernels no case reached; the exit status is 1 when any kernel
 failed. The interpreter (CI's
 correctness check) accepts code the compiler rejects — a global that is not a constexpr, an
@@ -48,6 +50,7 @@ def bench_compile(arch: int = 90, full: bool = True,
         grid_wait,
         launched_kernels,
         occupancy,
+        pipelined,
         sass,
         sass_loops,
         usage,
@@ -79,6 +82,9 @@ def bench_compile(arch: int = 90, full: bool = True,
                 grid = grid_wait(code)
                 if c.launch_pdl and grid["wait"] != "first":
                     failures += 1   # overlaps the launch before it without waiting for it
+                loops = sass_loops(code)
+                if not pipelined(c.loads, loops):
+                    failures += 1   # its MMA loop waits for every step's loads
                 shared = max(c.shared, use["static_shared"])
                 if occupancy(use["regs"], c.num_warps, shared)["blocks_per_sm"] == 0:
                     failures += 1   # compiles, but asks for more shared memory than a block has
@@ -88,7 +94,7 @@ def bench_compile(arch: int = 90, full: bool = True,
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
                       "shared_bytes": shared, "mma": c.mma, "global_loads": c.loads,
                       **occupancy(use["regs"], c.num_warps, shared),
-                      "dots": c.dots, "loops": sass_loops(code),
+                      "dots": c.dots, "loops": loops, "pipelined": pipelined(c.loads, loops),
                       "grid": {"launch_pdl": c.launch_pdl, **grid},
                       "compile_s": round(c.seconds, 2)})
     reached = {c.kernel for c in cc.compiled}

@@ -262,6 +262,16 @@ def grid_wait(sass: str) -> dict:
             "lets_next_start": lets_next_start, "prefetches": prefetches}
 
 
+def pipelined(loads: dict, loops: list[dict]) -> bool:
+    """Whether a kernel whose loops issue tensor-core MMAs loads their operands asynchronously
+    (``cp.async``: Triton's software pipeline, a few steps ahead); a kernel without such loops
+    passes. One that fails waits for its loads at every step: the pipeliner takes only
+    innermost loops, and a loop inside the K loop — ``wo_b``'s sum of ``wo_a``'s splits, until
+    session 18 — stops it (run 3: 90 µs where the same bytes took 18). ``loads``:
+    ``global_loads``' counts, ``loops``: ``sass_loops``'."""
+    return loads.get("async", 0) > 0 or not any(loop["mma"] for loop in loops)
+
+
 def sass(cubin: bytes) -> str:
     """The cubin's SASS, as ``cuobjdump -sass`` prints it."""
     return _cuobjdump(cubin, "-sass")

@@ -92,6 +92,8 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
                == {"launch_pdl": True, "wait": "first", "lets_next_start": True}
                for r in kernels)
     assert all((r["grid"]["prefetches"] > 0) == (r["kernel"] in streaming) for r in kernels)
+    # every loop of tensor-core MMAs has its loads issued ahead (a failure otherwise)
+    assert all(r["pipelined"] for r in kernels)
     assert streaming <= {r["kernel"] for r in kernels}
     for r in kernels:
         assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255 and r["mma"] in ("wgmma", "mma.sync",
@@ -155,6 +157,19 @@ def test_sass_loops_are_the_backward_branches_ranges_counted_by_kind():
                       "global_stores": 0, "shared": 0, "shuffles": 1, "mma": 1,
                       "atomics": 0}]   # the forward branch and the one-line spin are no loop
     assert sass_loops(SASS) == []     # under 16 instructions: left out by default
+
+
+def test_a_loop_of_mmas_without_asynchronous_loads_is_not_pipelined():
+    """``pipelined``: MMAs in a loop want their operands loaded a few steps ahead (``cp.async``);
+    plain loads only there mean every step waits for its own (run 3's ``wo_b``). A kernel
+    without MMA loops passes whatever its loads."""
+    from model.kernels.cross_compile import pipelined
+
+    mma_loop = [{"instructions": 600, "mma": 8}, {"instructions": 45, "mma": 0}]
+    assert pipelined({"vector": 7, "async": 42}, mma_loop)
+    assert not pipelined({"vector": 7, "async": 0}, mma_loop)
+    assert pipelined({"vector": 7, "async": 0}, [{"instructions": 300, "mma": 0}])
+    assert pipelined({"async": 0}, [])
 
 
 def test_grid_wait_is_first_only_before_any_global_memory_access():
