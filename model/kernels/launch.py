@@ -99,12 +99,20 @@ def device_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
 
 
+# the tables a longer one replaced: never freed, since a CUDA graph captured with one keeps
+# its address (a decode graph piece's FP8 GEMM counts its arrivals there) and would otherwise
+# write into whatever the allocator put there next
+_RETIRED: list[torch.Tensor] = []
+
+
 def _kept(tables: dict[torch.device, torch.Tensor], n: int, device: torch.device,
           make) -> torch.Tensor:
     """The first n elements of a tensor kept per device in ``tables``, remade by ``make(size)``
-    at twice the size (at least 1024) when it is shorter."""
+    at twice the size (at least 1024) when it is shorter; the shorter one stays allocated."""
     table = tables.get(device)
     if table is None or table.numel() < n:
+        if table is not None:
+            _RETIRED.append(table)
         table = tables[device] = make(max(n, 2 * (0 if table is None else table.numel()), 1024))
     return table[:n]
 

@@ -143,3 +143,22 @@ def test_overlapping_launches_follow_the_setting_then_the_gpus_table(monkeypatch
     choices.clear_cache()
     assert launch.pdl(cpu) == {}
     choices.clear_cache()
+
+
+def test_a_grown_device_table_leaves_the_shorter_one_allocated():
+    """``launch.arrivals`` (and ``counting``) grow by replacing their table; a CUDA graph
+    captured with the shorter one keeps its address (a decode piece's FP8 GEMM counts its
+    arrivals there), so the shorter one must never be freed and reused under it."""
+    import gc
+    import weakref
+
+    from model.kernels import launch
+
+    dev = torch.device("cpu")
+    first = launch.arrivals(8, dev)
+    table = weakref.ref(first._base if first._base is not None else first)
+    longer = launch.arrivals(table().numel() + 1, dev)
+    del first
+    gc.collect()
+    assert table() is not None and table() is not longer._base
+    assert longer.numel() == table().numel() + 1 and not longer.any()
