@@ -558,10 +558,10 @@ def _pool_inputs_case(name: str, tokens: int, dev: str, splits: int = 12) -> Cas
 
 
 def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: bool,
-               groups: int = 1, mma: bool = False) -> Case:
+               groups: int = 1, mma: bool = False, ahead: bool = False) -> Case:
     """Decode GEMV with the weight as mapped (one token): FP8 e4m3 + 128×128 scales (wq_b) or
     bf16 with one input vector per group (wo_a: 8 groups; the LM head: 1). ``mma``: on tensor
-    cores (``gemv._gemv_mma_kernel``)."""
+    cores (``gemv._gemv_mma_kernel``); ``ahead``: each weight tile loaded a step ahead."""
     x = _rand(1, groups, k, dtype=dtype, device=dev) if groups > 1 else _rand(1, k, dtype=dtype,
                                                                              device=dev)
     if fp8:
@@ -578,9 +578,10 @@ def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: boo
 
     nbytes = w.numel() * w.element_size() + (0 if ws is None else ws.numel()) + x.numel() * 2
     return Case(name, {"n": n, "k": k, "groups": groups, "weight": "fp8" if fp8 else "bf16",
-                       "mma": mma},
+                       "mma": mma, "ahead": ahead},
                 nbytes, 2.0 * groups * n * k, reference,
-                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma), "none set (report only)")
+                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma, ahead=ahead),
+                "none set (report only)")
 
 
 def _act_quant_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096
@@ -864,6 +865,13 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           torch.float32, False),
         p(_gemv_case, "gemv_bf16_lm_head_decode_mma", 129280 if full else 4096, 4096, dev,
           torch.float32, False, mma=True),
+        # each weight tile loaded a step ahead (the FMA kernel's loop is not pipelined)
+        p(_gemv_case, "gemv_fp8_wq_b_decode_ahead", 32768 if full else 4096, 1024, dev, dtype,
+          True, ahead=True),
+        p(_gemv_case, "gemv_bf16_wo_a_decode_ahead", 1024, 4096 if full else 1024, dev, dtype,
+          False, groups=8, ahead=True),
+        p(_gemv_case, "gemv_bf16_lm_head_decode_ahead", 129280 if full else 4096, 4096, dev,
+          torch.float32, False, ahead=True),
         p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
         p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),

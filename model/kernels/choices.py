@@ -128,7 +128,8 @@ DECISIONS = {d.name: d for d in (
               Variant("fp4_expert_gemm_w13_decode_mma", {"mma": True}))),
     Decision("gemv_decode_fp8", "a decode GEMV over an FP8 weight as mapped (dequant numerics)",
              (Variant("gemv_fp8_wq_b_decode", {}),
-              Variant("gemv_fp8_wq_b_decode_mma", {"mma": True}))),
+              Variant("gemv_fp8_wq_b_decode_mma", {"mma": True}),
+              Variant("gemv_fp8_wq_b_decode_ahead", {"ahead": True}))),
     # the FP8 GEMM's K over more programs where a decode's output tiles are few (wo_b: 128
     # tiles of 64 K blocks each); measured on wo_b (summing wo_a's splits) and the shared
     # expert's down projection
@@ -139,7 +140,8 @@ DECISIONS = {d.name: d for d in (
                       ("fp8_gemm_shared_w2_swiglu_decode_whole_k",)))),
     Decision("gemv_decode_bf16", "a decode GEMV over a bf16 weight (the LM head, wo_a)",
              (Variant("gemv_bf16_lm_head_decode", {}),
-              Variant("gemv_bf16_lm_head_decode_mma", {"mma": True}))),
+              Variant("gemv_bf16_lm_head_decode_mma", {"mma": True}),
+              Variant("gemv_bf16_lm_head_decode_ahead", {"ahead": True}))),
     Decision("moe_prefill", "routed experts, at least MOE_PREFILL_TOKENS tokens (grouped GEMM)",
              (Variant("moe_fp4_prefill_2048", {}),
               Variant("moe_fp4_prefill_m64", {"block_m": 64}),

@@ -33,9 +33,12 @@ TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
                  FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+                 BLOCK_K: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False):
     """Program (row tile of W [ROWS = G·N, K], k split) → fp32 partial[split, g, m, n]. Its
-    weight slice's first bytes are asked into L2 before the grid's wait (PDL)."""
+    weight slice's first bytes are asked into L2 before the grid's wait (PDL). AHEAD (a launch
+    choice): each step asks for the next weight tile before it converts and multiplies its own
+    — a loop without a dot is not pipelined, so otherwise every step waits for its load, and a
+    program has one tile in flight."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # rows of W (all groups)
@@ -53,13 +56,23 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
     # products accumulate per (row, column, k) and are summed over k once, after the loop: no
     # cross-lane reduction per step (as the MoE GEMV, where that was ≈ 10% on the H200)
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    if AHEAD:
+        first = k_lo + tl.arange(0, BLOCK_K)
+        w_next = tl.load(w_rows + first[None, :], mask=mask_n[:, None] & (first < k_hi)[None, :],
+                         other=0)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < k_hi
         mw = mask_n[:, None] & mask_k[None, :]
+        if AHEAD:
+            w_raw = w_next
+            after = offs_k + BLOCK_K
+            w_next = tl.load(w_rows + after[None, :],
+                             mask=mask_n[:, None] & (after < k_hi)[None, :], other=0)
+        else:
+            w_raw = tl.load(w_rows + offs_k[None, :], mask=mw, other=0)
         if FP8:
-            w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0).to(tl.float8e4nv,
-                                                                        bitcast=True)
+            w = w_raw.to(tl.float8e4nv, bitcast=True)
             # a tile's k lie in one 128-wide scale block (k0 is a multiple of BLOCK_K, which
             # divides 128), and its rows in one when BLOCK_N divides 128: one scale a tile (a
             # scale a row otherwise), not a byte load per weight
@@ -72,7 +85,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
                                            other=127))
                 w = w.to(tl.float32) * scale[:, None]
         else:
-            w = tl.load(w_rows + offs_k[None, :], mask=mw, other=0.0).to(tl.float32)
+            w = w_raw.to(tl.float32)
         x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
                     other=0.0).to(tl.float32)
         acc += x[:, None, :] * w[None, :, :]
@@ -176,7 +189,7 @@ def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                groups: int = 1, reduce: bool = True, mma: bool = False
+                groups: int = 1, reduce: bool = True, mma: bool = False, ahead: bool = False
                 ) -> torch.Tensor | SplitK:
     """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
     weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
@@ -184,7 +197,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     ``reduce=False``: the K splits' fp32 partial sums instead, for a consumer kernel that sums
     them as it reads them (one launch fewer): [S, ..., N] when ``groups`` = 1, else a
     ``SplitK`` (its ``dtype`` x's). ``mma`` (a launch choice, untimed): on tensor cores
-    (``_gemv_mma_kernel``) where ``mma_gemv`` allows."""
+    (``_gemv_mma_kernel``) where ``mma_gemv`` allows; ``ahead`` (a launch choice, untimed): the
+    FMA kernel loads each weight tile a step ahead."""
     k = x.shape[-1]
     rows_w = weight.shape[0]
     n = rows_w // groups
@@ -214,7 +228,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     else:
         _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
                                       k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
-                                      BLOCK_K=block_k, **pdl(w.device))
+                                      BLOCK_K=block_k, AHEAD=ahead, **pdl(w.device))
     if not reduce:
         if groups > 1:
             return SplitK(partial, tuple(x.shape[:-2]), x.dtype)

@@ -56,6 +56,7 @@ def _rows() -> list[dict]:
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),
         _row("gemv_fp8_wq_b_decode", 0.1, 0.057),
         _row("gemv_fp8_wq_b_decode_mma", 0.1, 0.02),
+        _row("gemv_fp8_wq_b_decode_ahead", 0.1, 0.03),
         _row("moe_fp4_prefill_2048", 9.0),
         _row("moe_fp4_prefill_m64", 3.0, max_rel_err=0.05),       # fast and too far off
         _row("csa_decode_pair", 0.2, 0.1),

@@ -132,3 +132,29 @@ def test_ops_route_decode_products_to_gemv(monkeypatch):
     big = torch.randn(gemv.MAX_ROWS + 1, 256)       # prefill-sized: dequantise + GEMM
     ops.dequant_linear(big, wq, ws, torch.float32)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("fp8", [True, False])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_loading_each_weight_tile_a_step_ahead_changes_no_bit(fp8, groups, monkeypatch):
+    """``ahead``: every step asks for the next weight tile before it multiplies its own (the
+    GPU's 32-row tiles; 2 K splits of 4 steps, the last step 104 wide); the products and
+    their order are the same, so the partials are bit-equal."""
+    monkeypatch.setattr(gemv, "_tiles", lambda m, n, g: (4, 32, 128))
+    n, k = 64 * groups if groups > 1 else 96, 1000
+    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 2 * -(-n // 32))   # 2 splits of each tile
+    g = torch.Generator().manual_seed(groups)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k)
+    weight, scale = quant.quant_fp8_block(w) if fp8 else (w.to(torch.bfloat16), None)
+    x = torch.randn(3, groups, k, generator=g) if groups > 1 else torch.randn(3, k, generator=g)
+    parts = gemv_triton(x, weight, scale, groups, reduce=False)
+    assert (parts.parts if groups > 1 else parts).shape[0] == 2   # the K splits
+    for reduce in (True, False):
+        plain = gemv_triton(x, weight, scale, groups, reduce=reduce)
+        ahead = gemv_triton(x, weight, scale, groups, reduce=reduce, ahead=True)
+        got, want = ((ahead.parts, plain.parts) if groups > 1 and not reduce else (ahead, plain))
+        assert torch.equal(got, want)
+    dense = quant.dequant_fp8_block(weight, scale) if fp8 else weight.float()
+    want = torch.einsum("mgk,gnk->mgn", x.reshape(3, groups, k), dense.view(groups, -1, k))
+    torch.testing.assert_close(ahead_full := gemv_triton(x, weight, scale, groups, ahead=True),
+                               want.reshape(ahead_full.shape), rtol=1e-5, atol=1e-4)
