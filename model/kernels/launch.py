@@ -7,7 +7,8 @@ branches), and how many short rows one program takes so that a tile holds about
 strided view (``rows_of``), and how a table of addresses gets to the device (``address``,
 ``device_table``), a counting table kept there (``counting``), the arrival
 counts of kernels whose last program of a group finishes the group's work (``arrivals``), and
-whether a launch may overlap the one before it (``pdl``, ``grid_entry``)."""
+whether a launch may overlap the one before it (``pdl``, ``grid_entry``; a weight-streaming
+kernel asks L2 for its weight meanwhile: ``grid_entry_prefetching``)."""
 
 from __future__ import annotations
 
