@@ -512,8 +512,16 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
             float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split, acc,
             counts, GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
             BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting(),
-            K_SPLITS=splits > 1, PARTS=n_parts, **pdl(x2.device))
+            K_SPLITS=splits > 1, PARTS=n_parts,
+            num_stages=SPLITK_STAGES if split is not None else 3, **pdl(x2.device))
     return y.to(dtype).reshape(*lead, n)
+
+
+# The pipeline's stages when the GEMM sums a grouped GEMV's splits as it reads them: each
+# stage holds the PARTS fp32 partial tiles [16, 128] (32 KB at 4 parts, though a decode uses
+# one row of 16) beside the 4 KB weight tile, so 3 stages (78 KB) leave 2 programs an SM and
+# 24 KB of weights in flight; 2 stages (40 KB) leave 5 programs and 40 KB (triton 3.6, sm_90).
+SPLITK_STAGES = 2
 
 
 def fp8_k_splits(m: int, n: int, k: int) -> tuple[int, int]:
