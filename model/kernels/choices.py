@@ -194,8 +194,7 @@ def choose(rows: Iterable[dict], source: str = "") -> dict:
     for decision in DECISIONS.values():
         timed = []
         for variant in decision.variants:
-            why = next((f"{name}: {why}" for name in variant.rows
-                        if (why := _unusable(by_name.get(name)))), "")
+            why = _unusable_rows(variant, by_name)
             if why:
                 table["left_out"][decision.name] = why
                 break
@@ -254,6 +253,15 @@ def write_table(table: dict, path: Path) -> None:
 
 def _ms(row: dict) -> float:
     return float(row["graph_ms"] if row.get("graph_ms") else row["time_ms"])
+
+
+def _unusable_rows(variant: Variant, by_name: dict[str, dict]) -> str:
+    """Why the first of a variant's rows that cannot be used cannot ("" when all can)."""
+    for name in variant.rows:
+        why = _unusable(by_name.get(name))
+        if why:
+            return f"{name}: {why}"
+    return ""
 
 
 def _unusable(row: dict | None) -> str:
