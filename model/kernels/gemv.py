@@ -45,9 +45,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
     mask_n = offs_n < ROWS
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + k_lo,
-                           (k_hi - k_lo) * w_ptr.dtype.element_ty.primitive_bitwidth // 8, mask_n,
-                           PDL)
+    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + k_lo, k_hi - k_lo, mask_n, PDL)
     group = (pid_n * BLOCK_N) // N                         # BLOCK_N divides N
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -63,14 +61,14 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLIT,
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < k_hi
-        mw = mask_n[:, None] & mask_k[None, :]
         if AHEAD:
             w_raw = w_next
             after = offs_k + BLOCK_K
             w_next = tl.load(w_rows + after[None, :],
                              mask=mask_n[:, None] & (after < k_hi)[None, :], other=0)
         else:
-            w_raw = tl.load(w_rows + offs_k[None, :], mask=mw, other=0)
+            w_raw = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :],
+                            other=0)
         if FP8:
             w = w_raw.to(tl.float8e4nv, bitcast=True)
             # a tile's k lie in one 128-wide scale block (k0 is a multiple of BLOCK_K, which
@@ -116,9 +114,7 @@ def _gemv_mma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, KB, ROWS, K_PER_SPLI
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
     mask_n = offs_n < ROWS
-    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + k_lo,
-                           (k_hi - k_lo) * w_ptr.dtype.element_ty.primitive_bitwidth // 8, mask_n,
-                           PDL)
+    grid_entry_prefetching(w_ptr + offs_n.to(tl.int64) * K + k_lo, k_hi - k_lo, mask_n, PDL)
     group = (pid_n * BLOCK_N) // N
     cols = tl.arange(0, 16)
     if SPLIT3:
