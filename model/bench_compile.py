@@ -7,7 +7,9 @@ It drives the wrappers of ``bench kernels`` (V4-Flash shapes, bf16 inputs, the l
 run makes) inside ``CompileOnly`` (model/kernels/cross_compile.py): each launch is compiled by
 Triton's GPU compiler and ``ptxas``, not run. A row per distinct kernel specialization: its
 constexprs, warps, registers per thread, stack / local bytes (spills), shared memory, the
-occupancy those allow, the tensor-core instruction its dots became (``wgmma``, or the
+occupancy those allow and how many times its grid fills an H200's 132 SMs at that occupancy
+(``waves``: a launch of 1.2 waves runs two rounds of programs, about as long as one of 2), the
+tensor-core instruction its dots became (``wgmma``, or the
 slower ``mma.sync``), how its warps share each dot's tile (``dots``,
 ``cross_compile.dot_layouts``: ``replicated`` > 1 means warps computing the same MMAs), its
 global loads by width (``global_loads``: one-byte loads of a uint8 tile mean the compiler
@@ -54,6 +56,7 @@ def bench_compile(arch: int = 90, full: bool = True,
         sass,
         sass_loops,
         usage,
+        waves,
     )
     from model.kernels.launch import overlapping
 
@@ -93,7 +96,9 @@ def bench_compile(arch: int = 90, full: bool = True,
                       "constexprs": c.constexprs, "regs": use["regs"],
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
                       "shared_bytes": shared, "mma": c.mma, "global_loads": c.loads,
-                      **occupancy(use["regs"], c.num_warps, shared),
+                      **occupancy(use["regs"], c.num_warps, shared), "programs": c.programs,
+                      "waves": waves(c.programs, occupancy(use["regs"], c.num_warps,
+                                                           shared)["blocks_per_sm"]),
                       "dots": c.dots, "loops": loops, "pipelined": pipelined(c.loads, loops),
                       "grid": {"launch_pdl": c.launch_pdl, **grid},
                       "compile_s": round(c.seconds, 2)})

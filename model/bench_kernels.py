@@ -325,13 +325,14 @@ def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
 
 
 def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
-              prologue: str = "", k_splits: bool = True) -> Case:
+              prologue: str = "", k_splits: bool = True, block_n: int | None = None) -> Case:
     """``prologue``: "swiglu" — the shared expert's down projection, its activation computed
     from gate and up as the GEMM reads them; "norm" — attention's query up-projections (its and
     the indexer's, stacked) with q_norm as the prologue; "splitk" — attention's ``wo_b``
     summing ``wo_a``'s grouped GEMV partials (3 K splits × 8 groups) as it reads them.
     ``k_splits``: the GEMM's own K over more programs at decode (``gemm.fp8_k_splits``; off:
-    the ``_whole_k`` rows, one program a tile)."""
+    the ``_whole_k`` rows, one program a tile); ``block_n``: the decode tile's rows
+    (``gemm._blocks``)."""
     w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if prologue == "swiglu" else None
@@ -341,13 +342,14 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
         parts = torch.randn(3, 8, m, k // 8, device=dev)
         x = gemm.SplitK(parts, (m,), dtype)
         reads = m * n + parts.numel() * 2        # fp32 partials: 2 × a bf16 value each
-    splits = gemm.fp8_k_splits(m, n, k)[0] if k_splits else 1
-    return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None, "k_splits": splits},
+    splits = gemm.fp8_k_splits(m, n, k, block_n)[0] if k_splits else 1
+    return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None, "k_splits": splits,
+                       "block_n": gemm._blocks(m, n, block_n)[1]},
                 n * k + ws.numel() + reads * dtype.itemsize,
                 2.0 * m * n * k,
                 lambda: gemm.fp8_gemm_reference(x.sum() if prologue == "splitk" else x, w, ws,
                                                 glu, norm),
-                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits),
+                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits, block_n),
                 "none set (report only)")
 
 
@@ -383,7 +385,8 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
 
 
 def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
-              dim: int = 4096) -> Case:
+              dim: int = 4096, finish: str = "fused") -> Case:
+    """mHC pre (``finish``: ``hc_pre_triton``'s, at decode)."""
     x = _rand(1, t, hc, dim, dtype=dtype, device=dev)
     fn = torch.randn((2 + hc) * hc, hc * dim, device=dev) * 0.01
     scale, base = torch.rand(3, device=dev), torch.randn((2 + hc) * hc, device=dev)
@@ -392,7 +395,7 @@ def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
     return Case(name, {"tokens": t, "hc": hc, "dim": dim, "path": path}, nbytes,
                 2.0 * t * fn.numel() + 3.0 * t * hc * dim,
                 lambda: mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6),
-                lambda: mhc.hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6),
+                lambda: mhc.hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6, finish=finish),
                 "none set (latency-bound)")
 
 
@@ -441,24 +444,26 @@ def _insert_rows_case(name: str, seqs: int, dev: str, d: int = 512,
 
 
 def _router_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
-                 dim: int = 4096, topk: int = 6) -> Case:
+                 dim: int = 4096, topk: int = 6, split: bool | None = None) -> Case:
     """MoE router (score-routed layer): the bf16 gate weight dominates the bytes at decode. On a
-    GPU the expert picks of both paths are compared once here (shape: index_agreement)."""
+    GPU the expert picks of both paths are compared once here (shape: index_agreement).
+    ``split``: ``route_triton``'s (None: by the token count)."""
     from model.kernels import router
     x = _rand(t, dim, dtype=dtype, device=dev)
     weight = _rand(n_exp, dim, dtype=torch.bfloat16, device=dev, std=dim**-0.5)
     bias = torch.randn(n_exp, device=dev) * 0.1
     ids = torch.zeros(t, dtype=torch.long, device=dev)
     args = (x, weight, bias, ids, None, topk, "sqrtsoftplus", 1.5)
+    splits = split if split is not None else t < router.SPLIT_BELOW_TOKENS
     shape: dict = {"tokens": t, "experts": n_exp, "dim": dim, "topk": topk,
-                   "path": "split" if t < router.SPLIT_BELOW_TOKENS else "fused"}
+                   "path": "split" if splits else "fused"}
     if dev == "cuda":
-        same = router.route_triton(*args)[1] == router.route_reference(*args)[1]
+        same = router.route_triton(*args, split=split)[1] == router.route_reference(*args)[1]
         shape["index_agreement"] = same.float().mean().item()
     nbytes = n_exp * dim * 2 + t * dim * x.element_size() + n_exp * 4 + t * topk * 12
     return Case(name, shape, nbytes, 2.0 * t * n_exp * dim,
-                lambda: router.route_reference(*args), lambda: router.route_triton(*args),
-                "none set (report only)")
+                lambda: router.route_reference(*args),
+                lambda: router.route_triton(*args, split=split), "none set (report only)")
 
 
 def _rms_norm_case(name: str, rows: int, dev: str, dtype: torch.dtype, dim: int = 4096) -> Case:
@@ -558,10 +563,12 @@ def _pool_inputs_case(name: str, tokens: int, dev: str, splits: int = 12) -> Cas
 
 
 def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: bool,
-               groups: int = 1, mma: bool = False, ahead: bool = False) -> Case:
+               groups: int = 1, mma: bool = False, ahead: bool = False,
+               wide: bool = False) -> Case:
     """Decode GEMV with the weight as mapped (one token): FP8 e4m3 + 128×128 scales (wq_b) or
     bf16 with one input vector per group (wo_a: 8 groups; the LM head: 1). ``mma``: on tensor
-    cores (``gemv._gemv_mma_kernel``); ``ahead``: each weight tile loaded a step ahead."""
+    cores (``gemv._gemv_mma_kernel``); ``ahead``: each weight tile loaded a step ahead;
+    ``wide``: tiles of twice the rows."""
     x = _rand(1, groups, k, dtype=dtype, device=dev) if groups > 1 else _rand(1, k, dtype=dtype,
                                                                              device=dev)
     if fp8:
@@ -578,9 +585,9 @@ def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: boo
 
     nbytes = w.numel() * w.element_size() + (0 if ws is None else ws.numel()) + x.numel() * 2
     return Case(name, {"n": n, "k": k, "groups": groups, "weight": "fp8" if fp8 else "bf16",
-                       "mma": mma, "ahead": ahead},
+                       "mma": mma, "ahead": ahead, "wide": wide},
                 nbytes, 2.0 * groups * n * k, reference,
-                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma, ahead=ahead),
+                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma, ahead=ahead, wide=wide),
                 "none set (report only)")
 
 
@@ -610,9 +617,9 @@ def _mhc_post_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
 
 
 def _mhc_post_pre_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
-                       dim: int = 4096) -> Case:
-    """mHC post of one site fused with the next site's pre (2 launches at decode instead of 3):
-    against the reference post then pre."""
+                       dim: int = 4096, finish: str = "fused") -> Case:
+    """mHC post of one site fused with the next site's pre (1 launch at decode instead of 3;
+    ``finish="kernel"``: 2): against the reference post then pre."""
     y = _rand(1, t, dim, dtype=dtype, device=dev)
     residual = _rand(1, t, hc, dim, dtype=dtype, device=dev)
     post, comb = torch.rand(1, t, hc, device=dev), torch.rand(1, t, hc, hc, device=dev)
@@ -628,7 +635,8 @@ def _mhc_post_pre_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int 
     return Case(name, {"tokens": t, "hc": hc, "dim": dim}, nbytes,
                 2.0 * t * hc * dim * (hc + 1) + 2.0 * t * fn.numel(), reference,
                 lambda: mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, 20,
-                                               1e-6, 1e-6), "none set (latency-bound)")
+                                               1e-6, 1e-6, finish=finish),
+                "none set (latency-bound)")
 
 
 def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partial[Case]]:
@@ -782,6 +790,9 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode", 1, 4096, 2048, dev, dtype, "swiglu"),
         p(_fp8_case, "fp8_gemm_q_proj_norm_decode", 1, 40960 if full else 8192, 1024, dev, dtype,
           "norm"),
+        # 1,280 tiles of 32 rows, two rounds of the SMs (at full size the default is 640 of 64)
+        p(_fp8_case, "fp8_gemm_q_proj_norm_decode_n32", 1, 40960 if full else 8192, 1024, dev,
+          dtype, "norm", block_n=32),
         p(_fp8_case, "fp8_gemm_wo_b_splitk_decode", 1, 4096 if full else 1024, 8192, dev, dtype,
           "splitk"),
         # one program a tile over all of K (before session 18; the fp8_gemm_decode choice)
@@ -830,6 +841,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_moe_case, "moe_fp4_prefill_m64_mma_n64", 2048 if gpu else 4, dev, dtype, **moe_dims,
           block_m=64, mma=True, group_n=64),
         p(_mhc_case, "mhc_pre_decode", 1, dev, dtype),
+        # the finish in a launch of its own (launch choice)
+        p(_mhc_case, "mhc_pre_decode_finish_kernel", 1, dev, dtype, finish="kernel"),
         p(_mhc_case, "mhc_pre_prefill", 2048 if gpu or full else 128, dev, dtype),
         p(_compressor_case, "compressor_csa_prefill", 512 if gpu else 64, 4, dev),
         p(_compressor_case, "compressor_csa_decode", 1, 4, dev),
@@ -837,6 +850,8 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_compressor_case, "compressor_index_prefill", 512 if gpu else 64, 4, dev, d=128,
           index_keys=True),
         p(_router_case, "router_decode", 1, dev, dtype),
+        # one program per token streaming all 2 MB (launch choice)
+        p(_router_case, "router_decode_fused", 1, dev, dtype, split=False),
         p(_router_case, "router_prefill", 2048 if full else 64, dev, dtype),
         p(_rms_norm_case, "rms_norm_decode", 1, dev, dtype),
         # the per-launch floor of a chain of tiny kernels, and with each launch overlapping the
@@ -872,9 +887,18 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           False, groups=8, ahead=True),
         p(_gemv_case, "gemv_bf16_lm_head_decode_ahead", 129280 if full else 4096, 4096, dev,
           torch.float32, False, ahead=True),
+        # tiles of twice the rows: fewer rounds of the SMs, more bytes in flight an SM
+        p(_gemv_case, "gemv_fp8_wq_b_decode_wide", 32768 if full else 4096, 1024, dev, dtype,
+          True, wide=True),
+        p(_gemv_case, "gemv_bf16_wo_a_decode_wide", 1024, 4096 if full else 1024, dev, dtype,
+          False, groups=8, wide=True),
+        p(_gemv_case, "gemv_bf16_lm_head_decode_wide", 129280 if full else 4096, 4096, dev,
+          torch.float32, False, wide=True),
         p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
         p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),
+        p(_mhc_post_pre_case, "mhc_post_pre_decode_finish_kernel", 1, dev, dtype,
+          finish="kernel"),
     ]
 
 

@@ -129,19 +129,34 @@ DECISIONS = {d.name: d for d in (
     Decision("gemv_decode_fp8", "a decode GEMV over an FP8 weight as mapped (dequant numerics)",
              (Variant("gemv_fp8_wq_b_decode", {}),
               Variant("gemv_fp8_wq_b_decode_mma", {"mma": True}),
-              Variant("gemv_fp8_wq_b_decode_ahead", {"ahead": True}))),
+              Variant("gemv_fp8_wq_b_decode_ahead", {"ahead": True}),
+              Variant("gemv_fp8_wq_b_decode_wide", {"wide": True}))),
     # the FP8 GEMM's K over more programs where a decode's output tiles are few (wo_b: 128
-    # tiles of 64 K blocks each); measured on wo_b (summing wo_a's splits) and the shared
-    # expert's down projection
+    # tiles of 64 K blocks each), and its decode tile's rows; measured on wo_b (summing wo_a's
+    # splits), the shared expert's down projection and the query up-projections, whose 1,280
+    # tiles of 32 rows fill an H200's SMs 1.2 times (64-row tiles by default since session 19)
     Decision("fp8_gemm_decode", "an FP8 GEMM of at most 16 rows (native numerics)",
              (Variant("fp8_gemm_wo_b_splitk_decode", {},
-                      ("fp8_gemm_shared_w2_swiglu_decode",)),
+                      ("fp8_gemm_shared_w2_swiglu_decode", "fp8_gemm_q_proj_norm_decode")),
               Variant("fp8_gemm_wo_b_splitk_decode_whole_k", {"k_splits": False},
-                      ("fp8_gemm_shared_w2_swiglu_decode_whole_k",)))),
+                      ("fp8_gemm_shared_w2_swiglu_decode_whole_k",
+                       "fp8_gemm_q_proj_norm_decode")),
+              Variant("fp8_gemm_wo_b_splitk_decode", {"block_n": 32},
+                      ("fp8_gemm_shared_w2_swiglu_decode", "fp8_gemm_q_proj_norm_decode_n32")))),
+    # the mHC pre's finish (split, Sinkhorn, collapse) by the token's last partial program, or
+    # by a kernel of its own; measured on the pre and on the post fused with the next pre
+    Decision("mhc_decode", "mHC pre (and post → pre), at most mhc.DECODE_MAX_TOKENS tokens",
+             (Variant("mhc_pre_decode", {}, ("mhc_post_pre_decode",)),
+              Variant("mhc_pre_decode_finish_kernel", {"finish": "kernel"},
+                      ("mhc_post_pre_decode_finish_kernel",)))),
+    Decision("router_decode", "the MoE router, fewer than router.SPLIT_BELOW_TOKENS tokens",
+             (Variant("router_decode", {}),
+              Variant("router_decode_fused", {"split": False}))),
     Decision("gemv_decode_bf16", "a decode GEMV over a bf16 weight (the LM head, wo_a)",
              (Variant("gemv_bf16_lm_head_decode", {}),
               Variant("gemv_bf16_lm_head_decode_mma", {"mma": True}),
-              Variant("gemv_bf16_lm_head_decode_ahead", {"ahead": True}))),
+              Variant("gemv_bf16_lm_head_decode_ahead", {"ahead": True}),
+              Variant("gemv_bf16_lm_head_decode_wide", {"wide": True}))),
     Decision("moe_prefill", "routed experts, at least MOE_PREFILL_TOKENS tokens (grouped GEMM)",
              (Variant("moe_fp4_prefill_2048", {}),
               Variant("moe_fp4_prefill_m64", {"block_m": 64}),
@@ -210,8 +225,10 @@ def choose(rows: Iterable[dict], source: str = "") -> dict:
 
 
 def variant_rows() -> tuple[str, ...]:
-    """The ``bench kernels`` cases the decisions' variants name (what ``--measure`` runs)."""
-    return tuple(name for d in DECISIONS.values() for v in d.variants for name in v.rows)
+    """The ``bench kernels`` cases the decisions' variants name (what ``--measure`` runs), each
+    once (variants of a decision may share rows: ``fp8_gemm_decode``'s)."""
+    return tuple(dict.fromkeys(name for d in DECISIONS.values() for v in d.variants
+                               for name in v.rows))
 
 
 def measure(device: torch.device | str = "cuda") -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import pkgutil
 import re
 import subprocess
@@ -31,7 +32,8 @@ from triton.runtime.jit import JITFunction
 
 # sm_90 per-SM limits (CUDA occupancy calculator: compute capability 9.0)
 SM90 = {"regs": 65536, "reg_unit": 256, "max_warps": 64, "max_blocks": 32,
-        "shared": 233472, "shared_per_block_reserved": 1024, "shared_per_block": 232448}
+        "shared": 233472, "shared_per_block_reserved": 1024, "shared_per_block": 232448,
+        "sms": 132}   # an H100 SXM's or H200's
 
 
 @dataclass(slots=True)
@@ -47,6 +49,7 @@ class Compiled:
     loads: dict          # its global loads in the PTX by width (``global_loads``)
     dots: list           # each dot's output tile and warp layout (``dot_layouts``)
     launch_pdl: bool = False   # launched to overlap the launch before it (``launch.pdl``)
+    programs: int | None = None   # the grid of the launch that compiled it (None: a callable)
 
 
 class _CompileOnlyDriver:
@@ -87,7 +90,8 @@ class CompileOnly:
                     fn.__name__, _constexprs(fn, args, kwargs), md.num_warps, md.num_stages,
                     time.perf_counter() - t0, kernel.asm["cubin"], int(md.shared),
                     mma_kind(kernel.asm["ptx"]), global_loads(kernel.asm["ptx"]),
-                    dot_layouts(kernel.asm["ttgir"]), bool(getattr(md, "launch_pdl", False))))
+                    dot_layouts(kernel.asm["ttgir"]), bool(getattr(md, "launch_pdl", False)),
+                    math.prod(grid) if isinstance(grid, tuple) else None))
             return kernel
 
         JITFunction.run = compile_only
@@ -297,6 +301,16 @@ def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dic
     blocks = limits[bound]
     return {"blocks_per_sm": blocks, "occupancy": round(blocks * warps / sm["max_warps"], 3),
             "limited_by": bound}
+
+
+def waves(programs: int | None, blocks_per_sm: int, sm: dict | None = None) -> float | None:
+    """How many times the GPU's SMs fill with a launch's programs at ``blocks_per_sm``
+    (``occupancy``): programs that take about the same time each run in ⌈waves⌉ rounds, so a
+    launch of 1.2 waves takes about as long as one of 2 (the second round's few programs
+    leave most SMs idle)."""
+    if programs is None or blocks_per_sm == 0:
+        return None
+    return round(programs / ((sm or SM90)["sms"] * blocks_per_sm), 2)
 
 
 def launched_kernels() -> list[str]:

@@ -464,22 +464,36 @@ def _rows_and_output(x: torch.Tensor, n: int, half_or_fp32: bool
     return x2, torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x.device)
 
 
-def _blocks(m: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N): skinny decode tiles spread N over many programs."""
-    return (16, 32) if m <= 16 else (64, 64)
+DECODE_BLOCK_N = (32, 64)   # the FP8 GEMM's decode tile rows: 32, or 64 past TARGET_PROGRAMS
+
+
+def _blocks(m: int, n: int, block_n: int | None = None) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the FP8 GEMM: skinny decode tiles spread N over many programs —
+    32 rows, or 64 where 32-row tiles would be more than TARGET_PROGRAMS, i.e. more than one
+    round of an H200's SMs (the query up-projections: 1,280 tiles at 8 programs an SM run in
+    two rounds, the second a fifth full; run 3 timed them at twice ``wq_b``'s 1,024, 37.5
+    against 18.4 µs); ``block_n`` (a launch choice) sets it."""
+    if m > 16:
+        return 64, 64
+    if block_n is None:
+        block_n = DECODE_BLOCK_N[triton.cdiv(n, DECODE_BLOCK_N[0]) > TARGET_PROGRAMS]
+    if block_n not in DECODE_BLOCK_N:
+        raise ValueError(f"the FP8 GEMM's decode tile is 32 or 64 rows, not {block_n}")
+    return 16, block_n
 
 
 def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tensor,
                     glu: tuple[torch.Tensor, float] | None = None,
                     norm: tuple[torch.Tensor, float] | None = None,
-                    k_splits: bool = True) -> torch.Tensor:
+                    k_splits: bool = True, block_n: int | None = None) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
     activation is swiglu(x, up) (an expert's down projection); ``norm`` = (weight, eps): it is
     RMSNorm(x) (attention's q_norm before the query up-projections); a ``SplitK`` x is summed
     (``wo_a``'s K splits, before ``wo_b``) — no separate launch any way. Rows of unit stride are
     read where they lie (a stacked projection's column slices). ``k_splits`` (a launch choice):
     at decode, K split over programs where the output tiles are few (``fp8_k_splits``), the
-    last split of each tile summing them."""
+    last split of each tile summing them; ``block_n`` (a launch choice): the decode tile's rows
+    (``_blocks``: by default 64 where 32-row tiles would fill the SMs more than once)."""
     assert glu is None or norm is None
     split = x if isinstance(x, SplitK) else None
     n = weight.shape[0]
@@ -498,10 +512,10 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
     y = torch.empty(m, n, dtype=cast or (dtype if split is not None else x2.dtype),
                     device=weight.device)
     if m and n:
-        bm, bn = _blocks(m)
+        bm, bn = _blocks(m, n, block_n)
         tiles = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         kb = triton.cdiv(k, 128)
-        splits, kb_per_split = fp8_k_splits(m, n, k) if k_splits else (1, kb)
+        splits, kb_per_split = fp8_k_splits(m, n, k, block_n) if k_splits else (1, kb)
         acc, counts = ((torch.empty(splits, m, n, dtype=torch.float32, device=y.device),
                         arrivals(tiles[0] * tiles[1], y.device)) if splits > 1 else (y, y))
         _fp8_gemm_kernel[(*tiles, splits)](
@@ -524,7 +538,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
 SPLITK_STAGES = 2
 
 
-def fp8_k_splits(m: int, n: int, k: int) -> tuple[int, int]:
+def fp8_k_splits(m: int, n: int, k: int, block_n: int | None = None) -> tuple[int, int]:
     """(splits, K blocks of 128 per split) of the FP8 GEMM's K: at decode (m ≤ 16, one row
     tile) enough splits that the grid has about TARGET_PROGRAMS programs — wo_b's 4,096 rows are
     128 tiles of 32, each 64 K blocks in a row where ``wq_b``'s 1,024 tiles run 8 (run 3: 90 µs
@@ -532,7 +546,7 @@ def fp8_k_splits(m: int, n: int, k: int) -> tuple[int, int]:
     every decode batch: a row's result does not depend on the rows beside it. Prefill tiles
     (m > 16) are enough programs already: one split."""
     kb = triton.cdiv(k, 128)
-    tiles = triton.cdiv(n, _blocks(m)[1])
+    tiles = triton.cdiv(n, _blocks(m, n, block_n)[1])
     if m > 16:
         return 1, kb
     splits = max(1, min(TARGET_PROGRAMS // max(tiles, 1), kb // 2))

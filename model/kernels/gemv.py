@@ -171,13 +171,13 @@ def mma_gemv(m: int, n: int, groups: int, weight: torch.Tensor, x: torch.Tensor)
             and (groups == 1 or n % MMA_BLOCK_N == 0))
 
 
-def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) for m rows: the product stays ≈ TILE_ELEMENTS; with groups,
-    BLOCK_N divides n (a tile never straddles two groups)."""
+def _tiles(m: int, n: int, groups: int, wide: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) for m rows: the product stays ≈ TILE_ELEMENTS (``wide``:
+    twice that); with groups, BLOCK_N divides n (a tile never straddles two groups)."""
     block_m = max(1, triton.next_power_of_2(m))
     block_k = 128
     # the interpreter runs programs one after another in Python: fewer, larger tiles there
-    elements = TILE_ELEMENTS * (64 if interpreting() else 1)
+    elements = TILE_ELEMENTS * (2 if wide else 1) * (64 if interpreting() else 1)
     block_n = max(1, elements // (block_m * block_k))
     while groups > 1 and block_n > 1 and n % block_n:
         block_n //= 2
@@ -185,8 +185,8 @@ def _tiles(m: int, n: int, groups: int) -> tuple[int, int, int]:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-                groups: int = 1, reduce: bool = True, mma: bool = False, ahead: bool = False
-                ) -> torch.Tensor | SplitK:
+                groups: int = 1, reduce: bool = True, mma: bool = False, ahead: bool = False,
+                wide: bool = False) -> torch.Tensor | SplitK:
     """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
     weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
     ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N].
@@ -194,7 +194,10 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     them as it reads them (one launch fewer): [S, ..., N] when ``groups`` = 1, else a
     ``SplitK`` (its ``dtype`` x's). ``mma`` (a launch choice, untimed): on tensor cores
     (``_gemv_mma_kernel``) where ``mma_gemv`` allows; ``ahead`` (a launch choice, untimed): the
-    FMA kernel loads each weight tile a step ahead."""
+    FMA kernel loads each weight tile a step ahead; ``wide`` (a launch choice, untimed): the FMA
+    kernel's tiles twice as many rows (at one token 64, not 32: ``wq_b``'s 1,024 tiles of 8
+    steps at 5 programs an SM, two rounds of the SMs, become 512 tiles in 2 K splits of 4
+    steps at 4 an SM, with fewer instructions a weight and 32 KB in flight an SM, not 20)."""
     k = x.shape[-1]
     rows_w = weight.shape[0]
     n = rows_w // groups
@@ -208,7 +211,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
         weight = weight.float()   # the interpreter mishandles bf16 (an exact up-cast)
     x3 = (x3.float() if interpreter_fp32() else x3).contiguous()
     fp8 = scale is not None
-    block_m, block_n, block_k = (16, MMA_BLOCK_N, 128) if mma else _tiles(m, n, groups)
+    block_m, block_n, block_k = (16, MMA_BLOCK_N, 128) if mma else _tiles(m, n, groups, wide)
     tiles = triton.cdiv(rows_w, block_n)
     splits = max(1, min(triton.cdiv(k, block_k), TARGET_PROGRAMS // tiles))
     k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k

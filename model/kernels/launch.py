@@ -234,18 +234,20 @@ LINE_BYTES = tl.constexpr(128)
 
 
 @triton.jit
-def grid_entry_prefetching(rows, row_elements, keep, PDL: tl.constexpr):
+def grid_entry_prefetching(rows, row_elements, keep, PDL: tl.constexpr,
+                           LINES_IN_ALL: tl.constexpr = PREFETCH_LINES):
     """``grid_entry`` for a kernel that streams a weight, which no launch writes: between its
     two instructions, while the launch before still runs, the program asks L2 for the first
     bytes of its own weight rows — ``rows`` [R] (pointers of any element type: where each row's
     part this program reads begins), ``row_elements`` of it each (runtime), rows where ``keep``:
-    PREFETCH_LINES lines in all, spread over the rows (one line a row at least). A prefetch
+    LINES_IN_ALL lines in all (default PREFETCH_LINES), spread over the rows (one line a row at
+    least). A prefetch
     reads nothing into the program and cannot fault, so it is not an access before the wait;
     ``cross_compile.grid_wait`` counts them (``CCTL.E.PF2``), and ``interpret_gdc`` records
     their addresses in the interpreter. Without PDL nothing overlaps, and nothing is asked."""
     if PDL:
         _let_next_start()
-        LINES: tl.constexpr = max(1, PREFETCH_LINES // rows.shape[0])
+        LINES: tl.constexpr = max(1, LINES_IN_ALL // rows.shape[0])
         line = tl.arange(0, LINES) * LINE_BYTES
         at = rows.to(tl.pointer_type(tl.uint8))[:, None] + line[None, :]
         row_bytes = row_elements * (rows.dtype.element_ty.primitive_bitwidth // 8)

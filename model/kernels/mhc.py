@@ -39,7 +39,13 @@ import triton
 import triton.language as tl
 
 from model.kernels.cache_rows import round_bf16
-from model.kernels.launch import grid_entry, interpreter_fp32, pdl
+from model.kernels.launch import (
+    arrivals,
+    grid_entry,
+    grid_entry_prefetching,
+    interpreter_fp32,
+    pdl,
+)
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
@@ -47,6 +53,7 @@ D_BLOCK = 512           # decode and prefill: d columns collapsed per finish pro
 PREFILL_BLOCK_T = 64    # prefill: tokens per partial program (one GEMM tile of fn's 24 rows)
 PREFILL_K_SLICE = 2048  # prefill: stream values per partial program (8 slices at V4-Flash)
 PREFILL_BLOCK_K = 64    # prefill: stream values per step of a partial program
+FINISH_D_BLOCK = 4096   # decode, fused finish: d columns collapsed a step by the one program
 
 def hc_split_sinkhorn_reference(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                                 hc: int, iters: int, eps: float
@@ -170,14 +177,30 @@ def _hc_pre_tokens_kernel(x_ptr, fn_ptr, part_ptr, T, D, n_slices, HC: tl.conste
 
 
 @triton.jit
-def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, D, n_slices,
-                           HC: tl.constexpr, K_SLICE: tl.constexpr, PDL: tl.constexpr = False):
-    """Program (token, slice): 24 partial dots + partial sum of squares → part[t, slice, :]."""
-    grid_entry(PDL)
+def _fn_rows(fn_ptr, F, col0, HC: tl.constexpr):
+    """Where each of fn's (2 + HC)·HC rows has column ``col0`` (padded to a power of two; the
+    padding where ¬keep) → (pointers, keep): a program's fn slice, for the prefetch."""
+    MIX_PAD: tl.constexpr = triton.next_power_of_2((2 + HC) * HC)
+    mix = tl.arange(0, MIX_PAD)
+    return fn_ptr + mix.to(tl.int64) * F + col0, mix < (2 + HC) * HC
+
+
+@triton.jit
+def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, cnt_ptr, scale_ptr, base_ptr, y_ptr,
+                           post_ptr, comb_ptr, D, n_slices, iters, eps, norm_eps,
+                           HC: tl.constexpr, K_SLICE: tl.constexpr, FINISH: tl.constexpr,
+                           PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
+                           PDL: tl.constexpr = False):
+    """Program (token, slice): 24 partial dots + partial sum of squares → part[t, slice, :].
+    FINISH: the token's last program to arrive (``cnt`` [T]) finishes the token
+    (``_finish_if_last``): the whole pre in one launch."""
     t = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     F = HC * D
     W = (2 + HC) * HC + 1
+    # fn is no launch's output: its slice may be asked for while the launch before runs
+    fn_rows, keep = _fn_rows(fn_ptr, F, k * K_SLICE, HC)
+    grid_entry_prefetching(fn_rows, tl.minimum(K_SLICE, F - k * K_SLICE), keep, PDL)
     cols = k * K_SLICE + tl.arange(0, K_SLICE)
     xv, d_pre, d_post, d_comb = _mix_chunk(x_ptr + t * F, fn_ptr, cols, cols < F, F, HC)
     out = part_ptr + (t * n_slices + k) * W
@@ -185,6 +208,9 @@ def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, D, n_slices,
     tl.store(out + HC + tl.arange(0, HC), d_post)
     tl.store(out + 2 * HC + tl.arange(0, HC * HC), d_comb)
     tl.store(out + W - 1, tl.sum(xv * xv, 0))
+    if FINISH:
+        _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr,
+                        comb_ptr, t, D, n_slices, iters, eps, norm_eps, HC, PART_BLOCK, D_BLOCK)
 
 
 @triton.jit
@@ -209,6 +235,17 @@ def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr
 
 
 @triton.jit
+def _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices, iters, eps, norm_eps,
+                         HC: tl.constexpr, PART_BLOCK: tl.constexpr):
+    """Token t's partials summed, RMS-scaled, split → pre [HC], post [HC], comb [HC, HC]."""
+    W = (2 + HC) * HC + 1
+    mix_pre, mix_post, mix_comb, ssq = _sum_partials(part_ptr + t * n_slices * W, n_slices, HC,
+                                                     PART_BLOCK)
+    r = 1.0 / tl.sqrt(ssq / (HC * D) + norm_eps)
+    return _split_sinkhorn(mix_pre, mix_post, mix_comb, r, scale_ptr, base_ptr, iters, eps, HC)
+
+
+@triton.jit
 def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
                           D, n_slices, iters, eps, norm_eps, HC: tl.constexpr,
                           PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
@@ -217,16 +254,32 @@ def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr,
     post / comb."""
     grid_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
-    W = (2 + HC) * HC + 1
-    mix_pre, mix_post, mix_comb, ssq = _sum_partials(part_ptr + t * n_slices * W, n_slices, HC,
-                                                     PART_BLOCK)
-    r = 1.0 / tl.sqrt(ssq / (HC * D) + norm_eps)
-    pre, post, comb = _split_sinkhorn(mix_pre, mix_post, mix_comb, r, scale_ptr, base_ptr, iters,
-                                      eps, HC)
+    pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices, iters,
+                                           eps, norm_eps, HC, PART_BLOCK)
     if tl.program_id(1) == 0:
         _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
     _collapse_block(x_ptr, y_ptr, t, D, pre, tl.program_id(1) * D_BLOCK + tl.arange(0, D_BLOCK),
                     HC)
+
+
+@triton.jit
+def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr, t,
+                    D, n_slices, iters, eps, norm_eps, HC: tl.constexpr,
+                    PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr):
+    """After a partial program has stored its partials: the last of token t's programs to
+    arrive (``cnt_ptr`` + t, ``launch.arrivals``: every program on grid axis 1 counts) reads all
+    of t's partials — and x, which the post's programs of the same launch may have written —
+    and does the finish kernel's work for the whole token: split, post / comb, and the
+    collapse of every column, D_BLOCK at a time."""
+    tl.debug_barrier()   # every thread's partials are stored before the arrival is counted
+    count = cnt_ptr + t
+    if tl.atomic_add(count, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every program's
+        tl.atomic_xchg(count, 0)
+        pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices,
+                                               iters, eps, norm_eps, HC, PART_BLOCK)
+        _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
+        for d0 in range(0, D, D_BLOCK):
+            _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC)
 
 
 @triton.jit
@@ -256,21 +309,30 @@ def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
 
 
 @triton.jit
-def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, part_ptr, D,
-                            n_slices, HC: tl.constexpr, K_SLICE: tl.constexpr,
-                            BF16: tl.constexpr, PDL: tl.constexpr = False):
+def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, part_ptr,
+                            cnt_ptr, scale_ptr, base_ptr, y2_ptr, post2_ptr, comb2_ptr, D,
+                            n_slices, iters, eps, norm_eps, HC: tl.constexpr,
+                            K_SLICE: tl.constexpr, BF16: tl.constexpr, FINISH: tl.constexpr,
+                            PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
+                            PDL: tl.constexpr = False):
     """Program (token, d-block of K_SLICE columns): the post of these columns of every stream
     (stored in out's dtype; BF16: rounded to bf16 first, for an fp32 buffer in the interpreter),
     then, from the stored values, the next pre's partials of the HC slices they are — stream
     j's is slice j·D/K_SLICE + block of the flattened hc·d row — written to part[t, slice, :]
-    as ``_hc_pre_partial_kernel`` writes them (D % K_SLICE = 0)."""
-    grid_entry(PDL)
+    as ``_hc_pre_partial_kernel`` writes them (D % K_SLICE = 0). FINISH: the token's last
+    program to arrive finishes the next pre from them (``_finish_if_last``: y2, post2, comb2)."""
     t = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     F = HC * D
     W = (2 + HC) * HC + 1
     rows = tl.arange(0, HC)
     rows2 = tl.arange(0, HC * HC)
+    # fn's columns of these HC slices (one run of K_SLICE a row and stream), asked for while
+    # the launch before runs: all of them (at V4-Flash 48 KB, 32 programs a token)
+    fn_rows, keep = _fn_rows(fn_ptr, F, blk * K_SLICE, HC)
+    grid_entry_prefetching((fn_rows[:, None] + (rows * D)[None, :]).reshape(
+        fn_rows.shape[0] * HC), K_SLICE, (keep[:, None] & (rows < HC)[None, :]).reshape(
+        fn_rows.shape[0] * HC), PDL, fn_rows.shape[0] * HC * (K_SLICE * 4 // 128))
     cols = blk * K_SLICE + tl.arange(0, K_SLICE)
     out = _post_block(y_ptr, x_ptr, post_ptr, comb_ptr, t, D, cols, cols < D, HC)
     if BF16:
@@ -287,6 +349,10 @@ def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, p
     tl.store(part[None, :] + HC + rows[:, None], d_post)
     tl.store(part[None, :] + 2 * HC + rows2[:, None], d_comb)
     tl.store(part + W - 1, tl.sum(xv * xv, 2).reshape(HC))
+    if FINISH:
+        _finish_if_last(cnt_ptr, out_ptr, part_ptr, scale_ptr, base_ptr, y2_ptr, post2_ptr,
+                        comb2_ptr, t, D, n_slices, iters, eps, norm_eps, HC, PART_BLOCK,
+                        D_BLOCK)
 
 
 def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d_block):
@@ -300,36 +366,61 @@ def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d
         xin, fn, part, t, d, n_slices, HC=hc, K_SLICE=k_slice, BLOCK_T=PREFILL_BLOCK_T,
         BLOCK_K=min(PREFILL_BLOCK_K, k_slice), MIX_PAD=max(16, triton.next_power_of_2(width - 1)),
         PREC="ieee" if interpreter_fp32() else "tf32x3", **pdl(xin.device))
-    _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
-                   part=part)
+    _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, d_block)
+
+
+def _finish_options(d: int, n_slices: int, d_block: int) -> dict:
+    """The finish's constexprs: partial rows a step, and the d-block of the finish kernel's
+    programs (``d_block``) or of the fused finish's one program a token (``FINISH_D_BLOCK``)."""
+    return dict(PART_BLOCK=min(64, triton.next_power_of_2(n_slices)),
+                D_BLOCK=min(d_block, triton.next_power_of_2(d)))
 
 
 def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
-                   part=None):
-    """The split reduction: partials (unless ``part`` already holds them) → finish."""
+                   finish: str = "fused"):
+    """The split reduction: partials, then the finish — by the token's last partial program
+    (``finish="fused"``, one launch) or by ``_hc_pre_finish_kernel``."""
     t, hc, d = xin.shape
-    d_block = min(d_block, triton.next_power_of_2(d))
-    overlap = pdl(xin.device)   # both launches' options (launch.pdl)
-    if part is None:
-        k_slice = min(k_slice, triton.next_power_of_2(hc * d))
-        n_slices = triton.cdiv(hc * d, k_slice)
-        part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32,
-                           device=xin.device)
-        _hc_pre_partial_kernel[(t, n_slices)](xin, fn, part, d, n_slices, HC=hc,
-                                              K_SLICE=k_slice, **overlap)
-    n_slices = part.shape[1]
-    _hc_pre_finish_kernel[(t, triton.cdiv(d, d_block))](
-        xin, part, scale, base, y, post, comb, d, n_slices, iters, eps, norm_eps, HC=hc,
-        PART_BLOCK=min(64, triton.next_power_of_2(n_slices)), D_BLOCK=d_block, **overlap)
+    overlap = pdl(xin.device)   # every launch's options (launch.pdl)
+    k_slice = min(k_slice, triton.next_power_of_2(hc * d))
+    n_slices = triton.cdiv(hc * d, k_slice)
+    part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=xin.device)
+    fused = _check_finish(finish) == "fused"
+    _hc_pre_partial_kernel[(t, n_slices)](
+        xin, fn, part, arrivals(t, xin.device) if fused else part, scale, base, y, post, comb,
+        d, n_slices, iters, eps, norm_eps, HC=hc, K_SLICE=k_slice, FINISH=fused,
+        **_finish_options(d, n_slices, FINISH_D_BLOCK), **overlap)
+    if not fused:
+        _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, d_block)
+
+
+def _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, d_block):
+    """``_hc_pre_finish_kernel`` over (token, d-block) from the partials in ``part``."""
+    t, hc, d = xin.shape
+    options = _finish_options(d, part.shape[1], d_block)
+    _hc_pre_finish_kernel[(t, triton.cdiv(d, options["D_BLOCK"]))](
+        xin, part, scale, base, y, post, comb, d, part.shape[1], iters, eps, norm_eps, HC=hc,
+        **options, **pdl(xin.device))
+
+
+FINISHES = ("fused", "kernel")
+
+
+def _check_finish(finish: str) -> str:
+    if finish not in FINISHES:
+        raise ValueError(f"mHC finish must be fused or kernel, not {finish!r}")
+    return finish
 
 
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                   iters: int, eps: float, norm_eps: float, decode: bool | None = None,
-                  k_slice: int = K_SLICE, d_block: int = D_BLOCK
+                  k_slice: int = K_SLICE, d_block: int = D_BLOCK, finish: str = "fused"
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [b, s, hc, d] → (y [b, s, d] in x.dtype, post fp32 [b, s, hc], comb fp32 [b, s, hc, hc]).
     ``decode`` picks the path (default: per-token partials when b·s ≤ DECODE_MAX_TOKENS, else
-    token-block partials); ``k_slice`` sizes the decode partials, ``d_block`` the finish."""
+    token-block partials); ``k_slice`` sizes the decode partials, ``d_block`` the finish
+    kernel's programs; ``finish`` (decode): "fused" (the token's last partial program, one
+    launch) or "kernel" (``_hc_pre_finish_kernel``, a launch of its own)."""
     b, s, hc, d = x.shape
     assert hc & (hc - 1) == 0, "hc_mult must be a power of two"
     t = b * s
@@ -343,7 +434,7 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
         args = (xin, fn.float().contiguous(), scale.float().contiguous(),
                 base.float().contiguous(), y, post, comb, iters, eps, norm_eps)
         if decode:
-            _launch_decode(*args, k_slice, d_block)
+            _launch_decode(*args, k_slice, d_block, finish)
         else:
             _launch_prefill(*args, d_block)
     return y.to(x.dtype), post, comb
@@ -375,13 +466,14 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
                        comb: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor,
                        base: torch.Tensor, iters: int, eps: float, norm_eps: float,
                        decode: bool | None = None, k_slice: int = K_SLICE,
-                       d_block: int = D_BLOCK
+                       d_block: int = D_BLOCK, finish: str = "fused"
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC post of one site then pre of the next → (new X [b, s, hc, d] in y.dtype, collapsed
     [b, s, d], post, comb). Decode (b·s ≤ DECODE_MAX_TOKENS) when d splits into whole slices:
-    two launches — ``_hc_post_partial_kernel`` writes X and, from the values it stored, the
-    pre's partials; the finish as in ``hc_pre_triton`` — instead of three. Otherwise
-    ``hc_post_triton`` then ``hc_pre_triton``."""
+    ``_hc_post_partial_kernel`` writes X and, from the values it stored, the pre's partials,
+    and (``finish="fused"``) the token's last program finishes the pre: one launch instead of
+    three (``"kernel"``: the finish kernel after it, two). Otherwise ``hc_post_triton`` then
+    ``hc_pre_triton``."""
     b, s, hc, d = residual.shape
     t = b * s
     ks = post_pre_slice(d, k_slice)
@@ -390,7 +482,7 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
     if not (decode and ks and t and hc & (hc - 1) == 0):
         x = hc_post_triton(y, residual, post, comb)
         return (x, *hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps, decode=decode,
-                                  k_slice=k_slice, d_block=d_block))
+                                  k_slice=k_slice, d_block=d_block, finish=finish))
     cast = torch.float32 if interpreter_fp32() else None
     yin = (y.to(cast) if cast else y).contiguous()
     rin = (residual.to(cast) if cast else residual).contiguous()
@@ -398,12 +490,17 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
     fn32 = fn.float().contiguous()
     n_slices = hc * d // ks
     part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=y.device)
-    _hc_post_partial_kernel[(t, d // ks)](
-        yin, rin, post.float().contiguous(), comb.float().contiguous(), x, fn32, part, d,
-        n_slices, HC=hc, K_SLICE=ks, BF16=y.dtype == torch.bfloat16, **pdl(y.device))
     collapsed = torch.empty(b, s, d, dtype=x.dtype, device=y.device)
     post2 = torch.empty(b, s, hc, dtype=torch.float32, device=y.device)
     comb2 = torch.empty(b, s, hc, hc, dtype=torch.float32, device=y.device)
-    _launch_decode(x, fn32, scale.float().contiguous(), base.float().contiguous(), collapsed,
-                   post2, comb2, iters, eps, norm_eps, ks, d_block, part=part)
+    scale32, base32 = scale.float().contiguous(), base.float().contiguous()
+    fused = _check_finish(finish) == "fused"
+    _hc_post_partial_kernel[(t, d // ks)](
+        yin, rin, post.float().contiguous(), comb.float().contiguous(), x, fn32, part,
+        arrivals(t, y.device) if fused else part, scale32, base32, collapsed, post2, comb2, d,
+        n_slices, iters, eps, norm_eps, HC=hc, K_SLICE=ks, BF16=y.dtype == torch.bfloat16,
+        FINISH=fused, **_finish_options(d, n_slices, FINISH_D_BLOCK), **pdl(y.device))
+    if not fused:
+        _launch_finish(x, part, scale32, base32, collapsed, post2, comb2, iters, eps, norm_eps,
+                       d_block)
     return (x.view(b, s, hc, d).to(y.dtype), collapsed.to(y.dtype), post2, comb2)

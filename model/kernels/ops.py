@@ -237,8 +237,16 @@ def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.T
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC pre: x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
     if backend(x) == "triton":
-        return _mhc.hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps)
+        return _mhc.hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps,
+                                  **_mhc_decode_options(x))
     return _mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps)
+
+
+def _mhc_decode_options(x: torch.Tensor) -> dict:
+    """The GPU's launch choices for an mHC pre of x [b, s, hc, d] at decode ({} otherwise)."""
+    if x.shape[0] * x.shape[1] <= _mhc.DECODE_MAX_TOKENS:
+        return choices.options("mhc_decode", x.device)
+    return {}
 
 
 def hc_post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
@@ -255,10 +263,11 @@ def hc_post_pre(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, com
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC post of one site, then pre of the next: → (new X [b, s, hc, d], collapsed [b, s, d],
     post [b, s, hc], comb [b, s, hc, hc]). Triton at decode: the post writes the pre's partial
-    sums as it goes (2 launches, not 3); reference: ``hc_post`` then ``hc_pre``."""
+    sums as it goes and its last program finishes the pre (1 launch, not 3); reference:
+    ``hc_post`` then ``hc_pre``."""
     if backend(y) == "triton":
         return _mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, iters, eps,
-                                       norm_eps)
+                                       norm_eps, **_mhc_decode_options(residual))
     x = _mhc.hc_post_reference(y, residual, post, comb)
     return (x, *_mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps))
 
@@ -458,9 +467,12 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """MoE router: x [n, dim], gate weight [experts, dim] → (weights fp32 [n, k], indices int64
     [n, k]). Score routing: top-k of score(x·Wᵀ) + bias; hash routing (``tid2eid`` given):
     tid2eid[input_ids]. Weights = scores there, renormalised unless softmax, × route_scale.
-    Triton: one fused kernel per token block; reference: the torch math Gate always used."""
+    Triton: one launch (decode: split over experts; else a fused kernel per token block);
+    reference: the torch math Gate always used."""
     if backend(x) == "triton":
+        chosen = (choices.options("router_decode", x.device)
+                  if x.shape[0] < _router.SPLIT_BELOW_TOKENS else {})
         return _router.route_triton(x, weight, bias, input_ids, tid2eid, topk, score_func,
-                                    route_scale)
+                                    route_scale, **chosen)
     return _router.route_reference(x, weight, bias, input_ids, tid2eid, topk, score_func,
                                    route_scale)

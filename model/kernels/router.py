@@ -15,12 +15,14 @@ the reference's fp32 GEMM up to summation order; an IEEE fp32 dot when x is not 
 
 Decode (fewer than ``SPLIT_BELOW_TOKENS`` tokens, where ``tl.dot``'s M ≥ 16 does not fit anyway)
 is memory-bound on that one weight read, and a single program per token would stream all of it
-through one SM. So by default it runs as a pair: ``_gate_logits_kernel`` spreads the GEMV over
-experts (``SPLIT_EXPERT_ROWS`` gate rows per program: 64 programs read the weight once, in
-parallel) into an fp32 [n × experts] buffer (1 KiB per token), then ``_route_from_logits_kernel``
-runs the same epilogue per token. Deterministic (no atomics; each logit is summed by one
-program). The fused one-token-per-program GEMV stays available (``split=False``); which is
-faster at 1–15 tokens is for the GPU measurement to say.
+through one SM. So by default it is split over experts, in one launch: ``_gate_route_kernel``'s
+program (token, ``SPLIT_EXPERT_ROWS`` experts) — 128 programs at V4-Flash — loads its whole
+16 KB slice of the weight at once, sums its logits into an fp32 [n × experts] buffer (1 KiB per
+token), and the token's last program to arrive runs the epilogue on them. Until session 19 this
+was two launches, the GEMV in 8 steps of 4 KB per program, each waiting for its loads and
+summing across lanes (run 3: 9.2 µs). Deterministic: each logit is summed by one program. The
+fused one-token-per-program GEMV stays available (``split=False``); which is faster at 1–15
+tokens is for the GPU measurement to say (decision ``router_decode``).
 
 Ties: each selection round takes the row maximum and then the lowest expert index holding it, so
 equal biased scores come out in ascending expert order. torch.topk does not document its tie
@@ -34,7 +36,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from model.kernels.launch import grid_entry, interpreter_fp32, pdl
+from model.kernels.launch import (
+    arrivals,
+    grid_entry,
+    grid_entry_prefetching,
+    interpreter_fp32,
+    pdl,
+)
 
 SCORE_FUNCS = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2}  # anything else: sqrtsoftplus, as Gate
 
@@ -185,40 +193,49 @@ def _route_kernel(x_ptr, w_ptr, bias_ptr, ids_ptr, tid2eid_ptr, out_w_ptr, out_i
 
 
 @triton.jit
-def _gate_logits_kernel(x_ptr, w_ptr, logits_ptr, T, E, D, BLOCK_E: tl.constexpr,
-                        BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
-    """Split decode, step 1: fp32 logits of one token × BLOCK_E experts (GEMV)."""
-    grid_entry(PDL)
-    offs_t = tl.program_id(0) + tl.arange(0, 1)
-    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_t = offs_t < T
-    mask_e = offs_e < E
-    logits = _gate_logits(x_ptr, w_ptr, offs_t, mask_t, offs_e, mask_e, D, 1, BLOCK_E, BLOCK_D,
-                          False, False, "ieee")
-    tl.store(logits_ptr + offs_t.to(tl.int64)[:, None] * E + offs_e[None, :], logits,
-             mask=mask_t[:, None] & mask_e[None, :])
+def _gate_route_kernel(x_ptr, w_ptr, logits_ptr, cnt_ptr, bias_ptr, ids_ptr, tid2eid_ptr,
+                       out_w_ptr, out_i_ptr, T, E, D, route_scale, K: tl.constexpr,
+                       K_PAD: tl.constexpr, SCORE: tl.constexpr, HASH: tl.constexpr,
+                       ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+                       PDL: tl.constexpr = False):
+    """Split decode in one launch. Program (token t, expert group g) computes the logits of
+    ROWS experts over all of dim — its whole slice of the gate weight loaded in one step when
+    BLOCK_D ≥ dim, the products summed once after the loop — and stores them; the last of t's
+    programs to arrive (``cnt`` [T], ``launch.arrivals``) reads all of t's logits and runs the
+    epilogue. Each logit is summed by one program: deterministic."""
+    t = tl.program_id(0)
+    offs_r = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    mask_r = offs_r < E
+    w_rows = w_ptr + offs_r.to(tl.int64) * D
+    # the gate weight is no launch's output: its first bytes may be asked for before the wait
+    grid_entry_prefetching(w_rows, D, mask_r, PDL)
+    x_row = x_ptr + t.to(tl.int64) * D
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        x = tl.load(x_row + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        w = tl.load(w_rows[:, None] + offs_d[None, :], mask=mask_r[:, None] & mask_d[None, :],
+                    other=0.0).to(tl.float32)
+        acc += x[None, :] * w
+    tl.store(logits_ptr + t.to(tl.int64) * E + offs_r, tl.sum(acc, 1), mask=mask_r)
+    tl.debug_barrier()   # every thread's logits are stored before the arrival is counted
+    count = cnt_ptr + t
+    if tl.atomic_add(count, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every group's
+        tl.atomic_xchg(count, 0)
+        offs_t = t + tl.arange(0, 1)
+        offs_e = tl.arange(0, BLOCK_E)
+        mask_t = offs_t < T
+        mask_e = offs_e < E
+        logits = tl.load(logits_ptr + offs_t.to(tl.int64)[:, None] * E + offs_e[None, :],
+                         mask=mask_t[:, None] & mask_e[None, :], other=0.0)
+        _route_epilogue(logits, offs_t, mask_t, offs_e, mask_e, bias_ptr, ids_ptr, tid2eid_ptr,
+                        out_w_ptr, out_i_ptr, route_scale, K, K_PAD, SCORE, HASH, 1, BLOCK_E)
 
 
-@triton.jit
-def _route_from_logits_kernel(logits_ptr, bias_ptr, ids_ptr, tid2eid_ptr, out_w_ptr, out_i_ptr,
-                              T, E, route_scale, K: tl.constexpr, K_PAD: tl.constexpr,
-                              SCORE: tl.constexpr, HASH: tl.constexpr, BLOCK_E: tl.constexpr,
-                              PDL: tl.constexpr = False):
-    """Split decode, step 2: the epilogue of one token from its stored logits."""
-    grid_entry(PDL)
-    offs_t = tl.program_id(0) + tl.arange(0, 1)
-    offs_e = tl.arange(0, BLOCK_E)
-    mask_t = offs_t < T
-    mask_e = offs_e < E
-    logits = tl.load(logits_ptr + offs_t.to(tl.int64)[:, None] * E + offs_e[None, :],
-                     mask=mask_t[:, None] & mask_e[None, :], other=0.0)
-    _route_epilogue(logits, offs_t, mask_t, offs_e, mask_e, bias_ptr, ids_ptr, tid2eid_ptr,
-                    out_w_ptr, out_i_ptr, route_scale, K, K_PAD, SCORE, HASH, 1, BLOCK_E)
-
-
-
-SPLIT_BELOW_TOKENS = 16  # fewer tokens: split the gate GEMV over experts (two launches)
-SPLIT_EXPERT_ROWS = 4     # gate rows per program of the split GEMV: 64 programs at 256 experts
+SPLIT_BELOW_TOKENS = 16  # fewer tokens: split the gate GEMV over experts (one launch)
+SPLIT_EXPERT_ROWS = 2     # gate rows per program of the split GEMV: 128 programs at 256 experts
+SPLIT_TILE = 8192         # a split program's weight elements a step: all of V4-Flash's 2 × 4096
 
 
 def route_blocks(tokens: int) -> tuple[int, bool]:
@@ -268,11 +285,12 @@ def route_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     overlap = pdl(x.device)   # every launch's options (launch.pdl)
     if split if split is not None else (block_t is None and n < SPLIT_BELOW_TOKENS):
         logits = torch.empty(n, e, dtype=torch.float32, device=x.device)
-        _gate_logits_kernel[(n, triton.cdiv(e, SPLIT_EXPERT_ROWS))](
-            x, weight, logits, n, e, d, BLOCK_E=SPLIT_EXPERT_ROWS,
-            BLOCK_D=min(512, triton.next_power_of_2(d)), **overlap)
-        _route_from_logits_kernel[(n,)](logits, *epilogue_args, n, e, float(route_scale),
-                                        **common, **overlap)
+        rows = min(SPLIT_EXPERT_ROWS, triton.next_power_of_2(e))
+        _gate_route_kernel[(n, triton.cdiv(e, rows))](
+            x, weight, logits, arrivals(n, x.device), *epilogue_args, n, e, d,
+            float(route_scale), ROWS=rows,
+            BLOCK_D=min(SPLIT_TILE // rows, triton.next_power_of_2(d)), num_warps=8,
+            **common, **overlap)
         return out_w, out_i
     bt, use_dot = route_blocks(n)
     if block_t is not None:

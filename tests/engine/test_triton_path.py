@@ -148,7 +148,7 @@ def test_bf16_steps_on_the_kernels_as_a_gpu_computes_them(toy_ckpt, monkeypatch,
                 got = lm.forward_batch(ids, on_triton)
             assert got.dtype == want.dtype and torch.isfinite(got).all()
             if step == "mixed":   # a prefill chunk's kernels ran too
-                assert audit.triton["_route_from_logits_kernel"] > 0
+                assert audit.triton["_gate_route_kernel"] > 0
             layers = len(routed["triton"])   # the reference's: the bf16 model's, the fp32's
             assert layers > 0 and len(routed["reference"]) == 2 * layers
             agree = torch.stack([

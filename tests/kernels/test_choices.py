@@ -57,6 +57,7 @@ def _rows() -> list[dict]:
         _row("gemv_fp8_wq_b_decode", 0.1, 0.057),
         _row("gemv_fp8_wq_b_decode_mma", 0.1, 0.02),
         _row("gemv_fp8_wq_b_decode_ahead", 0.1, 0.03),
+        _row("gemv_fp8_wq_b_decode_wide", 0.1, 0.025),
         _row("moe_fp4_prefill_2048", 9.0),
         _row("moe_fp4_prefill_m64", 3.0, max_rel_err=0.05),       # fast and too far off
         _row("csa_decode_pair", 0.2, 0.1),
@@ -108,6 +109,20 @@ def test_overlapping_launches_are_chosen_on_three_chains_replayed_time_summed():
     table = choices.choose(rows[:-1])
     assert table["choices"] == {}
     assert table["left_out"]["pdl"] == "norm_chain_decode_pdl: no row"
+
+
+def test_variants_that_share_rows_differ_by_the_rows_they_do_not_share():
+    """The FP8 GEMM's decode: every variant is timed on wo_b, the shared expert's w2 and the
+    q-projections; 32-row tiles share the first two rows with the default and win or lose on
+    the third alone."""
+    rows = [_row("fp8_gemm_wo_b_splitk_decode", 1.0, 0.020),
+            _row("fp8_gemm_shared_w2_swiglu_decode", 1.0, 0.010),
+            _row("fp8_gemm_wo_b_splitk_decode_whole_k", 1.0, 0.090),
+            _row("fp8_gemm_shared_w2_swiglu_decode_whole_k", 1.0, 0.020),
+            _row("fp8_gemm_q_proj_norm_decode", 1.0, 0.030)]
+    for n32_ms, want in ((0.037, {}), (0.025, {"block_n": 32})):
+        got = choices.choose([*rows, _row("fp8_gemm_q_proj_norm_decode_n32", 1.0, n32_ms)])
+        assert got["choices"]["fp8_gemm_decode"]["options"] == want
 
 
 def test_the_h200_run_of_session_2_had_no_variant_rows():
@@ -275,8 +290,8 @@ def test_measure_runs_exactly_the_variants_bench_kernels_cases():
     from model import bench_kernels
 
     rows = choices.variant_rows()
-    assert len(rows) == len(set(rows)) == sum(len(v.rows) for d in choices.DECISIONS.values()
-                                              for v in d.variants)
+    assert len(rows) == len(set(rows)) == len({name for d in choices.DECISIONS.values()
+                                               for v in d.variants for name in v.rows})
     assert all(len(d.variants) >= 2 for d in choices.DECISIONS.values())
     picked = bench_kernels.select(bench_kernels.cases(True, "cuda"), rows)
     assert sorted(bench_kernels.case_name(b) for b in picked) == sorted(rows)

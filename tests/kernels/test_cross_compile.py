@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from model.kernels.cross_compile import occupancy
+from model.kernels.cross_compile import occupancy, waves
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,14 +86,18 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
                    for loop in r["loops"])
     # every kernel was launched to overlap the one before it, and waits for it before it
     # touches global memory (a failure otherwise), and lets the next one start; the kernels
-    # that stream a weight first ask L2 for its first lines (one prefetch a thread)
-    streaming = {"_gemv_kernel", "_gemv_mma_kernel", "_fp8_gemm_kernel"}
+    # that stream a weight first ask L2 for its first lines: the projections, the router's gate,
+    # mHC's fn
+    streaming = {"_gemv_kernel", "_gemv_mma_kernel", "_fp8_gemm_kernel", "_gate_route_kernel",
+                 "_hc_pre_partial_kernel", "_hc_post_partial_kernel"}
     assert all({k: v for k, v in r["grid"].items() if k != "prefetches"}
                == {"launch_pdl": True, "wait": "first", "lets_next_start": True}
                for r in kernels)
     assert all((r["grid"]["prefetches"] > 0) == (r["kernel"] in streaming) for r in kernels)
     # every loop of tensor-core MMAs has its loads issued ahead (a failure otherwise)
     assert all(r["pipelined"] for r in kernels)
+    # every launch's grid, and the rounds of an H200's SMs it fills (all grids are tuples here)
+    assert all(r["programs"] > 0 and r["waves"] is not None for r in kernels)
     assert streaming <= {r["kernel"] for r in kernels}
     for r in kernels:
         assert r["arch"] == "sm_90" and 0 < r["regs"] <= 255 and r["mma"] in ("wgmma", "mma.sync",
@@ -132,6 +136,13 @@ def test_occupancy_follows_the_sm90_limits():
     assert occupancy(16, 4, 0)["occupancy"] == 1.0
     # more than 227 KiB of shared memory: the launch would fail
     assert occupancy(32, 4, 240 * 1024)["blocks_per_sm"] == 0
+
+
+def test_waves_count_how_often_a_grid_fills_132_sms():
+    # the query up-projections' decode GEMM: 1,280 programs at 8 an SM fill 1,056 slots 1.21
+    # times (two rounds); wq_b's 1,024 fit in one
+    assert waves(1280, 8) == 1.21 and waves(1024, 8) == 0.97
+    assert waves(None, 8) is None and waves(128, 0) is None
 
 
 SASS = """

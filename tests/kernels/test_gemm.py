@@ -328,4 +328,22 @@ def test_fp8_gemm_split_over_k_at_decode_is_the_whole_k_gemm(prologue):
     torch.testing.assert_close(got, fp8_gemm_reference(base, wq, ws), rtol=1e-5, atol=1e-4)
     for i in range(5):
         assert torch.equal(gemm(slice(i, i + 1))[0], got[i]), i
+    # 64-row tiles (2 tiles, the second 6 rows; 4 splits all the same): the same products
+    wide = gemm(slice(None), block_n=64)
+    torch.testing.assert_close(wide, got, rtol=1e-5, atol=1e-4)
+    assert torch.equal(gemm(slice(2, 3), block_n=64)[0], wide[2])
     assert torch.count_nonzero(arrivals(64, x.device)) == 0
+
+
+def test_fp8_decode_tiles_fill_the_sms_once():
+    """64-row decode tiles where 32-row ones would be more than TARGET_PROGRAMS (the query
+    up-projections: 1,280 → 640 programs), 32 elsewhere; 16 × 64 above 16 rows; a launch
+    choice may set 32 or 64, nothing else."""
+    from model.kernels.gemm import _blocks, fp8_k_splits
+
+    assert _blocks(1, 40960) == (16, 64) and fp8_k_splits(1, 40960, 1024) == (1, 8)
+    assert _blocks(1, 32768) == (16, 32) and _blocks(16, 4096) == (16, 32)
+    assert _blocks(17, 40960) == (64, 64) and _blocks(1, 40960, 32) == (16, 32)
+    assert fp8_k_splits(1, 4096, 8192, 64) == (16, 4)   # wo_b in 64-row tiles: 64 × 16
+    with pytest.raises(ValueError, match="32 or 64"):
+        _blocks(1, 4096, 128)

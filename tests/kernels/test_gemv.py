@@ -33,8 +33,8 @@ def test_gemv_matches_dequantised_product(m, n, k):
 def test_fp8_gemv_on_the_gpus_tiles_reads_one_scale_a_tile(block_n, groups, monkeypatch):
     """The GPU's row tiles (32 rows, dividing 128: one scale byte a tile) and a tile wider than
     a scale block (a scale a row); the interpreter's own default tiles are wider still."""
-    monkeypatch.setattr(gemv, "_tiles", lambda m, n, g: (max(1, 1 << (m - 1).bit_length()),
-                                                         block_n, 128))
+    monkeypatch.setattr(gemv, "_tiles", lambda m, n, g, wide=False: (
+        max(1, 1 << (m - 1).bit_length()), block_n, 128))
     n, k = 64 * groups if groups > 1 else 300, 384
     g = torch.Generator().manual_seed(block_n)
     rows = torch.logspace(0, 3, n).view(-1, 1)                 # every 128-row block's scale differs
@@ -140,7 +140,7 @@ def test_loading_each_weight_tile_a_step_ahead_changes_no_bit(fp8, groups, monke
     """``ahead``: every step asks for the next weight tile before it multiplies its own (the
     GPU's 32-row tiles; 2 K splits of 4 steps, the last step 104 wide); the products and
     their order are the same, so the partials are bit-equal."""
-    monkeypatch.setattr(gemv, "_tiles", lambda m, n, g: (4, 32, 128))
+    monkeypatch.setattr(gemv, "_tiles", lambda m, n, g, wide=False: (4, 32, 128))
     n, k = 64 * groups if groups > 1 else 96, 1000
     monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 2 * -(-n // 32))   # 2 splits of each tile
     g = torch.Generator().manual_seed(groups)
@@ -158,3 +158,22 @@ def test_loading_each_weight_tile_a_step_ahead_changes_no_bit(fp8, groups, monke
     want = torch.einsum("mgk,gnk->mgn", x.reshape(3, groups, k), dense.view(groups, -1, k))
     torch.testing.assert_close(ahead_full := gemv_triton(x, weight, scale, groups, ahead=True),
                                want.reshape(ahead_full.shape), rtol=1e-5, atol=1e-4)
+
+
+def test_wide_tiles_take_twice_the_rows_and_the_same_products(monkeypatch):
+    """``wide`` (a launch choice): the GPU's one-token tile is 64 rows, not 32 (two a scale
+    block; grouped, still dividing the group), and the results are the dequantised product's."""
+    monkeypatch.setattr(gemv, "interpreting", lambda: False)   # the GPU's tile sizes
+    assert gemv._tiles(1, 4096, 1) == (1, 32, 128) and gemv._tiles(1, 4096, 1, True) == (1, 64, 128)
+    assert gemv._tiles(2, 4096, 1, True) == (2, 32, 128)
+    assert gemv._tiles(1, 96, 4, True) == (1, 32, 128)         # 64 does not divide a group of 96
+    monkeypatch.undo()
+    for fp8, groups in ((True, 1), (False, 4)):
+        n, k = (300, 384) if groups == 1 else (256, 640)
+        w = torch.randn(groups * n, k) * k**-0.5
+        weight, scale = quant.quant_fp8_block(w) if fp8 else (w.to(torch.bfloat16), None)
+        x = torch.randn(1, groups, k) if groups > 1 else torch.randn(1, k)
+        dense = quant.dequant_fp8_block(weight, scale) if fp8 else weight.float()
+        want = torch.einsum("mgk,gnk->mgn", x.reshape(1, groups, k), dense.view(groups, n, k))
+        got = gemv_triton(x, weight, scale, groups, wide=True)
+        torch.testing.assert_close(got, want.reshape(got.shape), rtol=1e-5, atol=1e-4)

@@ -1,7 +1,7 @@
 """The kernels whose last program of a group finishes the group's work (decode attention merging
-its splits, the indexer's scores kernel picking, the FP8 GEMM summing its K splits) rely on the GPU's memory order: each program
-stores its part, then counts its arrival (``tl.atomic_add``, acq_rel); the last to arrive reads
-every part from L2. The interpreter runs programs one after another, so only a GPU can show a
+its splits, the indexer's scores kernel picking, the FP8 GEMM summing its K splits, the router's
+epilogue) rely on the GPU's memory order: each program stores its part, then counts its arrival
+(``tl.atomic_add``, acq_rel); the last to arrive reads every part from L2. The interpreter runs programs one after another, so only a GPU can show a
 race. At decode the indexer's score programs also count their scores' top key digits (relaxed
 atomics before the arrival) for the pick to start from; the parallel pick's slice programs
 place their keys and the row's last one reads them all. Here: many launches at V4-Flash's decode
@@ -69,4 +69,25 @@ def test_the_fp8_gemm_sums_its_k_splits_the_same_every_launch():
     torch.testing.assert_close(want.float(), whole.float(), rtol=2e-2, atol=2e-2)
     for _ in range(LAUNCHES):
         assert torch.equal(gemm.fp8_gemm_triton(x, wq, ws), want)
+    assert not launch._ARRIVALS[x.device].any()
+
+
+def test_the_router_routes_the_same_every_launch():
+    """The router at decode: 128 programs of 2 experts each per token; the token's last one
+    runs the epilogue over all 256 logits."""
+    from model.kernels import router
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(4, 4096, device="cuda", generator=g).bfloat16()
+    weight = (torch.randn(256, 4096, device="cuda", generator=g) / 64).bfloat16()
+    bias = torch.randn(256, device="cuda", generator=g) * 0.1
+    ids = torch.zeros(4, dtype=torch.long, device="cuda")
+    args = (x, weight, bias, ids, None, 6, "sqrtsoftplus", 1.5)
+    want = router.route_triton(*args)
+    fused = router.route_triton(*args, split=False)
+    assert torch.equal(want[1], fused[1])
+    torch.testing.assert_close(want[0], fused[0], rtol=1e-5, atol=1e-6)
+    for _ in range(LAUNCHES):
+        got = router.route_triton(*args)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert not launch._ARRIVALS[x.device].any()

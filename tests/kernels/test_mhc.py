@@ -1,8 +1,8 @@
 """mHC pre (RMS + mixing projection + Sinkhorn + collapse) and post: Triton vs torch.
 
-hc_pre has two paths: prefill (partials over (token block, K-slice) programs) and decode
-(partials over (token, K-slice) programs), each then a finish kernel over (token, d-block);
-both are checked here."""
+hc_pre has two paths: prefill (partials over (token block, K-slice) programs, then a finish
+kernel over (token, d-block)) and decode (partials over (token, K-slice) programs, the token's
+last of which finishes it; or the finish kernel, a launch choice); all are checked here."""
 
 from __future__ import annotations
 
@@ -45,17 +45,44 @@ def test_hc_pre_prefill_matches_reference(b, s, hc, d):
     _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
 
 
+@pytest.mark.parametrize("finish", mhc.FINISHES)
 @pytest.mark.parametrize("b,s,hc,d,k_slice,d_block", [
     (1, 1, 4, 64, 128, 512),   # 1 token: hc·d = 256 → 2 slices, one (clamped) d-block
     (1, 3, 4, 100, 64, 32),    # 3 tokens; hc·d = 400 not a multiple of the slice, d of the block
     (1, 1, 4, 100, 4, 64),     # 100 slices: the partial sum loops twice over 64-slice blocks
     (2, 1, 2, 96, 64, 64),     # hc = 2
 ])
-def test_hc_pre_decode_matches_reference(b, s, hc, d, k_slice, d_block):
+def test_hc_pre_decode_matches_reference(b, s, hc, d, k_slice, d_block, finish):
     x, fn, scale, base = _inputs(b, s, hc, d)
     got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS, decode=True, k_slice=k_slice,
-                        d_block=d_block)
+                        d_block=d_block, finish=finish)
     _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
+
+
+def test_fused_finish_collapses_in_steps_and_leaves_no_count(monkeypatch):
+    """The token's last partial program finishes it, 32 columns a step (d = 100: four steps,
+    the last ragged), whichever program arrives last (shuffled order, several seeds of
+    inputs); the result equals the finish kernel's bit for bit, and the counts are zero after."""
+    from model.kernels import launch
+
+    monkeypatch.setattr(mhc, "FINISH_D_BLOCK", 32)
+    for seed in range(3):
+        x, fn, scale, base = _inputs(1, 3 + seed, 4, 100)
+        args = (x, fn, scale, base, ITERS, EPS, NORM_EPS)
+        fused = hc_pre_triton(*args, decode=True, k_slice=64)
+        apart = hc_pre_triton(*args, decode=True, k_slice=64, finish="kernel")
+        for a, w in zip(fused, apart, strict=True):
+            assert torch.equal(a, w)
+        _assert_matches(fused, hc_pre_reference(*args))
+    y, post, comb = _post_inputs(1, 2, 4, 128)   # and the post, then the pre, in one launch
+    residual, fn, scale, base = _inputs(1, 2, 4, 128)
+    both = (y, residual, post, comb, fn, scale, base, ITERS, EPS, NORM_EPS)
+    fused, apart = mhc.hc_post_pre_triton(*both), mhc.hc_post_pre_triton(*both, finish="kernel")
+    for a, w in zip(fused, apart, strict=True):
+        assert torch.equal(a, w)
+    assert not launch.arrivals(8, x.device).any()
+    with pytest.raises(ValueError, match="finish"):
+        hc_pre_triton(*args, decode=True, finish="combine")
 
 
 def test_hc_pre_decode_bf16_input():
@@ -78,7 +105,7 @@ def test_hc_pre_paths_agree():
 
 def test_hc_pre_auto_choice_at_threshold(monkeypatch):
     calls: list[str] = []
-    for name in ("_launch_decode", "_launch_prefill"):
+    for name in ("_launch_decode", "_launch_prefill", "_launch_finish"):
         real = getattr(mhc, name)
         monkeypatch.setattr(mhc, name,
                             lambda *a, _n=name, _f=real, **kw: (calls.append(_n), _f(*a, **kw))[1])
@@ -87,8 +114,9 @@ def test_hc_pre_auto_choice_at_threshold(monkeypatch):
         x, fn, scale, base = _inputs(1, s, 4, 32)
         got = hc_pre_triton(x, fn, scale, base, ITERS, EPS, NORM_EPS)
         _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
-    # (the prefill path's partials end in the decode path's finish)
-    assert calls == ["_launch_decode", "_launch_prefill", "_launch_decode"]
+    # the decode path finishes in its partials' launch; the prefill path's partials end in the
+    # finish kernel
+    assert calls == ["_launch_decode", "_launch_prefill", "_launch_finish"]
 
 
 def test_hc_post_matches_reference():
@@ -107,11 +135,13 @@ def _post_inputs(b: int, s: int, hc: int, d: int, dtype: torch.dtype = torch.flo
     return y, post, comb
 
 
+@pytest.mark.parametrize("finish", mhc.FINISHES)
 @pytest.mark.parametrize("b,s,hc,d", [(1, 1, 4, 256), (2, 3, 4, 96), (1, 2, 2, 64),
                                       (1, 1, 4, 40)])
-def test_post_then_pre_in_two_launches_matches_the_two_ops(b, s, hc, d):
+def test_post_then_pre_in_one_launch_matches_the_two_ops(b, s, hc, d, finish):
     """Decode: the post writes the next pre's partial sums (whole slices of every stream: 128,
-    32 and 64 columns here; 40 has none ≥ 16 and runs post, then pre, apart)."""
+    32 and 64 columns here; 40 has none ≥ 16 and runs post, then pre, apart) and its last
+    program finishes the pre (``finish="kernel"``: the finish kernel does)."""
     from model.op_audit import OpAudit
 
     residual, fn, scale, base = _inputs(b, s, hc, d)
@@ -120,12 +150,13 @@ def test_post_then_pre_in_two_launches_matches_the_two_ops(b, s, hc, d):
     want = (x, *hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
     with OpAudit() as audit:
         got = mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, ITERS, EPS,
-                                     NORM_EPS)
+                                     NORM_EPS, finish=finish)
     assert torch.allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
     _assert_matches(got[1:], want[1:])
     fused = mhc.post_pre_slice(d) is not None
     assert fused == (d != 40)
-    assert sum(audit.triton.values()) == (2 if fused else 3)
+    launches = (1 if fused else 2) + (finish == "kernel")
+    assert sum(audit.triton.values()) == launches
 
 
 def test_post_then_pre_bf16_rounds_the_streams_before_the_pre():

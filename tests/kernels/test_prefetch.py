@@ -78,3 +78,43 @@ def test_the_fp8_gemm_asks_for_its_rows_first_lines():
     _, lines = _asked(lambda: gemm.fp8_gemm_triton(x, wq, ws))
     assert len(lines) == 70 * 3
     assert _by_row(lines, wq) == {row: {0, 128, 256} for row in range(70)}
+
+
+def test_the_router_asks_for_every_gate_row_it_reads(bf16_interpreter):
+    """The router's split decode (2 gate rows a program, all of dim): a 200-byte bf16 row is
+    asked for whole, 2 lines, every row of 23 (the last program's second row is padding)."""
+    from model.kernels import router
+
+    weight = (torch.randn(23, 100) * 0.1).to(torch.bfloat16)
+    x, bias = torch.randn(3, 100), torch.randn(23) * 0.1
+    ids = torch.zeros(3, dtype=torch.long)
+    _, lines = _asked(lambda: torch.cat([t.float().flatten() for t in router.route_triton(
+        x, weight, bias, ids, None, 4, "sqrtsoftplus", 1.0, split=True)]))
+    assert _by_row(lines, weight) == {row: {0, 128} for row in range(23)}
+    assert len(lines) == 3 * 23 * 2   # each token's programs ask for their own rows
+
+
+@pytest.mark.parametrize("fused_post", [False, True])
+def test_mhc_asks_for_all_of_fn_it_reads(fused_post):
+    """mHC's decode partial programs ask for their slice of fn (fp32 [24, hc·d]): together,
+    every line of every row — the pre's programs a 64-value slice each (the last 16 values,
+    one line), the post → pre programs a 128-column block of every stream (of 256)."""
+    from model.kernels import mhc
+
+    hc, d = 4, 100 if not fused_post else 256
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, hc, d, generator=g)
+    fn = torch.randn((2 + hc) * hc, hc * d, generator=g) * 0.05
+    scale, base = torch.rand(3, generator=g) + 0.5, torch.randn((2 + hc) * hc, generator=g)
+    args = (fn, scale, base, 20, 1e-6, 1e-6)
+    y, post, comb = torch.randn(1, 1, d), torch.rand(1, 1, hc), torch.rand(1, 1, hc, hc)
+
+    def call() -> torch.Tensor:
+        out = (mhc.hc_post_pre_triton(y, x, post, comb, *args) if fused_post else
+               mhc.hc_pre_triton(x, *args, decode=True, k_slice=64))
+        return torch.cat([t.flatten() for t in out])
+
+    _, lines = _asked(call)
+    row_bytes = hc * d * 4
+    assert _by_row(lines, fn) == {row: set(range(0, row_bytes, LINE)) for row in range(24)}
+    assert len(lines) == 24 * -(-row_bytes // LINE)   # each line once

@@ -79,6 +79,27 @@ def test_dot_tiles_on_few_tokens_and_gemv_on_many():
     _check(19, 48, 20, 6, "sigmoid", hashed=False, split=True)      # split pair on many tokens
 
 
+@pytest.mark.parametrize("hashed", [False, True])
+def test_split_decode_over_many_groups_and_steps(monkeypatch, hashed):
+    """The one-launch split decode with a small tile: 23 experts in 12 groups of 2 (the last
+    half empty) and dim 100 in 4 steps of 32 (the last ragged); programs run in shuffled order
+    (interpret_order), so any group may arrive last. Repeated launches give the same answer
+    and leave the arrival counts at zero."""
+    from model.kernels import launch, router
+
+    monkeypatch.setattr(router, "SPLIT_TILE", 64)
+    for seed in range(3):
+        _check(3, 100, 23, 5, "sqrtsoftplus", hashed=hashed, split=True, seed=seed)
+    x, weight, bias, ids, tid2eid = _inputs(4, 100, 23, 5, seed=7)
+    args = (x, weight, None if hashed else bias, ids, tid2eid if hashed else None, 5,
+            "sigmoid", 1.0)
+    first = route_triton(*args, split=True)
+    for _ in range(3):
+        again = route_triton(*args, split=True)
+        assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    assert not launch.arrivals(4, x.device).any()
+
+
 @pytest.mark.parametrize("score_func", ["sqrtsoftplus", "sigmoid", "softmax"])
 def test_score_functions_are_stable_at_extreme_logits(score_func):
     """softplus written as max(x,0) + log1p(exp(−|x|)): no overflow at +100, no flush to 0 at
