@@ -355,11 +355,11 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
 
 def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
               topk: int = 6, dim: int = 4096, inter: int = 2048, native: bool = False,
-              **tiles: int) -> Case:
+              **tiles: int | bool | str) -> Case:
     """Routed experts of one layer; only the experts actually hit are stored (weights read once).
     ``native``: with the FP8 quantisation of x and h (native numerics: inside the GEMV and its
     epilogue at decode). ``tiles``: launch options of the Triton path (block_m of the grouped
-    GEMM; block_n / block_k / num_warps of the decode GEMV)."""
+    GEMM; block_n / block_k / num_warps / ahead / mma / combine of the decode)."""
     used = min(n_exp, t * topk)
     stacks = []
     for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
@@ -822,6 +822,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         # the decode GEMVs on tensor cores: 2 bf16 weights decoded a register
         p(_moe_case, "moe_fp4_decode_mma", 1, dev, dtype, **moe_dims, mma=True, block_n=128),
         p(_moe_case, "moe_fp4_decode_mma_n64", 1, dev, dtype, **moe_dims, mma=True, block_n=64),
+        # the combine in a launch of its own (before session 19: the down GEMV's last programs)
+        p(_moe_case, "moe_fp4_decode_combine_kernel", 1, dev, dtype, **moe_dims,
+          combine="kernel"),
+        p(_moe_case, "moe_fp4_decode_native_combine_kernel", 1, dev, dtype, **moe_dims,
+          native=True, combine="kernel"),
         p(_moe_case, "moe_fp4_decode_native_mma", 1, dev, dtype, **moe_dims, native=True,
           mma=True, block_n=128),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),

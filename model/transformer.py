@@ -45,6 +45,8 @@ class BeforeAttention:
 
 class Block(nn.Module):
     """X → hc_pre(attn) → attn_norm → attention → hc_post → hc_pre(ffn) → ffn_norm → MoE → hc_post.
+    Each norm is applied by the hc_pre before it (``HyperConnection.pre``'s ``norm``: the
+    collapse feeds nothing else).
 
     Each hc_post runs fused with the hc_pre after it (``HyperConnection.post_pre``): the one
     inside the block, and the block's last with the next block's first — a block returns its
@@ -79,13 +81,13 @@ class Block(nn.Module):
                          memo: dict) -> BeforeAttention:
         """Everything up to attention's cache side (with the previous block's last post);
         reads no cache."""
-        site = (self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
+        site = (self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base, self.attn_norm)
         if isinstance(x, PendingPost):
             x, h, post, comb = self.hc.post_pre(x, *site)
         else:
             h, post, comb = self.hc.pre(x, *site)
         angles = self.attn.angles(positions, memo)
-        inputs = self.attn.project(self.attn_norm(h), positions, angles)
+        inputs = self.attn.project(h, positions, angles)   # h: attn_norm's output already
         return BeforeAttention(x, post, comb, inputs)
 
     def after_attention(self, o: torch.Tensor, before: BeforeAttention,
@@ -95,8 +97,8 @@ class Block(nn.Module):
         h = self.attn.output(o)
         residual, h, post, comb = self.hc.post_pre(
             PendingPost(h, before.residual, before.post, before.comb), self.hc_ffn_fn,
-            self.hc_ffn_scale, self.hc_ffn_base)
-        h = self.ffn(self.ffn_norm(h), input_ids)
+            self.hc_ffn_scale, self.hc_ffn_base, self.ffn_norm)
+        h = self.ffn(h, input_ids)   # h: ffn_norm's output already
         return PendingPost(h, residual, post, comb)
 
 

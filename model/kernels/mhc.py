@@ -46,6 +46,7 @@ from model.kernels.launch import (
     interpreter_fp32,
     pdl,
 )
+from model.kernels.norm_rope import rms_norm_triton
 
 DECODE_MAX_TOKENS = 64  # b·s up to this: split-reduction decode path (see the module docstring)
 K_SLICE = 128           # decode: stream values (and fn columns) per partial program
@@ -134,14 +135,19 @@ def _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC: tl.constexpr):
 
 
 @triton.jit
-def _collapse_block(x_ptr, y_ptr, t, D, pre, cols, HC: tl.constexpr):
-    """y[t, cols] = Σ_i pre_i · x[t, i, cols]."""
+def _collapse_block(x_ptr, y_ptr, t, D, pre, cols, HC: tl.constexpr, BF16: tl.constexpr = False):
+    """y[t, cols] = Σ_i pre_i · x[t, i, cols] → the values stored, as float32 (zero past D;
+    BF16: rounded to bf16 before they are stored, for an fp32 buffer in the interpreter)."""
     rows = tl.arange(0, HC)
     mask = cols < D
     xs = tl.load(x_ptr + t * HC * D + rows[:, None] * D + cols[None, :], mask=mask[None, :],
                  other=0.0).to(tl.float32)
-    tl.store(y_ptr + t * D + cols, tl.sum(pre[:, None] * xs, 0).to(y_ptr.dtype.element_ty),
-             mask=mask)
+    y = tl.sum(pre[:, None] * xs, 0)
+    if BF16:
+        y = round_bf16(y)
+    y = y.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + t * D + cols, y, mask=mask)
+    return y.to(tl.float32)
 
 
 @triton.jit
@@ -187,13 +193,14 @@ def _fn_rows(fn_ptr, F, col0, HC: tl.constexpr):
 
 @triton.jit
 def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, cnt_ptr, scale_ptr, base_ptr, y_ptr,
-                           post_ptr, comb_ptr, D, n_slices, iters, eps, norm_eps,
+                           post_ptr, comb_ptr, nw_ptr, D, n_slices, iters, eps, norm_eps, rms_eps,
                            HC: tl.constexpr, K_SLICE: tl.constexpr, FINISH: tl.constexpr,
                            PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
+                           NORM: tl.constexpr = False, BF16: tl.constexpr = False,
                            PDL: tl.constexpr = False):
     """Program (token, slice): 24 partial dots + partial sum of squares → part[t, slice, :].
     FINISH: the token's last program to arrive (``cnt`` [T]) finishes the token
-    (``_finish_if_last``): the whole pre in one launch."""
+    (``_finish_if_last``; NORM: and the RMSNorm after it): the whole pre in one launch."""
     t = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     F = HC * D
@@ -210,7 +217,8 @@ def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, cnt_ptr, scale_ptr, base_ptr
     tl.store(out + W - 1, tl.sum(xv * xv, 0))
     if FINISH:
         _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr,
-                        comb_ptr, t, D, n_slices, iters, eps, norm_eps, HC, PART_BLOCK, D_BLOCK)
+                        comb_ptr, t, D, n_slices, iters, eps, norm_eps, nw_ptr, rms_eps, HC,
+                        PART_BLOCK, D_BLOCK, NORM, BF16)
 
 
 @triton.jit
@@ -264,13 +272,17 @@ def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr,
 
 @triton.jit
 def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr, t,
-                    D, n_slices, iters, eps, norm_eps, HC: tl.constexpr,
-                    PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr):
+                    D, n_slices, iters, eps, norm_eps, nw_ptr, rms_eps, HC: tl.constexpr,
+                    PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr, NORM: tl.constexpr,
+                    BF16: tl.constexpr):
     """After a partial program has stored its partials: the last of token t's programs to
     arrive (``cnt_ptr`` + t, ``launch.arrivals``: every program on grid axis 1 counts) reads all
     of t's partials — and x, which the post's programs of the same launch may have written —
     and does the finish kernel's work for the whole token: split, post / comb, and the
-    collapse of every column, D_BLOCK at a time."""
+    collapse of every column, D_BLOCK at a time. NORM: then the RMSNorm that reads the
+    collapse (weight ``nw``, ``rms_eps``), over y as stored (BF16: rounded to bf16 first, for an
+    fp32 buffer in the interpreter), in place: the block's attn_norm / ffn_norm, no launch of
+    its own."""
     tl.debug_barrier()   # every thread's partials are stored before the arrival is counted
     count = cnt_ptr + t
     if tl.atomic_add(count, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every program's
@@ -278,8 +290,23 @@ def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_p
         pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices,
                                                iters, eps, norm_eps, HC, PART_BLOCK)
         _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
-        for d0 in range(0, D, D_BLOCK):
-            _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC)
+        if NORM:
+            squares = tl.zeros([D_BLOCK], dtype=tl.float32)
+            for d0 in range(0, D, D_BLOCK):
+                y = _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC,
+                                    BF16)
+                squares += y * y
+            inv = tl.rsqrt(tl.sum(squares, 0) / D + rms_eps)
+            tl.debug_barrier()   # y as every thread stored it, read back below
+            for d0 in range(0, D, D_BLOCK):
+                cols = d0 + tl.arange(0, D_BLOCK)
+                at = y_ptr + t * D + cols
+                y = tl.load(at, mask=cols < D, other=0.0).to(tl.float32)
+                w = tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+                tl.store(at, (w * (y * inv)).to(y_ptr.dtype.element_ty), mask=cols < D)
+        else:
+            for d0 in range(0, D, D_BLOCK):
+                _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC, BF16)
 
 
 @triton.jit
@@ -310,17 +337,18 @@ def _hc_post_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D,
 
 @triton.jit
 def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, part_ptr,
-                            cnt_ptr, scale_ptr, base_ptr, y2_ptr, post2_ptr, comb2_ptr, D,
-                            n_slices, iters, eps, norm_eps, HC: tl.constexpr,
+                            cnt_ptr, scale_ptr, base_ptr, y2_ptr, post2_ptr, comb2_ptr, nw_ptr,
+                            D, n_slices, iters, eps, norm_eps, rms_eps, HC: tl.constexpr,
                             K_SLICE: tl.constexpr, BF16: tl.constexpr, FINISH: tl.constexpr,
                             PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
-                            PDL: tl.constexpr = False):
+                            NORM: tl.constexpr = False, PDL: tl.constexpr = False):
     """Program (token, d-block of K_SLICE columns): the post of these columns of every stream
     (stored in out's dtype; BF16: rounded to bf16 first, for an fp32 buffer in the interpreter),
     then, from the stored values, the next pre's partials of the HC slices they are — stream
     j's is slice j·D/K_SLICE + block of the flattened hc·d row — written to part[t, slice, :]
     as ``_hc_pre_partial_kernel`` writes them (D % K_SLICE = 0). FINISH: the token's last
-    program to arrive finishes the next pre from them (``_finish_if_last``: y2, post2, comb2)."""
+    program to arrive finishes the next pre from them (``_finish_if_last``: y2, post2, comb2;
+    NORM: y2 normalised)."""
     t = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     F = HC * D
@@ -351,8 +379,8 @@ def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, p
     tl.store(part + W - 1, tl.sum(xv * xv, 2).reshape(HC))
     if FINISH:
         _finish_if_last(cnt_ptr, out_ptr, part_ptr, scale_ptr, base_ptr, y2_ptr, post2_ptr,
-                        comb2_ptr, t, D, n_slices, iters, eps, norm_eps, HC, PART_BLOCK,
-                        D_BLOCK)
+                        comb2_ptr, t, D, n_slices, iters, eps, norm_eps, nw_ptr, rms_eps, HC,
+                        PART_BLOCK, D_BLOCK, NORM, BF16)
 
 
 def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d_block):
@@ -377,9 +405,12 @@ def _finish_options(d: int, n_slices: int, d_block: int) -> dict:
 
 
 def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
-                   finish: str = "fused"):
+                   finish: str = "fused", norm: tuple[torch.Tensor, float] | None = None,
+                   bf16: bool = False) -> bool:
     """The split reduction: partials, then the finish — by the token's last partial program
-    (``finish="fused"``, one launch) or by ``_hc_pre_finish_kernel``."""
+    (``finish="fused"``, one launch; with ``norm``, the RMSNorm too) or by
+    ``_hc_pre_finish_kernel``. ``bf16``: y's buffer is fp32 for a bf16 stream (the
+    interpreter), so the norm rounds y to bf16 itself. → whether y came out normalised."""
     t, hc, d = xin.shape
     overlap = pdl(xin.device)   # every launch's options (launch.pdl)
     k_slice = min(k_slice, triton.next_power_of_2(hc * d))
@@ -388,10 +419,21 @@ def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_
     fused = _check_finish(finish) == "fused"
     _hc_pre_partial_kernel[(t, n_slices)](
         xin, fn, part, arrivals(t, xin.device) if fused else part, scale, base, y, post, comb,
-        d, n_slices, iters, eps, norm_eps, HC=hc, K_SLICE=k_slice, FINISH=fused,
+        *_norm_args(norm, fused, xin), d, n_slices, iters, eps, norm_eps,
+        norm[1] if norm is not None else 0.0, HC=hc, K_SLICE=k_slice, FINISH=fused,
+        NORM=fused and norm is not None, BF16=bf16,
         **_finish_options(d, n_slices, FINISH_D_BLOCK), **overlap)
     if not fused:
         _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, d_block)
+    return fused and norm is not None
+
+
+def _norm_args(norm: tuple[torch.Tensor, float] | None, fused: bool,
+               like: torch.Tensor) -> tuple[torch.Tensor]:
+    """The RMSNorm weight as the fused finish reads it (any tensor when it does not)."""
+    if norm is None or not fused:
+        return (like,)
+    return ((norm[0].float() if interpreter_fp32() else norm[0]).contiguous(),)
 
 
 def _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, d_block):
@@ -414,13 +456,16 @@ def _check_finish(finish: str) -> str:
 
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                   iters: int, eps: float, norm_eps: float, decode: bool | None = None,
-                  k_slice: int = K_SLICE, d_block: int = D_BLOCK, finish: str = "fused"
+                  k_slice: int = K_SLICE, d_block: int = D_BLOCK, finish: str = "fused",
+                  norm: tuple[torch.Tensor, float] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [b, s, hc, d] → (y [b, s, d] in x.dtype, post fp32 [b, s, hc], comb fp32 [b, s, hc, hc]).
     ``decode`` picks the path (default: per-token partials when b·s ≤ DECODE_MAX_TOKENS, else
     token-block partials); ``k_slice`` sizes the decode partials, ``d_block`` the finish
     kernel's programs; ``finish`` (decode): "fused" (the token's last partial program, one
-    launch) or "kernel" (``_hc_pre_finish_kernel``, a launch of its own)."""
+    launch) or "kernel" (``_hc_pre_finish_kernel``, a launch of its own). ``norm`` = (weight,
+    eps): y comes back RMS-normalised (the block's attn_norm / ffn_norm, which only the
+    collapse feeds) — by the fused finish, else by ``rms_norm_triton`` after."""
     b, s, hc, d = x.shape
     assert hc & (hc - 1) == 0, "hc_mult must be a power of two"
     t = b * s
@@ -430,14 +475,22 @@ def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: 
     y = torch.empty(b, s, d, dtype=xin.dtype, device=x.device)
     post = torch.empty(b, s, hc, dtype=torch.float32, device=x.device)
     comb = torch.empty(b, s, hc, hc, dtype=torch.float32, device=x.device)
+    normed = False
     if t:
         args = (xin, fn.float().contiguous(), scale.float().contiguous(),
                 base.float().contiguous(), y, post, comb, iters, eps, norm_eps)
         if decode:
-            _launch_decode(*args, k_slice, d_block, finish)
+            normed = _launch_decode(*args, k_slice, d_block, finish, norm,
+                                    x.dtype == torch.bfloat16 and xin.dtype != x.dtype)
         else:
             _launch_prefill(*args, d_block)
-    return y.to(x.dtype), post, comb
+    return _normed(y.to(x.dtype), norm, normed), post, comb
+
+
+def _normed(y: torch.Tensor, norm: tuple[torch.Tensor, float] | None,
+            done: bool) -> torch.Tensor:
+    """y, RMS-normalised by ``norm`` unless that is ``done`` already (or there is none)."""
+    return y if norm is None or done else rms_norm_triton(y, *norm)
 
 
 def hc_post_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor,
@@ -466,14 +519,15 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
                        comb: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor,
                        base: torch.Tensor, iters: int, eps: float, norm_eps: float,
                        decode: bool | None = None, k_slice: int = K_SLICE,
-                       d_block: int = D_BLOCK, finish: str = "fused"
+                       d_block: int = D_BLOCK, finish: str = "fused",
+                       norm: tuple[torch.Tensor, float] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC post of one site then pre of the next → (new X [b, s, hc, d] in y.dtype, collapsed
     [b, s, d], post, comb). Decode (b·s ≤ DECODE_MAX_TOKENS) when d splits into whole slices:
     ``_hc_post_partial_kernel`` writes X and, from the values it stored, the pre's partials,
     and (``finish="fused"``) the token's last program finishes the pre: one launch instead of
     three (``"kernel"``: the finish kernel after it, two). Otherwise ``hc_post_triton`` then
-    ``hc_pre_triton``."""
+    ``hc_pre_triton``. ``norm``: as ``hc_pre_triton``'s, for the collapsed output."""
     b, s, hc, d = residual.shape
     t = b * s
     ks = post_pre_slice(d, k_slice)
@@ -482,7 +536,7 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
     if not (decode and ks and t and hc & (hc - 1) == 0):
         x = hc_post_triton(y, residual, post, comb)
         return (x, *hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps, decode=decode,
-                                  k_slice=k_slice, d_block=d_block, finish=finish))
+                                  k_slice=k_slice, d_block=d_block, finish=finish, norm=norm))
     cast = torch.float32 if interpreter_fp32() else None
     yin = (y.to(cast) if cast else y).contiguous()
     rin = (residual.to(cast) if cast else residual).contiguous()
@@ -497,10 +551,14 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
     fused = _check_finish(finish) == "fused"
     _hc_post_partial_kernel[(t, d // ks)](
         yin, rin, post.float().contiguous(), comb.float().contiguous(), x, fn32, part,
-        arrivals(t, y.device) if fused else part, scale32, base32, collapsed, post2, comb2, d,
-        n_slices, iters, eps, norm_eps, HC=hc, K_SLICE=ks, BF16=y.dtype == torch.bfloat16,
-        FINISH=fused, **_finish_options(d, n_slices, FINISH_D_BLOCK), **pdl(y.device))
+        arrivals(t, y.device) if fused else part, scale32, base32, collapsed, post2, comb2,
+        *_norm_args(norm, fused, x), d, n_slices, iters, eps, norm_eps,
+        norm[1] if norm is not None else 0.0, HC=hc, K_SLICE=ks,
+        BF16=y.dtype == torch.bfloat16 and cast is not None, FINISH=fused,
+        NORM=fused and norm is not None,
+        **_finish_options(d, n_slices, FINISH_D_BLOCK), **pdl(y.device))
     if not fused:
         _launch_finish(x, part, scale32, base32, collapsed, post2, comb2, iters, eps, norm_eps,
                        d_block)
-    return (x.view(b, s, hc, d).to(y.dtype), collapsed.to(y.dtype), post2, comb2)
+    return (x.view(b, s, hc, d).to(y.dtype),
+            _normed(collapsed.to(y.dtype), norm, fused and norm is not None), post2, comb2)

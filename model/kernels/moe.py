@@ -10,7 +10,8 @@ either (every grid is sized from host ints: T, k, the bank's shapes):
   hundreds of programs at once, with no sort, no padded empty tiles and no host sync before the
   first launch. fp32 partials [S, pairs, N] are reduced in a fixed order by the
   epilogues: gate/up → ``_moe_swiglu_kernel`` (sum splits, clamped SwiGLU × routing weight → h),
-  down → ``_moe_combine_kernel`` (sum splits and the token's slots → y). In native numerics
+  down → the combine (sum splits and the token's slots → y), done by the last of the token's
+  down programs of each N tile to arrive (or, a launch choice, by ``_moe_combine_kernel``). In native numerics
   the gate/up programs put x on its FP8 grid as they read it and the SwiGLU epilogue puts h on
   the down projection's, so quantisation costs no launch of its own. A pair re-reads its
   expert even when another pair of the batch chose it too (rare at small T·k; L2 absorbs it).
@@ -51,7 +52,7 @@ from model.kernels.gemm import (
     plan_split_k,
     whole_k_tiles,
 )
-from model.kernels.launch import grid_entry, interpreter_fp32, pdl
+from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, pdl
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
@@ -59,6 +60,7 @@ DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
 DECODE_BLOCK_K = 128
 ACT_QUANT_BLOCK = 128  # native numerics' FP8 activation block (1×128, power-of-two scales)
 EPILOGUE_BLOCK = ACT_QUANT_BLOCK   # the decode epilogue quantises h in place, block by block
+COMBINES = ("fused", "kernel")   # decode: the combine in the down GEMV's last programs, or not
 GROUP_BLOCK_N = 32     # the grouped GEMM's weight rows a tile
 GROUP_BLOCK_K = 64     # and K a step
 
@@ -216,23 +218,29 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
 
 @triton.jit
 def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_ptr, w3_off_ptr,
-                     s3_ptr, s3_off_ptr, part_ptr, TOPK, P, N, K, K_PER_SPLIT, N_SLOTS,
-                     UP: tl.constexpr, QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
-                     INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
+                     s3_ptr, s3_off_ptr, part_ptr, y_ptr, add_ptr, cnt_ptr, TOPK, P, N, K,
+                     K_PER_SPLIT, N_SLOTS, UP: tl.constexpr, QUANT: tl.constexpr,
+                     FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
                      AHEAD: tl.constexpr = False, MMA: tl.constexpr = False,
                      BF16: tl.constexpr = False, PREC: tl.constexpr = "ieee",
+                     COMBINE: tl.constexpr = False, ADD: tl.constexpr = False,
                      PDL: tl.constexpr = False):
-    """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: exit).
-    UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up → part[1, split, pair].
-    Else: a = h, row pair; partial down → part[0, split, pair]. part: fp32 [2|1, S, P, N].
-    QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``). MMA (a launch
-    choice, untimed): on tensor cores (``_fp4_mma_row_dots``; BF16 / PREC its operands)."""
+    """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: nothing
+    to compute). UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up →
+    part[1, split, pair]. Else: a = h, row pair; partial down → part[0, split, pair]. part:
+    fp32 [2|1, S, P, N]. QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``).
+    MMA (a launch choice, untimed): on tensor cores (``_fp4_mma_row_dots``; BF16 / PREC its
+    operands). COMBINE (down): the last of token t's TOPK × S programs of this N tile to arrive
+    (``cnt`` [T, N tiles], ``launch.arrivals``; a dropped pair's programs arrive too) sums
+    them as ``_moe_combine_kernel`` does (+ add[t] when ADD) into y[t]: no launch of its own."""
     grid_entry(PDL)
     pair = tl.program_id(0)
     pid_k = tl.program_id(2)
     splits = tl.num_programs(2)
     e = tl.load(slots_ptr + pair)
+    if COMBINE:
+        tl.static_assert(not UP, "the combine sums the down projection's partials")
     if (e >= 0) & (e < N_SLOTS):
         if UP:
             a_row = a_ptr + (pair // TOPK).to(tl.int64) * K
@@ -261,6 +269,15 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         tl.store(out, acc, mask=mask_n)
         if UP:
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
+    if COMBINE:
+        tl.debug_barrier()   # this program's partial is stored before its arrival counts
+        t = pair // TOPK
+        group = cnt_ptr + t * tl.num_programs(1) + tl.program_id(1)
+        if tl.atomic_add(group, 1) == TOPK * splits - 1:   # acq_rel: sees the token's partials
+            tl.atomic_xchg(group, 0)
+            cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+            _combine_row(part_ptr, slots_ptr, add_ptr, y_ptr, t, cols, cols < N, TOPK, N, P,
+                         splits, N_SLOTS, True, ADD)
 
 
 @triton.jit
@@ -445,10 +462,17 @@ def _moe_combine_kernel(part_ptr, key_ptr, add_ptr, y_ptr, TOPK, N, ROWS, SPLITS
     slots, row = the pair itself unless its slot is −1; else (grouped): key = pair_pos, the
     pair's sorted row, −1 = dropped."""
     grid_entry(PDL)
-    t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < N
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    _combine_row(part_ptr, key_ptr, add_ptr, y_ptr, tl.program_id(0), cols, cols < N, TOPK, N,
+                 ROWS, SPLITS, N_SLOTS, BY_SLOT, ADD)
+
+
+@triton.jit
+def _combine_row(part_ptr, key_ptr, add_ptr, y_ptr, t, cols, mask, TOPK, N, ROWS, SPLITS, N_SLOTS,
+                 BY_SLOT: tl.constexpr, ADD: tl.constexpr):
+    """``_moe_combine_kernel``'s sum for token t's columns ``cols`` (the down GEMV's fused
+    combine runs it too: the same order, the same bits)."""
+    acc = tl.zeros(cols.shape, dtype=tl.float32)
     for j in range(0, TOPK):
         pair = t * TOPK + j
         key = tl.load(key_ptr + pair)
@@ -499,9 +523,13 @@ def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                 limit: float, quantize_input: bool, split_k: int | None, block_k: int,
                 add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool,
-                mma: bool) -> torch.Tensor:
-    """The per-pair split-K path (see the module docstring): 4 launches, no host sync. ``mma``:
-    the GEMVs on tensor cores (``_fp4_mma_row_dots``) where the bank's tiles allow it."""
+                mma: bool, combine: str = "fused") -> torch.Tensor:
+    """The per-pair split-K path (see the module docstring): 3 launches, no host sync (4 with
+    ``combine="kernel"``: the combine in a launch of its own, not in the down GEMV's last
+    programs). ``mma``: the GEMVs on tensor cores (``_fp4_mma_row_dots``) where the bank's
+    tiles allow it."""
+    if combine not in COMBINES:
+        raise ValueError(f"the MoE decode's combine must be fused or kernel, not {combine!r}")
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     flat = slots.reshape(-1).contiguous()
@@ -515,7 +543,8 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
     quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
     _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
-        xin, flat, *_bank_args(*up_parts), part, topk, p, inter, dim, k_per, n_exp, UP=True,
+        xin, flat, *_bank_args(*up_parts), part, part, part, part, topk, p, inter, dim, k_per,
+        n_exp, UP=True,
         QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
         FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
         **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
@@ -529,17 +558,21 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
         **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **overlap)
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
-    _moe_gemv_kernel[(p, triton.cdiv(dim, bn), splits_down)](
-        h, flat, *down, *down, part, topk, p, dim, inter, k_per_down, n_exp, UP=False,
-        QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
+    y = torch.empty(t, dim, dtype=torch.float32, device=dev)
+    fused = combine == "fused"
+    n_tiles = triton.cdiv(dim, bn)
+    _moe_gemv_kernel[(p, n_tiles, splits_down)](
+        h, flat, *down, *down, part, y, y if add is None else add,
+        arrivals(t * n_tiles, dev) if fused else part, topk, p, dim, inter, k_per_down, n_exp,
+        UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
         FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
         **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned,
                                                  bank.s2.aligned)),
-        num_warps=num_warps, **overlap)
-    y = torch.empty(t, dim, dtype=torch.float32, device=dev)
-    _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
-        part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp, BY_SLOT=True,
-        ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **overlap)
+        COMBINE=fused, ADD=add is not None, num_warps=num_warps, **overlap)
+    if not fused:
+        _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
+            part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp,
+            BY_SLOT=True, ADD=add is not None, BLOCK=EPILOGUE_BLOCK, **overlap)
     return y
 
 
@@ -587,14 +620,16 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
                    block_n: int = DECODE_BLOCK_N, num_warps: int = 4,
                    ahead: bool = False, mma: bool = False, group_n: int = GROUP_BLOCK_N,
-                   group_k: int = GROUP_BLOCK_K) -> torch.Tensor:
+                   group_k: int = GROUP_BLOCK_K, combine: str = "fused") -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
     are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` the decode
-    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder;
-    ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices, tests)."""
+    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder, ``combine``
+    the decode's combine ("fused": by the down GEMV's last programs; "kernel": a launch of its
+    own); ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices,
+    tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreter_fp32() else add).contiguous()
@@ -611,6 +646,6 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     rw = weights.float().reshape(-1).contiguous()
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
-                           block_n, num_warps, ahead, mma)
+                           block_n, num_warps, ahead, mma, combine)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add, mma,
                         group_n, group_k)

@@ -233,13 +233,21 @@ hc_split_sinkhorn = _mhc.hc_split_sinkhorn_reference
 
 
 def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
-           iters: int, eps: float, norm_eps: float
+           iters: int, eps: float, norm_eps: float,
+           norm: tuple[torch.Tensor, float] | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mHC pre: x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
+    """mHC pre: x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc]).
+    ``norm`` = (weight, eps): the collapsed output RMS-normalised (``rms_norm``'s numerics; on
+    Triton at decode inside the same launch)."""
     if backend(x) == "triton":
-        return _mhc.hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps,
+        return _mhc.hc_pre_triton(x, fn, scale, base, iters, eps, norm_eps, norm=norm,
                                   **_mhc_decode_options(x))
-    return _mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps)
+    y, post, comb = _mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps)
+    return _rms_normed(y, norm), post, comb
+
+
+def _rms_normed(y: torch.Tensor, norm: tuple[torch.Tensor, float] | None) -> torch.Tensor:
+    return y if norm is None else _norm_rope.rms_norm_reference(y, *norm)
 
 
 def _mhc_decode_options(x: torch.Tensor) -> dict:
@@ -259,17 +267,18 @@ def hc_post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: t
 
 def hc_post_pre(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor,
                 fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, iters: int, eps: float,
-                norm_eps: float
+                norm_eps: float, norm: tuple[torch.Tensor, float] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """mHC post of one site, then pre of the next: → (new X [b, s, hc, d], collapsed [b, s, d],
     post [b, s, hc], comb [b, s, hc, hc]). Triton at decode: the post writes the pre's partial
     sums as it goes and its last program finishes the pre (1 launch, not 3); reference:
-    ``hc_post`` then ``hc_pre``."""
+    ``hc_post`` then ``hc_pre``. ``norm``: as ``hc_pre``'s."""
     if backend(y) == "triton":
         return _mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, iters, eps,
-                                       norm_eps, **_mhc_decode_options(residual))
+                                       norm_eps, norm=norm, **_mhc_decode_options(residual))
     x = _mhc.hc_post_reference(y, residual, post, comb)
-    return (x, *_mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps))
+    h, post2, comb2 = _mhc.hc_pre_reference(x, fn, scale, base, iters, eps, norm_eps)
+    return x, _rms_normed(h, norm), post2, comb2
 
 
 def sparse_attn(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, indices: torch.Tensor,

@@ -9,6 +9,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.kernels import ops
+from model.layers.norm import RMSNorm
 
 
 def _fp32(*shape: int) -> torch.Tensor:
@@ -42,23 +43,30 @@ class HyperConnection(nn.Module):
         self.hc, self.iters, self.eps, self.norm_eps = (
             cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps)
 
-    def pre(self, x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc])."""
-        return ops.hc_pre(x, fn, scale, base, self.iters, self.eps, self.norm_eps)
+    def pre(self, x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
+            norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [b, s, hc, d] → (collapsed [b, s, d], post [b, s, hc], comb [b, s, hc, hc]); with
+        ``norm`` the collapsed output comes back through it (the block's attn_norm / ffn_norm,
+        which only the collapse feeds: on the kernels at decode, the same launch)."""
+        return ops.hc_pre(x, fn, scale, base, self.iters, self.eps, self.norm_eps,
+                          _norm_args(norm))
 
     def post_pre(self, pending: PendingPost, fn: torch.Tensor, scale: torch.Tensor,
-                 base: torch.Tensor
+                 base: torch.Tensor, norm: RMSNorm | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The post of one site, then this site's pre: → (new streams X, then ``pre``'s three)."""
         return ops.hc_post_pre(pending.y, pending.residual, pending.post, pending.comb, fn, scale,
-                               base, self.iters, self.eps, self.norm_eps)
+                               base, self.iters, self.eps, self.norm_eps, _norm_args(norm))
 
     @staticmethod
     def post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
              ) -> torch.Tensor:
         """new X_j = post_j · y + Σ_i comb[i, j] · X_i."""
         return ops.hc_post(y, residual, post, comb)
+
+
+def _norm_args(norm: RMSNorm | None) -> tuple[torch.Tensor, float] | None:
+    return None if norm is None else (norm.weight, norm.eps)
 
 
 class HyperHead(nn.Module):

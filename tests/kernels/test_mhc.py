@@ -179,3 +179,38 @@ def test_post_then_pre_prefill_runs_the_two_kernels():
                                  decode=False)
     assert torch.allclose(got[0], x, atol=1e-5, rtol=1e-5)
     _assert_matches(got[1:], hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_norm_after_the_collapse_is_rms_norm_of_it(dtype, monkeypatch):
+    """``norm``: the collapsed output comes back RMS-normalised, as ``rms_norm`` of the
+    collapse — in the fused finish at decode (pre, and post → pre; 4 collapse steps of 32 so
+    the norm's two passes cross blocks), by the finish kernel's path and at prefill via
+    ``rms_norm_triton``; a bf16 stream normalises the collapse as stored (rounded to bf16)."""
+    from model.kernels.norm_rope import rms_norm_reference
+    from model.op_audit import OpAudit
+
+    monkeypatch.setattr(mhc, "FINISH_D_BLOCK", 32)
+    x, fn, scale, base = _inputs(1, 3, 4, 100, dtype)
+    nw = (torch.rand(100) + 0.5).to(torch.bfloat16)
+    args = (x, fn, scale, base, ITERS, EPS, NORM_EPS)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for kw in (dict(decode=True), dict(decode=True, finish="kernel"), dict(decode=False)):
+        y, post, comb = hc_pre_triton(*args, **kw)
+        with OpAudit() as audit:
+            got = hc_pre_triton(*args, norm=(nw, 1e-5), **kw)
+        assert sum(audit.triton.values()) == {"fused": 1, "kernel": 3}.get(
+            kw.get("finish", "fused") if kw["decode"] else "kernel"), kw
+        assert torch.equal(got[1], post) and torch.equal(got[2], comb)
+        want = rms_norm_reference(y, nw, 1e-5)
+        assert got[0].dtype == dtype
+        torch.testing.assert_close(got[0].float(), want.float(), rtol=tol, atol=tol)
+    residual, fn2, scale2, base2 = _inputs(1, 2, 4, 128, dtype)
+    y2, post2, comb2 = _post_inputs(1, 2, 4, 128, dtype)
+    nw2 = (torch.rand(128) + 0.5).to(torch.bfloat16)
+    both = (y2, residual, post2, comb2, fn2, scale2, base2, ITERS, EPS, NORM_EPS)
+    plain = mhc.hc_post_pre_triton(*both)
+    normed = mhc.hc_post_pre_triton(*both, norm=(nw2, 1e-5))
+    assert torch.equal(normed[0], plain[0])
+    torch.testing.assert_close(normed[1].float(), rms_norm_reference(plain[1], nw2, 1e-5).float(),
+                               rtol=tol, atol=tol)

@@ -286,6 +286,31 @@ def test_the_combine_adds_the_shared_expert(decode):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
 
 
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_the_down_gemvs_last_programs_combine_as_the_combine_kernel(split_k):
+    """Decode's combine in the down GEMV (default): the last of a token's slot × split programs
+    of an N tile to arrive (any: the interpreter shuffles them) sums them in the combine
+    kernel's order — bit-equal to ``combine="kernel"`` — with empty slots (a token with none),
+    the shared expert added, down K in 2 splits; the arrival counts zero after."""
+    from model.kernels.launch import arrivals
+    from model.op_audit import OpAudit
+
+    bank, x, g = _bank_and_input(5, DIM, INTER, seed=31)
+    weights, shared = torch.rand(5, 3, generator=g), torch.randn(5, DIM, generator=g)
+    kw = dict(decode=True, split_k=split_k, block_k=32, add=shared)
+    with OpAudit() as audit:
+        fused = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, **kw)
+    assert "_moe_combine_kernel" not in audit.triton and sum(audit.triton.values()) == 3
+    apart = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, combine="kernel", **kw)
+    assert torch.equal(fused, apart)
+    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, add=shared)
+    assert torch.allclose(fused, want, atol=1e-5, rtol=1e-4)
+    assert torch.equal(fused[4], shared[4])   # every slot empty: the shared expert alone
+    assert not arrivals(64, x.device).any()
+    with pytest.raises(ValueError, match="combine"):
+        moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, decode=True, combine="sum")
+
+
 def test_decode_epilogue_quantises_each_128_column_block_of_h():
     """Native numerics at decode: the SwiGLU epilogue puts h on the FP8 grid itself, one
     power-of-two scale per 128 columns — here three blocks, the last one partial."""
