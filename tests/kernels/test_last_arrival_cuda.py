@@ -1,12 +1,13 @@
-"""The kernels whose last program of a group finishes the group's work (decode attention merging
-its splits, the indexer's scores kernel picking, the FP8 GEMM summing its K splits, the router's
-epilogue) rely on the GPU's memory order: each program stores its part, then counts its arrival
-(``tl.atomic_add``, acq_rel); the last to arrive reads every part from L2. The interpreter runs programs one after another, so only a GPU can show a
-race. At decode the indexer's score programs also count their scores' top key digits (relaxed
-atomics before the arrival) for the pick to start from; the parallel pick's slice programs
-place their keys and the row's last one reads them all. Here: many launches at V4-Flash's decode
-shapes, each equal to the first (and to what the separate kernels give), and the arrival counts
-and digit histograms zero after them. CUDA only (skipped on the CPU machine)."""
+"""The kernels whose last program of a group finishes the group's work (decode attention merging its
+splits, the indexer's scores kernel picking, the FP8 GEMM summing its K splits, the router's
+epilogue, mHC's finish, the routed experts' combine) rely on the GPU's memory order: each program
+stores its part, then counts its arrival (``tl.atomic_add``, acq_rel); the last to arrive reads
+every part from L2. The interpreter runs programs one after another, so only a GPU can show a race.
+At decode the indexer's score programs also count their scores' top key digits (relaxed atomics
+before the arrival) for the pick to start from; the parallel pick's slice programs place their keys
+and the row's last one reads them all. Here: many launches at V4-Flash's decode shapes, each equal
+to the first (and to what the separate kernels give), and the arrival counts and digit histograms
+zero after them. CUDA only (skipped on the CPU machine)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,42 @@ def test_the_router_routes_the_same_every_launch():
         got = router.route_triton(*args)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert not launch._ARRIVALS[x.device].any()
+
+
+def test_the_moe_decode_combines_the_same_every_launch():
+    """The routed experts at decode (6 experts of V4-Flash's shape): the last of a token's
+    down programs of each N tile sums the 6 slots, as the combine kernel does."""
+    from model import bench_kernels as bk
+
+    torch.manual_seed(4)
+    fused = bk._moe_case("moe", 1, "cuda", torch.bfloat16)
+    torch.manual_seed(4)
+    apart = bk._moe_case("moe", 1, "cuda", torch.bfloat16, combine="kernel")
+    want = apart.triton()
+    for _ in range(LAUNCHES):
+        assert torch.equal(fused.triton(), want)
+    assert not launch._ARRIVALS[want.device].any()
+
+
+def test_mhc_finishes_and_normalises_the_same_every_launch():
+    """mHC's post → pre at decode: the token's last partial program reads the streams the
+    other programs of its launch stored, finishes the pre and applies the RMSNorm."""
+    from model.kernels import mhc
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    y = torch.randn(1, 1, 4096, device="cuda", generator=g).bfloat16()
+    residual = torch.randn(1, 1, 4, 4096, device="cuda", generator=g).bfloat16()
+    post = torch.rand(1, 1, 4, device="cuda", generator=g)
+    comb = torch.rand(1, 1, 4, 4, device="cuda", generator=g)
+    fn = torch.randn(24, 4 * 4096, device="cuda", generator=g) * 0.01
+    scale, base = torch.rand(3, device="cuda", generator=g), torch.randn(24, device="cuda",
+                                                                         generator=g)
+    nw = torch.rand(4096, device="cuda", generator=g).bfloat16()
+    args = (y, residual, post, comb, fn, scale, base, 20, 1e-6, 1e-6)
+    want = mhc.hc_post_pre_triton(*args, finish="kernel", norm=(nw, 1e-6))
+    first = mhc.hc_post_pre_triton(*args, norm=(nw, 1e-6))
+    torch.testing.assert_close(first[1].float(), want[1].float(), rtol=2e-2, atol=2e-2)
+    for _ in range(LAUNCHES):
+        got = mhc.hc_post_pre_triton(*args, norm=(nw, 1e-6))
+        assert all(torch.equal(a, b) for a, b in zip(got, first, strict=True))
+    assert not launch._ARRIVALS[y.device].any()
