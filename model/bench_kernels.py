@@ -386,16 +386,24 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
 
 def _mhc_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
               dim: int = 4096, finish: str = "fused") -> Case:
-    """mHC pre (``finish``: ``hc_pre_triton``'s, at decode)."""
+    """mHC pre with the block's RMSNorm after it, as the model runs it (``finish``:
+    ``hc_pre_triton``'s, at decode)."""
+    from model.kernels.norm_rope import rms_norm_reference
     x = _rand(1, t, hc, dim, dtype=dtype, device=dev)
     fn = torch.randn((2 + hc) * hc, hc * dim, device=dev) * 0.01
     scale, base = torch.rand(3, device=dev), torch.randn((2 + hc) * hc, device=dev)
+    norm = ((torch.rand(dim, device=dev) + 0.5).to(torch.bfloat16), 1e-6)
     nbytes = 2 * t * hc * dim * x.element_size() + fn.numel() * 4 + t * dim * x.element_size()
     path = "decode" if t <= mhc.DECODE_MAX_TOKENS else "prefill"
-    return Case(name, {"tokens": t, "hc": hc, "dim": dim, "path": path}, nbytes,
-                2.0 * t * fn.numel() + 3.0 * t * hc * dim,
-                lambda: mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6),
-                lambda: mhc.hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6, finish=finish),
+
+    def reference():
+        y, post, comb = mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6)
+        return rms_norm_reference(y, *norm), post, comb
+
+    return Case(name, {"tokens": t, "hc": hc, "dim": dim, "path": path, "norm": True}, nbytes,
+                2.0 * t * fn.numel() + 3.0 * t * hc * dim, reference,
+                lambda: mhc.hc_pre_triton(x, fn, scale, base, 20, 1e-6, 1e-6, finish=finish,
+                                          norm=norm),
                 "none set (latency-bound)")
 
 
@@ -618,8 +626,10 @@ def _mhc_post_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
 
 def _mhc_post_pre_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int = 4,
                        dim: int = 4096, finish: str = "fused") -> Case:
-    """mHC post of one site fused with the next site's pre (1 launch at decode instead of 3;
-    ``finish="kernel"``: 2): against the reference post then pre."""
+    """mHC post of one site fused with the next site's pre and the block's RMSNorm after it (1
+    launch at decode instead of 4; ``finish="kernel"``: 3): against the reference post, pre,
+    norm."""
+    from model.kernels.norm_rope import rms_norm_reference
     y = _rand(1, t, dim, dtype=dtype, device=dev)
     residual = _rand(1, t, hc, dim, dtype=dtype, device=dev)
     post, comb = torch.rand(1, t, hc, device=dev), torch.rand(1, t, hc, hc, device=dev)
@@ -628,14 +638,17 @@ def _mhc_post_pre_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int 
     size = y.element_size()
     nbytes = (y.numel() + 3 * residual.numel()) * size + fn.numel() * 4 + t * dim * size
 
+    norm = ((torch.rand(dim, device=dev) + 0.5).to(torch.bfloat16), 1e-6)
+
     def reference():
         x = mhc.hc_post_reference(y, residual, post, comb)
-        return (x, *mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6))
+        h, post2, comb2 = mhc.hc_pre_reference(x, fn, scale, base, 20, 1e-6, 1e-6)
+        return x, rms_norm_reference(h, *norm), post2, comb2
 
-    return Case(name, {"tokens": t, "hc": hc, "dim": dim}, nbytes,
+    return Case(name, {"tokens": t, "hc": hc, "dim": dim, "norm": True}, nbytes,
                 2.0 * t * hc * dim * (hc + 1) + 2.0 * t * fn.numel(), reference,
                 lambda: mhc.hc_post_pre_triton(y, residual, post, comb, fn, scale, base, 20,
-                                               1e-6, 1e-6, finish=finish),
+                                               1e-6, 1e-6, finish=finish, norm=norm),
                 "none set (latency-bound)")
 
 
