@@ -652,6 +652,23 @@ def _mhc_post_pre_case(name: str, t: int, dev: str, dtype: torch.dtype, hc: int 
                 "none set (latency-bound)")
 
 
+def _gemv_cases(full: bool, dev: str, dtype: torch.dtype) -> list[partial[Case]]:
+    """The decode GEMV (dequant numerics) at three weights — wq_b (FP8), wo_a (bf16, 8
+    groups), the LM head (bf16, 129,280 × 4,096, 1.06 GB a decoded token, computed in fp32 as
+    the model does: the MMA path splits x into three bf16 columns) — each plain and in the
+    launch choices' forms: on tensor cores (``mma``), each weight tile loaded a step ahead
+    (``ahead``: the FMA kernel's loop is not pipelined), tiles of twice the rows (``wide``:
+    fewer rounds of the SMs, more bytes in flight an SM)."""
+    weights = {"fp8_wq_b": (32768 if full else 4096, 1024, dtype, True, {}),
+               "bf16_wo_a": (1024, 4096 if full else 1024, dtype, False, {"groups": 8}),
+               "bf16_lm_head": (129280 if full else 4096, 4096, torch.float32, False, {})}
+    forms = {"": {}, "_mma": {"mma": True}, "_ahead": {"ahead": True}, "_wide": {"wide": True}}
+    return [partial(_gemv_case, f"gemv_{name}_decode{suffix}", n, k, dev, x_dtype, fp8,
+                    **shape, **form)
+            for suffix, form in forms.items()
+            for name, (n, k, x_dtype, fp8, shape) in weights.items()]
+
+
 def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partial[Case]]:
     """Case builders (inputs are made just before each case runs and freed after it).
     ``dtype``: of the inputs (default bf16 on a GPU, fp32 on a CPU); GPU-sized prefills come
@@ -885,33 +902,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           "index_queries"),
         p(_swiglu_case, "swiglu_shared_decode", 1, dev, dtype),
         p(_pool_inputs_case, "pool_inputs_csa_decode", 1, dev),
-        p(_gemv_case, "gemv_fp8_wq_b_decode", 32768 if full else 4096, 1024, dev, dtype, True),
-        p(_gemv_case, "gemv_bf16_wo_a_decode", 1024, 4096 if full else 1024, dev, dtype, False,
-          groups=8),
-        p(_gemv_case, "gemv_fp8_wq_b_decode_mma", 32768 if full else 4096, 1024, dev, dtype,
-          True, mma=True),
-        p(_gemv_case, "gemv_bf16_wo_a_decode_mma", 1024, 4096 if full else 1024, dev, dtype,
-          False, groups=8, mma=True),
-        # the LM head (V4-Flash: 129,280 × 4,096 bf16, 1.06 GB a decoded token), computed in
-        # fp32 as the model does (the MMA path splits x into three bf16 columns)
-        p(_gemv_case, "gemv_bf16_lm_head_decode", 129280 if full else 4096, 4096, dev,
-          torch.float32, False),
-        p(_gemv_case, "gemv_bf16_lm_head_decode_mma", 129280 if full else 4096, 4096, dev,
-          torch.float32, False, mma=True),
-        # each weight tile loaded a step ahead (the FMA kernel's loop is not pipelined)
-        p(_gemv_case, "gemv_fp8_wq_b_decode_ahead", 32768 if full else 4096, 1024, dev, dtype,
-          True, ahead=True),
-        p(_gemv_case, "gemv_bf16_wo_a_decode_ahead", 1024, 4096 if full else 1024, dev, dtype,
-          False, groups=8, ahead=True),
-        p(_gemv_case, "gemv_bf16_lm_head_decode_ahead", 129280 if full else 4096, 4096, dev,
-          torch.float32, False, ahead=True),
-        # tiles of twice the rows: fewer rounds of the SMs, more bytes in flight an SM
-        p(_gemv_case, "gemv_fp8_wq_b_decode_wide", 32768 if full else 4096, 1024, dev, dtype,
-          True, wide=True),
-        p(_gemv_case, "gemv_bf16_wo_a_decode_wide", 1024, 4096 if full else 1024, dev, dtype,
-          False, groups=8, wide=True),
-        p(_gemv_case, "gemv_bf16_lm_head_decode_wide", 129280 if full else 4096, 4096, dev,
-          torch.float32, False, wide=True),
+        *_gemv_cases(full, dev, dtype),
         p(_act_quant_case, "fp8_act_quant_decode", 1, dev, dtype),
         p(_mhc_post_case, "mhc_post_decode", 1, dev, dtype),
         p(_mhc_post_pre_case, "mhc_post_pre_decode", 1, dev, dtype),
