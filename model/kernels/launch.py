@@ -241,10 +241,10 @@ def grid_entry_prefetching(rows, row_elements, keep, PDL: tl.constexpr,
     bytes of its own weight rows — ``rows`` [R] (pointers of any element type: where each row's
     part this program reads begins), ``row_elements`` of it each (runtime), rows where ``keep``:
     LINES_IN_ALL lines in all (default PREFETCH_LINES), spread over the rows (one line a row at
-    least). A prefetch
-    reads nothing into the program and cannot fault, so it is not an access before the wait;
-    ``cross_compile.grid_wait`` counts them (``CCTL.E.PF2``), and ``interpret_gdc`` records
-    their addresses in the interpreter. Without PDL nothing overlaps, and nothing is asked."""
+    least). A prefetch reads nothing into the program and cannot fault, so it is not an access
+    before the wait; ``cross_compile.grid_wait`` counts them (``CCTL.E.PF2``), and
+    ``interpret_gdc`` records their addresses in the interpreter. Without PDL nothing overlaps,
+    and nothing is asked."""
     if PDL:
         _let_next_start()
         LINES: tl.constexpr = max(1, LINES_IN_ALL // rows.shape[0])

@@ -40,6 +40,7 @@ import triton.language as tl
 
 from model.kernels.cache_rows import round_bf16
 from model.kernels.launch import (
+    LINE_BYTES,
     arrivals,
     grid_entry,
     grid_entry_prefetching,
@@ -355,12 +356,14 @@ def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, p
     W = (2 + HC) * HC + 1
     rows = tl.arange(0, HC)
     rows2 = tl.arange(0, HC * HC)
-    # fn's columns of these HC slices (one run of K_SLICE a row and stream), asked for while
-    # the launch before runs: all of them (at V4-Flash 48 KB, 32 programs a token)
+    # fn's columns of these HC slices — a run of K_SLICE fp32 for each row of fn and each
+    # stream — asked for while the launch before runs, all of them (at V4-Flash 48 KB, 32
+    # programs a token)
     fn_rows, keep = _fn_rows(fn_ptr, F, blk * K_SLICE, HC)
-    grid_entry_prefetching((fn_rows[:, None] + (rows * D)[None, :]).reshape(
-        fn_rows.shape[0] * HC), K_SLICE, (keep[:, None] & (rows < HC)[None, :]).reshape(
-        fn_rows.shape[0] * HC), PDL, fn_rows.shape[0] * HC * (K_SLICE * 4 // 128))
+    RUNS: tl.constexpr = fn_rows.shape[0] * HC
+    runs = (fn_rows[:, None] + (rows * D)[None, :]).reshape(RUNS)
+    kept = tl.broadcast_to(keep[:, None], (fn_rows.shape[0], HC)).reshape(RUNS)
+    grid_entry_prefetching(runs, K_SLICE, kept, PDL, RUNS * (K_SLICE * 4 // LINE_BYTES))
     cols = blk * K_SLICE + tl.arange(0, K_SLICE)
     out = _post_block(y_ptr, x_ptr, post_ptr, comb_ptr, t, D, cols, cols < D, HC)
     if BF16:
