@@ -359,7 +359,7 @@ def _moe_case(name: str, t: int, dev: str, dtype: torch.dtype, n_exp: int = 256,
     """Routed experts of one layer; only the experts actually hit are stored (weights read once).
     ``native``: with the FP8 quantisation of x and h (native numerics: inside the GEMV and its
     epilogue at decode). ``tiles``: launch options of the Triton path (block_m of the grouped
-    GEMM; block_n / block_k / num_warps / ahead / mma / combine of the decode)."""
+    GEMM; block_n / block_k / num_warps / ahead / mma / finish of the decode)."""
     used = min(n_exp, t * topk)
     stacks = []
     for out_f, in_f in ((inter, dim), (inter, dim), (dim, inter)):  # one expert, copied
@@ -852,11 +852,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         # the decode GEMVs on tensor cores: 2 bf16 weights decoded a register
         p(_moe_case, "moe_fp4_decode_mma", 1, dev, dtype, **moe_dims, mma=True, block_n=128),
         p(_moe_case, "moe_fp4_decode_mma_n64", 1, dev, dtype, **moe_dims, mma=True, block_n=64),
-        # the combine in a launch of its own (before session 19: the down GEMV's last programs)
-        p(_moe_case, "moe_fp4_decode_combine_kernel", 1, dev, dtype, **moe_dims,
-          combine="kernel"),
-        p(_moe_case, "moe_fp4_decode_native_combine_kernel", 1, dev, dtype, **moe_dims,
-          native=True, combine="kernel"),
+        # the SwiGLU epilogue and the combine in launches of their own (before session 19; now
+        # the GEMVs' last programs run them)
+        p(_moe_case, "moe_fp4_decode_finish_kernel", 1, dev, dtype, **moe_dims,
+          finish="kernel"),
+        p(_moe_case, "moe_fp4_decode_native_finish_kernel", 1, dev, dtype, **moe_dims,
+          native=True, finish="kernel"),
         p(_moe_case, "moe_fp4_decode_native_mma", 1, dev, dtype, **moe_dims, native=True,
           mma=True, block_n=128),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),

@@ -174,7 +174,7 @@ DECISIONS = {d.name: d for d in (
               Variant("moe_fp4_decode_ahead", {"ahead": True}),
               Variant("moe_fp4_decode_mma", {"mma": True, "block_n": 128}),
               Variant("moe_fp4_decode_mma_n64", {"mma": True, "block_n": 64}),
-              Variant("moe_fp4_decode_combine_kernel", {"combine": "kernel"}))),
+              Variant("moe_fp4_decode_finish_kernel", {"finish": "kernel"}))),
     # every launch (sm_90 on): each kernel may start while the one before it finishes, and a
     # weight-streaming kernel asks L2 for its weight meanwhile (launch.pdl); measured on the
     # sum of three chains a decode step runs: target 1's pair (per CSA layer), attention and
@@ -188,7 +188,7 @@ DECISIONS = {d.name: d for d in (
               Variant("moe_fp4_decode_native_n16_w8", {"block_n": 16, "num_warps": 8}),
               Variant("moe_fp4_decode_native_ahead", {"ahead": True}),
               Variant("moe_fp4_decode_native_mma", {"mma": True, "block_n": 128}),
-              Variant("moe_fp4_decode_native_combine_kernel", {"combine": "kernel"}))),
+              Variant("moe_fp4_decode_native_finish_kernel", {"finish": "kernel"}))),
 )}
 MOE_PREFILL_TOKENS = 1024
 

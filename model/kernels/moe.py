@@ -8,12 +8,13 @@ either (every grid is sized from host ints: T, k, the bank's shapes):
   each K = 4096 row → 768 programs, each streaming 32 rows × 1 KB of w1 and of w3; down has
   6·128 N tiles, 768 programs with no split. So the ≈ 80 MB of the 6 experts is read by
   hundreds of programs at once, with no sort, no padded empty tiles and no host sync before the
-  first launch. fp32 partials [S, pairs, N] are reduced in a fixed order by the
-  epilogues: gate/up → ``_moe_swiglu_kernel`` (sum splits, clamped SwiGLU × routing weight → h),
-  down → the combine (sum splits and the token's slots → y), done by the last of the token's
-  down programs of each N tile to arrive (or, a launch choice, by ``_moe_combine_kernel``). In native numerics
-  the gate/up programs put x on its FP8 grid as they read it and the SwiGLU epilogue puts h on
-  the down projection's, so quantisation costs no launch of its own. A pair re-reads its
+  first launch. fp32 partials [S, pairs, N] are reduced in a fixed order by the epilogues,
+  each run by the last program of its group to arrive (or, a launch choice, by a kernel of its
+  own): gate/up → ``_swiglu_block`` (sum splits, clamped SwiGLU × routing weight → h, per 128
+  columns of a pair), down → ``_combine_row`` (sum splits and the token's slots → y, per N
+  tile of a token): 2 launches. In native numerics the gate/up programs put x on its FP8 grid
+  as they read it and the SwiGLU epilogue puts h on the down projection's, so quantisation
+  costs no launch of its own. A pair re-reads its
   expert even when another pair of the batch chose it too (rare at small T·k; L2 absorbs it).
 - grouped (prefill): align the pairs by expert on the device (``moe_align``: padded per expert to
   BLOCK_M rows, sized by the host bound T·k + n_experts·(BLOCK_M − 1)), so each M tile belongs to
@@ -60,7 +61,7 @@ DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
 DECODE_BLOCK_K = 128
 ACT_QUANT_BLOCK = 128  # native numerics' FP8 activation block (1×128, power-of-two scales)
 EPILOGUE_BLOCK = ACT_QUANT_BLOCK   # the decode epilogue quantises h in place, block by block
-COMBINES = ("fused", "kernel")   # decode: the combine in the down GEMV's last programs, or not
+FINISHES = ("fused", "kernel")   # decode: the epilogues in the GEMVs' last programs, or not
 GROUP_BLOCK_N = 32     # the grouped GEMM's weight rows a tile
 GROUP_BLOCK_K = 64     # and K a step
 
@@ -218,29 +219,32 @@ def _fp4_row_dot(a_row, w_base, s_base, offs_n, mask_n, k_lo, k_hi, K,
 
 @triton.jit
 def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_ptr, w3_off_ptr,
-                     s3_ptr, s3_off_ptr, part_ptr, y_ptr, add_ptr, cnt_ptr, TOPK, P, N, K,
-                     K_PER_SPLIT, N_SLOTS, UP: tl.constexpr, QUANT: tl.constexpr,
+                     s3_ptr, s3_off_ptr, part_ptr, out_ptr, rw_ptr, add_ptr, cnt_ptr, TOPK, P, N,
+                     K, K_PER_SPLIT, N_SLOTS, limit, UP: tl.constexpr, QUANT: tl.constexpr,
                      FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
                      AHEAD: tl.constexpr = False, MMA: tl.constexpr = False,
                      BF16: tl.constexpr = False, PREC: tl.constexpr = "ieee",
-                     COMBINE: tl.constexpr = False, ADD: tl.constexpr = False,
+                     FINISH: tl.constexpr = False, EPILOGUE: tl.constexpr = 1,
+                     QUANT_H: tl.constexpr = False, ADD: tl.constexpr = False,
                      PDL: tl.constexpr = False):
     """Decode program (pair, N tile, K split); the pair's expert is slots[pair] (−1: nothing
     to compute). UP: a = x, row pair // TOPK; partial gate → part[0, split, pair], up →
     part[1, split, pair]. Else: a = h, row pair; partial down → part[0, split, pair]. part:
     fp32 [2|1, S, P, N]. QUANT: a is FP8-quantised per 1×128 as it is read (``_fp4_row_dot``).
     MMA (a launch choice, untimed): on tensor cores (``_fp4_mma_row_dots``; BF16 / PREC its
-    operands). COMBINE (down): the last of token t's TOPK × S programs of this N tile to arrive
-    (``cnt`` [T, N tiles], ``launch.arrivals``; a dropped pair's programs arrive too) sums
-    them as ``_moe_combine_kernel`` does (+ add[t] when ADD) into y[t]: no launch of its own."""
+    operands).
+
+    FINISH: the last program of a group to arrive (``cnt``, ``launch.arrivals``; a dropped
+    pair's programs arrive too) runs the epilogue the group's partials feed, with no launch of
+    its own. UP: group (pair, EPILOGUE columns: EPILOGUE_BLOCK, a multiple of BLOCK_N) —
+    ``_swiglu_block`` into out = h (× rw, QUANT_H: on the FP8 grid). Down: group (token, N tile), the token's TOPK × S programs —
+    ``_combine_row`` into out = y (+ add when ADD)."""
     grid_entry(PDL)
     pair = tl.program_id(0)
     pid_k = tl.program_id(2)
     splits = tl.num_programs(2)
     e = tl.load(slots_ptr + pair)
-    if COMBINE:
-        tl.static_assert(not UP, "the combine sums the down projection's partials")
     if (e >= 0) & (e < N_SLOTS):
         if UP:
             a_row = a_ptr + (pair // TOPK).to(tl.int64) * K
@@ -269,15 +273,26 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         tl.store(out, acc, mask=mask_n)
         if UP:
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
-    if COMBINE:
+    if FINISH:
         tl.debug_barrier()   # this program's partial is stored before its arrival counts
-        t = pair // TOPK
-        group = cnt_ptr + t * tl.num_programs(1) + tl.program_id(1)
-        if tl.atomic_add(group, 1) == TOPK * splits - 1:   # acq_rel: sees the token's partials
-            tl.atomic_xchg(group, 0)
-            cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-            _combine_row(part_ptr, slots_ptr, add_ptr, y_ptr, t, cols, cols < N, TOPK, N, P,
-                         splits, N_SLOTS, True, ADD)
+        if UP:   # the group: this pair's N tiles of one EPILOGUE of columns, all splits
+            TILES: tl.constexpr = EPILOGUE // BLOCK_N
+            block = tl.program_id(1) // TILES
+            tiles = tl.minimum(TILES, tl.num_programs(1) - block * TILES)
+            group = cnt_ptr + pair * tl.cdiv(tl.num_programs(1), TILES) + block
+            if tl.atomic_add(group, 1) == tiles * splits - 1:   # acq_rel: sees the partials
+                tl.atomic_xchg(group, 0)
+                _swiglu_block(part_ptr, slots_ptr, rw_ptr, out_ptr, pair,
+                              block * EPILOGUE + tl.arange(0, EPILOGUE), P, N,
+                              N_SLOTS, splits, limit, QUANT_H, FLOOR_BITS, INV_MAX_BITS, QMAX)
+        else:    # the group: token t's TOPK pairs × splits of this N tile
+            t = pair // TOPK
+            group = cnt_ptr + t * tl.num_programs(1) + tl.program_id(1)
+            if tl.atomic_add(group, 1) == TOPK * splits - 1:   # acq_rel: sees the partials
+                tl.atomic_xchg(group, 0)
+                cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+                _combine_row(part_ptr, slots_ptr, add_ptr, out_ptr, t, cols, cols < N, TOPK, N,
+                             P, splits, N_SLOTS, True, ADD)
 
 
 @triton.jit
@@ -352,19 +367,28 @@ def _moe_swiglu_kernel(part_ptr, slots_ptr, rw_ptr, h_ptr, P, N, N_SLOTS, SPLITS
                        QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr,
                        INV_MAX_BITS: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr,
                        PDL: tl.constexpr = False):
-    """Decode gate/up epilogue: h[pair] = clamped SwiGLU(Σ_split gate, Σ_split up) × rw[pair],
-    splits summed in order (deterministic); 0 for a dropped pair. part: fp32 [2, S, P, N].
-    QUANT (native numerics): h leaves on the FP8 grid, the down projection's input quantisation
-    (e4m3 per 1×BLOCK = 1×128, power-of-two scale), as ``fp8_fake_quant`` would make it."""
+    """Decode gate/up epilogue, program (pair, BLOCK columns): ``_swiglu_block``."""
     grid_entry(PDL)
-    pair = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    _swiglu_block(part_ptr, slots_ptr, rw_ptr, h_ptr, tl.program_id(0),
+                  tl.program_id(1) * BLOCK + tl.arange(0, BLOCK), P, N, N_SLOTS, SPLITS, limit,
+                  QUANT, FLOOR_BITS, INV_MAX_BITS, QMAX)
+
+
+@triton.jit
+def _swiglu_block(part_ptr, slots_ptr, rw_ptr, h_ptr, pair, cols, P, N, N_SLOTS, SPLITS, limit,
+                  QUANT: tl.constexpr, FLOOR_BITS: tl.constexpr, INV_MAX_BITS: tl.constexpr,
+                  QMAX: tl.constexpr):
+    """h[pair, cols] = clamped SwiGLU(Σ_split gate, Σ_split up) × rw[pair], splits summed in
+    order (deterministic); 0 for a dropped pair. part: fp32 [2, S, P, N]. QUANT (native
+    numerics): h leaves on the FP8 grid, the down projection's input quantisation (e4m3 per
+    1×128 — ``cols`` is one such block — power-of-two scale), as ``fp8_fake_quant`` would
+    make it. The epilogue kernel's body, and the gate/up GEMV's last programs' (FINISH)."""
     mask = cols < N
     e = tl.load(slots_ptr + pair)
-    h = tl.zeros([BLOCK], dtype=tl.float32)
+    h = tl.zeros(cols.shape, dtype=tl.float32)
     if (e >= 0) & (e < N_SLOTS):
-        gate = tl.zeros([BLOCK], dtype=tl.float32)
-        up = tl.zeros([BLOCK], dtype=tl.float32)
+        gate = tl.zeros(cols.shape, dtype=tl.float32)
+        up = tl.zeros(cols.shape, dtype=tl.float32)
         for s in range(0, SPLITS):
             row = part_ptr + (s * P + pair).to(tl.int64) * N + cols
             gate += tl.load(row, mask=mask, other=0.0)
@@ -523,13 +547,16 @@ def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                 limit: float, quantize_input: bool, split_k: int | None, block_k: int,
                 add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool,
-                mma: bool, combine: str = "fused") -> torch.Tensor:
-    """The per-pair split-K path (see the module docstring): 3 launches, no host sync (4 with
-    ``combine="kernel"``: the combine in a launch of its own, not in the down GEMV's last
-    programs). ``mma``: the GEMVs on tensor cores (``_fp4_mma_row_dots``) where the bank's
-    tiles allow it."""
-    if combine not in COMBINES:
-        raise ValueError(f"the MoE decode's combine must be fused or kernel, not {combine!r}")
+                mma: bool, finish: str = "fused") -> torch.Tensor:
+    """The per-pair split-K path (see the module docstring): 2 launches, no host sync — the
+    gate/up GEMV whose last programs run the SwiGLU epilogue, the down GEMV whose last programs
+    combine (``finish="kernel"``: 4, each epilogue a launch of its own). ``mma``: the GEMVs on
+    tensor cores (``_fp4_mma_row_dots``) where the bank's tiles allow it."""
+    if finish not in FINISHES:
+        raise ValueError(f"the MoE decode's finish must be fused or kernel, not {finish!r}")
+    if finish == "fused" and EPILOGUE_BLOCK % block_n:
+        raise ValueError(f"block_n={block_n} does not divide the epilogue's {EPILOGUE_BLOCK} "
+                         "columns")
     t, dim = xin.shape
     topk, n_exp, inter = slots.shape[1], bank.n_slots, bank.w1.shape[0]
     flat = slots.reshape(-1).contiguous()
@@ -539,36 +566,41 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
                                                              block_n)
     part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
     # native numerics: x is put on its FP8 grid as the programs read it (one 1×128 block per
-    # K step), so there is no quantisation launch before this one
+    # K step), so there is no quantisation launch before this one; and the SwiGLU epilogue puts
+    # h on the FP8 grid of the down projection's input (its 128-column blocks are the
+    # quantisation blocks): no separate quantisation launch either
+    fused = finish == "fused"
+    h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
     up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
     quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
-    _moe_gemv_kernel[(p, triton.cdiv(inter, bn), splits)](
-        xin, flat, *_bank_args(*up_parts), part, part, part, part, topk, p, inter, dim, k_per,
-        n_exp, UP=True,
-        QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-        FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
+    n_tiles = triton.cdiv(inter, bn)
+    groups = p * triton.cdiv(n_tiles, max(1, EPILOGUE_BLOCK // bn))
+    _moe_gemv_kernel[(p, n_tiles, splits)](
+        xin, flat, *_bank_args(*up_parts), part, h, rw, part,
+        arrivals(groups, dev) if fused else part, topk, p, inter, dim, k_per, n_exp,
+        float(limit), UP=True, QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
+        BLOCK_K=block_k, FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
         **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
                                                    *(q.aligned for q in up_parts))),
-        num_warps=num_warps, **overlap)
-    # in native numerics the epilogue also puts h on the FP8 grid of the down projection's input
-    # (its 128-column blocks are the quantisation blocks): no separate quantisation launch
-    h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
-    _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
-        part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
-        **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **overlap)
+        FINISH=fused, EPILOGUE=EPILOGUE_BLOCK, QUANT_H=quantize_input, num_warps=num_warps,
+        **overlap)
+    if not fused:
+        _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
+            part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
+            **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **overlap)
     part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
     down = _bank_args(bank.w2, bank.s2)
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
-    fused = combine == "fused"
     n_tiles = triton.cdiv(dim, bn)
     _moe_gemv_kernel[(p, n_tiles, splits_down)](
-        h, flat, *down, *down, part, y, y if add is None else add,
+        h, flat, *down, *down, part, y, rw, y if add is None else add,
         arrivals(t * n_tiles, dev) if fused else part, topk, p, dim, inter, k_per_down, n_exp,
-        UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn, BLOCK_K=block_k,
-        FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2), AHEAD=ahead,
-        **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k, bank.w2.aligned,
-                                                 bank.s2.aligned)),
-        COMBINE=fused, ADD=add is not None, num_warps=num_warps, **overlap)
+        float(limit), UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
+        BLOCK_K=block_k, FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2),
+        AHEAD=ahead, **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k,
+                                                              bank.w2.aligned,
+                                                              bank.s2.aligned)),
+        FINISH=fused, ADD=add is not None, num_warps=num_warps, **overlap)
     if not fused:
         _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
             part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp,
@@ -620,16 +652,16 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
                    block_n: int = DECODE_BLOCK_N, num_warps: int = 4,
                    ahead: bool = False, mma: bool = False, group_n: int = GROUP_BLOCK_N,
-                   group_k: int = GROUP_BLOCK_K, combine: str = "fused") -> torch.Tensor:
+                   group_k: int = GROUP_BLOCK_K, finish: str = "fused") -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
     grouped); ``split_k`` forces the decode K splits; ``block_k`` / ``block_n`` / ``num_warps``
     are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` the decode
-    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder, ``combine``
-    the decode's combine ("fused": by the down GEMV's last programs; "kernel": a launch of its
-    own); ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices,
-    tests)."""
+    GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder, ``finish``
+    the decode's two epilogues ("fused": by the GEMVs' last programs; "kernel": launches of
+    their own); ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch
+    choices, tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreter_fp32() else add).contiguous()
@@ -646,6 +678,6 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     rw = weights.float().reshape(-1).contiguous()
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
-                           block_n, num_warps, ahead, mma, combine)
+                           block_n, num_warps, ahead, mma, finish)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add, mma,
                         group_n, group_k)

@@ -51,7 +51,7 @@ def _rows() -> list[dict]:
         _row("moe_fp4_decode_ahead", 0.5, 0.21),
         _row("moe_fp4_decode_mma", 0.5, 0.22),
         _row("moe_fp4_decode_mma_n64", 0.5, 0.23),
-        _row("moe_fp4_decode_combine_kernel", 0.5, 0.31),
+        _row("moe_fp4_decode_finish_kernel", 0.5, 0.31),
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),

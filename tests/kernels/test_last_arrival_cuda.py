@@ -94,15 +94,16 @@ def test_the_router_routes_the_same_every_launch():
     assert not launch._ARRIVALS[x.device].any()
 
 
-def test_the_moe_decode_combines_the_same_every_launch():
-    """The routed experts at decode (6 experts of V4-Flash's shape): the last of a token's
-    down programs of each N tile sums the 6 slots, as the combine kernel does."""
+def test_the_moe_decode_finishes_the_same_every_launch():
+    """The routed experts at decode (6 experts of V4-Flash's shape): the gate/up GEMV's last
+    programs of each 128 columns run the SwiGLU epilogue, the down GEMV's last of each N tile
+    sum the 6 slots — as the two epilogue kernels do."""
     from model import bench_kernels as bk
 
     torch.manual_seed(4)
     fused = bk._moe_case("moe", 1, "cuda", torch.bfloat16)
     torch.manual_seed(4)
-    apart = bk._moe_case("moe", 1, "cuda", torch.bfloat16, combine="kernel")
+    apart = bk._moe_case("moe", 1, "cuda", torch.bfloat16, finish="kernel")
     want = apart.triton()
     for _ in range(LAUNCHES):
         assert torch.equal(fused.triton(), want)

@@ -286,29 +286,39 @@ def test_the_combine_adds_the_shared_expert(decode):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_the_down_gemvs_last_programs_combine_as_the_combine_kernel(split_k):
-    """Decode's combine in the down GEMV (default): the last of a token's slot × split programs
-    of an N tile to arrive (any: the interpreter shuffles them) sums them in the combine
-    kernel's order — bit-equal to ``combine="kernel"`` — with empty slots (a token with none),
-    the shared expert added, down K in 2 splits; the arrival counts zero after."""
+@pytest.mark.parametrize("quantize,split_k,block_n", [(False, 1, 32), (True, 2, 32),
+                                                     (True, 2, 16), (False, 1, 64)])
+def test_the_gemvs_last_programs_run_the_epilogues_as_their_kernels(quantize, split_k, block_n):
+    """Decode's two epilogues in the GEMVs (default): the SwiGLU by the last of a pair's
+    programs of each 128 columns (4, 8 or 2 N tiles × the splits; native numerics put h on
+    its FP8 grid there, per 128 columns), the combine by the last of a token's slot × split
+    programs of an N tile — any program may arrive last (the interpreter shuffles them) — in
+    the epilogue kernels' order: bit-equal to ``finish="kernel"``, with empty slots (a token
+    with none), the shared expert added, K in 2 splits; 2 GEMV launches and no epilogue
+    kernel; the counts zero after."""
     from model.kernels.launch import arrivals
     from model.op_audit import OpAudit
 
-    bank, x, g = _bank_and_input(5, DIM, INTER, seed=31)
-    weights, shared = torch.rand(5, 3, generator=g), torch.randn(5, DIM, generator=g)
-    kw = dict(decode=True, split_k=split_k, block_k=32, add=shared)
+    dim, inter = 96, 320   # the gate/up's 128-column blocks: 128, 128, 64
+    bank, x, g = _bank_and_input(5, dim, inter, seed=31 + split_k)
+    weights, shared = torch.rand(5, 3, generator=g), torch.randn(5, dim, generator=g)
+    kw = dict(quantize_input=quantize, decode=True, split_k=split_k, block_k=32, add=shared,
+              block_n=block_n)
     with OpAudit() as audit:
         fused = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, **kw)
-    assert "_moe_combine_kernel" not in audit.triton and sum(audit.triton.values()) == 3
-    apart = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, combine="kernel", **kw)
+    assert audit.triton["_moe_gemv_kernel"] == 2    # (+ x's quantisation: block_k ≠ 128)
+    assert not {"_moe_swiglu_kernel", "_moe_combine_kernel"} & set(audit.triton)
+    apart = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, finish="kernel", **kw)
     assert torch.equal(fused, apart)
-    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, add=shared)
-    assert torch.allclose(fused, want, atol=1e-5, rtol=1e-4)
+    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, quantize_input=quantize,
+                             add=shared)
+    assert torch.allclose(fused, want, atol=1e-4, rtol=1e-3), (fused - want).abs().max()
     assert torch.equal(fused[4], shared[4])   # every slot empty: the shared expert alone
-    assert not arrivals(64, x.device).any()
-    with pytest.raises(ValueError, match="combine"):
-        moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, decode=True, combine="sum")
+    assert not arrivals(256, x.device).any()
+    with pytest.raises(ValueError, match="finish"):
+        moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, decode=True, finish="sum")
+    with pytest.raises(ValueError, match="block_n=48"):
+        moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, decode=True, block_n=48)
 
 
 def test_decode_epilogue_quantises_each_128_column_block_of_h():
