@@ -237,9 +237,10 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
 
     FINISH: the last program of a group to arrive (``cnt``, ``launch.arrivals``; a dropped
     pair's programs arrive too) runs the epilogue the group's partials feed, with no launch of
-    its own. UP: group (pair, EPILOGUE columns: EPILOGUE_BLOCK, a multiple of BLOCK_N) —
-    ``_swiglu_block`` into out = h (× rw, QUANT_H: on the FP8 grid). Down: group (token, N tile), the token's TOPK × S programs —
-    ``_combine_row`` into out = y (+ add when ADD)."""
+    its own. UP: group (pair, EPILOGUE columns: EPILOGUE_BLOCK, a multiple of BLOCK_N), its
+    N tiles × S programs — ``_swiglu_block`` into out = h (× rw, QUANT_H: on the FP8 grid).
+    Down: group (token, N tile), the token's TOPK × S programs — ``_combine_row`` into out = y
+    (+ add when ADD)."""
     grid_entry(PDL)
     pair = tl.program_id(0)
     pid_k = tl.program_id(2)
@@ -574,7 +575,7 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
     quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
     n_tiles = triton.cdiv(inter, bn)
-    groups = p * triton.cdiv(n_tiles, max(1, EPILOGUE_BLOCK // bn))
+    groups = p * triton.cdiv(n_tiles, EPILOGUE_BLOCK // bn)
     _moe_gemv_kernel[(p, n_tiles, splits)](
         xin, flat, *_bank_args(*up_parts), part, h, rw, part,
         arrivals(groups, dev) if fused else part, topk, p, inter, dim, k_per, n_exp,
