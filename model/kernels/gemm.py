@@ -38,6 +38,7 @@ from model.kernels.launch import (
     grid_entry_prefetching,
     interpreter_fp32,
     interpreting,
+    last_to_arrive,
     pdl,
     rows_of,
 )
@@ -258,10 +259,8 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
     if K_SPLITS:
         splits = tl.num_programs(2)
         tl.store(acc_ptr + pid_k.to(tl.int64) * M * N + tile, acc, mask=mask)
-        tl.debug_barrier()   # the tile's partial is all stored before the arrival count
-        group = cnt_ptr + pid_m * tl.num_programs(1) + pid_n
-        if tl.atomic_add(group, 1) == splits - 1:   # acq_rel: sees every split's partial
-            tl.atomic_xchg(group, 0)
+        # the last split of the tile to arrive sees every split's partial
+        if last_to_arrive(cnt_ptr + pid_m * tl.num_programs(1) + pid_n, splits):
             acc = sum_parts(acc_ptr, splits, M * N, tile, mask)
             tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:

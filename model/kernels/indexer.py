@@ -63,7 +63,7 @@ from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the c
     indexer_scores_reference,
     indexer_topk_reference,
 )
-from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, pdl
+from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, last_to_arrive, pdl
 from model.kernels.topk_select import pack
 
 
@@ -229,10 +229,8 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
         for n0 in range(start, stop, BLOCK_N):
             topk_select.count_top_digits(out_ptr + out_rows, n0, limits, hist_rows, BLOCK_N)
     if PICK:
-        tl.debug_barrier()   # the block's scores are all stored before the arrival counts
-        group = cnt_ptr + batch * tl.num_programs(0) + pid_t
-        if tl.atomic_add(group, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every chunk's
-            tl.atomic_xchg(group, 0)
+        # the block's last chunk to arrive sees every chunk's scores
+        if last_to_arrive(cnt_ptr + batch * tl.num_programs(0) + pid_t, tl.num_programs(1)):
             for r in range(0, BLOCK_T):
                 t = first + r
                 if t < hi:

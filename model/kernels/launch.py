@@ -132,13 +132,39 @@ _ARRIVALS: dict[torch.device, torch.Tensor] = {}
 
 def arrivals(n: int, device: torch.device) -> torch.Tensor:
     """n int32 zeros kept on the device (grown ×2): a kernel's arrival counts, one per group of
-    programs. The last program of a group to arrive (``tl.atomic_add`` returns the group's
-    size − 1) finishes the group's work and sets its count back to zero, so the counts are zero
-    again when the kernel ends and the next launch on the stream reuses them without a memset.
-    Launches that use them must not overlap: one stream. A kernel's other tallies that its last
-    programs set back to zero (the indexer's digit histograms) ride in the same zeros."""
+    programs. The last program of a group to arrive (``last_to_arrive``) finishes the group's
+    work and sets its count back to zero, so the counts are zero again when the kernel ends and
+    the next launch on the stream reuses them without a memset. Launches that use them must not
+    overlap: one stream. A kernel's other tallies that its last programs set back to zero (the
+    indexer's digit histograms) ride in the same zeros."""
     return _kept(_ARRIVALS, n, device,
                  lambda size: torch.zeros(size, dtype=torch.int32, device=device))
+
+
+FINISHES = ("fused", "kernel")   # a group's second half: by its last program, or a launch
+
+
+def finish_fused(what: str, finish: str) -> bool:
+    """A wrapper's ``finish`` (or ``combine``) option → whether its kernel's last programs of
+    each group do the group's second half ("fused", ``last_to_arrive``) rather than a launch of
+    its own ("kernel"); anything else is a ValueError that names ``what``."""
+    if finish not in FINISHES:
+        raise ValueError(f"{what} must be fused or kernel, not {finish!r}")
+    return finish == "fused"
+
+
+@triton.jit
+def last_to_arrive(count, programs):
+    """``arrivals``' protocol, run by a program once it has stored its part of a group's work:
+    a barrier (every thread's stores come before the count), its arrival counted at ``count``
+    (acq_rel: the group's last program sees every part the others stored before arriving), →
+    whether it is the last of the group's ``programs``; that one sets the count back to zero for
+    the next launch, and goes on to finish the group's work."""
+    tl.debug_barrier()
+    last = tl.atomic_add(count, 1) == programs - 1
+    if last:
+        tl.atomic_xchg(count, 0)
+    return last
 
 
 # -- programmatic dependent launch ---------------------------------------------------------------

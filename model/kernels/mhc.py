@@ -42,9 +42,11 @@ from model.kernels.cache_rows import round_bf16
 from model.kernels.launch import (
     LINE_BYTES,
     arrivals,
+    finish_fused,
     grid_entry,
     grid_entry_prefetching,
     interpreter_fp32,
+    last_to_arrive,
     pdl,
 )
 from model.kernels.norm_rope import rms_norm_triton
@@ -284,10 +286,7 @@ def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_p
     collapse (weight ``nw``, ``rms_eps``), over y as stored (BF16: rounded to bf16 first, for an
     fp32 buffer in the interpreter), in place: the block's attn_norm / ffn_norm, no launch of
     its own."""
-    tl.debug_barrier()   # every thread's partials are stored before the arrival is counted
-    count = cnt_ptr + t
-    if tl.atomic_add(count, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every program's
-        tl.atomic_xchg(count, 0)
+    if last_to_arrive(cnt_ptr + t, tl.num_programs(1)):   # sees every program's partials
         pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices,
                                                iters, eps, norm_eps, HC, PART_BLOCK)
         _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
@@ -419,7 +418,7 @@ def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_
     k_slice = min(k_slice, triton.next_power_of_2(hc * d))
     n_slices = triton.cdiv(hc * d, k_slice)
     part = torch.empty(t, n_slices, (2 + hc) * hc + 1, dtype=torch.float32, device=xin.device)
-    fused = _check_finish(finish) == "fused"
+    fused = finish_fused("mHC finish", finish)
     _hc_pre_partial_kernel[(t, n_slices)](
         xin, fn, part, arrivals(t, xin.device) if fused else part, scale, base, y, post, comb,
         *_norm_args(norm, fused, xin), d, n_slices, iters, eps, norm_eps,
@@ -448,13 +447,6 @@ def _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, 
         **options, **pdl(xin.device))
 
 
-FINISHES = ("fused", "kernel")
-
-
-def _check_finish(finish: str) -> str:
-    if finish not in FINISHES:
-        raise ValueError(f"mHC finish must be fused or kernel, not {finish!r}")
-    return finish
 
 
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
@@ -551,7 +543,7 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
     post2 = torch.empty(b, s, hc, dtype=torch.float32, device=y.device)
     comb2 = torch.empty(b, s, hc, hc, dtype=torch.float32, device=y.device)
     scale32, base32 = scale.float().contiguous(), base.float().contiguous()
-    fused = _check_finish(finish) == "fused"
+    fused = finish_fused("mHC finish", finish)
     _hc_post_partial_kernel[(t, d // ks)](
         yin, rin, post.float().contiguous(), comb.float().contiguous(), x, fn32, part,
         arrivals(t, y.device) if fused else part, scale32, base32, collapsed, post2, comb2,

@@ -53,7 +53,14 @@ from model.kernels.gemm import (
     plan_split_k,
     whole_k_tiles,
 )
-from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, pdl
+from model.kernels.launch import (
+    arrivals,
+    finish_fused,
+    grid_entry,
+    interpreter_fp32,
+    last_to_arrive,
+    pdl,
+)
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
@@ -61,7 +68,6 @@ DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
 DECODE_BLOCK_K = 128
 ACT_QUANT_BLOCK = 128  # native numerics' FP8 activation block (1×128, power-of-two scales)
 EPILOGUE_BLOCK = ACT_QUANT_BLOCK   # the decode epilogue quantises h in place, block by block
-FINISHES = ("fused", "kernel")   # decode: the epilogues in the GEMVs' last programs, or not
 GROUP_BLOCK_N = 32     # the grouped GEMM's weight rows a tile
 GROUP_BLOCK_K = 64     # and K a step
 
@@ -275,22 +281,19 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         if UP:
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
     if FINISH:
-        tl.debug_barrier()   # this program's partial is stored before its arrival counts
         if UP:   # the group: this pair's N tiles of one EPILOGUE of columns, all splits
             TILES: tl.constexpr = EPILOGUE // BLOCK_N
             block = tl.program_id(1) // TILES
             tiles = tl.minimum(TILES, tl.num_programs(1) - block * TILES)
             group = cnt_ptr + pair * tl.cdiv(tl.num_programs(1), TILES) + block
-            if tl.atomic_add(group, 1) == tiles * splits - 1:   # acq_rel: sees the partials
-                tl.atomic_xchg(group, 0)
+            if last_to_arrive(group, tiles * splits):   # sees the group's partials
                 _swiglu_block(part_ptr, slots_ptr, rw_ptr, out_ptr, pair,
                               block * EPILOGUE + tl.arange(0, EPILOGUE), P, N,
                               N_SLOTS, splits, limit, QUANT_H, FLOOR_BITS, INV_MAX_BITS, QMAX)
         else:    # the group: token t's TOPK pairs × splits of this N tile
             t = pair // TOPK
             group = cnt_ptr + t * tl.num_programs(1) + tl.program_id(1)
-            if tl.atomic_add(group, 1) == TOPK * splits - 1:   # acq_rel: sees the partials
-                tl.atomic_xchg(group, 0)
+            if last_to_arrive(group, TOPK * splits):   # sees the group's partials
                 cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
                 _combine_row(part_ptr, slots_ptr, add_ptr, out_ptr, t, cols, cols < N, TOPK, N,
                              P, splits, N_SLOTS, True, ADD)
@@ -553,9 +556,8 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     gate/up GEMV whose last programs run the SwiGLU epilogue, the down GEMV whose last programs
     combine (``finish="kernel"``: 4, each epilogue a launch of its own). ``mma``: the GEMVs on
     tensor cores (``_fp4_mma_row_dots``) where the bank's tiles allow it."""
-    if finish not in FINISHES:
-        raise ValueError(f"the MoE decode's finish must be fused or kernel, not {finish!r}")
-    if finish == "fused" and EPILOGUE_BLOCK % block_n:
+    fused = finish_fused("the MoE decode's finish", finish)
+    if fused and EPILOGUE_BLOCK % block_n:
         raise ValueError(f"block_n={block_n} does not divide the epilogue's {EPILOGUE_BLOCK} "
                          "columns")
     t, dim = xin.shape
@@ -570,7 +572,6 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     # K step), so there is no quantisation launch before this one; and the SwiGLU epilogue puts
     # h on the FP8 grid of the down projection's input (its 128-column blocks are the
     # quantisation blocks): no separate quantisation launch either
-    fused = finish == "fused"
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
     up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
     quant_x = quantize_input and block_k == ACT_QUANT_BLOCK

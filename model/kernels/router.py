@@ -41,6 +41,7 @@ from model.kernels.launch import (
     grid_entry,
     grid_entry_prefetching,
     interpreter_fp32,
+    last_to_arrive,
     pdl,
 )
 
@@ -219,10 +220,7 @@ def _gate_route_kernel(x_ptr, w_ptr, logits_ptr, cnt_ptr, bias_ptr, ids_ptr, tid
                     other=0.0).to(tl.float32)
         acc += x[None, :] * w
     tl.store(logits_ptr + t.to(tl.int64) * E + offs_r, tl.sum(acc, 1), mask=mask_r)
-    tl.debug_barrier()   # every thread's logits are stored before the arrival is counted
-    count = cnt_ptr + t
-    if tl.atomic_add(count, 1) == tl.num_programs(1) - 1:   # acq_rel: sees every group's
-        tl.atomic_xchg(count, 0)
+    if last_to_arrive(cnt_ptr + t, tl.num_programs(1)):   # sees every group's logits
         offs_t = t + tl.arange(0, 1)
         offs_e = tl.arange(0, BLOCK_E)
         mask_t = offs_t < T

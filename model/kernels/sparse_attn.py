@@ -36,7 +36,14 @@ from model.kernels.cache_rows import round_bf16
 from model.kernels.fp8_pairs import FP8_PAIRS_UNSHIFT, load_fp8_row_pairs
 from model.kernels.gemm import e8m0_scale
 from model.kernels.kv_fp8 import KVLayout, unpack_kv_fp8
-from model.kernels.launch import arrivals, grid_entry, interpreter_fp32, pdl
+from model.kernels.launch import (
+    arrivals,
+    finish_fused,
+    grid_entry,
+    interpreter_fp32,
+    last_to_arrive,
+    pdl,
+)
 from model.kernels.norm_rope import apply_rope_reference
 
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
@@ -386,10 +393,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         tl.store(o_ptr + part[:, None] * D + offs_dv[None, :], o,
                  mask=mask_h[:, None] & mask_dv[None, :])
         if COMBINE:
-            tl.debug_barrier()   # the partials are all stored before the arrival counts
+            # the group's last split to arrive sees every split's partials
             group = cnt_ptr + (pid_t * tl.num_programs(1) + pid_h) * DV_PARTS + part_dv
-            if tl.atomic_add(group, 1) == n_split - 1:   # acq_rel: sees every split's partials
-                tl.atomic_xchg(group, 0)
+            if last_to_arrive(group, n_split):
                 # a column block at a time, as narrow as the combine kernel's (fewer registers)
                 BLOCK_C: tl.constexpr = min(BLOCK_DV, COMBINE_COLUMNS)
                 col0 = part_dv * BLOCK_DV
@@ -477,7 +483,6 @@ def _sparse_attn_combine(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, S,
 
 
 COMBINE_BLOCK_D = 128   # output columns per combine program (a decode token: 4 × 4 programs)
-COMBINES = ("fused", "kernel")
 
 
 MERGED_SPLIT_ROWS = 128   # rows per split at least, when the last split program merges them
@@ -573,8 +578,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     (``_sparse_attn_combine``, a launch of its own); ``table_aligned``: every address in
     ``table`` is a multiple of 16 (``_table_rows``); ``fp8_pairs``, ``qk_split``: as
     ``sparse_attn_triton``'s."""
-    if combine not in COMBINES:
-        raise ValueError(f"sparse attention combine must be fused or kernel, not {combine!r}")
+    fused = finish_fused("sparse attention combine", combine)
     b, s, h, d = q.shape
     kv, kv16, win, win16, idx, widx = sources
     n, k, nw, w, widx_stride = sizes
@@ -593,7 +597,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     block_d = max(16, triton.next_power_of_2(d))
     head_blocks = triton.cdiv(h, block_h)
     splits = n_splits or default_splits(b * s, head_blocks, slots, block_n,
-                                        merged=combine == "fused")
+                                        merged=fused)
     splits = max(1, min(splits, triton.cdiv(max(slots, 1), block_n)))
     chunk = triton.cdiv(triton.cdiv(max(slots, 1), splits), block_n) * block_n
     splits = triton.cdiv(max(slots, 1), chunk)
@@ -624,7 +628,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     if splits == 1:
         _sparse_attn_fwd[(b * s, head_blocks, dv_parts)](
             *sources, out, lse, ang, tab, out, lse, lse, *sizes, SPLIT=False, **rotate, **consts)
-    elif combine == "fused":
+    elif fused:
         po = torch.empty(b * s, splits, h, d, dtype=torch.float32, device=q.device)
         plse = torch.empty(b * s, splits, h, dtype=torch.float32, device=q.device)
         groups = arrivals(b * s * head_blocks * dv_parts, q.device)

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.launch import grid_entry, pdl
+from model.kernels.launch import grid_entry, last_to_arrive, pdl
 
 SELECT_BLOCK = 1024   # scores per tile of a pass
 TOP_BITS = tl.constexpr(12)      # the digit the score programs count (``count_top_digits``)
@@ -376,10 +376,7 @@ def _slice_place(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, cnt_ptr, c
         above_upto, same_upto, _, _ = _running_counts(above, same)
         tl.store(dest + taken + above_upto - 1, packed, mask=above)
         tl.store(cand + held + same_upto - 1, packed, mask=same)
-    tl.debug_barrier()   # the slice's picks and candidates are stored before it arrives
-    group = cnt_ptr + row
-    if tl.atomic_add(group, 1) == slices - 1:   # acq_rel: sees every slice's stores
-        tl.atomic_xchg(group, 0)
+    if last_to_arrive(cnt_ptr + row, slices):   # the row's last slice sees every slice's stores
         bins = tl.arange(0, HIST_BINS)
         tl.store(hist_ptr + row.to(tl.int64) * HIST_BINS + bins,
                  tl.zeros([HIST_BINS], dtype=tl.int32))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.kernels import mhc
+from model.kernels.launch import FINISHES
 from model.kernels.mhc import hc_post_reference, hc_post_triton, hc_pre_reference, hc_pre_triton
 
 ITERS, EPS, NORM_EPS = 20, 1e-6, 1e-6
@@ -45,7 +46,7 @@ def test_hc_pre_prefill_matches_reference(b, s, hc, d):
     _assert_matches(got, hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
 
 
-@pytest.mark.parametrize("finish", mhc.FINISHES)
+@pytest.mark.parametrize("finish", FINISHES)
 @pytest.mark.parametrize("b,s,hc,d,k_slice,d_block", [
     (1, 1, 4, 64, 128, 512),   # 1 token: hc·d = 256 → 2 slices, one (clamped) d-block
     (1, 3, 4, 100, 64, 32),    # 3 tokens; hc·d = 400 not a multiple of the slice, d of the block
@@ -135,7 +136,7 @@ def _post_inputs(b: int, s: int, hc: int, d: int, dtype: torch.dtype = torch.flo
     return y, post, comb
 
 
-@pytest.mark.parametrize("finish", mhc.FINISHES)
+@pytest.mark.parametrize("finish", FINISHES)
 @pytest.mark.parametrize("b,s,hc,d", [(1, 1, 4, 256), (2, 3, 4, 96), (1, 2, 2, 64),
                                       (1, 1, 4, 40)])
 def test_post_then_pre_in_one_launch_matches_the_two_ops(b, s, hc, d, finish):
