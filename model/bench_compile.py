@@ -89,16 +89,16 @@ def bench_compile(arch: int = 90, full: bool = True,
                 if not pipelined(c.loads, loops):
                     failures += 1   # its MMA loop waits for every step's loads
                 shared = max(c.shared, use["static_shared"])
-                if occupancy(use["regs"], c.num_warps, shared)["blocks_per_sm"] == 0:
+                occupied = occupancy(use["regs"], c.num_warps, shared)
+                if occupied["blocks_per_sm"] == 0:
                     failures += 1   # compiles, but asks for more shared memory than a block has
                 emit({"bench": "compile", "case": case_name, "kernel": c.kernel,
                       "arch": f"sm_{arch}", "num_warps": c.num_warps, "num_stages": c.num_stages,
                       "constexprs": c.constexprs, "regs": use["regs"],
                       "stack_bytes": use["stack_bytes"], "local_bytes": use["local_bytes"],
                       "shared_bytes": shared, "mma": c.mma, "global_loads": c.loads,
-                      **occupancy(use["regs"], c.num_warps, shared), "programs": c.programs,
-                      "waves": waves(c.programs, occupancy(use["regs"], c.num_warps,
-                                                           shared)["blocks_per_sm"]),
+                      **occupied, "programs": c.programs,
+                      "waves": waves(c.programs, occupied["blocks_per_sm"]),
                       "dots": c.dots, "loops": loops, "pipelined": pipelined(c.loads, loops),
                       "grid": {"launch_pdl": c.launch_pdl, **grid},
                       "compile_s": round(c.seconds, 2)})
