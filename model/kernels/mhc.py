@@ -290,12 +290,11 @@ def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_p
         pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices,
                                                iters, eps, norm_eps, HC, PART_BLOCK)
         _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
+        squares = tl.zeros([D_BLOCK], dtype=tl.float32)   # (without NORM: unused, dropped)
+        for d0 in range(0, D, D_BLOCK):
+            y = _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC, BF16)
+            squares += y * y
         if NORM:
-            squares = tl.zeros([D_BLOCK], dtype=tl.float32)
-            for d0 in range(0, D, D_BLOCK):
-                y = _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC,
-                                    BF16)
-                squares += y * y
             inv = tl.rsqrt(tl.sum(squares, 0) / D + rms_eps)
             tl.debug_barrier()   # y as every thread stored it, read back below
             for d0 in range(0, D, D_BLOCK):
@@ -304,9 +303,6 @@ def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_p
                 y = tl.load(at, mask=cols < D, other=0.0).to(tl.float32)
                 w = tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
                 tl.store(at, (w * (y * inv)).to(y_ptr.dtype.element_ty), mask=cols < D)
-        else:
-            for d0 in range(0, D, D_BLOCK):
-                _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC, BF16)
 
 
 @triton.jit
