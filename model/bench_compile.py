@@ -51,14 +51,13 @@ def bench_compile(arch: int = 90, full: bool = True,
         CompileOnly,
         grid_wait,
         launched_kernels,
-        occupancy,
         pipelined,
         sass,
         sass_loops,
         usage,
-        waves,
     )
     from model.kernels.launch import overlapping
+    from model.kernels.residency import occupancy, waves
 
     rows: list[dict] = []
 

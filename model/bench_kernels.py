@@ -312,27 +312,33 @@ def _attn_output_case(name: str, n_comp: int, dev: str, dtype: torch.dtype, grou
 
 
 def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
-              mma: bool = False) -> Case:
-    """``mma``: up to 16 rows on tensor cores (``gemm._fp4_gemm_mma_kernel``)."""
+              mma: bool = False, rounds: bool = True) -> Case:
+    """``mma``: up to 16 rows on tensor cores (``gemm._fp4_gemm_mma_kernel``); ``rounds=False``:
+    K split until about TARGET_PROGRAMS programs, not by the compiled kernel's residency
+    (``split_k`` then is the old rule's count; with ``rounds`` ``bench compile`` gives the
+    grid)."""
     packed, scale = quant.quant_fp4(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     nbytes = n * k // 2 + n * k // 32 + (m * k + m * n) * x.element_size()
     split_k = (gemm.fp4_mma_plan(m, n, k) if mma else gemm.fp4_gemm_plan(m, n, k))[-2]
-    return Case(name, {"m": m, "n": n, "k": k, "split_k": split_k, "mma": mma}, nbytes,
+    return Case(name, {"m": m, "n": n, "k": k, "split_k": split_k, "mma": mma,
+                       "rounds": rounds}, nbytes,
                 2.0 * m * n * k, lambda: gemm.fp4_gemm_reference(x, packed, scale),
-                lambda: gemm.fp4_gemm_triton(x, packed, scale, mma=mma),
+                lambda: gemm.fp4_gemm_triton(x, packed, scale, mma=mma, rounds=rounds),
                 ">= 60% of HBM bandwidth")
 
 
 def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
-              prologue: str = "", k_splits: bool = True, block_n: int | None = None) -> Case:
+              prologue: str = "", k_splits: bool = True, block_n: int | None = None,
+              rounds: bool = True) -> Case:
     """``prologue``: "swiglu" — the shared expert's down projection, its activation computed
     from gate and up as the GEMM reads them; "norm" — attention's query up-projections (its and
     the indexer's, stacked) with q_norm as the prologue; "splitk" — attention's ``wo_b``
     summing ``wo_a``'s grouped GEMV partials (3 K splits × 8 groups) as it reads them.
     ``k_splits``: the GEMM's own K over more programs at decode (``gemm.fp8_k_splits``; off:
     the ``_whole_k`` rows, one program a tile); ``block_n``: the decode tile's rows
-    (``gemm._blocks``)."""
+    (``gemm._blocks``); ``rounds=False``: the splits of the old rule, about TARGET_PROGRAMS
+    programs (``k_splits`` is that count; with ``rounds`` ``bench compile`` gives the grid)."""
     w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if prologue == "swiglu" else None
@@ -344,12 +350,12 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
         reads = m * n + parts.numel() * 2        # fp32 partials: 2 × a bf16 value each
     splits = gemm.fp8_k_splits(m, n, k, block_n)[0] if k_splits else 1
     return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None, "k_splits": splits,
-                       "block_n": gemm._blocks(m, n, block_n)[1]},
+                       "block_n": gemm._blocks(m, n, block_n)[1], "rounds": rounds},
                 n * k + ws.numel() + reads * dtype.itemsize,
                 2.0 * m * n * k,
                 lambda: gemm.fp8_gemm_reference(x.sum() if prologue == "splitk" else x, w, ws,
                                                 glu, norm),
-                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits, block_n),
+                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits, block_n, rounds),
                 "none set (report only)")
 
 
@@ -572,11 +578,12 @@ def _pool_inputs_case(name: str, tokens: int, dev: str, splits: int = 12) -> Cas
 
 def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: bool,
                groups: int = 1, mma: bool = False, ahead: bool = False,
-               wide: bool = False) -> Case:
+               wide: bool = False, rounds: bool = True) -> Case:
     """Decode GEMV with the weight as mapped (one token): FP8 e4m3 + 128×128 scales (wq_b) or
     bf16 with one input vector per group (wo_a: 8 groups; the LM head: 1). ``mma``: on tensor
     cores (``gemv._gemv_mma_kernel``); ``ahead``: each weight tile loaded a step ahead;
-    ``wide``: tiles of twice the rows."""
+    ``wide``: tiles of twice the rows; ``rounds=False``: K split until about TARGET_PROGRAMS
+    programs, not by the compiled kernel's residency."""
     x = _rand(1, groups, k, dtype=dtype, device=dev) if groups > 1 else _rand(1, k, dtype=dtype,
                                                                              device=dev)
     if fp8:
@@ -593,9 +600,10 @@ def _gemv_case(name: str, n: int, k: int, dev: str, dtype: torch.dtype, fp8: boo
 
     nbytes = w.numel() * w.element_size() + (0 if ws is None else ws.numel()) + x.numel() * 2
     return Case(name, {"n": n, "k": k, "groups": groups, "weight": "fp8" if fp8 else "bf16",
-                       "mma": mma, "ahead": ahead, "wide": wide},
+                       "mma": mma, "ahead": ahead, "wide": wide, "rounds": rounds},
                 nbytes, 2.0 * groups * n * k, reference,
-                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma, ahead=ahead, wide=wide),
+                lambda: gemv.gemv_triton(x, w, ws, groups, mma=mma, ahead=ahead, wide=wide,
+                                         rounds=rounds),
                 "none set (report only)")
 
 
@@ -658,11 +666,14 @@ def _gemv_cases(full: bool, dev: str, dtype: torch.dtype) -> list[partial[Case]]
     the model does: the MMA path splits x into three bf16 columns) — each plain and in the
     launch choices' forms: on tensor cores (``mma``), each weight tile loaded a step ahead
     (``ahead``: the FMA kernel's loop is not pipelined), tiles of twice the rows (``wide``:
-    fewer rounds of the SMs, more bytes in flight an SM)."""
+    fewer rounds of the SMs, more bytes in flight an SM), K split by the old rule (``target``:
+    about TARGET_PROGRAMS programs, not by the kernel's residency: wo_a's 1,024 at 6 an SM
+    are two rounds where 512 are one)."""
     weights = {"fp8_wq_b": (32768 if full else 4096, 1024, dtype, True, {}),
                "bf16_wo_a": (1024, 4096 if full else 1024, dtype, False, {"groups": 8}),
                "bf16_lm_head": (129280 if full else 4096, 4096, torch.float32, False, {})}
-    forms = {"": {}, "_mma": {"mma": True}, "_ahead": {"ahead": True}, "_wide": {"wide": True}}
+    forms = {"": {}, "_mma": {"mma": True}, "_ahead": {"ahead": True}, "_wide": {"wide": True},
+             "_target": {"rounds": False}}
     return [partial(_gemv_case, f"gemv_{name}_decode{suffix}", n, k, dev, x_dtype, fp8,
                     **shape, **form)
             for suffix, form in forms.items()
@@ -814,6 +825,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_fp4_case, "fp4_expert_gemm_w2_decode", 1, 4096, 2048, dev, dtype),
         p(_fp4_case, "fp4_expert_gemm_w13_decode_mma", 1, 2048, 4096, dev, dtype, True),
         p(_fp4_case, "fp4_expert_gemm_w2_decode_mma", 1, 4096, 2048, dev, dtype, True),
+        # K split by the old rule, not the compiled kernel's residency (the w13 MMA's 512
+        # programs at 3 an SM were 1.29 rounds)
+        p(_fp4_case, "fp4_expert_gemm_w13_decode_target", 1, 2048, 4096, dev, dtype,
+          rounds=False),
+        p(_fp4_case, "fp4_expert_gemm_w13_decode_mma_target", 1, 2048, 4096, dev, dtype, True,
+          rounds=False),
         p(_fp4_case, "fp4_expert_gemm_w13_prefill", 256 if gpu else 16, 2048, 4096, dev, dtype),
         p(_fp8_case, "fp8_gemm_wq_b_decode", 1, 32768 if full else 4096, 1024, dev, dtype),
         p(_fp8_case, "fp8_gemm_wo_b_prefill", 512 if gpu else 16, 4096, 8192, dev, dtype),
@@ -830,6 +847,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           "swiglu", k_splits=False),
         p(_fp8_case, "fp8_gemm_wo_b_splitk_decode_whole_k", 1, 4096 if full else 1024, 8192, dev,
           dtype, "splitk", k_splits=False),
+        # the old rule's splits, about 1,024 programs (before session 20): wo_b's at 6 an SM and
+        # w2's at 7 take two rounds of the SMs where the residency's take one
+        p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode_target", 1, 4096, 2048, dev, dtype,
+          "swiglu", rounds=False),
+        p(_fp8_case, "fp8_gemm_wo_b_splitk_decode_target", 1, 4096 if full else 1024, 8192, dev,
+          dtype, "splitk", rounds=False),
         # attention's wq_a and wkv stacked: 48 tiles of 32 K blocks (report only)
         p(_fp8_case, "fp8_gemm_x_proj_decode", 1, 1536, 4096, dev, dtype),
         p(_fp8_case, "fp8_gemm_x_proj_decode_whole_k", 1, 1536, 4096, dev, dtype,
@@ -858,6 +881,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           finish="kernel"),
         p(_moe_case, "moe_fp4_decode_native_finish_kernel", 1, dev, dtype, **moe_dims,
           native=True, finish="kernel"),
+        # the K splits of the old rule, not each GEMV's compiled residency
+        p(_moe_case, "moe_fp4_decode_target", 1, dev, dtype, **moe_dims, rounds=False),
+        p(_moe_case, "moe_fp4_decode_native_target", 1, dev, dtype, **moe_dims, native=True,
+          rounds=False),
         p(_moe_case, "moe_fp4_decode_native_mma", 1, dev, dtype, **moe_dims, native=True,
           mma=True, block_n=128),
         p(_moe_case, "moe_fp4_prefill", 256 if gpu else 4, dev, dtype, **moe_dims),

@@ -125,7 +125,9 @@ DECISIONS = {d.name: d for d in (
                       {"select": "parallel", "pairs": True}))),
     Decision("fp4_gemm_decode", "an FP4 expert weight against at most 16 rows (fp4_linear)",
              (Variant("fp4_expert_gemm_w13_decode", {}),
-              Variant("fp4_expert_gemm_w13_decode_mma", {"mma": True}))),
+              Variant("fp4_expert_gemm_w13_decode_mma", {"mma": True}),
+              Variant("fp4_expert_gemm_w13_decode_target", {"rounds": False}),
+              Variant("fp4_expert_gemm_w13_decode_mma_target", {"mma": True, "rounds": False}))),
     Decision("gemv_decode_fp8", "a decode GEMV over an FP8 weight as mapped (dequant numerics)",
              (Variant("gemv_fp8_wq_b_decode", {}),
               Variant("gemv_fp8_wq_b_decode_mma", {"mma": True}),
@@ -142,7 +144,10 @@ DECISIONS = {d.name: d for d in (
                       ("fp8_gemm_shared_w2_swiglu_decode_whole_k",
                        "fp8_gemm_q_proj_norm_decode")),
               Variant("fp8_gemm_wo_b_splitk_decode", {"block_n": 32},
-                      ("fp8_gemm_shared_w2_swiglu_decode", "fp8_gemm_q_proj_norm_decode_n32")))),
+                      ("fp8_gemm_shared_w2_swiglu_decode", "fp8_gemm_q_proj_norm_decode_n32")),
+              Variant("fp8_gemm_wo_b_splitk_decode_target", {"rounds": False},
+                      ("fp8_gemm_shared_w2_swiglu_decode_target",
+                       "fp8_gemm_q_proj_norm_decode")))),
     # the mHC pre's finish (split, Sinkhorn, collapse) by the token's last partial program, or
     # by a kernel of its own; measured on the pre and on the post fused with the next pre
     Decision("mhc_decode", "mHC pre (and post → pre), at most mhc.DECODE_MAX_TOKENS tokens",
@@ -152,11 +157,18 @@ DECISIONS = {d.name: d for d in (
     Decision("router_decode", "the MoE router, fewer than router.SPLIT_BELOW_TOKENS tokens",
              (Variant("router_decode", {}),
               Variant("router_decode_fused", {"split": False}))),
+    # measured on both weights it serves: the LM head (4,040 tiles, never split) and wo_a
+    # (32 tiles split over K: where the residency's rule and the old one differ)
     Decision("gemv_decode_bf16", "a decode GEMV over a bf16 weight (the LM head, wo_a)",
-             (Variant("gemv_bf16_lm_head_decode", {}),
-              Variant("gemv_bf16_lm_head_decode_mma", {"mma": True}),
-              Variant("gemv_bf16_lm_head_decode_ahead", {"ahead": True}),
-              Variant("gemv_bf16_lm_head_decode_wide", {"wide": True}))),
+             (Variant("gemv_bf16_lm_head_decode", {}, ("gemv_bf16_wo_a_decode",)),
+              Variant("gemv_bf16_lm_head_decode_mma", {"mma": True},
+                      ("gemv_bf16_wo_a_decode_mma",)),
+              Variant("gemv_bf16_lm_head_decode_ahead", {"ahead": True},
+                      ("gemv_bf16_wo_a_decode_ahead",)),
+              Variant("gemv_bf16_lm_head_decode_wide", {"wide": True},
+                      ("gemv_bf16_wo_a_decode_wide",)),
+              Variant("gemv_bf16_lm_head_decode_target", {"rounds": False},
+                      ("gemv_bf16_wo_a_decode_target",)))),
     Decision("moe_prefill", "routed experts, at least MOE_PREFILL_TOKENS tokens (grouped GEMM)",
              (Variant("moe_fp4_prefill_2048", {}),
               Variant("moe_fp4_prefill_m64", {"block_m": 64}),
@@ -174,7 +186,8 @@ DECISIONS = {d.name: d for d in (
               Variant("moe_fp4_decode_ahead", {"ahead": True}),
               Variant("moe_fp4_decode_mma", {"mma": True, "block_n": 128}),
               Variant("moe_fp4_decode_mma_n64", {"mma": True, "block_n": 64}),
-              Variant("moe_fp4_decode_finish_kernel", {"finish": "kernel"}))),
+              Variant("moe_fp4_decode_finish_kernel", {"finish": "kernel"}),
+              Variant("moe_fp4_decode_target", {"rounds": False}))),
     # every launch (sm_90 on): each kernel may start while the one before it finishes, and a
     # weight-streaming kernel asks L2 for its weight meanwhile (launch.pdl); measured on the
     # sum of three chains a decode step runs: target 1's pair (per CSA layer), attention and
@@ -188,7 +201,8 @@ DECISIONS = {d.name: d for d in (
               Variant("moe_fp4_decode_native_n16_w8", {"block_n": 16, "num_warps": 8}),
               Variant("moe_fp4_decode_native_ahead", {"ahead": True}),
               Variant("moe_fp4_decode_native_mma", {"mma": True, "block_n": 128}),
-              Variant("moe_fp4_decode_native_finish_kernel", {"finish": "kernel"}))),
+              Variant("moe_fp4_decode_native_finish_kernel", {"finish": "kernel"}),
+              Variant("moe_fp4_decode_native_target", {"rounds": False}))),
 )}
 MOE_PREFILL_TOKENS = 1024
 

@@ -44,6 +44,7 @@ from model.kernels.launch import (
 )
 from model.kernels.norm_rope import rms_norm_reference
 from model.kernels.quant_triton import SIGN_BIT
+from model.kernels.residency import TARGET_PROGRAMS, programs_per_sm, split_k
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +447,6 @@ def full_fp4_tiles(k: int, k_per_split: int, block_k: int, *parts: torch.Tensor)
     return whole_k_tiles(k, k_per_split, block_k) and all(p.data_ptr() % 16 == 0 for p in parts)
 
 
-TARGET_PROGRAMS = 1024   # ≈ 8 per SM of a 132-SM H200: enough weight loads in flight for HBM
 PARTIAL_TRAFFIC_K = 128  # split-K cap: fp32 partial bytes ≤ 1/8 of the FP4 weight bytes
 
 
@@ -484,7 +484,8 @@ def _blocks(m: int, n: int, block_n: int | None = None) -> tuple[int, int]:
 def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch.Tensor,
                     glu: tuple[torch.Tensor, float] | None = None,
                     norm: tuple[torch.Tensor, float] | None = None,
-                    k_splits: bool = True, block_n: int | None = None) -> torch.Tensor:
+                    k_splits: bool = True, block_n: int | None = None,
+                    rounds: bool = True) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
     activation is swiglu(x, up) (an expert's down projection); ``norm`` = (weight, eps): it is
     RMSNorm(x) (attention's q_norm before the query up-projections); a ``SplitK`` x is summed
@@ -492,7 +493,9 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
     read where they lie (a stacked projection's column slices). ``k_splits`` (a launch choice):
     at decode, K split over programs where the output tiles are few (``fp8_k_splits``), the
     last split of each tile summing them; ``block_n`` (a launch choice): the decode tile's rows
-    (``_blocks``: by default 64 where 32-row tiles would fill the SMs more than once)."""
+    (``_blocks``: by default 64 where 32-row tiles would fill the SMs more than once);
+    ``rounds`` (a launch choice): the K splits from the compiled kernel's residency
+    (``fp8_k_splits``' ``per_sm``), else about TARGET_PROGRAMS programs."""
     assert glu is None or norm is None
     split = x if isinstance(x, SplitK) else None
     n = weight.shape[0]
@@ -514,19 +517,29 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
         bm, bn = _blocks(m, n, block_n)
         tiles = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         kb = triton.cdiv(k, 128)
+        w8, s8 = weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8)
+        norm_w = norm[0].float().contiguous() if norm is not None else x2
+
+        def launch(splits: int, kb_per_split: int) -> tuple[tuple, dict]:
+            acc, counts = ((torch.empty(splits, m, n, dtype=torch.float32, device=y.device),
+                            arrivals(tiles[0] * tiles[1], y.device)) if splits > 1 else (y, y))
+            return ((x2, w8, s8, y, m, n, k, kb, stride_x, u2, u2.stride(0),
+                     float(glu[1]) if glu is not None else 0.0, norm_w,
+                     float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split,
+                     acc, counts),
+                    dict(GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
+                         BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn,
+                         EXACT_CAST=interpreting(), K_SPLITS=splits > 1, PARTS=n_parts,
+                         num_stages=SPLITK_STAGES if split is not None else 3,
+                         **pdl(x2.device)))
+
         splits, kb_per_split = fp8_k_splits(m, n, k, block_n) if k_splits else (1, kb)
-        acc, counts = ((torch.empty(splits, m, n, dtype=torch.float32, device=y.device),
-                        arrivals(tiles[0] * tiles[1], y.device)) if splits > 1 else (y, y))
-        _fp8_gemm_kernel[(*tiles, splits)](
-            x2, weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), y,
-            m, n, k, kb, stride_x, u2, u2.stride(0),
-            float(glu[1]) if glu is not None else 0.0,
-            norm[0].float().contiguous() if norm is not None else x2,
-            float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split, acc,
-            counts, GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
-            BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn, EXACT_CAST=interpreting(),
-            K_SPLITS=splits > 1, PARTS=n_parts,
-            num_stages=SPLITK_STAGES if split is not None else 3, **pdl(x2.device))
+        if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
+            per_sm = programs_per_sm(_fp8_gemm_kernel, y.device,
+                                     lambda: launch(splits, kb_per_split))
+            splits, kb_per_split = fp8_k_splits(m, n, k, block_n, per_sm)
+        args, options = launch(splits, kb_per_split)
+        _fp8_gemm_kernel[(*tiles, splits)](*args, **options)
     return y.to(dtype).reshape(*lead, n)
 
 
@@ -537,37 +550,37 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
 SPLITK_STAGES = 2
 
 
-def fp8_k_splits(m: int, n: int, k: int, block_n: int | None = None) -> tuple[int, int]:
+def fp8_k_splits(m: int, n: int, k: int, block_n: int | None = None,
+                 per_sm: int | None = None) -> tuple[int, int]:
     """(splits, K blocks of 128 per split) of the FP8 GEMM's K: at decode (m ≤ 16, one row
-    tile) enough splits that the grid has about TARGET_PROGRAMS programs — wo_b's 4,096 rows are
-    128 tiles of 32, each 64 K blocks in a row where ``wq_b``'s 1,024 tiles run 8 (run 3: 90 µs
-    against 18 for the same bytes) — and at least 2 K blocks a split. A function of (n, k) for
-    every decode batch: a row's result does not depend on the rows beside it. Prefill tiles
-    (m > 16) are enough programs already: one split."""
+    tile) K is split over programs — wo_b's 4,096 rows are 128 tiles of 32, each 64 K blocks in
+    a row where ``wq_b``'s 1,024 tiles run 8 (run 3: 90 µs against 18 for the same bytes) — at
+    least 2 K blocks a split, as many splits as take the fewest rounds of the SMs at
+    ``per_sm`` programs an SM (``residency.split_k``; None: about TARGET_PROGRAMS programs).
+    A function of (n, k) and the kernel's residency for every decode batch: a row's result
+    does not depend on the rows beside it. Prefill tiles (m > 16) are enough programs
+    already: one split."""
     kb = triton.cdiv(k, 128)
-    tiles = triton.cdiv(n, _blocks(m, n, block_n)[1])
     if m > 16:
         return 1, kb
-    splits = max(1, min(TARGET_PROGRAMS // max(tiles, 1), kb // 2))
-    per = triton.cdiv(kb, splits)
-    return triton.cdiv(kb, per), per
+    return split_k(triton.cdiv(n, _blocks(m, n, block_n)[1]), kb, kb // 2, per_sm)
 
 
-def plan_split_k(tiles: int, rows: int, k: int, block_k: int, splits: int | None = None
-                 ) -> tuple[int, int]:
+def plan_split_k(tiles: int, rows: int, k: int, block_k: int, splits: int | None = None,
+                 per_sm: int | None = None) -> tuple[int, int]:
     """(splits, k_per_split) for a W4A16 GEMM with ``tiles`` output programs and ``rows``
     activation rows per weight read: host ints only, no device value is read (no sync).
 
-    Split-K multiplies the programs until about ``TARGET_PROGRAMS`` stream the weight, but not
-    so far that the fp32 partials (S·rows·N·4 bytes written and read back) exceed 1/8 of the
-    weight bytes (N·K/2): S ≤ K / (128·rows). ``splits`` forces a count (tests); either way
-    every split gets a whole number of BLOCK_K tiles and no split is empty (the last may be
-    shorter, K need not divide evenly)."""
+    Split-K multiplies the programs — as many as take the fewest rounds of the SMs at
+    ``per_sm`` programs an SM (``residency.split_k``; None: until about TARGET_PROGRAMS stream
+    the weight) — but not so far that the fp32 partials (S·rows·N·4 bytes written and read
+    back) exceed 1/8 of the weight bytes (N·K/2): S ≤ K / (128·rows). ``splits`` forces a
+    count (tests); either way every split gets a whole number of BLOCK_K tiles and no split is
+    empty (the last may be shorter, K need not divide evenly)."""
     k_blocks = triton.cdiv(k, block_k)
     if splits is None:
-        by_occupancy = TARGET_PROGRAMS // max(tiles, 1)
-        by_traffic = k // (PARTIAL_TRAFFIC_K * max(rows, 1))
-        splits = min(by_occupancy, by_traffic)
+        splits, per = split_k(tiles, k_blocks, k // (PARTIAL_TRAFFIC_K * max(rows, 1)), per_sm)
+        return splits, per * block_k
     blocks_per_split = triton.cdiv(k_blocks, max(1, min(splits, k_blocks)))
     return triton.cdiv(k_blocks, blocks_per_split), blocks_per_split * block_k
 
@@ -579,25 +592,29 @@ def _fp4_blocks(m: int) -> tuple[int, int, int]:
 
 
 def fp4_gemm_plan(m: int, n: int, k: int, block_k: int | None = None,
-                  split_k: int | None = None) -> tuple[int, int, int, int, int]:
+                  split_k: int | None = None, per_sm: int | None = None
+                  ) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, splits, k_per_split) of ``fp4_gemm_triton`` for x [m, k] ·
-    W [n, k]ᵀ: from the shapes alone (pure; also reported by the kernel bench)."""
+    W [n, k]ᵀ: from the shapes (and ``per_sm``: ``plan_split_k``) alone (pure; also reported
+    by the kernel bench)."""
     bm, bn, bk = _fp4_blocks(m)
     bk = block_k or bk
-    splits, k_per_split = plan_split_k(triton.cdiv(m, bm) * triton.cdiv(n, bn), m, k, bk, split_k)
+    splits, k_per_split = plan_split_k(triton.cdiv(m, bm) * triton.cdiv(n, bn), m, k, bk,
+                                       split_k, per_sm)
     return bm, bn, bk, splits, k_per_split
 
 
 def fp4_mma_plan(m: int, n: int, k: int, block_k: int | None = None,
-                 split_k: int | None = None) -> tuple[int, int, int]:
+                 split_k: int | None = None, per_sm: int | None = None
+                 ) -> tuple[int, int, int]:
     """(BLOCK_K, splits, k_per_split) of ``fp4_gemm_triton``'s tensor-core path (m ≤ 16)."""
     bk = block_k or MMA_BLOCK_K
-    return bk, *plan_split_k(triton.cdiv(n, MMA_BLOCK_N), m, k, bk, split_k)
+    return bk, *plan_split_k(triton.cdiv(n, MMA_BLOCK_N), m, k, bk, split_k, per_sm)
 
 
 def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
                     block_k: int | None = None, split_k: int | None = None,
-                    mma: bool = False) -> torch.Tensor:
+                    mma: bool = False, rounds: bool = True) -> torch.Tensor:
     """x [..., K] · FP4 weight (int8 [N, K/2], ue8m0 [N, K/32])ᵀ → [..., N] in x.dtype.
 
     Grid (M tiles, N tiles, K splits) from ``fp4_gemm_plan`` (``split_k`` forces the splits).
@@ -606,32 +623,51 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
     32 rows × one K slice, so ~1024 programs load the 4 MB weight in parallel. Split partials
     are fp32 [S, M, N], summed in a fixed order by one torch reduction (deterministic, no
     atomics). ``mma`` (a launch choice, untimed): up to 16 rows on tensor cores
-    (``_fp4_gemm_mma_kernel``, 128-row weight tiles) where ``mma_fp4_tiles`` allows."""
+    (``_fp4_gemm_mma_kernel``, 128-row weight tiles) where ``mma_fp4_tiles`` allows;
+    ``rounds`` (a launch choice): the splits from the compiled kernel's residency
+    (``plan_split_k``'s ``per_sm``), else about TARGET_PROGRAMS programs."""
     k, n = x.shape[-1], packed.shape[0]
     assert packed.shape[1] * 2 == k and k % 32 == 0, (x.shape, packed.shape)
     x2, y = _rows_and_output(x, n, half_or_fp32=True)
     m = x2.shape[0]
+    w8, s8 = packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8)
+    prec = "ieee" if x2.dtype == torch.float32 else "tf32"
+
+    def partials(splits: int) -> torch.Tensor:
+        return y if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32,
+                                                 device=x.device)
+
     if mma and 0 < m <= 16 and n:
+        def mma_launch(splits: int, k_per_split: int) -> tuple[tuple, dict]:
+            return ((x2, w8, s8, partials(splits), m, n, k, k_per_split),
+                    dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
+                         PREC=prec, **pdl(x2.device)))
+
         bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, split_k)
+        # (whole K tiles at one split are whole at any: a split is a number of tiles)
         if mma_fp4_tiles(k, k_per_split, bk, packed, scale):
-            out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32,
-                                                    device=x.device)
-            _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](
-                x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8),
-                out, m, n, k, k_per_split, BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk,
-                BF16=x2.dtype == torch.bfloat16,
-                PREC="ieee" if x2.dtype == torch.float32 else "tf32", **pdl(x2.device))
-            y = out if splits == 1 else out.sum(0)
+            if rounds and split_k is None and splits > 1:
+                per_sm = programs_per_sm(_fp4_gemm_mma_kernel, x2.device,
+                                         lambda: mma_launch(splits, k_per_split))
+                bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, None, per_sm)
+            args, options = mma_launch(splits, k_per_split)
+            _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](*args, **options)
+            y = args[3] if splits == 1 else args[3].sum(0)
             return y.to(x.dtype).reshape(*x.shape[:-1], n)
     if m and n:
+        def launch(splits: int, k_per_split: int) -> tuple[tuple, dict]:
+            return ((x2, w8, s8, partials(splits), m, n, k, k_per_split),
+                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PREC=prec,
+                         FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale),
+                         **pdl(x2.device)))
+
         bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, split_k)
-        out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32,
-                                                device=x.device)
-        _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](
-            x2, packed.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8), out,
-            m, n, k, k_per_split, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            PREC="ieee" if x2.dtype == torch.float32 else "tf32",
-            FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale), **pdl(x2.device))
+        if rounds and split_k is None and splits > 1:
+            per_sm = programs_per_sm(_fp4_gemm_kernel, x2.device,
+                                     lambda: launch(splits, k_per_split))
+            bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, None, per_sm)
+        args, options = launch(splits, k_per_split)
+        _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](*args, **options)
         if splits > 1:
-            y = out.sum(0)
+            y = args[3].sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

@@ -24,9 +24,9 @@ import triton.language as tl
 
 from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
 from model.kernels.launch import grid_entry_prefetching, interpreter_fp32, interpreting, pdl
+from model.kernels.residency import programs_per_sm, split_k
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
-TARGET_PROGRAMS = 1024   # split K until the grid has about this many programs
 TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
 
 
@@ -186,7 +186,7 @@ def _tiles(m: int, n: int, groups: int, wide: bool = False) -> tuple[int, int, i
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
                 groups: int = 1, reduce: bool = True, mma: bool = False, ahead: bool = False,
-                wide: bool = False) -> torch.Tensor | SplitK:
+                wide: bool = False, rounds: bool = True) -> torch.Tensor | SplitK:
     """x [..., K] (``groups`` = 1) or [..., G, K] (group g's vector against rows g·N.. of W);
     weight [G·N, K] bf16 / fp16 / fp32, or FP8 e4m3 with ``scale`` ue8m0 [ceil(G·N/128),
     ceil(K/128)]; at most MAX_ROWS vectors per group → fp32 [..., N] / [..., G, N].
@@ -197,7 +197,9 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     FMA kernel loads each weight tile a step ahead; ``wide`` (a launch choice, untimed): the FMA
     kernel's tiles twice as many rows (at one token 64, not 32: ``wq_b``'s 1,024 tiles of 8
     steps at 5 programs an SM, two rounds of the SMs, become 512 tiles in 2 K splits of 4
-    steps at 4 an SM, with fewer instructions a weight and 32 KB in flight an SM, not 20)."""
+    steps at 4 an SM, with fewer instructions a weight and 32 KB in flight an SM, not 20);
+    ``rounds`` (a launch choice): the K splits from the compiled kernel's residency
+    (``residency.split_k``), else about TARGET_PROGRAMS programs."""
     k = x.shape[-1]
     rows_w = weight.shape[0]
     n = rows_w // groups
@@ -213,21 +215,27 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     fp8 = scale is not None
     block_m, block_n, block_k = (16, MMA_BLOCK_N, 128) if mma else _tiles(m, n, groups, wide)
     tiles = triton.cdiv(rows_w, block_n)
-    splits = max(1, min(triton.cdiv(k, block_k), TARGET_PROGRAMS // tiles))
-    k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
-    splits = triton.cdiv(k, k_per_split)
-    partial = torch.empty(splits, groups, m, n, dtype=torch.float32, device=x.device)
     w = weight.contiguous().view(torch.uint8) if fp8 else weight.contiguous()
     s = scale.contiguous().view(torch.uint8) if fp8 else w
-    if mma:
-        _gemv_mma_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128),
-                                          rows_w, k_per_split, FP8=fp8,
-                                          BF16=not interpreter_fp32(), SPLIT3=split3,
-                                          BLOCK_N=block_n, BLOCK_K=block_k, **pdl(w.device))
-    else:
-        _gemv_kernel[(tiles, splits)](x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w,
-                                      k_per_split, FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n,
-                                      BLOCK_K=block_k, AHEAD=ahead, **pdl(w.device))
+    kernel = _gemv_mma_kernel if mma else _gemv_kernel
+
+    def launch(splits: int, k_per_split: int) -> tuple[tuple, dict]:
+        partial = torch.empty(splits, groups, m, n, dtype=torch.float32, device=x.device)
+        args = (x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w, k_per_split)
+        if mma:
+            return args, dict(FP8=fp8, BF16=not interpreter_fp32(), SPLIT3=split3,
+                              BLOCK_N=block_n, BLOCK_K=block_k, **pdl(w.device))
+        return args, dict(FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                          AHEAD=ahead, **pdl(w.device))
+
+    k_blocks = triton.cdiv(k, block_k)
+    splits, per = split_k(tiles, k_blocks, k_blocks, None)
+    if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
+        per_sm = programs_per_sm(kernel, w.device, lambda: launch(splits, per * block_k))
+        splits, per = split_k(tiles, k_blocks, k_blocks, per_sm)
+    args, options = launch(splits, per * block_k)
+    kernel[(tiles, splits)](*args, **options)
+    partial = args[3]
     if not reduce:
         if groups > 1:
             return SplitK(partial, tuple(x.shape[:-2]), x.dtype)

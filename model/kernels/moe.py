@@ -62,6 +62,7 @@ from model.kernels.launch import (
     pdl,
 )
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
+from model.kernels.residency import programs_per_sm
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
@@ -537,21 +538,23 @@ def _mma_numerics(a: torch.Tensor, mma: bool) -> dict:
 
 
 def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
-                split_k: int | None = None, block_n: int = DECODE_BLOCK_N
+                split_k: int | None = None, block_n: int = DECODE_BLOCK_N,
+                per_sm: tuple[int | None, int | None] = (None, None)
                 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((splits, k_per_split) of gate/up, (splits, k_per_split) of down) of the decode path for
-    ``pairs`` = T·k (token, slot) pairs: from the shapes alone — nothing on the device is read,
-    so the launch needs no host sync (each pair reads its own expert: rows = 1)."""
+    ``pairs`` = T·k (token, slot) pairs: from the shapes — and the two GEMVs' residency
+    ``per_sm`` (``gemm.plan_split_k``) — alone: nothing on the device is read, so the launch
+    needs no host sync (each pair reads its own expert: rows = 1)."""
     bn = block_n
-    up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k)
-    down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k)
+    up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k, per_sm[0])
+    down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k, per_sm[1])
     return up, down
 
 
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
                 limit: float, quantize_input: bool, split_k: int | None, block_k: int,
                 add: torch.Tensor | None, block_n: int, num_warps: int, ahead: bool,
-                mma: bool, finish: str = "fused") -> torch.Tensor:
+                mma: bool, finish: str = "fused", rounds: bool = True) -> torch.Tensor:
     """The per-pair split-K path (see the module docstring): 2 launches, no host sync — the
     gate/up GEMV whose last programs run the SwiGLU epilogue, the down GEMV whose last programs
     combine (``finish="kernel"``: 4, each epilogue a launch of its own). ``mma``: the GEMVs on
@@ -565,44 +568,62 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     flat = slots.reshape(-1).contiguous()
     p, bn, dev = flat.numel(), block_n, xin.device
     overlap = pdl(dev)   # every launch's options (launch.pdl)
-    (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k,
-                                                             block_n)
-    part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
+    up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
+    down_parts = _bank_args(bank.w2, bank.s2)
+    quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
     # native numerics: x is put on its FP8 grid as the programs read it (one 1×128 block per
     # K step), so there is no quantisation launch before this one; and the SwiGLU epilogue puts
     # h on the FP8 grid of the down projection's input (its 128-column blocks are the
     # quantisation blocks): no separate quantisation launch either
     h = torch.empty(p, inter, dtype=xin.dtype, device=dev)
-    up_parts = (bank.w1, bank.s1, bank.w3, bank.s3)
-    quant_x = quantize_input and block_k == ACT_QUANT_BLOCK
-    n_tiles = triton.cdiv(inter, bn)
-    groups = p * triton.cdiv(n_tiles, EPILOGUE_BLOCK // bn)
-    _moe_gemv_kernel[(p, n_tiles, splits)](
-        xin, flat, *_bank_args(*up_parts), part, h, rw, part,
-        arrivals(groups, dev) if fused else part, topk, p, inter, dim, k_per, n_exp,
-        float(limit), UP=True, QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
-        BLOCK_K=block_k, FULL=whole_tiles(dim, k_per, block_k, *up_parts), AHEAD=ahead,
-        **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
-                                                   *(q.aligned for q in up_parts))),
-        FINISH=fused, EPILOGUE=EPILOGUE_BLOCK, QUANT_H=quantize_input, num_warps=num_warps,
-        **overlap)
+    y = torch.empty(t, dim, dtype=torch.float32, device=dev)
+    up_tiles, down_tiles = triton.cdiv(inter, bn), triton.cdiv(dim, bn)
+
+    # each launch's (arguments, options, its partial sums) at a K split
+    def up_launch(splits: int, k_per: int) -> tuple[tuple, dict, torch.Tensor]:
+        part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
+        groups = p * triton.cdiv(up_tiles, EPILOGUE_BLOCK // bn)
+        return ((xin, flat, *_bank_args(*up_parts), part, h, rw, part,
+                 arrivals(groups, dev) if fused else part, topk, p, inter, dim, k_per, n_exp,
+                 float(limit)),
+                dict(UP=True, QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
+                     BLOCK_K=block_k, FULL=whole_tiles(dim, k_per, block_k, *up_parts),
+                     AHEAD=ahead,
+                     **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
+                                                                *(q.aligned for q in up_parts))),
+                     FINISH=fused, EPILOGUE=EPILOGUE_BLOCK, QUANT_H=quantize_input,
+                     num_warps=num_warps, **overlap), part)
+
+    def down_launch(splits: int, k_per: int) -> tuple[tuple, dict, torch.Tensor]:
+        part = torch.empty(1, splits, p, dim, dtype=torch.float32, device=dev)
+        return ((h, flat, *down_parts, *down_parts, part, y, rw, y if add is None else add,
+                 arrivals(t * down_tiles, dev) if fused else part, topk, p, dim, inter, k_per,
+                 n_exp, float(limit)),
+                dict(UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
+                     BLOCK_K=block_k, FULL=whole_tiles(inter, k_per, block_k, bank.w2, bank.s2),
+                     AHEAD=ahead,
+                     **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per, block_k,
+                                                              bank.w2.aligned, bank.s2.aligned)),
+                     FINISH=fused, ADD=add is not None, num_warps=num_warps, **overlap), part)
+
+    (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k,
+                                                             block_n)
+    if rounds and split_k is None:   # as many as each compiled GEMV's residency runs best
+        per_sm = (programs_per_sm(_moe_gemv_kernel, dev, lambda: up_launch(splits, k_per))
+                  if splits > 1 else None,
+                  programs_per_sm(_moe_gemv_kernel, dev,
+                                  lambda: down_launch(splits_down, k_per_down))
+                  if splits_down > 1 else None)
+        (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, None,
+                                                                 block_n, per_sm)
+    args, options, part = up_launch(splits, k_per)
+    _moe_gemv_kernel[(p, up_tiles, splits)](*args, **options)
     if not fused:
         _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
             part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
             **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **overlap)
-    part = torch.empty(1, splits_down, p, dim, dtype=torch.float32, device=dev)
-    down = _bank_args(bank.w2, bank.s2)
-    y = torch.empty(t, dim, dtype=torch.float32, device=dev)
-    n_tiles = triton.cdiv(dim, bn)
-    _moe_gemv_kernel[(p, n_tiles, splits_down)](
-        h, flat, *down, *down, part, y, rw, y if add is None else add,
-        arrivals(t * n_tiles, dev) if fused else part, topk, p, dim, inter, k_per_down, n_exp,
-        float(limit), UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
-        BLOCK_K=block_k, FULL=whole_tiles(inter, k_per_down, block_k, bank.w2, bank.s2),
-        AHEAD=ahead, **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per_down, block_k,
-                                                              bank.w2.aligned,
-                                                              bank.s2.aligned)),
-        FINISH=fused, ADD=add is not None, num_warps=num_warps, **overlap)
+    args, options, part = down_launch(splits_down, k_per_down)
+    _moe_gemv_kernel[(p, down_tiles, splits_down)](*args, **options)
     if not fused:
         _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
             part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp,
@@ -654,7 +675,8 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
                    block_k: int = DECODE_BLOCK_K, add: torch.Tensor | None = None,
                    block_n: int = DECODE_BLOCK_N, num_warps: int = 4,
                    ahead: bool = False, mma: bool = False, group_n: int = GROUP_BLOCK_N,
-                   group_k: int = GROUP_BLOCK_K, finish: str = "fused") -> torch.Tensor:
+                   group_k: int = GROUP_BLOCK_K, finish: str = "fused",
+                   rounds: bool = True) -> torch.Tensor:
     """x [T, dim], weights [T, k], slots [T, k] (−1 = none) → fp32 [T, dim] (routed experts,
     + ``add`` [T, dim] when given: the shared expert, added by the combine kernel).
     ``decode`` picks the path (default: per-pair split-K when T·k ≤ DECODE_MAX_PAIRS, else
@@ -662,8 +684,9 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     are the decode GEMV's tile and warps, ``ahead`` its loads a tile ahead, ``mma`` the decode
     GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder, ``finish``
     the decode's two epilogues ("fused": by the GEMVs' last programs; "kernel": launches of
-    their own); ``block_m`` / ``group_n`` / ``group_k`` the grouped GEMM's tile (launch
-    choices, tests)."""
+    their own), ``rounds`` the decode's K splits from each GEMV's compiled residency
+    (``decode_plan``'s ``per_sm``; else about TARGET_PROGRAMS programs); ``block_m`` /
+    ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
         add = (add.float() if interpreter_fp32() else add).contiguous()
@@ -680,6 +703,6 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     rw = weights.float().reshape(-1).contiguous()
     if decode:
         return _moe_decode(xin, rw, slots, bank, limit, quantize_input, split_k, block_k, add,
-                           block_n, num_warps, ahead, mma, finish)
+                           block_n, num_warps, ahead, mma, finish, rounds)
     return _moe_grouped(xin, rw, slots, bank, limit, quantize_input, block_m, add, mma,
                         group_n, group_k)

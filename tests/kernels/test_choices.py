@@ -52,6 +52,7 @@ def _rows() -> list[dict]:
         _row("moe_fp4_decode_mma", 0.5, 0.22),
         _row("moe_fp4_decode_mma_n64", 0.5, 0.23),
         _row("moe_fp4_decode_finish_kernel", 0.5, 0.31),
+        _row("moe_fp4_decode_target", 0.5, 0.32),
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),
@@ -120,10 +121,16 @@ def test_variants_that_share_rows_differ_by_the_rows_they_do_not_share():
             _row("fp8_gemm_shared_w2_swiglu_decode", 1.0, 0.010),
             _row("fp8_gemm_wo_b_splitk_decode_whole_k", 1.0, 0.090),
             _row("fp8_gemm_shared_w2_swiglu_decode_whole_k", 1.0, 0.020),
-            _row("fp8_gemm_q_proj_norm_decode", 1.0, 0.030)]
+            _row("fp8_gemm_q_proj_norm_decode", 1.0, 0.030),
+            _row("fp8_gemm_wo_b_splitk_decode_target", 1.0, 0.024),
+            _row("fp8_gemm_shared_w2_swiglu_decode_target", 1.0, 0.011)]
     for n32_ms, want in ((0.037, {}), (0.025, {"block_n": 32})):
         got = choices.choose([*rows, _row("fp8_gemm_q_proj_norm_decode_n32", 1.0, n32_ms)])
         assert got["choices"]["fp8_gemm_decode"]["options"] == want
+    # the old rule's splits win on wo_b and w2 together, or lose
+    rows[-2] = _row("fp8_gemm_wo_b_splitk_decode_target", 1.0, 0.018)
+    got = choices.choose([*rows, _row("fp8_gemm_q_proj_norm_decode_n32", 1.0, 0.037)])
+    assert got["choices"]["fp8_gemm_decode"]["options"] == {"rounds": False}
 
 
 def test_the_h200_run_of_session_2_had_no_variant_rows():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from model.kernels.cross_compile import occupancy, waves
+from model.kernels.residency import occupancy, waves
 
 ROOT = Path(__file__).resolve().parents[2]
 

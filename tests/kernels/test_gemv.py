@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.kernels import gemv, ops, quant
+from model.kernels import gemv, ops, quant, residency
 from model.kernels.gemv import gemv_triton
 
 
@@ -64,7 +64,7 @@ def test_gemv_on_tensor_cores_matches_dequantised_product(m, n, k, groups, fp8, 
     scale put on x's tile, float32 x as three bf16 columns a row): the dequantise-then-multiply
     result, as the FMA kernel's is; fp16 weights, more float32 rows than SPLIT3_ROWS and groups
     that are not whole 128-row tiles keep the FMA kernel (``mma_gemv``)."""
-    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 8)            # K splits on small shapes too
+    monkeypatch.setattr(residency, "TARGET_PROGRAMS", 8)            # K splits on small shapes too
     g = torch.Generator().manual_seed(m + n + k)
     rows = torch.logspace(0, 2, groups * n).view(-1, 1)
     w = torch.randn(groups * n, k, generator=g) * torch.logspace(-2, 1, k) * rows
@@ -86,7 +86,7 @@ def test_gemv_on_tensor_cores_matches_dequantised_product(m, n, k, groups, fp8, 
 
 
 def test_gemv_splits_k_and_keeps_leading_dims(monkeypatch):
-    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 64)           # few row tiles → K splits
+    monkeypatch.setattr(residency, "TARGET_PROGRAMS", 64)           # few row tiles → K splits
     w = torch.randn(8, 1000)
     x = torch.randn(2, 1, 1000)
     got = gemv_triton(x, w)
@@ -142,7 +142,7 @@ def test_loading_each_weight_tile_a_step_ahead_changes_no_bit(fp8, groups, monke
     their order are the same, so the partials are bit-equal."""
     monkeypatch.setattr(gemv, "_tiles", lambda m, n, g, wide=False: (4, 32, 128))
     n, k = 64 * groups if groups > 1 else 96, 1000
-    monkeypatch.setattr(gemv, "TARGET_PROGRAMS", 2 * -(-n // 32))   # 2 splits of each tile
+    monkeypatch.setattr(residency, "TARGET_PROGRAMS", 2 * -(-n // 32))   # 2 splits of each tile
     g = torch.Generator().manual_seed(groups)
     w = torch.randn(n, k, generator=g) * torch.logspace(-2, 1, k)
     weight, scale = quant.quant_fp8_block(w) if fp8 else (w.to(torch.bfloat16), None)

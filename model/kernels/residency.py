@@ -1,0 +1,151 @@
+"""How many programs of a launch an SM holds at once, how many rounds of the SMs a grid takes,
+and the K split that takes the fewest.
+
+A GPU runs a grid's programs in rounds: each SM holds as many programs as its registers,
+shared memory and warp slots allow (``occupancy``), so a grid of P programs on S SMs at B an
+SM runs in ⌈P / (S·B)⌉ rounds (``waves``: 1.29 waves take two rounds, the second mostly
+idle). A split-K kernel chooses P: a GEMV over T output tiles in s splits runs T·s programs
+of ⌈K blocks / s⌉ steps each. ``split_k`` picks the s with the fewest rounds × (steps + 1),
+the + 1 being a program's fixed cost (its start, the partial it writes, the sum its last
+split does) — where the old rule (``target``: about TARGET_PROGRAMS = 8 an SM of an H200)
+gave ``wo_b`` 1,024 programs at 6 an SM, two rounds of 8 steps, this gives 768, one round of 11.
+
+The B of a launch comes from the kernel as compiled (``programs_per_sm``): on a GPU, Triton's
+compiled kernel's registers and shared memory with the device's limits; inside
+``cross_compile.CompileOnly`` (``bench compile`` on a CPU) the cubin's, with sm_90's; under the
+interpreter nothing is compiled and the wrappers keep the old rule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
+
+from model.kernels.launch import interpreting
+
+# sm_90 per-SM limits (CUDA occupancy calculator: compute capability 9.0)
+SM90 = {"regs": 65536, "reg_unit": 256, "max_warps": 64, "max_blocks": 32,
+        "shared": 233472, "shared_per_block_reserved": 1024, "shared_per_block": 232448,
+        "sms": 132}   # an H100 SXM's or H200's
+TARGET_PROGRAMS = 1024   # the old rule's grid: ≈ 8 programs an SM of a 132-SM H200
+NOMINAL_PER_SM = 8       # what the old rule assumed an SM holds
+
+
+def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dict:
+    """Blocks of ``warps`` warps resident per SM and the fraction of its warp slots they fill,
+    with the limit that binds (registers, shared memory or warps); a kernel asking for more
+    shared memory than one block may have cannot launch at all (0 blocks)."""
+    sm = sm or SM90
+    if shared > sm["shared_per_block"]:
+        return {"blocks_per_sm": 0, "occupancy": 0.0, "limited_by": "shared"}
+    unit = sm["reg_unit"]
+    regs_per_warp = -(-max(regs, 1) * 32 // unit) * unit
+    limits = {
+        "registers": sm["regs"] // (regs_per_warp * warps),
+        "shared": (sm["shared"] // (shared + sm["shared_per_block_reserved"])
+                   if shared else sm["max_blocks"]),
+        "warps": sm["max_warps"] // warps,
+    }
+    limits["blocks"] = sm["max_blocks"]
+    bound = min(limits, key=limits.get)
+    blocks = limits[bound]
+    return {"blocks_per_sm": blocks, "occupancy": round(blocks * warps / sm["max_warps"], 3),
+            "limited_by": bound}
+
+
+def waves(programs: int | None, blocks_per_sm: int, sm: dict | None = None) -> float | None:
+    """How many times the GPU's SMs fill with a launch's programs at ``blocks_per_sm``
+    (``occupancy``): programs that take about the same time each run in ⌈waves⌉ rounds, so a
+    launch of 1.2 waves takes about as long as one of 2 (the second round's few programs
+    leave most SMs idle)."""
+    if programs is None or blocks_per_sm == 0:
+        return None
+    return round(programs / ((sm or SM90)["sms"] * blocks_per_sm), 2)
+
+
+def split_k(tiles: int, k_blocks: int, most: int, per_sm: int | None,
+            sms: int = SM90["sms"]) -> tuple[int, int]:
+    """(splits, K blocks a split) for ``tiles`` output programs over ``k_blocks`` K blocks, at
+    most ``most`` splits (the caller's own cap: partial traffic, steps a split), none empty.
+
+    ``per_sm`` None (nothing compiled: the interpreter): the old rule, splits until the grid
+    has about TARGET_PROGRAMS programs. Else the splits with the fewest rounds of ``sms`` SMs
+    at ``per_sm`` programs each × (steps + 1); among equals fewer rounds, then more splits
+    (more bytes in flight)."""
+    most = max(1, min(most, k_blocks))
+    if per_sm is None:
+        s = max(1, min(TARGET_PROGRAMS // max(tiles, 1), most))
+        per = math.ceil(k_blocks / s)
+        return math.ceil(k_blocks / per), per
+    capacity = max(1, sms * per_sm)
+    best = None
+    for asked in range(1, most + 1):
+        per = math.ceil(k_blocks / asked)
+        s = math.ceil(k_blocks / per)    # none empty
+        rounds = math.ceil(tiles * s / capacity)
+        key = (rounds * (per + 1), rounds, -s)
+        if best is None or key < best[0]:
+            best = (key, s, per)
+    return best[1], best[2]
+
+
+def sm_limits(device: torch.device | None) -> dict:
+    """The per-SM limits of ``device`` (a CUDA device: from its properties, sm_90's where torch
+    does not say), or sm_90's (compiling for it without one: ``CompileOnly``)."""
+    if device is None or device.type != "cuda":
+        return SM90
+    props = torch.cuda.get_device_properties(device)
+    small = (props.major, props.minor) in ((7, 5), (8, 6), (8, 7), (8, 9))
+    return {"regs": getattr(props, "regs_per_multiprocessor", SM90["regs"]), "reg_unit": 256,
+            "max_warps": props.max_threads_per_multi_processor // 32,
+            "max_blocks": 16 if small else 32,
+            "shared": getattr(props, "shared_memory_per_multiprocessor", SM90["shared"]),
+            "shared_per_block_reserved": 1024,
+            "shared_per_block": getattr(props, "shared_memory_per_block_optin",
+                                        SM90["shared_per_block"]),
+            "sms": props.multi_processor_count}
+
+
+# (kernel, device, the launch's keyword arguments and argument dtypes) → programs an SM holds
+_PER_SM: dict[tuple, int] = {}
+
+
+def _registers(compiled) -> int:  # noqa: ANN001 (Triton's CompiledKernel)
+    """Registers a thread of a compiled kernel: what the driver says when it loads it, or,
+    compiling without a GPU (``CompileOnly``'s driver), what its cubin says."""
+    registers = getattr(driver.active, "registers", None)
+    if registers is not None:
+        return registers(compiled)
+    compiled._init_handles()   # loads the module: n_regs is the driver's (Triton's tutorial way)
+    return compiled.n_regs
+
+
+def compiling() -> bool:
+    """Whether launches compile for a GPU here (a CUDA device, or ``CompileOnly``), i.e.
+    whether ``programs_per_sm`` can know anything: not under the interpreter."""
+    if interpreting():
+        return False
+    return hasattr(getattr(driver, "_active", None), "registers") or torch.cuda.is_available()
+
+
+def programs_per_sm(kernel: JITFunction, device: torch.device,
+                    launch: Callable[[], tuple]) -> int | None:
+    """Programs of a launch of ``kernel`` an SM of ``device`` holds at once, from its compiled
+    form (compiled here if it was not: the launch would compile it anyway); None where nothing
+    is compiled. ``launch()`` gives the launch's (arguments, keyword arguments, ...), built only
+    where it is asked. Once per kernel, device, constexprs and argument dtypes: a
+    specialisation on an integer's value (Triton's divisibility by 16) shares its siblings'."""
+    if not compiling():
+        return None
+    args, kwargs = launch()[:2]
+    key = (kernel.fn.__name__, str(device), tuple(sorted(kwargs.items())),
+           tuple(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args))
+    if key not in _PER_SM:
+        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+        _PER_SM[key] = occupancy(_registers(compiled), compiled.metadata.num_warps,
+                                 int(compiled.metadata.shared),
+                                 sm_limits(device))["blocks_per_sm"]
+    return _PER_SM[key]

@@ -1,0 +1,100 @@
+"""The K split that takes the fewest rounds of the SMs (``residency.split_k``), and the
+wrappers asking the compiled kernel how many of its programs an SM holds
+(``residency.programs_per_sm``) — compiled for sm_90 here, in a child process without the
+interpreter, as ``bench compile`` does."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.kernels.residency import SM90, occupancy, split_k
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cost(tiles: int, k_blocks: int, splits: int, per: int, per_sm: int) -> int:
+    return math.ceil(tiles * splits / (SM90["sms"] * per_sm)) * (per + 1)
+
+
+def test_split_k_takes_the_fewest_rounds_where_the_old_rule_took_two():
+    # wo_b at decode: 128 tiles of 32 rows over 64 K blocks. The old rule: 1,024 programs of 8
+    # steps — at 6 an SM two rounds. By its residency: 768 of 11, one round.
+    assert split_k(128, 64, 32, None) == (8, 8)
+    assert split_k(128, 64, 32, 6) == (6, 11)
+    # the shared expert's w2 (16 K blocks) at 7 an SM: 1,024 programs of 2 steps were two
+    # rounds; 768 of 3 are one
+    assert split_k(128, 16, 8, None) == (8, 2)
+    assert split_k(128, 16, 8, 7) == (6, 3)
+    # a grid that fits at any split takes the most splits its cap allows
+    assert split_k(1, 64, 32, 8) == (32, 2)
+    # as many tiles as slots: no split (one round of 16 steps beats two of 8 plus a sum)
+    assert split_k(1056, 16, 8, 8) == (1, 16)
+
+
+@pytest.mark.parametrize("per_sm", [1, 3, 5, 6, 7, 8, 12])
+def test_split_k_covers_k_stays_under_its_cap_and_never_loses_to_the_old_rule(per_sm):
+    for tiles in (1, 7, 64, 128, 384, 512, 700, 1024, 3000):
+        for k_blocks in (1, 2, 3, 11, 16, 31, 64, 100):
+            for most in (1, k_blocks // 2, k_blocks, 4):
+                splits, per = split_k(tiles, k_blocks, most, per_sm)
+                assert 1 <= splits <= max(1, min(most, k_blocks))
+                assert (splits - 1) * per < k_blocks <= splits * per   # no split empty
+                old = split_k(tiles, k_blocks, most, None)
+                assert (_cost(tiles, k_blocks, splits, per, per_sm)
+                        <= _cost(tiles, k_blocks, *old, per_sm)), (tiles, k_blocks, most)
+
+
+WRAPPERS = """
+import json, torch
+from model.kernels import gemm, quant, gemv
+from model.kernels.cross_compile import CompileOnly, usage
+from model.kernels.residency import occupancy, split_k
+
+def launched(call):
+    with CompileOnly() as c:
+        call()
+    return c.compiled
+
+w, ws = quant.quant_fp8_block(torch.randn(4096, 8192) * 0.01)      # wo_b, summing wo_a's
+x = gemm.SplitK(torch.randn(3, 8, 1, 1024), (1,), torch.bfloat16)  # 3 K splits of 8 groups
+rows = {}
+for rounds in (True, False):
+    (k,) = launched(lambda: gemm.fp8_gemm_triton(x, w, ws, rounds=rounds))
+    rows[f"fp8_{rounds}"] = {"programs": k.programs, "regs": usage(k.cubin)["regs"],
+                             "warps": k.num_warps, "shared": k.shared}
+wb = torch.randn(1024, 4096, dtype=torch.bfloat16)                 # 8 groups of 128 rows
+xa = torch.randn(1, 8, 4096, dtype=torch.bfloat16)
+for rounds in (True, False):
+    (k,) = launched(lambda: gemv.gemv_triton(xa, wb, groups=8, reduce=False, rounds=rounds))
+    rows[f"gemv_{rounds}"] = {"programs": k.programs, "regs": usage(k.cubin)["regs"],
+                              "warps": k.num_warps, "shared": k.shared}
+print(json.dumps(rows))
+"""
+
+
+def test_wrappers_split_k_by_their_kernels_compiled_residency():
+    """``fp8_gemm_triton`` at wo_b's decode shape and a grouped GEMV (8 × 128 rows), for sm_90:
+    with ``rounds`` the launch's grid is the split that the compiled kernel's registers and
+    shared memory make fewest rounds of 132 SMs — one, where the old rule's (``rounds=False``)
+    takes more than one — and the compile of the query is not counted as a launch."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", WRAPPERS], env=env, capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    # (tiles, K blocks, the wrapper's cap): wo_b's 128 tiles of 32 rows; the GEMV's 32 of 32
+    for name, tiles, k_blocks, most in (("fp8", 128, 64, 32), ("gemv", 32, 32, 32)):
+        new, old = rows[f"{name}_True"], rows[f"{name}_False"]
+        per_sm = occupancy(new["regs"], new["warps"], new["shared"])["blocks_per_sm"]
+        slots = SM90["sms"] * per_sm
+        assert old["programs"] == tiles * split_k(tiles, k_blocks, most, None)[0] == 1024
+        assert new["programs"] == tiles * split_k(tiles, k_blocks, most, per_sm)[0]
+        if old["programs"] > slots:    # the old rule ran more than one round: now fewer
+            assert math.ceil(new["programs"] / slots) < math.ceil(old["programs"] / slots)
