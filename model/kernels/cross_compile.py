@@ -62,7 +62,7 @@ class _CompileOnlyDriver:
     def get_current_stream(self, device: int | None = None) -> int:
         return 0
 
-    def registers(self, kernel) -> int:  # noqa: ANN001 (a CompiledKernel)
+    def compile_only_registers(self, kernel) -> int:  # noqa: ANN001 (a CompiledKernel)
         """A thread's registers, from the cubin (no driver loads it here): what
         ``residency.programs_per_sm`` asks a driver that cannot load a module."""
         return usage(kernel.asm["cubin"])["regs"]

@@ -520,26 +520,27 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
         w8, s8 = weight.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8)
         norm_w = norm[0].float().contiguous() if norm is not None else x2
 
-        def launch(splits: int, kb_per_split: int) -> tuple[tuple, dict]:
+        def options(splits: int) -> dict:
+            return dict(GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
+                        BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn,
+                        EXACT_CAST=interpreting(), K_SPLITS=splits > 1, PARTS=n_parts,
+                        num_stages=SPLITK_STAGES if split is not None else 3, **pdl(x2.device))
+
+        def arguments(splits: int, kb_per_split: int) -> tuple:
             acc, counts = ((torch.empty(splits, m, n, dtype=torch.float32, device=y.device),
                             arrivals(tiles[0] * tiles[1], y.device)) if splits > 1 else (y, y))
-            return ((x2, w8, s8, y, m, n, k, kb, stride_x, u2, u2.stride(0),
-                     float(glu[1]) if glu is not None else 0.0, norm_w,
-                     float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split,
-                     acc, counts),
-                    dict(GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
-                         BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn,
-                         EXACT_CAST=interpreting(), K_SPLITS=splits > 1, PARTS=n_parts,
-                         num_stages=SPLITK_STAGES if split is not None else 3,
-                         **pdl(x2.device)))
+            return (x2, w8, s8, y, m, n, k, kb, stride_x, u2, u2.stride(0),
+                    float(glu[1]) if glu is not None else 0.0, norm_w,
+                    float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split,
+                    acc, counts)
 
         splits, kb_per_split = fp8_k_splits(m, n, k, block_n) if k_splits else (1, kb)
         if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
-            per_sm = programs_per_sm(_fp8_gemm_kernel, y.device,
-                                     lambda: launch(splits, kb_per_split))
+            per_sm = programs_per_sm(_fp8_gemm_kernel, y.device, options(splits),
+                                     (x2.dtype, u2.dtype, y.dtype),
+                                     lambda: arguments(splits, kb_per_split))
             splits, kb_per_split = fp8_k_splits(m, n, k, block_n, per_sm)
-        args, options = launch(splits, kb_per_split)
-        _fp8_gemm_kernel[(*tiles, splits)](*args, **options)
+        _fp8_gemm_kernel[(*tiles, splits)](*arguments(splits, kb_per_split), **options(splits))
     return y.to(dtype).reshape(*lead, n)
 
 
@@ -638,36 +639,36 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
                                                  device=x.device)
 
     if mma and 0 < m <= 16 and n:
-        def mma_launch(splits: int, k_per_split: int) -> tuple[tuple, dict]:
-            return ((x2, w8, s8, partials(splits), m, n, k, k_per_split),
-                    dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
-                         PREC=prec, **pdl(x2.device)))
-
         bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, split_k)
         # (whole K tiles at one split are whole at any: a split is a number of tiles)
         if mma_fp4_tiles(k, k_per_split, bk, packed, scale):
+            options = dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
+                           PREC=prec, **pdl(x2.device))
             if rounds and split_k is None and splits > 1:
-                per_sm = programs_per_sm(_fp4_gemm_mma_kernel, x2.device,
-                                         lambda: mma_launch(splits, k_per_split))
+                per_sm = programs_per_sm(
+                    _fp4_gemm_mma_kernel, x2.device, options, (x2.dtype, y.dtype),
+                    lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
                 bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, None, per_sm)
-            args, options = mma_launch(splits, k_per_split)
-            _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](*args, **options)
-            y = args[3] if splits == 1 else args[3].sum(0)
+            out = partials(splits)
+            _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](
+                x2, w8, s8, out, m, n, k, k_per_split, **options)
+            y = out if splits == 1 else out.sum(0)
             return y.to(x.dtype).reshape(*x.shape[:-1], n)
     if m and n:
-        def launch(splits: int, k_per_split: int) -> tuple[tuple, dict]:
-            return ((x2, w8, s8, partials(splits), m, n, k, k_per_split),
-                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PREC=prec,
-                         FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale),
-                         **pdl(x2.device)))
+        def options(k_per_split: int) -> dict:
+            return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PREC=prec,
+                        FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale),
+                        **pdl(x2.device))
 
         bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, split_k)
         if rounds and split_k is None and splits > 1:
-            per_sm = programs_per_sm(_fp4_gemm_kernel, x2.device,
-                                     lambda: launch(splits, k_per_split))
+            per_sm = programs_per_sm(
+                _fp4_gemm_kernel, x2.device, options(k_per_split), (x2.dtype, y.dtype),
+                lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
             bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, None, per_sm)
-        args, options = launch(splits, k_per_split)
-        _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](*args, **options)
+        out = partials(splits)
+        _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](
+            x2, w8, s8, out, m, n, k, k_per_split, **options(k_per_split))
         if splits > 1:
-            y = args[3].sum(0)
+            y = out.sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

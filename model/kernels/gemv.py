@@ -219,21 +219,22 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     s = scale.contiguous().view(torch.uint8) if fp8 else w
     kernel = _gemv_mma_kernel if mma else _gemv_kernel
 
-    def launch(splits: int, k_per_split: int) -> tuple[tuple, dict]:
+    options = (dict(FP8=fp8, BF16=not interpreter_fp32(), SPLIT3=split3, BLOCK_N=block_n,
+                    BLOCK_K=block_k, **pdl(w.device)) if mma else
+               dict(FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, AHEAD=ahead,
+                    **pdl(w.device)))
+
+    def arguments(splits: int, k_per_split: int) -> tuple:
         partial = torch.empty(splits, groups, m, n, dtype=torch.float32, device=x.device)
-        args = (x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w, k_per_split)
-        if mma:
-            return args, dict(FP8=fp8, BF16=not interpreter_fp32(), SPLIT3=split3,
-                              BLOCK_N=block_n, BLOCK_K=block_k, **pdl(w.device))
-        return args, dict(FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                          AHEAD=ahead, **pdl(w.device))
+        return (x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w, k_per_split)
 
     k_blocks = triton.cdiv(k, block_k)
     splits, per = split_k(tiles, k_blocks, k_blocks, None)
     if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
-        per_sm = programs_per_sm(kernel, w.device, lambda: launch(splits, per * block_k))
+        per_sm = programs_per_sm(kernel, w.device, options, (x3.dtype, w.dtype),
+                                 lambda: arguments(splits, per * block_k))
         splits, per = split_k(tiles, k_blocks, k_blocks, per_sm)
-    args, options = launch(splits, per * block_k)
+    args = arguments(splits, per * block_k)
     kernel[(tiles, splits)](*args, **options)
     partial = args[3]
     if not reduce:

@@ -62,7 +62,7 @@ from model.kernels.launch import (
     pdl,
 )
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
-from model.kernels.residency import programs_per_sm
+from model.kernels.residency import compiling, programs_per_sm
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
@@ -579,51 +579,57 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     y = torch.empty(t, dim, dtype=torch.float32, device=dev)
     up_tiles, down_tiles = triton.cdiv(inter, bn), triton.cdiv(dim, bn)
 
-    # each launch's (arguments, options, its partial sums) at a K split
-    def up_launch(splits: int, k_per: int) -> tuple[tuple, dict, torch.Tensor]:
+    # each GEMV's launch options and (arguments, its partial sums) at a K split
+    def up_options(k_per: int) -> dict:
+        return dict(UP=True, QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
+                    BLOCK_K=block_k, FULL=whole_tiles(dim, k_per, block_k, *up_parts),
+                    AHEAD=ahead,
+                    **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
+                                                               *(q.aligned for q in up_parts))),
+                    FINISH=fused, EPILOGUE=EPILOGUE_BLOCK, QUANT_H=quantize_input,
+                    num_warps=num_warps, **overlap)
+
+    def up_arguments(splits: int, k_per: int) -> tuple[tuple, torch.Tensor]:
         part = torch.empty(2, splits, p, inter, dtype=torch.float32, device=dev)
         groups = p * triton.cdiv(up_tiles, EPILOGUE_BLOCK // bn)
         return ((xin, flat, *_bank_args(*up_parts), part, h, rw, part,
                  arrivals(groups, dev) if fused else part, topk, p, inter, dim, k_per, n_exp,
-                 float(limit)),
-                dict(UP=True, QUANT=quant_x, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
-                     BLOCK_K=block_k, FULL=whole_tiles(dim, k_per, block_k, *up_parts),
-                     AHEAD=ahead,
-                     **_mma_numerics(xin, mma and mma_fp4_tiles(dim, k_per, block_k,
-                                                                *(q.aligned for q in up_parts))),
-                     FINISH=fused, EPILOGUE=EPILOGUE_BLOCK, QUANT_H=quantize_input,
-                     num_warps=num_warps, **overlap), part)
+                 float(limit)), part)
 
-    def down_launch(splits: int, k_per: int) -> tuple[tuple, dict, torch.Tensor]:
+    def down_options(k_per: int) -> dict:
+        return dict(UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
+                    BLOCK_K=block_k, FULL=whole_tiles(inter, k_per, block_k, bank.w2, bank.s2),
+                    AHEAD=ahead,
+                    **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per, block_k,
+                                                             bank.w2.aligned, bank.s2.aligned)),
+                    FINISH=fused, ADD=add is not None, num_warps=num_warps, **overlap)
+
+    def down_arguments(splits: int, k_per: int) -> tuple[tuple, torch.Tensor]:
         part = torch.empty(1, splits, p, dim, dtype=torch.float32, device=dev)
         return ((h, flat, *down_parts, *down_parts, part, y, rw, y if add is None else add,
                  arrivals(t * down_tiles, dev) if fused else part, topk, p, dim, inter, k_per,
-                 n_exp, float(limit)),
-                dict(UP=False, QUANT=False, **quant_triton.FP8_CONSTANTS, BLOCK_N=bn,
-                     BLOCK_K=block_k, FULL=whole_tiles(inter, k_per, block_k, bank.w2, bank.s2),
-                     AHEAD=ahead,
-                     **_mma_numerics(h, mma and mma_fp4_tiles(inter, k_per, block_k,
-                                                              bank.w2.aligned, bank.s2.aligned)),
-                     FINISH=fused, ADD=add is not None, num_warps=num_warps, **overlap), part)
+                 n_exp, float(limit)), part)
 
     (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k,
                                                              block_n)
-    if rounds and split_k is None:   # as many as each compiled GEMV's residency runs best
-        per_sm = (programs_per_sm(_moe_gemv_kernel, dev, lambda: up_launch(splits, k_per))
+    if rounds and split_k is None and compiling():   # each GEMV's splits by its residency
+        dtypes = (xin.dtype, flat.dtype, h.dtype, None if add is None else add.dtype)
+        per_sm = (programs_per_sm(_moe_gemv_kernel, dev, up_options(k_per), dtypes,
+                                  lambda: up_arguments(splits, k_per)[0])
                   if splits > 1 else None,
-                  programs_per_sm(_moe_gemv_kernel, dev,
-                                  lambda: down_launch(splits_down, k_per_down))
+                  programs_per_sm(_moe_gemv_kernel, dev, down_options(k_per_down), dtypes,
+                                  lambda: down_arguments(splits_down, k_per_down)[0])
                   if splits_down > 1 else None)
         (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, None,
                                                                  block_n, per_sm)
-    args, options, part = up_launch(splits, k_per)
-    _moe_gemv_kernel[(p, up_tiles, splits)](*args, **options)
+    args, part = up_arguments(splits, k_per)
+    _moe_gemv_kernel[(p, up_tiles, splits)](*args, **up_options(k_per))
     if not fused:
         _moe_swiglu_kernel[(p, triton.cdiv(inter, EPILOGUE_BLOCK))](
             part, flat, rw, h, p, inter, n_exp, splits, float(limit), QUANT=quantize_input,
             **quant_triton.FP8_CONSTANTS, BLOCK=EPILOGUE_BLOCK, **overlap)
-    args, options, part = down_launch(splits_down, k_per_down)
-    _moe_gemv_kernel[(p, down_tiles, splits_down)](*args, **options)
+    args, part = down_arguments(splits_down, k_per_down)
+    _moe_gemv_kernel[(p, down_tiles, splits_down)](*args, **down_options(k_per_down))
     if not fused:
         _moe_combine_kernel[(t, triton.cdiv(dim, EPILOGUE_BLOCK))](
             part, flat, y if add is None else add, y, topk, dim, p, splits_down, n_exp,

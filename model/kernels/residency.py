@@ -18,6 +18,7 @@ interpreter nothing is compiled and the wrappers keep the old rule."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -110,13 +111,13 @@ def sm_limits(device: torch.device | None) -> dict:
 
 
 # (kernel, device, the launch's keyword arguments and argument dtypes) → programs an SM holds
-_PER_SM: dict[tuple, int] = {}
+_PER_SM: dict[tuple, int | None] = {}
 
 
 def _registers(compiled) -> int:  # noqa: ANN001 (Triton's CompiledKernel)
     """Registers a thread of a compiled kernel: what the driver says when it loads it, or,
     compiling without a GPU (``CompileOnly``'s driver), what its cubin says."""
-    registers = getattr(driver.active, "registers", None)
+    registers = getattr(driver.active, "compile_only_registers", None)
     if registers is not None:
         return registers(compiled)
     compiled._init_handles()   # loads the module: n_regs is the driver's (Triton's tutorial way)
@@ -128,24 +129,31 @@ def compiling() -> bool:
     whether ``programs_per_sm`` can know anything: not under the interpreter."""
     if interpreting():
         return False
-    return hasattr(getattr(driver, "_active", None), "registers") or torch.cuda.is_available()
+    return (hasattr(getattr(driver, "_active", None), "compile_only_registers")
+            or torch.cuda.is_available())
 
 
-def programs_per_sm(kernel: JITFunction, device: torch.device,
-                    launch: Callable[[], tuple]) -> int | None:
-    """Programs of a launch of ``kernel`` an SM of ``device`` holds at once, from its compiled
-    form (compiled here if it was not: the launch would compile it anyway); None where nothing
-    is compiled. ``launch()`` gives the launch's (arguments, keyword arguments, ...), built only
-    where it is asked. Once per kernel, device, constexprs and argument dtypes: a
-    specialisation on an integer's value (Triton's divisibility by 16) shares its siblings'."""
+def programs_per_sm(kernel: JITFunction, device: torch.device, options: dict,
+                    dtypes: tuple, arguments: Callable[[], tuple]) -> int | None:
+    """Programs of a launch ``kernel[grid](*arguments(), **options)`` an SM of ``device`` holds
+    at once, from its compiled form (compiled here if it was not: the launch would compile it
+    anyway); None where nothing is compiled. Asked once per kernel, device, ``options`` (its
+    constexprs and launch options) and ``dtypes`` (its tensors'): ``arguments()`` (which may
+    allocate) is called only then. A specialisation on an integer's value (Triton's
+    divisibility by 16) shares its siblings' answer."""
     if not compiling():
         return None
-    args, kwargs = launch()[:2]
-    key = (kernel.fn.__name__, str(device), tuple(sorted(kwargs.items())),
-           tuple(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args))
+    key = (kernel.fn.__name__, str(device), tuple(sorted(options.items())), dtypes)
     if key not in _PER_SM:
-        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
-        _PER_SM[key] = occupancy(_registers(compiled), compiled.metadata.num_warps,
-                                 int(compiled.metadata.shared),
-                                 sm_limits(device))["blocks_per_sm"]
+        compiled = kernel.warmup(*arguments(), grid=(1,), **options)
+        try:
+            regs, limits = _registers(compiled), sm_limits(device)
+        except (AttributeError, RuntimeError) as exc:   # a Triton or torch that says less
+            warnings.warn(f"{kernel.fn.__name__}: no residency ({exc}); its K splits keep the "
+                          "old rule", stacklevel=2)
+            _PER_SM[key] = None
+        else:
+            _PER_SM[key] = occupancy(regs, compiled.metadata.num_warps,
+                                     int(compiled.metadata.shared),
+                                     limits)["blocks_per_sm"] or None   # 0: cannot launch
     return _PER_SM[key]
