@@ -64,7 +64,7 @@ class _CompileOnlyDriver:
 
     def compile_only_registers(self, kernel) -> int:  # noqa: ANN001 (a CompiledKernel)
         """A thread's registers, from the cubin (no driver loads it here): what
-        ``residency.programs_per_sm`` asks a driver that cannot load a module."""
+        ``residency.resident_programs`` asks a driver that cannot load a module."""
         return usage(kernel.asm["cubin"])["regs"]
 
 
@@ -85,7 +85,7 @@ class CompileOnly:
             t0 = time.perf_counter()
             kernel = outer._run(fn, *args, grid=grid, warmup=True, **kwargs)
             seconds.setdefault(id(kernel), time.perf_counter() - t0)
-            # a wrapper's own warmup (``residency.programs_per_sm``) asks what a launch would
+            # a wrapper's own warmup (``residency.resident_programs``) asks what a launch would
             # compile to and launches nothing: the launch that follows is what is recorded
             if not warmup and id(kernel) not in seen:   # a cached one comes back as itself
                 seen.add(id(kernel))

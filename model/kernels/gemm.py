@@ -44,7 +44,7 @@ from model.kernels.launch import (
 )
 from model.kernels.norm_rope import rms_norm_reference
 from model.kernels.quant_triton import SIGN_BIT
-from model.kernels.residency import TARGET_PROGRAMS, programs_per_sm, split_k
+from model.kernels.residency import TARGET_PROGRAMS, resident_programs, split_k
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,7 +495,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
     last split of each tile summing them; ``block_n`` (a launch choice): the decode tile's rows
     (``_blocks``: by default 64 where 32-row tiles would fill the SMs more than once);
     ``rounds`` (a launch choice): the K splits from the compiled kernel's residency
-    (``fp8_k_splits``' ``per_sm``), else about TARGET_PROGRAMS programs."""
+    (``fp8_k_splits``' ``slots``), else about TARGET_PROGRAMS programs."""
     assert glu is None or norm is None
     split = x if isinstance(x, SplitK) else None
     n = weight.shape[0]
@@ -536,10 +536,10 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
 
         splits, kb_per_split = fp8_k_splits(m, n, k, block_n) if k_splits else (1, kb)
         if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
-            per_sm = programs_per_sm(_fp8_gemm_kernel, y.device, options(splits),
+            slots = resident_programs(_fp8_gemm_kernel, y.device, options(splits),
                                      (x2.dtype, u2.dtype, y.dtype),
                                      lambda: arguments(splits, kb_per_split))
-            splits, kb_per_split = fp8_k_splits(m, n, k, block_n, per_sm)
+            splits, kb_per_split = fp8_k_splits(m, n, k, block_n, slots)
         _fp8_gemm_kernel[(*tiles, splits)](*arguments(splits, kb_per_split), **options(splits))
     return y.to(dtype).reshape(*lead, n)
 
@@ -552,35 +552,35 @@ SPLITK_STAGES = 2
 
 
 def fp8_k_splits(m: int, n: int, k: int, block_n: int | None = None,
-                 per_sm: int | None = None) -> tuple[int, int]:
+                 slots: int | None = None) -> tuple[int, int]:
     """(splits, K blocks of 128 per split) of the FP8 GEMM's K: at decode (m ≤ 16, one row
     tile) K is split over programs — wo_b's 4,096 rows are 128 tiles of 32, each 64 K blocks in
     a row where ``wq_b``'s 1,024 tiles run 8 (run 3: 90 µs against 18 for the same bytes) — at
-    least 2 K blocks a split, as many splits as take the fewest rounds of the SMs at
-    ``per_sm`` programs an SM (``residency.split_k``; None: about TARGET_PROGRAMS programs).
+    least 2 K blocks a split, as many splits as take the fewest rounds of the GPU's ``slots``
+    resident programs (``residency.split_k``; None: about TARGET_PROGRAMS programs).
     A function of (n, k) and the kernel's residency for every decode batch: a row's result
     does not depend on the rows beside it. Prefill tiles (m > 16) are enough programs
     already: one split."""
     kb = triton.cdiv(k, 128)
     if m > 16:
         return 1, kb
-    return split_k(triton.cdiv(n, _blocks(m, n, block_n)[1]), kb, kb // 2, per_sm)
+    return split_k(triton.cdiv(n, _blocks(m, n, block_n)[1]), kb, kb // 2, slots)
 
 
 def plan_split_k(tiles: int, rows: int, k: int, block_k: int, splits: int | None = None,
-                 per_sm: int | None = None) -> tuple[int, int]:
+                 slots: int | None = None) -> tuple[int, int]:
     """(splits, k_per_split) for a W4A16 GEMM with ``tiles`` output programs and ``rows``
     activation rows per weight read: host ints only, no device value is read (no sync).
 
-    Split-K multiplies the programs — as many as take the fewest rounds of the SMs at
-    ``per_sm`` programs an SM (``residency.split_k``; None: until about TARGET_PROGRAMS stream
-    the weight) — but not so far that the fp32 partials (S·rows·N·4 bytes written and read
+    Split-K multiplies the programs — as many as take the fewest rounds of the GPU's
+    ``slots`` resident programs (``residency.split_k``; None: until about TARGET_PROGRAMS
+    stream the weight) — but not so far that the fp32 partials (S·rows·N·4 bytes written and read
     back) exceed 1/8 of the weight bytes (N·K/2): S ≤ K / (128·rows). ``splits`` forces a
     count (tests); either way every split gets a whole number of BLOCK_K tiles and no split is
     empty (the last may be shorter, K need not divide evenly)."""
     k_blocks = triton.cdiv(k, block_k)
     if splits is None:
-        splits, per = split_k(tiles, k_blocks, k // (PARTIAL_TRAFFIC_K * max(rows, 1)), per_sm)
+        splits, per = split_k(tiles, k_blocks, k // (PARTIAL_TRAFFIC_K * max(rows, 1)), slots)
         return splits, per * block_k
     blocks_per_split = triton.cdiv(k_blocks, max(1, min(splits, k_blocks)))
     return triton.cdiv(k_blocks, blocks_per_split), blocks_per_split * block_k
@@ -593,24 +593,24 @@ def _fp4_blocks(m: int) -> tuple[int, int, int]:
 
 
 def fp4_gemm_plan(m: int, n: int, k: int, block_k: int | None = None,
-                  split_k: int | None = None, per_sm: int | None = None
+                  split_k: int | None = None, slots: int | None = None
                   ) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, splits, k_per_split) of ``fp4_gemm_triton`` for x [m, k] ·
-    W [n, k]ᵀ: from the shapes (and ``per_sm``: ``plan_split_k``) alone (pure; also reported
+    W [n, k]ᵀ: from the shapes (and ``slots``: ``plan_split_k``) alone (pure; also reported
     by the kernel bench)."""
     bm, bn, bk = _fp4_blocks(m)
     bk = block_k or bk
     splits, k_per_split = plan_split_k(triton.cdiv(m, bm) * triton.cdiv(n, bn), m, k, bk,
-                                       split_k, per_sm)
+                                       split_k, slots)
     return bm, bn, bk, splits, k_per_split
 
 
 def fp4_mma_plan(m: int, n: int, k: int, block_k: int | None = None,
-                 split_k: int | None = None, per_sm: int | None = None
+                 split_k: int | None = None, slots: int | None = None
                  ) -> tuple[int, int, int]:
     """(BLOCK_K, splits, k_per_split) of ``fp4_gemm_triton``'s tensor-core path (m ≤ 16)."""
     bk = block_k or MMA_BLOCK_K
-    return bk, *plan_split_k(triton.cdiv(n, MMA_BLOCK_N), m, k, bk, split_k, per_sm)
+    return bk, *plan_split_k(triton.cdiv(n, MMA_BLOCK_N), m, k, bk, split_k, slots)
 
 
 def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
@@ -626,7 +626,7 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
     atomics). ``mma`` (a launch choice, untimed): up to 16 rows on tensor cores
     (``_fp4_gemm_mma_kernel``, 128-row weight tiles) where ``mma_fp4_tiles`` allows;
     ``rounds`` (a launch choice): the splits from the compiled kernel's residency
-    (``plan_split_k``'s ``per_sm``), else about TARGET_PROGRAMS programs."""
+    (``plan_split_k``'s ``slots``), else about TARGET_PROGRAMS programs."""
     k, n = x.shape[-1], packed.shape[0]
     assert packed.shape[1] * 2 == k and k % 32 == 0, (x.shape, packed.shape)
     x2, y = _rows_and_output(x, n, half_or_fp32=True)
@@ -645,10 +645,10 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
             options = dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
                            PREC=prec, **pdl(x2.device))
             if rounds and split_k is None and splits > 1:
-                per_sm = programs_per_sm(
+                slots = resident_programs(
                     _fp4_gemm_mma_kernel, x2.device, options, (x2.dtype, y.dtype),
                     lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
-                bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, None, per_sm)
+                bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, None, slots)
             out = partials(splits)
             _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](
                 x2, w8, s8, out, m, n, k, k_per_split, **options)
@@ -662,10 +662,10 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
 
         bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, split_k)
         if rounds and split_k is None and splits > 1:
-            per_sm = programs_per_sm(
+            slots = resident_programs(
                 _fp4_gemm_kernel, x2.device, options(k_per_split), (x2.dtype, y.dtype),
                 lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
-            bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, None, per_sm)
+            bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, None, slots)
         out = partials(splits)
         _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](
             x2, w8, s8, out, m, n, k, k_per_split, **options(k_per_split))

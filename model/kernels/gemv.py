@@ -24,7 +24,7 @@ import triton.language as tl
 
 from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
 from model.kernels.launch import grid_entry_prefetching, interpreter_fp32, interpreting, pdl
-from model.kernels.residency import programs_per_sm, split_k
+from model.kernels.residency import resident_programs, split_k
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
 TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
@@ -231,9 +231,9 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     k_blocks = triton.cdiv(k, block_k)
     splits, per = split_k(tiles, k_blocks, k_blocks, None)
     if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
-        per_sm = programs_per_sm(kernel, w.device, options, (x3.dtype, w.dtype),
+        slots = resident_programs(kernel, w.device, options, (x3.dtype, w.dtype),
                                  lambda: arguments(splits, per * block_k))
-        splits, per = split_k(tiles, k_blocks, k_blocks, per_sm)
+        splits, per = split_k(tiles, k_blocks, k_blocks, slots)
     args = arguments(splits, per * block_k)
     kernel[(tiles, splits)](*args, **options)
     partial = args[3]

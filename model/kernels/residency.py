@@ -1,4 +1,4 @@
-"""How many programs of a launch an SM holds at once, how many rounds of the SMs a grid takes,
+"""How many programs of a launch a GPU holds at once, how many rounds of its SMs a grid takes,
 and the K split that takes the fewest.
 
 A GPU runs a grid's programs in rounds: each SM holds as many programs as its registers,
@@ -7,16 +7,18 @@ SM runs in ⌈P / (S·B)⌉ rounds (``waves``: 1.29 waves take two rounds, the s
 idle). A split-K kernel chooses P: a GEMV over T output tiles in s splits runs T·s programs
 of ⌈K blocks / s⌉ steps each. ``split_k`` picks the s with the fewest rounds × (steps + 1),
 the + 1 being a program's fixed cost (its start, the partial it writes, the sum its last
-split does) — where the old rule (``target``: about TARGET_PROGRAMS = 8 an SM of an H200)
-gave ``wo_b`` 1,024 programs at 6 an SM, two rounds of 8 steps, this gives 768, one round of 11.
+split does) — where the old rule (``TARGET_PROGRAMS``: about 8 an SM of an H200) gave
+``wo_b`` 1,024 programs at 6 an SM, two rounds of 8 steps, this gives 768, one round of 11.
 
-The B of a launch comes from the kernel as compiled (``programs_per_sm``): on a GPU, Triton's
-compiled kernel's registers and shared memory with the device's limits; inside
-``cross_compile.CompileOnly`` (``bench compile`` on a CPU) the cubin's, with sm_90's; under the
-interpreter nothing is compiled and the wrappers keep the old rule."""
+The slots S·B of a launch come from the kernel as compiled (``resident_programs``): on a GPU,
+Triton's compiled kernel's registers and shared memory with the device's limits and SM count;
+inside ``cross_compile.CompileOnly`` (``bench compile`` on a CPU) the cubin's, with sm_90's
+(an H200's 132 SMs); under the interpreter nothing is compiled and the wrappers keep the old
+rule."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -32,7 +34,6 @@ SM90 = {"regs": 65536, "reg_unit": 256, "max_warps": 64, "max_blocks": 32,
         "shared": 233472, "shared_per_block_reserved": 1024, "shared_per_block": 232448,
         "sms": 132}   # an H100 SXM's or H200's
 TARGET_PROGRAMS = 1024   # the old rule's grid: ≈ 8 programs an SM of a 132-SM H200
-NOMINAL_PER_SM = 8       # what the old rule assumed an SM holds
 
 
 def occupancy(regs: int, warps: int, shared: int, sm: dict | None = None) -> dict:
@@ -67,26 +68,25 @@ def waves(programs: int | None, blocks_per_sm: int, sm: dict | None = None) -> f
     return round(programs / ((sm or SM90)["sms"] * blocks_per_sm), 2)
 
 
-def split_k(tiles: int, k_blocks: int, most: int, per_sm: int | None,
-            sms: int = SM90["sms"]) -> tuple[int, int]:
+@functools.lru_cache(maxsize=4096)   # pure, and asked at every decode launch: a loop once
+def split_k(tiles: int, k_blocks: int, most: int, slots: int | None) -> tuple[int, int]:
     """(splits, K blocks a split) for ``tiles`` output programs over ``k_blocks`` K blocks, at
     most ``most`` splits (the caller's own cap: partial traffic, steps a split), none empty.
 
-    ``per_sm`` None (nothing compiled: the interpreter): the old rule, splits until the grid
-    has about TARGET_PROGRAMS programs. Else the splits with the fewest rounds of ``sms`` SMs
-    at ``per_sm`` programs each × (steps + 1); among equals fewer rounds, then more splits
-    (more bytes in flight)."""
+    ``slots`` None (nothing compiled: the interpreter): the old rule, splits until the grid
+    has about TARGET_PROGRAMS programs. Else the splits with the fewest rounds of ``slots``
+    programs (the GPU's SMs × the programs an SM holds) × (steps + 1); among equals fewer
+    rounds, then more splits (more bytes in flight)."""
     most = max(1, min(most, k_blocks))
-    if per_sm is None:
+    if slots is None:
         s = max(1, min(TARGET_PROGRAMS // max(tiles, 1), most))
         per = math.ceil(k_blocks / s)
         return math.ceil(k_blocks / per), per
-    capacity = max(1, sms * per_sm)
     best = None
     for asked in range(1, most + 1):
         per = math.ceil(k_blocks / asked)
         s = math.ceil(k_blocks / per)    # none empty
-        rounds = math.ceil(tiles * s / capacity)
+        rounds = math.ceil(tiles * s / max(1, slots))
         key = (rounds * (per + 1), rounds, -s)
         if best is None or key < best[0]:
             best = (key, s, per)
@@ -110,8 +110,8 @@ def sm_limits(device: torch.device | None) -> dict:
             "sms": props.multi_processor_count}
 
 
-# (kernel, device, the launch's keyword arguments and argument dtypes) → programs an SM holds
-_PER_SM: dict[tuple, int | None] = {}
+# (kernel, device, the launch's options, its tensors' dtypes) → programs the device holds
+_SLOTS: dict[tuple, int | None] = {}
 
 
 def _registers(compiled) -> int:  # noqa: ANN001 (Triton's CompiledKernel)
@@ -126,34 +126,35 @@ def _registers(compiled) -> int:  # noqa: ANN001 (Triton's CompiledKernel)
 
 def compiling() -> bool:
     """Whether launches compile for a GPU here (a CUDA device, or ``CompileOnly``), i.e.
-    whether ``programs_per_sm`` can know anything: not under the interpreter."""
+    whether ``resident_programs`` can know anything: not under the interpreter."""
     if interpreting():
         return False
     return (hasattr(getattr(driver, "_active", None), "compile_only_registers")
             or torch.cuda.is_available())
 
 
-def programs_per_sm(kernel: JITFunction, device: torch.device, options: dict,
-                    dtypes: tuple, arguments: Callable[[], tuple]) -> int | None:
-    """Programs of a launch ``kernel[grid](*arguments(), **options)`` an SM of ``device`` holds
-    at once, from its compiled form (compiled here if it was not: the launch would compile it
-    anyway); None where nothing is compiled. Asked once per kernel, device, ``options`` (its
-    constexprs and launch options) and ``dtypes`` (its tensors'): ``arguments()`` (which may
-    allocate) is called only then. A specialisation on an integer's value (Triton's
-    divisibility by 16) shares its siblings' answer."""
+def resident_programs(kernel: JITFunction, device: torch.device, options: dict,
+                      dtypes: tuple, arguments: Callable[[], tuple]) -> int | None:
+    """Programs of a launch ``kernel[grid](*arguments(), **options)`` that ``device`` holds at
+    once — its SMs × the programs an SM holds, from the kernel's compiled form (compiled here
+    if it was not: the launch would compile it anyway); None where nothing is compiled. Asked
+    once per kernel, device, ``options`` (its constexprs and launch options) and ``dtypes``
+    (its tensors'): ``arguments()`` (which may allocate) is called only then. A
+    specialisation on an integer's value (Triton's divisibility by 16) shares its siblings'
+    answer."""
     if not compiling():
         return None
     key = (kernel.fn.__name__, str(device), tuple(sorted(options.items())), dtypes)
-    if key not in _PER_SM:
+    if key not in _SLOTS:
         compiled = kernel.warmup(*arguments(), grid=(1,), **options)
         try:
             regs, limits = _registers(compiled), sm_limits(device)
         except (AttributeError, RuntimeError) as exc:   # a Triton or torch that says less
             warnings.warn(f"{kernel.fn.__name__}: no residency ({exc}); its K splits keep the "
                           "old rule", stacklevel=2)
-            _PER_SM[key] = None
+            _SLOTS[key] = None
         else:
-            _PER_SM[key] = occupancy(regs, compiled.metadata.num_warps,
-                                     int(compiled.metadata.shared),
-                                     limits)["blocks_per_sm"] or None   # 0: cannot launch
-    return _PER_SM[key]
+            blocks = occupancy(regs, compiled.metadata.num_warps, int(compiled.metadata.shared),
+                               limits)["blocks_per_sm"]
+            _SLOTS[key] = blocks * limits["sms"] or None   # 0: it cannot launch at all
+    return _SLOTS[key]

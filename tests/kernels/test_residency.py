@@ -1,6 +1,6 @@
 """The K split that takes the fewest rounds of the SMs (``residency.split_k``), and the
 wrappers asking the compiled kernel how many of its programs an SM holds
-(``residency.programs_per_sm``) — compiled for sm_90 here, in a child process without the
+(``residency.resident_programs``) — compiled for sm_90 here, in a child process without the
 interpreter, as ``bench compile`` does."""
 
 from __future__ import annotations
@@ -19,36 +19,39 @@ from model.kernels.residency import SM90, occupancy, split_k
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cost(tiles: int, k_blocks: int, splits: int, per: int, per_sm: int) -> int:
-    return math.ceil(tiles * splits / (SM90["sms"] * per_sm)) * (per + 1)
+def _cost(tiles: int, k_blocks: int, splits: int, per: int, slots: int) -> int:
+    return math.ceil(tiles * splits / slots) * (per + 1)
 
 
 def test_split_k_takes_the_fewest_rounds_where_the_old_rule_took_two():
     # wo_b at decode: 128 tiles of 32 rows over 64 K blocks. The old rule: 1,024 programs of 8
     # steps — at 6 an SM two rounds. By its residency: 768 of 11, one round.
     assert split_k(128, 64, 32, None) == (8, 8)
-    assert split_k(128, 64, 32, 6) == (6, 11)
+    assert split_k(128, 64, 32, 6 * 132) == (6, 11)
     # the shared expert's w2 (16 K blocks) at 7 an SM: 1,024 programs of 2 steps were two
     # rounds; 768 of 3 are one
     assert split_k(128, 16, 8, None) == (8, 2)
-    assert split_k(128, 16, 8, 7) == (6, 3)
+    assert split_k(128, 16, 8, 7 * 132) == (6, 3)
+    # the SM count is the device's: on an H100 PCIe's 114, wo_b at 6 an SM takes 5 splits of
+    # 13 (640 programs, one round); w2's 768 programs still fit
+    assert split_k(128, 16, 8, 7 * 114) == (6, 3) and split_k(128, 64, 32, 6 * 114) == (5, 13)
     # a grid that fits at any split takes the most splits its cap allows
-    assert split_k(1, 64, 32, 8) == (32, 2)
+    assert split_k(1, 64, 32, 8 * 132) == (32, 2)
     # as many tiles as slots: no split (one round of 16 steps beats two of 8 plus a sum)
-    assert split_k(1056, 16, 8, 8) == (1, 16)
+    assert split_k(1056, 16, 8, 8 * 132) == (1, 16)
 
 
-@pytest.mark.parametrize("per_sm", [1, 3, 5, 6, 7, 8, 12])
-def test_split_k_covers_k_stays_under_its_cap_and_never_loses_to_the_old_rule(per_sm):
+@pytest.mark.parametrize("slots", [132 * b for b in (1, 3, 5, 6, 7, 8, 12)] + [114 * 6, 100])
+def test_split_k_covers_k_stays_under_its_cap_and_never_loses_to_the_old_rule(slots):
     for tiles in (1, 7, 64, 128, 384, 512, 700, 1024, 3000):
         for k_blocks in (1, 2, 3, 11, 16, 31, 64, 100):
             for most in (1, k_blocks // 2, k_blocks, 4):
-                splits, per = split_k(tiles, k_blocks, most, per_sm)
+                splits, per = split_k(tiles, k_blocks, most, slots)
                 assert 1 <= splits <= max(1, min(most, k_blocks))
                 assert (splits - 1) * per < k_blocks <= splits * per   # no split empty
                 old = split_k(tiles, k_blocks, most, None)
-                assert (_cost(tiles, k_blocks, splits, per, per_sm)
-                        <= _cost(tiles, k_blocks, *old, per_sm)), (tiles, k_blocks, most)
+                assert (_cost(tiles, k_blocks, splits, per, slots)
+                        <= _cost(tiles, k_blocks, *old, slots)), (tiles, k_blocks, most)
 
 
 WRAPPERS = """
@@ -95,6 +98,6 @@ def test_wrappers_split_k_by_their_kernels_compiled_residency():
         per_sm = occupancy(new["regs"], new["warps"], new["shared"])["blocks_per_sm"]
         slots = SM90["sms"] * per_sm
         assert old["programs"] == tiles * split_k(tiles, k_blocks, most, None)[0] == 1024
-        assert new["programs"] == tiles * split_k(tiles, k_blocks, most, per_sm)[0]
+        assert new["programs"] == tiles * split_k(tiles, k_blocks, most, slots)[0]
         if old["programs"] > slots:    # the old rule ran more than one round: now fewer
             assert math.ceil(new["programs"] / slots) < math.ceil(old["programs"] / slots)
