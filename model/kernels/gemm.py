@@ -537,8 +537,8 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
         splits, kb_per_split = fp8_k_splits(m, n, k, block_n) if k_splits else (1, kb)
         if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
             slots = resident_programs(_fp8_gemm_kernel, y.device, options(splits),
-                                     (x2.dtype, u2.dtype, y.dtype),
-                                     lambda: arguments(splits, kb_per_split))
+                                      (x2.dtype, u2.dtype, y.dtype),
+                                      lambda: arguments(splits, kb_per_split))
             splits, kb_per_split = fp8_k_splits(m, n, k, block_n, slots)
         _fp8_gemm_kernel[(*tiles, splits)](*arguments(splits, kb_per_split), **options(splits))
     return y.to(dtype).reshape(*lead, n)

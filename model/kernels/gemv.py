@@ -232,7 +232,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     splits, per = split_k(tiles, k_blocks, k_blocks, None)
     if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
         slots = resident_programs(kernel, w.device, options, (x3.dtype, w.dtype),
-                                 lambda: arguments(splits, per * block_k))
+                                  lambda: arguments(splits, per * block_k))
         splits, per = split_k(tiles, k_blocks, k_blocks, slots)
     args = arguments(splits, per * block_k)
     kernel[(tiles, splits)](*args, **options)

@@ -539,15 +539,16 @@ def _mma_numerics(a: torch.Tensor, mma: bool) -> dict:
 
 def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
                 split_k: int | None = None, block_n: int = DECODE_BLOCK_N,
-                slots: tuple[int | None, int | None] = (None, None)
+                resident: tuple[int | None, int | None] = (None, None)
                 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((splits, k_per_split) of gate/up, (splits, k_per_split) of down) of the decode path for
-    ``pairs`` = T·k (token, slot) pairs: from the shapes — and the two GEMVs' residency
-    ``slots`` (``gemm.plan_split_k``) — alone: nothing on the device is read, so the launch
+    ``pairs`` = T·k (token, slot) pairs: from the shapes — and the programs each GEMV's
+    compiled kernel has resident on the device, ``resident`` (``gemm.plan_split_k``'s
+    ``slots``) — alone: nothing on the device is read, so the launch
     needs no host sync (each pair reads its own expert: rows = 1)."""
     bn = block_n
-    up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k, slots[0])
-    down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k, slots[1])
+    up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k, resident[0])
+    down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k, resident[1])
     return up, down
 
 
@@ -614,14 +615,14 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
                                                              block_n)
     if rounds and split_k is None and compiling():   # each GEMV's splits by its residency
         dtypes = (xin.dtype, flat.dtype, h.dtype, None if add is None else add.dtype)
-        slots = (resident_programs(_moe_gemv_kernel, dev, up_options(k_per), dtypes,
-                                  lambda: up_arguments(splits, k_per)[0])
-                  if splits > 1 else None,
-                  resident_programs(_moe_gemv_kernel, dev, down_options(k_per_down), dtypes,
-                                  lambda: down_arguments(splits_down, k_per_down)[0])
-                  if splits_down > 1 else None)
+        resident = (resident_programs(_moe_gemv_kernel, dev, up_options(k_per), dtypes,
+                                      lambda: up_arguments(splits, k_per)[0])
+                    if splits > 1 else None,
+                    resident_programs(_moe_gemv_kernel, dev, down_options(k_per_down), dtypes,
+                                      lambda: down_arguments(splits_down, k_per_down)[0])
+                    if splits_down > 1 else None)
         (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, None,
-                                                                 block_n, slots)
+                                                                 block_n, resident)
     args, part = up_arguments(splits, k_per)
     _moe_gemv_kernel[(p, up_tiles, splits)](*args, **up_options(k_per))
     if not fused:
@@ -691,7 +692,7 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder, ``finish``
     the decode's two epilogues ("fused": by the GEMVs' last programs; "kernel": launches of
     their own), ``rounds`` the decode's K splits from each GEMV's compiled residency
-    (``decode_plan``'s ``slots``; else about TARGET_PROGRAMS programs); ``block_m`` /
+    (``decode_plan``'s ``resident``; else about TARGET_PROGRAMS programs); ``block_m`` /
     ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
