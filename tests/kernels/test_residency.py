@@ -56,7 +56,8 @@ def test_split_k_covers_k_stays_under_its_cap_and_never_loses_to_the_old_rule(sl
 
 WRAPPERS = """
 import json, torch
-from model.kernels import gemm, quant, gemv
+from model.kernels import gemm, quant, gemv, moe
+from model.kernels.expert_bank import ExpertBank
 from model.kernels.cross_compile import CompileOnly, usage
 from model.kernels.residency import occupancy, split_k
 
@@ -78,26 +79,56 @@ for rounds in (True, False):
     (k,) = launched(lambda: gemv.gemv_triton(xa, wb, groups=8, reduce=False, rounds=rounds))
     rows[f"gemv_{rounds}"] = {"programs": k.programs, "regs": usage(k.cubin)["regs"],
                               "warps": k.num_warps, "shared": k.shared}
+packed, scale = quant.quant_fp4(torch.randn(2048, 4096) * 0.01)     # an expert's w1
+xe = torch.randn(1, 4096, dtype=torch.bfloat16)
+for rounds in (True, False):
+    (k,) = launched(lambda: gemm.fp4_gemm_triton(xe, packed, scale, rounds=rounds))
+    rows[f"fp4_{rounds}"] = {"programs": k.programs, "regs": usage(k.cubin)["regs"],
+                             "warps": k.num_warps, "shared": k.shared}
+# the routed experts at decode (6 of them, native numerics): gate/up and down, one plan each
+stacks = []
+for rows_, cols in ((2048, 4096), (2048, 4096), (4096, 2048)):
+    p, s = quant.quant_fp4(torch.randn(rows_, cols) * 0.01)
+    stacks += [p.unsqueeze(0).repeat(6, 1, 1), s.unsqueeze(0).repeat(6, 1, 1)]
+bank = ExpertBank.from_stacked(*stacks)
+xm = torch.randn(1, 4096, dtype=torch.bfloat16)
+idx, wts = torch.arange(6).view(1, 6), torch.rand(1, 6)
+for rounds in (True, False):
+    up, down = launched(lambda: moe.moe_fp4_triton(xm, wts, idx, bank, 10.0,
+                                                   quantize_input=True, rounds=rounds))
+    for name, k in (("moe_up", up), ("moe_down", down)):
+        rows[f"{name}_{rounds}"] = {"programs": k.programs, "regs": usage(k.cubin)["regs"],
+                                    "warps": k.num_warps, "shared": k.shared}
 print(json.dumps(rows))
 """
 
 
 def test_wrappers_split_k_by_their_kernels_compiled_residency():
-    """``fp8_gemm_triton`` at wo_b's decode shape and a grouped GEMV (8 × 128 rows), for sm_90:
-    with ``rounds`` the launch's grid is the split that the compiled kernel's registers and
-    shared memory make fewest rounds of 132 SMs — one, where the old rule's (``rounds=False``)
-    takes more than one — and the compile of the query is not counted as a launch."""
+    """The FP8 GEMM at wo_b's decode shape, a grouped GEMV (8 × 128 rows), the FP4 GEMM at w1's
+    and the routed experts' two decode GEMVs (6 pairs), compiled for sm_90: with ``rounds``
+    each launch's grid is the split that its compiled kernel's registers and shared memory
+    make cheapest in rounds of 132 SMs × (steps + 1), never dearer than the old rule's
+    (``rounds=False``) — for wo_b and the GEMV one round where the old rule's took two — and
+    the compile of the query is not counted as a launch."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", WRAPPERS], env=env, capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout.splitlines()[-1])
-    # (tiles, K blocks, the wrapper's cap): wo_b's 128 tiles of 32 rows; the GEMV's 32 of 32
-    for name, tiles, k_blocks, most in (("fp8", 128, 64, 32), ("gemv", 32, 32, 32)):
+    # (tiles, K blocks, the wrapper's cap, the old rule's programs): wo_b's 128 tiles of 32
+    # rows; the GEMV's 32 of 32; w1's 64 of 32 rows over 16 K blocks of 256 (the partial
+    # traffic caps it at 32 splits); the MoE's gate/up 6 pairs × 64 tiles over 32 K blocks and
+    # its down 6 × 128 over 16 (caps 32 and 16)
+    for name, tiles, k_blocks, most, programs in (
+            ("fp8", 128, 64, 32, 1024), ("gemv", 32, 32, 32, 1024), ("fp4", 64, 16, 32, 1024),
+            ("moe_up", 384, 32, 32, 768), ("moe_down", 768, 16, 16, 768)):
         new, old = rows[f"{name}_True"], rows[f"{name}_False"]
         per_sm = occupancy(new["regs"], new["warps"], new["shared"])["blocks_per_sm"]
         slots = SM90["sms"] * per_sm
-        assert old["programs"] == tiles * split_k(tiles, k_blocks, most, None)[0] == 1024
-        assert new["programs"] == tiles * split_k(tiles, k_blocks, most, slots)[0]
-        if old["programs"] > slots:    # the old rule ran more than one round: now fewer
+        assert old["programs"] == tiles * split_k(tiles, k_blocks, most, None)[0] == programs
+        assert new["programs"] == tiles * split_k(tiles, k_blocks, most, slots)[0], name
+        # never more rounds × (steps + 1) than the old rule, at the compiled residency
+        assert (_cost(tiles, k_blocks, *split_k(tiles, k_blocks, most, slots), slots)
+                <= _cost(tiles, k_blocks, *split_k(tiles, k_blocks, most, None), slots))
+        if old["programs"] > slots and name in ("fp8", "gemv"):   # took more than one round
             assert math.ceil(new["programs"] / slots) < math.ceil(old["programs"] / slots)
