@@ -330,7 +330,7 @@ def _fp4_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
 
 def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
               prologue: str = "", k_splits: bool = True, block_n: int | None = None,
-              rounds: bool = True) -> Case:
+              rounds: bool = True, one_row: bool = True) -> Case:
     """``prologue``: "swiglu" — the shared expert's down projection, its activation computed
     from gate and up as the GEMM reads them; "norm" — attention's query up-projections (its and
     the indexer's, stacked) with q_norm as the prologue; "splitk" — attention's ``wo_b``
@@ -338,7 +338,8 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
     ``k_splits``: the GEMM's own K over more programs at decode (``gemm.fp8_k_splits``; off:
     the ``_whole_k`` rows, one program a tile); ``block_n``: the decode tile's rows
     (``gemm._blocks``); ``rounds=False``: the splits of the old rule, about TARGET_PROGRAMS
-    programs (``k_splits`` is that count; with ``rounds`` ``bench compile`` gives the grid)."""
+    programs (``k_splits`` is that count; with ``rounds`` ``bench compile`` gives the grid);
+    ``one_row=False``: a one-row decode's activation side on all 16 rows of the MMA tile."""
     w, ws = quant.quant_fp8_block(torch.randn(n, k, device=dev) * k**-0.5)
     x = _rand(m, k, dtype=dtype, device=dev)
     glu = (_rand(m, k, dtype=dtype, device=dev), 10.0) if prologue == "swiglu" else None
@@ -350,12 +351,14 @@ def _fp8_case(name: str, m: int, n: int, k: int, dev: str, dtype: torch.dtype,
         reads = m * n + parts.numel() * 2        # fp32 partials: 2 × a bf16 value each
     splits = gemm.fp8_k_splits(m, n, k, block_n)[0] if k_splits else 1
     return Case(name, {"m": m, "n": n, "k": k, "prologue": prologue or None, "k_splits": splits,
-                       "block_n": gemm._blocks(m, n, block_n)[1], "rounds": rounds},
+                       "block_n": gemm._blocks(m, n, block_n)[1], "rounds": rounds,
+                       "one_row": one_row and m == 1},
                 n * k + ws.numel() + reads * dtype.itemsize,
                 2.0 * m * n * k,
                 lambda: gemm.fp8_gemm_reference(x.sum() if prologue == "splitk" else x, w, ws,
                                                 glu, norm),
-                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits, block_n, rounds),
+                lambda: gemm.fp8_gemm_triton(x, w, ws, glu, norm, k_splits, block_n, rounds,
+                                             one_row),
                 "none set (report only)")
 
 
@@ -853,6 +856,13 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           "swiglu", rounds=False),
         p(_fp8_case, "fp8_gemm_wo_b_splitk_decode_target", 1, 4096 if full else 1024, 8192, dev,
           dtype, "splitk", rounds=False),
+        # a one-row decode's activation side on all 16 rows of the MMA tile (before session 20)
+        p(_fp8_case, "fp8_gemm_wo_b_splitk_decode_16_rows", 1, 4096 if full else 1024, 8192,
+          dev, dtype, "splitk", one_row=False),
+        p(_fp8_case, "fp8_gemm_shared_w2_swiglu_decode_16_rows", 1, 4096, 2048, dev, dtype,
+          "swiglu", one_row=False),
+        p(_fp8_case, "fp8_gemm_q_proj_norm_decode_16_rows", 1, 40960 if full else 8192, 1024,
+          dev, dtype, "norm", one_row=False),
         # attention's wq_a and wkv stacked: 48 tiles of 32 K blocks (report only)
         p(_fp8_case, "fp8_gemm_x_proj_decode", 1, 1536, 4096, dev, dtype),
         p(_fp8_case, "fp8_gemm_x_proj_decode_whole_k", 1, 1536, 4096, dev, dtype,

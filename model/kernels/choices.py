@@ -147,7 +147,10 @@ DECISIONS = {d.name: d for d in (
                       ("fp8_gemm_shared_w2_swiglu_decode", "fp8_gemm_q_proj_norm_decode_n32")),
               Variant("fp8_gemm_wo_b_splitk_decode_target", {"rounds": False},
                       ("fp8_gemm_shared_w2_swiglu_decode_target",
-                       "fp8_gemm_q_proj_norm_decode")))),
+                       "fp8_gemm_q_proj_norm_decode")),
+              Variant("fp8_gemm_wo_b_splitk_decode_16_rows", {"one_row": False},
+                      ("fp8_gemm_shared_w2_swiglu_decode_16_rows",
+                       "fp8_gemm_q_proj_norm_decode_16_rows")))),
     # the mHC pre's finish (split, Sinkhorn, collapse) by the token's last partial program, or
     # by a kernel of its own; measured on the pre and on the post fused with the next pre
     Decision("mhc_decode", "mHC pre (and post → pre), at most mhc.DECODE_MAX_TOKENS tokens",

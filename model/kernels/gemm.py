@@ -183,7 +183,8 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
                      GLU: tl.constexpr, NORM: tl.constexpr, SPLITK: tl.constexpr,
                      BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      EXACT_CAST: tl.constexpr, K_SPLITS: tl.constexpr = False,
-                     PARTS: tl.constexpr = 1, PDL: tl.constexpr = False):
+                     PARTS: tl.constexpr = 1, X_ROWS: tl.constexpr = 0,
+                     PDL: tl.constexpr = False):
     """Prologues (the activation before it is quantised; rounded to bf16 when BF16, where the
     separate op would have stored it): GLU — the clamped SwiGLU of x (gate) and u (up); NORM —
     RMSNorm of x with weight nw (a first pass over K sums each row's squares); SPLITK — the sum
@@ -195,7 +196,12 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
     ``kb_per_split`` of the K blocks and stores its fp32 tile in acc [split, M, N]; the last
     split of a tile to arrive (its count in ``cnt``, ``launch.arrivals``) sums the tile's
     splits in split order (deterministic) and stores y. Each K block's activation scale is its
-    own, so a split's products are the unsplit kernel's."""
+    own, so a split's products are the unsplit kernel's.
+
+    X_ROWS (0: BLOCK_M): the activation side — prologue, scale, quantisation — on the tile's
+    first X_ROWS rows only, broadcast to BLOCK_M for the MMA (whose M is at least 16): a
+    decode of one row computes one row's worth, not 16 (the rows past M are masked at the
+    store either way)."""
     BLOCK_K: tl.constexpr = 128
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -209,33 +215,36 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
                            tl.minimum(K, kb_hi * BLOCK_K) - kb_lo * BLOCK_K, mask_n, PDL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
+    XM: tl.constexpr = X_ROWS if X_ROWS > 0 else BLOCK_M   # the activation side's rows
+    offs_xm = pid_m * BLOCK_M + tl.arange(0, XM)
+    mask_xm = offs_xm < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if NORM:
         # NORM_LOADS blocks' loads a step, issued together (a loop without a dot is not
         # pipelined: one block a step waited for each load in turn); the same order of sums
-        squares = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        squares = tl.zeros([XM, BLOCK_K], dtype=tl.float32)
         for kb0 in range(0, KB, NORM_LOADS):
             for j in tl.static_range(NORM_LOADS):
                 offs_k = (kb0 + j) * BLOCK_K + tl.arange(0, BLOCK_K)
-                x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
-                            mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+                x = tl.load(x_ptr + offs_xm[:, None].to(tl.int64) * stride_x + offs_k[None, :],
+                            mask=mask_xm[:, None] & (offs_k < K)[None, :], other=0.0)
                 squares += x.to(tl.float32) * x.to(tl.float32)
         inv = tl.rsqrt(tl.sum(squares, 1) / K + eps)
     for kb in range(kb_lo, kb_hi):
         offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        mask_x = mask_m[:, None] & mask_k[None, :]
+        mask_x = mask_xm[:, None] & mask_k[None, :]
         if SPLITK:
-            at = (offs_m[:, None].to(tl.int64) * stride_x + (offs_k // group_k)[None, :]
+            at = (offs_xm[:, None].to(tl.int64) * stride_x + (offs_k // group_k)[None, :]
                   * stride_group + (offs_k % group_k)[None, :])
             x = sum_parts_unrolled(x_ptr, PARTS, stride_part, at, mask_x)
             if BF16:
                 x = round_bf16(x)
         else:
-            x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_x + offs_k[None, :],
+            x = tl.load(x_ptr + offs_xm[:, None].to(tl.int64) * stride_x + offs_k[None, :],
                         mask=mask_x, other=0.0).to(tl.float32)
         if GLU:
-            u = tl.load(u_ptr + offs_m[:, None].to(tl.int64) * stride_u + offs_k[None, :],
+            u = tl.load(u_ptr + offs_xm[:, None].to(tl.int64) * stride_u + offs_k[None, :],
                         mask=mask_x, other=0.0).to(tl.float32)
             x = clamped_swiglu(x, u, 1.0, limit)
             if BF16:
@@ -250,6 +259,9 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
         if EXACT_CAST:
             xs = _round_e4m3(xs)
         xq = xs.to(tl.float8e4nv)
+        if XM < BLOCK_M:   # the one row for every row of the MMA (the rest are not stored)
+            xq = tl.broadcast_to(xq, [BLOCK_M, BLOCK_K])
+            sx = tl.broadcast_to(sx, [BLOCK_M])
         wq = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :],
                      mask=mask_n[:, None] & mask_k[None, :], other=0).to(tl.float8e4nv,
                                                                          bitcast=True)
@@ -485,7 +497,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
                     glu: tuple[torch.Tensor, float] | None = None,
                     norm: tuple[torch.Tensor, float] | None = None,
                     k_splits: bool = True, block_n: int | None = None,
-                    rounds: bool = True) -> torch.Tensor:
+                    rounds: bool = True, one_row: bool = True) -> torch.Tensor:
     """x [..., K] · FP8 weight [N, K]ᵀ → [..., N] in x.dtype. ``glu`` = (up, limit): the
     activation is swiglu(x, up) (an expert's down projection); ``norm`` = (weight, eps): it is
     RMSNorm(x) (attention's q_norm before the query up-projections); a ``SplitK`` x is summed
@@ -495,7 +507,9 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
     last split of each tile summing them; ``block_n`` (a launch choice): the decode tile's rows
     (``_blocks``: by default 64 where 32-row tiles would fill the SMs more than once);
     ``rounds`` (a launch choice): the K splits from the compiled kernel's residency
-    (``fp8_k_splits``' ``slots``), else about TARGET_PROGRAMS programs."""
+    (``fp8_k_splits``' ``slots``), else about TARGET_PROGRAMS programs; ``one_row`` (a launch
+    choice): a decode of one row computes its activation side (prologue, scale, quantisation)
+    on that row, not on the MMA's 16 (``X_ROWS``; bit-equal)."""
     assert glu is None or norm is None
     split = x if isinstance(x, SplitK) else None
     n = weight.shape[0]
@@ -524,6 +538,7 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
             return dict(GLU=glu is not None, NORM=norm is not None, SPLITK=split is not None,
                         BF16=dtype == torch.bfloat16, BLOCK_M=bm, BLOCK_N=bn,
                         EXACT_CAST=interpreting(), K_SPLITS=splits > 1, PARTS=n_parts,
+                        X_ROWS=1 if one_row and m == 1 else 0,
                         num_stages=SPLITK_STAGES if split is not None else 3, **pdl(x2.device))
 
         def arguments(splits: int, kb_per_split: int) -> tuple:

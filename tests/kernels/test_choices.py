@@ -123,12 +123,15 @@ def test_variants_that_share_rows_differ_by_the_rows_they_do_not_share():
             _row("fp8_gemm_shared_w2_swiglu_decode_whole_k", 1.0, 0.020),
             _row("fp8_gemm_q_proj_norm_decode", 1.0, 0.030),
             _row("fp8_gemm_wo_b_splitk_decode_target", 1.0, 0.024),
-            _row("fp8_gemm_shared_w2_swiglu_decode_target", 1.0, 0.011)]
+            _row("fp8_gemm_shared_w2_swiglu_decode_target", 1.0, 0.011),
+            _row("fp8_gemm_wo_b_splitk_decode_16_rows", 1.0, 0.030),
+            _row("fp8_gemm_shared_w2_swiglu_decode_16_rows", 1.0, 0.012),
+            _row("fp8_gemm_q_proj_norm_decode_16_rows", 1.0, 0.040)]
     for n32_ms, want in ((0.037, {}), (0.025, {"block_n": 32})):
         got = choices.choose([*rows, _row("fp8_gemm_q_proj_norm_decode_n32", 1.0, n32_ms)])
         assert got["choices"]["fp8_gemm_decode"]["options"] == want
     # the old rule's splits win on wo_b and w2 together, or lose
-    rows[-2] = _row("fp8_gemm_wo_b_splitk_decode_target", 1.0, 0.018)
+    rows[-5] = _row("fp8_gemm_wo_b_splitk_decode_target", 1.0, 0.018)
     got = choices.choose([*rows, _row("fp8_gemm_q_proj_norm_decode_n32", 1.0, 0.037)])
     assert got["choices"]["fp8_gemm_decode"]["options"] == {"rounds": False}
 

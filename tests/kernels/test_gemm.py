@@ -295,8 +295,8 @@ def test_fp8_gemm_split_over_k_at_decode_is_the_whole_k_gemm(prologue):
     """70 rows of 1,300 (11 K blocks, the last 20 wide) in 4 splits of 3 blocks, one launch:
     the last split of each tile to arrive (any of them: the interpreter shuffles the programs)
     sums the tiles' partials in split order. Equal to the one-program-a-tile GEMM up to fp32
-    summation order, for every prologue; each row equal, bit for bit, to its own decode; the
-    arrival counts zero again after."""
+    summation order, for every prologue; each row equal, bit for bit, to its own decode (whose
+    activation side is one row, ``X_ROWS``); the arrival counts zero again after."""
     from model.kernels.gemm import SplitK, fp8_k_splits, swiglu_reference
     from model.kernels.launch import arrivals
     from model.kernels.norm_rope import rms_norm_reference
@@ -328,6 +328,8 @@ def test_fp8_gemm_split_over_k_at_decode_is_the_whole_k_gemm(prologue):
     torch.testing.assert_close(got, fp8_gemm_reference(base, wq, ws), rtol=1e-5, atol=1e-4)
     for i in range(5):
         assert torch.equal(gemm(slice(i, i + 1))[0], got[i]), i
+    # a one-row decode quantises that row alone (X_ROWS=1): bit-equal to all 16 of the tile
+    assert torch.equal(gemm(slice(3, 4)), gemm(slice(3, 4), one_row=False))
     # 64-row tiles (2 tiles, the second 6 rows; 4 splits all the same): the same products
     wide = gemm(slice(None), block_n=64)
     torch.testing.assert_close(wide, got, rtol=1e-5, atol=1e-4)
