@@ -132,3 +132,61 @@ def test_wrappers_split_k_by_their_kernels_compiled_residency():
                 <= _cost(tiles, k_blocks, *split_k(tiles, k_blocks, most, None), slots))
         if old["programs"] > slots and name in ("fp8", "gemv"):   # took more than one round
             assert math.ceil(new["programs"] / slots) < math.ceil(old["programs"] / slots)
+
+
+COPY_KERNELS = '''
+import triton
+import triton.language as tl
+
+MASK = 7
+
+
+@triton.jit
+def copy(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n, other=0), mask=offs < n)
+
+
+@triton.jit
+def masked_copy(x_ptr, out_ptr, n, BLOCK: tl.constexpr):   # MASK is no constexpr: refused
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0)
+    tl.store(out_ptr + offs, x & MASK, mask=offs < n)
+'''
+
+ASK = """
+import warnings, torch, kernels
+from model.kernels.cross_compile import CompileOnly
+from model.kernels.residency import resident_programs
+x = torch.arange(8, dtype=torch.int32)
+built = []
+def arguments():
+    built.append(1)
+    return x, x, 8
+got = {}
+with CompileOnly() as c, warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for name in ("copy", "masked_copy", "copy"):
+        got[name] = resident_programs(getattr(kernels, name), torch.device("cpu"),
+                                      {"BLOCK": 8}, (torch.int32,), arguments)
+print(got["copy"], got["masked_copy"], len(built), len(c.compiled),
+      [str(w.message) for w in caught])
+"""
+
+
+def test_resident_programs_asks_once_and_a_kernel_that_cannot_compile_keeps_the_old_rule(
+        tmp_path):
+    """Compiled for sm_90: a 4-warp copy holds 16 programs an SM (64 warp slots), so 132 × 16
+    on an H200; asked again, the answer is remembered (the arguments are not built
+    again, nothing compiles twice, no launch is recorded); a kernel the compiler refuses gives
+    None — its wrapper keeps the old rule — and one warning naming it."""
+    (tmp_path / "kernels.py").write_text(COPY_KERNELS)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    proc = subprocess.run([sys.executable, "-c", ASK], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copy, refused, built, recorded, warned = proc.stdout.strip().split(" ", 4)
+    assert int(copy) == 132 * 16 and refused == "None"
+    assert int(built) == 2 and int(recorded) == 0     # copy once, masked_copy once
+    assert "masked_copy: no residency" in warned and warned.count("no residency") == 1
