@@ -253,15 +253,24 @@ def _fp8_gemm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, KB, stride_x, u_ptr, s
             x = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0)[None, :] * (x * inv[:, None])
             if BF16:
                 x = round_bf16(x)
-        amax = tl.maximum(tl.max(tl.abs(x), 1), 1e-4)
-        sx = _pow2_ceil(amax * (1.0 / 448.0))
-        xs = tl.clamp(x / sx[:, None], -448.0, 448.0)
-        if EXACT_CAST:
-            xs = _round_e4m3(xs)
-        xq = xs.to(tl.float8e4nv)
-        if XM < BLOCK_M:   # the one row for every row of the MMA (the rest are not stored)
-            xq = tl.broadcast_to(xq, [BLOCK_M, BLOCK_K])
-            sx = tl.broadcast_to(sx, [BLOCK_M])
+        if XM < BLOCK_M:
+            # one row, as a vector (a [1, K] tile would take the MMA operand's layout, 16 rows
+            # replicated, on triton 3.9); its e4m3 values and scale for every row of the MMA
+            # (the rows past M are not stored)
+            x1 = tl.reshape(x, [BLOCK_K])
+            s1 = _pow2_ceil(tl.maximum(tl.max(tl.abs(x1), 0), 1e-4) * (1.0 / 448.0))
+            xs1 = tl.clamp(x1 / s1, -448.0, 448.0)
+            if EXACT_CAST:
+                xs1 = _round_e4m3(xs1)
+            xq = tl.broadcast_to(xs1.to(tl.float8e4nv)[None, :], [BLOCK_M, BLOCK_K])
+            sx = tl.zeros([BLOCK_M], dtype=tl.float32) + s1
+        else:
+            amax = tl.maximum(tl.max(tl.abs(x), 1), 1e-4)
+            sx = _pow2_ceil(amax * (1.0 / 448.0))
+            xs = tl.clamp(x / sx[:, None], -448.0, 448.0)
+            if EXACT_CAST:
+                xs = _round_e4m3(xs)
+            xq = xs.to(tl.float8e4nv)
         wq = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :],
                      mask=mask_n[:, None] & mask_k[None, :], other=0).to(tl.float8e4nv,
                                                                          bitcast=True)
