@@ -136,7 +136,9 @@ DECISIONS = {d.name: d for d in (
     # the FP8 GEMM's K over more programs where a decode's output tiles are few (wo_b: 128
     # tiles of 64 K blocks each), and its decode tile's rows; measured on wo_b (summing wo_a's
     # splits), the shared expert's down projection and the query up-projections, whose 1,280
-    # tiles of 32 rows fill an H200's SMs 1.2 times (64-row tiles by default since session 19)
+    # tiles of 32 rows fill an H200's SMs 1.2 times (64-row tiles by default since session 19);
+    # since session 20 the K splits from the compiled kernel's residency (``rounds=False``:
+    # about 1,024 programs) and a one-row decode's activation side on one row (``one_row``)
     Decision("fp8_gemm_decode", "an FP8 GEMM of at most 16 rows (native numerics)",
              (Variant("fp8_gemm_wo_b_splitk_decode", {},
                       ("fp8_gemm_shared_w2_swiglu_decode", "fp8_gemm_q_proj_norm_decode")),
