@@ -667,16 +667,16 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
         bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, split_k)
         # (whole K tiles at one split are whole at any: a split is a number of tiles)
         if mma_fp4_tiles(k, k_per_split, bk, packed, scale):
-            options = dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
-                           PREC=prec, **pdl(x2.device))
+            mma_options = dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
+                               PREC=prec, **pdl(x2.device))
             if rounds and split_k is None and splits > 1:
                 slots = resident_programs(
-                    _fp4_gemm_mma_kernel, x2.device, options, (x2.dtype, y.dtype),
+                    _fp4_gemm_mma_kernel, x2.device, mma_options, (x2.dtype, y.dtype),
                     lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
                 bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, None, slots)
             out = partials(splits)
             _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](
-                x2, w8, s8, out, m, n, k, k_per_split, **options)
+                x2, w8, s8, out, m, n, k, k_per_split, **mma_options)
             y = out if splits == 1 else out.sum(0)
             return y.to(x.dtype).reshape(*x.shape[:-1], n)
     if m and n:
