@@ -671,7 +671,7 @@ def _gemv_cases(full: bool, dev: str, dtype: torch.dtype) -> list[partial[Case]]
     (``ahead``: the FMA kernel's loop is not pipelined), tiles of twice the rows (``wide``:
     fewer rounds of the SMs, more bytes in flight an SM), K split by the old rule (``target``:
     about TARGET_PROGRAMS programs, not by the kernel's residency: wo_a's 1,024 at 6 an SM
-    are two rounds where 512 are one)."""
+    are two rounds where 768 are one)."""
     weights = {"fp8_wq_b": (32768 if full else 4096, 1024, dtype, True, {}),
                "bf16_wo_a": (1024, 4096 if full else 1024, dtype, False, {"groups": 8}),
                "bf16_lm_head": (129280 if full else 4096, 4096, torch.float32, False, {})}
