@@ -443,8 +443,6 @@ def _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, 
         **options, **pdl(xin.device))
 
 
-
-
 def hc_pre_triton(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                   iters: int, eps: float, norm_eps: float, decode: bool | None = None,
                   k_slice: int = K_SLICE, d_block: int = D_BLOCK, finish: str = "fused",
