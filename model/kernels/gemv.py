@@ -196,8 +196,9 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
     (``_gemv_mma_kernel``) where ``mma_gemv`` allows; ``ahead`` (a launch choice, untimed): the
     FMA kernel loads each weight tile a step ahead; ``wide`` (a launch choice, untimed): the FMA
     kernel's tiles twice as many rows (at one token 64, not 32: ``wq_b``'s 1,024 tiles of 8
-    steps at 5 programs an SM, two rounds of the SMs, become 512 tiles in 2 K splits of 4
-    steps at 4 an SM, with fewer instructions a weight and 32 KB in flight an SM, not 20);
+    steps at 5 programs an SM, two rounds of the SMs, become 512 tiles at 4 an SM, one round
+    — the old split rule made them 2 K splits of 4 steps, two rounds — with fewer
+    instructions a weight and 32 KB in flight an SM, not 20);
     ``rounds`` (a launch choice): the K splits from the compiled kernel's residency
     (``residency.split_k``), else about TARGET_PROGRAMS programs."""
     k = x.shape[-1]
