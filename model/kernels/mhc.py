@@ -19,17 +19,18 @@ sigmoid / Sinkhorn split, stream collapse) and the post step (new X_j = post_j·
   fixed order (12.8 KB from L2; no atomics → bitwise deterministic), applies the RMS, the split,
   and collapses one d-block (D_BLOCK = 512: 4·512 bf16 = 4 KiB, one round of loads). The
   collapse is split over d-blocks because one program per token would stream the token's 32 KiB
-  in 8+ dependent load steps; the cost is that every d-block program recomputes the (tiny,
-  register-only) 4×4 Sinkhorn — same latency, in parallel; block 0 alone stores post / comb.
+  in 8+ dependent load steps; block 0 alone computes Sinkhorn's comb (after its collapse)
+  and stores post / comb. By default the token's last partial program to arrive does all of
+  this for the whole row instead (``_finish_if_last``: one launch, its loads issued together).
 - The threshold: below ~one program per SM (132 on an H200) the prefill kernel runs one wave
   whose time is one program's, whatever t is, while the decode path's cost grows with t (fn is
   re-read per token from L2, t·1.5 MiB, plus t·12.8 KB of partials). 64 keeps the re-reads under
   ~100 MiB of L2 traffic where the prefill kernel would use under half of the SMs; tune it with
   the bench rows mhc_pre_decode / mhc_pre_prefill.
 
-Both paths end in one finish kernel (the split, ``_split_sinkhorn``, and the collapse,
-``_collapse_block``); the decode partials take their dots from ``_mix_chunk``. ``hc_post`` tiles
-(token, d-block).
+Both paths end in the same finish (the split, ``_split_pre_post`` and ``_sinkhorn``, and the
+collapse, ``_collapse``); the decode partials take their dots from ``_mix_chunk``. ``hc_post``
+tiles (token, d-block).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ PREFILL_BLOCK_T = 64    # prefill: tokens per partial program (one GEMM tile of 
 PREFILL_K_SLICE = 2048  # prefill: stream values per partial program (8 slices at V4-Flash)
 PREFILL_BLOCK_K = 64    # prefill: stream values per step of a partial program
 FINISH_D_BLOCK = 4096   # decode, fused finish: d columns collapsed a step by the one program
+FINISH_PART_BLOCK = 128  # finish: partial rows summed a step (V4-Flash decode's 128 slices in one)
 
 def hc_split_sinkhorn_reference(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor,
                                 hc: int, iters: int, eps: float
@@ -112,45 +114,140 @@ def _mix_chunk(x_ptr, fn_ptr, cols, mask, F, HC: tl.constexpr):
 
 
 @triton.jit
-def _split_sinkhorn(mix_pre, mix_post, mix_comb, r, scale_ptr, base_ptr, iters, eps,
-                    HC: tl.constexpr):
-    """RMS-scaled mixes → pre [HC], post [HC], comb [HC, HC] (sigmoids, softmax + Sinkhorn)."""
+def _split_params(scale_ptr, base_ptr, HC: tl.constexpr):
+    """The split's scales and biases, loaded (a caller issues these loads early, beside its
+    others: they are no launch's output) → (scale_pre, scale_post, scale_comb, base_pre [HC],
+    base_post [HC], base_comb [HC·HC])."""
     rows = tl.arange(0, HC)
-    rows2 = tl.arange(0, HC * HC)
-    pre = tl.sigmoid(mix_pre * r * tl.load(scale_ptr) + tl.load(base_ptr + rows)) + eps
-    post = 2.0 * tl.sigmoid(mix_post * r * tl.load(scale_ptr + 1) + tl.load(base_ptr + HC + rows))
-    comb = mix_comb * r * tl.load(scale_ptr + 2) + tl.load(base_ptr + 2 * HC + rows2)
-    comb = tl.reshape(comb, (HC, HC))
-    comb = tl.exp(comb - tl.max(comb, 1)[:, None])
-    comb = comb / tl.sum(comb, 1)[:, None] + eps
-    comb = comb / (tl.sum(comb, 0)[None, :] + eps)
+    return (tl.load(scale_ptr), tl.load(scale_ptr + 1), tl.load(scale_ptr + 2),
+            tl.load(base_ptr + rows), tl.load(base_ptr + HC + rows),
+            tl.load(base_ptr + 2 * HC + tl.arange(0, HC * HC)))
+
+
+@triton.jit
+def _split_pre_post(mix_pre, mix_post, r, params, eps):
+    """RMS-scaled mixes → pre [HC], post [HC] (sigmoids); ``params``: ``_split_params``'."""
+    s_pre, s_post, _, b_pre, b_post, _ = params
+    pre = tl.sigmoid(mix_pre * r * s_pre + b_pre) + eps
+    post = 2.0 * tl.sigmoid(mix_post * r * s_post + b_post)
+    return pre, post
+
+
+@triton.jit
+def _halves(v):
+    """[2n] → (its first n values, its last n); [2] → its two values."""
+    n: tl.constexpr = v.shape[0] // 2
+    if n == 1:
+        a, b = tl.split(v)
+    else:
+        a, b = tl.split(tl.permute(tl.reshape(v, [2, n]), [1, 0]))
+    return a, b
+
+
+@triton.jit
+def _scalars(v):
+    """[N] (N a power of two) → the N-tuple of its values, in order, each a scalar every thread
+    holds: arithmetic on them waits for no shuffle and no barrier."""
+    N: tl.constexpr = v.shape[0]
+    parts = (v,)
+    for _ in tl.static_range(N):   # (log2 N of them split)
+        if len(parts) < N:
+            pieces = ()
+            for p in tl.static_range(len(parts)):
+                a, b = _halves(parts[p])
+                pieces = pieces + (a, b)
+            parts = pieces
+    return parts
+
+
+@triton.jit
+def _normalise_rows(c, eps, HC: tl.constexpr):
+    """c (HC·HC scalars, row-major) with each row divided by its sum + eps."""
+    out = ()
+    for i in tl.static_range(HC):
+        total = c[i * HC]
+        for j in tl.static_range(1, HC):
+            total += c[i * HC + j]
+        inv = 1.0 / (total + eps)
+        for j in tl.static_range(HC):
+            out = out + (c[i * HC + j] * inv,)
+    return out
+
+
+@triton.jit
+def _normalise_columns(c, eps, HC: tl.constexpr):
+    """c (HC·HC scalars, row-major) with each column divided by its sum + eps."""
+    invs = ()
+    for j in tl.static_range(HC):
+        total = c[j]
+        for i in tl.static_range(1, HC):
+            total += c[i * HC + j]
+        invs = invs + (1.0 / (total + eps),)
+    out = ()
+    for i in tl.static_range(HC):
+        for j in tl.static_range(HC):
+            out = out + (c[i * HC + j] * invs[j],)
+    return out
+
+
+@triton.jit
+def _sinkhorn(mix_comb, r, params, iters, eps, HC: tl.constexpr):
+    """RMS-scaled mixes → comb as HC·HC scalars, row-major: each row's softmax (+ eps), then
+    Sinkhorn's ``iters`` normalisations. Scalars every thread holds, not an [HC, HC] tile: a
+    tile's row and column sums are shuffles between lanes, four dependent ones an iteration,
+    on a decode step's critical path (``_finish_if_last``); and each row's sum is inverted once,
+    its HC values multiplied."""
+    _, _, s_comb, _, _, b_comb = params
+    c = _scalars(mix_comb * r * s_comb + b_comb)
+    soft = ()
+    for i in tl.static_range(HC):
+        top = c[i * HC]
+        for j in tl.static_range(1, HC):
+            top = tl.maximum(top, c[i * HC + j])
+        e = ()
+        for j in tl.static_range(HC):
+            e = e + (tl.exp(c[i * HC + j] - top),)
+        total = e[0]
+        for j in tl.static_range(1, HC):
+            total += e[j]
+        inv = 1.0 / total
+        for j in tl.static_range(HC):
+            soft = soft + (e[j] * inv + eps,)
+    c = _normalise_columns(soft, eps, HC)
     for _ in range(1, iters):
-        comb = comb / (tl.sum(comb, 1)[:, None] + eps)
-        comb = comb / (tl.sum(comb, 0)[None, :] + eps)
-    return pre, post, comb
+        c = _normalise_columns(_normalise_rows(c, eps, HC), eps, HC)
+    return c
 
 
 @triton.jit
 def _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC: tl.constexpr):
-    rows = tl.arange(0, HC)
-    tl.store(post_ptr + t * HC + rows, post)
-    tl.store(comb_ptr + t * HC * HC + rows[:, None] * HC + rows[None, :], comb)
+    """post [HC] and comb (``_sinkhorn``'s HC·HC scalars) → token t's rows."""
+    tl.store(post_ptr + t * HC + tl.arange(0, HC), post)
+    for k in tl.static_range(HC * HC):
+        tl.store(comb_ptr + t * HC * HC + k, comb[k])
+
+
+@triton.jit
+def _collapse(xs, pre, BF16: tl.constexpr, dtype: tl.constexpr):
+    """Σ_i pre_i · xs[i, :] as y's buffer (``dtype``) holds it, back in float32 (BF16: rounded
+    to bf16 first, for an fp32 buffer in the interpreter)."""
+    y = tl.sum(pre[:, None] * xs.to(tl.float32), 0)
+    if BF16:
+        y = round_bf16(y)
+    return y.to(dtype).to(tl.float32)
 
 
 @triton.jit
 def _collapse_block(x_ptr, y_ptr, t, D, pre, cols, HC: tl.constexpr, BF16: tl.constexpr = False):
-    """y[t, cols] = Σ_i pre_i · x[t, i, cols] → the values stored, as float32 (zero past D;
-    BF16: rounded to bf16 before they are stored, for an fp32 buffer in the interpreter)."""
+    """y[t, cols] = Σ_i pre_i · x[t, i, cols] (``_collapse``), stored → the values stored, as
+    float32 (zero past D)."""
     rows = tl.arange(0, HC)
     mask = cols < D
     xs = tl.load(x_ptr + t * HC * D + rows[:, None] * D + cols[None, :], mask=mask[None, :],
-                 other=0.0).to(tl.float32)
-    y = tl.sum(pre[:, None] * xs, 0)
-    if BF16:
-        y = round_bf16(y)
-    y = y.to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + t * D + cols, y, mask=mask)
-    return y.to(tl.float32)
+                 other=0.0)
+    y = _collapse(xs, pre, BF16, y_ptr.dtype.element_ty)
+    tl.store(y_ptr + t * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    return y
 
 
 @triton.jit
@@ -200,6 +297,7 @@ def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, cnt_ptr, scale_ptr, base_ptr
                            HC: tl.constexpr, K_SLICE: tl.constexpr, FINISH: tl.constexpr,
                            PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
                            NORM: tl.constexpr = False, BF16: tl.constexpr = False,
+                           ONE_STEP: tl.constexpr = False, WHOLE_ROW: tl.constexpr = False,
                            PDL: tl.constexpr = False):
     """Program (token, slice): 24 partial dots + partial sum of squares → part[t, slice, :].
     FINISH: the token's last program to arrive (``cnt`` [T]) finishes the token
@@ -221,88 +319,122 @@ def _hc_pre_partial_kernel(x_ptr, fn_ptr, part_ptr, cnt_ptr, scale_ptr, base_ptr
     if FINISH:
         _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr,
                         comb_ptr, t, D, n_slices, iters, eps, norm_eps, nw_ptr, rms_eps, HC,
-                        PART_BLOCK, D_BLOCK, NORM, BF16)
+                        PART_BLOCK, D_BLOCK, NORM, BF16, ONE_STEP, WHOLE_ROW)
 
 
 @triton.jit
-def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr):
-    """Sum a token's [n_slices, W] partials in a fixed order → mixes and the sum of squares."""
+def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr,
+                  ONE_STEP: tl.constexpr = False):
+    """Sum a token's [n_slices, W] partials in a fixed order → mixes and the sum of squares.
+    A step's four loads are issued together and summed element-wise; the rows are reduced once,
+    after the last step (a reduction across warps waits at a barrier, and a load after one
+    waits for it). ONE_STEP (n_slices ≤ PART_BLOCK): no loop, so that the loads a caller
+    issued before these stay beside them (``ptxas`` defers loads it sees used past a loop)."""
     W = (2 + HC) * HC + 1
     rows = tl.arange(0, HC)
     rows2 = tl.arange(0, HC * HC)
-    acc_pre = tl.zeros([HC], dtype=tl.float32)
-    acc_post = tl.zeros([HC], dtype=tl.float32)
-    acc_comb = tl.zeros([HC * HC], dtype=tl.float32)
+    acc_pre = tl.zeros([PART_BLOCK, HC], dtype=tl.float32)
+    acc_post = tl.zeros([PART_BLOCK, HC], dtype=tl.float32)
+    acc_comb = tl.zeros([PART_BLOCK, HC * HC], dtype=tl.float32)
     ssq = tl.zeros([PART_BLOCK], dtype=tl.float32)
-    for s0 in range(0, n_slices, PART_BLOCK):
+    for s0 in range(0, 1 if ONE_STEP else n_slices, PART_BLOCK):
         s = s0 + tl.arange(0, PART_BLOCK)
         m = s < n_slices
         row = part_ptr + s[:, None] * W
-        acc_pre += tl.sum(tl.load(row + rows[None, :], mask=m[:, None], other=0.0), 0)
-        acc_post += tl.sum(tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0), 0)
-        acc_comb += tl.sum(tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0), 0)
+        acc_pre += tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
+        acc_post += tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
+        acc_comb += tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
         ssq += tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
-    return acc_pre, acc_post, acc_comb, tl.sum(ssq, 0)
+    return tl.sum(acc_pre, 0), tl.sum(acc_post, 0), tl.sum(acc_comb, 0), tl.sum(ssq, 0)
 
 
 @triton.jit
-def _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices, iters, eps, norm_eps,
-                         HC: tl.constexpr, PART_BLOCK: tl.constexpr):
-    """Token t's partials summed, RMS-scaled, split → pre [HC], post [HC], comb [HC, HC]."""
+def _token_mixes(part_ptr, t, D, n_slices, norm_eps, HC: tl.constexpr,
+                 PART_BLOCK: tl.constexpr, ONE_STEP: tl.constexpr = False):
+    """Token t's partials summed → its mixes (pre [HC], post [HC], comb [HC·HC]) and their
+    RMS scale r."""
     W = (2 + HC) * HC + 1
     mix_pre, mix_post, mix_comb, ssq = _sum_partials(part_ptr + t * n_slices * W, n_slices, HC,
-                                                     PART_BLOCK)
-    r = 1.0 / tl.sqrt(ssq / (HC * D) + norm_eps)
-    return _split_sinkhorn(mix_pre, mix_post, mix_comb, r, scale_ptr, base_ptr, iters, eps, HC)
+                                                     PART_BLOCK, ONE_STEP)
+    return mix_pre, mix_post, mix_comb, 1.0 / tl.sqrt(ssq / (HC * D) + norm_eps)
 
 
 @triton.jit
 def _hc_pre_finish_kernel(x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr,
                           D, n_slices, iters, eps, norm_eps, HC: tl.constexpr,
                           PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
-                          PDL: tl.constexpr = False):
+                          ONE_STEP: tl.constexpr = False, PDL: tl.constexpr = False):
     """Program (token, d-block): reduce partials, split, collapse one d-block; block 0 stores
     post / comb."""
     grid_entry(PDL)
     t = tl.program_id(0).to(tl.int64)
-    pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices, iters,
-                                           eps, norm_eps, HC, PART_BLOCK)
-    if tl.program_id(1) == 0:
-        _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
+    params = _split_params(scale_ptr, base_ptr, HC)
+    mix_pre, mix_post, mix_comb, r = _token_mixes(part_ptr, t, D, n_slices, norm_eps, HC,
+                                                  PART_BLOCK, ONE_STEP)
+    pre, post = _split_pre_post(mix_pre, mix_post, r, params, eps)
     _collapse_block(x_ptr, y_ptr, t, D, pre, tl.program_id(1) * D_BLOCK + tl.arange(0, D_BLOCK),
                     HC)
+    if tl.program_id(1) == 0:
+        comb = _sinkhorn(mix_comb, r, params, iters, eps, HC)
+        _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
 
 
 @triton.jit
 def _finish_if_last(cnt_ptr, x_ptr, part_ptr, scale_ptr, base_ptr, y_ptr, post_ptr, comb_ptr, t,
                     D, n_slices, iters, eps, norm_eps, nw_ptr, rms_eps, HC: tl.constexpr,
                     PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr, NORM: tl.constexpr,
-                    BF16: tl.constexpr):
+                    BF16: tl.constexpr, ONE_STEP: tl.constexpr = False,
+                    WHOLE_ROW: tl.constexpr = False):
     """After a partial program has stored its partials: the last of token t's programs to
     arrive (``cnt_ptr`` + t, ``launch.arrivals``: every program on grid axis 1 counts) reads all
     of t's partials — and x, which the post's programs of the same launch may have written —
-    and does the finish kernel's work for the whole token: split, post / comb, and the
-    collapse of every column, D_BLOCK at a time. NORM: then the RMSNorm that reads the
-    collapse (weight ``nw``, ``rms_eps``), over y as stored (BF16: rounded to bf16 first, for an
-    fp32 buffer in the interpreter), in place: the block's attn_norm / ffn_norm, no launch of
-    its own."""
+    and does the finish kernel's work for the whole token: the split, the collapse of every
+    column (NORM: and the RMSNorm that reads it, weight ``nw``, ``rms_eps``, over y as stored —
+    BF16: rounded to bf16 first, for an fp32 buffer in the interpreter — the block's
+    attn_norm / ffn_norm, no launch of its own), then Sinkhorn's comb, which only the post
+    reads.
+
+    WHOLE_ROW (D ≤ D_BLOCK, as at V4-Flash) and ONE_STEP: every load the finish makes — the
+    split's scales, x's row, the norm's weight, the partials — is issued before the first is
+    used, so the program waits for memory once where it waited five times in turn, and the
+    collapse and its norm are one pass in registers (y stored once, where it was stored, read
+    back and stored again). Otherwise y is collapsed D_BLOCK columns a step and, NORM,
+    normalised in place after."""
     if last_to_arrive(cnt_ptr + t, tl.num_programs(1)):   # sees every program's partials
-        pre, post, comb = _token_pre_post_comb(part_ptr, scale_ptr, base_ptr, t, D, n_slices,
-                                               iters, eps, norm_eps, HC, PART_BLOCK)
-        _store_post_comb(post_ptr, comb_ptr, t, post, comb, HC)
-        squares = tl.zeros([D_BLOCK], dtype=tl.float32)   # (without NORM: unused, dropped)
-        for d0 in range(0, D, D_BLOCK):
-            y = _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC, BF16)
-            squares += y * y
-        if NORM:
-            inv = tl.rsqrt(tl.sum(squares, 0) / D + rms_eps)
-            tl.debug_barrier()   # y as every thread stored it, read back below
+        params = _split_params(scale_ptr, base_ptr, HC)
+        if WHOLE_ROW:
+            rows = tl.arange(0, HC)
+            cols = tl.arange(0, D_BLOCK)
+            mask = cols < D
+            xs = tl.load(x_ptr + t * HC * D + rows[:, None] * D + cols[None, :],
+                         mask=mask[None, :], other=0.0)
+            if NORM:
+                w = tl.load(nw_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        mix_pre, mix_post, mix_comb, r = _token_mixes(part_ptr, t, D, n_slices, norm_eps, HC,
+                                                      PART_BLOCK, ONE_STEP)
+        pre, post = _split_pre_post(mix_pre, mix_post, r, params, eps)
+        if WHOLE_ROW:
+            y = _collapse(xs, pre, BF16, y_ptr.dtype.element_ty)
+            if NORM:
+                y = w * (y * tl.rsqrt(tl.sum(y * y, 0) / D + rms_eps))
+            tl.store(y_ptr + t * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        else:
+            squares = tl.zeros([D_BLOCK], dtype=tl.float32)   # (without NORM: unused, dropped)
             for d0 in range(0, D, D_BLOCK):
-                cols = d0 + tl.arange(0, D_BLOCK)
-                at = y_ptr + t * D + cols
-                y = tl.load(at, mask=cols < D, other=0.0).to(tl.float32)
-                w = tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-                tl.store(at, (w * (y * inv)).to(y_ptr.dtype.element_ty), mask=cols < D)
+                y = _collapse_block(x_ptr, y_ptr, t, D, pre, d0 + tl.arange(0, D_BLOCK), HC,
+                                    BF16)
+                squares += y * y
+            if NORM:
+                inv = tl.rsqrt(tl.sum(squares, 0) / D + rms_eps)
+                tl.debug_barrier()   # y as every thread stored it, read back below
+                for d0 in range(0, D, D_BLOCK):
+                    cols = d0 + tl.arange(0, D_BLOCK)
+                    at = y_ptr + t * D + cols
+                    y = tl.load(at, mask=cols < D, other=0.0).to(tl.float32)
+                    w = tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+                    tl.store(at, (w * (y * inv)).to(y_ptr.dtype.element_ty), mask=cols < D)
+        _store_post_comb(post_ptr, comb_ptr, t, post, _sinkhorn(mix_comb, r, params, iters, eps,
+                                                               HC), HC)
 
 
 @triton.jit
@@ -337,7 +469,8 @@ def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, p
                             D, n_slices, iters, eps, norm_eps, rms_eps, HC: tl.constexpr,
                             K_SLICE: tl.constexpr, BF16: tl.constexpr, FINISH: tl.constexpr,
                             PART_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr,
-                            NORM: tl.constexpr = False, PDL: tl.constexpr = False):
+                            NORM: tl.constexpr = False, ONE_STEP: tl.constexpr = False,
+                            WHOLE_ROW: tl.constexpr = False, PDL: tl.constexpr = False):
     """Program (token, d-block of K_SLICE columns): the post of these columns of every stream
     (stored in out's dtype; BF16: rounded to bf16 first, for an fp32 buffer in the interpreter),
     then, from the stored values, the next pre's partials of the HC slices they are — stream
@@ -378,7 +511,7 @@ def _hc_post_partial_kernel(y_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, fn_ptr, p
     if FINISH:
         _finish_if_last(cnt_ptr, out_ptr, part_ptr, scale_ptr, base_ptr, y2_ptr, post2_ptr,
                         comb2_ptr, t, D, n_slices, iters, eps, norm_eps, nw_ptr, rms_eps, HC,
-                        PART_BLOCK, D_BLOCK, NORM, BF16)
+                        PART_BLOCK, D_BLOCK, NORM, BF16, ONE_STEP, WHOLE_ROW)
 
 
 def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d_block):
@@ -396,10 +529,18 @@ def _launch_prefill(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, d
 
 
 def _finish_options(d: int, n_slices: int, d_block: int) -> dict:
-    """The finish's constexprs: partial rows a step, and the d-block of the finish kernel's
-    programs (``d_block``) or of the fused finish's one program a token (``FINISH_D_BLOCK``)."""
-    return dict(PART_BLOCK=min(64, triton.next_power_of_2(n_slices)),
+    """The finish's constexprs: partial rows a step, and whether one step takes them all (as
+    V4-Flash's 128 at decode), and the d-block of the finish kernel's programs (``d_block``)."""
+    part_block = min(FINISH_PART_BLOCK, triton.next_power_of_2(n_slices))
+    return dict(PART_BLOCK=part_block, ONE_STEP=n_slices <= part_block,
                 D_BLOCK=min(d_block, triton.next_power_of_2(d)))
+
+
+def _fused_finish_options(d: int, n_slices: int) -> dict:
+    """The fused finish's constexprs: ``_finish_options`` with its one program's d-block
+    (``FINISH_D_BLOCK``), and whether that is the whole row (``_finish_if_last``)."""
+    options = _finish_options(d, n_slices, FINISH_D_BLOCK)
+    return dict(options, WHOLE_ROW=d <= options["D_BLOCK"])
 
 
 def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_slice, d_block,
@@ -420,7 +561,7 @@ def _launch_decode(xin, fn, scale, base, y, post, comb, iters, eps, norm_eps, k_
         *_norm_args(norm, fused, xin), d, n_slices, iters, eps, norm_eps,
         norm[1] if norm is not None else 0.0, HC=hc, K_SLICE=k_slice, FINISH=fused,
         NORM=fused and norm is not None, BF16=bf16,
-        **_finish_options(d, n_slices, FINISH_D_BLOCK), **overlap)
+        **_fused_finish_options(d, n_slices), **overlap)
     if not fused:
         _launch_finish(xin, part, scale, base, y, post, comb, iters, eps, norm_eps, d_block)
     return fused and norm is not None
@@ -545,7 +686,7 @@ def hc_post_pre_triton(y: torch.Tensor, residual: torch.Tensor, post: torch.Tens
         norm[1] if norm is not None else 0.0, HC=hc, K_SLICE=ks,
         BF16=y.dtype == torch.bfloat16 and cast is not None, FINISH=fused,
         NORM=fused and norm is not None,
-        **_finish_options(d, n_slices, FINISH_D_BLOCK), **pdl(y.device))
+        **_fused_finish_options(d, n_slices), **pdl(y.device))
     if not fused:
         _launch_finish(x, part, scale32, base32, collapsed, post2, comb2, iters, eps, norm_eps,
                        d_block)

@@ -417,7 +417,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
 
 
 MERGE_LSE = tl.constexpr(32)   # splits' lse read as one tile by the merge
-MERGE_GROUP = tl.constexpr(4)  # splits' partial o whose loads the merge issues together
+MERGE_GROUP = tl.constexpr(4)  # splits whose partials the merge loads together (one wait)
 
 
 @triton.jit
@@ -427,35 +427,50 @@ def _merge_splits(po_ptr, plse_ptr, sink_ptr, o_ptr, lse_ptr, ang_ptr, token, of
                   COLUMN_BLOCKS: tl.constexpr = 1):
     """Token ``token``'s NS partial (o, lse) of heads offs_h, columns offs_d (from col0) and the
     COLUMN_BLOCKS − 1 blocks of BLOCK_D after them, merged with the sink → o (and, where
-    ``write_lse``, the lse). The splits' lse are read once for every block. Partials are read
-    from L2 (``.cg``): other programs of the same launch may have written them."""
+    ``write_lse``, the lse). Partials are read from L2 (``.cg``): other programs of the same
+    launch may have written them.
+
+    The program waits for memory once for the splits' lse (a tile of MERGE_LSE: their max and
+    the denominator, an online softmax if there are more) and once a group of MERGE_GROUP
+    splits a block: a group's loads are all issued, then summed. Each split's weight reaches
+    its tile's layout through shared memory, at a barrier that no load after it may pass;
+    issued split by split, the loads waited behind four of those for each group (triton 3.6,
+    sm_90: about forty trips to L2 in turn for a decode step's 5 splits × 4 column blocks,
+    now nine)."""
     mask_h = offs_h < H
     sink = tl.load(sink_ptr + offs_h, mask=mask_h, other=0.0)
-    # the lse of every split in one tile (one round trip to L2, not NS)
+    # the lse of every split in one tile (one round trip to L2, not NS): their max m and the
+    # softmax denominator over them and the sink, as an online softmax over tiles
     splits = tl.arange(0, MERGE_LSE)
     lse_rows = (token * NS + splits).to(tl.int64)[:, None] * H + offs_h[None, :]
     m = sink
+    denom = tl.full([BLOCK_H], 1.0, dtype=tl.float32)   # exp(sink − m)
     for c0 in range(0, NS, MERGE_LSE):
         inside = (c0 + splits < NS)[:, None] & mask_h[None, :]
         lses = tl.load(plse_ptr + c0 * H + lse_rows, mask=inside, other=float("-inf"),
                        cache_modifier=".cg")
-        m = tl.maximum(m, tl.max(lses, 0))
+        m_new = tl.maximum(m, tl.max(lses, 0))
+        denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(lses - m_new[None, :]), 0)
+        m = m_new
     rows = (token * H + offs_h).to(tl.int64)
     for block in tl.static_range(COLUMN_BLOCKS):
         cols = offs_d + block * BLOCK_D
         mask = mask_h[:, None] & (cols < D)[None, :]
-        denom = tl.exp(sink - m)
         acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-        for c0 in range(0, NS, MERGE_GROUP):   # a group's loads are issued together, then summed
+        for c0 in range(0, NS, MERGE_GROUP):
+            # the group's loads first, all of them, then their sum
+            group_lse = ()
+            tiles = ()
             for j in tl.static_range(MERGE_GROUP):
                 part = (token * NS + c0 + j).to(tl.int64) * H + offs_h
                 there = mask_h & (c0 + j + 0 * offs_h < NS)   # a tensor: the interpreter masks
-                w = tl.exp(tl.load(plse_ptr + part, mask=there, other=float("-inf"),
-                                   cache_modifier=".cg") - m)
-                denom += w
-                acc += w[:, None] * tl.load(po_ptr + part[:, None] * D + cols[None, :],
-                                            mask=mask & there[:, None], other=0.0,
-                                            cache_modifier=".cg")
+                group_lse = group_lse + (tl.load(plse_ptr + part, mask=there,
+                                                 other=float("-inf"), cache_modifier=".cg"),)
+                tiles = tiles + (tl.load(po_ptr + part[:, None] * D + cols[None, :],
+                                         mask=mask & there[:, None], other=0.0,
+                                         cache_modifier=".cg"),)
+            for j in tl.static_range(MERGE_GROUP):
+                acc += tl.exp(group_lse[j] - m)[:, None] * tiles[j]
         if block == 0:
             tl.store(lse_ptr + rows, m + tl.log(denom), mask=write_lse)
         o = acc / denom[:, None]

@@ -50,7 +50,7 @@ def test_hc_pre_prefill_matches_reference(b, s, hc, d):
 @pytest.mark.parametrize("b,s,hc,d,k_slice,d_block", [
     (1, 1, 4, 64, 128, 512),   # 1 token: hc·d = 256 → 2 slices, one (clamped) d-block
     (1, 3, 4, 100, 64, 32),    # 3 tokens; hc·d = 400 not a multiple of the slice, d of the block
-    (1, 1, 4, 100, 4, 64),     # 100 slices: the partial sum loops twice over 64-slice blocks
+    (1, 1, 4, 100, 2, 64),     # 200 slices: the partial sum loops twice over 128-slice blocks
     (2, 1, 2, 96, 64, 64),     # hc = 2
 ])
 def test_hc_pre_decode_matches_reference(b, s, hc, d, k_slice, d_block, finish):
@@ -182,16 +182,18 @@ def test_post_then_pre_prefill_runs_the_two_kernels():
     _assert_matches(got[1:], hc_pre_reference(x, fn, scale, base, ITERS, EPS, NORM_EPS))
 
 
+@pytest.mark.parametrize("finish_d_block", [32, mhc.FINISH_D_BLOCK])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_norm_after_the_collapse_is_rms_norm_of_it(dtype, monkeypatch):
+def test_the_norm_after_the_collapse_is_rms_norm_of_it(dtype, finish_d_block, monkeypatch):
     """``norm``: the collapsed output comes back RMS-normalised, as ``rms_norm`` of the
-    collapse — in the fused finish at decode (pre, and post → pre; 4 collapse steps of 32 so
-    the norm's two passes cross blocks), by the finish kernel's path and at prefill via
-    ``rms_norm_triton``; a bf16 stream normalises the collapse as stored (rounded to bf16)."""
+    collapse — in the fused finish at decode (pre, and post → pre; in 4 collapse steps of 32,
+    so the norm's two passes cross blocks, and in one pass over the whole row in registers),
+    by the finish kernel's path and at prefill via ``rms_norm_triton``; a bf16 stream
+    normalises the collapse as stored (rounded to bf16)."""
     from model.kernels.norm_rope import rms_norm_reference
     from model.op_audit import OpAudit
 
-    monkeypatch.setattr(mhc, "FINISH_D_BLOCK", 32)
+    monkeypatch.setattr(mhc, "FINISH_D_BLOCK", finish_d_block)
     x, fn, scale, base = _inputs(1, 3, 4, 100, dtype)
     nw = (torch.rand(100) + 0.5).to(torch.bfloat16)
     args = (x, fn, scale, base, ITERS, EPS, NORM_EPS)
@@ -215,3 +217,32 @@ def test_the_norm_after_the_collapse_is_rms_norm_of_it(dtype, monkeypatch):
     assert torch.equal(normed[0], plain[0])
     torch.testing.assert_close(normed[1].float(), rms_norm_reference(plain[1], nw2, 1e-5).float(),
                                rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_whole_row_finish_equals_the_stepped_one(dtype, monkeypatch):
+    """The fused finish over a whole row (its loads issued together, the collapse normalised in
+    registers) gives what it gives a step of 32 columns at a time, bit for bit — pre alone
+    and post → pre, with and without the norm; and, without, the finish kernel's result."""
+    x, fn, scale, base = _inputs(1, 3, 4, 100, dtype)
+    nw = (torch.rand(100, generator=torch.Generator().manual_seed(1)) + 0.5).to(torch.bfloat16)
+    args = (x, fn, scale, base, ITERS, EPS, NORM_EPS)
+    y, post, comb = _post_inputs(1, 2, 4, 128, dtype)
+    residual, fn2, scale2, base2 = _inputs(1, 2, 4, 128, dtype)
+    both = (y, residual, post, comb, fn2, scale2, base2, ITERS, EPS, NORM_EPS)
+    nw2 = (torch.rand(128, generator=torch.Generator().manual_seed(2)) + 0.5).to(torch.bfloat16)
+
+    def runs():
+        return [hc_pre_triton(*args, decode=True, k_slice=64),
+                hc_pre_triton(*args, decode=True, k_slice=64, norm=(nw, 1e-5)),
+                mhc.hc_post_pre_triton(*both), mhc.hc_post_pre_triton(*both, norm=(nw2, 1e-5))]
+
+    whole = runs()
+    monkeypatch.setattr(mhc, "FINISH_D_BLOCK", 32)
+    stepped = runs()
+    for a_run, b_run in zip(whole, stepped, strict=True):
+        for a, b in zip(a_run, b_run, strict=True):
+            assert torch.equal(a, b)
+    apart = hc_pre_triton(*args, decode=True, k_slice=64, finish="kernel")
+    for a, b in zip(whole[0], apart, strict=True):
+        assert torch.equal(a, b)

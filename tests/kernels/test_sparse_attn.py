@@ -65,6 +65,24 @@ def test_the_running_max_rescales_only_past_the_slack_and_stays_exact(splits):
     _check(got, sparse_attn_reference(q, kv[None], sink, idx, 1.0), atol=1e-4)
 
 
+@pytest.mark.parametrize("combine", ["fused", "kernel"])
+def test_the_merge_of_many_splits_rescales_between_lse_tiles(combine):
+    """40 splits of 16 rows: the merge reads their lse in two tiles of 32 (the second's max
+    far above the first's: the denominator is rescaled between them) and their partials in
+    groups of 4 splits (the last group, and the padded tail, partly empty)."""
+    g = torch.Generator().manual_seed(11)
+    d, h, k = 32, 4, 630
+    v = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    level = torch.where(torch.arange(k) < 32 * 16, 2.0, 30.0)   # the last splits score highest
+    kv = level[:, None] * v + 0.5 * torch.randn(k, d, generator=g)
+    q = v.expand(1, 1, h, d) * torch.tensor([1.0, 0.7, 0.3, -0.2]).view(1, 1, h, 1)
+    idx = torch.arange(k).view(1, 1, k)   # slot order: splits 32–39 hold the high rows
+    idx = torch.where(torch.rand(1, 1, k, generator=g) < 0.1, -1, idx)
+    sink = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    got = sparse_attn_triton(q, kv[None], sink, idx, 0.5, n_splits=40, combine=combine)
+    _check(got, sparse_attn_reference(q, kv[None], sink, idx, 0.5), atol=1e-4)
+
+
 @pytest.mark.parametrize("splits", [1, 2])
 def test_all_padding_gives_sink_only(splits):
     q, kv, sink, idx = _inputs(1, 2, 4, 32, 8, 32)
