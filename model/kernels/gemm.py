@@ -74,13 +74,24 @@ def sum_splits(parts: torch.Tensor) -> torch.Tensor:
     return parts[0] if parts.shape[0] == 1 else parts.sum(0)
 
 
+SUM_CHUNK = tl.constexpr(8)   # partials a finish's sum loads before it adds them
+
+
 @triton.jit
 def sum_parts(ptr, S, part_stride, offs, mask):
     """Σ_s ptr[s · part_stride + offs] (fp32 K-split partials, any tile shape of ``offs``), in
-    split order (deterministic): the kernels' form of ``sum_splits``."""
+    split order (deterministic): the kernels' form of ``sum_splits``. SUM_CHUNK partials'
+    loads are issued before the first is added: a finish waits for memory once per SUM_CHUNK
+    splits, where it waited once a split (a split past S adds +0.0, which changes no sum)."""
     acc = tl.zeros(offs.shape, dtype=tl.float32)
-    for s in range(S):
-        acc += tl.load(ptr + s * part_stride + offs, mask=mask, other=0.0)
+    for s0 in range(0, S, SUM_CHUNK):
+        parts = ()
+        for i in tl.static_range(SUM_CHUNK):
+            there = mask & (s0 + i + 0 * offs < S)   # a tensor: the interpreter masks
+            parts = parts + (tl.load(ptr + (s0 + i) * part_stride + offs, mask=there,
+                                     other=0.0),)
+        for i in tl.static_range(SUM_CHUNK):
+            acc += parts[i]
     return acc
 
 

@@ -44,6 +44,7 @@ from model.kernels.gemm import (
     FP4_ACT_SHIFT,
     FP4_GEMV_SCALE_SHIFT,
     FP4_UNSHIFT,
+    SUM_CHUNK,
     clamped_swiglu,
     decode_fp4_tile,
     load_fp4_mma_tile,
@@ -51,6 +52,7 @@ from model.kernels.gemm import (
     mma_fp4_tiles,
     place_fp4,
     plan_split_k,
+    sum_parts,
     whole_k_tiles,
 )
 from model.kernels.launch import (
@@ -390,15 +392,15 @@ def _swiglu_block(part_ptr, slots_ptr, rw_ptr, h_ptr, pair, cols, P, N, N_SLOTS,
     make it. The epilogue kernel's body, and the gate/up GEMV's last programs' (FINISH)."""
     mask = cols < N
     e = tl.load(slots_ptr + pair)
+    rw = tl.load(rw_ptr + pair)
+    # the gate's and the up's partials, loaded beside the slot (a dropped pair's rows hold
+    # nothing: its h is 0 whatever they sum to), SUM_CHUNK splits at a time, in split order
+    base = part_ptr + pair.to(tl.int64) * N
+    gate = sum_parts(base, SPLITS, P * N, cols, mask)
+    up = sum_parts(base + (SPLITS * P).to(tl.int64) * N, SPLITS, P * N, cols, mask)
     h = tl.zeros(cols.shape, dtype=tl.float32)
     if (e >= 0) & (e < N_SLOTS):
-        gate = tl.zeros(cols.shape, dtype=tl.float32)
-        up = tl.zeros(cols.shape, dtype=tl.float32)
-        for s in range(0, SPLITS):
-            row = part_ptr + (s * P + pair).to(tl.int64) * N + cols
-            gate += tl.load(row, mask=mask, other=0.0)
-            up += tl.load(row + (SPLITS * P).to(tl.int64) * N, mask=mask, other=0.0)
-        h = clamped_swiglu(gate, up, tl.load(rw_ptr + pair), limit)
+        h = clamped_swiglu(gate, up, rw, limit)
     if QUANT:
         ex = _scale_exponent(tl.max(tl.abs(h), 0), FLOOR_BITS, INV_MAX_BITS)
         h = _e4m3_values(h, ex, QMAX)
@@ -501,20 +503,33 @@ def _combine_row(part_ptr, key_ptr, add_ptr, y_ptr, t, cols, mask, TOPK, N, ROWS
                  BY_SLOT: tl.constexpr, ADD: tl.constexpr):
     """``_moe_combine_kernel``'s sum for token t's columns ``cols`` (the down GEMV's fused
     combine runs it too: the same order, the same bits)."""
-    acc = tl.zeros(cols.shape, dtype=tl.float32)
-    for j in range(0, TOPK):
-        pair = t * TOPK + j
-        key = tl.load(key_ptr + pair)
-        if BY_SLOT:
-            row = tl.where((key >= 0) & (key < N_SLOTS), pair, -1)
-        else:
-            row = key
-        if row >= 0:
-            for s in range(0, SPLITS):
-                acc += tl.load(part_ptr + (s * ROWS + row).to(tl.int64) * N + cols, mask=mask,
-                               other=0.0)
     if ADD:
-        acc += tl.load(add_ptr + t.to(tl.int64) * N + cols, mask=mask, other=0.0).to(tl.float32)
+        extra = tl.load(add_ptr + t.to(tl.int64) * N + cols, mask=mask, other=0.0)
+    # the token's TOPK × SPLITS partials in (slot, split) order, SUM_CHUNK of them at a time:
+    # their rows' keys loaded together, then their loads issued together, then their sum
+    acc = tl.zeros(cols.shape, dtype=tl.float32)
+    items = TOPK * SPLITS
+    for q0 in range(0, items, SUM_CHUNK):
+        rows = ()
+        for i in tl.static_range(SUM_CHUNK):
+            pair = t * TOPK + tl.minimum((q0 + i) // SPLITS, TOPK - 1)   # (past items: unused)
+            key = tl.load(key_ptr + pair)
+            if BY_SLOT:
+                row = tl.where((key >= 0) & (key < N_SLOTS), pair, -1)
+            else:
+                row = key
+            rows = rows + (tl.where(q0 + i < items, row, -1),)
+        parts = ()
+        for i in tl.static_range(SUM_CHUNK):
+            s = (q0 + i) % SPLITS
+            row = tl.maximum(rows[i], 0)
+            there = mask & (rows[i] + 0 * cols >= 0)   # a tensor: the interpreter masks
+            parts = parts + (tl.load(part_ptr + (s * ROWS + row).to(tl.int64) * N + cols,
+                                     mask=there, other=0.0),)
+        for i in tl.static_range(SUM_CHUNK):
+            acc += parts[i]
+    if ADD:
+        acc += extra.to(tl.float32)
     tl.store(y_ptr + t.to(tl.int64) * N + cols, acc, mask=mask)
 
 

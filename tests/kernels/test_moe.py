@@ -459,3 +459,26 @@ def test_whole_tiles_of_an_aligned_bank_load_as_vectors(decode, quantize, split_
         assert torch.allclose(ahead, full, atol=1e-6, rtol=1e-6)
     off_grid = dataclasses.replace(bank.w2, starts=(8, *bank.w2.starts[1:]))
     assert not real(inter, inter, 128, off_grid, bank.s2)
+
+
+@pytest.mark.parametrize("finish", ["fused", "kernel"])
+def test_the_decode_sums_load_their_partials_a_chunk_at_a_time(finish, monkeypatch):
+    """The SwiGLU epilogue's and the combine's sums issue a chunk of partials' loads, then add
+    them in (slot, split) order: with 2 a chunk — the gate/up's 3 splits and the combine's
+    3 slots × 3 splits in ragged chunks, empty slots among them — the result is the one of
+    8 a chunk (one chunk each), bit for bit, fused or not."""
+    import triton.language as tl
+
+    from model.kernels import gemm, moe
+
+    dim, inter = 96, 320
+    bank, x, g = _bank_and_input(5, dim, inter, seed=41)
+    weights, shared = torch.rand(5, 3, generator=g), torch.randn(5, dim, generator=g)
+    kw = dict(decode=True, split_k=3, block_k=32, add=shared, finish=finish)
+    whole = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, **kw)
+    for module in (gemm, moe):
+        monkeypatch.setattr(module, "SUM_CHUNK", tl.constexpr(2))
+    chunked = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, **kw)
+    assert torch.equal(chunked, whole)
+    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, add=shared)
+    assert torch.allclose(chunked, want, atol=1e-4, rtol=1e-3), (chunked - want).abs().max()
