@@ -506,26 +506,32 @@ def _combine_row(part_ptr, key_ptr, add_ptr, y_ptr, t, cols, mask, TOPK, N, ROWS
     if ADD:
         extra = tl.load(add_ptr + t.to(tl.int64) * N + cols, mask=mask, other=0.0)
     # the token's TOPK × SPLITS partials in (slot, split) order, SUM_CHUNK of them at a time:
-    # their rows' keys loaded together, then their loads issued together, then their sum
+    # their loads issued together, then their sum. BY_SLOT, a partial's row is its pair, known
+    # before its slot: it is loaded beside the slots, and zeroed where the slot is empty (an
+    # empty pair's row holds whatever it held); else its row is the key, loaded first.
     acc = tl.zeros(cols.shape, dtype=tl.float32)
     items = TOPK * SPLITS
     for q0 in range(0, items, SUM_CHUNK):
         rows = ()
+        kept = ()
         for i in tl.static_range(SUM_CHUNK):
             pair = t * TOPK + tl.minimum((q0 + i) // SPLITS, TOPK - 1)   # (past items: unused)
             key = tl.load(key_ptr + pair)
             if BY_SLOT:
-                row = tl.where((key >= 0) & (key < N_SLOTS), pair, -1)
+                rows = rows + (pair,)
+                kept = kept + ((key >= 0) & (key < N_SLOTS) & (q0 + i < items),)
             else:
-                row = key
-            rows = rows + (tl.where(q0 + i < items, row, -1),)
+                rows = rows + (tl.maximum(key, 0),)
+                kept = kept + ((key >= 0) & (q0 + i < items),)
         parts = ()
         for i in tl.static_range(SUM_CHUNK):
-            s = (q0 + i) % SPLITS
-            row = tl.maximum(rows[i], 0)
-            there = mask & (rows[i] + 0 * cols >= 0)   # a tensor: the interpreter masks
-            parts = parts + (tl.load(part_ptr + (s * ROWS + row).to(tl.int64) * N + cols,
-                                     mask=there, other=0.0),)
+            at = part_ptr + (((q0 + i) % SPLITS) * ROWS + rows[i]).to(tl.int64) * N + cols
+            if BY_SLOT:
+                part = tl.load(at, mask=mask, other=0.0)
+            else:
+                there = mask & (kept[i].to(tl.int32) + 0 * cols > 0)   # a tensor: the
+                part = tl.load(at, mask=there, other=0.0)                # interpreter masks
+            parts = parts + (tl.where(kept[i], part, 0.0),)
         for i in tl.static_range(SUM_CHUNK):
             acc += parts[i]
     if ADD:
