@@ -15,7 +15,9 @@ slower ``mma.sync``), how its warps share each dot's tile (``dots``,
 global loads by width (``global_loads``: one-byte loads of a uint8 tile mean the compiler
 could not prove the addresses aligned and contiguous), and its loops in the SASS (``loops``,
 ``cross_compile.sass_loops``: each loop body's instructions a warp, barriers, loads, MMAs —
-the counts docs/PERF.md reasons with), and where it waits for the launch before it (``grid``,
+the counts docs/PERF.md reasons with), how the program that finishes a split launch waits
+for memory (``finish``, ``cross_compile.finish_waits``: the loads each wait is for — a long
+list of ones is a chain of trips to L2), and where it waits for the launch before it (``grid``,
 ``cross_compile.grid_wait``; with ``--pdl`` every launch overlaps the one before it, and a
 kernel that touches global memory before that wait is a failure). A kernel asking for more
 shared memory than a block may have counts as a failure: it compiles but cannot launch; so does
@@ -49,6 +51,7 @@ def bench_compile(arch: int = 90, full: bool = True,
     from model import bench_kernels
     from model.kernels.cross_compile import (
         CompileOnly,
+        finish_waits,
         grid_wait,
         launched_kernels,
         pipelined,
@@ -99,6 +102,7 @@ def bench_compile(arch: int = 90, full: bool = True,
                       **occupied, "programs": c.programs,
                       "waves": waves(c.programs, occupied["blocks_per_sm"]),
                       "dots": c.dots, "loops": loops, "pipelined": pipelined(c.loads, loops),
+                      "finish": finish_waits(code),
                       "grid": {"launch_pdl": c.launch_pdl, **grid},
                       "compile_s": round(c.seconds, 2)})
     reached = {c.kernel for c in cc.compiled}

@@ -241,6 +241,65 @@ def sass_loops(sass: str, least: int = 16) -> list[dict]:
     return sorted(loops, key=lambda loop: int(loop["at"], 16))
 
 
+# instructions that write no register (their first operand is read, or is no register)
+_NO_DESTINATION = {"STG", "STS", "ST", "STL", "RED", "REDG", "BAR", "BRA", "EXIT", "MEMBAR",
+                   "CCTL", "ERRBAR", "CGAERRBAR", "BSSY", "BSYNC", "WARPSYNC", "NOP", "RET",
+                   "CALL", "ACQBULK", "PREEXIT", "DEPBAR", "LDGDEPBAR", "YIELD"}
+_GLOBAL_LOADS = {"LDG"}
+_REGISTER = re.compile(r"\bR(\d+)(\.64)?\b")
+
+
+def _registers(operand: str, width: int = 1) -> set[int]:
+    """The registers an operand names: R7, R6.64 (R6 and R7); ``width`` registers from a
+    destination's first (a 128-bit load's: 4)."""
+    regs = set()
+    for number, pair in _REGISTER.findall(operand):
+        n = int(number)
+        regs.update(range(n, n + max(width, 2 if pair else 1)))
+    return regs
+
+
+def finish_waits(sass: str) -> dict | None:
+    """How the program that finishes a launch (the code after its last ``ATOMG``: the arrival
+    of ``launch.last_to_arrive``) waits for global memory — None without one. Walks that code
+    once in address order (a loop's body once), keeping the registers outstanding global loads
+    will write; an instruction that reads one waits, and the loads issued before it count as
+    arrived. → ``loads``: how many loads each wait was for, in order; ``in_loops``: how many
+    of those waits are inside a loop (a backward branch's range), so come again every
+    iteration. One load a wait is a finisher that issues a load and waits for it before the
+    next (docs/PERF.md, session 21): a long list of them is a chain of trips to L2."""
+    lines = [(int(a, 16), _PREDICATE.sub("", text.strip()))
+             for a, text in _SASS_LINE.findall(sass)]
+    arrivals = [i for i, (_, text) in enumerate(lines) if _opcode(text) == "ATOMG"]
+    if not arrivals:
+        return None
+    ranges = [(int(branch.group(1), 16), address) for address, text in lines
+              if (branch := _BRANCH.search(text)) and int(branch.group(1), 16) <= address]
+    pending: set[int] = set()
+    issued = 0
+    waits: list[int] = []
+    in_loops = 0
+    for address, text in lines[arrivals[-1] + 1:]:
+        op = _opcode(text)
+        fields = text.split(None, 1)
+        operands = [o.strip() for o in fields[1].split(",")] if len(fields) > 1 else []
+        writes = bool(operands) and op not in _NO_DESTINATION and operands[0].startswith("R")
+        reads = set().union(*(_registers(o) for o in operands[1 if writes else 0:]))
+        if pending & reads:
+            waits.append(issued)
+            in_loops += any(start <= address <= end for start, end in ranges)
+            pending, issued = set(), 0
+        if writes:
+            width = {"128": 4, "64": 2}.get(text.split(" ")[0].split(".")[-1], 1)
+            dest = _registers(operands[0], width if op in _GLOBAL_LOADS else 1)
+            if op in _GLOBAL_LOADS:
+                pending |= dest
+                issued += 1
+            else:
+                pending -= dest
+    return {"loads": waits, "in_loops": in_loops}
+
+
 # instructions that may touch global memory (generic LD / ST included); shared memory's are the
 # program's own and may come before the grid's wait
 _GLOBAL_MEMORY = {"LDG", "STG", "LDGSTS", "ATOMG", "ATOM", "RED", "REDG", "LD", "ST", "UBLKCP",

@@ -333,18 +333,22 @@ def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr
     W = (2 + HC) * HC + 1
     rows = tl.arange(0, HC)
     rows2 = tl.arange(0, HC * HC)
-    acc_pre = tl.zeros([PART_BLOCK, HC], dtype=tl.float32)
-    acc_post = tl.zeros([PART_BLOCK, HC], dtype=tl.float32)
-    acc_comb = tl.zeros([PART_BLOCK, HC * HC], dtype=tl.float32)
-    ssq = tl.zeros([PART_BLOCK], dtype=tl.float32)
-    for s0 in range(0, 1 if ONE_STEP else n_slices, PART_BLOCK):
-        s = s0 + tl.arange(0, PART_BLOCK)
-        m = s < n_slices
-        row = part_ptr + s[:, None] * W
-        acc_pre += tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
-        acc_post += tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
-        acc_comb += tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
-        ssq += tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
+    s = tl.arange(0, PART_BLOCK)
+    m = s < n_slices
+    row = part_ptr + s[:, None] * W
+    acc_pre = tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
+    acc_post = tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
+    acc_comb = tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
+    ssq = tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
+    if not ONE_STEP:
+        for s0 in range(PART_BLOCK, n_slices, PART_BLOCK):
+            s = s0 + tl.arange(0, PART_BLOCK)
+            m = s < n_slices
+            row = part_ptr + s[:, None] * W
+            acc_pre += tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
+            acc_post += tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
+            acc_comb += tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
+            ssq += tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
     return tl.sum(acc_pre, 0), tl.sum(acc_post, 0), tl.sum(acc_comb, 0), tl.sum(ssq, 0)
 
 

@@ -101,6 +101,18 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     assert all((r["grid"]["prefetches"] > 0) == (r["kernel"] in streaming) for r in kernels)
     # every loop of tensor-core MMAs has its loads issued ahead (a failure otherwise)
     assert all(r["pipelined"] for r in kernels)
+    # the program that finishes a split launch waits for memory in few trips, each for many
+    # loads (cross_compile.finish_waits): mHC's whole-row finish at most twice, in no loop;
+    # attention's merge a group of splits' lse and partials (16+ loads) a trip; the K-split
+    # sums (the FP8 GEMM's, the MoE's epilogues) a chunk of 8 or more a trip
+    finishes = [(r["case"], r["kernel"], r["finish"]) for r in kernels if r["finish"]]
+    mhc = [f for _, k, f in finishes if k in ("_hc_pre_partial_kernel", "_hc_post_partial_kernel")]
+    assert len(mhc) >= 2 and all(len(f["loads"]) <= 2 and f["in_loops"] == 0 for f in mhc), mhc
+    merges = [f for _, k, f in finishes if k == "_sparse_attn_fwd"]
+    assert merges and all(max(f["loads"]) >= 16 for f in merges), merges
+    sums = [f for case, _, f in finishes if case in ("fp8_gemm_wo_b_splitk_decode",
+                                                      "moe_fp4_decode", "moe_fp4_decode_native")]
+    assert len(sums) >= 4 and all(min(f["loads"]) >= 8 for f in sums), sums
     # every launch's grid, and the rounds of an H200's SMs it fills (all grids are tuples here)
     assert all(r["programs"] > 0 and r["waves"] is not None for r in kernels)
     assert streaming <= {r["kernel"] for r in kernels}
@@ -173,6 +185,35 @@ def test_sass_loops_are_the_backward_branches_ranges_counted_by_kind():
                       "global_stores": 0, "shared": 0, "shuffles": 1, "mma": 1,
                       "atomics": 0}]   # the forward branch and the one-line spin are no loop
     assert sass_loops(SASS) == []     # under 16 instructions: left out by default
+
+
+FINISH = """
+        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0010*/                   ATOMG.E.ADD.STRONG.GPU PT, R6, desc[UR4][R8.64], R7 ;
+        /*0020*/                   LDG.E.128 R12, desc[UR4][R2.64] ;
+        /*0030*/                   LDG.E R16, desc[UR4][R10.64] ;
+        /*0040*/                   LDG.E R22, desc[UR4][R10.64+0x4] ;
+        /*0050*/                   MOV R22, RZ ;
+        /*0060*/                   FADD R17, R22, R15 ;
+        /*0070*/                   LDG.E R18, desc[UR4][R16.64] ;
+        /*0080*/                   FADD R19, RZ, R18 ;
+        /*0090*/                   LDG.E R20, desc[UR4][R2.64+0x10] ;
+        /*00a0*/                   FADD R21, R21, R20 ;
+        /*00b0*/               @P0 BRA 0x90 ;
+        /*00c0*/                   STG.E desc[UR4][R2.64], R21 ;
+        /*00d0*/                   EXIT ;
+"""
+
+
+def test_finish_waits_count_the_loads_each_wait_of_a_finisher_is_for():
+    """After the arrival (the last ATOMG): 3 loads out, then a use of the 128-bit one's last
+    register waits for them (the one overwritten first is no wait); a load whose address came
+    from them goes out after, and its use waits alone; so does the loop's, every iteration.
+    The load before the arrival is not the finisher's; no arrival, no finisher."""
+    from model.kernels.cross_compile import finish_waits
+
+    assert finish_waits(FINISH) == {"loads": [3, 1, 1], "in_loops": 1}
+    assert finish_waits(SASS) is None
 
 
 def test_a_loop_of_mmas_without_asynchronous_loads_is_not_pipelined():
