@@ -34,6 +34,7 @@ from model.kernels import fp4_keys, kv_fp8, quant
 from model.kernels.fp4_keys import INDEX_KEY_BLOCK, IndexKeyLayout
 from model.kernels.kv_fp8 import KV_QUANT_BLOCK, KVLayout
 from model.kernels.launch import grid_entry, interpreter_fp32, pdl, rows_of
+from model.kernels.norm_rope import rope_cos_sin
 from model.kernels.quant_triton import (
     FP4_CONSTANTS,
     FP8_CONSTANTS,
@@ -149,8 +150,7 @@ def rope_row(y, ang_ptr, D, R2, BLOCK_D: tl.constexpr, position=None):
     angle = tl.load(ang_ptr + j, mask=rot, other=0.0)
     if position is not None:
         angle = position.to(tl.float32) * angle
-    cos = tl.cos(angle)
-    sin = tl.sin(angle)
+    cos, sin = rope_cos_sin(angle)
     return tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (BLOCK_D,))
 
 

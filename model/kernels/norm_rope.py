@@ -28,6 +28,29 @@ from model.kernels.launch import grid_entry, interpreter_fp32, pdl, rows_of, row
 
 MAX_BLOCK_D = 8192  # widest row chunk held in registers by one RMSNorm program
 
+# 2π in three parts (Cody–Waite), for ``rope_cos_sin``: the first two have 5 significant bits,
+# so k · part is exact for any k < 2^19 (angles up to 3.3M radians); the third is the rest
+TWO_PI_HI = tl.constexpr(6.25)
+TWO_PI_MID = tl.constexpr(0.033203125)
+TWO_PI_LO = tl.constexpr(-1.7817820413768004e-05)
+INV_TWO_PI = tl.constexpr(0.15915494309189535)
+
+
+@triton.jit
+def rope_cos_sin(angle):
+    """cos and sin of RoPE angles (fp32), the angle first reduced by a whole number of turns
+    to about [−π, π]. A GPU's precise sin / cos leave their fast path past |x| ≈ 105,615: a
+    loop of dependent loads from a table of 2/π's bits, run by the warp when any lane needs it
+    — and an angle is position × frequency, the first pair's frequency 1, so every decode step
+    past position 105,615 took it, in every kernel that rotates (session 21). The reduction is
+    exact to about 3e-7 radians at a million, far below the fp32 angle's own rounding there
+    (half an ulp of 10^6 is 0.03)."""
+    turns = tl.floor(angle * INV_TWO_PI + 0.5)
+    r = angle - turns * TWO_PI_HI
+    r = r - turns * TWO_PI_MID
+    r = r - turns * TWO_PI_LO
+    return tl.cos(r), tl.sin(r)
+
 
 
 
@@ -149,8 +172,7 @@ def _rope_kernel(x_ptr, ang_ptr, out_ptr, n_rows, HEADS, SEQ, D, NOPE_PAIRS, R2,
     j = pairs - NOPE_PAIRS  # rope pair index, < 0 for the pairs passed through
     rotated = mask & (j >= 0)[None, :]
     angle = tl.load(ang_ptr + token[:, None] * R2 + j[None, :], mask=rotated, other=0.0)
-    cos = tl.cos(angle)
-    sin = tl.sin(angle)
+    cos, sin = rope_cos_sin(angle)
     if INVERSE:
         sin = -sin
     new_even = tl.where(rotated, even * cos - odd * sin, even)

@@ -44,7 +44,7 @@ from model.kernels.launch import (
     last_to_arrive,
     pdl,
 )
-from model.kernels.norm_rope import apply_rope_reference
+from model.kernels.norm_rope import apply_rope_reference, rope_cos_sin
 
 DENSE_ROWS_FACTOR = 2   # reference: a query block whose distinct rows ≤ 2·k attends them densely
 
@@ -196,8 +196,9 @@ def _unrope_tile(o, ang_ptr, token, col0, D, R2, BLOCK_H: tl.constexpr, BLOCK_DV
     j = pair - (D // 2 - R2)                          # RoPE pair index; < 0: not rotated
     rotated = (j >= 0) & (pair < D // 2)
     angle = tl.load(ang_ptr + token.to(tl.int64) * R2 + j, mask=rotated, other=0.0)
-    cos = tl.cos(angle)[None, :]
-    sin = -tl.sin(angle)[None, :]
+    cos, sin = rope_cos_sin(angle)
+    cos = cos[None, :]
+    sin = -sin[None, :]
     new_even = tl.where(rotated[None, :], even * cos - odd * sin, even)
     new_odd = tl.where(rotated[None, :], even * sin + odd * cos, odd)
     return tl.reshape(tl.join(new_even, new_odd), [BLOCK_H, BLOCK_DV])

@@ -140,6 +140,21 @@ def test_apply_rope_rotates_each_position_by_its_angle():
     assert torch.allclose(back, x, atol=1e-6)
 
 
+def test_rope_turns_angles_past_the_fast_sin_range_as_float64_would():
+    """Angles of a long context — positions past 105,615, where a GPU's precise sin / cos take
+    their slow path, up to a million — are reduced by whole turns in the kernel
+    (``rope_cos_sin``) and rotate as float64's cos / sin of the same fp32 angle do, to 5e-7
+    (the reduction's error is about 3e-7 radians at a million)."""
+    positions = torch.tensor([0.0, 1.0, 105_616.0, 131_071.0, 524_287.0, 1_000_000.0])
+    angles = (positions[:, None] * torch.tensor([1.0, 0.75, 3e-3, 1e-4])).float()
+    x = torch.zeros(1, len(positions), 8)
+    x[..., 0::2] = 1.0                                  # each pair (1, 0): it turns to (cos, sin)
+    got = apply_rope_triton(x, angles)
+    exact = angles.double()
+    torch.testing.assert_close(got[0, :, 0::2].double(), exact.cos(), rtol=0, atol=5e-7)
+    torch.testing.assert_close(got[0, :, 1::2].double(), exact.sin(), rtol=0, atol=5e-7)
+
+
 def test_apply_rope_non_contiguous_bf16():
     x = torch.randn(1, 4, 3, 64).to(torch.bfloat16).transpose(1, 2)  # [b, s=3, h=4, d], strided
     assert not x.is_contiguous()
