@@ -47,7 +47,7 @@ from model.kernels.cache_rows import (
     store_row,
     store_rows_reference,
 )
-from model.kernels.gemm import sum_parts, sum_splits
+from model.kernels.gemm import sum_parts, sum_parts_pair, sum_splits
 from model.kernels.launch import address, device_table, grid_entry, interpreter_fp32, pdl
 from model.layers.rope import apply_rope
 
@@ -223,8 +223,9 @@ def _pool_columns(row_ptr, S, part_stride, kv, gate, W, ape_ptr, ratio, out_ptr,
     slot = position % ratio
     ape = tl.load(ape_ptr + slot * W + cols, mask=mask, other=0.0)
     out = out_ptr + e * 2 * W + cols
-    tl.store(out, sum_parts(row_ptr + kv, S, part_stride, cols, mask), mask=mask)
-    tl.store(out + W, sum_parts(row_ptr + gate, S, part_stride, cols, mask) + ape, mask=mask)
+    kv_sum, gate_sum = sum_parts_pair(row_ptr + kv, row_ptr + gate, S, part_stride, cols, mask)
+    tl.store(out, kv_sum, mask=mask)
+    tl.store(out + W, gate_sum + ape, mask=mask)
 
 
 @triton.jit

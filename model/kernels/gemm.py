@@ -96,6 +96,29 @@ def sum_parts(ptr, S, part_stride, offs, mask):
 
 
 @triton.jit
+def sum_parts_pair(ptr, other_ptr, S, part_stride, offs, mask):
+    """``sum_parts`` of two sets of partials at the same offsets (a GLU's gate and up, a
+    compressor's kv and gate): each chunk's loads of both go out together, one wait a chunk
+    where two sums in turn took two → (Σ at ptr, Σ at other_ptr), each in split order."""
+    acc = tl.zeros(offs.shape, dtype=tl.float32)
+    other = tl.zeros(offs.shape, dtype=tl.float32)
+    first = ptr + offs
+    other_first = other_ptr + offs
+    for s0 in range(0, S, SUM_CHUNK):
+        parts = ()
+        others = ()
+        for i in tl.static_range(SUM_CHUNK):
+            there = mask & (s0 + i + 0 * offs < S)   # a tensor: the interpreter masks
+            step = ((s0 + i) * part_stride).to(tl.int64)
+            parts = parts + (tl.load(first + step, mask=there, other=0.0),)
+            others = others + (tl.load(other_first + step, mask=there, other=0.0),)
+        for i in tl.static_range(SUM_CHUNK):
+            acc += parts[i]
+            other += others[i]
+    return acc, other
+
+
+@triton.jit
 def sum_parts_unrolled(ptr, S: tl.constexpr, part_stride, offs, mask):
     """``sum_parts`` for S known when compiling: unrolled, so that a loop around it stays an
     innermost loop, the only kind Triton's software pipeliner takes."""

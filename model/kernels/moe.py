@@ -52,6 +52,7 @@ from model.kernels.gemm import (
     mma_fp4_tiles,
     place_fp4,
     plan_split_k,
+    sum_parts_pair,
     whole_k_tiles,
 )
 from model.kernels.launch import (
@@ -393,23 +394,10 @@ def _swiglu_block(part_ptr, slots_ptr, rw_ptr, h_ptr, pair, cols, P, N, N_SLOTS,
     e = tl.load(slots_ptr + pair)
     rw = tl.load(rw_ptr + pair)
     # the gate's and the up's partials, loaded beside the slot (a dropped pair's rows hold
-    # nothing: its h is 0 whatever they sum to), SUM_CHUNK splits of both at a time (one
-    # wait), each summed in split order (``sum_parts``' sums)
-    row = part_ptr + pair.to(tl.int64) * N + cols
-    to_up = (SPLITS * P).to(tl.int64) * N
-    gate = tl.zeros(cols.shape, dtype=tl.float32)
-    up = tl.zeros(cols.shape, dtype=tl.float32)
-    for s0 in range(0, SPLITS, SUM_CHUNK):
-        gates = ()
-        ups = ()
-        for i in tl.static_range(SUM_CHUNK):
-            there = mask & (s0 + i + 0 * cols < SPLITS)   # a tensor: the interpreter masks
-            at = row + ((s0 + i) * P).to(tl.int64) * N
-            gates = gates + (tl.load(at, mask=there, other=0.0),)
-            ups = ups + (tl.load(at + to_up, mask=there, other=0.0),)
-        for i in tl.static_range(SUM_CHUNK):
-            gate += gates[i]
-            up += ups[i]
+    # nothing: its h is 0 whatever they sum to), a chunk of splits of both a wait
+    base = part_ptr + pair.to(tl.int64) * N
+    gate, up = sum_parts_pair(base, base + (SPLITS * P).to(tl.int64) * N, SPLITS, P * N, cols,
+                              mask)
     h = tl.zeros(cols.shape, dtype=tl.float32)
     if (e >= 0) & (e < N_SLOTS):
         h = clamped_swiglu(gate, up, rw, limit)
