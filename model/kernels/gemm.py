@@ -80,42 +80,45 @@ SUM_CHUNK = tl.constexpr(8)   # partials a finish's sum loads before it adds the
 @triton.jit
 def sum_parts(ptr, S, part_stride, offs, mask):
     """Σ_s ptr[s · part_stride + offs] (fp32 K-split partials, any tile shape of ``offs``), in
-    split order (deterministic): the kernels' form of ``sum_splits``. SUM_CHUNK partials'
-    loads are issued before the first is added: a finish waits for memory once per SUM_CHUNK
-    splits, where it waited once a split (a split past S adds +0.0, which changes no sum)."""
-    acc = tl.zeros(offs.shape, dtype=tl.float32)
-    for s0 in range(0, S, SUM_CHUNK):
-        parts = ()
-        for i in tl.static_range(SUM_CHUNK):
-            there = mask & (s0 + i + 0 * offs < S)   # a tensor: the interpreter masks
-            parts = parts + (tl.load(ptr + (s0 + i) * part_stride + offs, mask=there,
-                                     other=0.0),)
-        for i in tl.static_range(SUM_CHUNK):
-            acc += parts[i]
+    split order (deterministic): the kernels' form of ``sum_splits`` (``sum_part_sets``)."""
+    (acc,) = sum_part_sets((ptr,), S, part_stride, offs, mask)
     return acc
 
 
 @triton.jit
 def sum_parts_pair(ptr, other_ptr, S, part_stride, offs, mask):
     """``sum_parts`` of two sets of partials at the same offsets (a GLU's gate and up, a
-    compressor's kv and gate): each chunk's loads of both go out together, one wait a chunk
-    where two sums in turn took two → (Σ at ptr, Σ at other_ptr), each in split order."""
-    acc = tl.zeros(offs.shape, dtype=tl.float32)
-    other = tl.zeros(offs.shape, dtype=tl.float32)
-    first = ptr + offs
-    other_first = other_ptr + offs
+    compressor's kv and gate) → (Σ at ptr, Σ at other_ptr): each chunk's loads of both go out
+    together, one wait a chunk where two sums in turn took two."""
+    return sum_part_sets((ptr, other_ptr), S, part_stride, offs, mask)
+
+
+@triton.jit
+def sum_part_sets(ptrs, S, part_stride, offs, mask):
+    """For each pointer of ``ptrs`` (a tuple), Σ_s ptr[s · part_stride + offs] in split order
+    → a tuple of sums. SUM_CHUNK splits' loads of every set are issued before the first is
+    added: a finish waits for memory once per SUM_CHUNK splits, where it waited once a split
+    (a split past S adds +0.0, which changes no sum)."""
+    firsts = ()
+    sums = ()
+    for p in tl.static_range(len(ptrs)):
+        firsts = firsts + (ptrs[p] + offs,)
+        sums = sums + (tl.zeros(offs.shape, dtype=tl.float32),)
     for s0 in range(0, S, SUM_CHUNK):
         parts = ()
-        others = ()
         for i in tl.static_range(SUM_CHUNK):
             there = mask & (s0 + i + 0 * offs < S)   # a tensor: the interpreter masks
             step = ((s0 + i) * part_stride).to(tl.int64)
-            parts = parts + (tl.load(first + step, mask=there, other=0.0),)
-            others = others + (tl.load(other_first + step, mask=there, other=0.0),)
-        for i in tl.static_range(SUM_CHUNK):
-            acc += parts[i]
-            other += others[i]
-    return acc, other
+            for p in tl.static_range(len(ptrs)):
+                parts = parts + (tl.load(firsts[p] + step, mask=there, other=0.0),)
+        added = ()
+        for p in tl.static_range(len(ptrs)):
+            total = sums[p]
+            for i in tl.static_range(SUM_CHUNK):
+                total += parts[i * len(ptrs) + p]
+            added = added + (total,)
+        sums = added
+    return sums
 
 
 @triton.jit
