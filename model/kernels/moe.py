@@ -255,16 +255,16 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
     pid_k = tl.program_id(2)
     splits = tl.num_programs(2)
     e = tl.load(slots_ptr + pair)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
     if (e >= 0) & (e < N_SLOTS):
         if UP:
             a_row = a_ptr + (pair // TOPK).to(tl.int64) * K
         else:
             a_row = a_ptr + pair.to(tl.int64) * K
-        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
         k_lo = pid_k * K_PER_SPLIT
         k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-        out = part_ptr + (pid_k * P + pair).to(tl.int64) * N + offs_n
         w_base = _slot_base(w_ptr, w_off_ptr, e, FULL)
         s_base = _slot_base(s_ptr, s_off_ptr, e, FULL)
         w3_base = _slot_base(w3_ptr, w3_off_ptr, e, FULL)
@@ -283,6 +283,11 @@ def _moe_gemv_kernel(a_ptr, slots_ptr, w_ptr, w_off_ptr, s_ptr, s_off_ptr, w3_pt
         tl.store(out, acc, mask=mask_n)
         if UP:
             tl.store(out + (splits * P).to(tl.int64) * N, acc3, mask=mask_n)
+    else:   # a dropped pair: its partials are zeros, so the epilogues' sums add numbers
+        zeros = tl.zeros([BLOCK_N], dtype=tl.float32)
+        tl.store(out, zeros, mask=mask_n)
+        if UP:
+            tl.store(out + (splits * P).to(tl.int64) * N, zeros, mask=mask_n)
     if FINISH:
         if UP:   # the group: this pair's N tiles of one EPILOGUE of columns, all splits
             TILES: tl.constexpr = EPILOGUE // BLOCK_N
@@ -393,8 +398,8 @@ def _swiglu_block(part_ptr, slots_ptr, rw_ptr, h_ptr, pair, cols, P, N, N_SLOTS,
     mask = cols < N
     e = tl.load(slots_ptr + pair)
     rw = tl.load(rw_ptr + pair)
-    # the gate's and the up's partials, loaded beside the slot (a dropped pair's rows hold
-    # nothing: its h is 0 whatever they sum to), a chunk of splits of both a wait
+    # the gate's and the up's partials, loaded beside the slot (a dropped pair's GEMV
+    # programs stored zeros; its h is 0 whatever), a chunk of splits of both a wait
     base = part_ptr + pair.to(tl.int64) * N
     gate, up = sum_parts_pair(base, base + (SPLITS * P).to(tl.int64) * N, SPLITS, P * N, cols,
                               mask)
@@ -507,8 +512,9 @@ def _combine_row(part_ptr, key_ptr, add_ptr, y_ptr, t, cols, mask, TOPK, N, ROWS
         extra = tl.load(add_ptr + t.to(tl.int64) * N + cols, mask=mask, other=0.0)
     # the token's TOPK × SPLITS partials in (slot, split) order, SUM_CHUNK of them at a time:
     # their loads issued together, then their sum. BY_SLOT, a partial's row is its pair, known
-    # before its slot: it is loaded beside the slots, and zeroed where the slot is empty (an
-    # empty pair's row holds whatever it held); else its row is the key, loaded first.
+    # before its slot: it is loaded beside the slots, and zeroed where the slot is empty (the
+    # GEMV stored zeros there too) or the item is past the last; else its row is the key,
+    # loaded first.
     acc = tl.zeros(cols.shape, dtype=tl.float32)
     items = TOPK * SPLITS
     for q0 in range(0, items, SUM_CHUNK):

@@ -482,3 +482,30 @@ def test_the_decode_sums_load_their_partials_a_chunk_at_a_time(finish, monkeypat
     assert torch.equal(chunked, whole)
     want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT, add=shared)
     assert torch.allclose(chunked, want, atol=1e-4, rtol=1e-3), (chunked - want).abs().max()
+
+
+@pytest.mark.parametrize("finish", ["fused", "kernel"])
+def test_a_dropped_pairs_gemv_programs_write_zero_partials(finish, monkeypatch):
+    """Every fp32 partial the decode GEMVs leave for the epilogues holds a number: a dropped
+    pair's programs store zeros, so the epilogues' sums never add what the buffer held before
+    (NaN here: ``torch.empty`` poisoned) — at decode every partial of the batch is read."""
+    made = []
+
+    def poisoned_empty(*shape, **kw):
+        out = torch.full(shape[0] if len(shape) == 1 and not isinstance(shape[0], int)
+                         else shape, float("nan"), **kw)
+        made.append(out)
+        return out
+
+    bank, x, g = _bank_and_input(5, 96, 320, seed=43)
+    weights = torch.rand(5, 3, generator=g)
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    got = moe_fp4_triton(x, weights, RAGGED, bank, LIMIT, decode=True, split_k=2, block_k=32,
+                         finish=finish)
+    monkeypatch.undo()
+    parts = [t for t in made if t.dtype == torch.float32 and t.dim() == 4]
+    assert len(parts) == 2                           # the gate/up's and the down's
+    assert all(not t.isnan().any() for t in parts)
+    assert (parts[0][:, :, RAGGED.view(-1) < 0] == 0).all()
+    want = moe_fp4_reference(x, weights, RAGGED, bank, LIMIT)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-3), (got - want).abs().max()
