@@ -44,7 +44,7 @@ from model.kernels.launch import (
 )
 from model.kernels.norm_rope import rms_norm_reference
 from model.kernels.quant_triton import SIGN_BIT
-from model.kernels.residency import TARGET_PROGRAMS, resident_programs, split_k
+from model.kernels.residency import TARGET_PROGRAMS, Launch, plan_by_residency, split_k
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,12 +596,11 @@ def fp8_gemm_triton(x: torch.Tensor | SplitK, weight: torch.Tensor, scale: torch
                     float(norm[1]) if norm is not None else 0.0, *part_strides, kb_per_split,
                     acc, counts)
 
-        splits, kb_per_split = fp8_k_splits(m, n, k, block_n) if k_splits else (1, kb)
-        if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
-            slots = resident_programs(_fp8_gemm_kernel, y.device, options(splits),
-                                      (x2.dtype, u2.dtype, y.dtype),
-                                      lambda: arguments(splits, kb_per_split))
-            splits, kb_per_split = fp8_k_splits(m, n, k, block_n, slots)
+        splits, kb_per_split = plan_by_residency(   # the splits the compiled kernel runs best
+            lambda slots: fp8_k_splits(m, n, k, block_n, slots) if k_splits else (1, kb),
+            lambda plan: Launch(_fp8_gemm_kernel, options(plan[0]),
+                                (x2.dtype, u2.dtype, y.dtype), lambda: arguments(*plan))
+            if plan[0] > 1 else None, y.device, rounds)
         _fp8_gemm_kernel[(*tiles, splits)](*arguments(splits, kb_per_split), **options(splits))
     return y.to(dtype).reshape(*lead, n)
 
@@ -706,31 +705,32 @@ def fp4_gemm_triton(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
         if mma_fp4_tiles(k, k_per_split, bk, packed, scale):
             mma_options = dict(BLOCK_N=MMA_BLOCK_N, BLOCK_K=bk, BF16=x2.dtype == torch.bfloat16,
                                PREC=prec, **pdl(x2.device))
-            if rounds and split_k is None and splits > 1:
-                slots = resident_programs(
-                    _fp4_gemm_mma_kernel, x2.device, mma_options, (x2.dtype, y.dtype),
-                    lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
-                bk, splits, k_per_split = fp4_mma_plan(m, n, k, block_k, None, slots)
+            bk, splits, k_per_split = plan_by_residency(
+                lambda slots: fp4_mma_plan(m, n, k, block_k, split_k, slots),
+                lambda plan: Launch(_fp4_gemm_mma_kernel, mma_options, (x2.dtype, y.dtype),
+                                    lambda: (x2, w8, s8, partials(plan[1]), m, n, k, plan[2]))
+                if split_k is None and plan[1] > 1 else None, x2.device, rounds)
             out = partials(splits)
             _fp4_gemm_mma_kernel[(triton.cdiv(n, MMA_BLOCK_N), splits)](
                 x2, w8, s8, out, m, n, k, k_per_split, **mma_options)
             y = out if splits == 1 else out.sum(0)
             return y.to(x.dtype).reshape(*x.shape[:-1], n)
     if m and n:
-        def options(k_per_split: int) -> dict:
+        def options(plan: tuple[int, int, int, int, int]) -> dict:
+            bm, bn, bk, _, k_per_split = plan
             return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PREC=prec,
                         FULL=full_fp4_tiles(k, k_per_split, bk, packed, scale),
                         **pdl(x2.device))
 
-        bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, split_k)
-        if rounds and split_k is None and splits > 1:
-            slots = resident_programs(
-                _fp4_gemm_kernel, x2.device, options(k_per_split), (x2.dtype, y.dtype),
-                lambda: (x2, w8, s8, partials(splits), m, n, k, k_per_split))
-            bm, bn, bk, splits, k_per_split = fp4_gemm_plan(m, n, k, block_k, None, slots)
+        plan = plan_by_residency(
+            lambda slots: fp4_gemm_plan(m, n, k, block_k, split_k, slots),
+            lambda plan: Launch(_fp4_gemm_kernel, options(plan), (x2.dtype, y.dtype),
+                                lambda: (x2, w8, s8, partials(plan[3]), m, n, k, plan[4]))
+            if split_k is None and plan[3] > 1 else None, x2.device, rounds)
+        bm, bn, _, splits, k_per_split = plan
         out = partials(splits)
         _fp4_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), splits)](
-            x2, w8, s8, out, m, n, k, k_per_split, **options(k_per_split))
+            x2, w8, s8, out, m, n, k, k_per_split, **options(plan))
         if splits > 1:
             y = out.sum(0)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

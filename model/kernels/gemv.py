@@ -24,7 +24,7 @@ import triton.language as tl
 
 from model.kernels.gemm import MMA_BLOCK_N, SplitK, e8m0_scale, sum_splits
 from model.kernels.launch import grid_entry_prefetching, interpreter_fp32, interpreting, pdl
-from model.kernels.residency import resident_programs, split_k
+from model.kernels.residency import Launch, plan_by_residency, split_k
 
 MAX_ROWS = 16            # rows of x this kernel takes (decode); more → dequantise + GEMM
 TILE_ELEMENTS = 4096     # BLOCK_M · BLOCK_N · BLOCK_K products held per step
@@ -230,11 +230,11 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | Non
         return (x3, w, s, partial, m, n, k, triton.cdiv(k, 128), rows_w, k_per_split)
 
     k_blocks = triton.cdiv(k, block_k)
-    splits, per = split_k(tiles, k_blocks, k_blocks, None)
-    if rounds and splits > 1:   # as many as the compiled kernel's residency runs best
-        slots = resident_programs(kernel, w.device, options, (x3.dtype, w.dtype),
-                                  lambda: arguments(splits, per * block_k))
-        splits, per = split_k(tiles, k_blocks, k_blocks, slots)
+    splits, per = plan_by_residency(   # as many splits as the compiled kernel runs best
+        lambda slots: split_k(tiles, k_blocks, k_blocks, slots),
+        lambda plan: Launch(kernel, options, (x3.dtype, w.dtype),
+                            lambda: arguments(plan[0], plan[1] * block_k))
+        if plan[0] > 1 else None, w.device, rounds)
     args = arguments(splits, per * block_k)
     kernel[(tiles, splits)](*args, **options)
     partial = args[3]

@@ -64,7 +64,7 @@ from model.kernels.launch import (
     pdl,
 )
 from model.kernels.quant_triton import _e4m3_values, _scale_exponent
-from model.kernels.residency import compiling, resident_programs
+from model.kernels.residency import Launch, plan_by_residency
 
 DECODE_MAX_PAIRS = 64  # T·k up to this: unsorted per-pair GEMV path
 DECODE_BLOCK_N = 32    # GEMV tile: 32 weight rows × 64 bytes per step
@@ -638,18 +638,19 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
                  arrivals(t * down_tiles, dev) if fused else part, topk, p, dim, inter, k_per,
                  n_exp, float(limit)), part)
 
-    (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, split_k,
-                                                             block_n)
-    if rounds and split_k is None and compiling():   # each GEMV's splits by its residency
-        dtypes = (xin.dtype, flat.dtype, h.dtype, None if add is None else add.dtype)
-        resident = (resident_programs(_moe_gemv_kernel, dev, up_options(k_per), dtypes,
-                                      lambda: up_arguments(splits, k_per)[0])
-                    if splits > 1 else None,
-                    resident_programs(_moe_gemv_kernel, dev, down_options(k_per_down), dtypes,
-                                      lambda: down_arguments(splits_down, k_per_down)[0])
-                    if splits_down > 1 else None)
-        (splits, k_per), (splits_down, k_per_down) = decode_plan(p, dim, inter, block_k, None,
-                                                                 block_n, resident)
+    # each GEMV's splits: as many as its compiled kernel runs best
+    dtypes = (xin.dtype, flat.dtype, h.dtype, None if add is None else add.dtype)
+
+    def planned(which: int, options, arguments) -> tuple[int, int]:  # noqa: ANN001
+        return plan_by_residency(
+            lambda slots: decode_plan(p, dim, inter, block_k, split_k, block_n,
+                                      (slots, slots))[which],
+            lambda plan: Launch(_moe_gemv_kernel, options(plan[1]), dtypes,
+                                lambda: arguments(*plan)[0])
+            if split_k is None and plan[0] > 1 else None, dev, rounds)
+
+    splits, k_per = planned(0, up_options, up_arguments)
+    splits_down, k_per_down = planned(1, down_options, down_arguments)
     args, part = up_arguments(splits, k_per)
     _moe_gemv_kernel[(p, up_tiles, splits)](*args, **up_options(k_per))
     if not fused:

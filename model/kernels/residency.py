@@ -22,6 +22,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import torch
 from triton.runtime import driver
@@ -159,3 +160,32 @@ def resident_programs(kernel: JITFunction, device: torch.device, options: dict,
                                limits)["blocks_per_sm"]
             _SLOTS[key] = blocks * limits["sms"] or None   # 0: it cannot launch at all
     return _SLOTS[key]
+
+
+class Launch(NamedTuple):
+    """A launch as ``resident_programs`` asks about it: ``kernel[grid](*arguments(),
+    **options)``, its tensors of ``dtypes``."""
+    kernel: JITFunction
+    options: dict
+    dtypes: tuple
+    arguments: Callable[[], tuple]
+
+
+Plan = TypeVar("Plan")
+
+
+def plan_by_residency(plan: Callable[[int | None], Plan],
+                      launch: Callable[[Plan], Launch | None], device: torch.device,
+                      rounds: bool = True) -> Plan:
+    """A split-K wrapper's plan: ``plan(None)`` (from the shapes alone: the old rule), then —
+    where ``rounds`` (a launch choice), launches compile here and ``launch`` says that plan
+    splits K (the launch it makes; None: one split, or splits the caller fixed) — ``plan``
+    again with the programs of that launch ``device`` holds at once."""
+    first = plan(None)
+    if not rounds or not compiling():
+        return first
+    asked = launch(first)
+    if asked is None:
+        return first
+    return plan(resident_programs(asked.kernel, device, asked.options, asked.dtypes,
+                                  asked.arguments))
