@@ -16,6 +16,8 @@ a digit scan per 8-bit digit, counting kernels, cub scans, the gather and a sort
    power of two) and overwrites them with their rows.
 
 A row reads its scores five times (from L2: 128 KB at 32K keys), and writes k int64 twice.
+Every pass over a row or the candidates (``_digit``, ``_take``, ``_split``) issues the next
+tile's load before it works on this one's, so a tile's trip to L2 overlaps the tile before.
 
 Counted (``select_row(COUNTED=True)``: the indexer's scores kernel at decode, where a query's
 keys are split over many programs and the last to finish picks alone). The programs that
@@ -71,16 +73,24 @@ def ordered(score):
 
 
 @triton.jit
-def _keys(src, offs, valid, PACKED: tl.constexpr):
-    """Keys of a tile of a pick's source → (ordered key, packed (score, row)): an fp32 score row
-    (row = position), or PACKED candidates (``pack``'d; their key is the high half)."""
+def _tile(src, offs, limit, PACKED: tl.constexpr):
+    """A tile of a pick's source, src[offs] below ``limit`` (from L2: ``.cg``): fp32 scores,
+    or PACKED candidates (int64, ``pack``'d)."""
     if PACKED:
-        packed = tl.load(src + offs, mask=valid, other=0, cache_modifier=".cg")
-        key = (packed >> 32) + 2147483648
+        return tl.load(src + offs, mask=offs < limit, other=0, cache_modifier=".cg")
+    return tl.load(src + offs, mask=offs < limit, other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
+def _keys(tile, offs, PACKED: tl.constexpr):
+    """A ``_tile`` at positions offs → (ordered key, packed (score, row)): a score's row is its
+    position; a candidate's key is its high half."""
+    if PACKED:
+        key = (tile >> 32) + 2147483648
+        packed = tile
     else:
-        score = tl.load(src + offs, mask=valid, other=0.0, cache_modifier=".cg")
-        key = ordered(score)
-        packed = pack(score, offs)
+        key = ordered(tile)
+        packed = pack(tile, offs)
     return key, packed
 
 
@@ -127,10 +137,13 @@ def _digit(src, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr,
     (bits SHIFT.. of BITS) that holds the ``need``-th largest → (prefix with that digit, how many
     of the keys with the new prefix are still needed)."""
     hist = tl.zeros([1 << BITS], dtype=tl.int32)
+    tile = _tile(src, tl.arange(0, BLOCK), limit, PACKED)
     for n0 in range(0, limit, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
-        key, _ = _keys(src, offs, valid, PACKED)
+        following = _tile(src, offs + BLOCK, limit, PACKED)   # in flight over this tile's work
+        key, _ = _keys(tile, offs, PACKED)
+        tile = following
         if SHIFT + BITS < 32:
             valid = valid & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
         digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
@@ -167,10 +180,13 @@ def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
     """Every key above ``thresh`` among src[:limit], then its first ``need`` ties, packed into
     dest[taken:] in source order."""
     ties = tl.full([], 0, dtype=tl.int32)
+    tile = _tile(src, tl.arange(0, BLOCK), limit, PACKED)
     for n0 in range(0, limit, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
-        key, packed = _keys(src, offs, valid, PACKED)
+        following = _tile(src, offs + BLOCK, limit, PACKED)   # in flight over this tile's work
+        key, packed = _keys(tile, offs, PACKED)
+        tile = following
         above = valid & (key > thresh)
         tie = valid & (key == thresh)
         above_upto, ties_upto, above_n, ties_n = _running_counts(above, tie)
@@ -187,20 +203,16 @@ def _take(src, limit, thresh, need, dest, taken, BLOCK: tl.constexpr,
 @triton.jit
 def _split(row_ptr, limit, top, dest, cand, BLOCK: tl.constexpr):
     """One pass over the row: the keys whose top digit is above ``top`` (all picked) packed into
-    dest, those equal to it (the candidates) packed into cand, both in row order. The next
-    tile's load is issued before this tile's scans, so one L2 round trip overlaps them."""
+    dest, those equal to it (the candidates) packed into cand, both in row order."""
     taken = tl.full([], 0, dtype=tl.int32)
     held = tl.full([], 0, dtype=tl.int32)
-    head = tl.arange(0, BLOCK)
-    score = tl.load(row_ptr + head, mask=head < limit, other=0.0, cache_modifier=".cg")
+    tile = _tile(row_ptr, tl.arange(0, BLOCK), limit, False)
     for n0 in range(0, limit, BLOCK):
         offs = n0 + tl.arange(0, BLOCK)
         valid = offs < limit
-        ahead = offs + BLOCK
-        following = tl.load(row_ptr + ahead, mask=ahead < limit, other=0.0, cache_modifier=".cg")
-        key = ordered(score)
-        packed = pack(score, offs)
-        score = following
+        following = _tile(row_ptr, offs + BLOCK, limit, False)
+        key, packed = _keys(tile, offs, False)
+        tile = following
         digit = key >> (32 - TOP_BITS)
         above = valid & (digit > top)
         same = valid & (digit == top)
