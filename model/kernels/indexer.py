@@ -14,9 +14,12 @@ the 0.79 ms decode call on the H200, 2026-11-28). Each query reads every key its
 2·K_PAD entries per tile.
 
 Scores (``_indexer_scores_block`` + ``topk_select``): one program per (BLOCK_T queries, key chunk,
-batch) holds the queries of all H heads as the BLOCK_T·H = 128-row M side of tl.dot, and each key
-tile it loads is used by all of them. Per tile of BLOCK_N keys it reads BLOCK_N·D·2 bytes (bf16)
-and does 2·BLOCK_T·H·D·BLOCK_N FLOPs on tensor cores, 128 FLOPs per key byte (L2-resident keys).
+batch) holds the queries of all H heads as the BLOCK_T·H = 128-column N side of tl.dot, and each
+key tile it loads is the dot's M side, used by all of them: a thread then holds one key's dots
+for many heads, so the weighted head sum is its own adds and two shuffles (with the heads on the
+M side it took 104 shuffles and a trip through shared memory a tile; session 22). Per tile of
+BLOCK_N keys it reads BLOCK_N·D·2 bytes (bf16) and does 2·BLOCK_T·H·D·BLOCK_N FLOPs on tensor
+cores, 128 FLOPs per key byte (L2-resident keys).
 ReLU, the head weights and the head sum stay in registers; the program writes one fp32 score per
 (query, key) to a scratch of a block of queries × visible keys (≤ ``PREFILL_SCRATCH_BYTES``, never
 the whole [s × n] matrix), 4 bytes per query·key against 2·H·D = 16K FLOPs of dot, and skips the
@@ -138,7 +141,7 @@ def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr, PDL: tl
 # bound of the fp32 score scratch of one block of queries: the references' block bound, which
 # the memory planner counts (model/memory.py SCRATCH_ELEMENTS)
 PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
-PREFILL_DOT_ROWS = 128          # BLOCK_T·BLOCK_H rows of the score dot (the M side)
+PREFILL_DOT_COLUMNS = 128          # BLOCK_T·BLOCK_H (query, head) columns of the score dot
 PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewer programs
 COUNTED_MIN_CHUNKS = 8          # keys split at least this far: the score programs count digits
 
@@ -157,7 +160,8 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                           PAIRS: tl.constexpr = False, PAIRS_BF16: tl.constexpr = False,
                           PDL: tl.constexpr = False):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
-    out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); dot rows are (query, head) pairs.
+    out [b, hi − lo, width] fp32 (−inf at j ≥ visible[t]); the dot's columns are (query, head)
+    pairs, its rows keys.
     TABLE (BLOCK_T = 1, b = 1: a decode step of several sequences, query t = sequence t): the
     query's own keys, at the address tab_ptr[t] (int64).
     PICK: the last of a query block's chunk programs to finish (an arrival count per block at
@@ -210,12 +214,15 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
         else:
             keys = load_key_tile(k_ptr, batch * N + offs_n, offs_n < seen, offs_d, D, PACKED,
                                  KEY_BLOCK, KEY_ALIGNED).to(q.dtype)
-        dots = tl.dot(q, tl.trans(keys), input_precision=PREC)      # [BLOCK_T·BLOCK_H, BLOCK_N]
-        weighted = tl.maximum(dots, 0.0) * w[:, None]
-        scores = tl.sum(tl.reshape(weighted, (BLOCK_T, BLOCK_H, BLOCK_N)), 1)
-        scores = tl.where(offs_n[None, :] < vis[:, None], scores, float("-inf"))
-        tl.store(out_ptr + out_rows[:, None] + offs_n[None, :], scores,
-                 mask=mask_t[:, None] & (offs_n < stop)[None, :])
+        # keys on the M side, the (query, head) pairs on N: a thread holds a key's scores for
+        # many heads, so the head sum is mostly its own adds (then its quad's), not shuffles
+        # across the warp's lanes and shared memory across its warps
+        dots = tl.dot(keys, tl.trans(q), input_precision=PREC)      # [BLOCK_N, BLOCK_T·BLOCK_H]
+        weighted = tl.maximum(dots, 0.0) * w[None, :]
+        scores = tl.sum(tl.reshape(weighted, (BLOCK_N, BLOCK_T, BLOCK_H)), 2)  # [N, BLOCK_T]
+        scores = tl.where(offs_n[:, None] < vis[None, :], scores, float("-inf"))
+        tl.store(out_ptr + out_rows[None, :] + offs_n[:, None], scores,
+                 mask=mask_t[None, :] & (offs_n < stop)[:, None])
     invisible = tl.full([BLOCK_T, BLOCK_N], float("-inf"), tl.float32)
     for n0 in range(start + tl.cdiv(seen - start, BLOCK_N) * BLOCK_N, stop, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -294,10 +301,10 @@ def _topk_merge(q, weights, keys, vis, k, prec, n_chunks, block_n) -> torch.Tens
 
 def _prefill_block_t(h: int, block_t: int | None, queries: int) -> int:
     """Queries per score program: a power of two with BLOCK_T·BLOCK_H ≥ 16 (tl.dot's minimum),
-    by default PREFILL_DOT_ROWS dot rows but no more queries than there are (a decode step's
-    one query: its H heads alone, no masked rows in the dot)."""
+    by default PREFILL_DOT_COLUMNS dot columns but no more queries than there are (a decode step's
+    one query: its H heads alone, no masked columns in the dot)."""
     block_h = triton.next_power_of_2(h)
-    want = block_t or max(1, min(PREFILL_DOT_ROWS // block_h, triton.next_power_of_2(queries)))
+    want = block_t or max(1, min(PREFILL_DOT_COLUMNS // block_h, triton.next_power_of_2(queries)))
     return max(triton.next_power_of_2(want), triton.cdiv(16, block_h))
 
 
