@@ -144,6 +144,11 @@ PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
 PREFILL_DOT_COLUMNS = 128          # BLOCK_T·BLOCK_H (query, head) columns of the score dot
 PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewer programs
 COUNTED_MIN_CHUNKS = 8          # keys split at least this far: the score programs count digits
+# The score programs' pipeline: 2 key tiles in flight, not Triton's default 3, so that two
+# programs share an SM (sm_90, triton 3.6, bf16 keys: 99 KB of shared memory, was 132 KB) —
+# a decode step's 256 programs fill the SMs once instead of twice, and at prefill one
+# program's pick runs beside another's dots. A decode program has one tile: nothing to pipeline.
+SCORE_STAGES = 2
 
 
 @triton.jit
@@ -373,7 +378,7 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         KEY_ALIGNED=aligned, TABLE=table is not None, **pick,
         PAIRS=pairs, PAIRS_BF16=pairs and q.dtype == torch.bfloat16,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
-        or picks is not None else 4, **pdl(q.device))
+        or picks is not None else 4, num_stages=SCORE_STAGES, **pdl(q.device))
     if picks is not None and not pick.get("PICK"):
         topk_select.pick_counted(scores, hist, arrive, k, vis[lo:hi] if causal else None, picks)
 
