@@ -144,6 +144,12 @@ PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
 PREFILL_DOT_COLUMNS = 128          # BLOCK_T·BLOCK_H (query, head) columns of the score dot
 PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewer programs
 COUNTED_MIN_CHUNKS = 8          # keys split at least this far: the score programs count digits
+# A prefill program (one chunk: all of its queries' keys) counts its rows' top digits itself,
+# one pass, from this many keys on: the pick then reads the row twice, not five times, for a
+# histogram of 16 KB and a candidate scratch of a quarter of the row's keys (int64) a query,
+# which the query block's bound (PREFILL_SCRATCH_BYTES) includes
+PREFILL_COUNTED_KEYS = 4096
+PREFILL_COUNT_BLOCK = 256      # keys of each of its rows a prefill program counts a step
 # The score programs' pipeline: 2 key tiles in flight, not Triton's default 3, so that two
 # programs share an SM (sm_90, triton 3.6, bf16 keys: 99 KB of shared memory, was 132 KB) —
 # a decode step's 256 programs fill the SMs once instead of twice, and at prefill one
@@ -162,6 +168,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                           KEY_ALIGNED: tl.constexpr = False,
                           CAUSAL: tl.constexpr = True, K_PAD: tl.constexpr = 16,
                           SELECT_BLOCK: tl.constexpr = 1024, COUNTED: tl.constexpr = False,
+                          COUNT_BLOCK: tl.constexpr = 128,
                           PAIRS: tl.constexpr = False, PAIRS_BF16: tl.constexpr = False,
                           PDL: tl.constexpr = False):
     """Scores of queries [lo + pid·BLOCK_T, +BLOCK_T) ∩ [lo, hi) against keys of one chunk, into
@@ -173,10 +180,11 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     cnt_ptr, zero before and after the launch) picks each of its queries' k best from the
     scores row (``topk_select.select_row``; up to visible[t] when CAUSAL) into picks
     [b, hi − lo, k] (strides pick_batch, pick_row): scores and pick in one launch.
-    COUNTED (PICK, the keys split over several programs: a decode step): each program also
-    counts its scores' top key digits into its queries' histograms (hist_ptr, HIST_BINS int32
-    a query, zero before and after the launch), so the pick starts from them and keeps the
-    keys sharing the k-th's top digit in cand_ptr (``cap`` int64 a query).
+    COUNTED (PICK, the keys split over several programs — a decode step — or a prefill's long
+    rows): each program also counts its scores' top key digits, COUNT_BLOCK keys a step, into
+    its queries' histograms (hist_ptr, HIST_BINS int32 a query, zero before and after the
+    launch), so the pick starts from them and keeps the keys sharing the k-th's top digit in
+    cand_ptr (``cap`` int64 a query).
     PAIRS (packed keys that ``fp4_keys.key_pairs`` allows): the keys decoded two codes a register
     (``fp4_keys.load_key_pairs``; bf16 tiles when PAIRS_BF16), the queries taken to their column
     order once."""
@@ -238,13 +246,14 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
         limits = tl.where(mask_t, stop, 0)
         if CAUSAL:   # the pick's keys: up to each query's visible count
             limits = tl.minimum(limits, vis)
-        for n0 in range(start, stop, BLOCK_N):
-            topk_select.count_top_digits(out_ptr + out_rows, n0, limits, hist_rows, BLOCK_N)
+        for n0 in range(start, tl.max(limits, 0), COUNT_BLOCK):
+            topk_select.count_top_digits(out_ptr + out_rows, n0, limits, hist_rows,
+                                         COUNT_BLOCK)
     if PICK:
         # the block's last chunk to arrive sees every chunk's scores
         if last_to_arrive(cnt_ptr + batch * tl.num_programs(0) + pid_t, tl.num_programs(1)):
-            for r in range(0, BLOCK_T):
-                t = first + r
+            for r in tl.static_range(0, BLOCK_T):   # unrolled: in a loop, the counted pick
+                t = first + r                        # held 179 registers at BLOCK_T = 2, 123 so
                 if t < hi:
                     limit = topk_select.row_limit(vis_ptr, t, width, CAUSAL)
                     query = batch * (hi - lo) + t - lo
@@ -313,9 +322,24 @@ def _prefill_block_t(h: int, block_t: int | None, queries: int) -> int:
     return max(triton.next_power_of_2(want), triton.cdiv(16, block_h))
 
 
-def _prefill_query_rows(b: int, s: int, n: int, block_t: int) -> int:
-    """Queries per host block so that the scratch [b, rows, n] fp32 fits the bound."""
-    rows = PREFILL_SCRATCH_BYTES // (4 * b * max(1, n))
+def _candidates(width: int, split: bool) -> int:
+    """The candidate scratch of a counted pick (int64 a query): ``topk_select.CANDIDATES`` for
+    a row split over programs (a decode step's one query), a quarter of the row at prefill."""
+    return min(topk_select.CANDIDATES, width if split else max(1, width // 4))
+
+
+def _pick_bytes(n: int, select: str) -> int:
+    """What a prefill query's counted pick holds beside its n scores (``_launch_scores``): the
+    histogram and the candidates, where it counts."""
+    if select not in ("fused", "parallel") or n < PREFILL_COUNTED_KEYS:
+        return 0
+    return 4 * topk_select.HIST_BINS.value + 8 * _candidates(n, False)
+
+
+def _prefill_query_rows(b: int, s: int, n: int, block_t: int, pick_bytes: int = 0) -> int:
+    """Queries per host block so that the scratch [b, rows, n] fp32 (and ``pick_bytes`` a
+    query: ``_pick_bytes``) fits the bound."""
+    rows = PREFILL_SCRATCH_BYTES // (b * (4 * max(1, n) + pick_bytes))
     return min(s, max(block_t, rows // block_t * block_t))
 
 
@@ -327,11 +351,12 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
     ``keys_aligned`` says whether every query's packed keys are, as ``key_rows_aligned``);
     ``picks`` (int64 [b, hi − lo, k], unit stride along k): each query's k best go there from
     the same launch (PICK; up to its visible count when ``causal``), from digit counts the
-    score programs make where the keys are split over at least COUNTED_MIN_CHUNKS programs
-    (COUNTED), unless ``counted`` is False (four passes over each row, "fused_passes").
+    score programs make where the keys are split over at least COUNTED_MIN_CHUNKS programs or
+    the rows are at least PREFILL_COUNTED_KEYS long (COUNTED), unless ``counted`` is False
+    (four passes over each row, "fused_passes").
     ``parallel`` (with ``picks``, "parallel"): where the score programs count, the pick is
     ``topk_select.pick_counted``'s two launches of many programs a query instead of one program;
-    elsewhere (too few programs a query: prefill) the scores launch picks by passes.
+    elsewhere (short rows) the scores launch picks by passes.
     ``pairs``: packed keys decoded two codes a register where ``fp4_keys.key_pairs`` allows
     (PAIRS; a launch choice until a GPU run times it)."""
     b, s, h, d = q.shape
@@ -347,7 +372,8 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
     if picks is not None:
         assert picks.dtype == torch.int64 and picks.stride(-1) == 1 and picks.shape == (
             b, hi - lo, k), (picks.dtype, picks.shape)
-        counted = counted and chunks >= COUNTED_MIN_CHUNKS
+        split = chunks >= COUNTED_MIN_CHUNKS
+        counted = counted and (split or width >= PREFILL_COUNTED_KEYS)
         queries = b * (hi - lo)
         if parallel and counted:   # this launch counts; two launches of their own pick
             zeros = arrivals(queries * (1 + topk_select.HIST_BINS.value), q.device)
@@ -357,13 +383,14 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         else:
             zeros = arrivals(b * query_programs + (queries * topk_select.HIST_BINS.value
                                                    if counted else 0), q.device)
-            cap = min(topk_select.CANDIDATES, width) if counted else 0
+            cap = _candidates(width, split) if counted else 0
             cand = torch.empty(queries * cap if counted else 1, dtype=torch.int64,
                                device=q.device)
             pick_args = (picks, zeros[:b * query_programs], zeros[b * query_programs:], cand,
                          cap, k, picks.stride(0), picks.stride(1))
             pick = dict(PICK=True, CAUSAL=causal, K_PAD=max(16, triton.next_power_of_2(k)),
-                        SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted)
+                        SELECT_BLOCK=topk_select.SELECT_BLOCK, COUNTED=counted,
+                        COUNT_BLOCK=block_n if split else PREFILL_COUNT_BLOCK)
     pick_ptr, counts, hist, cand, cap, k, pick_batch, pick_row = pick_args
     block_d = max(16, triton.next_power_of_2(d))
     aligned = key_rows_aligned(keys) if table is None else bool(keys_aligned)
@@ -397,7 +424,7 @@ def _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n, causal=True,
     n = keys.shape[1]
     block_t = _prefill_block_t(h, block_t, s)
     block_n = max(16, triton.next_power_of_2(block_n))
-    rows = _prefill_query_rows(b, s, n, block_t)
+    rows = _prefill_query_rows(b, s, n, block_t, _pick_bytes(n, select))
     scratch = torch.empty(b * rows * n, dtype=torch.float32, device=q.device)
     out = torch.empty((b, s, k), dtype=torch.long, device=q.device)
     for lo in range(0, s, rows):
