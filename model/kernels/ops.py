@@ -9,7 +9,8 @@ kernel family in model/kernels/). Which one runs (``backend``):
 - unset / ``auto``: Triton when the tensors are on CUDA, the reference elsewhere.
 
 Launch options that only a GPU can choose (sparse attention's head tile in prefill and its
-combine at decode, the indexer's decode path and pick, the MoE grouped GEMM's row tile) come
+combine at decode, the indexer's decode path and pick and its prefill pick, the MoE grouped
+GEMM's row tile) come
 from that GPU's measured table (model/kernels/choices.py); without one, each wrapper's
 defaults.
 """
@@ -363,11 +364,13 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor,
     float or packed FP4 rows (uint8 [b, n, IndexKeyLayout(D).row_bytes], read as they are),
     visible [s] → int64 [b, s, k], best first, −1 = none (score = Σ_h w_h·ReLU(q_h·key)).
     ``causal=False``: the caller knows every query sees all n keys (a decode step), so the
-    picks need no masking."""
+    picks need no masking. Triton: the launch options of ``indexer_decode[_fp4]`` (one query)
+    or ``indexer_prefill[_fp4]`` (more)."""
     if backend(q) == "triton":
-        packed = keys.dtype == torch.uint8
-        path = (choices.options("indexer_decode_fp4" if packed else "indexer_decode", q.device)
-                if q.shape[1] == 1 else {})
+        decision = "indexer_decode" if q.shape[1] == 1 else "indexer_prefill"
+        if keys.dtype == torch.uint8:
+            decision += "_fp4"
+        path = choices.options(decision, q.device)
         return _indexer.indexer_topk_triton(q, weights, keys, visible, k, causal=causal, **path)
     return _indexer.indexer_topk_reference(q, weights, keys, visible, k)
 

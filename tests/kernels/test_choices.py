@@ -56,6 +56,9 @@ def _rows() -> list[dict]:
         _row("indexer_topk_decode", 0.2, topk_recall=1.0),
         _row("indexer_topk_decode_merge", 0.1, topk_recall=0.9),  # fast and wrong
         _row("indexer_topk_decode_fp4", 0.2, topk_recall=1.0),
+        _row("indexer_topk_prefill", 2.0, topk_recall=1.0),
+        _row("indexer_topk_prefill_passes", 2.5, topk_recall=1.0),
+        _row("indexer_topk_prefill_select_kernel", 1.5, topk_recall=1.0),
         _row("gemv_fp8_wq_b_decode", 0.1, 0.057),
         _row("gemv_fp8_wq_b_decode_mma", 0.1, 0.02),
         _row("gemv_fp8_wq_b_decode_ahead", 0.1, 0.03),
@@ -81,8 +84,9 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
     assert got["moe_decode"]["options"] == {"block_n": 16, "num_warps": 8}   # 0.20 replayed
     assert got["sparse_attn_decode"]["options"] == {"combine": "kernel"}
     assert got["gemv_decode_fp8"]["options"] == {"mma": True}
+    assert got["indexer_prefill"]["options"] == {"select": "triton"}
     assert set(got) == {"sparse_attn_prefill", "sparse_attn_prefill_fp8", "sparse_attn_decode",
-                        "moe_decode", "gemv_decode_fp8"}
+                        "moe_decode", "gemv_decode_fp8", "indexer_prefill"}
     left = table["left_out"]
     assert left["moe_decode_native"] == "moe_fp4_decode_native: no row"
     assert "recall 0.9" in left["indexer_decode"]
@@ -95,7 +99,8 @@ def test_choose_takes_the_fastest_correct_variant_by_kernel_time():
                                         "sparse_attn_prefill_fp8": {},
                                         "sparse_attn_decode": {"combine": "kernel"},
                                         "moe_decode": {"block_n": 16, "num_warps": 8},
-                                        "gemv_decode_fp8": {"mma": True}}
+                                        "gemv_decode_fp8": {"mma": True},
+                                        "indexer_prefill": {"select": "triton"}}
 
 
 def test_overlapping_launches_are_chosen_on_three_chains_replayed_time_summed():
@@ -204,6 +209,28 @@ def test_the_dispatch_point_launches_the_chosen_variant(table_file, monkeypatch)
     assert tiles == [{"block_h": 64, "dv_parts": 2}, {"combine": "kernel"}]
     want = sparse_attn_module.sparse_attn_reference(q, kv, sink, idx, 32**-0.5)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_prefill_indexer_takes_the_chosen_pick(table_file, monkeypatch):
+    """Indexer queries of a prefill (more than one) take the ``indexer_prefill`` decision's
+    pick — here ``topk_select`` as a kernel of its own — and a decode query the decode
+    decision's (none in this table: the scores kernel picks); both are the reference's picks."""
+    from model.kernels.indexer import indexer_topk_reference
+    from model.op_audit import OpAudit
+
+    monkeypatch.setenv("V4CODER_KERNELS", "triton")
+    gen = torch.Generator().manual_seed(4)
+    q, w = torch.randn(1, 5, 4, 16, generator=gen), torch.randn(1, 5, 4, generator=gen)
+    keys = torch.randn(1, 40, 16, generator=gen)
+    visible = torch.tensor([20, 25, 30, 35, 40])
+    with OpAudit() as prefill:
+        got = ops.indexer_topk(q, w, keys, visible, 8)
+    with OpAudit() as decode:
+        one = ops.indexer_topk(q[:, :1], w[:, :1], keys, visible[:1], 8)
+    assert dict(prefill.triton) == {"_indexer_scores_block": 1, "_topk_select": 1}
+    assert dict(decode.triton) == {"_indexer_scores_block": 1}
+    assert torch.equal(got, indexer_topk_reference(q, w, keys, visible, 8))
+    assert torch.equal(one, got[:, :1])
 
 
 def test_a_decode_gemv_takes_the_chosen_tensor_core_path(table_file, monkeypatch):
