@@ -10,9 +10,8 @@ kernel family in model/kernels/). Which one runs (``backend``):
 
 Launch options that only a GPU can choose (sparse attention's head tile in prefill and its
 combine at decode, the indexer's decode path and pick and its prefill pick, the MoE grouped
-GEMM's row tile) come
-from that GPU's measured table (model/kernels/choices.py); without one, each wrapper's
-defaults.
+GEMM's row tile) come from that GPU's measured table (model/kernels/choices.py); without one,
+each wrapper's defaults.
 """
 
 from __future__ import annotations
