@@ -184,7 +184,9 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
     rows): each program also counts its scores' top key digits, COUNT_BLOCK keys a step, into
     its queries' histograms (hist_ptr, HIST_BINS int32 a query, zero before and after the
     launch), so the pick starts from them and keeps the keys sharing the k-th's top digit in
-    cand_ptr (``cap`` int64 a query).
+    cand_ptr (``cap`` int64 a query). The pick here counts only the digits within
+    ``topk_select.COUNT_WINDOW`` of each tile's top (no atomic a far key: every negative
+    score); the parallel pick's launches (PICK off) are given every digit.
     PAIRS (packed keys that ``fp4_keys.key_pairs`` allows): the keys decoded two codes a register
     (``fp4_keys.load_key_pairs``; bf16 tiles when PAIRS_BF16), the queries taken to their column
     order once."""
@@ -248,7 +250,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
             limits = tl.minimum(limits, vis)
         for n0 in range(start, tl.max(limits, 0), COUNT_BLOCK):
             topk_select.count_top_digits(out_ptr + out_rows, n0, limits, hist_rows,
-                                         COUNT_BLOCK)
+                                         COUNT_BLOCK, FAR=not PICK)
     if PICK:
         # the block's last chunk to arrive sees every chunk's scores
         if last_to_arrive(cnt_ptr + batch * tl.num_programs(0) + pid_t, tl.num_programs(1)):
@@ -261,7 +263,7 @@ def _indexer_scores_block(q_ptr, w_ptr, k_ptr, vis_ptr, out_ptr, tab_ptr, pick_p
                     topk_select.select_row(out_ptr + query * width, dest, limit, k,
                                            hist_ptr + query * topk_select.HIST_BINS,
                                            cand_ptr + query * cap, cap, SELECT_BLOCK, K_PAD,
-                                           COUNTED)
+                                           COUNTED, WINDOWED=True)
 
 
 def default_chunks(tokens: int, n: int, block_n: int) -> int:

@@ -20,7 +20,8 @@ Every pass over a row or the candidates (``_digit``, ``_take``, ``_split``) issu
 tile's load before it works on this one's, so a tile's trip to L2 overlaps the tile before.
 
 Counted (``select_row(COUNTED=True)``: the indexer's scores kernel at decode, where a query's
-keys are split over many programs and the last to finish picks alone). The programs that
+keys are split over many programs and the last to finish picks alone, and at prefill for long
+rows, where each program counts and picks its own). The programs that
 write the scores also count their top 12 key bits (sign, exponent, 3 mantissa bits: bins an
 eighth of an octave wide) into the row's histogram of 4,096 int32 (``count_top_digits``, one
 atomic per distinct digit of a tile). The picking program reads the counts (16 KB) instead of
@@ -30,7 +31,11 @@ go straight to the output, the ones sharing it (the candidates, in row order) to
 So the picking program reads the row once (128 KB at 32K keys, was five times) plus a few KB
 of candidates. When more keys share the top digit than the scratch holds (scores bunched
 within an eighth of an octave around the k-th), the three digits are found over the row:
-four reads, still exact.
+four reads, still exact. Windowed (``select_row(WINDOWED=True)``, the fused pick): a tile
+counts only the digits within COUNT_WINDOW (32 octaves) of its own top — no atomic for each
+negative or zero score below a positive top, often half a row — so the counts are whole only
+within that window of the row's highest digit; a k-th farther down (fewer than k scores
+within 32 octaves of the best) takes the four passes.
 
 Why 8-bit digits, not fewer wider ones (read from the PTX that ``bench compile`` builds, not
 timed). Triton 3.6, the H200 machine's version, lowers ``tl.histogram`` to a warp-level ballot
@@ -54,6 +59,7 @@ from model.kernels.launch import grid_entry, last_to_arrive, pdl
 SELECT_BLOCK = 1024   # scores per tile of a pass
 TOP_BITS = tl.constexpr(12)      # the digit the score programs count (``count_top_digits``)
 HIST_BINS = tl.constexpr(4096)   # 1 << TOP_BITS int32 counts per row
+COUNT_WINDOW = tl.constexpr(256)  # top digits a tile counts by histogram: 32 octaves below its top
 CANDIDATES = 4096     # a row's keys sharing the k-th's top digit that fit the candidate scratch
 
 
@@ -105,15 +111,19 @@ def _top_digits(row_ptrs, offs, limits):
 
 
 @triton.jit
-def count_top_digits(row_ptrs, n0, limits, hist_rows, N: tl.constexpr,
-                     WINDOW: tl.constexpr = 256):
+def count_top_digits(row_ptrs, n0, limits, hist_rows, N: tl.constexpr, FAR: tl.constexpr = True):
     """Add the top-digit counts of a tile of N stored scores (row_ptrs [R] + n0 + [0, N), each
     row's up to its limit, limits [R]) to each row's histogram (hist_rows [R] pointers to
     HIST_BINS int32): one atomic per distinct digit, so a bin takes at most one atomic per tile
-    (a hot digit is not thousands of atomics on one address). The tile's digits within WINDOW
-    of its row's highest (32 octaves at 8 bins an octave) are counted by one ``tl.histogram``
-    of all R rows (bin = row · WINDOW + distance below the row's top); the rare digits farther
-    below it take an atomic each, so the counts stay exact for any scores."""
+    (a hot digit is not thousands of atomics on one address). The tile's digits within
+    COUNT_WINDOW of its row's highest (32 octaves at 8 bins an octave) are counted by one
+    ``tl.histogram`` of all R rows (bin = row · COUNT_WINDOW + distance below the row's top).
+    FAR: the digits farther below it take an atomic each, so the counts are exact for any
+    scores; else they are not counted — every negative or zero score below a positive top —
+    and the row's counts are exact within COUNT_WINDOW of its highest counted digit (every
+    tile's window reaches down at least that far), which ``select_row(WINDOWED=True)``
+    checks."""
+    WINDOW: tl.constexpr = COUNT_WINDOW
     offs = n0 + tl.arange(0, N)
     digits = _top_digits(row_ptrs, offs, limits)                    # [R, N], −1 outside
     R: tl.constexpr = digits.shape[0]
@@ -126,8 +136,9 @@ def count_top_digits(row_ptrs, n0, limits, hist_rows, N: tl.constexpr,
     counts = tl.reshape(counts, (R, WINDOW))
     bin_digits = top[:, None] - tl.arange(0, WINDOW)[None, :]       # [R, WINDOW]
     tl.atomic_add(hist_rows[:, None] + bin_digits, counts, mask=counts > 0, sem="relaxed")
-    tl.atomic_add(hist_rows[:, None] + digits, tl.full([R, N], 1, tl.int32),
-                  mask=(digits >= 0) & ~near, sem="relaxed")
+    if FAR:
+        tl.atomic_add(hist_rows[:, None] + digits, tl.full([R, N], 1, tl.int32),
+                      mask=(digits >= 0) & ~near, sem="relaxed")
 
 
 @triton.jit
@@ -225,7 +236,7 @@ def _split(row_ptr, limit, top, dest, cand, BLOCK: tl.constexpr):
 
 @triton.jit
 def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr,
-               K_PAD: tl.constexpr, COUNTED: tl.constexpr):
+               K_PAD: tl.constexpr, COUNTED: tl.constexpr, WINDOWED: tl.constexpr = False):
     """The k best of the ``limit`` scores at row_ptr, best first, −1 past them, into dest[:k]
     (int64). One program's work; scores written by other programs of the same launch are read
     from L2 (``.cg``): ``indexer``'s scores kernel picks in its last program of a query.
@@ -233,24 +244,31 @@ def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr
     (``count_top_digits``; HIST_BINS int32, set back to zero here). Then one pass splits the
     row: the keys above the k-th's top digit go to dest, those sharing it — when at most
     ``cap`` — to cand (int64 [cap]), and the other digits are found among them alone; past
-    ``cap`` they are found over the row. Otherwise four 8-bit passes over the row."""
+    ``cap`` they are found over the row. Otherwise four 8-bit passes over the row.
+    WINDOWED: the counts are whole only within COUNT_WINDOW of the highest counted digit
+    (``count_top_digits(FAR=False)``); a k-th below that takes the four passes."""
     picks = tl.maximum(tl.minimum(k, limit), 0)
     if COUNTED:   # read the counts and set them back to zero for the next launch
         bins = tl.arange(0, HIST_BINS)
         hist = tl.load(hist_ptr + bins, cache_modifier=".cg")
         tl.store(hist_ptr + bins, tl.zeros([HIST_BINS], dtype=tl.int32))
     if picks > 0:
-        if COUNTED:   # the 20 bits below the top digit: digits of 8, 8 and 4 bits
-            thresh, need = _choose(hist, tl.full([], 0, dtype=tl.int64), picks, 32 - TOP_BITS)
-            above = picks - need   # keys with a higher top digit: all picked
-            top = thresh >> (32 - TOP_BITS)
+        from_counts = False
+        if COUNTED:   # the k-th's top digit, and how many keys sharing it are picked
+            counted, left = _choose(hist, tl.full([], 0, dtype=tl.int64), picks, 32 - TOP_BITS)
+            top = counted >> (32 - TOP_BITS)
+            from_counts = True
+            if WINDOWED:
+                from_counts = top > tl.max(tl.where(hist > 0, bins, -1), 0) - COUNT_WINDOW
+        if from_counts:   # the 20 bits below the top digit: digits of 8, 8 and 4 bits
             held = tl.sum(tl.where(bins == top, hist, 0), 0)
             if held <= cap:
                 _split(row_ptr, limit, top, dest, cand, BLOCK)
                 tl.debug_barrier()   # the candidates are in place before any thread reads them
-                _take_candidates(cand, held, thresh, need, dest, above, BLOCK)
+                # (picks − left: the keys with a higher top digit, all picked, already at dest)
+                _take_candidates(cand, held, counted, left, dest, picks - left, BLOCK)
             else:
-                thresh, need = _digit(row_ptr, limit, thresh, need, 12, 8, BLOCK)
+                thresh, need = _digit(row_ptr, limit, counted, left, 12, 8, BLOCK)
                 thresh, need = _digit(row_ptr, limit, thresh, need, 4, 8, BLOCK)
                 thresh, need = _digit(row_ptr, limit, thresh, need, 0, 4, BLOCK)
                 _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32),

@@ -382,7 +382,9 @@ def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
     step), each also counts its scores' top 12 key bits, and the pick splits the row once into
     the keys above the k-th's top digit and the candidates that share it, among which the
     other 20 bits are found — over the row instead when more share it than the candidate
-    scratch holds. Counted with candidates, counted past the cap, and not counted
+    scratch holds. The fused pick's counts leave out digits more than 32 octaves below each
+    tile's top, so a k-th that far below the best (the 160 octaves) takes four passes; the
+    parallel pick's are whole. Counted with candidates, counted past the cap, and not counted
     (select="fused_passes": four 8-bit passes over the row) pick exactly alike, and the counts
     are zero again after."""
     from model.kernels import launch, topk_select
