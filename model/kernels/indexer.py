@@ -155,6 +155,12 @@ PREFILL_COUNT_BLOCK = 256      # keys of each of its rows a prefill program coun
 # a decode step's 256 programs fill the SMs once instead of twice, and at prefill one
 # program's pick runs beside another's dots. A decode program has one tile: nothing to pipeline.
 SCORE_STAGES = 2
+# ... and at most 128 registers a thread (ptxas's ``maxnreg``), so that two 8-warp programs fit
+# an SM's 65,536 whatever the pick around the loop asks: left to itself, ptxas gave the bf16
+# prefill kernel 165 (its loop at 427 instructions with the cap, 379 without; no spills) and
+# the FP4 decode 134. FP4 keys at prefill (keys in fewer than COUNTED_MIN_CHUNKS programs)
+# are left uncapped: there 128 spills 96–104 bytes (164 and 195 registers uncapped).
+SCORE_REGISTERS = 128
 
 
 @triton.jit
@@ -369,12 +375,12 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
     chunk = triton.cdiv(triton.cdiv(width, chunks), block_n) * block_n
     block_h = max(triton.next_power_of_2(h), triton.cdiv(16, block_t))
     chunks = triton.cdiv(width, chunk)
+    split = chunks >= COUNTED_MIN_CHUNKS   # a decode step's keys, over many programs
     pick = dict(PICK=False)
     pick_args = (scores, vis, vis, vis, 0, 0, 0, 0)
     if picks is not None:
         assert picks.dtype == torch.int64 and picks.stride(-1) == 1 and picks.shape == (
             b, hi - lo, k), (picks.dtype, picks.shape)
-        split = chunks >= COUNTED_MIN_CHUNKS
         counted = counted and (split or width >= PREFILL_COUNTED_KEYS)
         queries = b * (hi - lo)
         if parallel and counted:   # this launch counts; two launches of their own pick
@@ -407,7 +413,9 @@ def _launch_scores(q, weights, keys, vis, scores, lo, hi, prec, block_t, block_n
         KEY_ALIGNED=aligned, TABLE=table is not None, **pick,
         PAIRS=pairs, PAIRS_BF16=pairs and q.dtype == torch.bfloat16,
         num_warps=8 if block_t * block_h * block_n >= 1 << 14 or table is not None
-        or picks is not None else 4, num_stages=SCORE_STAGES, **pdl(q.device))
+        or picks is not None else 4, num_stages=SCORE_STAGES,
+        **({} if keys.dtype == torch.uint8 and not split else {"maxnreg": SCORE_REGISTERS}),
+        **pdl(q.device))
     if picks is not None and not pick.get("PICK"):
         topk_select.pick_counted(scores, hist, arrive, k, vis[lo:hi] if causal else None, picks)
 

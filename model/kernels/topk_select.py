@@ -159,17 +159,22 @@ def _digit(src, limit, prefix, need, SHIFT: tl.constexpr, BITS: tl.constexpr,
             valid = valid & ((key >> (SHIFT + BITS)) == (prefix >> (SHIFT + BITS)))
         digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
         hist += tl.histogram(digit, 1 << BITS, mask=valid)
-    return _choose(hist, prefix, need, SHIFT)
+    prefix, need, _ = _choose(hist, prefix, need, SHIFT)
+    return prefix, need
 
 
 @triton.jit
 def _choose(hist, prefix, need, SHIFT: tl.constexpr):
     """The digit of ``hist`` (counts by digit) that holds the ``need``-th largest key → (prefix
-    with that digit at SHIFT, how many keys with the new prefix are still needed)."""
+    with that digit at SHIFT, how many keys with the new prefix are still needed, the highest
+    digit with a count). The two digits come from one sum (their flags packed in an int32)."""
+    tl.static_assert(hist.shape[0] < 65536)
     at_least = tl.cumsum(hist, 0, reverse=True)     # keys in this digit or a higher one
-    chosen = tl.sum((at_least >= need).to(tl.int32), 0) - 1
+    flags = (at_least >= need).to(tl.int32) + ((at_least > 0).to(tl.int32) << 16)
+    digits = tl.sum(flags, 0)
+    chosen = (digits & 0xFFFF) - 1
     higher = tl.sum(tl.where(tl.arange(0, hist.shape[0]) == chosen, at_least - hist, 0), 0)
-    return prefix + (chosen.to(tl.int64) << SHIFT), need - higher
+    return prefix + (chosen.to(tl.int64) << SHIFT), need - higher, (digits >> 16) - 1
 
 
 @triton.jit
@@ -243,45 +248,47 @@ def select_row(row_ptr, dest, limit, k, hist_ptr, cand, cap, BLOCK: tl.constexpr
     COUNTED: the programs that wrote the row also counted its keys' top digits into hist_ptr
     (``count_top_digits``; HIST_BINS int32, set back to zero here). Then one pass splits the
     row: the keys above the k-th's top digit go to dest, those sharing it — when at most
-    ``cap`` — to cand (int64 [cap]), and the other digits are found among them alone; past
-    ``cap`` they are found over the row. Otherwise four 8-bit passes over the row.
-    WINDOWED: the counts are whole only within COUNT_WINDOW of the highest counted digit
-    (``count_top_digits(FAR=False)``); a k-th below that takes the four passes."""
+    ``cap`` — to cand (int64 [cap]), and the other digits are found among them alone.
+    Otherwise (or past ``cap``) four 8-bit passes over the row. WINDOWED: the counts are whole
+    only within COUNT_WINDOW of the highest counted digit (``count_top_digits(FAR=False)``);
+    a k-th below that takes the four passes too."""
     picks = tl.maximum(tl.minimum(k, limit), 0)
     if COUNTED:   # read the counts and set them back to zero for the next launch
         bins = tl.arange(0, HIST_BINS)
         hist = tl.load(hist_ptr + bins, cache_modifier=".cg")
         tl.store(hist_ptr + bins, tl.zeros([HIST_BINS], dtype=tl.int32))
     if picks > 0:
-        from_counts = False
         if COUNTED:   # the k-th's top digit, and how many keys sharing it are picked
-            counted, left = _choose(hist, tl.full([], 0, dtype=tl.int64), picks, 32 - TOP_BITS)
+            counted, left, highest = _choose(hist, tl.full([], 0, dtype=tl.int64), picks,
+                                             32 - TOP_BITS)
             top = counted >> (32 - TOP_BITS)
-            from_counts = True
-            if WINDOWED:
-                from_counts = top > tl.max(tl.where(hist > 0, bins, -1), 0) - COUNT_WINDOW
-        if from_counts:   # the 20 bits below the top digit: digits of 8, 8 and 4 bits
             held = tl.sum(tl.where(bins == top, hist, 0), 0)
-            if held <= cap:
+            from_counts = held <= cap
+            if WINDOWED:
+                from_counts = from_counts & (top > highest - COUNT_WINDOW)
+            if from_counts:   # the 20 bits below the top digit, among the candidates
                 _split(row_ptr, limit, top, dest, cand, BLOCK)
                 tl.debug_barrier()   # the candidates are in place before any thread reads them
                 # (picks − left: the keys with a higher top digit, all picked, already at dest)
                 _take_candidates(cand, held, counted, left, dest, picks - left, BLOCK)
             else:
-                thresh, need = _digit(row_ptr, limit, counted, left, 12, 8, BLOCK)
-                thresh, need = _digit(row_ptr, limit, thresh, need, 4, 8, BLOCK)
-                thresh, need = _digit(row_ptr, limit, thresh, need, 0, 4, BLOCK)
-                _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32),
-                      BLOCK)
+                _four_passes(row_ptr, limit, picks, dest, BLOCK)
         else:
-            thresh = tl.full([], 0, dtype=tl.int64)
-            need = picks
-            thresh, need = _digit(row_ptr, limit, thresh, need, 24, 8, BLOCK)
-            thresh, need = _digit(row_ptr, limit, thresh, need, 16, 8, BLOCK)
-            thresh, need = _digit(row_ptr, limit, thresh, need, 8, 8, BLOCK)
-            thresh, need = _digit(row_ptr, limit, thresh, need, 0, 8, BLOCK)
-            _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32), BLOCK)
+            _four_passes(row_ptr, limit, picks, dest, BLOCK)
     _rows_best_first(dest, picks, k, K_PAD)
+
+
+@triton.jit
+def _four_passes(row_ptr, limit, picks, dest, BLOCK: tl.constexpr):
+    """The ``picks`` best of the ``limit`` scores at row_ptr, packed into dest in row order:
+    four 8-bit digits of the k-th's key over the row, then a pass that takes them."""
+    thresh = tl.full([], 0, dtype=tl.int64)
+    need = picks
+    thresh, need = _digit(row_ptr, limit, thresh, need, 24, 8, BLOCK)
+    thresh, need = _digit(row_ptr, limit, thresh, need, 16, 8, BLOCK)
+    thresh, need = _digit(row_ptr, limit, thresh, need, 8, 8, BLOCK)
+    thresh, need = _digit(row_ptr, limit, thresh, need, 0, 8, BLOCK)
+    _take(row_ptr, limit, thresh, need, dest, tl.full([], 0, dtype=tl.int32), BLOCK)
 
 
 @triton.jit
@@ -353,7 +360,7 @@ def _slice_counts(scores_ptr, vis_ptr, hist_ptr, meta_ptr, counts_ptr, width, k,
     limit, picks = _row_picks(vis_ptr, row % T, width, k, CAUSAL)
     hist = tl.load(hist_ptr + row.to(tl.int64) * HIST_BINS + tl.arange(0, HIST_BINS),
                    cache_modifier=".cg")
-    thresh, need = _choose(hist, tl.full([], 0, dtype=tl.int64), tl.maximum(picks, 1),
+    thresh, need, _ = _choose(hist, tl.full([], 0, dtype=tl.int64), tl.maximum(picks, 1),
                            32 - TOP_BITS)
     offs = piece * BLOCK + tl.arange(0, BLOCK)
     valid = offs < tl.where(picks > 0, limit, 0)   # no pick: no key counts
