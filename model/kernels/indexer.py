@@ -141,13 +141,13 @@ def _indexer_finish(part_ptr, out_ptr, n_chunks, k, K_PAD: tl.constexpr, PDL: tl
 # bound of the fp32 score scratch of one block of queries: the references' block bound, which
 # the memory planner counts (model/memory.py SCRATCH_ELEMENTS)
 PREFILL_SCRATCH_BYTES = 4 * REFERENCE_BLOCK_ELEMENTS
-PREFILL_DOT_COLUMNS = 128          # BLOCK_T·BLOCK_H (query, head) columns of the score dot
+PREFILL_DOT_COLUMNS = 128       # BLOCK_T·BLOCK_H (query, head) columns of the score dot
 PREFILL_TARGET_PROGRAMS = 1024  # split the keys further while the grid has fewer programs
 COUNTED_MIN_CHUNKS = 8          # keys split at least this far: the score programs count digits
-# A prefill program (one chunk: all of its queries' keys) counts its rows' top digits itself,
-# one pass, from this many keys on: the pick then reads the row twice, not five times, for a
-# histogram of 16 KB and a candidate scratch of a quarter of the row's keys (int64) a query,
-# which the query block's bound (PREFILL_SCRATCH_BYTES) includes
+# A prefill's programs (its queries' keys in fewer than COUNTED_MIN_CHUNKS chunks) count their
+# rows' top digits themselves, one pass, from this many keys on: the pick then reads the row
+# twice, not five times, for a histogram of 16 KB and a candidate scratch of a quarter of the
+# row's keys (int64) a query, which the query block's bound (PREFILL_SCRATCH_BYTES) includes
 PREFILL_COUNTED_KEYS = 4096
 PREFILL_COUNT_BLOCK = 256      # keys of each of its rows a prefill program counts a step
 # The score programs' pipeline: 2 key tiles in flight, not Triton's default 3, so that two

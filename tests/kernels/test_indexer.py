@@ -439,6 +439,9 @@ def test_a_prefill_programs_count_their_own_long_rows(monkeypatch, b, s, n, star
     assert torch.equal(got, passes)
     assert torch.equal(got, indexer_topk_triton(q, w, keys, visible, k, select="triton",
                                                 **opts))
+    # counted rows and the parallel pick: its two launches start from every digit's count
+    assert torch.equal(got, indexer_topk_triton(q, w, keys, visible, k, select="parallel",
+                                                **opts))
     assert not launch._ARRIVALS[q.device].any()
     monkeypatch.setattr(topk_select, "CANDIDATES", 3)
     assert torch.equal(indexer_topk_triton(q, w, keys, visible, k, **opts), got)
