@@ -30,8 +30,8 @@ go straight to the output, the ones sharing it (the candidates, in row order) to
 ``CANDIDATES``; the other 20 bits (digits of 8, 8, 4) are found among the candidates alone.
 So the picking program reads the row once (128 KB at 32K keys, was five times) plus a few KB
 of candidates. When more keys share the top digit than the scratch holds (scores bunched
-within an eighth of an octave around the k-th), the three digits are found over the row:
-four reads, still exact. Windowed (``select_row(WINDOWED=True)``, the fused pick): a tile
+within an eighth of an octave around the k-th), the pick takes the four passes over the row,
+still exact. Windowed (``select_row(WINDOWED=True)``, the fused pick): a tile
 counts only the digits within COUNT_WINDOW (32 octaves) of its own top — no atomic for each
 negative or zero score below a positive top, often half a row — so the counts are whole only
 within that window of the row's highest digit; a k-th farther down (fewer than k scores
