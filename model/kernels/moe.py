@@ -32,6 +32,8 @@ so the kernels read w1, w3 int8 [inter, dim/2] + ue8m0 [inter, dim/32] and w2 in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -641,7 +643,8 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     # each GEMV's splits: as many as its compiled kernel runs best
     dtypes = (xin.dtype, flat.dtype, h.dtype, None if add is None else add.dtype)
 
-    def planned(which: int, options, arguments) -> tuple[int, int]:  # noqa: ANN001
+    def planned(which: int, options: Callable[[int], dict],
+                arguments: Callable[[int, int], tuple]) -> tuple[int, int]:
         return plan_by_residency(
             lambda slots: decode_plan(p, dim, inter, block_k, split_k, block_n,
                                       (slots, slots))[which],
