@@ -412,17 +412,17 @@ def test_a_split_querys_programs_count_top_digits_and_the_pick_starts_from_them(
 @pytest.mark.parametrize("b,s,n,start,k,block_t,block_n,one_chunk", [
     (1, 37, 150, 560, 16, 4, 32, False),     # 10 query programs, the keys in 5 chunks
     (2, 9, 300, 1100, 40, None, 64, False),  # one program holds every query, 5 chunks
-    (1, 6, 2100, 8390, 64, 2, 128, True),    # one chunk: 3 count steps (1,024 keys) a row
+    (1, 6, 2100, 8390, 64, 2, 128, True),    # one chunk: 9 count steps (256 keys) a row
 ])
 def test_a_prefill_programs_count_their_own_long_rows(monkeypatch, b, s, n, start, k, block_t,
                                                       block_n, one_chunk):
     """Rows of at least PREFILL_COUNTED_KEYS keys (here 64; V4 at 16K context and past) are
     counted at prefill too, where a query's keys are in fewer than COUNTED_MIN_CHUNKS
-    programs (a prefill's are in one: ``one_chunk``): each counts its stored rows' top digits
-    a SELECT_BLOCK of keys at a time, and the pick starts from the counts, with a quarter of
-    the row as its candidate scratch — exactly the picks of four passes over the row
-    (``fused_passes``) and of ``topk_select``, past the candidate cap too; the counts are zero
-    again after."""
+    programs (a long prefill's in one or two; ``one_chunk``: one): each counts its stored rows'
+    top digits PREFILL_COUNT_BLOCK keys at a time, and the pick starts from the counts, with a
+    quarter of the row as its candidate scratch — exactly the picks of four passes over the
+    row (``fused_passes``), of ``topk_select`` and of the parallel pick, past the candidate cap
+    too; the counts are zero again after."""
     from spies import answers
 
     from model.kernels import indexer, launch, topk_select
