@@ -330,26 +330,33 @@ def _sum_partials(part_ptr, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr
     after the last step (a reduction across warps waits at a barrier, and a load after one
     waits for it). ONE_STEP (n_slices ≤ PART_BLOCK): no loop, so that the loads a caller
     issued before these stay beside them (``ptxas`` defers loads it sees used past a loop)."""
+    acc_pre, acc_post, acc_comb, ssq = _partials_step(part_ptr, 0, n_slices, HC, PART_BLOCK)
+    if not ONE_STEP:
+        for s0 in range(PART_BLOCK, n_slices, PART_BLOCK):
+            pre, post, comb, sq = _partials_step(part_ptr, s0, n_slices, HC, PART_BLOCK)
+            acc_pre += pre
+            acc_post += post
+            acc_comb += comb
+            ssq += sq
+    return tl.sum(acc_pre, 0), tl.sum(acc_post, 0), tl.sum(acc_comb, 0), tl.sum(ssq, 0)
+
+
+@triton.jit
+def _partials_step(part_ptr, s0, n_slices, HC: tl.constexpr, PART_BLOCK: tl.constexpr):
+    """One step of ``_sum_partials``: slices [s0, s0 + PART_BLOCK) of the [n_slices, W]
+    partials, their four loads together → (pre [PART_BLOCK, HC], post, comb [.., HC·HC],
+    sum of squares [PART_BLOCK]), 0 past n_slices."""
     W = (2 + HC) * HC + 1
     rows = tl.arange(0, HC)
     rows2 = tl.arange(0, HC * HC)
-    s = tl.arange(0, PART_BLOCK)
+    s = s0 + tl.arange(0, PART_BLOCK)
     m = s < n_slices
     row = part_ptr + s[:, None] * W
-    acc_pre = tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
-    acc_post = tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
-    acc_comb = tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
+    pre = tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
+    post = tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
+    comb = tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
     ssq = tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
-    if not ONE_STEP:
-        for s0 in range(PART_BLOCK, n_slices, PART_BLOCK):
-            s = s0 + tl.arange(0, PART_BLOCK)
-            m = s < n_slices
-            row = part_ptr + s[:, None] * W
-            acc_pre += tl.load(row + rows[None, :], mask=m[:, None], other=0.0)
-            acc_post += tl.load(row + HC + rows[None, :], mask=m[:, None], other=0.0)
-            acc_comb += tl.load(row + 2 * HC + rows2[None, :], mask=m[:, None], other=0.0)
-            ssq += tl.load(part_ptr + s * W + W - 1, mask=m, other=0.0)
-    return tl.sum(acc_pre, 0), tl.sum(acc_post, 0), tl.sum(acc_comb, 0), tl.sum(ssq, 0)
+    return pre, post, comb, ssq
 
 
 @triton.jit
