@@ -567,18 +567,22 @@ def _mma_numerics(a: torch.Tensor, mma: bool) -> dict:
 
 
 def decode_plan(pairs: int, dim: int, inter: int, block_k: int = DECODE_BLOCK_K,
-                split_k: int | None = None, block_n: int = DECODE_BLOCK_N,
-                resident: tuple[int | None, int | None] = (None, None)
+                split_k: int | None = None, block_n: int = DECODE_BLOCK_N
                 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((splits, k_per_split) of gate/up, (splits, k_per_split) of down) of the decode path for
-    ``pairs`` = T·k (token, slot) pairs: from the shapes — and the programs each GEMV's
-    compiled kernel has resident on the device, ``resident`` (``gemm.plan_split_k``'s
-    ``slots``) — alone: nothing on the device is read, so the launch
-    needs no host sync (each pair reads its own expert: rows = 1)."""
-    bn = block_n
-    up = plan_split_k(pairs * triton.cdiv(inter, bn), 1, dim, block_k, split_k, resident[0])
-    down = plan_split_k(pairs * triton.cdiv(dim, bn), 1, inter, block_k, split_k, resident[1])
-    return up, down
+    ``pairs`` = T·k (token, slot) pairs, from the shapes alone: nothing on the device is read,
+    so the launch needs no host sync (each pair reads its own expert: rows = 1). The launch
+    then plans each GEMV again by its compiled kernel's residency (``_gemv_plan``'s
+    ``slots``, ``residency.plan_by_residency``)."""
+    return (_gemv_plan(pairs, inter, dim, block_k, split_k, block_n, None),
+            _gemv_plan(pairs, dim, inter, block_k, split_k, block_n, None))
+
+
+def _gemv_plan(pairs: int, n: int, k: int, block_k: int, split_k: int | None, block_n: int,
+               slots: int | None) -> tuple[int, int]:
+    """(splits, k_per_split) of one decode GEMV (``decode_plan``): ``pairs`` × N tiles of
+    ``block_n`` of its n outputs, over k."""
+    return plan_split_k(pairs * triton.cdiv(n, block_n), 1, k, block_k, split_k, slots)
 
 
 def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: ExpertBank,
@@ -643,17 +647,16 @@ def _moe_decode(xin: torch.Tensor, rw: torch.Tensor, slots: torch.Tensor, bank: 
     # each GEMV's splits: as many as its compiled kernel runs best
     dtypes = (xin.dtype, flat.dtype, h.dtype, None if add is None else add.dtype)
 
-    def planned(which: int, options: Callable[[int], dict],
+    def planned(n: int, k: int, options: Callable[[int], dict],
                 arguments: Callable[[int, int], tuple]) -> tuple[int, int]:
         return plan_by_residency(
-            lambda slots: decode_plan(p, dim, inter, block_k, split_k, block_n,
-                                      (slots, slots))[which],
+            lambda slots: _gemv_plan(p, n, k, block_k, split_k, block_n, slots),
             lambda plan: Launch(_moe_gemv_kernel, options(plan[1]), dtypes,
                                 lambda: arguments(*plan)[0])
             if split_k is None and plan[0] > 1 else None, dev, rounds)
 
-    splits, k_per = planned(0, up_options, up_arguments)
-    splits_down, k_per_down = planned(1, down_options, down_arguments)
+    splits, k_per = planned(inter, dim, up_options, up_arguments)
+    splits_down, k_per_down = planned(dim, inter, down_options, down_arguments)
     args, part = up_arguments(splits, k_per)
     _moe_gemv_kernel[(p, up_tiles, splits)](*args, **up_options(k_per))
     if not fused:
@@ -723,7 +726,7 @@ def moe_fp4_triton(x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
     GEMVs on tensor cores and the grouped GEMM's tiles from the tensor-core decoder, ``finish``
     the decode's two epilogues ("fused": by the GEMVs' last programs; "kernel": launches of
     their own), ``rounds`` the decode's K splits from each GEMV's compiled residency
-    (``decode_plan``'s ``resident``; else about TARGET_PROGRAMS programs); ``block_m`` /
+    (``_gemv_plan``'s ``slots``; else about TARGET_PROGRAMS programs); ``block_m`` /
     ``group_n`` / ``group_k`` the grouped GEMM's tile (launch choices, tests)."""
     t, dim = x.shape
     if add is not None:
