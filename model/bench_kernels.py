@@ -83,15 +83,16 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
     passes it: ``sparse_attn.WindowRows``) ∪ k_comp of n_comp compressed rows; the output's
     RoPE dims rotated back in the kernel that stores it (``unrope``), as the model asks.
     ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps, fp8_pairs,
-    qk_split)."""
+    qk_split, rows_m)."""
     q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
     kv = _rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev)
     sink = torch.randn(HEADS, device=dev)
     # the window: WINDOW − 1 past rows and the s new ones, query i sees rows i .. i + WINDOW − 1
     win_rows = _rand(1, WINDOW - 1 + s, HEAD_DIM, dtype=dtype, device=dev)
-    win_idx = (torch.arange(s, device=dev).view(-1, 1)
-               + torch.arange(WINDOW, device=dev).view(1, -1))
-    idx = torch.randperm(n_comp, device=dev)[:k_comp].expand(1, s, k_comp).contiguous()
+    # int32 indices, as the model passes them (``window_indices``, the indexer's picks)
+    win_idx = (torch.arange(s, device=dev, dtype=torch.int32).view(-1, 1)
+               + torch.arange(WINDOW, device=dev, dtype=torch.int32).view(1, -1))
+    idx = torch.randperm(n_comp, device=dev)[:k_comp].int().expand(1, s, k_comp).contiguous()
     angles = torch.rand(s, ROPE_DIM // 2, device=dev) * 6.0
     k = WINDOW + k_comp
     scale = HEAD_DIM**-0.5
@@ -761,6 +762,12 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n32_w8", prefill, ctx // 4, TOPK, False,
           dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, block_n=32,
           num_warps=8),
+        # the same tile with the rows on the MMAs' M side (scores kv · qᵀ, output kvᵀ · p):
+        # n = 64 warp-group MMAs where heads on M make them n = 16–32 (docs/PERF.md, "Prefill
+        # attention with the rows on M")
+        p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n64_w8_rows", prefill, ctx // 4, TOPK,
+          False, dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, block_n=64,
+          num_warps=8, rows_m=True),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_w8", prefill, ctx // 4, TOPK, True, dev,
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_pairs", prefill, ctx // 4, TOPK, True, dev,

@@ -227,7 +227,8 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
                  scale, KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
                  DV_PARTS: tl.constexpr, SCALE_WORDS: tl.constexpr = False,
-                 FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1):
+                 FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1,
+                 ROWS_M: tl.constexpr = False):
     """One online-softmax step over the rows ``idx`` [BLOCK_N] of one source (N rows a batch
     element; −1 or out of range = none) → the updated (m_i, l_i, acc): m_i a running max of
     the scores in log2 units, at most RESCALE_SLACK below the true one; l_i, acc the sums of
@@ -235,7 +236,14 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
     tiles come × 2^-60; the scores' multiplier and the probabilities put 2^60 back (exact).
     QK_SPLIT > 1: the scores as a batched dot over QK_SPLIT slices of D, summed — its batch
     spread over the warps, each warp 1/QK_SPLIT of the dims, where the one dot has every warp
-    load all of them (its 16 × 16 output is too small to split the other way)."""
+    load all of them (its 16 × 16 output is too small to split the other way).
+    ROWS_M: both dots with the row tile on the MMA's M side and the heads on N — the scores as
+    kv · qᵀ [BLOCK_N, BLOCK_H], the output as kvᵀ · p, so ``acc`` is [BLOCK_DV, BLOCK_H]
+    (``_sparse_attn_fwd`` transposes it once after its loops). A 64-head tile's warp-group MMAs
+    are then n = 64 wide, where heads on M make the scores' N the row tile's 16–32: each
+    instruction reads its A operand from shared memory whatever its N, so the narrow ones
+    move 1.7–2.5× the shared-memory bytes a multiply (docs/PERF.md, "Prefill attention with
+    the rows on M")."""
     cdt: tl.constexpr = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
@@ -243,34 +251,52 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
                   SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
     unshift: tl.constexpr = FP8_PAIRS_UNSHIFT if FP8_PAIRS else 1.0
     # scores in log2 units (scale · log2 e folded in): exp2 is the GPU's one-instruction exp
-    if QK_SPLIT > 1:
-        BH: tl.constexpr = q.shape[0]
-        BN: tl.constexpr = kv.shape[0]
-        PART: tl.constexpr = q.shape[1] // QK_SPLIT
-        q_parts = tl.permute(tl.reshape(q, [BH, QK_SPLIT, PART]), (1, 0, 2))
-        kv_parts = tl.permute(tl.reshape(kv, [BN, QK_SPLIT, PART]), (1, 2, 0))
-        dots = tl.sum(tl.dot(q_parts, kv_parts, input_precision=PREC), 0)
+    if ROWS_M:
+        logits = tl.dot(kv, tl.trans(q), input_precision=PREC) * (scale * (LOG2E * unshift))
+        logits = tl.where(valid[:, None], logits, float("-inf"))        # [BLOCK_N, BLOCK_H]
+        m_new = tl.maximum(m_i, tl.max(logits, 0))
+        if tl.max(m_new - m_i, 0) > RESCALE_SLACK:   # as below
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha
+            acc = acc * alpha[None, :]
+            m_i = m_new
+        p = tl.exp2(logits - m_i[None, :])
+        l_i = l_i + tl.sum(p, 0)
+        if DV_PARTS > 1:
+            kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_dv, dv0, D, cdt, KV_FP8, ROW, NOPE,
+                          QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
+        if FP8_PAIRS:
+            p = p * unshift
+        acc = tl.dot(tl.trans(kv), p.to(cdt), acc, input_precision=PREC)
     else:
-        dots = tl.dot(q, tl.trans(kv), input_precision=PREC)
-    logits = dots * (scale * (LOG2E * unshift))
-    logits = tl.where(valid[None, :], logits, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(logits, 1))
-    if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
-        # the running max moves only when some row's grew by more than the slack: until then
-        # p = 2^(logit − m_i) ≤ 2^RESCALE_SLACK, and acc and l need no rescale (a multiply of
-        # the whole BLOCK_H × BLOCK_DV accumulator every row tile otherwise)
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha
-        acc = acc * alpha[:, None]
-        m_i = m_new
-    p = tl.exp2(logits - m_i[:, None])
-    l_i = l_i + tl.sum(p, 1)
-    if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
-        kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_dv, dv0, D, cdt, KV_FP8, ROW, NOPE,
-                      QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
-    if FP8_PAIRS:
-        p = p * unshift
-    acc = acc + tl.dot(p.to(cdt), kv, input_precision=PREC)
+        if QK_SPLIT > 1:
+            BH: tl.constexpr = q.shape[0]
+            BN: tl.constexpr = kv.shape[0]
+            PART: tl.constexpr = q.shape[1] // QK_SPLIT
+            q_parts = tl.permute(tl.reshape(q, [BH, QK_SPLIT, PART]), (1, 0, 2))
+            kv_parts = tl.permute(tl.reshape(kv, [BN, QK_SPLIT, PART]), (1, 2, 0))
+            dots = tl.sum(tl.dot(q_parts, kv_parts, input_precision=PREC), 0)
+        else:
+            dots = tl.dot(q, tl.trans(kv), input_precision=PREC)
+        logits = dots * (scale * (LOG2E * unshift))
+        logits = tl.where(valid[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
+            # the running max moves only when some row's grew by more than the slack: until then
+            # p = 2^(logit − m_i) ≤ 2^RESCALE_SLACK, and acc and l need no rescale (a multiply of
+            # the whole BLOCK_H × BLOCK_DV accumulator every row tile otherwise)
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        p = tl.exp2(logits - m_i[:, None])
+        l_i = l_i + tl.sum(p, 1)
+        if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
+            kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_dv, dv0, D, cdt, KV_FP8, ROW, NOPE,
+                          QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
+        if FP8_PAIRS:
+            p = p * unshift
+        acc = acc + tl.dot(p.to(cdt), kv, input_precision=PREC)
     return m_i, l_i, acc
 
 
@@ -312,7 +338,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
                      TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False,
                      FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1,
-                     PDL: tl.constexpr = False):
+                     ROWS_M: tl.constexpr = False, PDL: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -325,7 +351,8 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     SPLIT: o_ptr / lse_ptr take the split's partial (o, lse); COMBINE: the last split program of
     a (token, head block, column slice) to finish (an arrival count per group at cnt_ptr, zero
     before and after the launch) merges the group's partials with the sink into fo_ptr /
-    flse_ptr, as ``_sparse_attn_combine`` would: flash-decoding in one launch."""
+    flse_ptr, as ``_sparse_attn_combine`` would: flash-decoding in one launch.
+    ROWS_M: the tiles' dots with rows on M (``_attend_tile``), the accumulator transposed."""
     grid_entry(PDL)
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
@@ -353,7 +380,10 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+    if ROWS_M:
+        acc = tl.zeros([BLOCK_DV, BLOCK_H], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     start = pid_c * chunk
     end = tl.minimum(start + chunk, W + K)
     if ALL_ROWS:
@@ -371,7 +401,7 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
                                      offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
                                      ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
-                                     FP8_PAIRS, QK_SPLIT)
+                                     FP8_PAIRS, QK_SPLIT, ROWS_M)
     for n0 in range(tl.maximum(start, W), end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         if ALL_ROWS:
@@ -382,7 +412,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
         m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                      offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
                                      ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
-                                     FP8_PAIRS, QK_SPLIT)
+                                     FP8_PAIRS, QK_SPLIT, ROWS_M)
+    if ROWS_M:
+        acc = tl.trans(acc)
     m_i = m_i * LN2   # natural-log units from here (the sink's, the lse's)
     if SPLIT:  # partial: o normalised over this split's rows, lse without the sink
         safe_l = tl.where(l_i > 0, l_i, 1.0)
@@ -526,7 +558,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        out: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4, combine: str = "fused",
-                       fp8_pairs: bool = False, qk_split: int = 1
+                       fp8_pairs: bool = False, qk_split: int = 1, rows_m: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
@@ -542,7 +574,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     (model/kernels/fp8_pairs.py), where the rows allow it (``fp8_row_pairs``) and the queries
     are not fp16 (its tile is the values × 2^-60). ``qk_split``: the scores as a dot batched
     over that many slices of the head dim, the slices spread over the warps (``_attend_tile``;
-    for the 16-head tiles of mma.sync, not the 64-head warp-group tiles)."""
+    for the 16-head tiles of mma.sync, not the 64-head warp-group tiles). ``rows_m``: the
+    dots with the row tile on the MMA's M side (``_attend_tile``; for 64-head tiles)."""
     q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
@@ -556,7 +589,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     return _launch(q, out_dtype, (kv, kv16, win, win16, idx, widx), (n, idx.shape[-1], nw, w,
                    widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
                    block_h, block_n, dv_parts, num_warps, combine, fp8_pairs=fp8_pairs,
-                   qk_split=qk_split)
+                   qk_split=qk_split, rows_m=rows_m)
 
 
 def scale_words(layout: KVLayout, aligned: bool) -> bool:
@@ -585,7 +618,7 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
 
 def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
             n_splits, block_h, block_n, dv_parts, num_warps, combine="fused",
-            table_aligned=False, fp8_pairs=False, qk_split=1
+            table_aligned=False, fp8_pairs=False, qk_split=1, rows_m=False
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
     (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
@@ -593,7 +626,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     ``combine``: "fused" (the splits' last program merges them, one launch) or "kernel"
     (``_sparse_attn_combine``, a launch of its own); ``table_aligned``: every address in
     ``table`` is a multiple of 16 (``_table_rows``); ``fp8_pairs``, ``qk_split``: as
-    ``sparse_attn_triton``'s."""
+    ``sparse_attn_triton``'s, and ``rows_m``."""
     fused = finish_fused("sparse attention combine", combine)
     b, s, h, d = q.shape
     kv, kv16, win, win16, idx, widx = sources
@@ -621,6 +654,8 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
         raise ValueError(f"dv_parts={dv_parts} does not split {block_d} columns into ≥ 16")
     if qk_split < 1 or block_d % qk_split or block_d // qk_split < 16:
         raise ValueError(f"qk_split={qk_split} does not split {block_d} dims into ≥ 16")
+    if rows_m and qk_split > 1:
+        raise ValueError("rows_m and qk_split > 1 are two layouts of the scores: pick one")
     r2 = 0 if unrope is None else unrope.shape[-1]
     if unrope is not None:
         assert unrope.shape[0] == s and 0 < 2 * r2 <= d and d % 2 == 0, (unrope.shape, q.shape)
@@ -636,7 +671,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   SCALE_WORDS=layout is not None and scale_words(layout, aligned),
                   FP8_PAIRS=(fp8_pairs and layout is not None and q.dtype != torch.float16
                              and fp8_row_pairs(layout, aligned)),
-                  QK_SPLIT=qk_split,
+                  QK_SPLIT=qk_split, ROWS_M=rows_m,
                   num_warps=num_warps, **overlap)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table

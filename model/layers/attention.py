@@ -331,10 +331,11 @@ KEPT_WINDOW_TABLE_TOKENS = 16   # window index tables of forwards this short out
 
 def window_indices(window: int, start_pos: int, s: int, n_past: int, device: torch.device
                    ) -> torch.Tensor:
-    """[s, window] indices of the window rows of queries start_pos.. into cat(the n_past past
-    rows, the s new ones); −1 where the position is < 0."""
-    t = torch.arange(start_pos, start_pos + s, device=device).view(-1, 1)
-    pos = t - window + 1 + torch.arange(window, device=device).view(1, -1)
+    """[s, window] int32 indices of the window rows of queries start_pos.. into cat(the n_past
+    past rows, the s new ones); −1 where the position is < 0. int32, as the indexer's picks
+    are: the attention kernel's index arithmetic is then 32-bit (fewer instructions a tile)."""
+    t = torch.arange(start_pos, start_pos + s, device=device, dtype=torch.int32).view(-1, 1)
+    pos = t - window + 1 + torch.arange(window, device=device, dtype=torch.int32).view(1, -1)
     return torch.where(pos >= 0, pos - (start_pos - n_past), -1)
 
 

@@ -48,8 +48,8 @@ def test_sparse_attn_matches_reference(b, s, h, d, n, k, splits):
     _check(got, sparse_attn_reference(q, kv, sink, idx, scale))
 
 
-@pytest.mark.parametrize("splits", [1, 2])
-def test_the_running_max_rescales_only_past_the_slack_and_stays_exact(splits):
+@pytest.mark.parametrize("splits,rows_m", [(1, False), (2, False), (1, True), (2, True)])
+def test_the_running_max_rescales_only_past_the_slack_and_stays_exact(splits, rows_m):
     """Scores that grow from one 16-row tile to the next, by less than the rescale slack (2^8,
     log2 units: the accumulator keeps a stale max) and by far more (it rescales), and fall
     again: the output and lse are the reference's, split or not."""
@@ -61,7 +61,7 @@ def test_the_running_max_rescales_only_past_the_slack_and_stays_exact(splits):
     q = v.expand(1, 1, h, d) * torch.tensor([1.0, 0.9, 0.5, -0.2]).view(1, 1, h, 1)
     idx = torch.arange(128).view(1, 1, 128)
     sink = torch.zeros(h)
-    got = sparse_attn_triton(q, kv[None], sink, idx, 1.0, n_splits=splits)
+    got = sparse_attn_triton(q, kv[None], sink, idx, 1.0, n_splits=splits, rows_m=rows_m)
     _check(got, sparse_attn_reference(q, kv[None], sink, idx, 1.0), atol=1e-4)
 
 
@@ -393,3 +393,39 @@ def test_a_merged_split_reads_at_least_128_rows():
     assert default_splits(8, 4, 640, 16, merged=True) == 5      # a batch of 8: 8 splits apart
     assert default_splits(1, 4, 100, 16, merged=True) == 1      # one split: nothing to merge
     assert default_splits(64, 4, 640, 16, merged=True) == 1     # enough programs already
+
+
+@pytest.mark.parametrize(
+    "fp8,b,s,h,d,n,k,splits,block_h,dv_parts,block_n,window,unrope",
+    [
+        (False, 1, 3, 64, 64, 90, 70, 1, 64, 1, 64, True, True),   # prefill: a short last step
+        (False, 2, 2, 20, 48, 33, 17, 1, 32, 1, 16, False, False),  # ragged heads, d padded
+        (False, 1, 2, 64, 64, 40, 37, 1, 64, 2, 32, True, False),   # 2 column slices
+        (False, 1, 1, 16, 64, 70, 64, 3, 16, 1, 16, False, True),   # decode split, merged
+        (True, 1, 3, 64, 128, 50, 36, 1, 64, 1, 32, True, True),    # FP8 rows, a window
+        (True, 1, 2, 8, 128, 40, 37, 2, 16, 4, 16, False, False),   # ... split, 4 slices
+    ],
+)
+def test_rows_on_the_mma_m_side_give_the_heads_on_m_output(fp8, b, s, h, d, n, k, splits,
+                                                           block_h, dv_parts, block_n, window,
+                                                           unrope):
+    """``rows_m``: the scores as kv · qᵀ and the output as kvᵀ · p, the accumulator
+    [columns, heads] and transposed once after the loops — the heads-on-M kernel's output and
+    lse up to the order of fp32 sums, and the reference's, with padding (−1) slots, a window
+    source, column slices, split rows and the output's RoPE dims rotated back."""
+    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=d + h + splits)
+    layout = KVLayout(d, 32, 32) if fp8 else None
+    rows = pack_kv_fp8(kv, layout) if fp8 else kv
+    win = None
+    if window:
+        win_kv = torch.randn(b, 6, d) * 1.5
+        win = WindowRows(pack_kv_fp8(win_kv, layout) if fp8 else win_kv,
+                         torch.tensor([[-1, 0, 3, 5, 2, 4, -1]]).expand(s, -1))
+    angles = torch.rand(s, 8) * 6 if unrope else None
+    opts = dict(layout=layout, window=win, unrope=angles, n_splits=splits, block_h=block_h,
+                dv_parts=dv_parts, block_n=block_n)
+    got = sparse_attn_triton(q, rows, sink, idx, d**-0.5, rows_m=True, **opts)
+    _check(got, sparse_attn_triton(q, rows, sink, idx, d**-0.5, **opts), atol=1e-5)
+    want = (sparse_attn_fp8_reference(q, rows, sink, idx, d**-0.5, layout, win, angles) if fp8
+            else sparse_attn_reference(q, kv, sink, idx, d**-0.5, win, angles))
+    _check(got, want, atol=1e-4)
