@@ -81,11 +81,15 @@ def attn_decode() -> list[Variant]:
 def attn_prefill() -> list[Variant]:
     """Prefill sparse attention (the bench's 1,024-query chunk at 128K, CSA, bf16 rows):
     64-head tiles with the output columns whole or in 2 / 4 slices, 16 / 32 / 64 rows a step,
-    4 / 8 warps (a shape asking for more shared memory than a block may have is an error
-    row)."""
+    4 / 8 warps, and for 2 slices each step's next scores issued before its softmax (``ahead``;
+    a shape asking for more shared memory than a block may have is an error row)."""
     out = []
-    for dv, n, w in itertools.product((1, 2, 4), (16, 32, 64), (4, 8)):
+    shapes = [(dv, n, w, False) for dv, n, w in itertools.product((1, 2, 4), (16, 32, 64), (4, 8))]
+    shapes += [(2, n, w, True) for n, w in itertools.product((16, 32, 64), (4, 8))]
+    for dv, n, w, ahead in shapes:
         opts = dict(block_h=64, dv_parts=dv, block_n=n, num_warps=w)
+        if ahead:
+            opts["ahead"] = True
         out.append(("sparse_attn_prefill_csa", (lambda o=opts: bk._attn_case(
             "sparse_attn_prefill_csa", 1024, bk.CONTEXT // 4, bk.TOPK, False, "cuda",
             torch.bfloat16, "", **o)), opts))

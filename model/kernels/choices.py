@@ -78,6 +78,8 @@ DECISIONS = {d.name: d for d in (
                       {"block_h": 64, "dv_parts": 1, "num_warps": 8}),
               Variant("sparse_attn_prefill_csa_h64_dv1_n32_w8",
                       {"block_h": 64, "dv_parts": 1, "block_n": 32, "num_warps": 8}),
+              Variant("sparse_attn_prefill_csa_h64_ahead",
+                      {"block_h": 64, "dv_parts": 2, "ahead": True}),
               Variant("sparse_attn_prefill_csa_h64_dv1_n64_w8_rows",
                       {"block_h": 64, "dv_parts": 1, "block_n": 64, "num_warps": 8,
                        "rows_m": True}))),

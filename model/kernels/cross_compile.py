@@ -234,11 +234,32 @@ def sass_loops(sass: str, least: int = 16) -> list[dict]:
         start = index.get(int(branch.group(1), 16))
         if start is None or i - start + 1 < least:
             continue
-        ops = [_opcode(t) for _, t in lines[start:i + 1]]
+        texts = [_PREDICATE.sub("", t.strip()) for _, t in lines[start:i + 1]]
+        ops = [_opcode(t) for t in texts]
         loops.append({"at": f"{lines[start][0]:#x}", "instructions": len(ops),
                       **{name: sum(op in kinds for op in ops) for name, kinds in
-                         _LOOP_OPS.items()}})
+                         _LOOP_OPS.items()}, "exps_under_mma": _exps_under_mma(texts)})
     return sorted(loops, key=lambda loop: int(loop["at"], 16))
+
+
+def _exps_under_mma(texts: list[str]) -> int:
+    """The exps (``MUFU.EX2``) a warp issues in a loop body while its warp-group MMAs run: after
+    an ``HGMMA`` and before the ``WARPGROUP.DEPBAR`` that waits for it, around the loop's back
+    edge too. A softmax whose exps all wait for the scores' MMAs first has none; one that
+    overlaps them (``sparse_attn``'s AHEAD) has its exps here."""
+    def scan(flying: bool) -> tuple[bool, int]:
+        count = 0
+        for text in texts:
+            if text.startswith("HGMMA"):
+                flying = True
+            elif text.startswith("WARPGROUP.DEPBAR"):
+                flying = False
+            elif flying and text.startswith("MUFU.EX2"):
+                count += 1
+        return flying, count
+
+    flying, _ = scan(False)      # what is in flight at the back edge
+    return scan(flying)[1]
 
 
 # instructions that write no register (their first operand is read, or is no register)

@@ -269,34 +269,115 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
             p = p * unshift
         acc = tl.dot(tl.trans(kv), p.to(cdt), acc, input_precision=PREC)
     else:
-        if QK_SPLIT > 1:
-            BH: tl.constexpr = q.shape[0]
-            BN: tl.constexpr = kv.shape[0]
-            PART: tl.constexpr = q.shape[1] // QK_SPLIT
-            q_parts = tl.permute(tl.reshape(q, [BH, QK_SPLIT, PART]), (1, 0, 2))
-            kv_parts = tl.permute(tl.reshape(kv, [BN, QK_SPLIT, PART]), (1, 2, 0))
-            dots = tl.sum(tl.dot(q_parts, kv_parts, input_precision=PREC), 0)
-        else:
-            dots = tl.dot(q, tl.trans(kv), input_precision=PREC)
-        logits = dots * (scale * (LOG2E * unshift))
-        logits = tl.where(valid[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
-            # the running max moves only when some row's grew by more than the slack: until then
-            # p = 2^(logit − m_i) ≤ 2^RESCALE_SLACK, and acc and l need no rescale (a multiply of
-            # the whole BLOCK_H × BLOCK_DV accumulator every row tile otherwise)
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        p = tl.exp2(logits - m_i[:, None])
-        l_i = l_i + tl.sum(p, 1)
-        if DV_PARTS > 1:   # this program's output columns of the same rows (an L1 / L2 hit)
-            kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_dv, dv0, D, cdt, KV_FP8, ROW, NOPE,
-                          QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
-        if FP8_PAIRS:
-            p = p * unshift
-        acc = acc + tl.dot(p.to(cdt), kv, input_precision=PREC)
+        dots = _heads_dots(q, kv, PREC, QK_SPLIT)
+        m_i, l_i, acc = _heads_update(dots, scale * (LOG2E * unshift), kv, rows, valid, m_i, l_i,
+                                      acc, kv_ptr, kv16_ptr, offs_dv, dv0, D, KV_FP8, ROW, NOPE,
+                                      QB, SCALE_OFF, PREC, SCALE_WORDS, FP8_PAIRS, DV_PARTS > 1,
+                                      cdt)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _heads_dots(q, kv, PREC: tl.constexpr, QK_SPLIT: tl.constexpr):
+    """A row tile's dots with the heads on the MMA's M side: q · kvᵀ [BLOCK_H, BLOCK_N]
+    (``_attend_tile``'s QK_SPLIT)."""
+    if QK_SPLIT > 1:
+        BH: tl.constexpr = q.shape[0]
+        BN: tl.constexpr = kv.shape[0]
+        PART: tl.constexpr = q.shape[1] // QK_SPLIT
+        q_parts = tl.permute(tl.reshape(q, [BH, QK_SPLIT, PART]), (1, 0, 2))
+        kv_parts = tl.permute(tl.reshape(kv, [BN, QK_SPLIT, PART]), (1, 2, 0))
+        dots = tl.sum(tl.dot(q_parts, kv_parts, input_precision=PREC), 0)
+    else:
+        dots = tl.dot(q, tl.trans(kv), input_precision=PREC)
+    return dots
+
+
+@triton.jit
+def _heads_update(dots, multiplier, kv, rows, valid, m_i, l_i, acc, kv_ptr, kv16_ptr, offs_dv,
+                  dv0, D,
+                  KV_FP8: tl.constexpr, ROW: tl.constexpr, NOPE: tl.constexpr,
+                  QB: tl.constexpr, SCALE_OFF: tl.constexpr, PREC: tl.constexpr,
+                  SCALE_WORDS: tl.constexpr, FP8_PAIRS: tl.constexpr, RELOAD: tl.constexpr,
+                  cdt: tl.constexpr):
+    """The online-softmax step of a row tile whose scores are ``dots`` [BLOCK_H, BLOCK_N] ×
+    ``multiplier`` (log2 units; −inf at the invalid rows): (m_i, l_i, acc) updated as
+    ``_attend_tile`` says. RELOAD: the tile's output columns
+    ``offs_dv`` are loaded here (an L1 / L2 hit: the scores read the same rows), else ``kv``
+    holds them (in ``cdt``, the compute dtype)."""
+    logits = tl.where(valid[None, :], dots * multiplier, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(logits, 1))
+    if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
+        # the running max moves only when some row's grew by more than the slack: until then
+        # p = 2^(logit − m_i) ≤ 2^RESCALE_SLACK, and acc and l need no rescale (a multiply of
+        # the whole BLOCK_H × BLOCK_DV accumulator every row tile otherwise)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha
+        acc = acc * alpha[:, None]
+        m_i = m_new
+    p = tl.exp2(logits - m_i[:, None])
+    l_i = l_i + tl.sum(p, 1)
+    if RELOAD:
+        kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_dv, dv0, D, cdt, KV_FP8, ROW, NOPE,
+                      QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
+    if FP8_PAIRS:
+        p = p * FP8_PAIRS_UNSHIFT
+    acc = acc + tl.dot(p.to(cdt), kv, input_precision=PREC)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _slot_indices(offs_n, hi, slots_ptr, shift, COMPUTED: tl.constexpr):
+    """The row indices of slots ``offs_n`` (−1 from ``hi`` on): ``offs_n − shift`` when
+    COMPUTED (TABLE's window, ALL_ROWS), else loaded from ``slots_ptr + offs_n``."""
+    if COMPUTED:
+        return tl.where(offs_n < hi, offs_n - shift, -1)
+    return tl.load(slots_ptr + offs_n, mask=offs_n < hi, other=-1)
+
+
+@triton.jit
+def _attend_ahead(q, m_i, l_i, acc, src_ptr, src16_ptr, batch, NR, lo, hi, slots_ptr, shift,
+                  offs_d, offs_dv, dv0, D, scale, KV_FP8: tl.constexpr, ROW: tl.constexpr,
+                  NOPE: tl.constexpr, QB: tl.constexpr, SCALE_OFF: tl.constexpr,
+                  PREC: tl.constexpr, SCALE_WORDS: tl.constexpr, FP8_PAIRS: tl.constexpr,
+                  QK_SPLIT: tl.constexpr, COMPUTED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``_attend_tile`` over the slots [lo, hi) of one source (NR rows a batch element; slot
+    indices as ``_slot_indices`` says), heads on M, software-pipelined by hand: each step
+    issues the next tile's scores (an asynchronous warp-group MMA on a GPU) and then runs this
+    tile's softmax and P·V, whose columns ``offs_dv`` it loads again (an L1 / L2 hit) — the
+    tensor cores work while the warps do the exps, FlashAttention-3's overlap within a warp
+    group. The first step's tile is empty and the last step's next tile all padding: loads
+    masked off, a tile of MMAs on zeros a loop."""
+    cdt: tl.constexpr = q.dtype
+    unshift: tl.constexpr = FP8_PAIRS_UNSHIFT if FP8_PAIRS else 1.0
+    multiplier = scale * (LOG2E * unshift)
+    # the step before the first has an empty tile (no valid row: it adds nothing) and issues
+    # the first tile's dots: no prologue (its tile would hold shared memory of its own)
+    dots = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
+    valid = tl.zeros([BLOCK_N], dtype=tl.int1)
+    rows = tl.zeros([BLOCK_N], dtype=tl.int64)
+    zeros_a = tl.zeros([q.shape[0], 16], dtype=cdt)
+    zeros_b = tl.zeros([16, BLOCK_N], dtype=cdt)
+    for n0 in range(lo - BLOCK_N, hi, BLOCK_N):
+        # this tile's dots through a zero MMA (dots + 0·0, exact): Triton leaves an MMA in
+        # flight across a step only if the next step reads its result as another MMA's
+        # accumulator first (its asyncLaunchDots), and waits for every MMA in flight here
+        dots = tl.dot(zeros_a, zeros_b, dots, input_precision=PREC)
+        idx = _slot_indices(n0 + BLOCK_N + tl.arange(0, BLOCK_N), hi, slots_ptr, shift,
+                            COMPUTED)
+        valid_next = (idx >= 0) & (idx < NR)
+        rows_next = batch.to(tl.int64) * NR + tl.where(valid_next, idx, 0).to(tl.int64)
+        kv = _kv_tile(src_ptr, src16_ptr, rows_next, valid_next, offs_d, 0, D, cdt, KV_FP8,
+                      ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
+        # the next tile's dots: nothing reads them before the next step (on a GPU the MMAs
+        # run on while this tile's softmax and P·V issue)
+        dots_next = _heads_dots(q, kv, PREC, QK_SPLIT)
+        m_i, l_i, acc = _heads_update(dots, multiplier, kv, rows, valid, m_i, l_i, acc, src_ptr,
+                                      src16_ptr, offs_dv, dv0, D, KV_FP8, ROW, NOPE, QB,
+                                      SCALE_OFF, PREC, SCALE_WORDS, FP8_PAIRS, True, cdt)
+        dots = dots_next
+        rows = rows_next
+        valid = valid_next
     return m_i, l_i, acc
 
 
@@ -338,7 +419,8 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                      COMBINE: tl.constexpr = False, COMBINE_COLUMNS: tl.constexpr = 128,
                      TABLE_ALIGNED: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False,
                      FP8_PAIRS: tl.constexpr = False, QK_SPLIT: tl.constexpr = 1,
-                     ROWS_M: tl.constexpr = False, PDL: tl.constexpr = False):
+                     ROWS_M: tl.constexpr = False, AHEAD: tl.constexpr = False,
+                     PDL: tl.constexpr = False):
     """A query's W + K slots: first its W window indices into the window's NW rows (win_ptr;
     W = 0 without a window), then its K indices into kv's N rows. UNROPE: the stored output's
     RoPE dims rotated back by angles [S, R2] (not with SPLIT: the combine does it).
@@ -352,7 +434,9 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     a (token, head block, column slice) to finish (an arrival count per group at cnt_ptr, zero
     before and after the launch) merges the group's partials with the sink into fo_ptr /
     flse_ptr, as ``_sparse_attn_combine`` would: flash-decoding in one launch.
-    ROWS_M: the tiles' dots with rows on M (``_attend_tile``), the accumulator transposed."""
+    ROWS_M: the tiles' dots with rows on M (``_attend_tile``), the accumulator transposed.
+    AHEAD: each loop computes its next row tile's scores before this tile's softmax
+    (``_attend_ahead``), so a warp group's MMAs run while it does the exps."""
     grid_entry(PDL)
     BLOCK_DV: tl.constexpr = BLOCK_D // DV_PARTS
     pid_t = tl.program_id(0)  # b·S + s
@@ -392,27 +476,41 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     # each, so a tile's row source is fixed (no per-row pointer select)
     widx_row = widx_ptr + batch.to(tl.int64) * widx_batch_stride + (pid_t % S).to(tl.int64) * W
     win_end = tl.minimum(end, W)
-    for n0 in range(start, win_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        if TABLE:   # the last NW of the W slots, oldest first
-            idx = tl.where(offs_n < win_end, offs_n - (W - NW), -1)
-        else:
-            idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
-        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
-                                     offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
-                                     ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
-                                     FP8_PAIRS, QK_SPLIT, ROWS_M)
-    for n0 in range(tl.maximum(start, W), end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        if ALL_ROWS:
-            idx = tl.where(offs_n < end, offs_n - W, -1)
-        else:
-            idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
-                          other=-1)
-        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
-                                     offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
-                                     ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
-                                     FP8_PAIRS, QK_SPLIT, ROWS_M)
+    if AHEAD:   # each loop's next tile's scores issued before this tile's softmax
+        win_slots = widx_row
+        kv_slots = idx_ptr + pid_t.to(tl.int64) * K - W
+        m_i, l_i, acc = _attend_ahead(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, start,
+                                      win_end, win_slots, W - NW, offs_d, offs_dv,
+                                      part_dv * BLOCK_DV, D, scale, KV_FP8, ROW, NOPE, QB,
+                                      SCALE_OFF, PREC, SCALE_WORDS, FP8_PAIRS, QK_SPLIT, TABLE,
+                                      BLOCK_N)
+        m_i, l_i, acc = _attend_ahead(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N,
+                                      tl.maximum(start, W), end, kv_slots, W, offs_d, offs_dv,
+                                      part_dv * BLOCK_DV, D, scale, KV_FP8, ROW, NOPE, QB,
+                                      SCALE_OFF, PREC, SCALE_WORDS, FP8_PAIRS, QK_SPLIT,
+                                      ALL_ROWS, BLOCK_N)
+    else:
+        for n0 in range(start, win_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            if TABLE:   # the last NW of the W slots, oldest first
+                idx = tl.where(offs_n < win_end, offs_n - (W - NW), -1)
+            else:
+                idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
+            m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
+                                         offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
+                                         ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
+                                         FP8_PAIRS, QK_SPLIT, ROWS_M)
+        for n0 in range(tl.maximum(start, W), end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            if ALL_ROWS:
+                idx = tl.where(offs_n < end, offs_n - W, -1)
+            else:
+                idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
+                              other=-1)
+            m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
+                                         offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
+                                         ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
+                                         FP8_PAIRS, QK_SPLIT, ROWS_M)
     if ROWS_M:
         acc = tl.trans(acc)
     m_i = m_i * LN2   # natural-log units from here (the sink's, the lse's)
@@ -558,8 +656,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        out: torch.Tensor | None = None,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4, combine: str = "fused",
-                       fp8_pairs: bool = False, qk_split: int = 1, rows_m: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       fp8_pairs: bool = False, qk_split: int = 1, rows_m: bool = False,
+                       ahead: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
     [s, r/2] the output's RoPE dims are rotated back by (module docstring); ``out``: where o
@@ -575,7 +673,9 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     are not fp16 (its tile is the values × 2^-60). ``qk_split``: the scores as a dot batched
     over that many slices of the head dim, the slices spread over the warps (``_attend_tile``;
     for the 16-head tiles of mma.sync, not the 64-head warp-group tiles). ``rows_m``: the
-    dots with the row tile on the MMA's M side (``_attend_tile``; for 64-head tiles)."""
+    dots with the row tile on the MMA's M side (``_attend_tile``; for 64-head tiles).
+    ``ahead``: the next row tile's scores issued before this tile's softmax (``_attend_ahead``;
+    heads on M only)."""
     q, out_dtype = _compute_queries(q)
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
@@ -589,7 +689,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     return _launch(q, out_dtype, (kv, kv16, win, win16, idx, widx), (n, idx.shape[-1], nw, w,
                    widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
                    block_h, block_n, dv_parts, num_warps, combine, fp8_pairs=fp8_pairs,
-                   qk_split=qk_split, rows_m=rows_m)
+                   qk_split=qk_split, rows_m=rows_m, ahead=ahead)
 
 
 def scale_words(layout: KVLayout, aligned: bool) -> bool:
@@ -618,15 +718,15 @@ def _compute_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
 
 def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, table, all_rows,
             n_splits, block_h, block_n, dv_parts, num_warps, combine="fused",
-            table_aligned=False, fp8_pairs=False, qk_split=1, rows_m=False
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            table_aligned=False, fp8_pairs=False, qk_split=1, rows_m=False,
+            ahead=False) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (one split, or flash-decoding's splits and their combine) over ``sources``
     (kv, its int16 view, window rows, theirs, indices, window indices) of ``sizes`` (n, k,
     nw, w, the window indices' batch stride); ``table``: per-token sources (TABLE mode).
     ``combine``: "fused" (the splits' last program merges them, one launch) or "kernel"
     (``_sparse_attn_combine``, a launch of its own); ``table_aligned``: every address in
     ``table`` is a multiple of 16 (``_table_rows``); ``fp8_pairs``, ``qk_split``: as
-    ``sparse_attn_triton``'s, and ``rows_m``."""
+    ``sparse_attn_triton``'s, and ``rows_m``, ``ahead``."""
     fused = finish_fused("sparse attention combine", combine)
     b, s, h, d = q.shape
     kv, kv16, win, win16, idx, widx = sources
@@ -656,6 +756,8 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
         raise ValueError(f"qk_split={qk_split} does not split {block_d} dims into ≥ 16")
     if rows_m and qk_split > 1:
         raise ValueError("rows_m and qk_split > 1 are two layouts of the scores: pick one")
+    if rows_m and ahead:
+        raise ValueError("ahead pipelines the heads-on-M tiles; rows_m has none to pipeline")
     r2 = 0 if unrope is None else unrope.shape[-1]
     if unrope is not None:
         assert unrope.shape[0] == s and 0 < 2 * r2 <= d and d % 2 == 0, (unrope.shape, q.shape)
@@ -671,7 +773,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
                   SCALE_WORDS=layout is not None and scale_words(layout, aligned),
                   FP8_PAIRS=(fp8_pairs and layout is not None and q.dtype != torch.float16
                              and fp8_row_pairs(layout, aligned)),
-                  QK_SPLIT=qk_split, ROWS_M=rows_m,
+                  QK_SPLIT=qk_split, ROWS_M=rows_m, AHEAD=ahead,
                   num_warps=num_warps, **overlap)
     sources = (q, kv, kv16, win, win16, sink, idx, widx)
     tab = idx if table is None else table

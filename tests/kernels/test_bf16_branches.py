@@ -142,26 +142,28 @@ def _attn_inputs(b, s, h, d, n, k, seed=0):
     return q, kv, sink, torch.where(torch.rand(b, s, k, generator=g) < 0.25, -1, idx)
 
 
-@pytest.mark.parametrize("b,s,h,splits,block_h,dv_parts,block_n,combine,qk_split,rows_m", [
-    (1, 1, 16, 3, 16, 1, 16, "fused", 1, False),   # decode split, merged by the last program
-    (1, 1, 16, 3, 16, 1, 16, "kernel", 1, False),  # ... merged by the combine kernel
-    (1, 1, 16, 2, 16, 2, 16, "fused", 1, False),   # decode, output columns in two slices
-    (1, 1, 16, 2, 16, 2, 16, "kernel", 1, False),
-    (1, 3, 64, 1, 64, 1, 16, "fused", 1, False),   # prefill, a 64-head tile, all the columns
-    (2, 2, 64, 1, 64, 2, 32, "fused", 1, False),   # prefill, 32 rows a step, two slices
-    (1, 3, 64, 1, 64, 1, 32, "fused", 1, False),   # all the columns, 32 rows a step
-    (1, 2, 64, 1, 64, 4, 64, "fused", 1, False),   # four column slices, 64 rows a step
-    (1, 1, 16, 3, 16, 1, 16, "fused", 4, False),   # decode, scores batched over 4 slices
-    (1, 3, 16, 1, 16, 2, 16, "fused", 4, False),   # ... prefill, two column slices
-    (1, 3, 64, 1, 64, 1, 64, "fused", 1, True),    # prefill, the rows on the MMAs' M side
-    (1, 1, 16, 3, 16, 2, 16, "fused", 1, True),    # ... decode split, two column slices
+@pytest.mark.parametrize("b,s,h,splits,block_h,dv_parts,block_n,combine,qk_split,tile", [
+    (1, 1, 16, 3, 16, 1, 16, "fused", 1, ""),         # decode split, merged by the last program
+    (1, 1, 16, 3, 16, 1, 16, "kernel", 1, ""),        # ... merged by the combine kernel
+    (1, 1, 16, 2, 16, 2, 16, "fused", 1, ""),         # decode, output columns in two slices
+    (1, 1, 16, 2, 16, 2, 16, "kernel", 1, ""),
+    (1, 3, 64, 1, 64, 1, 16, "fused", 1, ""),         # prefill, a 64-head tile, all the columns
+    (2, 2, 64, 1, 64, 2, 32, "fused", 1, ""),         # prefill, 32 rows a step, two slices
+    (1, 3, 64, 1, 64, 1, 32, "fused", 1, ""),         # all the columns, 32 rows a step
+    (1, 2, 64, 1, 64, 4, 64, "fused", 1, ""),         # four column slices, 64 rows a step
+    (1, 1, 16, 3, 16, 1, 16, "fused", 4, ""),         # decode, scores batched over 4 slices
+    (1, 3, 16, 1, 16, 2, 16, "fused", 4, ""),         # ... prefill, two column slices
+    (1, 3, 64, 1, 64, 1, 64, "fused", 1, "rows_m"),   # prefill, the rows on the MMAs' M side
+    (1, 1, 16, 3, 16, 2, 16, "fused", 1, "rows_m"),   # ... decode split, two column slices
+    (1, 3, 64, 1, 64, 2, 16, "fused", 1, "ahead"),    # prefill, the next scores ahead
 ])
 @pytest.mark.parametrize("rows_format", ["bf16", "fp8", "fp8_pairs"])
 def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv_parts, block_n,
-                                                    combine, qk_split, rows_m, rows_format,
+                                                    combine, qk_split, tile, rows_format,
                                                     ptx_calls):
     """``fp8_pairs``: the FP8 rows decoded by placement, scaled by the emulated PTX;
-    ``qk_split``: the scores' batched dot in bf16; ``rows_m``: both dots with the rows on M."""
+    ``qk_split``: the scores' batched dot in bf16; ``tile`` "rows_m": both dots with the rows
+    on M, "ahead": each step's next scores issued before its softmax."""
     from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
     from model.kernels.sparse_attn import sparse_attn_reference, sparse_attn_triton
 
@@ -173,7 +175,8 @@ def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv
     out, lse = sparse_attn_triton(q, rows, sink, idx, d**-0.5, layout=layout, n_splits=splits,
                                   block_h=block_h, dv_parts=dv_parts, block_n=block_n,
                                   combine=combine, fp8_pairs=rows_format == "fp8_pairs",
-                                  qk_split=qk_split, rows_m=rows_m)
+                                  qk_split=qk_split, rows_m=tile == "rows_m",
+                                  ahead=tile == "ahead")
     want, want_lse = sparse_attn_reference(q.float(), dense, sink, idx, d**-0.5)
     assert out.dtype == torch.bfloat16 and bool(ptx_calls) == (rows_format == "fp8_pairs")
     _close(out, want, rel=2e-2)

@@ -35,6 +35,7 @@ def _rows() -> list[dict]:
         _row("sparse_attn_prefill_csa_h64_dv4_n64_w8", 1.0, 0.8),
         _row("sparse_attn_prefill_csa_h64_dv1_n16_w8", 1.0, 0.55),
         _row("sparse_attn_prefill_csa_h64_dv1_n32_w8", 1.0, 0.65),
+        _row("sparse_attn_prefill_csa_h64_ahead", 1.0, 0.52),
         _row("sparse_attn_prefill_csa_h64_dv1_n64_w8_rows", 1.0, 0.75),
         _row("sparse_attn_prefill_csa_fp8", 1.0),
         _row("sparse_attn_prefill_csa_fp8_h64", 2.0),

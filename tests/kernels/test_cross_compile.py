@@ -99,6 +99,11 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
                == {"launch_pdl": True, "wait": "first", "lets_next_start": True}
                for r in kernels)
     assert all((r["grid"]["prefetches"] > 0) == (r["kernel"] in streaming) for r in kernels)
+    # attention's AHEAD tiles issue their exps while the next tile's score MMAs run
+    ahead = [r for r in kernels if r["kernel"] == "_sparse_attn_fwd"
+             and r["constexprs"].get("AHEAD")]
+    assert ahead and all(loop["exps_under_mma"] > 0 for r in ahead for loop in r["loops"]
+                         if loop["mma"]), [(r["case"], r["loops"]) for r in ahead]
     # every loop of tensor-core MMAs has its loads issued ahead (a failure otherwise)
     assert all(r["pipelined"] for r in kernels)
     # the program that finishes a split launch waits for memory in few trips, each for many
@@ -183,8 +188,35 @@ def test_sass_loops_are_the_backward_branches_ranges_counted_by_kind():
     loops = sass_loops(SASS, least=2)
     assert loops == [{"at": "0x30", "instructions": 5, "barriers": 1, "global_loads": 1,
                       "global_stores": 0, "shared": 0, "shuffles": 1, "mma": 1,
-                      "atomics": 0}]   # the forward branch and the one-line spin are no loop
+                      "atomics": 0, "exps_under_mma": 0}]   # the forward branch and the
+    # one-line spin are no loop
     assert sass_loops(SASS) == []     # under 16 instructions: left out by default
+
+
+def _loop_of(*body: str) -> str:
+    lines = [f"        /*{16 * i:04x}*/                   {text} ;" for i, text in enumerate(body)]
+    return "\n".join(lines + [f"        /*{16 * len(body):04x}*/               @P0 BRA 0x0 ;"])
+
+
+def test_exps_under_mma_are_the_ones_issued_while_the_warps_mmas_run():
+    """After an HGMMA and before the WARPGROUP.DEPBAR that waits for it, around the back edge
+    too: a softmax that waits for its scores first has none; one whose next scores are in
+    flight has every exp (predicated ones too)."""
+    from model.kernels.cross_compile import sass_loops
+
+    waits_first = _loop_of("WARPGROUP.ARRIVE", "HGMMA.64x16x16.F32.BF16 R24, gdesc[UR12], RZ",
+                           "WARPGROUP.DEPBAR.LE gsb0, 0x0", "MUFU.EX2 R4, R4",
+                           "MUFU.EX2 R5, R5", "FADD R6, R4, R5")
+    overlapped = _loop_of("WARPGROUP.DEPBAR.LE gsb0, 0x0", "FMNMX R3, R3, R2, !PT",
+                          "WARPGROUP.ARRIVE", "HGMMA.64x16x16.F32.BF16 R24, gdesc[UR12], RZ",
+                          "MUFU.EX2 R4, R4", "@P1 MUFU.EX2 R5, R5", "FADD R6, R4, R5",
+                          "HGMMA.64x256x16.F32.BF16 R32, R20, gdesc[UR8], R32")
+    assert [loop["exps_under_mma"] for loop in sass_loops(waits_first, least=2)] == [0]
+    assert [loop["exps_under_mma"] for loop in sass_loops(overlapped, least=2)] == [2]
+    # an exp before the body's first MMA, with an MMA still in flight from the step before
+    wrapped = _loop_of("MUFU.EX2 R4, R4", "WARPGROUP.DEPBAR.LE gsb0, 0x0", "MUFU.EX2 R5, R5",
+                       "HGMMA.64x16x16.F32.BF16 R24, gdesc[UR12], RZ")
+    assert [loop["exps_under_mma"] for loop in sass_loops(wrapped, least=2)] == [1]
 
 
 FINISH = """

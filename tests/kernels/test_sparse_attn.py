@@ -429,3 +429,41 @@ def test_rows_on_the_mma_m_side_give_the_heads_on_m_output(fp8, b, s, h, d, n, k
     want = (sparse_attn_fp8_reference(q, rows, sink, idx, d**-0.5, layout, win, angles) if fp8
             else sparse_attn_reference(q, kv, sink, idx, d**-0.5, win, angles))
     _check(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "fp8,b,s,h,d,n,k,splits,block_h,dv_parts,block_n,window,unrope",
+    [
+        (False, 1, 3, 64, 64, 90, 70, 1, 64, 2, 16, True, True),    # prefill: a short last step
+        (False, 2, 2, 20, 48, 33, 17, 1, 16, 1, 16, False, False),  # ragged heads, d padded
+        (False, 1, 1, 16, 64, 70, 64, 3, 16, 2, 16, True, True),    # decode split, merged
+        (False, 1, 2, 8, 64, 30, 5, 1, 16, 1, 16, True, False),     # one compressed tile
+        (True, 1, 3, 64, 128, 50, 36, 1, 64, 4, 32, True, True),    # FP8 rows, a window
+    ],
+)
+@pytest.mark.parametrize("fp8_pairs", [False, True])
+def test_scores_a_tile_ahead_give_the_same_output(fp8, b, s, h, d, n, k, splits, block_h,
+                                                  dv_parts, block_n, window, unrope, fp8_pairs):
+    """``ahead``: each loop issues its next row tile's scores before this tile's softmax, and
+    loads the tile's output columns again — the tile-at-a-time kernel's output and lse to the
+    bit (the same sums in the same order), and the reference's: a window loop and a compressed
+    loop each with its own first tile, a short last tile, a padded next tile after the last."""
+    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=d + h + splits + 7)
+    layout = KVLayout(d, 32, 32) if fp8 else None
+    rows = pack_kv_fp8(kv, layout) if fp8 else kv
+    win = None
+    if window:
+        win_kv = torch.randn(b, 6, d) * 1.5
+        win = WindowRows(pack_kv_fp8(win_kv, layout) if fp8 else win_kv,
+                         torch.tensor([[-1, 0, 3, 5, 2, 4, -1]]).expand(s, -1))
+    angles = torch.rand(s, 8) * 6 if unrope else None
+    opts = dict(layout=layout, window=win, unrope=angles, n_splits=splits, block_h=block_h,
+                dv_parts=dv_parts, block_n=block_n, fp8_pairs=fp8_pairs)
+    got = sparse_attn_triton(q, rows, sink, idx, d**-0.5, ahead=True, **opts)
+    plain = sparse_attn_triton(q, rows, sink, idx, d**-0.5, **opts)
+    assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
+    want = (sparse_attn_fp8_reference(q, rows, sink, idx, d**-0.5, layout, win, angles) if fp8
+            else sparse_attn_reference(q, kv, sink, idx, d**-0.5, win, angles))
+    _check(got, want, atol=1e-4)
+    with pytest.raises(ValueError, match="ahead"):
+        sparse_attn_triton(q, rows, sink, idx, d**-0.5, ahead=True, rows_m=True, **opts)
