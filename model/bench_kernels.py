@@ -83,7 +83,7 @@ def _attn_case(name: str, s: int, n_comp: int, k_comp: int, fp8: bool, dev: str,
     passes it: ``sparse_attn.WindowRows``) ∪ k_comp of n_comp compressed rows; the output's
     RoPE dims rotated back in the kernel that stores it (``unrope``), as the model asks.
     ``tiles``: launch options of the Triton path (block_h, dv_parts, num_warps, fp8_pairs,
-    qk_split, rows_m)."""
+    qk_split, rows_m, ahead, upconvert)."""
     q = _rand(1, s, HEADS, HEAD_DIM, dtype=dtype, device=dev)
     kv = _rand(1, n_comp, HEAD_DIM, dtype=dtype, device=dev)
     sink = torch.randn(HEADS, device=dev)
@@ -772,6 +772,14 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n64_w8_rows", prefill, ctx // 4, TOPK,
           False, dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, block_n=64,
           num_warps=8, rows_m=True),
+        # the FP8 rows up-converted once (32 MiB of bf16 at 128K), then the bf16 rows' 64-head
+        # tile: each row decoded once a chunk, not once a query, head block and column slice
+        p(_attn_case, "sparse_attn_prefill_csa_fp8_upconvert", prefill, ctx // 4, TOPK, True,
+          dev, dtype, "none set (the native cache's prefill path)", block_h=64, dv_parts=2,
+          upconvert=True),
+        p(_attn_case, "sparse_attn_prefill_csa_fp8_upconvert_ahead", prefill, ctx // 4, TOPK,
+          True, dev, dtype, "none set (the native cache's prefill path)", block_h=64,
+          dv_parts=2, upconvert=True, ahead=True),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_w8", prefill, ctx // 4, TOPK, True, dev,
           dtype, "none set (the native cache's prefill path)", num_warps=8),
         p(_attn_case, "sparse_attn_prefill_csa_fp8_pairs", prefill, ctx // 4, TOPK, True, dev,

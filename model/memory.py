@@ -29,6 +29,7 @@ import torch
 from model.cache import index_key_layout, kv_layout, window_capacity
 from model.config import ModelConfig
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
+from model.kernels.sparse_attn import UPCONVERT_MAX_BYTES
 
 MAX_CONTEXT = 1_048_576
 MIN_CHUNK = 64
@@ -67,13 +68,17 @@ class MemoryPlan:
         """Transient bytes of one prefill chunk of ``chunk`` queries at context ``context``:
         what grows with the chunk (row indices, outputs, the mHC streams) plus the scratch of
         the attention and indexer references, which take queries a block at a time and so stay
-        under ``SCRATCH_ELEMENTS`` (the Triton kernels need none)."""
+        under ``SCRATCH_ELEMENTS``, and the Triton prefill's up-converted FP8 rows (at most
+        ``sparse_attn.UPCONVERT_MAX_BYTES``)."""
         c, es = self.cfg, 4  # attention and indexer scores run in fp32
         hca = [r for r in c.compress_ratios[:c.n_layers] if r > 4]
         rows = max([c.index_topk] + [context // r for r in hca])
         keys = c.window_size + rows
         attn = chunk * keys * 8 + chunk * c.n_heads * (c.head_dim + 1) * es
         attn += min(chunk * keys * (c.head_dim + 2 * c.n_heads), SCRATCH_ELEMENTS) * es
+        if 4 in c.compress_ratios:   # a prefill's FP8 rows up-converted once (sparse_attn)
+            attn += min((context // 4 + c.window_size + chunk) * c.head_dim * self.element_size,
+                        UPCONVERT_MAX_BYTES)
         index = 0
         if 4 in c.compress_ratios:
             index = chunk * c.index_topk * 8

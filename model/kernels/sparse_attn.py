@@ -184,6 +184,23 @@ def _load_kv_rows(kv_ptr, kv16_ptr, rows, valid, offs_d, D,
 
 
 @triton.jit
+def _upconvert_rows_kernel(src_ptr, src16_ptr, dst_ptr, NROWS, D, ROW: tl.constexpr,
+                           NOPE: tl.constexpr, QB: tl.constexpr, SCALE_OFF: tl.constexpr,
+                           SCALE_WORDS: tl.constexpr, BLOCK_R: tl.constexpr,
+                           BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
+    """FP8 cache rows [NROWS, ROW bytes] → dst [NROWS, D] in dst's dtype (``upconvert_rows``):
+    BLOCK_R rows a program, each value the one the attention kernels compute with."""
+    grid_entry(PDL)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    valid = rows < NROWS
+    vals = _load_kv_rows(src_ptr, src16_ptr, rows, valid, offs_d, D, True, ROW, NOPE, QB,
+                         SCALE_OFF, SCALE_WORDS)
+    tl.store(dst_ptr + rows[:, None] * D + offs_d[None, :], vals.to(dst_ptr.dtype.element_ty),
+             mask=valid[:, None] & (offs_d < D)[None, :])
+
+
+@triton.jit
 def _unrope_tile(o, ang_ptr, token, col0, D, R2, BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr,
                  BF16: tl.constexpr):
     """o [BLOCK_H, BLOCK_DV], output columns col0.. (col0 even): its RoPE dims (the last 2·R2
@@ -657,7 +674,7 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4, combine: str = "fused",
                        fp8_pairs: bool = False, qk_split: int = 1, rows_m: bool = False,
-                       ahead: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       ahead: bool = False, upconvert: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
     [s, r/2] the output's RoPE dims are rotated back by (module docstring); ``out``: where o
@@ -675,8 +692,18 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
     for the 16-head tiles of mma.sync, not the 64-head warp-group tiles). ``rows_m``: the
     dots with the row tile on the MMA's M side (``_attend_tile``; for 64-head tiles).
     ``ahead``: the next row tile's scores issued before this tile's softmax (``_attend_ahead``;
-    heads on M only)."""
+    heads on M only). ``upconvert`` (FP8 rows, a prefill): the rows up-converted once
+    (``upconvert_rows``: kv's and the window's, while they take at most
+    ``UPCONVERT_MAX_BYTES``) and read as the compute dtype's, where each query's programs would
+    decode every row they read — each row once per head block and column slice."""
     q, out_dtype = _compute_queries(q)
+    if (upconvert and layout is not None
+            and kv.shape[0] * kv.shape[1] * layout.head_dim * q.element_size()
+            <= UPCONVERT_MAX_BYTES):
+        kv = upconvert_rows(kv, layout, q.dtype)
+        if window is not None:
+            window = WindowRows(upconvert_rows(window.rows, layout, q.dtype), window.indices)
+        layout = None
     idx = _index_tensor(indices)
     kv, kv16, n = _rows(kv, q.dtype, layout, q.shape[-1])
     if window is None:   # no window slots: the window pointers are never read
@@ -690,6 +717,31 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                    widx_stride), sink, scale, layout, unrope, out, None, False, n_splits,
                    block_h, block_n, dv_parts, num_warps, combine, fp8_pairs=fp8_pairs,
                    qk_split=qk_split, rows_m=rows_m, ahead=ahead)
+
+
+# a prefill's FP8 rows up-converted once (``upconvert``) only while they take at most this much
+# (a 128K context's 32K compressed rows: 32 MiB in bf16); beyond, the kernel reads FP8 rows
+UPCONVERT_MAX_BYTES = 64 << 20
+UPCONVERT_BLOCK_R = 16
+
+
+def upconvert_rows(rows: torch.Tensor, layout: KVLayout, dtype: torch.dtype) -> torch.Tensor:
+    """FP8 cache rows uint8 [b, n, row_bytes] → [b, n, head_dim] in ``dtype``, exactly the
+    values the attention kernels compute with (e4m3 × a power of two, and the bf16 RoPE dims:
+    all exact in bf16). One launch (``_upconvert_rows_kernel``)."""
+    assert rows.dtype == torch.uint8 and rows.shape[-1] == layout.row_bytes, rows.shape
+    src = rows.contiguous()
+    d = layout.head_dim
+    out = torch.empty(*src.shape[:-1], d, dtype=dtype, device=src.device)
+    count = out.numel() // d
+    if count:
+        aligned = src.data_ptr() % 8 == 0
+        _upconvert_rows_kernel[(triton.cdiv(count, UPCONVERT_BLOCK_R),)](
+            src, src.view(torch.int16), out, count, d, ROW=layout.row_bytes, NOPE=layout.nope,
+            QB=layout.block, SCALE_OFF=layout.scale_offset,
+            SCALE_WORDS=scale_words(layout, aligned), BLOCK_R=UPCONVERT_BLOCK_R,
+            BLOCK_D=max(16, triton.next_power_of_2(d)), **pdl(src.device))
+    return out
 
 
 def scale_words(layout: KVLayout, aligned: bool) -> bool:

@@ -156,6 +156,7 @@ def _attn_inputs(b, s, h, d, n, k, seed=0):
     (1, 3, 64, 1, 64, 1, 64, "fused", 1, "rows_m"),   # prefill, the rows on the MMAs' M side
     (1, 1, 16, 3, 16, 2, 16, "fused", 1, "rows_m"),   # ... decode split, two column slices
     (1, 3, 64, 1, 64, 2, 16, "fused", 1, "ahead"),    # prefill, the next scores ahead
+    (1, 3, 64, 1, 64, 2, 16, "fused", 1, "upconvert"),  # FP8 rows up-converted first
 ])
 @pytest.mark.parametrize("rows_format", ["bf16", "fp8", "fp8_pairs"])
 def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv_parts, block_n,
@@ -163,7 +164,8 @@ def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv
                                                     ptx_calls):
     """``fp8_pairs``: the FP8 rows decoded by placement, scaled by the emulated PTX;
     ``qk_split``: the scores' batched dot in bf16; ``tile`` "rows_m": both dots with the rows
-    on M, "ahead": each step's next scores issued before its softmax."""
+    on M, "ahead": each step's next scores issued before its softmax, "upconvert": FP8 rows
+    up-converted to bf16 once, then read as bf16 rows."""
     from model.kernels.kv_fp8 import KVLayout, pack_kv_fp8, unpack_kv_fp8
     from model.kernels.sparse_attn import sparse_attn_reference, sparse_attn_triton
 
@@ -176,9 +178,11 @@ def test_sparse_attention_in_bf16_matches_reference(b, s, h, splits, block_h, dv
                                   block_h=block_h, dv_parts=dv_parts, block_n=block_n,
                                   combine=combine, fp8_pairs=rows_format == "fp8_pairs",
                                   qk_split=qk_split, rows_m=tile == "rows_m",
-                                  ahead=tile == "ahead")
+                                  ahead=tile == "ahead", upconvert=tile == "upconvert")
     want, want_lse = sparse_attn_reference(q.float(), dense, sink, idx, d**-0.5)
-    assert out.dtype == torch.bfloat16 and bool(ptx_calls) == (rows_format == "fp8_pairs")
+    # up-converted rows are bf16 rows by the time the attention reads them: no pairs decode
+    pairs = rows_format == "fp8_pairs" and tile != "upconvert"
+    assert out.dtype == torch.bfloat16 and bool(ptx_calls) == pairs
     _close(out, want, rel=2e-2)
     torch.testing.assert_close(lse.float(), want_lse, rtol=1e-4, atol=1e-4)
 

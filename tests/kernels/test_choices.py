@@ -43,6 +43,8 @@ def _rows() -> list[dict]:
         _row("sparse_attn_prefill_csa_fp8_pairs", 1.05),
         _row("sparse_attn_prefill_csa_fp8_h64_pairs", 1.8),
         _row("sparse_attn_prefill_csa_fp8_pairs_qk4", 1.02),
+        _row("sparse_attn_prefill_csa_fp8_upconvert", 1.01),
+        _row("sparse_attn_prefill_csa_fp8_upconvert_ahead", 1.03),
         _row("sparse_attn_decode_csa", 0.05, 0.03),
         _row("sparse_attn_decode_csa_combine_kernel", 0.04, 0.02),  # a GPU may say so
         _row("sparse_attn_decode_csa_dv4", 0.06, 0.04),

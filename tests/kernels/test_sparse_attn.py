@@ -467,3 +467,55 @@ def test_scores_a_tile_ahead_give_the_same_output(fp8, b, s, h, d, n, k, splits,
     _check(got, want, atol=1e-4)
     with pytest.raises(ValueError, match="ahead"):
         sparse_attn_triton(q, rows, sink, idx, d**-0.5, ahead=True, rows_m=True, **opts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upconverted_rows_are_the_unpacked_rows_exactly(dtype):
+    """``upconvert_rows``: e4m3 codes × their block's power-of-two scale and the bf16 RoPE dims,
+    in one launch — ``unpack_kv_fp8``'s values to the bit, in fp32 and in bf16 (exact there
+    too: 3 mantissa bits and a power of two), over scales 2^-9 .. 2^3.5, a batch of two, and
+    row counts that do not fill the last program's block."""
+    from model.op_audit import OpAudit
+
+    layout = KVLayout(head_dim=96, rope_dim=32, block=32)
+    g = torch.Generator().manual_seed(21)
+    kv = torch.randn(2, 19, 96, generator=g) * torch.logspace(-9, 3.5, 96)
+    cache = pack_kv_fp8(kv, layout)
+    with OpAudit() as audit:
+        got = sparse_attn.upconvert_rows(cache, layout, dtype)
+    assert dict(audit.triton) == {"_upconvert_rows_kernel": 1}
+    want = unpack_kv_fp8(cache, layout)
+    assert got.dtype == dtype and torch.equal(got.float(), want)
+
+
+@pytest.mark.parametrize("window,splits,block_h,dv_parts", [
+    (True, 1, 64, 2),     # prefill over a window and the store, 64-head tiles in 2 slices
+    (False, 2, 16, 1),    # split rows, merged
+])
+def test_a_prefill_over_upconverted_fp8_rows_is_the_fp8_kernels(monkeypatch, window, splits,
+                                                                 block_h, dv_parts):
+    """``upconvert``: the store's and the window's FP8 rows up-converted once, then the float
+    rows' kernel — the FP8 kernel's output and lse to the bit (the same values, the same
+    tiles); past ``UPCONVERT_MAX_BYTES`` the FP8 kernel reads the rows itself."""
+    from model.op_audit import OpAudit
+
+    layout = KVLayout(128, 32, 32)
+    q, kv, sink, idx = _inputs(1, 3, 64, 128, 50, 36, seed=window + splits)
+    cache = pack_kv_fp8(kv * torch.logspace(-3, 2, 128), layout)
+    win = None
+    if window:
+        win = WindowRows(pack_kv_fp8(torch.randn(1, 6, 128), layout),
+                         torch.tensor([[-1, 0, 3, 5, 2, 4, -1]]).expand(3, -1))
+    opts = dict(layout=layout, window=win, n_splits=splits, block_h=block_h, dv_parts=dv_parts)
+    with OpAudit() as audit:
+        got = sparse_attn_triton(q, cache, sink, idx, 128**-0.5, upconvert=True, **opts)
+    assert audit.triton["_upconvert_rows_kernel"] == (2 if window else 1)
+    want = sparse_attn_triton(q, cache, sink, idx, 128**-0.5, **opts)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    _check(got, sparse_attn_fp8_reference(q, cache, sink, idx, 128**-0.5, layout, win),
+           atol=1e-4)
+    monkeypatch.setattr(sparse_attn, "UPCONVERT_MAX_BYTES", 50 * 128 * 4 - 1)   # one row short
+    with OpAudit() as audit:
+        direct = sparse_attn_triton(q, cache, sink, idx, 128**-0.5, upconvert=True, **opts)
+    assert audit.triton["_upconvert_rows_kernel"] == 0
+    assert torch.equal(direct[0], want[0]) and torch.equal(direct[1], want[1])
