@@ -191,12 +191,14 @@ def _append_case(name: str, seqs: int, dev: str, dtype: torch.dtype) -> Case:
 
 def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
                   causal: bool = False, packed: bool = False, path: str = "scores",
-                  select: str = "fused", pairs: bool = False) -> Case:
+                  select: str = "fused", pairs: bool = False, upconvert: bool = False
+                  ) -> Case:
     """``s`` queries against ``n`` compressed keys (ratio 4). ``causal``: the queries are the last
     ``s`` positions of a 4·n context, query t sees (pos + 1) // 4 keys (a prefill chunk); else
     every query sees all n (decode). ``packed``: the keys are native numerics' FP4 cache rows
     (68 B each, fp4_keys.py) instead of ``dtype`` rows, decoded two codes a register when
-    ``pairs`` (``fp4_keys.load_key_pairs``). Bytes: q, weights, keys and picks, each
+    ``pairs`` (``fp4_keys.load_key_pairs``), or up-converted to ``dtype`` first when
+    ``upconvert`` (its launch timed with the scores'). Bytes: q, weights, keys and picks, each
     once (the prefill path's fp32 score scratch, 8 bytes per query·key written and read, is not
     counted)."""
     q = _rand(1, s, IDX_HEADS, IDX_DIM, dtype=dtype, device=dev)
@@ -208,6 +210,7 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
     visible = ((pos + 1) // 4 if causal else torch.full_like(pos, n)).to(torch.int32)
     shape = {"queries": s, "keys": n, "heads": IDX_HEADS, "dim": IDX_DIM, "topk": TOPK,
              "causal": causal, "path": path, "select": select, "pairs": pairs,
+             "upconvert": upconvert,
              "keys_format": "fp4-68B" if packed else str(dtype).removeprefix("torch.")}
     key_bytes = keys.shape[-1] * keys.element_size()
     nbytes = (n * key_bytes + s * IDX_HEADS * (IDX_DIM * q.element_size() + 4) + s * TOPK * 8)
@@ -216,7 +219,7 @@ def _indexer_case(name: str, s: int, n: int, dev: str, dtype: torch.dtype,
                 lambda: indexer.indexer_topk_reference(q, w, keys, visible, TOPK),
                 lambda: indexer.indexer_topk_triton(q, w, keys, visible, TOPK, path=path,
                                                     causal=causal, select=select,
-                                                    pairs=pairs),
+                                                    pairs=pairs, upconvert=upconvert),
                 "with sparse_attn_decode_csa: >= 60% of HBM bandwidth" if not causal
                 else ">= 40% of dense bf16 peak (tensor-core bound)")
 
@@ -844,6 +847,10 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           packed=True, select="parallel", pairs=True),
         p(_indexer_case, "indexer_topk_prefill_fp4_pairs", *idx_prefill, dev, dtype,
           causal=True, packed=True, pairs=True),
+        # the FP4 keys up-converted to bf16 once, then the bf16 keys' kernel (two programs an
+        # SM, 427 instructions a key tile, where the FP4 decode takes one and 1,305)
+        p(_indexer_case, "indexer_topk_prefill_fp4_upconvert", *idx_prefill, dev, dtype,
+          causal=True, packed=True, upconvert=True),
         p(_batch_case, "indexer_attn_decode_csa_batch8", 8, ctx // 4, dev, dtype),
         p(_batch_case, "indexer_attn_decode_csa_batch8_parallel", 8, ctx // 4, dev, dtype,
           "parallel"),

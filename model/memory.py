@@ -29,6 +29,7 @@ import torch
 from model.cache import index_key_layout, kv_layout, window_capacity
 from model.config import ModelConfig
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
+from model.kernels.fp4_keys import KEYS_UPCONVERT_MAX_BYTES
 from model.kernels.sparse_attn import UPCONVERT_MAX_BYTES
 
 MAX_CONTEXT = 1_048_576
@@ -68,8 +69,9 @@ class MemoryPlan:
         """Transient bytes of one prefill chunk of ``chunk`` queries at context ``context``:
         what grows with the chunk (row indices, outputs, the mHC streams) plus the scratch of
         the attention and indexer references, which take queries a block at a time and so stay
-        under ``SCRATCH_ELEMENTS``, and the Triton prefill's up-converted FP8 rows (at most
-        ``sparse_attn.UPCONVERT_MAX_BYTES``)."""
+        under ``SCRATCH_ELEMENTS``, and the Triton prefill's up-converted FP8 rows and FP4
+        keys (at most ``sparse_attn.UPCONVERT_MAX_BYTES`` and
+        ``fp4_keys.KEYS_UPCONVERT_MAX_BYTES``)."""
         c, es = self.cfg, 4  # attention and indexer scores run in fp32
         hca = [r for r in c.compress_ratios[:c.n_layers] if r > 4]
         rows = max([c.index_topk] + [context // r for r in hca])
@@ -82,6 +84,9 @@ class MemoryPlan:
         index = 0
         if 4 in c.compress_ratios:
             index = chunk * c.index_topk * 8
+            # a prefill's FP4 keys up-converted once (fp4_keys.upconvert_index_keys)
+            index += min((context // 4) * c.index_head_dim * self.element_size,
+                         KEYS_UPCONVERT_MAX_BYTES)
             index += min(chunk * (c.index_n_heads + 2) * (context // 4), SCRATCH_ELEMENTS) * es
         hidden = chunk * c.dim * c.hc_mult * es * 8
         return attn + index + hidden

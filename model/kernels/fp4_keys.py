@@ -32,6 +32,7 @@ import triton.language as tl
 
 from model.kernels import quant
 from model.kernels.fp4_pairs import fp4_words_tile
+from model.kernels.launch import grid_entry, pdl
 
 INDEX_KEY_BLOCK = 32  # indexer keys share one power-of-two scale per 1×32 block (§2.8)
 
@@ -164,3 +165,41 @@ def load_key_tile(k_ptr, rows, mask_n, offs_d, D, PACKED: tl.constexpr,
     else:
         tile = tl.load(k_ptr + rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
     return tile
+
+
+# a prefill's packed keys up-converted once (``upconvert_index_keys``) only while they take at
+# most this much: a 1M context's 256K keys are 64 MiB in bf16
+KEYS_UPCONVERT_MAX_BYTES = 64 << 20
+UPCONVERT_BLOCK_R = 32
+
+
+@triton.jit
+def _upconvert_keys_kernel(k_ptr, out_ptr, NROWS, D, BLOCK: tl.constexpr,
+                           ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr,
+                           BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):
+    """Packed key rows [NROWS, row bytes] → out [NROWS, D] in out's dtype, BLOCK_R rows a
+    program, each value ``load_key_tile``'s."""
+    grid_entry(PDL)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    valid = rows < NROWS
+    offs_d = tl.arange(0, BLOCK_D)
+    tile = load_key_tile(k_ptr, tl.where(valid, rows, 0), valid, offs_d, D, True, BLOCK,
+                         ALIGNED)
+    tl.store(out_ptr + rows[:, None] * D + offs_d[None, :], tile.to(out_ptr.dtype.element_ty),
+             mask=valid[:, None] & (offs_d < D)[None, :])
+
+
+def upconvert_index_keys(packed: torch.Tensor, layout: IndexKeyLayout, dtype: torch.dtype
+                         ) -> torch.Tensor:
+    """Packed keys uint8 [..., row_bytes] → [..., dim] in ``dtype``: ``unpack_index_keys``'s
+    values (e2m1 × a power of two: exact in bf16), in one launch."""
+    assert packed.dtype == torch.uint8 and packed.shape[-1] == layout.row_bytes, packed.shape
+    src = packed.contiguous()
+    out = torch.empty(*src.shape[:-1], layout.dim, dtype=dtype, device=src.device)
+    count = out.numel() // layout.dim
+    if count:
+        _upconvert_keys_kernel[(triton.cdiv(count, UPCONVERT_BLOCK_R),)](
+            src, out, count, layout.dim, BLOCK=layout.block, ALIGNED=key_rows_aligned(src),
+            BLOCK_R=UPCONVERT_BLOCK_R, BLOCK_D=max(16, triton.next_power_of_2(layout.dim)),
+            **pdl(src.device))
+    return out

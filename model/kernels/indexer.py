@@ -55,11 +55,13 @@ from model.kernels import topk_select
 from model.kernels.blocks import REFERENCE_BLOCK_ELEMENTS
 from model.kernels.fp4_keys import (
     INDEX_KEY_BLOCK,
+    KEYS_UPCONVERT_MAX_BYTES,
     IndexKeyLayout,
     key_pairs,
     key_rows_aligned,
     load_key_pairs,
     load_key_tile,
+    upconvert_index_keys,
 )
 from model.kernels.fp4_pairs import FP4_MMA_ACT_SHIFT, to_mma_order
 from model.kernels.indexer_reference import (  # noqa: F401  (re-exported: the contract)
@@ -477,7 +479,8 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
                         visible: torch.Tensor, k: int, n_chunks: int | None = None,
                         block_n: int | None = None, path: str = "scores",
                         block_t: int | None = None, causal: bool = True,
-                        select: str = "fused", pairs: bool = False) -> torch.Tensor:
+                        select: str = "fused", pairs: bool = False,
+                        upconvert: bool = False) -> torch.Tensor:
     """Same contract as ``indexer_topk_reference`` (keys float or packed: dispatch on
     keys.dtype == torch.uint8). ``path``: "scores" (the default) or "merge" (see the module
     docstring). ``n_chunks`` applies to the merge path, ``block_t`` to the scores path;
@@ -490,7 +493,10 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
     kernels` compares them (rows indexer_topk_decode, indexer_topk_decode_passes,
     indexer_topk_decode_select_kernel and indexer_topk_decode_torch_select). ``pairs`` (scores
     path, packed keys): decode them two codes a register (``fp4_keys.load_key_pairs``; row
-    indexer_topk_decode_fp4_pairs)."""
+    indexer_topk_decode_fp4_pairs). ``upconvert`` (packed keys, a prefill): the keys
+    up-converted once (``fp4_keys.upconvert_index_keys``, while they take at most
+    ``KEYS_UPCONVERT_MAX_BYTES``) and read as the compute dtype's, where every query block's
+    programs would decode every key they score."""
     b, s, h, d = q.shape
     n = keys.shape[1]
     if k == 0 or n == 0 or b * s == 0:
@@ -499,6 +505,9 @@ def indexer_topk_triton(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tens
         raise ValueError(f"indexer path must be scores or merge, not {path!r}")
     check_select(select)
     q, weights, keys, vis, prec = _kernel_inputs(q, weights, keys, visible)
+    if (upconvert and keys.dtype == torch.uint8
+            and keys.shape[0] * n * d * q.element_size() <= KEYS_UPCONVERT_MAX_BYTES):
+        keys = upconvert_index_keys(keys, IndexKeyLayout(d, INDEX_KEY_BLOCK), q.dtype)
     if path == "scores":
         return _topk_scores(q, weights, keys, vis, k, prec, block_t, block_n or 128, causal,
                             select, pairs)

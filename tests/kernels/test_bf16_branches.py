@@ -214,10 +214,10 @@ def test_fp16_queries_read_fp8_rows_through_the_cast_path(monkeypatch):
     (1, 70, 279, 32, "merge", "fused"),           # decode through the merge path
     (4, 40, 156, 8, "scores", "fused"),           # prefill rows
 ])
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [False, True, "upconvert"])
 def test_indexer_in_bf16_picks_what_the_reference_picks(s, n, start, k, path, select, packed):
-    """bf16 queries over bf16 keys, or over FP4-packed keys (the native cache's), on every
-    decode pick the launch choices offer."""
+    """bf16 queries over bf16 keys, or over FP4-packed keys (the native cache's; "upconvert":
+    those up-converted to bf16 first), on every decode pick the launch choices offer."""
     from test_indexer import _check, _packed_inputs
 
     from model.kernels.indexer import indexer_topk_triton
@@ -226,7 +226,7 @@ def test_indexer_in_bf16_picks_what_the_reference_picks(s, n, start, k, path, se
     q = q.bfloat16()
     keys = keys.bfloat16()              # FP4-grid values: exact in bf16
     got = indexer_topk_triton(q, w, packed_keys if packed else keys, visible, k, block_n=16,
-                              path=path, select=select)
+                              path=path, select=select, upconvert=packed == "upconvert")
     _check(got, q.float(), w, keys.float(), visible, k)
 
 

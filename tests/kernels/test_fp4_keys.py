@@ -123,3 +123,25 @@ def test_triton_decoder_equals_torch_unpack_for_every_byte(dim):
     _decode_tile[(triton.cdiv(n - 3, 16),)](floats, out, n - 3, dim, BLOCK_N=16, BLOCK_D=dim,
                                             PACKED=False, KEY_BLOCK=32)
     assert torch.equal(out, floats)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upconverted_keys_are_the_unpacked_keys_exactly(dtype):
+    """``upconvert_index_keys``: every code byte and exponent byte 8..254, in one launch, 33 rows
+    (the last program's block part empty) of a batch of 3 — ``unpack_index_keys``'s values to
+    the bit (e2m1 × a power of two is exact in bf16; the overflows are ±inf in both). Not the
+    exponents under 8, whose values are subnormal: the interpreter's bf16 flushes them."""
+    from model.kernels.fp4_keys import upconvert_index_keys
+    from model.op_audit import OpAudit
+
+    layout = IndexKeyLayout(128)
+    n = 3 * 33
+    packed = torch.empty(n, layout.row_bytes, dtype=torch.uint8)
+    packed[:, : layout.code_bytes] = (torch.arange(n * layout.code_bytes) % 256).view(n, -1)
+    packed[:, layout.code_bytes:] = (torch.arange(n * layout.n_scales) % 247 + 8).view(n, -1)
+    with OpAudit() as audit:
+        got = upconvert_index_keys(packed.view(3, 33, -1), layout, dtype)
+    assert dict(audit.triton) == {"_upconvert_keys_kernel": 1}
+    want = unpack_index_keys(packed, layout).view(3, 33, -1).to(dtype)
+    assert got.dtype == dtype and torch.equal(bits(got.float()), bits(want.float()))

@@ -253,6 +253,27 @@ def test_fp4_keys_decoded_as_register_pairs_pick_what_the_reference_picks(
     _check(got, q.to(dtype).float(), w, keys, visible, k)
 
 
+@pytest.mark.parametrize("b,s,h,d,n,start,k", [PACKED_CASES[2], PACKED_CASES[3]])
+def test_a_prefill_over_upconverted_keys_picks_what_packed_keys_pick(monkeypatch, b, s, h, d, n,
+                                                                    start, k):
+    """``upconvert``: the packed keys up-converted once, then the float keys' kernel — the
+    packed kernel's picks exactly (the same values, the same sums); past
+    ``KEYS_UPCONVERT_MAX_BYTES`` the packed kernel decodes the keys itself."""
+    from model.op_audit import OpAudit
+
+    q, w, keys, packed, visible = _packed_inputs(b, s, h, d, n, start, seed=s)
+    want = indexer_topk_triton(q, w, packed, visible, k, block_n=16)
+    with OpAudit() as audit:
+        got = indexer_topk_triton(q, w, packed, visible, k, block_n=16, upconvert=True)
+    assert audit.triton["_upconvert_keys_kernel"] == 1
+    assert torch.equal(got, want)
+    _check(got, q, w, keys, visible, k)
+    monkeypatch.setattr(indexer, "KEYS_UPCONVERT_MAX_BYTES", b * n * d * 4 - 1)  # a key short
+    with OpAudit() as audit:
+        direct = indexer_topk_triton(q, w, packed, visible, k, block_n=16, upconvert=True)
+    assert audit.triton["_upconvert_keys_kernel"] == 0 and torch.equal(direct, want)
+
+
 @pytest.mark.parametrize("b,s,h,d,n,start,k", PACKED_CASES)
 def test_reference_reads_packed_keys(b, s, h, d, n, start, k):
     q, w, keys, packed, visible = _packed_inputs(b, s, h, d, n, start, seed=3)
