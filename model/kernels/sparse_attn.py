@@ -674,7 +674,8 @@ def sparse_attn_triton(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor,
                        n_splits: int | None = None, block_h: int = 16, block_n: int = 16,
                        dv_parts: int = 1, num_warps: int = 4, combine: str = "fused",
                        fp8_pairs: bool = False, qk_split: int = 1, rows_m: bool = False,
-                       ahead: bool = False, upconvert: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       ahead: bool = False, upconvert: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path; ``layout`` set ⇒ ``kv`` (and the window's rows) are uint8 FP8 cache rows
     [b, n, row_bytes]. ``window``: a second source of rows, read in place; ``unrope``: angles
     [s, r/2] the output's RoPE dims are rotated back by (module docstring); ``out``: where o
@@ -809,7 +810,7 @@ def _launch(q, out_dtype, sources, sizes, sink, scale, layout, unrope, out, tabl
     if rows_m and qk_split > 1:
         raise ValueError("rows_m and qk_split > 1 are two layouts of the scores: pick one")
     if rows_m and ahead:
-        raise ValueError("ahead pipelines the heads-on-M tiles; rows_m has none to pipeline")
+        raise ValueError("ahead pipelines the heads-on-M tiles, not rows_m's")
     r2 = 0 if unrope is None else unrope.shape[-1]
     if unrope is not None:
         assert unrope.shape[0] == s and 0 < 2 * r2 <= d and d % 2 == 0, (unrope.shape, q.shape)

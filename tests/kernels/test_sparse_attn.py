@@ -395,6 +395,24 @@ def test_a_merged_split_reads_at_least_128_rows():
     assert default_splits(64, 4, 640, 16, merged=True) == 1     # enough programs already
 
 
+def _tile_inputs(fp8, b, s, h, d, n, k, window, unrope, seed):
+    """A launch-choice test's inputs: float or FP8 rows, with a window source of 6 rows (−1
+    slots at both ends) and RoPE angles when asked → (q, float kv, rows, sink, idx, options of
+    ``sparse_attn_triton``), and its reference's (o, lse)."""
+    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=seed)
+    layout = KVLayout(d, 32, 32) if fp8 else None
+    rows = pack_kv_fp8(kv, layout) if fp8 else kv
+    win = None
+    if window:
+        win_kv = torch.randn(b, 6, d) * 1.5
+        win = WindowRows(pack_kv_fp8(win_kv, layout) if fp8 else win_kv,
+                         torch.tensor([[-1, 0, 3, 5, 2, 4, -1]]).expand(s, -1))
+    angles = torch.rand(s, 8) * 6 if unrope else None
+    want = (sparse_attn_fp8_reference(q, rows, sink, idx, d**-0.5, layout, win, angles) if fp8
+            else sparse_attn_reference(q, kv, sink, idx, d**-0.5, win, angles))
+    return q, rows, sink, idx, dict(layout=layout, window=win, unrope=angles), want
+
+
 @pytest.mark.parametrize(
     "fp8,b,s,h,d,n,k,splits,block_h,dv_parts,block_n,window,unrope",
     [
@@ -413,21 +431,11 @@ def test_rows_on_the_mma_m_side_give_the_heads_on_m_output(fp8, b, s, h, d, n, k
     [columns, heads] and transposed once after the loops — the heads-on-M kernel's output and
     lse up to the order of fp32 sums, and the reference's, with padding (−1) slots, a window
     source, column slices, split rows and the output's RoPE dims rotated back."""
-    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=d + h + splits)
-    layout = KVLayout(d, 32, 32) if fp8 else None
-    rows = pack_kv_fp8(kv, layout) if fp8 else kv
-    win = None
-    if window:
-        win_kv = torch.randn(b, 6, d) * 1.5
-        win = WindowRows(pack_kv_fp8(win_kv, layout) if fp8 else win_kv,
-                         torch.tensor([[-1, 0, 3, 5, 2, 4, -1]]).expand(s, -1))
-    angles = torch.rand(s, 8) * 6 if unrope else None
-    opts = dict(layout=layout, window=win, unrope=angles, n_splits=splits, block_h=block_h,
-                dv_parts=dv_parts, block_n=block_n)
+    q, rows, sink, idx, opts, want = _tile_inputs(fp8, b, s, h, d, n, k, window, unrope,
+                                                  seed=d + h + splits)
+    opts.update(n_splits=splits, block_h=block_h, dv_parts=dv_parts, block_n=block_n)
     got = sparse_attn_triton(q, rows, sink, idx, d**-0.5, rows_m=True, **opts)
     _check(got, sparse_attn_triton(q, rows, sink, idx, d**-0.5, **opts), atol=1e-5)
-    want = (sparse_attn_fp8_reference(q, rows, sink, idx, d**-0.5, layout, win, angles) if fp8
-            else sparse_attn_reference(q, kv, sink, idx, d**-0.5, win, angles))
     _check(got, want, atol=1e-4)
 
 
@@ -448,22 +456,13 @@ def test_scores_a_tile_ahead_give_the_same_output(fp8, b, s, h, d, n, k, splits,
     loads the tile's output columns again — the tile-at-a-time kernel's output and lse to the
     bit (the same sums in the same order), and the reference's: a window loop and a compressed
     loop each with its own first tile, a short last tile, a padded next tile after the last."""
-    q, kv, sink, idx = _inputs(b, s, h, d, n, k, seed=d + h + splits + 7)
-    layout = KVLayout(d, 32, 32) if fp8 else None
-    rows = pack_kv_fp8(kv, layout) if fp8 else kv
-    win = None
-    if window:
-        win_kv = torch.randn(b, 6, d) * 1.5
-        win = WindowRows(pack_kv_fp8(win_kv, layout) if fp8 else win_kv,
-                         torch.tensor([[-1, 0, 3, 5, 2, 4, -1]]).expand(s, -1))
-    angles = torch.rand(s, 8) * 6 if unrope else None
-    opts = dict(layout=layout, window=win, unrope=angles, n_splits=splits, block_h=block_h,
-                dv_parts=dv_parts, block_n=block_n, fp8_pairs=fp8_pairs)
+    q, rows, sink, idx, opts, want = _tile_inputs(fp8, b, s, h, d, n, k, window, unrope,
+                                                  seed=d + h + splits + 7)
+    opts.update(n_splits=splits, block_h=block_h, dv_parts=dv_parts, block_n=block_n,
+                fp8_pairs=fp8_pairs)
     got = sparse_attn_triton(q, rows, sink, idx, d**-0.5, ahead=True, **opts)
     plain = sparse_attn_triton(q, rows, sink, idx, d**-0.5, **opts)
     assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
-    want = (sparse_attn_fp8_reference(q, rows, sink, idx, d**-0.5, layout, win, angles) if fp8
-            else sparse_attn_reference(q, kv, sink, idx, d**-0.5, win, angles))
     _check(got, want, atol=1e-4)
     with pytest.raises(ValueError, match="ahead"):
         sparse_attn_triton(q, rows, sink, idx, d**-0.5, ahead=True, rows_m=True, **opts)
