@@ -775,6 +775,11 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
         p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n64_w8_rows", prefill, ctx // 4, TOPK,
           False, dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, block_n=64,
           num_warps=8, rows_m=True),
+        # an HCA layer's prefill with the table's bf16 tile: a query's window ∪ every one of
+        # the 1,024 compressed rows, 1,152 rows where a CSA query reads 640 (no target: what
+        # the HCA half of a prefill costs)
+        p(_attn_case, "sparse_attn_prefill_hca_h64", prefill, ctx // 128, ctx // 128, False,
+          dev, dtype, none, block_h=64, dv_parts=2),
         # the FP8 rows up-converted once (32 MiB of bf16 at 128K), then the bf16 rows' 64-head
         # tile: each row decoded once a chunk, not once a query, head block and column slice
         p(_attn_case, "sparse_attn_prefill_csa_fp8_upconvert", prefill, ctx // 4, TOPK, True,
