@@ -771,7 +771,7 @@ def cases(full: bool, dev: str, dtype: torch.dtype | None = None) -> list[partia
           dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=2, ahead=True),
         # the same tile with the rows on the MMAs' M side (scores kv · qᵀ, output kvᵀ · p):
         # n = 64 warp-group MMAs where heads on M make them n = 16–32 (docs/PERF.md, "Prefill
-        # attention with the rows on M")
+        # attention: the next scores under the softmax", part 3)
         p(_attn_case, "sparse_attn_prefill_csa_h64_dv1_n64_w8_rows", prefill, ctx // 4, TOPK,
           False, dev, dtype, ">= 40% of dense bf16 peak", block_h=64, dv_parts=1, block_n=64,
           num_warps=8, rows_m=True),

@@ -259,8 +259,8 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
     (``_sparse_attn_fwd`` transposes it once after its loops). A 64-head tile's warp-group MMAs
     are then n = 64 wide, where heads on M make the scores' N the row tile's 16–32: each
     instruction reads its A operand from shared memory whatever its N, so the narrow ones
-    move 1.7–2.5× the shared-memory bytes a multiply (docs/PERF.md, "Prefill attention with
-    the rows on M")."""
+    move 1.5–2.5× the shared-memory bytes a multiply (docs/PERF.md, "Prefill attention: the
+    next scores under the softmax", part 3)."""
     cdt: tl.constexpr = q.dtype
     valid = (idx >= 0) & (idx < N)
     rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
@@ -319,9 +319,9 @@ def _heads_update(dots, multiplier, kv, rows, valid, m_i, l_i, acc, kv_ptr, kv16
                   cdt: tl.constexpr):
     """The online-softmax step of a row tile whose scores are ``dots`` [BLOCK_H, BLOCK_N] ×
     ``multiplier`` (log2 units; −inf at the invalid rows): (m_i, l_i, acc) updated as
-    ``_attend_tile`` says. RELOAD: the tile's output columns
-    ``offs_dv`` are loaded here (an L1 / L2 hit: the scores read the same rows), else ``kv``
-    holds them (in ``cdt``, the compute dtype)."""
+    ``_attend_tile`` says. RELOAD: the tile's output columns ``offs_dv`` are loaded here (an
+    L1 / L2 hit: the scores read the same rows), else ``kv`` holds them (in ``cdt``, the
+    compute dtype)."""
     logits = tl.where(valid[None, :], dots * multiplier, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(logits, 1))
     if tl.max(m_new - m_i, 0) > RESCALE_SLACK:
