@@ -65,18 +65,21 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     assert {r["mma"] for r in kernels if r["kernel"] == "_gemv_kernel"} == {"none"}
     # the decode path's byte streams load as vectors or pipelined copies, not a byte at a time:
     # FP4 experts and GEMMs, FP8 GEMV weights, FP4 indexer keys, FP8 KV rows in decode and
-    # prefill (whole tiles of aligned data, a row's scales as one word; cross_compile.
+    # prefill, and a prefill's up-conversions of both (whole tiles of aligned data, a row's
+    # scales as one word; cross_compile.
     # global_loads counts the PTX's load instructions), TABLE mode's rows too
     def streams_bytes(r):
         c = r["constexprs"]
         return (r["kernel"] in ("_fp4_gemm_kernel", "_moe_gemv_kernel", "_moe_gemm_kernel",
-                                "_gemv_kernel")
+                                "_gemv_kernel", "_upconvert_keys_kernel")
+                or (r["kernel"] == "_upconvert_rows_kernel" and c.get("SCALE_WORDS"))
                 or (r["kernel"] == "_indexer_scores_block" and c.get("PACKED"))
                 or (r["kernel"] == "_sparse_attn_fwd" and c.get("KV_FP8")
                     and c.get("SCALE_WORDS"))
                 or (r["kernel"] == "_append_rows_kernel" and c.get("WORDS")))
     streaming = [r for r in kernels if streams_bytes(r)]
-    assert len(streaming) >= 12
+    assert len(streaming) >= 14 and {"_upconvert_rows_kernel", "_upconvert_keys_kernel"} <= {
+        r["kernel"] for r in streaming}
     for r in streaming:
         assert r["global_loads"]["bytes"] <= 4, (r["case"], r["kernel"], r["global_loads"])
     # each dot's warp layout: every attention forward has its scores and PV dots
