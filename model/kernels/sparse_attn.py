@@ -262,8 +262,7 @@ def _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx, offs_d, offs
     move 1.5–2.5× the shared-memory bytes a multiply (docs/PERF.md, "Prefill attention: the
     next scores under the softmax", part 3)."""
     cdt: tl.constexpr = q.dtype
-    valid = (idx >= 0) & (idx < N)
-    rows = batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
+    valid, rows = _tile_rows(idx, batch, N)
     kv = _kv_tile(kv_ptr, kv16_ptr, rows, valid, offs_d, 0, D, cdt, KV_FP8, ROW, NOPE, QB,
                   SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
     unshift: tl.constexpr = FP8_PAIRS_UNSHIFT if FP8_PAIRS else 1.0
@@ -344,12 +343,22 @@ def _heads_update(dots, multiplier, kv, rows, valid, m_i, l_i, acc, kv_ptr, kv16
 
 
 @triton.jit
+def _tile_rows(idx, batch, N):
+    """A tile's slots ``idx`` (−1 or out of range = none) of a source of N rows a batch element
+    → (valid, int64 row numbers, 0 where not valid)."""
+    valid = (idx >= 0) & (idx < N)
+    return valid, batch.to(tl.int64) * N + tl.where(valid, idx, 0).to(tl.int64)
+
+
+@triton.jit
 def _slot_indices(offs_n, hi, slots_ptr, shift, COMPUTED: tl.constexpr):
     """The row indices of slots ``offs_n`` (−1 from ``hi`` on): ``offs_n − shift`` when
     COMPUTED (TABLE's window, ALL_ROWS), else loaded from ``slots_ptr + offs_n``."""
-    if COMPUTED:
-        return tl.where(offs_n < hi, offs_n - shift, -1)
-    return tl.load(slots_ptr + offs_n, mask=offs_n < hi, other=-1)
+    if COMPUTED:   # one return: Triton types every return of a function, taken or not
+        idx = tl.where(offs_n < hi, offs_n - shift, -1)
+    else:
+        idx = tl.load(slots_ptr + offs_n, mask=offs_n < hi, other=-1)
+    return idx
 
 
 @triton.jit
@@ -382,8 +391,7 @@ def _attend_ahead(q, m_i, l_i, acc, src_ptr, src16_ptr, batch, NR, lo, hi, slots
         dots = tl.dot(zeros_a, zeros_b, dots, input_precision=PREC)
         idx = _slot_indices(n0 + BLOCK_N + tl.arange(0, BLOCK_N), hi, slots_ptr, shift,
                             COMPUTED)
-        valid_next = (idx >= 0) & (idx < NR)
-        rows_next = batch.to(tl.int64) * NR + tl.where(valid_next, idx, 0).to(tl.int64)
+        valid_next, rows_next = _tile_rows(idx, batch, NR)
         kv = _kv_tile(src_ptr, src16_ptr, rows_next, valid_next, offs_d, 0, D, cdt, KV_FP8,
                       ROW, NOPE, QB, SCALE_OFF, SCALE_WORDS, FP8_PAIRS)
         # the next tile's dots: nothing reads them before the next step (on a GPU the MMAs
@@ -493,11 +501,12 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
     # each, so a tile's row source is fixed (no per-row pointer select)
     widx_row = widx_ptr + batch.to(tl.int64) * widx_batch_stride + (pid_t % S).to(tl.int64) * W
     win_end = tl.minimum(end, W)
+    # the slots' indices: the window's (TABLE: its last NW slots, oldest first), then kv's
+    # (ALL_ROWS: its rows in order), as ``_slot_indices`` reads them
+    kv_slots = idx_ptr + pid_t.to(tl.int64) * K - W
     if AHEAD:   # each loop's next tile's scores issued before this tile's softmax
-        win_slots = widx_row
-        kv_slots = idx_ptr + pid_t.to(tl.int64) * K - W
         m_i, l_i, acc = _attend_ahead(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, start,
-                                      win_end, win_slots, W - NW, offs_d, offs_dv,
+                                      win_end, widx_row, W - NW, offs_d, offs_dv,
                                       part_dv * BLOCK_DV, D, scale, KV_FP8, ROW, NOPE, QB,
                                       SCALE_OFF, PREC, SCALE_WORDS, FP8_PAIRS, QK_SPLIT, TABLE,
                                       BLOCK_N)
@@ -508,22 +517,13 @@ def _sparse_attn_fwd(q_ptr, kv_ptr, kv16_ptr, win_ptr, win16_ptr, sink_ptr, idx_
                                       ALL_ROWS, BLOCK_N)
     else:
         for n0 in range(start, win_end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            if TABLE:   # the last NW of the W slots, oldest first
-                idx = tl.where(offs_n < win_end, offs_n - (W - NW), -1)
-            else:
-                idx = tl.load(widx_row + offs_n, mask=offs_n < win_end, other=-1)
+            idx = _slot_indices(n0 + tl.arange(0, BLOCK_N), win_end, widx_row, W - NW, TABLE)
             m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, win_ptr, win16_ptr, batch, NW, idx,
                                          offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
                                          ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,
                                          FP8_PAIRS, QK_SPLIT, ROWS_M)
         for n0 in range(tl.maximum(start, W), end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            if ALL_ROWS:
-                idx = tl.where(offs_n < end, offs_n - W, -1)
-            else:
-                idx = tl.load(idx_ptr + pid_t.to(tl.int64) * K + (offs_n - W), mask=offs_n < end,
-                              other=-1)
+            idx = _slot_indices(n0 + tl.arange(0, BLOCK_N), end, kv_slots, W, ALL_ROWS)
             m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, kv_ptr, kv16_ptr, batch, N, idx,
                                          offs_d, offs_dv, part_dv * BLOCK_DV, D, scale, KV_FP8,
                                          ROW, NOPE, QB, SCALE_OFF, PREC, DV_PARTS, SCALE_WORDS,

@@ -66,8 +66,8 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources():
     # the decode path's byte streams load as vectors or pipelined copies, not a byte at a time:
     # FP4 experts and GEMMs, FP8 GEMV weights, FP4 indexer keys, FP8 KV rows in decode and
     # prefill, and a prefill's up-conversions of both (whole tiles of aligned data, a row's
-    # scales as one word; cross_compile.
-    # global_loads counts the PTX's load instructions), TABLE mode's rows too
+    # scales as one word; cross_compile.global_loads counts the PTX's load instructions),
+    # TABLE mode's rows too
     def streams_bytes(r):
         c = r["constexprs"]
         return (r["kernel"] in ("_fp4_gemm_kernel", "_moe_gemv_kernel", "_moe_gemm_kernel",
